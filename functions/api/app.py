@@ -1,0 +1,19 @@
+"""Deployment API: API Gateway (REST, IAM auth) -> the deployment routes."""
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.logging import correlation_paths
+
+from llmhost import runtime
+from llmhost.api.deployments import build_app
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+app = build_app(runtime.registry, logger=logger, metrics=metrics)
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
+@tracer.capture_lambda_handler
+@metrics.log_metrics(capture_cold_start_metric=True)
+def handler(event: dict, context: object) -> dict:
+    return app.resolve(event, context)

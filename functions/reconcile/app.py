@@ -1,0 +1,39 @@
+"""Reconciler: spec changes (DynamoDB stream), SageMaker state changes and a schedule."""
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+
+from llmhost import runtime
+from llmhost.lifecycle.triggers import trigger_from_event
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict, context: object) -> dict:
+    trigger = trigger_from_event(event)
+    names = list(trigger.names)
+    if trigger.endpoint:
+        names = [r.name for r in runtime.registry().using_endpoint(trigger.endpoint)]
+    elif trigger.everything:
+        names = [r.name for r in runtime.registry().list()]
+    reconciler = runtime.reconciler()
+    results, failed = [], []
+    for name in names:
+        try:
+            result = reconciler.reconcile(name)
+        except Exception:
+            # One deployment's trouble must not starve the others; the batch is retried.
+            logger.exception("reconcile failed", extra={"deployment": name})
+            failed.append(name)
+            continue
+        logger.info("reconciled", extra={"deployment": name, "status": result.status, "steps": result.steps})
+        metrics.add_metric(name="ReconcileSteps", unit=MetricUnit.Count, value=len(result.steps))
+        results.append({"name": name, "status": result.status, "steps": result.steps})
+    if failed:
+        raise RuntimeError(f"reconcile failed for {', '.join(failed)}; will retry")
+    return {"source": trigger.source, "reconciled": results}

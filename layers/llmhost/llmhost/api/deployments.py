@@ -1,0 +1,275 @@
+"""The deployment API: routes, request models and the one place errors become HTTP.
+
+Routes only translate HTTP to calls on the registry and sizing; every rule lives in the
+library. Validation uses Powertools' OpenAPI support, so the OpenAPI document served at
+``GET /v1/openapi.json`` is generated from the same pydantic models that validate requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Annotated, Any
+
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.params import Query
+
+from llmhost.errors import ConflictingChange, FieldIssue, LlmhostError, SpecInvalid
+from llmhost.lifecycle.record import DeploymentRecord
+from llmhost.lifecycle.registry import Registry
+from llmhost.specs import DeploymentName, DeploymentPatch, DeploymentSpec, issues_from_validation_error
+
+API_TITLE = "llmhost"
+API_VERSION = "1.0.0"
+
+
+def build_app(
+    registry: Callable[[], Registry],
+    *,
+    logger: Any = None,
+    metrics: Any = None,
+    history_limit: int = 50,
+) -> APIGatewayRestResolver:
+    """Create the resolver with every route. ``registry`` is called lazily per request."""
+    app = APIGatewayRestResolver(enable_validation=True)
+
+    def count(metric: str) -> None:
+        if metrics is not None:
+            from aws_lambda_powertools.metrics import MetricUnit
+
+            metrics.add_metric(name=metric, unit=MetricUnit.Count, value=1)
+
+    @app.post("/v1/deployments", summary="Create a deployment")
+    def create_deployment(spec: DeploymentSpec) -> Response:
+        reg = registry()
+        _check_names_free(reg, spec)
+        record = DeploymentRecord(name=spec.name, spec=spec).with_event(
+            "Created", status="PENDING", reason="waiting for the reconciler", history_limit=history_limit
+        )
+        saved = reg.create(record)
+        count("DeploymentCreated")
+        return _json(HTTPStatus.CREATED, saved.public_view())
+
+    @app.get("/v1/deployments", summary="List deployments")
+    def list_deployments(
+        include_deleted: Annotated[bool, Query(description="Include DELETED deployments")] = False,
+    ) -> Response:
+        records = registry().list(include_deleted=include_deleted)
+        items = [_summary(r) for r in records]
+        return _json(HTTPStatus.OK, {"deployments": items, "count": len(items)})
+
+    @app.get("/v1/deployments/<name>", summary="Get a deployment: spec, status, resources, history")
+    def get_deployment(name: DeploymentName) -> Response:
+        return _json(HTTPStatus.OK, _live(registry(), name).public_view())
+
+    @app.patch("/v1/deployments/<name>", summary="Change a deployment's spec")
+    def patch_deployment(name: DeploymentName, patch: DeploymentPatch) -> Response:
+        reg = registry()
+        record = _live(reg, name)
+        if record.desired_state == "deleted":
+            raise ConflictingChange(f"deployment '{name}' is being deleted; it cannot change now")
+        spec = patch.apply_to(record.spec)
+        _check_immutable(record.spec, spec)
+        if spec == record.spec:
+            return _json(HTTPStatus.OK, record.public_view())
+        updated = record.model_copy(
+            update={"spec": spec, "generation": record.generation + 1}
+        ).with_event("SpecUpdated", reason="spec changed; reconciling", history_limit=history_limit)
+        saved = reg.save(updated)
+        count("DeploymentUpdated")
+        return _json(HTTPStatus.OK, saved.public_view())
+
+    @app.delete("/v1/deployments/<name>", summary="Delete a deployment (asynchronous)")
+    def delete_deployment(name: DeploymentName) -> Response:
+        reg = registry()
+        record = _live(reg, name)
+        if record.desired_state != "deleted":
+            record = reg.save(
+                record.with_event(
+                    "DeleteRequested",
+                    status="DELETING",
+                    reason="removing SageMaker resources",
+                    history_limit=history_limit,
+                    desired_state="deleted",
+                )
+            )
+            count("DeploymentDeleted")
+        return _json(HTTPStatus.ACCEPTED, record.public_view())
+
+    @app.post("/v1/deployments/<name>/sleep", summary="Sleep: release the GPUs, keep the spec")
+    def sleep_deployment(name: DeploymentName) -> Response:
+        return _set_desired(registry(), name, "sleeping", history_limit)
+
+    @app.post("/v1/deployments/<name>/wake", summary="Wake a sleeping deployment")
+    def wake_deployment(name: DeploymentName) -> Response:
+        return _set_desired(registry(), name, "in_service", history_limit)
+
+    @app.post("/v1/plan", summary="Dry run: sizing and cost of a spec; nothing is created")
+    def plan_spec(spec: DeploymentSpec) -> Response:
+        from llmhost import sizing
+
+        return _json(HTTPStatus.OK, {"name": spec.name, "plan": sizing.plan(spec).as_dict()})
+
+    @app.get("/v1/openapi.json", summary="This API's OpenAPI document")
+    def openapi() -> Response:
+        body = app.get_openapi_json_schema(title=API_TITLE, version=API_VERSION)
+        return Response(status_code=200, content_type="application/json", body=body)
+
+    @app.not_found
+    def not_found(_: Exception) -> Response:
+        path = app.current_event.path
+        method = app.current_event.http_method
+        return _error(
+            HTTPStatus.NOT_FOUND,
+            "route_not_found",
+            f"no route for {method} {path}; GET /v1/openapi.json lists the routes",
+        )
+
+    @app.exception_handler(RequestValidationError)
+    def invalid_request(error: RequestValidationError) -> Response:
+        return _invalid(issues_from_validation_error(error))
+
+    @app.exception_handler(SpecInvalid)
+    def invalid_spec(error: SpecInvalid) -> Response:
+        return _invalid(error.issues)
+
+    @app.exception_handler(LlmhostError)
+    def domain_error(error: LlmhostError) -> Response:
+        return _error(HTTPStatus(error.status), error.code, error.message)
+
+    @app.exception_handler(Exception)
+    def unexpected(error: Exception) -> Response:
+        # The client gets no internals; the log has the stack trace and the request id.
+        if logger is not None:
+            logger.exception("unhandled error")
+        return _error(
+            HTTPStatus.INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "llmhost hit an internal error; the request id in the logs identifies it",
+        )
+
+    return app
+
+
+# --------------------------------------------------------------------------------- helpers
+
+
+def _live(registry: Registry, name: str) -> DeploymentRecord:
+    from llmhost.errors import DeploymentNotFound
+
+    record = registry.get(name)
+    if record.status == "DELETED":
+        raise DeploymentNotFound(name)
+    return record
+
+
+def _set_desired(registry: Registry, name: str, state: str, history_limit: int) -> Response:
+    record = _live(registry, name)
+    if record.desired_state == "deleted":
+        raise ConflictingChange(f"deployment '{name}' is being deleted")
+    if record.spec.hosting.kind == "serverless":
+        raise ConflictingChange(
+            f"deployment '{name}' is serverless: SageMaker already scales it to zero when idle, "
+            "so there is nothing to sleep or wake"
+        )
+    if record.desired_state != state:
+        event = "SleepRequested" if state == "sleeping" else "WakeRequested"
+        record = registry.save(
+            record.with_event(
+                event,
+                reason=f"{event[:-9].lower()} requested",
+                history_limit=history_limit,
+                desired_state=state,
+            )
+        )
+    return _json(HTTPStatus.ACCEPTED, record.public_view())
+
+
+def _check_names_free(registry: Registry, spec: DeploymentSpec) -> None:
+    """Deployment names and pool names share SageMaker's endpoint namespace."""
+    for other in registry.list():
+        if other.name == spec.name:
+            continue  # create() reports a live duplicate with 409 already_exists
+        if other.pool == spec.name:
+            raise ConflictingChange(
+                f"'{spec.name}' is the name of a shared pool used by '{other.name}'; "
+                "choose another deployment name"
+            )
+        hosting = spec.hosting
+        if hosting.kind == "shared":
+            if other.pool is None and other.name == hosting.pool:
+                raise ConflictingChange(
+                    f"hosting.pool '{hosting.pool}' is already the endpoint of deployment "
+                    f"'{other.name}'; choose another pool name"
+                )
+            other_hosting = other.spec.hosting
+            if (
+                other.pool == hosting.pool
+                and other_hosting.kind == "shared"
+                and hosting.instance_type
+                and other_hosting.instance_type
+                and hosting.instance_type != other_hosting.instance_type
+            ):
+                raise ConflictingChange(
+                    f"pool '{hosting.pool}' runs on {other_hosting.instance_type}; set "
+                    f"hosting.instance_type to it or use another pool"
+                )
+
+
+def _check_immutable(old: DeploymentSpec, new: DeploymentSpec) -> None:
+    issues: list[FieldIssue] = []
+    if old.hosting.kind != new.hosting.kind:
+        issues.append(
+            FieldIssue(
+                "hosting.kind",
+                f"cannot change from '{old.hosting.kind}' to '{new.hosting.kind}'; create a new "
+                "deployment with the new hosting and delete this one",
+            )
+        )
+    elif old.hosting.kind == "shared" and new.hosting.kind == "shared":
+        if old.hosting.pool != new.hosting.pool:
+            issues.append(
+                FieldIssue("hosting.pool", "cannot change; create a new deployment in the new pool")
+            )
+        if old.hosting.instance_type != new.hosting.instance_type:
+            issues.append(
+                FieldIssue(
+                    "hosting.instance_type",
+                    "a pool's instance type cannot change; use a new pool",
+                )
+            )
+    if issues:
+        raise SpecInvalid(issues)
+
+
+def _summary(record: DeploymentRecord) -> dict[str, Any]:
+    return {
+        "name": record.name,
+        "status": record.status,
+        "status_reason": record.status_reason,
+        "desired_state": record.desired_state,
+        "hosting": record.spec.hosting.kind,
+        "model": record.spec.model.model_dump(mode="json", exclude={"token_secret_arn"}),
+        "endpoint_name": record.endpoint_name,
+        "generation": record.generation,
+        "updated_at": record.updated_at,
+    }
+
+
+def _json(status: HTTPStatus, body: Any) -> Response:
+    return Response(status_code=int(status), content_type="application/json", body=body)
+
+
+def _error(status: HTTPStatus, code: str, message: str, **extra: Any) -> Response:
+    return _json(status, {"error": {"code": code, "message": message, **extra}})
+
+
+def _invalid(issues: list[FieldIssue]) -> Response:
+    summary = "; ".join(f"{i.field}: {i.message}" for i in issues[:3])
+    return _error(
+        HTTPStatus.UNPROCESSABLE_ENTITY,
+        "invalid_request",
+        f"the request is invalid: {summary}",
+        fields=[i.as_dict() for i in issues],
+    )

@@ -1,0 +1,77 @@
+"""The one way llmhost builds AWS clients: lazily, once per process, with explicit limits.
+
+Nothing here runs at import. ``client("sagemaker")`` creates the client on first use and
+reuses it afterwards (Lambda keeps the process warm between invocations). Timeouts and
+retries are set explicitly, never left to SDK defaults. ``LLMHOST_AWS_ENDPOINT_URL`` points
+every client at an emulator (the local runner's moto server); ``add_customizer`` lets the
+local runner and the tests attach the SageMaker stand-in to the clients that need it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+_lock = threading.Lock()
+_clients: dict[str, Any] = {}
+_session: Any = None
+_customizers: list[Callable[[str, Any], None]] = []
+
+CONNECT_TIMEOUT_S = 3
+READ_TIMEOUT_S = 20
+MAX_ATTEMPTS = 3
+
+
+def client(service: str) -> Any:
+    """The process-wide client for ``service`` (created on first call)."""
+    cached = _clients.get(service)
+    if cached is not None:
+        return cached
+    with _lock:
+        if service not in _clients:
+            _clients[service] = _build(service)
+        return _clients[service]
+
+
+def lazy(service: str) -> Callable[[], Any]:
+    """A zero-argument function returning the client, for code that may never need it."""
+    return lambda: client(service)
+
+
+def add_customizer(customize: Callable[[str, Any], None]) -> None:
+    """Run ``customize(service, client)`` on every client built from now on."""
+    _customizers.append(customize)
+
+
+def reset() -> None:
+    """Forget every client and customizer (tests and the local runner start clean)."""
+    global _session
+    with _lock:
+        _clients.clear()
+        _customizers.clear()
+        _session = None
+
+
+def region() -> str:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
+def _build(service: str) -> Any:
+    global _session
+    import boto3
+    from botocore.config import Config
+
+    if _session is None:
+        _session = boto3.session.Session()
+    config = Config(
+        connect_timeout=CONNECT_TIMEOUT_S,
+        read_timeout=READ_TIMEOUT_S,
+        retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+    )
+    endpoint = os.environ.get("LLMHOST_AWS_ENDPOINT_URL") or None
+    built = _session.client(service, region_name=region(), config=config, endpoint_url=endpoint)
+    for customize in _customizers:
+        customize(service, built)
+    return built

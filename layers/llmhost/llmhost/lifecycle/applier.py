@@ -1,0 +1,212 @@
+"""Performs one planned action against AWS, idempotently.
+
+"Already exists" on a create and "not found" on a delete count as success, so an action
+repeated after a crash is harmless. SageMaker refusing because a resource is busy becomes
+``SageMakerBusy`` (the reconciler waits for the next event); a request SageMaker rejects for
+good becomes ``SageMakerRejected`` (recorded as a failure with SageMaker's message).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from llmhost.errors import SageMakerBusy, SageMakerRejected
+from llmhost.lifecycle import planner as p
+from llmhost.lifecycle.desired import VARIANT, DesiredResources
+from llmhost.lifecycle.record import DeploymentRecord
+
+_BUSY_HINTS = (
+    "in-progress",
+    "in progress",
+    "Cannot delete",
+    "Cannot update",
+    "is in the",
+    "status",
+    "while",
+)
+_MISSING_HINTS = ("Could not find", "does not exist", "not found")
+_EXISTS_HINTS = ("already existing", "already exists")
+
+
+class SageMakerApplier:
+    """Turns planner actions into SageMaker / Application Auto Scaling / CloudWatch calls."""
+
+    def __init__(
+        self,
+        sagemaker: Any,
+        autoscaling: Callable[[], Any],
+        cloudwatch: Callable[[], Any],
+        role_arn: str,
+        read_secret: Callable[[str], str],
+    ) -> None:
+        self._sm = sagemaker
+        self._autoscaling = autoscaling
+        self._cloudwatch = cloudwatch
+        self._role_arn = role_arn
+        self._read_secret = read_secret
+
+    def apply(self, action: p.Action, record: DeploymentRecord, desired: DesiredResources) -> None:
+        """Perform ``action``. Raises SageMakerBusy or SageMakerRejected."""
+        handler = getattr(self, f"_{action.kind}", None)
+        if handler is None:
+            raise TypeError(f"no applier for {action.kind}")
+        try:
+            handler(action, record, desired)
+        except ClientError as error:
+            _raise_domain(error, action)
+
+    # ---------------------------------------------------------------------------- creates
+
+    def _CreateModel(self, action: p.Action, record: DeploymentRecord, d: DesiredResources) -> None:
+        container = dict(d.container)
+        if d.token_secret_arn and "Environment" in container:
+            # The token goes to SageMaker only; it is never logged, hashed or stored by llmhost.
+            container["Environment"] = {
+                **container["Environment"],
+                "HF_TOKEN": self._read_secret(d.token_secret_arn),
+            }
+        request: dict[str, Any] = {
+            "ModelName": action.target,
+            "ExecutionRoleArn": self._role_arn,
+            "Tags": _tags(record),
+        }
+        if "ModelPackageName" in container:
+            request["Containers"] = [container]
+            request["EnableNetworkIsolation"] = True  # Marketplace packages require it
+        else:
+            request["PrimaryContainer"] = container
+        self._create(self._sm.create_model, **request)
+
+    def _CreateEndpointConfig(
+        self, action: p.Action, record: DeploymentRecord, d: DesiredResources
+    ) -> None:
+        self._create(self._sm.create_endpoint_config, **d.config_body, Tags=_tags(record))
+
+    def _CreateEndpoint(self, action: p.Action, record: DeploymentRecord, d: DesiredResources) -> None:
+        assert isinstance(action, p.CreateEndpoint)
+        tags = _tags(record) if not d.is_shared else [{"Key": "llmhost:pool", "Value": action.target}]
+        self._create(
+            self._sm.create_endpoint,
+            EndpointName=action.target,
+            EndpointConfigName=action.config,
+            Tags=tags,
+        )
+
+    def _UpdateEndpoint(self, action: p.Action, record: DeploymentRecord, d: DesiredResources) -> None:
+        assert isinstance(action, p.UpdateEndpoint)
+        self._sm.update_endpoint(EndpointName=action.target, EndpointConfigName=action.config)
+
+    def _CreateComponent(
+        self, action: p.Action, record: DeploymentRecord, d: DesiredResources
+    ) -> None:
+        assert isinstance(action, p.CreateComponent)
+        self._create(
+            self._sm.create_inference_component,
+            InferenceComponentName=action.target,
+            EndpointName=d.endpoint_name,
+            VariantName=VARIANT,
+            Specification=d.component_spec,
+            RuntimeConfig={"CopyCount": action.copies},
+            Tags=_tags(record),
+        )
+
+    def _UpdateComponent(
+        self, action: p.Action, record: DeploymentRecord, d: DesiredResources
+    ) -> None:
+        # Copy count is left alone: autoscaling owns it once the component is in service.
+        self._sm.update_inference_component(
+            InferenceComponentName=action.target, Specification=d.component_spec
+        )
+
+    def _SetComponentCopies(
+        self, action: p.Action, record: DeploymentRecord, d: DesiredResources
+    ) -> None:
+        assert isinstance(action, p.SetComponentCopies)
+        self._sm.update_inference_component_runtime_config(
+            InferenceComponentName=action.target,
+            DesiredRuntimeConfig={"CopyCount": action.copies},
+        )
+
+    # ---------------------------------------------------------------------------- deletes
+
+    def _DeleteEndpoint(self, action: p.Action, record: DeploymentRecord, d: DesiredResources) -> None:
+        self._delete(self._sm.delete_endpoint, EndpointName=action.target)
+
+    def _DeleteEndpointConfig(
+        self, action: p.Action, record: DeploymentRecord, d: DesiredResources
+    ) -> None:
+        self._delete(self._sm.delete_endpoint_config, EndpointConfigName=action.target)
+
+    def _DeleteModel(self, action: p.Action, record: DeploymentRecord, d: DesiredResources) -> None:
+        self._delete(self._sm.delete_model, ModelName=action.target)
+
+    def _DeleteComponent(
+        self, action: p.Action, record: DeploymentRecord, d: DesiredResources
+    ) -> None:
+        self._delete(self._sm.delete_inference_component, InferenceComponentName=action.target)
+
+    def _DeregisterScalableTarget(
+        self, action: p.Action, record: DeploymentRecord, d: DesiredResources
+    ) -> None:
+        dimension = (
+            "sagemaker:inference-component:DesiredCopyCount"
+            if action.target.startswith("inference-component/")
+            else "sagemaker:variant:DesiredInstanceCount"
+        )
+        self._delete(
+            self._autoscaling().deregister_scalable_target,
+            ServiceNamespace="sagemaker",
+            ResourceId=action.target,
+            ScalableDimension=dimension,
+        )
+
+    def _DeleteAlarm(self, action: p.Action, record: DeploymentRecord, d: DesiredResources) -> None:
+        self._cloudwatch().delete_alarms(AlarmNames=[action.target])
+
+    def _DeleteSchedule(self, action: p.Action, record: DeploymentRecord, d: DesiredResources) -> None:
+        raise NotImplementedError("schedules are not created yet, so none can be deleted")
+
+    # ---------------------------------------------------------------------------- helpers
+
+    @staticmethod
+    def _create(call: Callable[..., Any], **kwargs: Any) -> None:
+        try:
+            call(**kwargs)
+        except ClientError as error:
+            if any(h in _message(error) for h in _EXISTS_HINTS):
+                return
+            raise
+
+    @staticmethod
+    def _delete(call: Callable[..., Any], **kwargs: Any) -> None:
+        try:
+            call(**kwargs)
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "")
+            if code in {"ObjectNotFoundException", "ResourceNotFound"} or any(
+                h in _message(error) for h in _MISSING_HINTS
+            ):
+                return
+            raise
+
+
+def _message(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Message", ""))
+
+
+def _raise_domain(error: ClientError, action: p.Action) -> None:
+    err = error.response.get("Error", {})
+    code, message = err.get("Code", ""), err.get("Message", "")
+    if code in {"ThrottlingException", "ResourceInUse", "ConcurrentUpdateException"} or (
+        code == "ValidationException" and any(h in message for h in _BUSY_HINTS)
+    ):
+        raise SageMakerBusy(f"{action.kind} {action.target}: {message}") from None
+    raise SageMakerRejected(f"{action.kind} {action.target} was rejected: {code}: {message}") from None
+
+
+def _tags(record: DeploymentRecord) -> list[dict[str, str]]:
+    tags = {"llmhost:deployment": record.name, **record.spec.tags}
+    return [{"Key": k, "Value": v} for k, v in sorted(tags.items())]

@@ -1,0 +1,161 @@
+"""The SageMaker resources a spec asks for, with deterministic names (pure code).
+
+Names carry a short hash of everything that shapes the resource, so a changed spec gets
+new model and endpoint-config names (SageMaker cannot modify them in place), an unchanged
+spec always maps to the same names (so retries are idempotent), and leftovers of older
+generations are recognisable by pattern and can be collected after a crash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from llmhost.specs import DeploymentSpec, HubSource, ServerlessHosting, SharedHosting
+
+if TYPE_CHECKING:
+    from llmhost.sizing import Plan
+
+VARIANT = "AllTraffic"
+# Generous startup windows: large models take many minutes to download and load.
+DOWNLOAD_TIMEOUT_S = 1800
+STARTUP_TIMEOUT_S = 1800
+
+HostingKind = Literal["dedicated", "shared", "serverless"]
+
+
+def short_hash(value: Any) -> str:
+    """Eight hex digits of a stable hash of JSON-able data."""
+    data = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(data.encode()).hexdigest()[:8]
+
+
+def generation_pattern(base: str) -> re.Pattern[str]:
+    """Names llmhost derives from ``base``: the base, a hyphen and eight hex digits."""
+    return re.compile(rf"^{re.escape(base)}-[0-9a-f]{{8}}$")
+
+
+@dataclass(frozen=True)
+class DesiredResources:
+    """Names and request bodies (secrets excluded) of what a spec needs in SageMaker."""
+
+    deployment: str
+    kind: HostingKind
+    model_name: str
+    container: dict[str, Any]
+    config_name: str
+    config_body: dict[str, Any]
+    endpoint_name: str
+    component_name: str | None = None
+    component_spec: dict[str, Any] = field(default_factory=dict)
+    copies: int = 1
+    token_secret_arn: str | None = None
+
+    @property
+    def is_shared(self) -> bool:
+        return self.kind == "shared"
+
+    @property
+    def scaling_resource_id(self) -> str:
+        """The Application Auto Scaling resource id of this deployment's capacity."""
+        if self.component_name:
+            return f"inference-component/{self.component_name}"
+        return f"endpoint/{self.endpoint_name}/variant/{VARIANT}"
+
+
+def desired_resources(
+    spec: DeploymentSpec, plan: Plan, role_arn: str, container: dict[str, Any]
+) -> DesiredResources:
+    """Derive names and bodies from a spec and its sizing plan.
+
+    ``container`` is the CreateModel PrimaryContainer without secrets: the token is read
+    from Secrets Manager only when the model is created, and never hashed or stored.
+    """
+    name = spec.name
+    token_arn = spec.model.token_secret_arn if isinstance(spec.model, HubSource) else None
+    model_name = f"{name}-{short_hash([container, token_arn, role_arn])}"
+    hosting = spec.hosting
+
+    if isinstance(hosting, SharedHosting):
+        pool_variant: dict[str, Any] = {
+            "VariantName": VARIANT,
+            "InstanceType": plan.instance_type,
+            "InitialInstanceCount": max(1, hosting.pool_min_instances),
+            "ManagedInstanceScaling": {
+                "Status": "ENABLED",
+                "MinInstanceCount": hosting.pool_min_instances,
+                "MaxInstanceCount": hosting.pool_max_instances,
+            },
+            "RoutingConfig": {"RoutingStrategy": "LEAST_OUTSTANDING_REQUESTS"},
+        }
+        # The pool's config depends only on the instance type: every deployment in the pool
+        # derives the same name, whichever of them creates it first.
+        config_name = f"{hosting.pool}-{short_hash([plan.instance_type, role_arn])}"
+        compute: dict[str, Any] = {
+            "NumberOfAcceleratorDevicesRequired": float(hosting.accelerators),
+            "MinMemoryRequiredInMb": hosting.memory_mb,
+        }
+        if hosting.cpus is not None:
+            compute["NumberOfCpuCoresRequired"] = float(hosting.cpus)
+        return DesiredResources(
+            deployment=name,
+            kind="shared",
+            model_name=model_name,
+            container=container,
+            config_name=config_name,
+            config_body={
+                "EndpointConfigName": config_name,
+                "ExecutionRoleArn": role_arn,
+                "ProductionVariants": [pool_variant],
+            },
+            endpoint_name=hosting.pool,
+            component_name=name,
+            component_spec={
+                "ModelName": model_name,
+                "ComputeResourceRequirements": compute,
+                "StartupParameters": {
+                    "ModelDataDownloadTimeoutInSeconds": DOWNLOAD_TIMEOUT_S,
+                    "ContainerStartupHealthCheckTimeoutInSeconds": STARTUP_TIMEOUT_S,
+                },
+            },
+            copies=hosting.copies,
+            token_secret_arn=token_arn,
+        )
+
+    if isinstance(hosting, ServerlessHosting):
+        serverless: dict[str, Any] = {
+            "MemorySizeInMB": hosting.memory_mb,
+            "MaxConcurrency": hosting.max_concurrency,
+        }
+        if hosting.provisioned_concurrency:
+            serverless["ProvisionedConcurrency"] = hosting.provisioned_concurrency
+        variant: dict[str, Any] = {
+            "VariantName": VARIANT,
+            "ModelName": model_name,
+            "ServerlessConfig": serverless,
+        }
+        kind: HostingKind = "serverless"
+    else:
+        variant = {
+            "VariantName": VARIANT,
+            "ModelName": model_name,
+            "InstanceType": plan.instance_type,
+            "InitialInstanceCount": hosting.instance_count,
+            "ModelDataDownloadTimeoutInSeconds": DOWNLOAD_TIMEOUT_S,
+            "ContainerStartupHealthCheckTimeoutInSeconds": STARTUP_TIMEOUT_S,
+        }
+        kind = "dedicated"
+    config_name = f"{name}-{short_hash(variant)}"
+    return DesiredResources(
+        deployment=name,
+        kind=kind,
+        model_name=model_name,
+        container=container,
+        config_name=config_name,
+        config_body={"EndpointConfigName": config_name, "ProductionVariants": [variant]},
+        endpoint_name=name,
+        token_secret_arn=token_arn,
+    )

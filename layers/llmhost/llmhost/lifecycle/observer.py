@@ -1,0 +1,161 @@
+"""Reads what SageMaker, Application Auto Scaling and CloudWatch hold for one deployment."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from llmhost.lifecycle.desired import DesiredResources, generation_pattern
+from llmhost.lifecycle.observed import Observed, ObservedComponent, ObservedEndpoint
+from llmhost.lifecycle.record import DeploymentRecord
+
+
+def alarm_prefix(deployment: str) -> str:
+    """Every CloudWatch alarm llmhost creates for a deployment starts with this."""
+    return f"llmhost-{deployment}-"
+
+
+class SageMakerObserver:
+    """Builds an ``Observed`` snapshot; only describe/list calls, never a change."""
+
+    def __init__(
+        self,
+        sagemaker: Any,
+        autoscaling: Callable[[], Any],
+        cloudwatch: Callable[[], Any],
+    ) -> None:
+        self._sm = sagemaker
+        # Lazily created: only deletes need them, and most reconciles are not deletes.
+        self._autoscaling = autoscaling
+        self._cloudwatch = cloudwatch
+
+    def observe(
+        self,
+        record: DeploymentRecord,
+        desired: DesiredResources,
+        others_in_pool: bool = False,
+    ) -> Observed:
+        name = record.name
+        models = frozenset(self._names("list_models", "Models", "ModelName", name))
+        config_base = desired.endpoint_name if desired.is_shared else name
+        configs = frozenset(
+            self._names("list_endpoint_configs", "EndpointConfigs", "EndpointConfigName", config_base)
+        )
+        endpoint = self._endpoint(desired.endpoint_name)
+        component = None
+        pool_components: frozenset[str] = frozenset()
+        if desired.is_shared:
+            component = self._component(desired.component_name or name)
+            if endpoint is not None:
+                pool_components = frozenset(
+                    c for c in self._components_on(endpoint.name) if c != desired.component_name
+                )
+        deleting = record.desired_state == "deleted"
+        return Observed(
+            models=models,
+            configs=configs,
+            endpoint=endpoint,
+            component=component,
+            pool_components=pool_components,
+            pool_wanted_by_others=others_in_pool,
+            scalable_targets=self._scalable_targets(desired) if deleting else frozenset(),
+            alarms=self._alarms(name) if deleting else frozenset(),
+        )
+
+    # ------------------------------------------------------------------------------ readers
+
+    def _names(self, operation: str, key: str, field: str, base: str) -> Iterator[str]:
+        pattern = generation_pattern(base)
+        kwargs: dict[str, Any] = {"NameContains": base, "MaxResults": 100}
+        while True:
+            page = getattr(self._sm, operation)(**kwargs)
+            for item in page.get(key, []):
+                if pattern.match(item[field]):
+                    yield item[field]
+            token = page.get("NextToken")
+            if not token:
+                return
+            kwargs["NextToken"] = token
+
+    def _endpoint(self, name: str) -> ObservedEndpoint | None:
+        try:
+            ep = self._sm.describe_endpoint(EndpointName=name)
+        except ClientError as error:
+            if _missing(error):
+                return None
+            raise
+        config_models: frozenset[str] = frozenset()
+        try:
+            config = self._sm.describe_endpoint_config(EndpointConfigName=ep["EndpointConfigName"])
+            config_models = frozenset(
+                v["ModelName"] for v in config.get("ProductionVariants", []) if v.get("ModelName")
+            )
+        except ClientError as error:
+            if not _missing(error):
+                raise
+        return ObservedEndpoint(
+            name=name,
+            status=ep["EndpointStatus"],
+            config_name=ep["EndpointConfigName"],
+            failure_reason=ep.get("FailureReason", ""),
+            config_models=config_models,
+        )
+
+    def _component(self, name: str) -> ObservedComponent | None:
+        try:
+            ic = self._sm.describe_inference_component(InferenceComponentName=name)
+        except ClientError as error:
+            if _missing(error):
+                return None
+            raise
+        spec = ic.get("Specification", {})
+        runtime = ic.get("RuntimeConfig", {})
+        return ObservedComponent(
+            name=name,
+            status=ic["InferenceComponentStatus"],
+            endpoint_name=ic["EndpointName"],
+            model_name=spec.get("ModelName", ""),
+            compute={
+                k: float(v) for k, v in spec.get("ComputeResourceRequirements", {}).items()
+            },
+            desired_copies=int(runtime.get("DesiredCopyCount", 0)),
+            current_copies=int(runtime.get("CurrentCopyCount", 0)),
+            failure_reason=ic.get("FailureReason", ""),
+        )
+
+    def _components_on(self, endpoint: str) -> Iterator[str]:
+        kwargs: dict[str, Any] = {"EndpointNameEquals": endpoint, "MaxResults": 100}
+        while True:
+            page = self._sm.list_inference_components(**kwargs)
+            for item in page.get("InferenceComponents", []):
+                yield item["InferenceComponentName"]
+            token = page.get("NextToken")
+            if not token:
+                return
+            kwargs["NextToken"] = token
+
+    def _scalable_targets(self, desired: DesiredResources) -> frozenset[str]:
+        page = self._autoscaling().describe_scalable_targets(
+            ServiceNamespace="sagemaker", ResourceIds=[desired.scaling_resource_id]
+        )
+        return frozenset(t["ResourceId"] for t in page.get("ScalableTargets", []))
+
+    def _alarms(self, deployment: str) -> frozenset[str]:
+        names: set[str] = set()
+        kwargs: dict[str, Any] = {"AlarmNamePrefix": alarm_prefix(deployment)}
+        while True:
+            page = self._cloudwatch().describe_alarms(**kwargs)
+            names.update(a["AlarmName"] for a in page.get("MetricAlarms", []))
+            if not page.get("NextToken"):
+                return frozenset(names)
+            kwargs["NextToken"] = page["NextToken"]
+
+
+def _missing(error: ClientError) -> bool:
+    """SageMaker reports a missing resource as a ValidationException "Could not find ..."."""
+    err = error.response.get("Error", {})
+    return err.get("Code") in {"ValidationException", "ResourceNotFound"} and (
+        "Could not find" in err.get("Message", "") or err.get("Code") == "ResourceNotFound"
+    )

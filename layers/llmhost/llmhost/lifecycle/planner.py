@@ -1,0 +1,362 @@
+"""The reconciler's brain: (desired, observed) -> the next action. Pure; no I/O.
+
+``plan_next_action`` is called again after every applied action, with a fresh snapshot,
+until it returns an action that needs no AWS call (``Wait`` or ``Settle``). Because each
+decision depends only on what SageMaker reports now, a crash or retry between any two
+steps simply re-plans from the real state: nothing is remembered that could go stale,
+except ``record.attempt``, which tells a failure of the current spec from an older one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmhost.lifecycle.desired import DesiredResources
+from llmhost.lifecycle.observed import Observed, ObservedComponent, ObservedEndpoint
+from llmhost.lifecycle.record import DeploymentRecord, Status
+
+# SageMaker endpoint statuses grouped by what the reconciler can do while they hold.
+ENDPOINT_BUSY = {"Creating", "Updating", "SystemUpdating", "RollingBack"}
+ENDPOINT_BROKEN = {"Failed", "UpdateRollbackFailed", "OutOfService"}
+
+
+@dataclass(frozen=True)
+class Action:
+    """Base class. ``target`` is the resource the action is about."""
+
+    target: str
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__
+
+    @property
+    def calls_aws(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class CreateModel(Action):
+    pass
+
+
+@dataclass(frozen=True)
+class CreateEndpointConfig(Action):
+    pass
+
+
+@dataclass(frozen=True)
+class CreateEndpoint(Action):
+    config: str
+
+
+@dataclass(frozen=True)
+class UpdateEndpoint(Action):
+    config: str
+
+
+@dataclass(frozen=True)
+class DeleteEndpoint(Action):
+    pass
+
+
+@dataclass(frozen=True)
+class DeleteEndpointConfig(Action):
+    pass
+
+
+@dataclass(frozen=True)
+class DeleteModel(Action):
+    pass
+
+
+@dataclass(frozen=True)
+class CreateComponent(Action):
+    copies: int
+
+
+@dataclass(frozen=True)
+class UpdateComponent(Action):
+    pass
+
+
+@dataclass(frozen=True)
+class SetComponentCopies(Action):
+    copies: int
+
+
+@dataclass(frozen=True)
+class DeleteComponent(Action):
+    pass
+
+
+@dataclass(frozen=True)
+class DeregisterScalableTarget(Action):
+    """``target`` is the Application Auto Scaling resource id; policies go with it."""
+
+
+@dataclass(frozen=True)
+class DeleteAlarm(Action):
+    pass
+
+
+@dataclass(frozen=True)
+class DeleteSchedule(Action):
+    pass
+
+
+@dataclass(frozen=True)
+class Wait(Action):
+    """Nothing to do until SageMaker reports a change (an event or the schedule)."""
+
+    @property
+    def calls_aws(self) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class Settle(Action):
+    """Record a status; the deployment is where it should be (or stopped on a failure)."""
+
+    failed: bool = False
+
+    @property
+    def calls_aws(self) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class Step:
+    action: Action
+    status: Status
+    reason: str
+
+
+def plan_next_action(
+    record: DeploymentRecord, desired: DesiredResources, observed: Observed
+) -> Step:
+    """Decide the single next step that moves SageMaker towards the record's desired state."""
+    if record.desired_state == "deleted":
+        return _plan_delete(desired, observed)
+    if desired.is_shared:
+        return _plan_shared(record, desired, observed)
+    return _plan_endpoint(record, desired, observed)
+
+
+# ------------------------------------------------------------------- dedicated and serverless
+
+
+def _plan_endpoint(record: DeploymentRecord, d: DesiredResources, o: Observed) -> Step:
+    asleep = record.desired_state == "sleeping"
+    if record.failed_generation == record.generation and not asleep:
+        return Step(Settle(d.endpoint_name, failed=True), "FAILED", record.status_reason)
+    if d.model_name not in o.models:
+        return Step(CreateModel(d.model_name), _progress(record), "creating the SageMaker model")
+    if d.config_name not in o.configs:
+        return Step(
+            CreateEndpointConfig(d.config_name), _progress(record), "creating the endpoint config"
+        )
+    ep = o.endpoint
+    if asleep:
+        return _plan_sleep_endpoint(d, ep)
+    if ep is None:
+        reason = "waking: recreating the endpoint" if record.status == "SLEEPING" else (
+            "creating the endpoint (SageMaker takes 10-30 minutes)"
+        )
+        return Step(CreateEndpoint(d.endpoint_name, config=d.config_name), "CREATING", reason)
+    if ep.status == "Creating":
+        return Step(Wait(ep.name), "CREATING", "SageMaker is creating the endpoint")
+    if ep.status in ENDPOINT_BUSY:
+        return Step(Wait(ep.name), "UPDATING", f"SageMaker reports the endpoint {ep.status}")
+    if ep.status == "Deleting":
+        return Step(Wait(ep.name), _progress(record), "waiting for the old endpoint to go away")
+    if ep.status in ENDPOINT_BROKEN:
+        return _on_broken(record, ep.name, ep.failure_reason, "endpoint", DeleteEndpoint)
+    # InService
+    if ep.config_name != d.config_name:
+        if _attempted(record):
+            return _rolled_back(ep.failure_reason, ep.name)
+        return Step(
+            UpdateEndpoint(ep.name, config=d.config_name),
+            "UPDATING",
+            "rolling the endpoint to the new config (the old one serves until it is ready)",
+        )
+    stale = _collect_garbage(
+        o, keep_configs={d.config_name}, keep_models={d.model_name} | ep.config_models
+    )
+    if stale:
+        return Step(stale, "IN_SERVICE", "removing resources of earlier generations")
+    return Step(Settle(ep.name), "IN_SERVICE", "")
+
+
+def _plan_sleep_endpoint(d: DesiredResources, ep: ObservedEndpoint | None) -> Step:
+    if ep is None:
+        return Step(
+            Settle(d.endpoint_name), "SLEEPING", "endpoint deleted; its config is kept for waking"
+        )
+    if ep.status == "Deleting":
+        return Step(Wait(ep.name), "SLEEPING", "deleting the endpoint to sleep")
+    if ep.status in ENDPOINT_BUSY:
+        return Step(Wait(ep.name), "SLEEPING", f"will sleep once the endpoint is not {ep.status}")
+    return Step(DeleteEndpoint(ep.name), "SLEEPING", "deleting the endpoint to sleep")
+
+
+# ------------------------------------------------------------------------------------ shared
+
+
+def _plan_shared(record: DeploymentRecord, d: DesiredResources, o: Observed) -> Step:
+    asleep = record.desired_state == "sleeping"
+    if record.failed_generation == record.generation:
+        return Step(Settle(d.deployment, failed=True), "FAILED", record.status_reason)
+    if d.config_name not in o.configs:
+        return Step(
+            CreateEndpointConfig(d.config_name), _progress(record), "creating the pool's config"
+        )
+    pool = o.endpoint
+    if pool is None:
+        return Step(
+            CreateEndpoint(d.endpoint_name, config=d.config_name),
+            _progress(record),
+            f"creating the shared endpoint '{d.endpoint_name}'",
+        )
+    if pool.status == "Deleting":
+        return Step(Wait(pool.name), _progress(record), "the pool endpoint is being deleted")
+    if pool.status in ENDPOINT_BUSY:
+        return Step(Wait(pool.name), _progress(record), f"the pool endpoint is {pool.status}")
+    if pool.status in ENDPOINT_BROKEN:
+        return _on_broken(record, pool.name, pool.failure_reason, "pool endpoint", DeleteEndpoint)
+    if d.model_name not in o.models:
+        return Step(CreateModel(d.model_name), _progress(record), "creating the SageMaker model")
+    ic = o.component
+    wanted_copies = 0 if asleep else d.copies
+    if ic is None:
+        return Step(
+            CreateComponent(d.deployment, copies=wanted_copies),
+            "CREATING",
+            "creating the inference component",
+        )
+    if ic.status == "Creating":
+        return Step(Wait(ic.name), "CREATING", "SageMaker is creating the inference component")
+    if ic.status == "Updating":
+        return Step(Wait(ic.name), _progress(record), "SageMaker is updating the component")
+    if ic.status == "Deleting":
+        return Step(Wait(ic.name), _progress(record), "waiting for the old component to go")
+    if ic.status == "Failed":
+        return _on_broken(record, ic.name, ic.failure_reason, "inference component", DeleteComponent)
+    if _component_differs(ic, d):
+        if _attempted(record):
+            return _rolled_back(ic.failure_reason, ic.name)
+        return Step(UpdateComponent(ic.name), "UPDATING", "updating the inference component")
+    if asleep and ic.desired_copies > 0:
+        return Step(SetComponentCopies(ic.name, copies=0), "SLEEPING", "scaling to zero copies")
+    if not asleep and ic.desired_copies == 0:
+        return Step(
+            SetComponentCopies(ic.name, copies=max(1, d.copies)),
+            "CREATING",
+            "waking: adding a copy",
+        )
+    stale = _collect_garbage(o, keep_configs=o.configs, keep_models={d.model_name, ic.model_name})
+    if stale:
+        return Step(stale, "SLEEPING" if asleep else "IN_SERVICE", "removing old models")
+    if asleep:
+        return Step(Settle(ic.name), "SLEEPING", "zero copies; the next request wakes it")
+    return Step(Settle(ic.name), "IN_SERVICE", "")
+
+
+def _component_differs(ic: ObservedComponent, d: DesiredResources) -> bool:
+    want = d.component_spec["ComputeResourceRequirements"]
+    have = ic.compute
+    return ic.model_name != d.model_name or any(
+        float(have.get(key, -1)) != float(value) for key, value in want.items()
+    )
+
+
+# ------------------------------------------------------------------------------------ delete
+
+
+def _plan_delete(d: DesiredResources, o: Observed) -> Step:
+    """Tear down in dependency order: scaling, component, endpoint, configs, models, pool."""
+    for target in sorted(o.scalable_targets):
+        return Step(DeregisterScalableTarget(target), "DELETING", "removing autoscaling")
+    for alarm in sorted(o.alarms):
+        return Step(DeleteAlarm(alarm), "DELETING", "removing alarms")
+    for schedule in sorted(o.schedules):
+        return Step(DeleteSchedule(schedule), "DELETING", "removing schedules")
+    if d.is_shared:
+        ic = o.component
+        if ic is not None:
+            if ic.status in {"Creating", "Updating", "Deleting"}:
+                return Step(Wait(ic.name), "DELETING", f"the component is {ic.status}")
+            return Step(DeleteComponent(ic.name), "DELETING", "deleting the inference component")
+        for model in sorted(o.models):
+            return Step(DeleteModel(model), "DELETING", "deleting models")
+        if o.pool_components or o.pool_wanted_by_others:
+            return Step(Settle(d.deployment), "DELETED", "the shared pool stays for other models")
+        step = _delete_endpoint_step(o.endpoint)
+        if step:
+            return step
+        for config in sorted(o.configs):
+            return Step(DeleteEndpointConfig(config), "DELETING", "deleting the pool's config")
+        return Step(Settle(d.deployment), "DELETED", "all resources removed")
+    step = _delete_endpoint_step(o.endpoint)
+    if step:
+        return step
+    for config in sorted(o.configs):
+        return Step(DeleteEndpointConfig(config), "DELETING", "deleting endpoint configs")
+    for model in sorted(o.models):
+        return Step(DeleteModel(model), "DELETING", "deleting models")
+    return Step(Settle(d.deployment), "DELETED", "all resources removed")
+
+
+def _delete_endpoint_step(ep: ObservedEndpoint | None) -> Step | None:
+    if ep is None:
+        return None
+    if ep.status in ENDPOINT_BUSY or ep.status == "Deleting":
+        return Step(Wait(ep.name), "DELETING", f"the endpoint is {ep.status}; deleting after")
+    return Step(DeleteEndpoint(ep.name), "DELETING", "deleting the endpoint")
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+
+def _progress(record: DeploymentRecord) -> Status:
+    """Status while preparing resources: CREATING before the first success, else UPDATING."""
+    if record.status in {"IN_SERVICE", "UPDATING"}:
+        return "UPDATING"
+    if record.status == "SLEEPING" and record.desired_state == "sleeping":
+        return "SLEEPING"
+    return "CREATING"
+
+
+def _attempted(record: DeploymentRecord) -> bool:
+    """Did llmhost already ask SageMaker to move to this generation's resources?"""
+    return record.attempt is not None and record.attempt.generation == record.generation
+
+
+def _on_broken(
+    record: DeploymentRecord, name: str, reason: str, what: str, delete: type[Action]
+) -> Step:
+    if _attempted(record):
+        message = f"SageMaker reports the {what} failed: {reason or 'no reason given'}"
+        return Step(Settle(name, failed=True), "FAILED", message + "; change the spec to retry")
+    # A failure left over from an earlier spec: clear it and try the current one.
+    return Step(delete(name), _progress(record), f"replacing the failed {what}")
+
+
+def _rolled_back(reason: str, name: str) -> Step:
+    message = (
+        f"the update failed and SageMaker rolled back: {reason or 'no reason given'}; "
+        "the previous version is still serving; change the spec to retry"
+    )
+    return Step(Settle(name, failed=True), "FAILED", message)
+
+
+def _collect_garbage(
+    o: Observed, keep_configs: set[str] | frozenset[str], keep_models: set[str] | frozenset[str]
+) -> Action | None:
+    """The next leftover of an earlier generation to delete: configs first, then models."""
+    for config in sorted(o.configs - set(keep_configs)):
+        return DeleteEndpointConfig(config)
+    for model in sorted(o.models - set(keep_models)):
+        return DeleteModel(model)
+    return None

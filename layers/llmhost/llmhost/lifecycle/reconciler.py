@@ -1,0 +1,145 @@
+"""The reconcile loop: observe, plan, apply, record — until SageMaker has to do the work.
+
+One call takes as many steps as can be taken right now (create model, config, endpoint…)
+and returns as soon as the next step is waiting on SageMaker. It never sleeps: the
+"SageMaker Endpoint State Change" event or the drift-repair schedule calls it again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from llmhost.errors import ConcurrentModification, LlmhostError, SageMakerBusy
+from llmhost.lifecycle.applier import SageMakerApplier
+from llmhost.lifecycle.desired import DesiredResources, desired_resources
+from llmhost.lifecycle.observer import SageMakerObserver
+from llmhost.lifecycle.planner import (
+    CreateComponent,
+    CreateEndpoint,
+    Step,
+    UpdateComponent,
+    UpdateEndpoint,
+    Wait,
+    plan_next_action,
+)
+from llmhost.lifecycle.record import Attempt, DeploymentRecord
+from llmhost.lifecycle.registry import Registry
+from llmhost.specs import DeploymentSpec
+
+_ATTEMPTS = (CreateEndpoint, UpdateEndpoint, CreateComponent, UpdateComponent)
+
+
+@dataclass
+class ReconcileResult:
+    name: str
+    status: str
+    steps: list[str] = field(default_factory=list)
+
+
+def resolve_desired(spec: DeploymentSpec, region: str, role_arn: str) -> DesiredResources:
+    """Size the spec, build its container (no secrets) and derive resource names."""
+    from llmhost import sizing
+    from llmhost.engines.containers import container_definition
+
+    plan = sizing.plan(spec)
+    container = container_definition(spec, plan, region, hf_token=None)
+    return desired_resources(spec, plan, role_arn, container)
+
+
+def record_step(record: DeploymentRecord, step: Step, history_limit: int) -> DeploymentRecord:
+    """The record after ``step`` (pure). Unchanged when the step changes nothing visible."""
+    action = step.action
+    changes: dict[str, object] = {}
+    if isinstance(action, _ATTEMPTS):
+        changes["attempt"] = Attempt(generation=record.generation, target=action.target)
+    if getattr(action, "failed", False):
+        changes["failed_generation"] = record.generation
+    if action.calls_aws:
+        event = f"{action.kind} {action.target}"
+    elif step.status != record.status or step.reason != record.status_reason:
+        event = "StatusChanged"
+    elif not changes:
+        return record
+    else:
+        event = action.kind
+    return record.with_event(
+        event, status=step.status, reason=step.reason, history_limit=history_limit, **changes
+    )
+
+
+class Reconciler:
+    """Drives one deployment at a time towards its record's desired state."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        observer: SageMakerObserver,
+        applier: SageMakerApplier,
+        resolve: Callable[[DeploymentSpec], DesiredResources],
+        history_limit: int = 50,
+        max_steps: int = 25,
+    ) -> None:
+        self._registry = registry
+        self._observer = observer
+        self._applier = applier
+        self._resolve = resolve
+        self._history_limit = history_limit
+        self._max_steps = max_steps
+
+    def reconcile(self, name: str) -> ReconcileResult:
+        """Take every step possible now for deployment ``name``; returns its final status."""
+        result = ReconcileResult(name=name, status="UNKNOWN")
+        for _ in range(self._max_steps):
+            record = self._registry.find(name)
+            if record is None or (record.status == "DELETED" and record.desired_state == "deleted"):
+                result.status = record.status if record else "ABSENT"
+                return result
+            result.status = record.status
+            try:
+                done = self._step(record, result)
+            except ConcurrentModification:
+                continue  # someone else wrote the record: re-read and re-plan
+            if done:
+                return result
+        return result
+
+    def _step(self, record: DeploymentRecord, result: ReconcileResult) -> bool:
+        try:
+            desired = self._resolve(record.spec)
+        except LlmhostError as error:
+            self._fail(record, f"cannot build the SageMaker resources: {error.message}")
+            result.status = "FAILED"
+            return True
+        others = desired.is_shared and any(
+            r.name != record.name and r.desired_state != "deleted"
+            for r in self._registry.using_endpoint(desired.endpoint_name)
+        )
+        observed = self._observer.observe(record, desired, others_in_pool=others)
+        step = plan_next_action(record, desired, observed)
+        if step.action.calls_aws:
+            try:
+                self._applier.apply(step.action, record, desired)
+            except SageMakerBusy as busy:
+                step = Step(Wait(step.action.target), step.status, f"waiting: {busy.message}")
+            except LlmhostError as error:
+                self._fail(record, error.message)
+                result.status = "FAILED"
+                return True
+            else:
+                result.steps.append(f"{step.action.kind} {step.action.target}")
+        updated = record_step(record, step, self._history_limit)
+        if updated is not record:
+            self._registry.save(updated)
+        result.status = updated.status
+        return not step.action.calls_aws
+
+    def _fail(self, record: DeploymentRecord, reason: str) -> None:
+        failed = record.with_event(
+            "Failed",
+            status="FAILED",
+            reason=f"{reason}; change the spec to retry",
+            history_limit=self._history_limit,
+            failed_generation=record.generation,
+        )
+        self._registry.save(failed)

@@ -1,0 +1,122 @@
+"""A deployment as the registry stores it: the spec (desired), status (observed), history."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llmhost.specs import DeploymentSpec
+
+Status = Literal[
+    "PENDING",
+    "CREATING",
+    "IN_SERVICE",
+    "UPDATING",
+    "SLEEPING",
+    "DELETING",
+    "DELETED",
+    "FAILED",
+]
+DesiredState = Literal["in_service", "sleeping", "deleted"]
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class HistoryEntry(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    at: str
+    event: str = Field(description="What happened, e.g. CreateEndpoint or SpecUpdated.")
+    status: Status
+    reason: str = ""
+    generation: int
+
+
+class Resources(BaseModel):
+    """The SageMaker resources this deployment currently uses (as last observed)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str | None = None
+    endpoint_config: str | None = None
+    endpoint: str | None = None
+    inference_component: str | None = None
+
+
+class Attempt(BaseModel):
+    """The last create/update llmhost asked SageMaker for: tells a new failure from an old one."""
+
+    model_config = ConfigDict(frozen=True)
+
+    generation: int
+    target: str
+
+
+class DeploymentRecord(BaseModel):
+    """One registry item. ``version`` is the optimistic-locking counter, bumped on each save."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    spec: DeploymentSpec
+    generation: int = 1
+    version: int = 0
+    desired_state: DesiredState = "in_service"
+    status: Status = "PENDING"
+    status_reason: str = ""
+    failed_generation: int | None = None
+    attempt: Attempt | None = None
+    resources: Resources = Resources()
+    history: list[HistoryEntry] = Field(default_factory=list)
+    created_at: str = Field(default_factory=utc_now)
+    updated_at: str = Field(default_factory=utc_now)
+
+    @property
+    def endpoint_name(self) -> str:
+        hosting = self.spec.hosting
+        return hosting.pool if hosting.kind == "shared" else self.name
+
+    @property
+    def pool(self) -> str | None:
+        hosting = self.spec.hosting
+        return hosting.pool if hosting.kind == "shared" else None
+
+    def with_event(
+        self,
+        event: str,
+        *,
+        status: Status | None = None,
+        reason: str | None = None,
+        history_limit: int = 50,
+        **changes: object,
+    ) -> DeploymentRecord:
+        """Return a copy with a status change and one history entry appended (bounded)."""
+        new_status = status or self.status
+        new_reason = self.status_reason if reason is None else reason
+        entry = HistoryEntry(
+            at=utc_now(),
+            event=event,
+            status=new_status,
+            reason=new_reason,
+            generation=self.generation,
+        )
+        history = [*self.history, entry][-history_limit:]
+        return self.model_copy(
+            update={
+                "status": new_status,
+                "status_reason": new_reason,
+                "history": history,
+                "updated_at": entry.at,
+                **changes,
+            }
+        )
+
+    def public_view(self) -> dict[str, object]:
+        """What the API returns: everything except the locking counter."""
+        data = self.model_dump(mode="json", exclude={"version", "attempt"})
+        data["endpoint_name"] = self.endpoint_name
+        return data

@@ -1,0 +1,117 @@
+"""The DynamoDB registry of deployments, with optimistic locking.
+
+Items are keyed by ``name``. The record body is one JSON string (so floats and nested
+specs survive without DynamoDB's Decimal conversions); a few attributes are duplicated at
+the top level for filters. Every save is conditional on the version read, so two writers
+(the API and the reconciler, or two reconcilers) never lose an update: the loser gets
+``ConcurrentModification`` and re-reads.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from llmhost.errors import ConcurrentModification, DeploymentExists, DeploymentNotFound
+from llmhost.lifecycle.record import DeploymentRecord
+
+
+class Registry:
+    """Reads and writes deployment records in one DynamoDB table."""
+
+    def __init__(self, client: Any, table_name: str) -> None:
+        self._ddb = client
+        self._table = table_name
+
+    def get(self, name: str) -> DeploymentRecord:
+        """The record for ``name``. Raises DeploymentNotFound."""
+        record = self.find(name)
+        if record is None:
+            raise DeploymentNotFound(name)
+        return record
+
+    def find(self, name: str) -> DeploymentRecord | None:
+        item = self._ddb.get_item(
+            TableName=self._table, Key={"name": {"S": name}}, ConsistentRead=True
+        ).get("Item")
+        return _decode(item) if item else None
+
+    def list(self, include_deleted: bool = False) -> list[DeploymentRecord]:
+        """All records, sorted by name (the registry holds tens, not millions, of items)."""
+        records: list[DeploymentRecord] = []
+        kwargs: dict[str, Any] = {"TableName": self._table, "ConsistentRead": True}
+        while True:
+            page = self._ddb.scan(**kwargs)
+            records.extend(_decode(item) for item in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                break
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        if not include_deleted:
+            records = [r for r in records if r.status != "DELETED"]
+        return sorted(records, key=lambda r: r.name)
+
+    def using_endpoint(self, endpoint_name: str) -> list[DeploymentRecord]:
+        """Live deployments served by ``endpoint_name`` (a dedicated endpoint or a pool)."""
+        return [r for r in self.list() if r.endpoint_name == endpoint_name]
+
+    def create(self, record: DeploymentRecord) -> DeploymentRecord:
+        """Insert a new record; a DELETED one of the same name may be replaced.
+
+        Raises DeploymentExists when a live deployment has the name.
+        """
+        saved = record.model_copy(update={"version": 1})
+        try:
+            self._ddb.put_item(
+                TableName=self._table,
+                Item=_encode(saved),
+                ConditionExpression="attribute_not_exists(#n) OR #s = :deleted",
+                ExpressionAttributeNames={"#n": "name", "#s": "status"},
+                ExpressionAttributeValues={":deleted": {"S": "DELETED"}},
+            )
+        except ClientError as error:
+            if _is_condition_failure(error):
+                raise DeploymentExists(record.name) from None
+            raise
+        return saved
+
+    def save(self, record: DeploymentRecord) -> DeploymentRecord:
+        """Write ``record`` if nobody saved since it was read; returns it with version + 1.
+
+        Raises ConcurrentModification when the stored version moved on.
+        """
+        saved = record.model_copy(update={"version": record.version + 1})
+        try:
+            self._ddb.put_item(
+                TableName=self._table,
+                Item=_encode(saved),
+                ConditionExpression="#v = :v",
+                ExpressionAttributeNames={"#v": "version"},
+                ExpressionAttributeValues={":v": {"N": str(record.version)}},
+            )
+        except ClientError as error:
+            if _is_condition_failure(error):
+                raise ConcurrentModification(record.name) from None
+            raise
+        return saved
+
+
+def _is_condition_failure(error: ClientError) -> bool:
+    return error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+
+
+def _encode(record: DeploymentRecord) -> dict[str, Any]:
+    return {
+        "name": {"S": record.name},
+        "version": {"N": str(record.version)},
+        "generation": {"N": str(record.generation)},
+        "status": {"S": record.status},
+        "desired_state": {"S": record.desired_state},
+        "endpoint_name": {"S": record.endpoint_name},
+        "body": {"S": record.model_dump_json()},
+    }
+
+
+def _decode(item: dict[str, Any]) -> DeploymentRecord:
+    return DeploymentRecord.model_validate(json.loads(item["body"]["S"]))

@@ -1,0 +1,115 @@
+"""Per-function settings (validated from the environment at first use) and wiring.
+
+Handlers ask for their dependencies here; nothing is read or built at import time. Tests
+and the local runner replace the defaults with ``override``.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from llmhost import aws
+
+if TYPE_CHECKING:
+    from llmhost.lifecycle.reconciler import Reconciler
+    from llmhost.lifecycle.registry import Registry
+
+
+class SettingsError(RuntimeError):
+    """The function's environment is incomplete: a deployment problem, not a user error."""
+
+
+class ApiSettings(BaseModel):
+    registry_table_name: str = Field(min_length=3)
+
+
+class ReconcileSettings(BaseModel):
+    registry_table_name: str = Field(min_length=3)
+    sagemaker_execution_role_arn: str = Field(pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
+    history_limit: int = Field(default=50, ge=5, le=500)
+
+
+def _from_env(model: type[BaseModel]) -> Any:
+    values = {name: os.environ[name.upper()] for name in model.model_fields if name.upper() in os.environ}
+    try:
+        return model.model_validate(values)
+    except ValidationError as error:
+        missing = ", ".join(".".join(map(str, e["loc"])).upper() for e in error.errors())
+        raise SettingsError(f"the function's environment is invalid: {missing}") from None
+
+
+_overrides: dict[str, Any] = {}
+
+
+def override(**deps: Any) -> None:
+    """Replace dependencies (``registry=...``, ``reconciler=...``) until ``reset()``."""
+    _overrides.update(deps)
+
+
+def reset() -> None:
+    _overrides.clear()
+    _registry.cache_clear()
+    _reconciler.cache_clear()
+
+
+@cache
+def _registry() -> Registry:
+    from llmhost.lifecycle.registry import Registry
+
+    settings: ApiSettings = _from_env(ApiSettings)
+    return Registry(aws.client("dynamodb"), settings.registry_table_name)
+
+
+def registry() -> Registry:
+    return _overrides.get("registry") or _registry()
+
+
+
+@cache
+def _reconciler() -> Reconciler:
+    from llmhost.lifecycle.applier import SageMakerApplier
+    from llmhost.lifecycle.observer import SageMakerObserver
+    from llmhost.lifecycle.reconciler import Reconciler, resolve_desired
+
+    settings: ReconcileSettings = _from_env(ReconcileSettings)
+    region = aws.region()
+    role = settings.sagemaker_execution_role_arn
+    sagemaker = aws.client("sagemaker")
+    return Reconciler(
+        registry=registry(),
+        observer=SageMakerObserver(sagemaker, aws.lazy("application-autoscaling"), aws.lazy("cloudwatch")),
+        applier=SageMakerApplier(
+            sagemaker,
+            aws.lazy("application-autoscaling"),
+            aws.lazy("cloudwatch"),
+            role_arn=role,
+            read_secret=read_secret,
+        ),
+        resolve=lambda spec: resolve_desired(spec, region, role),
+        history_limit=settings.history_limit,
+    )
+
+
+def reconciler() -> Reconciler:
+    return _overrides.get("reconciler") or _reconciler()
+
+
+
+def read_secret(arn: str) -> str:
+    """The string value of a Secrets Manager secret. Raises SageMakerRejected if unreadable."""
+    from botocore.exceptions import ClientError
+
+    from llmhost.errors import SageMakerRejected
+
+    try:
+        return aws.client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"]
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "")
+        raise SageMakerRejected(
+            f"cannot read the token secret {arn} ({code}); check that it exists and that "
+            "its name starts with the stack's SecretsPrefix"
+        ) from None

@@ -1,0 +1,501 @@
+"""The declarative deployment spec: what a user wants running, validated before anything exists.
+
+``DeploymentSpec`` is the body of ``POST /v1/deployments`` and the desired state the
+reconciler drives SageMaker towards. Field-level rules live on the fields; rules that
+relate several fields (an engine that cannot run on a hosting kind, a model that does not
+fit its GPU) live in ``_cross_checks`` and report the dotted path of the field to change.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from llmhost.errors import FieldIssue, SpecInvalid
+
+# SageMaker resource names: ^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}. llmhost appends "-<8 hex>"
+# to derive model and endpoint-config names, so a deployment name keeps 9 characters free.
+NAME_PATTERN = r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,53}$"
+NAME_MAX = 54
+_SECRET_ARN = re.compile(r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:.+$")
+_MODEL_PACKAGE_ARN = re.compile(
+    r"^arn:aws[a-z-]*:sagemaker:[a-z0-9-]+:\d{12}:model-package/[a-zA-Z0-9-]+(/\d+)?$"
+)
+_S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+SERVERLESS_MEMORY_MB = (1024, 2048, 3072, 4096, 5120, 6144)
+
+DeploymentName = Annotated[
+    str,
+    Field(
+        pattern=NAME_PATTERN,
+        max_length=NAME_MAX,
+        description="SageMaker-style name: letters, digits and hyphens, at most 54 characters, "
+        "starting and ending with a letter or digit.",
+        examples=["llama3-8b"],
+    ),
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# ----------------------------------------------------------------------------- model sources
+
+
+class HubSource(_Strict):
+    """A model on the Hugging Face Hub, downloaded by the container at startup."""
+
+    kind: Literal["hub"] = "hub"
+    model_id: str = Field(
+        description="Hub repository id, e.g. meta-llama/Llama-3.1-8B-Instruct",
+        examples=["mistralai/Mistral-7B-Instruct-v0.2"],
+    )
+    revision: str | None = Field(
+        default=None, description="Branch, tag or commit; pin a commit for reproducible deploys."
+    )
+    token_secret_arn: str | None = Field(
+        default=None,
+        description="Secrets Manager secret holding a Hugging Face token (gated models).",
+    )
+
+    @field_validator("model_id")
+    @classmethod
+    def _hub_id(cls, value: str) -> str:
+        if not _HUB_ID.match(value):
+            raise PydanticCustomError(
+                "hub_id", "must look like 'organization/model' (e.g. 'HuggingFaceH4/zephyr-7b-beta')"
+            )
+        return value
+
+    @field_validator("token_secret_arn")
+    @classmethod
+    def _secret_arn(cls, value: str | None) -> str | None:
+        if value is not None and not _SECRET_ARN.match(value):
+            raise PydanticCustomError(
+                "secret_arn",
+                "must be a Secrets Manager secret ARN "
+                "(arn:aws:secretsmanager:<region>:<account>:secret:<name>)",
+            )
+        return value
+
+
+class S3Source(_Strict):
+    """Model weights already in S3 (a model.tar.gz or an uncompressed prefix ending in '/')."""
+
+    kind: Literal["s3"]
+    uri: str = Field(examples=["s3://my-models/llama3-8b/"])
+    model_id: str | None = Field(
+        default=None,
+        description="Catalog or hub id these weights correspond to, used for sizing "
+        "and prompt templates.",
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _s3(cls, value: str) -> str:
+        if not _S3_URI.match(value):
+            raise PydanticCustomError("s3_uri", "must be an S3 URI like s3://bucket/prefix/")
+        return value
+
+
+class ModelPackageSource(_Strict):
+    """A SageMaker model package, e.g. a Cohere or Llama listing from AWS Marketplace."""
+
+    kind: Literal["model-package"]
+    arn: str = Field(
+        examples=["arn:aws:sagemaker:us-east-1:865070037744:model-package/cohere-command-r-v1"]
+    )
+
+    @field_validator("arn")
+    @classmethod
+    def _arn(cls, value: str) -> str:
+        if not _MODEL_PACKAGE_ARN.match(value):
+            raise PydanticCustomError(
+                "model_package_arn",
+                "must be a SageMaker model package ARN "
+                "(arn:aws:sagemaker:<region>:<account>:model-package/<name>[/<version>])",
+            )
+        return value
+
+
+ModelSource = Annotated[HubSource | S3Source | ModelPackageSource, Field(discriminator="kind")]
+
+# ----------------------------------------------------------------------------------- engine
+
+Quantization = Literal["awq", "gptq", "bitsandbytes", "bitsandbytes-nf4", "eetq", "fp8"]
+
+
+class EngineOptions(_Strict):
+    max_input_tokens: int | None = Field(default=None, ge=16, le=1_048_576)
+    max_total_tokens: int | None = Field(default=None, ge=32, le=1_048_576)
+    max_batch_prefill_tokens: int | None = Field(default=None, ge=16)
+    max_batch_total_tokens: int | None = Field(default=None, ge=32)
+    quantization: Quantization | None = None
+    dtype: Literal["float16", "bfloat16"] | None = None
+    trust_remote_code: bool = False
+
+
+class Engine(_Strict):
+    name: Literal["tgi", "vllm", "lmi", "hf-inference"] = "tgi"
+    version: str | None = Field(
+        default=None,
+        pattern=r"^\d+(\.\d+){0,2}$",
+        description="Container version; default is the newest one llmhost ships URIs for.",
+    )
+    options: EngineOptions = EngineOptions()
+
+
+# ---------------------------------------------------------------------------------- hosting
+
+
+class DedicatedHosting(_Strict):
+    """A real-time endpoint of its own, one production variant of GPU instances."""
+
+    kind: Literal["dedicated"] = "dedicated"
+    instance_type: str | None = Field(
+        default=None,
+        pattern=r"^ml\.[a-z0-9-]+\.[a-z0-9]+$",
+        description="SageMaker instance type; omitted means the cheapest one the model fits on.",
+    )
+    instance_count: int = Field(default=1, ge=1, le=64)
+    num_gpus: int | None = Field(
+        default=None, ge=1, le=16, description="SM_NUM_GPUS; defaults to every GPU of the instance."
+    )
+
+
+class SharedHosting(_Strict):
+    """One inference component on a pooled GPU endpoint shared with other deployments."""
+
+    kind: Literal["shared"]
+    pool: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX, examples=["gpu-pool"])
+    instance_type: str | None = Field(default=None, pattern=r"^ml\.[a-z0-9-]+\.[a-z0-9]+$")
+    accelerators: int = Field(default=1, ge=1, le=16, description="GPUs per model copy.")
+    cpus: float | None = Field(default=None, gt=0, le=192, description="CPU cores per copy.")
+    memory_mb: int = Field(default=8192, ge=1024, le=2_097_152, description="Host RAM per copy.")
+    copies: int = Field(default=1, ge=0, le=64, description="Initial copy count.")
+    pool_min_instances: int = Field(default=1, ge=0, le=64)
+    pool_max_instances: int = Field(default=2, ge=1, le=64)
+
+
+class ServerlessHosting(_Strict):
+    """SageMaker Serverless Inference: CPU only, 60 s and 4 MB per request, scales to zero."""
+
+    kind: Literal["serverless"]
+    memory_mb: int = Field(default=6144, description="1024 to 6144 in steps of 1024.")
+    max_concurrency: int = Field(default=5, ge=1, le=200)
+    provisioned_concurrency: int | None = Field(default=None, ge=1, le=200)
+    # Not a real option: present so a GPU instance type gets a clear error, not "extra field".
+    instance_type: str | None = Field(default=None, exclude=True, json_schema_extra={"deprecated": True})
+
+    @field_validator("memory_mb")
+    @classmethod
+    def _memory(cls, value: int) -> int:
+        if value not in SERVERLESS_MEMORY_MB:
+            raise PydanticCustomError(
+                "serverless_memory", "must be one of 1024, 2048, 3072, 4096, 5120 or 6144 (MB)"
+            )
+        return value
+
+
+Hosting = Annotated[
+    DedicatedHosting | SharedHosting | ServerlessHosting, Field(discriminator="kind")
+]
+
+# ---------------------------------------------------------------------------------- scaling
+
+TargetMetric = Literal[
+    "invocations-per-copy",
+    "concurrent-requests-per-copy",
+    "invocations-per-instance",
+    "concurrent-requests-per-instance",
+]
+
+
+class ScheduleRule(_Strict):
+    """A recurring change: scale to a min/max window, or sleep and wake the model."""
+
+    cron: str = Field(
+        description="Six-field AWS cron expression, e.g. '0 8 ? * MON-FRI *'.",
+        examples=["0 8 ? * MON-FRI *"],
+    )
+    timezone: str = Field(default="UTC", examples=["Europe/Berlin"])
+    action: Literal["scale", "sleep", "wake"] = "scale"
+    min_capacity: int | None = Field(default=None, ge=0, le=64)
+    max_capacity: int | None = Field(default=None, ge=1, le=64)
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        if len(value.split()) != 6:
+            raise PydanticCustomError(
+                "cron",
+                "must have six fields (minutes hours day-of-month month day-of-week year), "
+                "e.g. '0 8 ? * MON-FRI *'",
+            )
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise PydanticCustomError(
+                "timezone", "must be an IANA time zone such as 'UTC' or 'America/New_York'"
+            ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _scale_needs_bounds(self) -> ScheduleRule:
+        if self.action == "scale" and self.min_capacity is None and self.max_capacity is None:
+            raise PydanticCustomError(
+                "schedule_bounds", "a 'scale' schedule needs min_capacity, max_capacity or both"
+            )
+        if (
+            self.min_capacity is not None
+            and self.max_capacity is not None
+            and self.min_capacity > self.max_capacity
+        ):
+            raise PydanticCustomError(
+                "schedule_bounds", "min_capacity ({lo}) is above max_capacity ({hi})",
+                {"lo": self.min_capacity, "hi": self.max_capacity},
+            )
+        return self
+
+
+class Scaling(_Strict):
+    """Capacity bounds and the policy that moves between them (applied once in service)."""
+
+    min_capacity: int = Field(default=1, ge=0, le=64)
+    max_capacity: int = Field(default=1, ge=1, le=64)
+    target_metric: TargetMetric = "concurrent-requests-per-copy"
+    target_value: float = Field(default=4.0, gt=0, le=100_000)
+    scale_in_cooldown_s: int = Field(default=300, ge=0, le=86_400)
+    scale_out_cooldown_s: int = Field(default=60, ge=0, le=86_400)
+    scale_to_zero: bool = False
+    idle_minutes: int = Field(default=30, ge=5, le=10_080)
+    schedules: list[ScheduleRule] = Field(default_factory=list, max_length=20)
+
+
+class GenerationDefaults(_Strict):
+    max_new_tokens: int = Field(default=512, ge=1, le=32_768)
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    top_p: float = Field(default=0.9, gt=0, le=1)
+    repetition_penalty: float | None = Field(default=None, gt=0, le=10)
+    stop: list[str] = Field(default_factory=list, max_length=8)
+
+
+# ------------------------------------------------------------------------------------- spec
+
+
+class DeploymentSpec(_Strict):
+    """Everything needed to host one model; the reconciler makes SageMaker match it."""
+
+    name: DeploymentName
+    model: ModelSource
+    engine: Engine = Engine()
+    hosting: Hosting = DedicatedHosting()
+    scaling: Scaling = Scaling()
+    generation: GenerationDefaults = GenerationDefaults()
+    tags: dict[Annotated[str, Field(min_length=1, max_length=128)], Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=dict, max_length=40
+    )
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> DeploymentSpec:
+        issues = cross_field_issues(self)
+        if issues:
+            raise PydanticCustomError(
+                "spec_conflict",
+                "; ".join(f"{i.field}: {i.message}" for i in issues),
+                {"issues": [i.as_dict() for i in issues]},
+            )
+        return self
+
+    @property
+    def catalog_id(self) -> str | None:
+        """The id used to look the model up in the catalog, when the source names one."""
+        if isinstance(self.model, HubSource):
+            return self.model.model_id
+        if isinstance(self.model, S3Source):
+            return self.model.model_id
+        return None
+
+
+def cross_field_issues(spec: DeploymentSpec) -> list[FieldIssue]:
+    """Rules that relate several fields; each issue names the field a user should change."""
+    issues: list[FieldIssue] = []
+    hosting, engine, scaling = spec.hosting, spec.engine, spec.scaling
+    opts = engine.options
+
+    if scaling.min_capacity > scaling.max_capacity:
+        issues.append(
+            FieldIssue(
+                "scaling.min_capacity",
+                f"min_capacity ({scaling.min_capacity}) is above max_capacity "
+                f"({scaling.max_capacity}); lower it or raise scaling.max_capacity",
+            )
+        )
+    if scaling.min_capacity == 0 and not scaling.scale_to_zero:
+        issues.append(
+            FieldIssue(
+                "scaling.min_capacity",
+                "0 needs scaling.scale_to_zero: true (and idle_minutes); otherwise use 1",
+            )
+        )
+    if (
+        opts.max_input_tokens is not None
+        and opts.max_total_tokens is not None
+        and opts.max_input_tokens >= opts.max_total_tokens
+    ):
+        issues.append(
+            FieldIssue(
+                "engine.options.max_input_tokens",
+                f"must be below max_total_tokens ({opts.max_total_tokens}) so the model can "
+                "generate at least one token",
+            )
+        )
+    if (
+        opts.max_batch_prefill_tokens is not None
+        and opts.max_input_tokens is not None
+        and opts.max_batch_prefill_tokens < opts.max_input_tokens
+    ):
+        issues.append(
+            FieldIssue(
+                "engine.options.max_batch_prefill_tokens",
+                f"must be at least max_input_tokens ({opts.max_input_tokens}) or the longest "
+                "prompt can never be prefilled",
+            )
+        )
+    if (
+        opts.max_batch_total_tokens is not None
+        and opts.max_total_tokens is not None
+        and opts.max_batch_total_tokens < opts.max_total_tokens
+    ):
+        issues.append(
+            FieldIssue(
+                "engine.options.max_batch_total_tokens",
+                f"must be at least max_total_tokens ({opts.max_total_tokens})",
+            )
+        )
+
+    if isinstance(hosting, ServerlessHosting):
+        if hosting.instance_type is not None:
+            issues.append(
+                FieldIssue(
+                    "hosting.instance_type",
+                    f"serverless endpoints run on CPU and take no instance type "
+                    f"('{hosting.instance_type}'); remove it, or use hosting.kind 'dedicated' "
+                    "or 'shared' for GPU instances",
+                )
+            )
+        if engine.name != "hf-inference":
+            issues.append(
+                FieldIssue(
+                    "engine.name",
+                    f"'{engine.name}' needs a GPU, and serverless endpoints have none; use "
+                    "engine.name 'hf-inference' for a small CPU model, or a GPU hosting kind",
+                )
+            )
+        if (
+            hosting.provisioned_concurrency is not None
+            and hosting.provisioned_concurrency > hosting.max_concurrency
+        ):
+            issues.append(
+                FieldIssue(
+                    "hosting.provisioned_concurrency",
+                    f"must not exceed hosting.max_concurrency ({hosting.max_concurrency})",
+                )
+            )
+    elif engine.name == "hf-inference" and hosting.instance_type is not None:
+        from llmhost import instances
+
+        if instances.is_gpu(hosting.instance_type):
+            pass  # the HF inference toolkit also runs on GPU instances
+    if isinstance(hosting, SharedHosting):
+        if hosting.pool_min_instances > hosting.pool_max_instances:
+            issues.append(
+                FieldIssue(
+                    "hosting.pool_min_instances",
+                    f"is above hosting.pool_max_instances ({hosting.pool_max_instances})",
+                )
+            )
+        if isinstance(spec.model, ModelPackageSource):
+            pass  # model packages can run as components too
+    if isinstance(hosting, DedicatedHosting) and scaling.min_capacity == 0 and scaling.scale_to_zero:
+        pass  # dedicated "zero" means sleeping: the endpoint is deleted and recreated on wake
+    if isinstance(spec.model, ModelPackageSource) and engine.options != EngineOptions():
+        issues.append(
+            FieldIssue(
+                "engine.options",
+                "a model package brings its own container configuration; remove engine.options",
+            )
+        )
+    if not issues:
+        from llmhost import sizing
+
+        issues.extend(sizing.capacity_issues(spec))
+    return issues
+
+
+class DeploymentPatch(_Strict):
+    """A partial update: top-level sections replace the current ones wholesale."""
+
+    model: ModelSource | None = None
+    engine: Engine | None = None
+    hosting: Hosting | None = None
+    scaling: Scaling | None = None
+    generation: GenerationDefaults | None = None
+    tags: dict[str, str] | None = None
+
+    def apply_to(self, spec: DeploymentSpec) -> DeploymentSpec:
+        """Return the spec with this patch applied, re-validated as a whole."""
+        merged = spec.model_dump(mode="json")
+        merged.update(self.model_dump(mode="json", exclude_unset=True, exclude_none=True))
+        return parse_spec(merged)
+
+
+_SPEC_ADAPTER: TypeAdapter[DeploymentSpec] | None = None
+
+
+def issues_from_validation_error(error: ValidationError | Any) -> list[FieldIssue]:
+    """Turn pydantic errors into field issues, expanding cross-field conflicts."""
+    issues: list[FieldIssue] = []
+    for item in error.errors():
+        ctx = item.get("ctx") or {}
+        if item.get("type") == "spec_conflict" and "issues" in ctx:
+            issues.extend(FieldIssue(i["field"], i["message"]) for i in ctx["issues"])
+            continue
+        loc = [str(p) for p in item.get("loc", ()) if p not in ("body",)]
+        # Discriminated unions add the tag to the path ("hosting.shared.pool"); drop it.
+        loc = [p for p in loc if p not in ("hub", "s3", "model-package", "dedicated", "shared", "serverless")]
+        message = item.get("msg", "is invalid")
+        if item.get("type") == "extra_forbidden":
+            message = "is not a known field; check its spelling against GET /v1/openapi.json"
+        elif item.get("type") == "missing":
+            message = "is required"
+        issues.append(FieldIssue(".".join(loc) or "body", message))
+    return issues
+
+
+def parse_spec(data: Any) -> DeploymentSpec:
+    """Validate a spec from JSON-like data. Raises SpecInvalid naming every bad field."""
+    try:
+        return DeploymentSpec.model_validate(data)
+    except ValidationError as error:
+        raise SpecInvalid(issues_from_validation_error(error)) from None
