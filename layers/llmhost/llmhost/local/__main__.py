@@ -1,0 +1,3 @@
+from llmhost.local.runner import main
+
+raise SystemExit(main())

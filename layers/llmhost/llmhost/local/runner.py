@@ -1,0 +1,320 @@
+"""``make run``: the same Lambda handlers behind a local HTTP server, with AWS emulated.
+
+- DynamoDB, IAM, Secrets Manager, Application Auto Scaling and CloudWatch come from a moto
+  server started in this process (other tools can talk to it too: its URL is printed).
+- SageMaker's control plane comes from the stand-in, which validates each request against
+  botocore's service model and runs SageMaker's state machine with compressed durations.
+- The wiring AWS does is done here: an API write is delivered to the reconcile handler as a
+  DynamoDB stream record, a SageMaker status change as an EventBridge event, and the
+  drift-repair schedule fires every few seconds. One worker delivers them in order, the way
+  a Lambda with reserved concurrency 1 would.
+- Requests must be SigV4-signed for ``execute-api`` with the local key pair (like API
+  Gateway's IAM auth); ``curl --aws-sigv4`` does it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import queue
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from llmhost.local import events, sigv4
+
+ACCESS_KEY = "llmhost-local"
+SECRET_KEY = "llmhost-local-secret"
+REGION = "us-east-1"
+TABLE = "llmhost-registry"
+ROLE_NAME = "llmhost-sagemaker-execution"
+TOKEN_SECRET = "llmhost/hf-token"
+
+
+def project_root() -> Path:
+    """The checkout holding functions/ (this file lives in layers/llmhost/llmhost/local/)."""
+    here = Path(__file__).resolve()
+    for parent in [Path.cwd(), *here.parents]:
+        if (parent / "functions").is_dir() and (parent / "template.yaml").exists():
+            return parent
+    raise SystemExit("cannot find the llmhost checkout (functions/ and template.yaml)")
+
+
+def load_handler(function: str, service: str) -> ModuleType:
+    """Import ``functions/<function>/app.py`` as Lambda would, with its service name set."""
+    os.environ["POWERTOOLS_SERVICE_NAME"] = service
+    path = project_root() / "functions" / function / "app.py"
+    spec = importlib.util.spec_from_file_location(f"llmhost_function_{function}", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class LocalCloud:
+    """Emulated AWS for one process: moto server + SageMaker stand-in + event delivery."""
+
+    def __init__(self, moto_port: int = 0, speed: float = 60.0, drift_seconds: float = 5.0) -> None:
+        self.moto_port = moto_port
+        self.speed = speed
+        self.drift_seconds = drift_seconds
+        self._queue: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        self._stop = threading.Event()
+        self._statuses: dict[str, str] = {}
+        self.reconcile_module: ModuleType | None = None
+        self.api_module: ModuleType | None = None
+        self.log = lambda line: print(line, flush=True)
+
+    # ----------------------------------------------------------------------------- start
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        from llmhost import aws, runtime
+        from llmhost.local.standin import SageMakerStandIn
+
+        self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=self.moto_port, verbose=False)
+        self._moto.start()
+        host, port = self._moto.get_host_and_port()
+        self.moto_url = f"http://{host}:{port}"
+        os.environ.update(
+            {
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_REGION": REGION,
+                "AWS_DEFAULT_REGION": REGION,
+                "LLMHOST_AWS_ENDPOINT_URL": self.moto_url,
+                "REGISTRY_TABLE_NAME": TABLE,
+                "POWERTOOLS_METRICS_NAMESPACE": "llmhost",
+                "POWERTOOLS_TRACE_DISABLED": "true",
+                "POWERTOOLS_METRICS_DISABLED": "true",
+                "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "WARNING"),
+            }
+        )
+        aws.reset()
+        runtime.reset()
+        scale = 1.0 / self.speed
+        self.standin = SageMakerStandIn(
+            region=REGION,
+            create_seconds=600 * scale,
+            update_seconds=300 * scale,
+            delete_seconds=60 * scale,
+            ic_create_seconds=240 * scale,
+            on_event=lambda event: self._queue.put(("sagemaker", event)),
+        )
+        aws.add_customizer(lambda service, client: self._attach(service, client))
+        self._provision()
+        self.api_module = load_handler("api", "llmhost-api")
+        self.reconcile_module = load_handler("reconcile", "llmhost-reconcile")
+        threading.Thread(target=self._deliver, name="reconcile-worker", daemon=True).start()
+        threading.Thread(target=self._clock, name="sagemaker-clock", daemon=True).start()
+
+    def _attach(self, service: str, client: Any) -> None:
+        if service == "sagemaker":
+            self.standin.attach(client)
+
+    def _provision(self) -> None:
+        """What `sam deploy` creates: the registry table, the execution role, a demo secret."""
+        from llmhost import aws
+
+        aws.client("dynamodb").create_table(
+            TableName=TABLE,
+            KeySchema=[{"AttributeName": "name", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "name", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        self.table_arn = f"arn:aws:dynamodb:{REGION}:123456789012:table/{TABLE}"
+        role = aws.client("iam").create_role(
+            RoleName=ROLE_NAME,
+            AssumeRolePolicyDocument=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Service": "sagemaker.amazonaws.com"},
+                            "Action": "sts:AssumeRole",
+                        }
+                    ],
+                }
+            ),
+        )
+        os.environ["SAGEMAKER_EXECUTION_ROLE_ARN"] = role["Role"]["Arn"]
+        secret = aws.client("secretsmanager").create_secret(
+            Name=TOKEN_SECRET, SecretString="hf_local_demo_token"
+        )
+        self.token_secret_arn = secret["ARN"]
+
+    # -------------------------------------------------------------------------- events
+
+    def api_wrote(self, name: str) -> None:
+        """What the table's stream does after the API writes a record."""
+        self._queue.put(("spec-change", events.stream_event(name, self.table_arn)))
+
+    def _clock(self) -> None:
+        last_sweep = time.monotonic()
+        while not self._stop.wait(0.25):
+            self.standin.tick()  # emits state-change events through on_event
+            if time.monotonic() - last_sweep >= self.drift_seconds:
+                last_sweep = time.monotonic()
+                self._queue.put(("schedule", events.schedule_event()))
+
+    def _deliver(self) -> None:
+        assert self.reconcile_module is not None
+        while not self._stop.is_set():
+            try:
+                source, event = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            context = events.LambdaContext("llmhost-reconcile")
+            try:
+                result = self.reconcile_module.handler(event, context)
+            except Exception as error:  # the real platform would retry; so does the schedule
+                self.log(f"  reconcile ({source}) failed: {error}")
+                continue
+            for item in result.get("reconciled", []):
+                self._report(item)
+
+    def _report(self, item: dict[str, Any]) -> None:
+        from llmhost import runtime
+
+        name, status = item["name"], item["status"]
+        if self._statuses.get(name) == status and not item["steps"]:
+            return
+        self._statuses[name] = status
+        try:
+            reason = runtime.registry().get(name).status_reason
+        except Exception:
+            reason = ""
+        steps = f" [{', '.join(item['steps'])}]" if item["steps"] else ""
+        self.log(f"  {name}: {status}{' - ' + reason if reason else ''}{steps}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._moto.stop()
+
+
+def make_handler(cloud: LocalCloud) -> type[BaseHTTPRequestHandler]:
+    class ApiRequestHandler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _serve(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            headers = {k: v for k, v in self.headers.items()}
+            try:
+                caller = sigv4.verify(self.command, self.path, headers, body, ACCESS_KEY, SECRET_KEY)
+            except sigv4.AuthError as error:
+                self._send(403, {"message": error.message}, {})
+                return
+            event = events.api_gateway_event(self.command, self.path, headers, body, caller)
+            assert cloud.api_module is not None
+            response = cloud.api_module.handler(event, events.LambdaContext("llmhost-api"))
+            status = int(response.get("statusCode", 500))
+            if self.command in {"POST", "PATCH", "DELETE"} and status < 300:
+                name = _deployment_name(self.path)
+                if name is None and self.path.split("?")[0].rstrip("/") == "/v1/deployments":
+                    name = _name_from_body(body)
+                if name:
+                    cloud.api_wrote(name)
+            raw = response.get("body") or ""
+            self._send_raw(status, raw.encode(), response.get("headers") or {})
+
+        def _send(self, status: int, body: Any, headers: dict[str, str]) -> None:
+            self._send_raw(status, json.dumps(body).encode(), {"Content-Type": "application/json", **headers})
+
+        def _send_raw(self, status: int, data: bytes, headers: dict[str, str]) -> None:
+            self.send_response(status)
+            for key, value in headers.items():
+                if key.lower() != "content-length":
+                    self.send_header(key, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _serve
+
+        def log_message(self, format: str, *args: Any) -> None:
+            cloud.log(f"{self.command} {self.path} -> {args[1] if len(args) > 1 else ''}")
+
+    return ApiRequestHandler
+
+
+def _deployment_name(path: str) -> str | None:
+    parts = path.split("?")[0].strip("/").split("/")
+    if len(parts) >= 3 and parts[:2] == ["v1", "deployments"]:
+        return parts[2]
+    return None
+
+
+def _name_from_body(body: bytes) -> str | None:
+    try:
+        value = json.loads(body).get("name")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def serve(port: int, cloud: LocalCloud) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(cloud))
+    threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
+    return server
+
+
+BANNER = """
+llmhost is running locally (no AWS account needed).
+
+  API           http://127.0.0.1:{port}   (SigV4, key {key} / {secret})
+  moto server   {moto}   (DynamoDB, IAM, Secrets Manager, ...)
+  SageMaker     stand-in, {speed:g}x faster than real (endpoint creation ~{create:g}s)
+  HF token      {secret_arn}
+
+Try:
+  export AUTH='--aws-sigv4 aws:amz:us-east-1:execute-api --user {key}:{secret}'
+  curl -s $AUTH -X POST http://127.0.0.1:{port}/v1/deployments \\
+       -H 'Content-Type: application/json' \\
+       -d '{{"name": "zephyr", "model": {{"kind": "hub", "model_id": "HuggingFaceH4/zephyr-7b-beta"}}}}'
+  curl -s $AUTH http://127.0.0.1:{port}/v1/deployments/zephyr
+
+Ctrl-C stops everything; state lives in memory only.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make run", description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8080)))
+    parser.add_argument("--moto-port", type=int, default=int(os.environ.get("MOTO_PORT", 5055)))
+    parser.add_argument(
+        "--speed", type=float, default=float(os.environ.get("SPEED", 60)),
+        help="how much faster than real SageMaker the stand-in runs (default 60)",
+    )
+    args = parser.parse_args(argv)
+    cloud = LocalCloud(moto_port=args.moto_port, speed=args.speed)
+    cloud.start()
+    server = serve(args.port, cloud)
+    print(
+        BANNER.format(
+            port=args.port, key=ACCESS_KEY, secret=SECRET_KEY, moto=cloud.moto_url,
+            speed=args.speed, create=600 / args.speed, secret_arn=cloud.token_secret_arn,
+        ),
+        flush=True,
+    )
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("\nstopping", file=sys.stderr)
+    finally:
+        server.shutdown()
+        cloud.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,308 @@
+"""The reconcile planner as a table: (desired, observed) -> next action. No AWS at all."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmhost.lifecycle import planner as p
+from llmhost.lifecycle.desired import DesiredResources
+from llmhost.lifecycle.observed import Observed, ObservedComponent, ObservedEndpoint
+from llmhost.lifecycle.record import Attempt, DeploymentRecord
+from llmhost.specs import parse_spec
+
+DEDICATED = {
+    "name": "llama",
+    "model": {"kind": "hub", "model_id": "meta-llama/Meta-Llama-3-8B-Instruct"},
+    "hosting": {"kind": "dedicated", "instance_type": "ml.g5.2xlarge"},
+}
+SHARED = {
+    "name": "zephyr",
+    "model": {"kind": "hub", "model_id": "HuggingFaceH4/zephyr-7b-beta"},
+    "hosting": {"kind": "shared", "pool": "pool", "instance_type": "ml.g5.12xlarge"},
+}
+
+
+def record(spec: dict = DEDICATED, **changes) -> DeploymentRecord:
+    base = DeploymentRecord(name=spec["name"], spec=parse_spec(spec))
+    return base.model_copy(update=changes)
+
+
+def dedicated(**overrides) -> DesiredResources:
+    values = dict(
+        deployment="llama",
+        kind="dedicated",
+        model_name="llama-aaaaaaaa",
+        container={},
+        config_name="llama-cccccccc",
+        config_body={},
+        endpoint_name="llama",
+    )
+    values.update(overrides)
+    return DesiredResources(**values)
+
+
+def shared() -> DesiredResources:
+    return DesiredResources(
+        deployment="zephyr",
+        kind="shared",
+        model_name="zephyr-aaaaaaaa",
+        container={},
+        config_name="pool-11111111",
+        config_body={},
+        endpoint_name="pool",
+        component_name="zephyr",
+        component_spec={
+            "ModelName": "zephyr-aaaaaaaa",
+            "ComputeResourceRequirements": {
+                "NumberOfAcceleratorDevicesRequired": 1.0,
+                "MinMemoryRequiredInMb": 8192,
+            },
+        },
+        copies=1,
+    )
+
+
+def endpoint(status="InService", config="llama-cccccccc", reason="", models=("llama-aaaaaaaa",)):
+    return ObservedEndpoint(
+        name="llama",
+        status=status,
+        config_name=config,
+        failure_reason=reason,
+        config_models=frozenset(models),
+    )
+
+
+def component(status="InService", model="zephyr-aaaaaaaa", copies=1, reason=""):
+    return ObservedComponent(
+        name="zephyr",
+        status=status,
+        endpoint_name="pool",
+        model_name=model,
+        compute={"NumberOfAcceleratorDevicesRequired": 1.0, "MinMemoryRequiredInMb": 8192.0},
+        desired_copies=copies,
+        current_copies=copies,
+        failure_reason=reason,
+    )
+
+
+BOTH = frozenset({"llama-aaaaaaaa"}), frozenset({"llama-cccccccc"})
+
+
+@pytest.mark.parametrize(
+    ("rec", "observed", "action", "target", "status"),
+    [
+        # Given nothing exists, the model comes first, then the config, then the endpoint.
+        (record(), Observed(), p.CreateModel, "llama-aaaaaaaa", "CREATING"),
+        (record(), Observed(models=BOTH[0]), p.CreateEndpointConfig, "llama-cccccccc", "CREATING"),
+        (record(), Observed(*BOTH), p.CreateEndpoint, "llama", "CREATING"),
+        # While SageMaker works, the reconciler waits instead of polling.
+        (record(), Observed(*BOTH, endpoint=endpoint("Creating")), p.Wait, "llama", "CREATING"),
+        (record(), Observed(*BOTH, endpoint=endpoint()), p.Settle, "llama", "IN_SERVICE"),
+        # A spec change (new config name) rolls the endpoint with UpdateEndpoint.
+        (
+            record(status="IN_SERVICE", generation=2),
+            Observed(*BOTH, endpoint=endpoint(config="llama-00000000", models=("llama-0ld00000",))),
+            p.UpdateEndpoint,
+            "llama",
+            "UPDATING",
+        ),
+        # The update was asked for and the endpoint is back on the old config: rolled back.
+        (
+            record(status="UPDATING", generation=2, attempt=Attempt(generation=2, target="llama-cccccccc")),
+            Observed(*BOTH, endpoint=endpoint(config="llama-00000000", reason="health check failed")),
+            p.Settle,
+            "llama",
+            "FAILED",
+        ),
+        # A failure of this generation's attempt stops retrying.
+        (
+            record(attempt=Attempt(generation=1, target="llama-cccccccc")),
+            Observed(*BOTH, endpoint=endpoint("Failed", reason="CUDA out of memory")),
+            p.Settle,
+            "llama",
+            "FAILED",
+        ),
+        # A failure left from an older spec is replaced.
+        (
+            record(generation=3, failed_generation=2, attempt=Attempt(generation=2, target="x")),
+            Observed(*BOTH, endpoint=endpoint("Failed", config="llama-00000000")),
+            p.DeleteEndpoint,
+            "llama",
+            "CREATING",
+        ),
+        # Leftovers of an earlier generation are collected once in service: configs first.
+        (
+            record(status="IN_SERVICE"),
+            Observed(
+                models=frozenset({"llama-aaaaaaaa", "llama-0ld00000"}),
+                configs=frozenset({"llama-cccccccc", "llama-0ldc0000"}),
+                endpoint=endpoint(),
+            ),
+            p.DeleteEndpointConfig,
+            "llama-0ldc0000",
+            "IN_SERVICE",
+        ),
+        (
+            record(status="IN_SERVICE"),
+            Observed(
+                models=frozenset({"llama-aaaaaaaa", "llama-0ld00000"}),
+                configs=BOTH[1],
+                endpoint=endpoint(),
+            ),
+            p.DeleteModel,
+            "llama-0ld00000",
+            "IN_SERVICE",
+        ),
+        # Sleep deletes the endpoint but keeps model and config; wake recreates it.
+        (record(desired_state="sleeping"), Observed(*BOTH, endpoint=endpoint()), p.DeleteEndpoint, "llama", "SLEEPING"),
+        (record(desired_state="sleeping"), Observed(*BOTH), p.Settle, "llama", "SLEEPING"),
+        (record(status="SLEEPING"), Observed(*BOTH), p.CreateEndpoint, "llama", "CREATING"),
+    ],
+)
+def test_dedicated_plan(rec, observed, action, target, status):
+    # When the planner looks at the snapshot
+    step = p.plan_next_action(rec, dedicated(), observed)
+    # Then it picks exactly the expected next step
+    assert type(step.action) is action
+    assert step.action.target == target
+    assert step.status == status
+
+
+def test_failed_step_names_sagemakers_reason():
+    rec = record(attempt=Attempt(generation=1, target="llama-cccccccc"))
+    step = p.plan_next_action(
+        rec, dedicated(), Observed(*BOTH, endpoint=endpoint("Failed", reason="CUDA out of memory"))
+    )
+    assert "CUDA out of memory" in step.reason
+    assert step.action.failed
+
+
+def test_stopped_after_failure_until_spec_changes():
+    # Given a deployment already marked failed for its current generation
+    rec = record(status="FAILED", failed_generation=1, status_reason="boom")
+    # When anything is observed, nothing is retried
+    step = p.plan_next_action(rec, dedicated(), Observed())
+    assert isinstance(step.action, p.Settle) and step.status == "FAILED"
+    # And after a spec change (new generation) the work resumes
+    step = p.plan_next_action(rec.model_copy(update={"generation": 2}), dedicated(), Observed())
+    assert isinstance(step.action, p.CreateModel)
+
+
+@pytest.mark.parametrize(
+    ("observed", "action", "target", "status"),
+    [
+        (
+            Observed(
+                scalable_targets=frozenset({"endpoint/llama/variant/AllTraffic"}),
+                alarms=frozenset({"llmhost-llama-idle"}),
+                endpoint=endpoint(),
+                **dict(zip(("models", "configs"), BOTH, strict=True)),
+            ),
+            p.DeregisterScalableTarget,
+            "endpoint/llama/variant/AllTraffic",
+            "DELETING",
+        ),
+        (Observed(alarms=frozenset({"llmhost-llama-idle"}), endpoint=endpoint()), p.DeleteAlarm, "llmhost-llama-idle", "DELETING"),
+        (Observed(*BOTH, endpoint=endpoint()), p.DeleteEndpoint, "llama", "DELETING"),
+        (Observed(*BOTH, endpoint=endpoint("Creating")), p.Wait, "llama", "DELETING"),
+        (Observed(*BOTH), p.DeleteEndpointConfig, "llama-cccccccc", "DELETING"),
+        (Observed(models=BOTH[0]), p.DeleteModel, "llama-aaaaaaaa", "DELETING"),
+        (Observed(), p.Settle, "llama", "DELETED"),
+    ],
+)
+def test_delete_order(observed, action, target, status):
+    # Given a deployment marked for deletion
+    rec = record(desired_state="deleted", status="DELETING")
+    step = p.plan_next_action(rec, dedicated(), observed)
+    # Then scaling goes first, then the endpoint, configs and models
+    assert (type(step.action), step.action.target, step.status) == (action, target, status)
+
+
+POOL_UP = ObservedEndpoint(name="pool", status="InService", config_name="pool-11111111")
+SHARED_BASE = dict(models=frozenset({"zephyr-aaaaaaaa"}), configs=frozenset({"pool-11111111"}), endpoint=POOL_UP)
+
+
+@pytest.mark.parametrize(
+    ("rec_changes", "observed", "action", "target", "status"),
+    [
+        ({}, Observed(), p.CreateEndpointConfig, "pool-11111111", "CREATING"),
+        ({}, Observed(configs=frozenset({"pool-11111111"})), p.CreateEndpoint, "pool", "CREATING"),
+        (
+            {},
+            Observed(configs=frozenset({"pool-11111111"}), endpoint=POOL_UP),
+            p.CreateModel,
+            "zephyr-aaaaaaaa",
+            "CREATING",
+        ),
+        ({}, Observed(**SHARED_BASE), p.CreateComponent, "zephyr", "CREATING"),
+        ({}, Observed(**SHARED_BASE, component=component("Creating")), p.Wait, "zephyr", "CREATING"),
+        ({}, Observed(**SHARED_BASE, component=component()), p.Settle, "zephyr", "IN_SERVICE"),
+        (
+            {"status": "IN_SERVICE", "generation": 2},
+            Observed(**SHARED_BASE, component=component(model="zephyr-0ld00000")),
+            p.UpdateComponent,
+            "zephyr",
+            "UPDATING",
+        ),
+        (
+            {"desired_state": "sleeping", "status": "IN_SERVICE"},
+            Observed(**SHARED_BASE, component=component()),
+            p.SetComponentCopies,
+            "zephyr",
+            "SLEEPING",
+        ),
+        (
+            {"status": "SLEEPING"},
+            Observed(**SHARED_BASE, component=component(copies=0)),
+            p.SetComponentCopies,
+            "zephyr",
+            "CREATING",
+        ),
+        (
+            {"desired_state": "deleted", "status": "DELETING"},
+            Observed(**SHARED_BASE, component=component()),
+            p.DeleteComponent,
+            "zephyr",
+            "DELETING",
+        ),
+        (
+            {"desired_state": "deleted", "status": "DELETING"},
+            Observed(**SHARED_BASE, component=component("Updating")),
+            p.Wait,
+            "zephyr",
+            "DELETING",
+        ),
+        # The pool stays while other models use it ...
+        (
+            {"desired_state": "deleted", "status": "DELETING"},
+            Observed(configs=frozenset({"pool-11111111"}), endpoint=POOL_UP, pool_components=frozenset({"other"})),
+            p.Settle,
+            "zephyr",
+            "DELETED",
+        ),
+        # ... and goes with the last one.
+        (
+            {"desired_state": "deleted", "status": "DELETING"},
+            Observed(configs=frozenset({"pool-11111111"}), endpoint=POOL_UP),
+            p.DeleteEndpoint,
+            "pool",
+            "DELETING",
+        ),
+        (
+            {"desired_state": "deleted", "status": "DELETING"},
+            Observed(configs=frozenset({"pool-11111111"})),
+            p.DeleteEndpointConfig,
+            "pool-11111111",
+            "DELETING",
+        ),
+    ],
+)
+def test_shared_plan(rec_changes, observed, action, target, status):
+    step = p.plan_next_action(record(SHARED, **rec_changes), shared(), observed)
+    assert (type(step.action), step.action.target, step.status) == (action, target, status)
+
+
+def test_wake_restores_at_least_one_copy():
+    rec = record(SHARED, status="SLEEPING")
+    step = p.plan_next_action(rec, shared(), Observed(**SHARED_BASE, component=component(copies=0)))
+    assert isinstance(step.action, p.SetComponentCopies) and step.action.copies == 1
