@@ -2,7 +2,6 @@
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
-
 from llmhost import runtime
 from llmhost.lifecycle.triggers import trigger_from_event
 
@@ -31,7 +30,9 @@ def handler(event: dict, context: object) -> dict:
             logger.exception("reconcile failed", extra={"deployment": name})
             failed.append(name)
             continue
-        logger.info("reconciled", extra={"deployment": name, "status": result.status, "steps": result.steps})
+        logger.info(
+            "reconciled", extra={"deployment": name, "status": result.status, "steps": result.steps}
+        )
         metrics.add_metric(name="ReconcileSteps", unit=MetricUnit.Count, value=len(result.steps))
         results.append({"name": name, "status": result.status, "steps": result.steps})
     if failed:

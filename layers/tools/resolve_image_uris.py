@@ -66,7 +66,9 @@ FRAMEWORKS = {
 # type only to pick the CPU or GPU build.
 _PROCESSOR_INSTANCE = {"hf-inference": "ml.m5.xlarge", "hf-inference-gpu": "ml.g5.xlarge"}
 
-DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "llmhost" / "llmhost" / "data" / "image_uris.json"
+DEFAULT_OUTPUT = (
+    Path(__file__).resolve().parents[1] / "llmhost" / "llmhost" / "data" / "image_uris.json"
+)
 
 log = logging.getLogger("resolve_image_uris")
 

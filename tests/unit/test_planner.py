@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from llmhost.lifecycle import planner as p
 from llmhost.lifecycle.desired import DesiredResources
 from llmhost.lifecycle.observed import Observed, ObservedComponent, ObservedEndpoint
@@ -108,8 +107,14 @@ BOTH = frozenset({"llama-aaaaaaaa"}), frozenset({"llama-cccccccc"})
         ),
         # The update was asked for and the endpoint is back on the old config: rolled back.
         (
-            record(status="UPDATING", generation=2, attempt=Attempt(generation=2, target="llama-cccccccc")),
-            Observed(*BOTH, endpoint=endpoint(config="llama-00000000", reason="health check failed")),
+            record(
+                status="UPDATING",
+                generation=2,
+                attempt=Attempt(generation=2, target="llama-cccccccc"),
+            ),
+            Observed(
+                *BOTH, endpoint=endpoint(config="llama-00000000", reason="health check failed")
+            ),
             p.Settle,
             "llama",
             "FAILED",
@@ -154,7 +159,13 @@ BOTH = frozenset({"llama-aaaaaaaa"}), frozenset({"llama-cccccccc"})
             "IN_SERVICE",
         ),
         # Sleep deletes the endpoint but keeps model and config; wake recreates it.
-        (record(desired_state="sleeping"), Observed(*BOTH, endpoint=endpoint()), p.DeleteEndpoint, "llama", "SLEEPING"),
+        (
+            record(desired_state="sleeping"),
+            Observed(*BOTH, endpoint=endpoint()),
+            p.DeleteEndpoint,
+            "llama",
+            "SLEEPING",
+        ),
         (record(desired_state="sleeping"), Observed(*BOTH), p.Settle, "llama", "SLEEPING"),
         (record(status="SLEEPING"), Observed(*BOTH), p.CreateEndpoint, "llama", "CREATING"),
     ],
@@ -202,7 +213,12 @@ def test_stopped_after_failure_until_spec_changes():
             "endpoint/llama/variant/AllTraffic",
             "DELETING",
         ),
-        (Observed(alarms=frozenset({"llmhost-llama-idle"}), endpoint=endpoint()), p.DeleteAlarm, "llmhost-llama-idle", "DELETING"),
+        (
+            Observed(alarms=frozenset({"llmhost-llama-idle"}), endpoint=endpoint()),
+            p.DeleteAlarm,
+            "llmhost-llama-idle",
+            "DELETING",
+        ),
         (Observed(*BOTH, endpoint=endpoint()), p.DeleteEndpoint, "llama", "DELETING"),
         (Observed(*BOTH, endpoint=endpoint("Creating")), p.Wait, "llama", "DELETING"),
         (Observed(*BOTH), p.DeleteEndpointConfig, "llama-cccccccc", "DELETING"),
@@ -219,7 +235,9 @@ def test_delete_order(observed, action, target, status):
 
 
 POOL_UP = ObservedEndpoint(name="pool", status="InService", config_name="pool-11111111")
-SHARED_BASE = dict(models=frozenset({"zephyr-aaaaaaaa"}), configs=frozenset({"pool-11111111"}), endpoint=POOL_UP)
+SHARED_BASE = dict(
+    models=frozenset({"zephyr-aaaaaaaa"}), configs=frozenset({"pool-11111111"}), endpoint=POOL_UP
+)
 
 
 @pytest.mark.parametrize(
@@ -235,7 +253,13 @@ SHARED_BASE = dict(models=frozenset({"zephyr-aaaaaaaa"}), configs=frozenset({"po
             "CREATING",
         ),
         ({}, Observed(**SHARED_BASE), p.CreateComponent, "zephyr", "CREATING"),
-        ({}, Observed(**SHARED_BASE, component=component("Creating")), p.Wait, "zephyr", "CREATING"),
+        (
+            {},
+            Observed(**SHARED_BASE, component=component("Creating")),
+            p.Wait,
+            "zephyr",
+            "CREATING",
+        ),
         ({}, Observed(**SHARED_BASE, component=component()), p.Settle, "zephyr", "IN_SERVICE"),
         (
             {"status": "IN_SERVICE", "generation": 2},
@@ -275,7 +299,11 @@ SHARED_BASE = dict(models=frozenset({"zephyr-aaaaaaaa"}), configs=frozenset({"po
         # The pool stays while other models use it ...
         (
             {"desired_state": "deleted", "status": "DELETING"},
-            Observed(configs=frozenset({"pool-11111111"}), endpoint=POOL_UP, pool_components=frozenset({"other"})),
+            Observed(
+                configs=frozenset({"pool-11111111"}),
+                endpoint=POOL_UP,
+                pool_components=frozenset({"other"}),
+            ),
             p.Settle,
             "zephyr",
             "DELETED",

@@ -67,7 +67,9 @@ class CatalogModel:
         return self.active_params_b is not None and self.active_params_b < self.params_b
 
 
-def _llama2(size: str, params: float, layers: int, heads: int, kv: int, hidden: int) -> CatalogModel:
+def _llama2(
+    size: str, params: float, layers: int, heads: int, kv: int, hidden: int
+) -> CatalogModel:
     return CatalogModel(
         id=f"llama-2-{size}-chat",
         hf_id=f"meta-llama/Llama-2-{size}-chat-hf",
@@ -87,7 +89,9 @@ def _llama2(size: str, params: float, layers: int, heads: int, kv: int, hidden: 
     )
 
 
-def _codellama(size: str, params: float, layers: int, heads: int, kv: int, hidden: int) -> CatalogModel:
+def _codellama(
+    size: str, params: float, layers: int, heads: int, kv: int, hidden: int
+) -> CatalogModel:
     is_70b = size == "70b"
     return CatalogModel(
         id=f"codellama-{size}-instruct",
@@ -122,6 +126,7 @@ def _llama3(
     head_dim: int = 128,
 ) -> CatalogModel:
     upper = size.upper()
+    aliases: tuple[str, ...]
     if version == "3":
         hf_id, aliases = f"meta-llama/Meta-Llama-3-{upper}-Instruct", ()
     else:

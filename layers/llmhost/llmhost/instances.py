@@ -64,13 +64,15 @@ class InstanceType:
         return self.gpu_model not in (None, "T4")
 
     def describe(self) -> str:
-        """Short human summary, e.g. 'ml.g5.12xlarge (4×A10G 24 GiB, $7.09/h)'."""
+        """Short human summary, e.g. 'ml.g5.12xlarge (4x A10G 24 GiB, $7.09/h)'."""
         if self.is_gpu:
             return (
-                f"{self.name} ({self.gpu_count}×{self.gpu_model} {self.gpu_memory_gib} GiB, "
+                f"{self.name} ({self.gpu_count}x {self.gpu_model} {self.gpu_memory_gib} GiB, "
                 f"${self.price_per_hour:.2f}/h)"
             )
-        return f"{self.name} ({self.vcpus} vCPU, {self.memory_gib} GiB, ${self.price_per_hour:.3f}/h)"
+        return (
+            f"{self.name} ({self.vcpus} vCPU, {self.memory_gib} GiB, ${self.price_per_hour:.3f}/h)"
+        )
 
 
 def _family(

@@ -34,7 +34,9 @@ class ReconcileSettings(BaseModel):
 
 
 def _from_env(model: type[BaseModel]) -> Any:
-    values = {name: os.environ[name.upper()] for name in model.model_fields if name.upper() in os.environ}
+    values = {
+        name: os.environ[name.upper()] for name in model.model_fields if name.upper() in os.environ
+    }
     try:
         return model.model_validate(values)
     except ValidationError as error:
@@ -68,7 +70,6 @@ def registry() -> Registry:
     return _overrides.get("registry") or _registry()
 
 
-
 @cache
 def _reconciler() -> Reconciler:
     from llmhost.lifecycle.applier import SageMakerApplier
@@ -81,7 +82,9 @@ def _reconciler() -> Reconciler:
     sagemaker = aws.client("sagemaker")
     return Reconciler(
         registry=registry(),
-        observer=SageMakerObserver(sagemaker, aws.lazy("application-autoscaling"), aws.lazy("cloudwatch")),
+        observer=SageMakerObserver(
+            sagemaker, aws.lazy("application-autoscaling"), aws.lazy("cloudwatch")
+        ),
         applier=SageMakerApplier(
             sagemaker,
             aws.lazy("application-autoscaling"),
@@ -96,7 +99,6 @@ def _reconciler() -> Reconciler:
 
 def reconciler() -> Reconciler:
     return _overrides.get("reconciler") or _reconciler()
-
 
 
 def read_secret(arn: str) -> str:

@@ -14,7 +14,9 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     TypeAdapter,
     ValidationError,
     field_validator,
@@ -76,7 +78,8 @@ class HubSource(_Strict):
     def _hub_id(cls, value: str) -> str:
         if not _HUB_ID.match(value):
             raise PydanticCustomError(
-                "hub_id", "must look like 'organization/model' (e.g. 'HuggingFaceH4/zephyr-7b-beta')"
+                "hub_id",
+                "must look like 'organization/model' (e.g. 'HuggingFaceH4/zephyr-7b-beta')",
             )
         return value
 
@@ -131,7 +134,23 @@ class ModelPackageSource(_Strict):
         return value
 
 
-ModelSource = Annotated[HubSource | S3Source | ModelPackageSource, Field(discriminator="kind")]
+def _kind_or(default: str) -> Any:
+    """Discriminate on ``kind``, which may be omitted where a default kind exists."""
+
+    def kind(value: Any) -> str:
+        if isinstance(value, dict):
+            return str(value.get("kind", default))
+        return str(getattr(value, "kind", default))
+
+    return Discriminator(kind)
+
+
+ModelSource = Annotated[
+    Annotated[HubSource, Tag("hub")]
+    | Annotated[S3Source, Tag("s3")]
+    | Annotated[ModelPackageSource, Tag("model-package")],
+    _kind_or("hub"),
+]
 
 # ----------------------------------------------------------------------------------- engine
 
@@ -198,7 +217,9 @@ class ServerlessHosting(_Strict):
     max_concurrency: int = Field(default=5, ge=1, le=200)
     provisioned_concurrency: int | None = Field(default=None, ge=1, le=200)
     # Not a real option: present so a GPU instance type gets a clear error, not "extra field".
-    instance_type: str | None = Field(default=None, exclude=True, json_schema_extra={"deprecated": True})
+    instance_type: str | None = Field(
+        default=None, exclude=True, json_schema_extra={"deprecated": True}
+    )
 
     @field_validator("memory_mb")
     @classmethod
@@ -211,7 +232,10 @@ class ServerlessHosting(_Strict):
 
 
 Hosting = Annotated[
-    DedicatedHosting | SharedHosting | ServerlessHosting, Field(discriminator="kind")
+    Annotated[DedicatedHosting, Tag("dedicated")]
+    | Annotated[SharedHosting, Tag("shared")]
+    | Annotated[ServerlessHosting, Tag("serverless")],
+    _kind_or("dedicated"),
 ]
 
 # ---------------------------------------------------------------------------------- scaling
@@ -272,7 +296,8 @@ class ScheduleRule(_Strict):
             and self.min_capacity > self.max_capacity
         ):
             raise PydanticCustomError(
-                "schedule_bounds", "min_capacity ({lo}) is above max_capacity ({hi})",
+                "schedule_bounds",
+                "min_capacity ({lo}) is above max_capacity ({hi})",
                 {"lo": self.min_capacity, "hi": self.max_capacity},
             )
         return self
@@ -312,9 +337,9 @@ class DeploymentSpec(_Strict):
     hosting: Hosting = DedicatedHosting()
     scaling: Scaling = Scaling()
     generation: GenerationDefaults = GenerationDefaults()
-    tags: dict[Annotated[str, Field(min_length=1, max_length=128)], Annotated[str, Field(max_length=256)]] = Field(
-        default_factory=dict, max_length=40
-    )
+    tags: dict[
+        Annotated[str, Field(min_length=1, max_length=128)], Annotated[str, Field(max_length=256)]
+    ] = Field(default_factory=dict, max_length=40)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> DeploymentSpec:
@@ -422,23 +447,16 @@ def cross_field_issues(spec: DeploymentSpec) -> list[FieldIssue]:
                     f"must not exceed hosting.max_concurrency ({hosting.max_concurrency})",
                 )
             )
-    elif engine.name == "hf-inference" and hosting.instance_type is not None:
-        from llmhost import instances
-
-        if instances.is_gpu(hosting.instance_type):
-            pass  # the HF inference toolkit also runs on GPU instances
-    if isinstance(hosting, SharedHosting):
-        if hosting.pool_min_instances > hosting.pool_max_instances:
-            issues.append(
-                FieldIssue(
-                    "hosting.pool_min_instances",
-                    f"is above hosting.pool_max_instances ({hosting.pool_max_instances})",
-                )
+    if (
+        isinstance(hosting, SharedHosting)
+        and hosting.pool_min_instances > hosting.pool_max_instances
+    ):
+        issues.append(
+            FieldIssue(
+                "hosting.pool_min_instances",
+                f"is above hosting.pool_max_instances ({hosting.pool_max_instances})",
             )
-        if isinstance(spec.model, ModelPackageSource):
-            pass  # model packages can run as components too
-    if isinstance(hosting, DedicatedHosting) and scaling.min_capacity == 0 and scaling.scale_to_zero:
-        pass  # dedicated "zero" means sleeping: the endpoint is deleted and recreated on wake
+        )
     if isinstance(spec.model, ModelPackageSource) and engine.options != EngineOptions():
         issues.append(
             FieldIssue(
@@ -483,7 +501,11 @@ def issues_from_validation_error(error: ValidationError | Any) -> list[FieldIssu
             continue
         loc = [str(p) for p in item.get("loc", ()) if p not in ("body",)]
         # Discriminated unions add the tag to the path ("hosting.shared.pool"); drop it.
-        loc = [p for p in loc if p not in ("hub", "s3", "model-package", "dedicated", "shared", "serverless")]
+        loc = [
+            p
+            for p in loc
+            if p not in ("hub", "s3", "model-package", "dedicated", "shared", "serverless")
+        ]
         message = item.get("msg", "is invalid")
         if item.get("type") == "extra_forbidden":
             message = "is not a known field; check its spelling against GET /v1/openapi.json"

@@ -13,15 +13,25 @@ from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
-from aws_lambda_powertools.event_handler.openapi.params import Query
+from aws_lambda_powertools.event_handler.openapi.params import Path, Query
 
 from llmhost.errors import ConflictingChange, FieldIssue, LlmhostError, SpecInvalid
 from llmhost.lifecycle.record import DeploymentRecord
 from llmhost.lifecycle.registry import Registry
-from llmhost.specs import DeploymentName, DeploymentPatch, DeploymentSpec, issues_from_validation_error
+from llmhost.specs import (
+    NAME_MAX,
+    NAME_PATTERN,
+    DeploymentPatch,
+    DeploymentSpec,
+    issues_from_validation_error,
+)
 
 API_TITLE = "llmhost"
 API_VERSION = "1.0.0"
+
+DeploymentName = Annotated[
+    str, Path(pattern=NAME_PATTERN, max_length=NAME_MAX, description="The deployment's name.")
+]
 
 
 def build_app(
@@ -41,11 +51,15 @@ def build_app(
             metrics.add_metric(name=metric, unit=MetricUnit.Count, value=1)
 
     @app.post("/v1/deployments", summary="Create a deployment")
-    def create_deployment(spec: DeploymentSpec) -> Response:
+    def create_deployment(spec: DeploymentSpec):
         reg = registry()
+        spec = _pin_pool_instance(reg, spec)
         _check_names_free(reg, spec)
         record = DeploymentRecord(name=spec.name, spec=spec).with_event(
-            "Created", status="PENDING", reason="waiting for the reconciler", history_limit=history_limit
+            "Created",
+            status="PENDING",
+            reason="waiting for the reconciler",
+            history_limit=history_limit,
         )
         saved = reg.create(record)
         count("DeploymentCreated")
@@ -54,17 +68,17 @@ def build_app(
     @app.get("/v1/deployments", summary="List deployments")
     def list_deployments(
         include_deleted: Annotated[bool, Query(description="Include DELETED deployments")] = False,
-    ) -> Response:
+    ):
         records = registry().list(include_deleted=include_deleted)
         items = [_summary(r) for r in records]
         return _json(HTTPStatus.OK, {"deployments": items, "count": len(items)})
 
     @app.get("/v1/deployments/<name>", summary="Get a deployment: spec, status, resources, history")
-    def get_deployment(name: DeploymentName) -> Response:
+    def get_deployment(name: DeploymentName):
         return _json(HTTPStatus.OK, _live(registry(), name).public_view())
 
     @app.patch("/v1/deployments/<name>", summary="Change a deployment's spec")
-    def patch_deployment(name: DeploymentName, patch: DeploymentPatch) -> Response:
+    def patch_deployment(name: DeploymentName, patch: DeploymentPatch):
         reg = registry()
         record = _live(reg, name)
         if record.desired_state == "deleted":
@@ -81,7 +95,7 @@ def build_app(
         return _json(HTTPStatus.OK, saved.public_view())
 
     @app.delete("/v1/deployments/<name>", summary="Delete a deployment (asynchronous)")
-    def delete_deployment(name: DeploymentName) -> Response:
+    def delete_deployment(name: DeploymentName):
         reg = registry()
         record = _live(reg, name)
         if record.desired_state != "deleted":
@@ -98,26 +112,26 @@ def build_app(
         return _json(HTTPStatus.ACCEPTED, record.public_view())
 
     @app.post("/v1/deployments/<name>/sleep", summary="Sleep: release the GPUs, keep the spec")
-    def sleep_deployment(name: DeploymentName) -> Response:
+    def sleep_deployment(name: DeploymentName):
         return _set_desired(registry(), name, "sleeping", history_limit)
 
     @app.post("/v1/deployments/<name>/wake", summary="Wake a sleeping deployment")
-    def wake_deployment(name: DeploymentName) -> Response:
+    def wake_deployment(name: DeploymentName):
         return _set_desired(registry(), name, "in_service", history_limit)
 
     @app.post("/v1/plan", summary="Dry run: sizing and cost of a spec; nothing is created")
-    def plan_spec(spec: DeploymentSpec) -> Response:
+    def plan_spec(spec: DeploymentSpec):
         from llmhost import sizing
 
         return _json(HTTPStatus.OK, {"name": spec.name, "plan": sizing.plan(spec).as_dict()})
 
     @app.get("/v1/openapi.json", summary="This API's OpenAPI document")
-    def openapi() -> Response:
+    def openapi():
         body = app.get_openapi_json_schema(title=API_TITLE, version=API_VERSION)
         return Response(status_code=200, content_type="application/json", body=body)
 
     @app.not_found
-    def not_found(_: Exception) -> Response:
+    def not_found(_: Exception):
         path = app.current_event.path
         method = app.current_event.http_method
         return _error(
@@ -127,19 +141,19 @@ def build_app(
         )
 
     @app.exception_handler(RequestValidationError)
-    def invalid_request(error: RequestValidationError) -> Response:
+    def invalid_request(error: RequestValidationError):
         return _invalid(issues_from_validation_error(error))
 
     @app.exception_handler(SpecInvalid)
-    def invalid_spec(error: SpecInvalid) -> Response:
+    def invalid_spec(error: SpecInvalid):
         return _invalid(error.issues)
 
     @app.exception_handler(LlmhostError)
-    def domain_error(error: LlmhostError) -> Response:
+    def domain_error(error: LlmhostError):
         return _error(HTTPStatus(error.status), error.code, error.message)
 
     @app.exception_handler(Exception)
-    def unexpected(error: Exception) -> Response:
+    def unexpected(error: Exception):
         # The client gets no internals; the log has the stack trace and the request id.
         if logger is not None:
             logger.exception("unhandled error")
@@ -184,6 +198,30 @@ def _set_desired(registry: Registry, name: str, state: str, history_limit: int) 
             )
         )
     return _json(HTTPStatus.ACCEPTED, record.public_view())
+
+
+def _pin_pool_instance(registry: Registry, spec: DeploymentSpec) -> DeploymentSpec:
+    """A shared spec without an instance type joins its pool's, or the cheapest that fits.
+
+    The choice is stored in the spec: the pool's config must not change when prices or the
+    catalog do.
+    """
+    hosting = spec.hosting
+    if hosting.kind != "shared" or hosting.instance_type:
+        return spec
+    from llmhost import sizing
+
+    pool_types = [
+        r.spec.hosting.instance_type
+        for r in registry.list()
+        if r.pool == hosting.pool and r.spec.hosting.instance_type
+    ]
+    chosen = pool_types[0] if pool_types else sizing.plan(spec).instance_type
+    data = spec.model_dump(mode="json")
+    data["hosting"]["instance_type"] = chosen
+    from llmhost.specs import parse_spec
+
+    return parse_spec(data)
 
 
 def _check_names_free(registry: Registry, spec: DeploymentSpec) -> None:

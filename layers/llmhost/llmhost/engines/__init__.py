@@ -112,7 +112,11 @@ def option_issues(spec: DeploymentSpec, model: CatalogModel | None) -> list[Fiel
                 f"{engine.name} cannot load '{opts.quantization}' weights; {fix}",
             )
         )
-    if opts.dtype is not None and opts.quantization is not None and not info.dtype_with_quantization:
+    if (
+        opts.dtype is not None
+        and opts.quantization is not None
+        and not info.dtype_with_quantization
+    ):
         issues.append(
             FieldIssue(
                 "engine.options.dtype",

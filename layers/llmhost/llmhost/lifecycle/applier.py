@@ -85,9 +85,13 @@ class SageMakerApplier:
     ) -> None:
         self._create(self._sm.create_endpoint_config, **d.config_body, Tags=_tags(record))
 
-    def _CreateEndpoint(self, action: p.Action, record: DeploymentRecord, d: DesiredResources) -> None:
+    def _CreateEndpoint(
+        self, action: p.Action, record: DeploymentRecord, d: DesiredResources
+    ) -> None:
         assert isinstance(action, p.CreateEndpoint)
-        tags = _tags(record) if not d.is_shared else [{"Key": "llmhost:pool", "Value": action.target}]
+        tags = (
+            _tags(record) if not d.is_shared else [{"Key": "llmhost:pool", "Value": action.target}]
+        )
         self._create(
             self._sm.create_endpoint,
             EndpointName=action.target,
@@ -95,7 +99,9 @@ class SageMakerApplier:
             Tags=tags,
         )
 
-    def _UpdateEndpoint(self, action: p.Action, record: DeploymentRecord, d: DesiredResources) -> None:
+    def _UpdateEndpoint(
+        self, action: p.Action, record: DeploymentRecord, d: DesiredResources
+    ) -> None:
         assert isinstance(action, p.UpdateEndpoint)
         self._sm.update_endpoint(EndpointName=action.target, EndpointConfigName=action.config)
 
@@ -132,7 +138,9 @@ class SageMakerApplier:
 
     # ---------------------------------------------------------------------------- deletes
 
-    def _DeleteEndpoint(self, action: p.Action, record: DeploymentRecord, d: DesiredResources) -> None:
+    def _DeleteEndpoint(
+        self, action: p.Action, record: DeploymentRecord, d: DesiredResources
+    ) -> None:
         self._delete(self._sm.delete_endpoint, EndpointName=action.target)
 
     def _DeleteEndpointConfig(
@@ -166,7 +174,9 @@ class SageMakerApplier:
     def _DeleteAlarm(self, action: p.Action, record: DeploymentRecord, d: DesiredResources) -> None:
         self._cloudwatch().delete_alarms(AlarmNames=[action.target])
 
-    def _DeleteSchedule(self, action: p.Action, record: DeploymentRecord, d: DesiredResources) -> None:
+    def _DeleteSchedule(
+        self, action: p.Action, record: DeploymentRecord, d: DesiredResources
+    ) -> None:
         raise NotImplementedError("schedules are not created yet, so none can be deleted")
 
     # ---------------------------------------------------------------------------- helpers
@@ -204,7 +214,9 @@ def _raise_domain(error: ClientError, action: p.Action) -> None:
         code == "ValidationException" and any(h in message for h in _BUSY_HINTS)
     ):
         raise SageMakerBusy(f"{action.kind} {action.target}: {message}") from None
-    raise SageMakerRejected(f"{action.kind} {action.target} was rejected: {code}: {message}") from None
+    raise SageMakerRejected(
+        f"{action.kind} {action.target} was rejected: {code}: {message}"
+    ) from None
 
 
 def _tags(record: DeploymentRecord) -> list[dict[str, str]]:

@@ -41,7 +41,9 @@ class SageMakerObserver:
         models = frozenset(self._names("list_models", "Models", "ModelName", name))
         config_base = desired.endpoint_name if desired.is_shared else name
         configs = frozenset(
-            self._names("list_endpoint_configs", "EndpointConfigs", "EndpointConfigName", config_base)
+            self._names(
+                "list_endpoint_configs", "EndpointConfigs", "EndpointConfigName", config_base
+            )
         )
         endpoint = self._endpoint(desired.endpoint_name)
         component = None
@@ -117,9 +119,7 @@ class SageMakerObserver:
             status=ic["InferenceComponentStatus"],
             endpoint_name=ic["EndpointName"],
             model_name=spec.get("ModelName", ""),
-            compute={
-                k: float(v) for k, v in spec.get("ComputeResourceRequirements", {}).items()
-            },
+            compute={k: float(v) for k, v in spec.get("ComputeResourceRequirements", {}).items()},
             desired_copies=int(runtime.get("DesiredCopyCount", 0)),
             current_copies=int(runtime.get("CurrentCopyCount", 0)),
             failure_reason=ic.get("FailureReason", ""),

@@ -160,8 +160,10 @@ def _plan_endpoint(record: DeploymentRecord, d: DesiredResources, o: Observed) -
     if asleep:
         return _plan_sleep_endpoint(d, ep)
     if ep is None:
-        reason = "waking: recreating the endpoint" if record.status == "SLEEPING" else (
-            "creating the endpoint (SageMaker takes 10-30 minutes)"
+        reason = (
+            "waking: recreating the endpoint"
+            if record.status == "SLEEPING"
+            else ("creating the endpoint (SageMaker takes 10-30 minutes)")
         )
         return Step(CreateEndpoint(d.endpoint_name, config=d.config_name), "CREATING", reason)
     if ep.status == "Creating":
@@ -242,7 +244,9 @@ def _plan_shared(record: DeploymentRecord, d: DesiredResources, o: Observed) -> 
     if ic.status == "Deleting":
         return Step(Wait(ic.name), _progress(record), "waiting for the old component to go")
     if ic.status == "Failed":
-        return _on_broken(record, ic.name, ic.failure_reason, "inference component", DeleteComponent)
+        return _on_broken(
+            record, ic.name, ic.failure_reason, "inference component", DeleteComponent
+        )
     if _component_differs(ic, d):
         if _attempted(record):
             return _rolled_back(ic.failure_reason, ic.name)

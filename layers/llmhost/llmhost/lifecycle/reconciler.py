@@ -53,7 +53,7 @@ def record_step(record: DeploymentRecord, step: Step, history_limit: int) -> Dep
     changes: dict[str, object] = {}
     if isinstance(action, _ATTEMPTS):
         changes["attempt"] = Attempt(generation=record.generation, target=action.target)
-    if getattr(action, "failed", False):
+    if getattr(action, "failed", False) and record.failed_generation != record.generation:
         changes["failed_generation"] = record.generation
     if action.calls_aws:
         event = f"{action.kind} {action.target}"

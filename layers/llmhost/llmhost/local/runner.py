@@ -209,7 +209,9 @@ def make_handler(cloud: LocalCloud) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(length) if length else b""
             headers = {k: v for k, v in self.headers.items()}
             try:
-                caller = sigv4.verify(self.command, self.path, headers, body, ACCESS_KEY, SECRET_KEY)
+                caller = sigv4.verify(
+                    self.command, self.path, headers, body, ACCESS_KEY, SECRET_KEY
+                )
             except sigv4.AuthError as error:
                 self._send(403, {"message": error.message}, {})
                 return
@@ -227,7 +229,9 @@ def make_handler(cloud: LocalCloud) -> type[BaseHTTPRequestHandler]:
             self._send_raw(status, raw.encode(), response.get("headers") or {})
 
         def _send(self, status: int, body: Any, headers: dict[str, str]) -> None:
-            self._send_raw(status, json.dumps(body).encode(), {"Content-Type": "application/json", **headers})
+            self._send_raw(
+                status, json.dumps(body).encode(), {"Content-Type": "application/json", **headers}
+            )
 
         def _send_raw(self, status: int, data: bytes, headers: dict[str, str]) -> None:
             self.send_response(status)
@@ -279,7 +283,7 @@ Try:
   export AUTH='--aws-sigv4 aws:amz:us-east-1:execute-api --user {key}:{secret}'
   curl -s $AUTH -X POST http://127.0.0.1:{port}/v1/deployments \\
        -H 'Content-Type: application/json' \\
-       -d '{{"name": "zephyr", "model": {{"kind": "hub", "model_id": "HuggingFaceH4/zephyr-7b-beta"}}}}'
+       -d '{{"name": "zephyr", "model": {{"model_id": "HuggingFaceH4/zephyr-7b-beta"}}}}'
   curl -s $AUTH http://127.0.0.1:{port}/v1/deployments/zephyr
 
 Ctrl-C stops everything; state lives in memory only.
@@ -291,7 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8080)))
     parser.add_argument("--moto-port", type=int, default=int(os.environ.get("MOTO_PORT", 5055)))
     parser.add_argument(
-        "--speed", type=float, default=float(os.environ.get("SPEED", 60)),
+        "--speed",
+        type=float,
+        default=float(os.environ.get("SPEED", 60)),
         help="how much faster than real SageMaker the stand-in runs (default 60)",
     )
     args = parser.parse_args(argv)
@@ -300,8 +306,13 @@ def main(argv: list[str] | None = None) -> int:
     server = serve(args.port, cloud)
     print(
         BANNER.format(
-            port=args.port, key=ACCESS_KEY, secret=SECRET_KEY, moto=cloud.moto_url,
-            speed=args.speed, create=600 / args.speed, secret_arn=cloud.token_secret_arn,
+            port=args.port,
+            key=ACCESS_KEY,
+            secret=SECRET_KEY,
+            moto=cloud.moto_url,
+            speed=args.speed,
+            create=600 / args.speed,
+            secret_arn=cloud.token_secret_arn,
         ),
         flush=True,
     )

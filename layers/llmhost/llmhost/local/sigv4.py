@@ -38,18 +38,24 @@ def verify(
     algorithm, _, rest = auth.partition(" ")
     if algorithm != "AWS4-HMAC-SHA256":
         raise AuthError("Authorization header requires 'AWS4-HMAC-SHA256' signing")
-    fields = dict(
-        part.strip().split("=", 1) for part in rest.split(",") if "=" in part
-    )
+    fields = dict(part.strip().split("=", 1) for part in rest.split(",") if "=" in part)
     try:
-        credential, signed, signature = fields["Credential"], fields["SignedHeaders"], fields["Signature"]
+        credential, signed, signature = (
+            fields["Credential"],
+            fields["SignedHeaders"],
+            fields["Signature"],
+        )
         key_id, date, region, service, terminal = credential.split("/")
     except (KeyError, ValueError):
-        raise AuthError("Authorization header requires Credential, SignedHeaders and Signature") from None
+        raise AuthError(
+            "Authorization header requires Credential, SignedHeaders and Signature"
+        ) from None
     if key_id != access_key:
         raise AuthError("The security token included in the request is invalid.")
     if service != "execute-api" or terminal != "aws4_request":
-        raise AuthError(f"Credential should be scoped to correct service: 'execute-api' (got '{service}')")
+        raise AuthError(
+            f"Credential should be scoped to correct service: 'execute-api' (got '{service}')"
+        )
     amz_date = lower.get("x-amz-date", "")
     try:
         stamp = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from botocore.client import BaseClient
 
@@ -30,7 +30,13 @@ from llmhost.local.standin.sagemaker_state import (
 )
 from llmhost.local.standin.wire import OPERATIONS, SageMakerWire, StandInResponseInvalid
 
-__all__ = ["OPERATIONS", "SageMakerError", "SageMakerStandIn", "StandInResponseInvalid"]
+__all__ = [
+    "OPERATIONS",
+    "SageMakerError",
+    "SageMakerStandIn",
+    "StandInResponseInvalid",
+    "manual_clock",
+]
 
 ClientT = TypeVar("ClientT", bound=BaseClient)
 
@@ -86,7 +92,9 @@ class SageMakerStandIn:
         """
         service = client.meta.service_model.service_name
         if service != "sagemaker":
-            raise ValueError(f"the SageMaker stand-in attaches to a 'sagemaker' client, not {service!r}")
+            raise ValueError(
+                f"the SageMaker stand-in attaches to a 'sagemaker' client, not {service!r}"
+            )
         if client.meta.region_name != self.region:
             raise ValueError(
                 f"the stand-in emulates {self.region}; this client is for "
@@ -96,7 +104,9 @@ class SageMakerStandIn:
         endpoint = getattr(client, "_endpoint", None)
         wire = SageMakerWire(self._plane, getattr(endpoint, "_response_parser_factory", None))
         client.meta.events.register(
-            "before-call.sagemaker", wire.handle, unique_id=f"llmhost-sagemaker-standin-{id(self)}"
+            "before-call.sagemaker",
+            cast(Any, wire.handle),
+            unique_id=f"llmhost-sagemaker-standin-{id(self)}",
         )
         return client
 
@@ -122,7 +132,9 @@ class SageMakerStandIn:
         return self._plane.describe(kind, name)
 
 
-def manual_clock(start: float = 1_700_000_000.0) -> tuple[Callable[[], float], Callable[[float], None]]:
+def manual_clock(
+    start: float = 1_700_000_000.0,
+) -> tuple[Callable[[], float], Callable[[float], None]]:
     """A clock for tests: ``(now, advance)``; ``advance(seconds)`` moves it forward."""
     current = [start]
 

@@ -234,7 +234,9 @@ class SageMakerControlPlane:
             if not request.get("ExecutionRoleArn") and not all(
                 "ModelPackageName" in c for c in containers
             ):
-                raise _invalid("ExecutionRoleArn is required unless every container is a model package.")
+                raise _invalid(
+                    "ExecutionRoleArn is required unless every container is a model package."
+                )
             self._state.models[name.lower()] = _Model(
                 name=name,
                 arn=arn,
@@ -248,6 +250,7 @@ class SageMakerControlPlane:
         with self._transaction():
             model = self._model(request["ModelName"])
             return {
+                "EnableNetworkIsolation": False,
                 **copy.deepcopy(model.request),
                 "ModelArn": model.arn,
                 "CreationTime": _utc(model.created),
@@ -481,8 +484,7 @@ class SageMakerControlPlane:
             self._check_component_settled(component, "update")
             if "Specification" not in request and "RuntimeConfig" not in request:
                 raise _invalid(
-                    "UpdateInferenceComponent needs a Specification or a RuntimeConfig "
-                    "to change."
+                    "UpdateInferenceComponent needs a Specification or a RuntimeConfig to change."
                 )
             specification = (
                 self._component_specification(request) if "Specification" in request else None
@@ -550,14 +552,17 @@ class SageMakerControlPlane:
     def add_tags(self, request: Request) -> Result:
         with self._transaction():
             tags = self._tags_of(request["ResourceArn"])
-            tags.update(_tag_dict(request["Tags"]))
-            if len(tags) > 50:
+            merged = {**tags, **_tag_dict(request["Tags"])}
+            if len(merged) > 50:
                 raise _invalid(f'Resource "{request["ResourceArn"]}" would have more than 50 tags.')
+            tags.update(merged)
             return {"Tags": copy.deepcopy(request["Tags"])}
 
     def list_tags(self, request: Request) -> Result:
         with self._transaction():
-            tags = [{"Key": k, "Value": v} for k, v in self._tags_of(request["ResourceArn"]).items()]
+            tags = [
+                {"Key": k, "Value": v} for k, v in self._tags_of(request["ResourceArn"]).items()
+            ]
             start = _offset(request.get("NextToken"))
             size = request.get("MaxResults", 50)
             result: Result = {"Tags": tags[start : start + size]}
@@ -641,8 +646,7 @@ class SageMakerControlPlane:
         if variant_name is None:
             if len(names) != 1:
                 raise _invalid(
-                    f'Endpoint "{endpoint.arn}" has {len(names)} variants; name one in '
-                    "VariantName."
+                    f'Endpoint "{endpoint.arn}" has {len(names)} variants; name one in VariantName.'
                 )
             return names[0]
         if variant_name not in names:
@@ -704,12 +708,16 @@ class SageMakerControlPlane:
 
     def _advance(self) -> None:
         now = self._clock()
-        due: list[tuple[float, int, _Endpoint | _InferenceComponent]] = []
-        for i, resource in enumerate(
-            [*self._state.endpoints.values(), *self._state.components.values()]
-        ):
-            if resource.deadline is not None and resource.deadline <= now:
-                due.append((resource.deadline, i, resource))
+        transitional: list[_Endpoint | _InferenceComponent] = [
+            *self._state.endpoints.values(),
+            *self._state.components.values(),
+        ]
+        due = [
+            (r.deadline, i, r)
+            for i, r in enumerate(transitional)
+            if r.deadline is not None and r.deadline <= now
+        ]
+        # Oldest deadline first, so events come out in the order things happened.
         for deadline, _, resource in sorted(due, key=lambda d: (d[0], d[1])):
             if isinstance(resource, _Endpoint):
                 self._settle_endpoint(resource, deadline)
@@ -1035,9 +1043,10 @@ def _page(
 
 
 def _passes_filters(summary: dict[str, Any], request: Request, name_key: str) -> bool:
-    if "NameContains" in request and request["NameContains"].lower() not in summary[
-        name_key
-    ].lower():
+    if (
+        "NameContains" in request
+        and request["NameContains"].lower() not in summary[name_key].lower()
+    ):
         return False
     bounds = {
         "CreationTimeBefore": ("CreationTime", lambda t, b: t < b),

@@ -25,9 +25,10 @@ import uuid
 from datetime import UTC, datetime
 from email.utils import formatdate
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from botocore.awsrequest import AWSResponse
+from botocore.compat import HTTPHeaders
 from botocore.model import OperationModel, Shape
 from botocore.parsers import ResponseParserFactory
 from botocore.utils import parse_timestamp
@@ -125,7 +126,7 @@ class SageMakerWire:
             "Content-Length": str(len(body)),
             "Date": formatdate(usegmt=True),
         }
-        http = AWSResponse(url, status, headers, _Body(body))
+        http = AWSResponse(url, status, HTTPHeaders.from_dict(headers), _Body(body))
         response = {
             "headers": http.headers,
             "status_code": status,
@@ -135,7 +136,8 @@ class SageMakerWire:
         service = model.service_model
         protocol = getattr(service, "resolved_protocol", None) or service.protocol
         parser = self._parsers.create_parser(protocol)
-        parsed: dict[str, Any] = parser.parse(response, model.output_shape)
+        # The JSON parser answers an operation without output (shape None) with metadata only.
+        parsed: dict[str, Any] = parser.parse(response, cast(Shape, model.output_shape))
         if status >= 300:
             # Like botocore's endpoint: a second pass picks up modeled error fields.
             error_shape = service.shape_for_error_code(parsed.get("Error", {}).get("Code"))
@@ -274,7 +276,9 @@ def _check_response(model: OperationModel, result: Any) -> None:
     report = ParamValidator().validate(result, shape)
     problems = _violations(result, shape, "")
     if report.has_errors() or problems:
-        details = "\n".join([*([report.generate_report()] if report.has_errors() else []), *problems])
+        details = "\n".join(
+            [*([report.generate_report()] if report.has_errors() else []), *problems]
+        )
         raise StandInResponseInvalid(
             f"the stand-in's {model.name} response breaks {shape.name}:\n{details}"
         )
@@ -291,6 +295,8 @@ def _encode(value: Any, shape: Shape) -> Any:
         return {k: _encode(v, shape.value) for k, v in value.items()}  # type: ignore[attr-defined]
     if kind == "timestamp" and isinstance(value, datetime):
         return value.timestamp()
+    if kind in ("float", "double") and _is_number(value):
+        return float(value)
     if kind == "blob" and isinstance(value, bytes | bytearray):
         return base64.b64encode(value).decode()
     return value

@@ -1,0 +1,144 @@
+"""The deployment API through its Lambda handler, with API Gateway events and moto DynamoDB."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from llmhost.local.events import LambdaContext, api_gateway_event
+from llmhost.local.runner import load_handler
+
+SPEC = {
+    "name": "llama3-8b",
+    "model": {"kind": "hub", "model_id": "meta-llama/Meta-Llama-3-8B-Instruct"},
+    "hosting": {"kind": "dedicated", "instance_type": "ml.g5.2xlarge"},
+}
+
+
+@pytest.fixture
+def api(moto_aws: None) -> Any:
+    module = load_handler("api", "llmhost-api")
+
+    def call(method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
+        raw = json.dumps(body).encode() if body is not None else b""
+        event = api_gateway_event(method, path, {"Content-Type": "application/json"}, raw, "tester")
+        response = module.handler(event, LambdaContext("llmhost-api"))
+        headers = response.get("multiValueHeaders") or {}
+        assert headers["Content-Type"][0].startswith("application/json")
+        return response["statusCode"], json.loads(response["body"])
+
+    return call
+
+
+def test_create_get_list(api: Any) -> None:
+    # When a valid spec is posted
+    status, body = api("POST", "/v1/deployments", SPEC)
+    # Then it is stored as PENDING with its first history entry
+    assert status == 201
+    assert body["status"] == "PENDING" and body["generation"] == 1
+    assert body["history"][0]["event"] == "Created"
+    status, body = api("GET", "/v1/deployments/llama3-8b")
+    assert status == 200 and body["spec"]["model"]["model_id"] == SPEC["model"]["model_id"]
+    status, body = api("GET", "/v1/deployments")
+    assert status == 200 and [d["name"] for d in body["deployments"]] == ["llama3-8b"]
+
+
+def test_duplicate_is_409(api: Any) -> None:
+    api("POST", "/v1/deployments", SPEC)
+    status, body = api("POST", "/v1/deployments", SPEC)
+    assert status == 409 and body["error"]["code"] == "already_exists"
+
+
+def test_invalid_spec_is_422_with_field_paths(api: Any) -> None:
+    bad = {**SPEC, "scaling": {"min_capacity": 3, "max_capacity": 1}}
+    status, body = api("POST", "/v1/deployments", bad)
+    assert status == 422
+    assert "scaling.min_capacity" in [f["field"] for f in body["error"]["fields"]]
+    # and nothing was stored
+    assert api("GET", "/v1/deployments")[1]["count"] == 0
+
+
+def test_unknown_field_and_wrong_type_name_their_paths(api: Any) -> None:
+    bad = {**SPEC, "hosting": {"kind": "dedicated", "instance_count": "many", "gpus": 2}}
+    status, body = api("POST", "/v1/deployments", bad)
+    fields = {f["field"] for f in body["error"]["fields"]}
+    assert status == 422
+    assert {"hosting.instance_count", "hosting.gpus"} <= fields
+
+
+def test_malformed_json_is_422_not_500(api: Any, moto_aws: None) -> None:
+    module = load_handler("api", "llmhost-api")
+    event = api_gateway_event("POST", "/v1/deployments", {}, b"{not json", "tester")
+    response = module.handler(event, LambdaContext("llmhost-api"))
+    assert response["statusCode"] == 422
+    assert "Traceback" not in response["body"]
+
+
+def test_unknown_deployment_and_route_are_404(api: Any) -> None:
+    status, body = api("GET", "/v1/deployments/nope")
+    assert status == 404 and "nope" in body["error"]["message"]
+    status, body = api("GET", "/v1/nothing-here")
+    assert status == 404 and body["error"]["code"] == "route_not_found"
+
+
+def test_patch_bumps_generation_and_rejects_kind_change(api: Any) -> None:
+    api("POST", "/v1/deployments", SPEC)
+    status, body = api(
+        "PATCH", "/v1/deployments/llama3-8b", {"generation": {"max_new_tokens": 256}}
+    )
+    assert status == 200 and body["generation"] == 2
+    assert body["spec"]["generation"]["max_new_tokens"] == 256
+    status, body = api(
+        "PATCH",
+        "/v1/deployments/llama3-8b",
+        {"hosting": {"kind": "shared", "pool": "p1", "instance_type": "ml.g5.12xlarge"}},
+    )
+    assert status == 422 and body["error"]["fields"][0]["field"] == "hosting.kind"
+
+
+def test_delete_is_202_then_404_after_reconcile_finishes(api: Any) -> None:
+    api("POST", "/v1/deployments", SPEC)
+    status, body = api("DELETE", "/v1/deployments/llama3-8b")
+    assert status == 202 and body["status"] == "DELETING" and body["desired_state"] == "deleted"
+    # deleting again is idempotent
+    assert api("DELETE", "/v1/deployments/llama3-8b")[0] == 202
+    # and a PATCH while deleting is refused
+    status, _ = api("PATCH", "/v1/deployments/llama3-8b", {"tags": {"team": "x"}})
+    assert status == 409
+
+
+def test_sleep_and_wake_set_desired_state(api: Any) -> None:
+    api("POST", "/v1/deployments", SPEC)
+    status, body = api("POST", "/v1/deployments/llama3-8b/sleep")
+    assert status == 202 and body["desired_state"] == "sleeping"
+    status, body = api("POST", "/v1/deployments/llama3-8b/wake")
+    assert status == 202 and body["desired_state"] == "in_service"
+
+
+def test_plan_creates_nothing(api: Any) -> None:
+    status, body = api("POST", "/v1/plan", {**SPEC, "hosting": {"kind": "dedicated"}})
+    assert status == 200
+    plan = body["plan"]
+    assert plan["instance_type"].startswith("ml.")
+    assert plan["cost"]["hourly_min"] > 0
+    assert api("GET", "/v1/deployments")[1]["count"] == 0
+
+
+def test_pool_name_cannot_shadow_a_deployment(api: Any) -> None:
+    api("POST", "/v1/deployments", SPEC)
+    shared = {
+        "name": "zephyr",
+        "model": {"kind": "hub", "model_id": "HuggingFaceH4/zephyr-7b-beta"},
+        "hosting": {"kind": "shared", "pool": "llama3-8b", "instance_type": "ml.g5.12xlarge"},
+    }
+    status, body = api("POST", "/v1/deployments", shared)
+    assert status == 409 and "hosting.pool" in body["error"]["message"]
+
+
+def test_openapi_document_lists_every_route(api: Any) -> None:
+    status, body = api("GET", "/v1/openapi.json")
+    assert status == 200
+    paths = body["paths"]
+    assert {"/v1/deployments", "/v1/deployments/{name}", "/v1/plan"} <= set(paths)
+    assert "DeploymentSpec" in json.dumps(body["components"])

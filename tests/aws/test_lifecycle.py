@@ -1,0 +1,319 @@
+"""The whole lifecycle against moto (DynamoDB) and the SageMaker stand-in.
+
+The convergence tests crash the reconciler between any two steps (before and after each
+AWS call, as a Lambda timeout or a throttled retry would) and check that retries still
+reach the desired state with exactly the resources the spec needs: no leaks, no dupes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Any
+
+import pytest
+from llmhost import runtime
+from llmhost.lifecycle.record import DeploymentRecord
+from llmhost.specs import DeploymentPatch, parse_spec
+
+SPECS: dict[str, dict[str, Any]] = {
+    "dedicated": {
+        "name": "llama",
+        "model": {"kind": "hub", "model_id": "meta-llama/Meta-Llama-3-8B-Instruct"},
+        "hosting": {"kind": "dedicated", "instance_type": "ml.g5.2xlarge"},
+    },
+    "shared": {
+        "name": "zephyr",
+        "model": {"kind": "hub", "model_id": "HuggingFaceH4/zephyr-7b-beta"},
+        "hosting": {"kind": "shared", "pool": "gpu-pool", "instance_type": "ml.g5.12xlarge"},
+    },
+    "serverless": {
+        "name": "flan",
+        "model": {"kind": "hub", "model_id": "google/flan-t5-small"},
+        "engine": {"name": "hf-inference"},
+        "hosting": {"kind": "serverless", "memory_mb": 4096},
+    },
+}
+PATCHES: dict[str, dict[str, Any]] = {
+    "dedicated": {"hosting": {"kind": "dedicated", "instance_type": "ml.g5.4xlarge"}},
+    "shared": {
+        "hosting": {
+            "kind": "shared",
+            "pool": "gpu-pool",
+            "instance_type": "ml.g5.12xlarge",
+            "memory_mb": 16384,
+        }
+    },
+    "serverless": {"hosting": {"kind": "serverless", "memory_mb": 6144}},
+}
+
+
+class Crash(Exception):
+    """Stands for the Lambda dying mid-invocation."""
+
+
+class Harness:
+    def __init__(self, standin: Any, clock: Any) -> None:
+        self.standin = standin
+        self.clock = clock
+        self.registry = runtime.registry()
+        self.reconciler = runtime.reconciler()
+        self._apply = self.reconciler._applier.apply
+        self.calls = 0
+        self.crash_at: int | None = None
+        self.crash_after = True
+        self.reconciler._applier.apply = self._maybe_crash  # type: ignore[method-assign]
+
+    def _maybe_crash(self, *args: Any) -> None:
+        self.calls += 1
+        if self.calls == self.crash_at and not self.crash_after:
+            raise Crash("before the AWS call")
+        self._apply(*args)
+        if self.calls == self.crash_at:
+            raise Crash("after the AWS call, before the record was saved")
+
+    def create(self, spec: dict[str, Any]) -> None:
+        self.registry.create(DeploymentRecord(name=spec["name"], spec=parse_spec(spec)))
+
+    def patch(self, name: str, patch: dict[str, Any]) -> None:
+        record = self.registry.get(name)
+        spec = DeploymentPatch.model_validate(patch).apply_to(record.spec)
+        self.registry.save(
+            record.model_copy(update={"spec": spec, "generation": record.generation + 1})
+        )
+
+    def set_desired(self, name: str, state: str) -> None:
+        record = self.registry.get(name)
+        self.registry.save(record.model_copy(update={"desired_state": state}))
+
+    def _reconcile(self, name: str) -> None:
+        # A crash is what the platform retries: the next event reconciles again.
+        with contextlib.suppress(Crash):
+            self.reconciler.reconcile(name)
+
+    def settle(self, name: str, rounds: int = 40) -> DeploymentRecord:
+        """Reconcile and let SageMaker time pass until nothing changes any more."""
+        for _ in range(rounds):
+            self._reconcile(name)
+            before = self.registry.find(name)
+            self.clock.advance(900)
+            events = self.standin.tick()
+            self._reconcile(name)
+            after = self.registry.find(name)
+            if (
+                not events
+                and before == after
+                and after is not None
+                and after.status in {"IN_SERVICE", "SLEEPING", "DELETED", "FAILED"}
+            ):
+                return after
+        raise AssertionError(f"{name} did not settle: {self.registry.find(name)}")
+
+
+@pytest.fixture
+def harness(standin: Any, clock: Any) -> Harness:
+    return Harness(standin, clock)
+
+
+def expected_resources(h: Harness, name: str) -> dict[str, set[str]]:
+    record = h.registry.get(name)
+    desired = h.reconciler._resolve(record.spec)
+    out = {
+        "models": {desired.model_name},
+        "endpoint_configs": {desired.config_name},
+        "endpoints": {desired.endpoint_name},
+        "inference_components": {desired.component_name} if desired.component_name else set(),
+    }
+    return out
+
+
+def existing(h: Harness) -> dict[str, set[str]]:
+    return {k: set(v) for k, v in h.standin.resources().items()}
+
+
+EMPTY = {
+    "models": set(),
+    "endpoint_configs": set(),
+    "endpoints": set(),
+    "inference_components": set(),
+}
+
+
+@pytest.mark.parametrize("kind", ["dedicated", "shared", "serverless"])
+def test_create_update_delete(harness: Harness, kind: str) -> None:
+    spec = SPECS[kind]
+    # Given a new deployment, when the reconciler runs, it reaches IN_SERVICE
+    harness.create(spec)
+    record = harness.settle(spec["name"])
+    assert record.status == "IN_SERVICE"
+    assert existing(harness) == expected_resources(harness, spec["name"])
+    first = expected_resources(harness, spec["name"])
+    # When the spec changes, the new resources replace the old ones
+    harness.patch(spec["name"], PATCHES[kind])
+    record = harness.settle(spec["name"])
+    assert record.status == "IN_SERVICE" and record.generation == 2
+    now = expected_resources(harness, spec["name"])
+    assert existing(harness) == now
+    if kind == "shared":
+        # more memory per copy is an in-place component update
+        ic = harness.standin.describe("inference-component", spec["name"])
+        assert ic["Specification"]["ComputeResourceRequirements"]["MinMemoryRequiredInMb"] == 16384
+    else:
+        assert now != first
+    # When deleted, nothing is left behind
+    harness.set_desired(spec["name"], "deleted")
+    record = harness.settle(spec["name"])
+    assert record.status == "DELETED"
+    assert existing(harness) == EMPTY
+    assert [h.event for h in record.history][-1] == "StatusChanged"
+
+
+def _converge_with_crash(
+    harness: Harness, kind: str, phase: str, crash_at: int, after: bool
+) -> bool:
+    """Run one scenario with a crash at AWS call number ``crash_at``; True if it triggered."""
+    spec = copy.deepcopy(SPECS[kind])
+    name = spec["name"]
+    harness.create(spec)
+    if phase != "create":
+        harness.settle(name)
+        if phase == "update":
+            harness.patch(name, PATCHES[kind])
+        else:
+            harness.set_desired(name, "deleted")
+    harness.calls = 0
+    harness.crash_at, harness.crash_after = crash_at, after
+    record = harness.settle(name)
+    triggered = harness.calls >= crash_at
+    if phase == "delete":
+        assert record.status == "DELETED", record
+        assert existing(harness) == EMPTY
+    else:
+        assert record.status == "IN_SERVICE", record
+        assert existing(harness) == expected_resources(harness, name)
+    return triggered
+
+
+@pytest.mark.parametrize("after", [True, False], ids=["crash-after-call", "crash-before-call"])
+@pytest.mark.parametrize("phase", ["create", "update", "delete"])
+@pytest.mark.parametrize("kind", ["dedicated", "shared", "serverless"])
+def test_converges_despite_a_crash_between_any_two_steps(
+    moto_aws: None, clock: Any, kind: str, phase: str, after: bool
+) -> None:
+    from llmhost import aws
+    from llmhost.local.standin import SageMakerStandIn
+
+    crash_at = 1
+    while True:
+        # Given a fresh account for each crash point
+        aws.reset()
+        runtime.reset()
+        for client_name in ("dynamodb",):
+            table = aws.client(client_name)
+            for name in table.list_tables()["TableNames"]:
+                for item in table.scan(TableName=name)["Items"]:
+                    table.delete_item(TableName=name, Key={"name": item["name"]})
+        fake = SageMakerStandIn(clock=clock, region="us-east-1")
+        aws.add_customizer(lambda s, c, f=fake: f.attach(c) if s == "sagemaker" else None)
+        harness = Harness(fake, clock)
+        # When the reconciler dies at step `crash_at`, Then retries still converge
+        if not _converge_with_crash(harness, kind, phase, crash_at, after):
+            break
+        crash_at += 1
+    assert crash_at >= 2, "at least one crash point must have been exercised"
+
+
+def test_failed_endpoint_records_reason_and_stops_until_spec_changes(harness: Harness) -> None:
+    spec = SPECS["dedicated"]
+    # Given SageMaker will fail the endpoint
+    harness.standin.fail_next("endpoint", "llama", "CUDA out of memory while loading weights")
+    harness.create(spec)
+    record = harness.settle("llama")
+    # Then the deployment is FAILED with SageMaker's reason, and retries stop
+    assert record.status == "FAILED"
+    assert "CUDA out of memory" in record.status_reason
+    calls = harness.calls
+    harness.reconciler.reconcile("llama")
+    assert harness.calls == calls
+    # When the spec changes, the failed endpoint is replaced and the new one comes up
+    harness.patch("llama", PATCHES["dedicated"])
+    record = harness.settle("llama")
+    assert record.status == "IN_SERVICE"
+    assert existing(harness) == expected_resources(harness, "llama")
+
+
+def test_failed_update_rolls_back_and_keeps_serving(harness: Harness) -> None:
+    harness.create(SPECS["dedicated"])
+    harness.settle("llama")
+    old_config = harness.standin.describe("endpoint", "llama")["EndpointConfigName"]
+    # Given the next update of the endpoint fails
+    harness.standin.fail_next("endpoint", "llama", "health check did not pass")
+    harness.patch("llama", PATCHES["dedicated"])
+    record = harness.settle("llama")
+    # Then SageMaker rolled back, the old config still serves, and the record says why
+    assert record.status == "FAILED"
+    assert "health check did not pass" in record.status_reason
+    endpoint = harness.standin.describe("endpoint", "llama")
+    assert endpoint["EndpointStatus"] == "InService"
+    assert endpoint["EndpointConfigName"] == old_config
+    assert old_config in existing(harness)["endpoint_configs"]
+
+
+@pytest.mark.parametrize("kind", ["dedicated", "shared"])
+def test_sleep_and_wake(harness: Harness, kind: str) -> None:
+    spec = SPECS[kind]
+    name = spec["name"]
+    harness.create(spec)
+    harness.settle(name)
+    # When put to sleep
+    harness.set_desired(name, "sleeping")
+    record = harness.settle(name)
+    assert record.status == "SLEEPING"
+    if kind == "dedicated":
+        # the endpoint is gone but its config and model stay for a fast wake
+        assert existing(harness)["endpoints"] == set()
+        assert (
+            existing(harness)["endpoint_configs"]
+            == expected_resources(harness, name)["endpoint_configs"]
+        )
+    else:
+        assert (
+            harness.standin.describe("inference-component", name)["RuntimeConfig"][
+                "DesiredCopyCount"
+            ]
+            == 0
+        )
+    # When woken
+    harness.set_desired(name, "in_service")
+    record = harness.settle(name)
+    assert record.status == "IN_SERVICE"
+    assert existing(harness) == expected_resources(harness, name)
+
+
+def test_pool_survives_while_another_model_uses_it(harness: Harness) -> None:
+    second = copy.deepcopy(SPECS["shared"])
+    second["name"] = "mistral"
+    second["model"]["model_id"] = "mistralai/Mistral-7B-Instruct-v0.2"
+    harness.create(SPECS["shared"])
+    harness.settle("zephyr")
+    harness.create(second)
+    harness.settle("mistral")
+    assert existing(harness)["inference_components"] == {"zephyr", "mistral"}
+    # When one model of the pool is deleted
+    harness.set_desired("zephyr", "deleted")
+    assert harness.settle("zephyr").status == "DELETED"
+    # Then the pool endpoint stays for the other
+    assert existing(harness)["endpoints"] == {"gpu-pool"}
+    assert existing(harness)["inference_components"] == {"mistral"}
+    # And the last one takes the pool with it
+    harness.set_desired("mistral", "deleted")
+    assert harness.settle("mistral").status == "DELETED"
+    assert existing(harness) == EMPTY
+
+
+def test_history_is_bounded(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    harness.reconciler._history_limit = 5
+    harness.create(SPECS["dedicated"])
+    record = harness.settle("llama")
+    assert len(record.history) == 5
+    assert record.history[-1].status == "IN_SERVICE"

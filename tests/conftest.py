@@ -1,0 +1,106 @@
+"""Shared fixtures: closed sockets, moto for AWS, the SageMaker stand-in on a manual clock."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EVENTS = ROOT / "events"
+TABLE = "llmhost-registry-test"
+ROLE_ARN = "arn:aws:iam::123456789012:role/llmhost-sagemaker-execution"
+
+_real_connect = socket.socket.connect
+
+
+def _loopback_only(self: socket.socket, address: Any) -> Any:
+    host = address[0] if isinstance(address, tuple) else address
+    if (
+        isinstance(host, str)
+        and host not in {"127.0.0.1", "localhost", "::1"}
+        and not host.startswith("/")
+    ):
+        raise ConnectionRefusedError(f"tests run offline; refused a connection to {host}")
+    return _real_connect(self, address)
+
+
+@pytest.fixture(autouse=True)
+def offline_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every test: no outside network, fake credentials, a clean client cache."""
+    from llmhost import aws, runtime
+
+    monkeypatch.setattr(socket.socket, "connect", _loopback_only)
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SECURITY_TOKEN": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        "POWERTOOLS_METRICS_NAMESPACE": "llmhost",
+        "POWERTOOLS_SERVICE_NAME": "llmhost-test",
+        "REGISTRY_TABLE_NAME": TABLE,
+        "SAGEMAKER_EXECUTION_ROLE_ARN": ROLE_ARN,
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("LLMHOST_AWS_ENDPOINT_URL", raising=False)
+    aws.reset()
+    runtime.reset()
+    yield
+    aws.reset()
+    runtime.reset()
+
+
+@pytest.fixture
+def moto_aws() -> Iterator[None]:
+    """moto for every AWS service, with the registry table created."""
+    from llmhost import aws
+    from moto import mock_aws
+
+    with mock_aws():
+        aws.client("dynamodb").create_table(
+            TableName=TABLE,
+            KeySchema=[{"AttributeName": "name", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "name", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        yield
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def standin(moto_aws: None, clock: ManualClock) -> Any:
+    """The SageMaker stand-in attached to every sagemaker client llmhost builds."""
+    from llmhost import aws
+    from llmhost.local.standin import SageMakerStandIn
+
+    fake = SageMakerStandIn(clock=clock, region="us-east-1")
+    aws.add_customizer(
+        lambda service, client: fake.attach(client) if service == "sagemaker" else None
+    )
+    return fake
+
+
+def load_event(name: str) -> dict[str, Any]:
+    return json.loads((EVENTS / name).read_text())

@@ -1,0 +1,330 @@
+"""Deployment spec validation: good specs for every hosting kind, and each bad input named."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from llmhost.errors import FieldIssue, SpecInvalid
+from llmhost.specs import (
+    DedicatedHosting,
+    DeploymentPatch,
+    HubSource,
+    ServerlessHosting,
+    SharedHosting,
+    parse_spec,
+)
+
+HUB = {"kind": "hub", "model_id": "meta-llama/Llama-3.1-8B-Instruct"}
+
+
+def spec(**sections: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {"name": "llama3-8b", "model": HUB}
+    data.update(sections)
+    return data
+
+
+def issues(data: Any) -> list[FieldIssue]:
+    with pytest.raises(SpecInvalid) as caught:
+        parse_spec(data)
+    return caught.value.issues
+
+
+def fields(data: Any) -> set[str]:
+    return {issue.field for issue in issues(data)}
+
+
+# ---------------------------------------------------------------------------- valid specs
+
+
+def test_minimal_spec_defaults_to_dedicated_tgi() -> None:
+    # Given only a name and a Hub model
+    parsed = parse_spec(spec())
+    # Then it is a dedicated TGI deployment with one instance
+    assert isinstance(parsed.model, HubSource)
+    assert isinstance(parsed.hosting, DedicatedHosting)
+    assert parsed.engine.name == "tgi"
+    assert (parsed.scaling.min_capacity, parsed.scaling.max_capacity) == (1, 1)
+    assert parsed.catalog_id == HUB["model_id"]
+
+
+def test_valid_dedicated_spec_with_everything_set() -> None:
+    parsed = parse_spec(
+        spec(
+            model={
+                **HUB,
+                "revision": "0e9e39f",
+                "token_secret_arn": (
+                    "arn:aws:secretsmanager:us-east-1:123456789012:secret:hf-token-AbCdEf"
+                ),
+            },
+            engine={
+                "name": "vllm",
+                "version": "0.30",
+                "options": {"max_input_tokens": 3000, "max_total_tokens": 4096},
+            },
+            hosting={"kind": "dedicated", "instance_type": "ml.g5.2xlarge", "num_gpus": 1},
+            scaling={
+                "min_capacity": 0,
+                "max_capacity": 2,
+                "scale_to_zero": True,
+                "schedules": [
+                    {"cron": "0 8 ? * MON-FRI *", "timezone": "Europe/Berlin", "min_capacity": 1}
+                ],
+            },
+            tags={"team": "search"},
+        )
+    )
+    assert parsed.hosting.instance_type == "ml.g5.2xlarge"  # type: ignore[union-attr]
+    assert parsed.scaling.schedules[0].timezone == "Europe/Berlin"
+
+
+def test_valid_shared_spec() -> None:
+    parsed = parse_spec(
+        spec(
+            hosting={
+                "kind": "shared",
+                "pool": "gpu-pool",
+                "instance_type": "ml.g5.12xlarge",
+                "copies": 2,
+            },
+            scaling={"min_capacity": 0, "max_capacity": 4, "scale_to_zero": True},
+        )
+    )
+    assert isinstance(parsed.hosting, SharedHosting)
+    assert parsed.hosting.accelerators == 1
+
+
+def test_valid_serverless_spec() -> None:
+    parsed = parse_spec(
+        spec(
+            model={"kind": "hub", "model_id": "google/flan-t5-base"},
+            engine={"name": "hf-inference"},
+            hosting={
+                "kind": "serverless",
+                "memory_mb": 4096,
+                "max_concurrency": 10,
+                "provisioned_concurrency": 2,
+            },
+        )
+    )
+    assert isinstance(parsed.hosting, ServerlessHosting)
+
+
+def test_valid_s3_and_model_package_sources() -> None:
+    s3 = parse_spec(
+        spec(
+            model={
+                "kind": "s3",
+                "uri": "s3://my-models/llama3-8b/",
+                "model_id": "llama-3-8b-instruct",
+            }
+        )
+    )
+    package = parse_spec(
+        spec(
+            model={
+                "kind": "model-package",
+                "arn": "arn:aws:sagemaker:us-east-1:865070037744:model-package/cohere-command-r-v1",
+            }
+        )
+    )
+    assert s3.catalog_id == "llama-3-8b-instruct"
+    assert package.catalog_id is None
+
+
+def test_spec_round_trips_through_json() -> None:
+    # Given a parsed spec dumped to JSON-able data (as the registry stores it)
+    parsed = parse_spec(
+        spec(hosting={"kind": "shared", "pool": "gpu-pool", "instance_type": "ml.g5.12xlarge"})
+    )
+    # When it is parsed again
+    # Then it is the same spec
+    assert parse_spec(parsed.model_dump(mode="json")) == parsed
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "fragment"),
+    [
+        (spec(name="-starts-with-hyphen"), "name", "pattern"),
+        (spec(name="a" * 55), "name", "54"),
+        ({"name": "no-model"}, "model", "required"),
+        (spec(model={**HUB, "model_id": "not a hub id"}), "model.model_id", "organization/model"),
+        (
+            spec(model={**HUB, "token_secret_arn": "my-token"}),
+            "model.token_secret_arn",
+            "Secrets Manager",
+        ),
+        (spec(model={"kind": "s3", "uri": "https://bucket/x"}), "model.uri", "s3://"),
+        (
+            spec(model={"kind": "model-package", "arn": "arn:aws:s3:::x"}),
+            "model.arn",
+            "model package",
+        ),
+        (spec(model={**HUB, "modle_id": "x"}), "model.modle_id", "not a known field"),
+        (spec(engine={"name": "tgi", "version": "latest"}), "engine.version", "pattern"),
+        (spec(engine={"name": "triton"}), "engine.name", ""),
+        (
+            spec(hosting={"kind": "dedicated", "instance_type": "g5.2xlarge"}),
+            "hosting.instance_type",
+            "pattern",
+        ),
+        (spec(hosting={"kind": "shared"}), "hosting.pool", "required"),
+        (spec(hosting={"kind": "serverless", "memory_mb": 1000}), "hosting.memory_mb", "6144"),
+        (
+            spec(scaling={"schedules": [{"cron": "0 8 * * *", "min_capacity": 1}]}),
+            "scaling.schedules.0.cron",
+            "six fields",
+        ),
+        (
+            spec(
+                scaling={
+                    "schedules": [
+                        {"cron": "0 8 ? * * *", "timezone": "Mars/Olympus", "min_capacity": 1}
+                    ]
+                }
+            ),
+            "scaling.schedules.0.timezone",
+            "IANA",
+        ),
+        (
+            spec(scaling={"schedules": [{"cron": "0 8 ? * * *"}]}),
+            "scaling.schedules.0",
+            "min_capacity",
+        ),
+    ],
+)
+def test_field_level_errors_name_the_field(data: dict[str, Any], field: str, fragment: str) -> None:
+    # Given a spec with one bad field
+    # When it is parsed
+    found = {issue.field: issue.message for issue in issues(data)}
+    # Then the issue names that field, with a message that says what is expected
+    assert field in found, found
+    assert fragment in found[field]
+
+
+def test_min_capacity_above_max_is_rejected() -> None:
+    found = issues(spec(scaling={"min_capacity": 3, "max_capacity": 2}))
+    assert found[0].field == "scaling.min_capacity"
+    assert "max_capacity (2)" in found[0].message
+
+
+def test_zero_capacity_needs_scale_to_zero() -> None:
+    assert "scaling.min_capacity" in fields(spec(scaling={"min_capacity": 0, "max_capacity": 1}))
+
+
+def test_gpu_instance_type_on_serverless_is_rejected() -> None:
+    data = spec(
+        model={"kind": "hub", "model_id": "google/flan-t5-small"},
+        engine={"name": "hf-inference"},
+        hosting={"kind": "serverless", "instance_type": "ml.g5.xlarge"},
+    )
+    message = {i.field: i.message for i in issues(data)}["hosting.instance_type"]
+    assert "ml.g5.xlarge" in message and "dedicated" in message
+
+
+def test_gpu_engine_on_serverless_is_rejected() -> None:
+    data = spec(hosting={"kind": "serverless"})
+    assert "engine.name" in fields(data)
+
+
+def test_token_limit_relations_are_checked() -> None:
+    # Given token limits that contradict each other
+    data = spec(
+        engine={
+            "options": {
+                "max_input_tokens": 4096,
+                "max_total_tokens": 4096,
+                "max_batch_prefill_tokens": 2048,
+                "max_batch_total_tokens": 1024,
+            }
+        }
+    )
+    # Then each relation is reported on its own field
+    assert fields(data) >= {
+        "engine.options.max_input_tokens",
+        "engine.options.max_batch_prefill_tokens",
+        "engine.options.max_batch_total_tokens",
+    }
+
+
+def test_serverless_and_pool_bounds_are_checked() -> None:
+    serverless = spec(
+        model={"kind": "hub", "model_id": "google/flan-t5-small"},
+        engine={"name": "hf-inference"},
+        hosting={"kind": "serverless", "max_concurrency": 2, "provisioned_concurrency": 5},
+    )
+    shared = spec(
+        hosting={
+            "kind": "shared",
+            "pool": "gpu-pool",
+            "pool_min_instances": 3,
+            "pool_max_instances": 2,
+        }
+    )
+    assert "hosting.provisioned_concurrency" in fields(serverless)
+    assert "hosting.pool_min_instances" in fields(shared)
+
+
+def test_model_package_takes_no_engine_options() -> None:
+    data = spec(
+        model={
+            "kind": "model-package",
+            "arn": "arn:aws:sagemaker:us-east-1:865070037744:model-package/cohere-command-r-v1",
+        },
+        engine={"options": {"max_total_tokens": 4096}},
+    )
+    assert "engine.options" in fields(data)
+
+
+def test_70b_model_on_a_24gib_instance_is_rejected() -> None:
+    data = spec(
+        model={"kind": "hub", "model_id": "meta-llama/Llama-2-70b-chat-hf"},
+        hosting={"kind": "dedicated", "instance_type": "ml.g5.2xlarge"},
+    )
+    found = issues(data)
+    assert [i.field for i in found] == ["hosting.instance_type"]
+    assert "ml.g5.2xlarge" in found[0].message
+
+
+def test_spec_invalid_is_a_422_with_serialisable_issues() -> None:
+    with pytest.raises(SpecInvalid) as caught:
+        parse_spec(spec(scaling={"min_capacity": 3, "max_capacity": 2}))
+    error = caught.value
+    assert error.status == 422 and error.code == "invalid_spec"
+    assert error.issues[0].as_dict()["field"] == "scaling.min_capacity"
+    assert "scaling.min_capacity" in error.message
+
+
+def test_patch_is_revalidated_against_the_whole_spec() -> None:
+    # Given a valid 70B deployment on an instance it fits
+    current = parse_spec(
+        spec(
+            model={"kind": "hub", "model_id": "meta-llama/Llama-2-70b-chat-hf"},
+            hosting={"kind": "dedicated", "instance_type": "ml.p4d.24xlarge"},
+        )
+    )
+    # When a patch moves it to a single 24 GiB GPU
+    patch = DeploymentPatch.model_validate(
+        {"hosting": {"kind": "dedicated", "instance_type": "ml.g5.2xlarge"}}
+    )
+    # Then the patched spec is rejected for the memory it lacks
+    with pytest.raises(SpecInvalid) as caught:
+        patch.apply_to(current)
+    assert caught.value.issues[0].field == "hosting.instance_type"
+
+
+def test_kind_may_be_omitted_where_it_has_a_default() -> None:
+    # Given a Hub model and dedicated hosting without their (defaulted) 'kind'
+    parsed = parse_spec(
+        {
+            "name": "a",
+            "model": {"model_id": "google/flan-t5-base"},
+            "hosting": {"instance_type": "ml.g5.xlarge"},
+        }
+    )
+    # Then the defaults apply
+    assert isinstance(parsed.model, HubSource) and isinstance(parsed.hosting, DedicatedHosting)
