@@ -2,7 +2,7 @@
 its first invocation builds, timed from inside the process (interpreter startup excluded).
 
 The yardstick, measured in the same run and interleaved with the functions, is a bare
-``import boto3`` + ``boto3.client("sagemaker")``. Tracing is on, as in Lambda. Prints the
+``import boto3`` + ``boto3.client("sagemaker")``. The environment is Lambda's (tracing on). Prints the
 median per function, its ratio to the yardstick, and last ``coldstart_ratio_max=<ratio>``.
 
     python bench/coldstart.py [--runs 11]
@@ -49,11 +49,19 @@ ENV = {
     "AWS_DEFAULT_REGION": "us-east-1",
     "AWS_ACCESS_KEY_ID": "bench",
     "AWS_SECRET_ACCESS_KEY": "bench",
+    # What the Lambda runtime sets: the X-Ray SDK, for one, behaves differently in Lambda
+    # (no sampling client of its own), so the measurement must look like Lambda.
     "AWS_LAMBDA_FUNCTION_NAME": "bench",
+    "AWS_EXECUTION_ENV": "AWS_Lambda_python3.13",
+    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "512",
+    "LAMBDA_TASK_ROOT": str(ROOT / "functions"),
+    "_X_AMZN_TRACE_ID": "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1",
     "REGISTRY_TABLE_NAME": "llmhost-registry",
     "SAGEMAKER_EXECUTION_ROLE_ARN": "arn:aws:iam::123456789012:role/bench",
     "POWERTOOLS_METRICS_NAMESPACE": "llmhost",
     "POWERTOOLS_SERVICE_NAME": "bench",
+    # As template.yaml sets it for every function.
+    "PYDANTIC_DISABLE_PLUGINS": "__all__",
 }
 
 

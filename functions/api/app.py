@@ -6,7 +6,8 @@ from llmhost import runtime
 from llmhost.api.deployments import build_app
 
 logger = Logger()
-tracer = Tracer()
+# Patch only what this function uses: patching every supported library imports requests &c.
+tracer = Tracer(patch_modules=["botocore"])
 metrics = Metrics()
 app = build_app(runtime.registry, logger=logger, metrics=metrics)
 

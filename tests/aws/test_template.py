@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -352,8 +355,10 @@ def test_every_function_runs_python313_arm64_with_the_layer(template: dict[str, 
 
 def test_layer_builds_the_llmhost_package_for_arm64(template: dict[str, Any]) -> None:
     layer = template["Resources"]["LlmhostLayer"]
-    assert layer["Metadata"] == {"BuildMethod": "python3.13", "BuildArchitecture": "arm64"}
+    # SAM runs `make build-LlmhostLayer` in ContentUri (checked below with `make -n`).
+    assert layer["Metadata"] == {"BuildMethod": "makefile", "BuildArchitecture": "arm64"}
     content = ROOT / layer["Properties"]["ContentUri"]
+    assert (content / "Makefile").is_file()
     assert (content / "llmhost" / "__init__.py").is_file()
     requirements = (content / "requirements.txt").read_text().lower()
     names = {
@@ -364,6 +369,40 @@ def test_layer_builds_the_llmhost_package_for_arm64(template: dict[str, Any]) ->
     # boto3 is in the Lambda runtime; shipping it would only grow the layer.
     assert names == {"aws-lambda-powertools", "pydantic"}
     assert layer["Properties"]["CompatibleArchitectures"] == ["arm64"]
+    assert layer["Properties"]["CompatibleRuntimes"] == ["python3.13"]
+
+
+def test_layer_makefile_installs_arm64_wheels_and_leaves_boto3_to_the_runtime(
+    template: dict[str, Any], tmp_path: Path
+) -> None:
+    # Given the layer's Makefile, dry-run (`make -n` prints the commands, runs none)
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    content = ROOT / template["Resources"]["LlmhostLayer"]["Properties"]["ContentUri"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
+    artifacts = tmp_path / "LlmhostLayer"
+    result = subprocess.run(
+        [make, "-n", "build-LlmhostLayer", f"ARTIFACTS_DIR={artifacts}"],
+        cwd=content,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    commands = result.stdout.replace("\\\n", " ").split()
+    # Then pip installs only cp313 aarch64 wheels into the layer's python/ folder
+    assert "pip" in commands and "install" in commands
+    assert commands[commands.index("--platform") + 1] == "manylinux2014_aarch64"
+    assert commands[commands.index("--python-version") + 1] == "3.13"
+    assert commands[commands.index("--implementation") + 1] == "cp"
+    assert "--only-binary=:all:" in commands
+    assert commands[commands.index("--target") + 1].strip('"') == f"{artifacts}/python"
+    # And what the runtime provides is deleted again (aws-xray-sdk pulls in botocore)
+    removed = set(commands[commands.index("rm", commands.index("--target")) :])
+    assert {"boto3", "botocore", "s3transfer", "urllib3", "dateutil", "six.py"} <= removed
+    # And the llmhost package itself is copied in
+    assert "llmhost" in commands and f'"{artifacts}/python/"' in commands
 
 
 def test_environment_variables_the_code_reads(template: dict[str, Any]) -> None:

@@ -74,7 +74,11 @@ class LocalCloud:
     # ----------------------------------------------------------------------------- start
 
     def start(self) -> None:
+        import logging
+
         from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request lines
 
         from llmhost import aws, runtime
         from llmhost.local.standin import SageMakerStandIn
@@ -244,8 +248,11 @@ def make_handler(cloud: LocalCloud) -> type[BaseHTTPRequestHandler]:
 
         do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _serve
 
+        def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+            cloud.log(f"{self.command} {self.path} -> {code}")
+
         def log_message(self, format: str, *args: Any) -> None:
-            cloud.log(f"{self.command} {self.path} -> {args[1] if len(args) > 1 else ''}")
+            pass  # errors reach the client as JSON; access lines come from log_request
 
     return ApiRequestHandler
 
