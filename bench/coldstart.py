@@ -2,8 +2,9 @@
 its first invocation builds, timed from inside the process (interpreter startup excluded).
 
 The yardstick, measured in the same run and interleaved with the functions, is a bare
-``import boto3`` + ``boto3.client("sagemaker")``. The environment is Lambda's (tracing on). Prints the
-median per function, its ratio to the yardstick, and last ``coldstart_ratio_max=<ratio>``.
+``import boto3`` + ``boto3.client("sagemaker")``. The environment is Lambda's (tracing on).
+Prints the median per function, its ratio to the yardstick, and last
+``coldstart_ratio_max=<ratio>``.
 
     python bench/coldstart.py [--runs 11]
 """
@@ -55,7 +56,7 @@ ENV = {
     "AWS_EXECUTION_ENV": "AWS_Lambda_python3.13",
     "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "512",
     "LAMBDA_TASK_ROOT": str(ROOT / "functions"),
-    "_X_AMZN_TRACE_ID": "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1",
+    "_X_AMZN_TRACE_ID": "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1",
     "REGISTRY_TABLE_NAME": "llmhost-registry",
     "SAGEMAKER_EXECUTION_ROLE_ARN": "arn:aws:iam::123456789012:role/bench",
     "POWERTOOLS_METRICS_NAMESPACE": "llmhost",
