@@ -7,8 +7,11 @@ SDK_VENV := .venv-sdk
 PY := $(VENV)/bin/python
 SAM := $(SAM_VENV)/bin/sam
 # sam build without Docker needs the Lambda runtime's Python on PATH.
-PY313 := $(shell command -v python3.13 2>/dev/null)
-PY313_DIR := $(if $(PY313),$(shell dirname $$($(PY313) -c 'import sys; print(sys.executable)')),)
+# (A pyenv shim may exist without working, so each candidate must actually run.)
+PY313 := $(shell for p in python3.13 $$HOME/.pyenv/versions/3.13*/bin/python3.13 \
+	/usr/local/bin/python3.13 /usr/bin/python3.13; do \
+	$$p -c 'import sys; print(sys.executable)' 2>/dev/null && break; done)
+PY313_DIR := $(if $(PY313),$(patsubst %/,%,$(dir $(PY313))),)
 SAM_ENV := AWS_DEFAULT_REGION=us-east-1 SAM_CLI_TELEMETRY=0 PATH="$(PY313_DIR):$$PATH"
 
 .PHONY: run test check lint unit sam-validate sam-build build images bench-coldstart clean

@@ -411,6 +411,7 @@ def test_environment_variables_the_code_reads(template: dict[str, Any]) -> None:
         "REGISTRY_TABLE_NAME": {"Ref": "RegistryTable"},
         "POWERTOOLS_METRICS_NAMESPACE": "llmhost",
         "POWERTOOLS_LOG_LEVEL": {"Ref": "LogLevel"},
+        "PYDANTIC_DISABLE_PLUGINS": "__all__",
     }
     assert functions["ApiFunction"]["Environment"]["Variables"] == {
         **common,
