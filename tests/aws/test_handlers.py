@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 from conftest import EVENTS, load_event
-
 from llmhost import runtime
 from llmhost.local.events import LambdaContext
 from llmhost.local.runner import load_handler

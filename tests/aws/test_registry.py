@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 
 import pytest
-
 from llmhost import runtime
 from llmhost.errors import ConcurrentModification, DeploymentExists, DeploymentNotFound
 from llmhost.lifecycle.record import DeploymentRecord
