@@ -60,8 +60,9 @@ def offline_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.fixture
 def moto_aws() -> Iterator[None]:
     """moto for every AWS service, with the registry table created."""
-    from llmhost import aws
     from moto import mock_aws
+
+    from llmhost import aws
 
     with mock_aws():
         aws.client("dynamodb").create_table(

@@ -2,6 +2,7 @@
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging import correlation_paths
+
 from llmhost import runtime
 from llmhost.api.deployments import build_app
 

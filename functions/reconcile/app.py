@@ -6,6 +6,7 @@ Lambda's active tracing already records each invocation; the API function keeps 
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
+
 from llmhost import runtime
 from llmhost.lifecycle.triggers import trigger_from_event
 

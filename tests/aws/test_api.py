@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+
 from llmhost.local.events import LambdaContext, api_gateway_event
 from llmhost.local.runner import load_handler
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from conftest import EVENTS, load_event
 from llmhost import runtime
 from llmhost.local.events import LambdaContext

@@ -12,6 +12,7 @@ import copy
 from typing import Any
 
 import pytest
+
 from llmhost import runtime
 from llmhost.lifecycle.record import DeploymentRecord
 from llmhost.specs import DeploymentPatch, parse_spec

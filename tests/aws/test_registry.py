@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+
 from llmhost import runtime
 from llmhost.errors import ConcurrentModification, DeploymentExists, DeploymentNotFound
 from llmhost.lifecycle.record import DeploymentRecord

@@ -12,6 +12,7 @@ import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, ParamValidationError
+
 from llmhost.local.standin import SageMakerStandIn, StandInResponseInvalid, manual_clock
 
 ROLE = "arn:aws:iam::123456789012:role/sagemaker-execution"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from llmhost import sizing
 from llmhost.engines.containers import MODEL_DIR, container_definition, redacted
 from llmhost.images import ImageNotAvailable

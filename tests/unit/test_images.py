@@ -6,6 +6,7 @@ import re
 import typing
 
 import pytest
+
 from llmhost import images
 from llmhost.errors import LlmhostError
 from llmhost.specs import Engine

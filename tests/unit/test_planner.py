@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from llmhost.lifecycle import planner as p
 from llmhost.lifecycle.desired import DesiredResources
 from llmhost.lifecycle.observed import Observed, ObservedComponent, ObservedEndpoint

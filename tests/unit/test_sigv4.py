@@ -8,6 +8,7 @@ import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+
 from llmhost.local import sigv4
 
 KEY, SECRET = "llmhost-local", "llmhost-local-secret"

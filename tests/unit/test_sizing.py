@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 import pytest
+
 from llmhost import catalog, instances, sizing
 from llmhost.errors import SpecInvalid
 from llmhost.specs import DeploymentSpec, parse_spec
