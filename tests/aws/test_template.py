@@ -477,7 +477,7 @@ def test_reconciler_has_the_three_triggers(template: dict[str, Any]) -> None:
     schedule = events[schedule_type]
     expression = "ScheduleExpression" if schedule_type == "ScheduleV2" else "Schedule"
     assert schedule[expression] == {"Ref": "ReconcileSchedule"}
-    assert template["Parameters"]["ReconcileSchedule"]["Default"] == "rate(5 minutes)"
+    assert template["Parameters"]["ReconcileSchedule"]["Default"] == "rate(2 minutes)"
     assert schedule["DeadLetterConfig"] == {"Arn": DLQ_ARN}
 
 

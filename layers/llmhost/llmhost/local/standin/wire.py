@@ -1,19 +1,25 @@
-"""The stand-in's wire format: botocore's serialized SageMaker request in, AWS's response out.
+"""The stand-ins' wire format: botocore's serialized request in, the AWS service's response out.
 
-``SageMakerWire.handle`` is registered on a client's ``before-call.sagemaker`` event, which
+``ServiceWire.handle`` is registered on a client's ``before-call.<service>`` event, which
 botocore emits after serializing a request and before any HTTP. It decodes the JSON body
 against the operation's input shape, validates it the way both sides of the real call do
-(botocore's ``ParamValidator``, which clients may switch off, then SageMaker's server-side
+(botocore's ``ParamValidator``, which clients may switch off, then the service's server-side
 constraints that botocore never checks: enums such as ``InstanceType``, patterns such as
 resource names, maximum lengths and values), calls the control plane, and returns
 ``(http_response, parsed)``, which short-circuits botocore's HTTP send.
+
+A stand-in that models only part of a service gives the wire a ``route``: per request it
+says ``serve`` (the stand-in answers), ``pass`` (the hook returns None and botocore carries
+on to whatever is behind the client, moto in tests) or ``merge`` (a Describe whose answer
+spans both: the wire fetches every page from behind the client, hands the items to the
+control plane, which adds its own and cuts the page).
 
 Responses are encoded to the JSON AWS would send and parsed by botocore's own parser, so
 callers get exactly what botocore produces (``datetime`` timestamps, ``ResponseMetadata``,
 modeled error fields). An error is returned as an HTTP 400 with ``__type``/``message``, so
 botocore raises its usual ``ClientError`` and ``client.exceptions.*`` work. Every success
-response is checked against the output shape first: the stand-in must never answer with
-something SageMaker could not.
+response is checked against the output shape first: a stand-in must never answer with
+something the service could not.
 """
 
 from __future__ import annotations
@@ -21,24 +27,30 @@ from __future__ import annotations
 import base64
 import json
 import re
+import threading
 import uuid
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from email.utils import formatdate
 from functools import lru_cache
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from botocore.awsrequest import AWSResponse
+from botocore.client import BaseClient
 from botocore.compat import HTTPHeaders
 from botocore.model import OperationModel, Shape
 from botocore.parsers import ResponseParserFactory
 from botocore.utils import parse_timestamp
 from botocore.validate import ParamValidator
 
-from llmhost.local.standin.sagemaker_state import (
-    VALIDATION,
-    SageMakerControlPlane,
-    SageMakerError,
-)
+from llmhost.local.standin.sagemaker_state import SageMakerControlPlane, SageMakerError
+
+Route = Literal["serve", "pass", "merge"]
+Router = Callable[[str, dict[str, Any]], Route]
+# Builds the service's own error: (code, message) -> an exception with .code/.message/.status.
+ErrorFactory = Callable[[str, str], Exception]
+
+VALIDATION = "ValidationException"
 
 # Operation name -> control-plane method. Anything else is a gap in the stand-in.
 OPERATIONS: dict[str, str] = {
@@ -66,9 +78,13 @@ OPERATIONS: dict[str, str] = {
     "DeleteTags": "delete_tags",
 }
 
+# How many pages of a merged Describe the wire reads from behind the client before giving
+# up: a backend that keeps answering with a NextToken would otherwise loop forever.
+_MAX_DOWNSTREAM_PAGES = 100
+
 
 class StandInResponseInvalid(AssertionError):
-    """The stand-in built a response SageMaker could never send: a stand-in bug."""
+    """The stand-in built a response the service could never send: a stand-in bug."""
 
 
 class _Body:
@@ -81,41 +97,101 @@ class _Body:
         return [self._data]
 
 
-class SageMakerWire:
-    """Serves one botocore client's SageMaker calls from a ``SageMakerControlPlane``."""
+class ServiceWire:
+    """Serves one botocore client's calls from a control plane.
+
+    ``operations`` maps operation names to plane methods (each takes the decoded request and
+    returns the result dict; under ``merge`` it also gets ``downstream=[items]``). ``error``
+    is the plane's exception class, built as ``error(code, message)`` and carrying ``code``,
+    ``message`` and ``status``. ``route`` decides per request (default: serve everything);
+    ``client`` is needed only for ``merge``.
+    """
 
     def __init__(
-        self, plane: SageMakerControlPlane, parsers: ResponseParserFactory | None = None
+        self,
+        plane: Any,
+        operations: Mapping[str, str],
+        *,
+        error: type[Exception],
+        service: str,
+        parsers: ResponseParserFactory | None = None,
+        route: Router | None = None,
+        client: BaseClient | None = None,
     ) -> None:
         self._plane = plane
+        self._operations = operations
+        self._error = error
+        self._service = service
         self._parsers = parsers or ResponseParserFactory()
+        self._route = route
+        self._client = client
+        self._local = threading.local()
 
     def handle(
         self, model: OperationModel, params: dict[str, Any], **_: Any
-    ) -> tuple[AWSResponse, dict[str, Any]]:
-        """Answer one serialized request as SageMaker would.
+    ) -> tuple[AWSResponse, dict[str, Any]] | None:
+        """Answer one serialized request as the service would, or None to let it through.
 
-        Raises ``NotImplementedError`` for an operation the stand-in does not model (a test
-        bug, not an AWS error) and ``StandInResponseInvalid`` if the stand-in's own answer
-        breaks the output shape.
+        Raises ``NotImplementedError`` for a served operation the stand-in does not model (a
+        test bug, not an AWS error) and ``StandInResponseInvalid`` if the stand-in's own
+        answer breaks the output shape.
         """
-        method = OPERATIONS.get(model.name)
-        if method is None:
-            raise NotImplementedError(
-                f"the SageMaker stand-in does not implement {model.name}; it models "
-                f"{', '.join(sorted(OPERATIONS))}"
-            )
-        url = str(params.get("url", "https://api.sagemaker.amazonaws.com/"))
+        if getattr(self._local, "passing", False):
+            return None  # the wire's own downstream call for a merge
+        method = self._operations.get(model.name)
+        if method is None and self._route is None:
+            raise self._unmodeled(model.name)
+        url = str(params.get("url") or "https://localhost/")
+        error = cast(ErrorFactory, self._error)
         try:
             request = _decode_request(params.get("body"), model.input_shape)
-            _check_request(request, model.input_shape)
-            result = getattr(self._plane, method)(request)
-        except SageMakerError as err:
-            body = json.dumps({"__type": err.code, "message": err.message}).encode()
-            return self._respond(model, err.status, body, url)
+            _check_request(request, model.input_shape, error)
+            route = self._route(model.name, request) if self._route is not None else "serve"
+            if route == "pass":
+                return None
+            if method is None:
+                raise self._unmodeled(model.name)
+            call = getattr(self._plane, method)
+            if route == "merge":
+                result = call(request, downstream=self._downstream(model, request))
+            else:
+                result = call(request)
+        except self._error as err:
+            failure = cast(Any, err)
+            body = json.dumps({"__type": failure.code, "message": failure.message}).encode()
+            return self._respond(model, failure.status, body, url)
         _check_response(model, result)
         encoded = _encode(result, model.output_shape) if model.output_shape is not None else {}
         return self._respond(model, 200, json.dumps(encoded).encode(), url)
+
+    def _unmodeled(self, operation: str) -> NotImplementedError:
+        return NotImplementedError(
+            f"the {self._service} stand-in does not implement {operation}; it models "
+            f"{', '.join(sorted(self._operations))}"
+        )
+
+    def _downstream(self, model: OperationModel, request: dict[str, Any]) -> list[Any]:
+        """Every item the backend behind the client holds for this Describe, all pages."""
+        if self._client is None:
+            raise RuntimeError(f"merging {model.name} needs the client the wire is attached to")
+        shape = model.output_shape
+        lists = [n for n, s in shape.members.items() if s.type_name == "list"] if shape else []  # type: ignore[attr-defined]
+        if len(lists) != 1:
+            raise RuntimeError(f"cannot merge {model.name}: its output has no single list")
+        query = {k: v for k, v in request.items() if k not in ("NextToken", "MaxResults")}
+        items: list[Any] = []
+        self._local.passing = True
+        try:
+            for _ in range(_MAX_DOWNSTREAM_PAGES):
+                page = self._client._make_api_call(model.name, query)
+                items += page.get(lists[0], [])
+                token = page.get("NextToken")
+                if not token or token == query.get("NextToken"):
+                    break
+                query["NextToken"] = token
+        finally:
+            self._local.passing = False
+        return items
 
     def _respond(
         self, model: OperationModel, status: int, body: bytes, url: str
@@ -145,6 +221,17 @@ class SageMakerWire:
                 parsed.update(parser.parse(response, error_shape))
         parsed.setdefault("ResponseMetadata", {})["RetryAttempts"] = 0
         return http, parsed
+
+
+class SageMakerWire(ServiceWire):
+    """Serves one botocore client's SageMaker calls from a ``SageMakerControlPlane``."""
+
+    def __init__(
+        self, plane: SageMakerControlPlane, parsers: ResponseParserFactory | None = None
+    ) -> None:
+        super().__init__(
+            plane, OPERATIONS, error=SageMakerError, service="SageMaker", parsers=parsers
+        )
 
 
 # ---- requests ----------------------------------------------------------------------------
@@ -180,8 +267,8 @@ def _decode(value: Any, shape: Shape) -> Any:
     return value
 
 
-def _check_request(request: dict[str, Any], shape: Shape | None) -> None:
-    """Reject what SageMaker would reject before looking at any resource."""
+def _check_request(request: dict[str, Any], shape: Shape | None, error: ErrorFactory) -> None:
+    """Reject what the service would reject before looking at any resource."""
     if shape is None:
         return
     report = ParamValidator().validate(request, shape)
@@ -189,13 +276,13 @@ def _check_request(request: dict[str, Any], shape: Shape | None) -> None:
     if violations:
         count = len(violations)
         noun = "validation error" if count == 1 else "validation errors"
-        raise SageMakerError(VALIDATION, f"{count} {noun} detected: {'; '.join(violations)}")
+        raise error(VALIDATION, f"{count} {noun} detected: {'; '.join(violations)}")
     if report.has_errors():
-        raise SageMakerError(VALIDATION, report.generate_report())
+        raise error(VALIDATION, report.generate_report())
 
 
 def _violations(value: Any, shape: Shape, path: str) -> list[str]:
-    """SageMaker's server-side constraint errors, in its wording, for one value."""
+    """AWS's server-side constraint errors (SageMaker's wording, shared by other JSON services)."""
     kind = shape.type_name
     meta = shape.metadata
     found: list[str] = []
@@ -244,7 +331,7 @@ def _check_range(size: float, meta: dict[str, Any], what: str, fail: Any) -> Non
 
 
 def _join(path: str, member: str) -> str:
-    # SageMaker names members in lowerCamelCase in its messages: productionVariants.1.member
+    # AWS names members in lowerCamelCase in these messages: productionVariants.1.member
     name = member[:1].lower() + member[1:]
     return f"{path}.{name}" if path else name
 
