@@ -22,7 +22,7 @@ def handler(event: dict, context: object) -> dict:
     if trigger.endpoint:
         names = [r.name for r in runtime.registry().using_endpoint(trigger.endpoint)]
     elif trigger.everything:
-        names = [r.name for r in runtime.registry().list()]
+        names = [r.name for r in runtime.registry().deployments()]
     reconciler = runtime.reconciler()
     results, failed = [], []
     for name in names:

@@ -38,8 +38,8 @@ def test_a_deleted_name_can_be_reused(moto_aws: None) -> None:
     registry = runtime.registry()
     saved = registry.create(new_record())
     registry.save(saved.model_copy(update={"status": "DELETED", "desired_state": "deleted"}))
-    assert registry.list() == []
-    assert [r.name for r in registry.list(include_deleted=True)] == ["llama"]
+    assert registry.deployments() == []
+    assert [r.name for r in registry.deployments(include_deleted=True)] == ["llama"]
     again = registry.create(new_record())
     assert again.status == "PENDING"
 

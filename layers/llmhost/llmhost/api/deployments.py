@@ -69,7 +69,7 @@ def build_app(
     def list_deployments(
         include_deleted: Annotated[bool, Query(description="Include DELETED deployments")] = False,
     ):
-        records = registry().list(include_deleted=include_deleted)
+        records = registry().deployments(include_deleted=include_deleted)
         items = [_summary(r) for r in records]
         return _json(HTTPStatus.OK, {"deployments": items, "count": len(items)})
 
@@ -213,7 +213,7 @@ def _pin_pool_instance(registry: Registry, spec: DeploymentSpec) -> DeploymentSp
 
     pool_types = [
         r.spec.hosting.instance_type
-        for r in registry.list()
+        for r in registry.deployments()
         if r.pool == hosting.pool and r.spec.hosting.instance_type
     ]
     chosen = pool_types[0] if pool_types else sizing.plan(spec).instance_type
@@ -226,7 +226,7 @@ def _pin_pool_instance(registry: Registry, spec: DeploymentSpec) -> DeploymentSp
 
 def _check_names_free(registry: Registry, spec: DeploymentSpec) -> None:
     """Deployment names and pool names share SageMaker's endpoint namespace."""
-    for other in registry.list():
+    for other in registry.deployments():
         if other.name == spec.name:
             continue  # create() reports a live duplicate with 409 already_exists
         if other.pool == spec.name:

@@ -38,7 +38,7 @@ class Registry:
         ).get("Item")
         return _decode(item) if item else None
 
-    def list(self, include_deleted: bool = False) -> list[DeploymentRecord]:
+    def deployments(self, include_deleted: bool = False) -> list[DeploymentRecord]:
         """All records, sorted by name (the registry holds tens, not millions, of items)."""
         records: list[DeploymentRecord] = []
         kwargs: dict[str, Any] = {"TableName": self._table, "ConsistentRead": True}
@@ -54,7 +54,7 @@ class Registry:
 
     def using_endpoint(self, endpoint_name: str) -> list[DeploymentRecord]:
         """Live deployments served by ``endpoint_name`` (a dedicated endpoint or a pool)."""
-        return [r for r in self.list() if r.endpoint_name == endpoint_name]
+        return [r for r in self.deployments() if r.endpoint_name == endpoint_name]
 
     def create(self, record: DeploymentRecord) -> DeploymentRecord:
         """Insert a new record; a DELETED one of the same name may be replaced.
