@@ -8,6 +8,7 @@ good becomes ``SageMakerRejected`` (recorded as a failure with SageMaker's messa
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -18,14 +19,10 @@ from llmhost.lifecycle import planner as p
 from llmhost.lifecycle.desired import VARIANT, DesiredResources
 from llmhost.lifecycle.record import DeploymentRecord
 
-_BUSY_HINTS = (
-    "in-progress",
-    "in progress",
-    "Cannot delete",
-    "Cannot update",
-    "is in the",
-    "status",
-    "while",
+# How SageMaker words "not now, the resource is in a transitional state".
+_BUSY = re.compile(
+    r"in-progress|IN_PROGRESS|while it is|while inference components"
+    r"|in status (Creating|Updating|Deleting|SystemUpdating|RollingBack)"
 )
 _MISSING_HINTS = ("Could not find", "does not exist", "not found")
 _EXISTS_HINTS = ("already existing", "already exists")
@@ -211,7 +208,7 @@ def _raise_domain(error: ClientError, action: p.Action) -> None:
     err = error.response.get("Error", {})
     code, message = err.get("Code", ""), err.get("Message", "")
     if code in {"ThrottlingException", "ResourceInUse", "ConcurrentUpdateException"} or (
-        code == "ValidationException" and any(h in message for h in _BUSY_HINTS)
+        code == "ValidationException" and _BUSY.search(message)
     ):
         raise SageMakerBusy(f"{action.kind} {action.target}: {message}") from None
     raise SageMakerRejected(
