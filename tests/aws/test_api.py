@@ -143,3 +143,26 @@ def test_openapi_document_lists_every_route(api: Any) -> None:
     paths = body["paths"]
     assert {"/v1/deployments", "/v1/deployments/{name}", "/v1/plan"} <= set(paths)
     assert "DeploymentSpec" in json.dumps(body["components"])
+
+
+def test_shared_spec_without_instance_type_joins_its_pools_type(api: Any) -> None:
+    first = {
+        "name": "zephyr",
+        "model": {"model_id": "HuggingFaceH4/zephyr-7b-beta"},
+        "hosting": {"kind": "shared", "pool": "pool-a", "instance_type": "ml.g5.12xlarge"},
+    }
+    assert api("POST", "/v1/deployments", first)[0] == 201
+    # When a second model joins the pool without naming an instance type
+    second = {
+        "name": "mistral",
+        "model": {"model_id": "mistralai/Mistral-7B-Instruct-v0.2"},
+        "hosting": {"kind": "shared", "pool": "pool-a"},
+    }
+    status, body = api("POST", "/v1/deployments", second)
+    # Then it is pinned to the pool's instance type, stored in its spec
+    assert status == 201
+    assert body["spec"]["hosting"]["instance_type"] == "ml.g5.12xlarge"
+    # And a first model in a new pool gets the planner's choice, also stored
+    third = {**second, "name": "solo", "hosting": {"kind": "shared", "pool": "pool-b"}}
+    status, body = api("POST", "/v1/deployments", third)
+    assert status == 201 and body["spec"]["hosting"]["instance_type"].startswith("ml.")
