@@ -90,16 +90,32 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
+def attach_standins(fake: Any, clock: Any) -> Any:
+    """Route llmhost's sagemaker clients, and the autoscaling requests moto cannot serve, to
+    the stand-ins. Returns the Application Auto Scaling stand-in."""
+    from llmhost import aws
+    from llmhost.local.standin import AutoScalingStandIn
+
+    scaling = AutoScalingStandIn(sagemaker=fake, clock=clock, region="us-east-1")
+
+    def customize(service: str, client: Any) -> None:
+        if service == "sagemaker":
+            fake.attach(client)
+        elif service == "application-autoscaling":
+            scaling.attach(client)
+
+    aws.add_customizer(customize)
+    return scaling
+
+
 @pytest.fixture
 def standin(moto_aws: None, clock: ManualClock) -> Any:
-    """The SageMaker stand-in attached to every sagemaker client llmhost builds."""
-    from llmhost import aws
+    """The SageMaker stand-in attached to every sagemaker client llmhost builds (and the
+    Application Auto Scaling stand-in to the autoscaling ones)."""
     from llmhost.local.standin import SageMakerStandIn
 
     fake = SageMakerStandIn(clock=clock, region="us-east-1")
-    aws.add_customizer(
-        lambda service, client: fake.attach(client) if service == "sagemaker" else None
-    )
+    attach_standins(fake, clock)
     return fake
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from conftest import attach_standins
 from llmhost import runtime
 from llmhost.lifecycle.record import DeploymentRecord
 from llmhost.specs import DeploymentPatch, parse_spec
@@ -215,7 +216,7 @@ def test_converges_despite_a_crash_between_any_two_steps(
                 for item in table.scan(TableName=name)["Items"]:
                     table.delete_item(TableName=name, Key={"name": item["name"]})
         fake = SageMakerStandIn(clock=clock, region="us-east-1")
-        aws.add_customizer(lambda s, c, f=fake: f.attach(c) if s == "sagemaker" else None)
+        attach_standins(fake, clock)
         harness = Harness(fake, clock)
         # When the reconciler dies at step `crash_at`, Then retries still converge
         if not _converge_with_crash(harness, kind, phase, crash_at, after):
@@ -318,3 +319,66 @@ def test_history_is_bounded(harness: Harness, monkeypatch: pytest.MonkeyPatch) -
     record = harness.settle("llama")
     assert len(record.history) == 5
     assert record.history[-1].status == "IN_SERVICE"
+
+
+@pytest.mark.parametrize("kind", ["dedicated", "shared"])
+def test_delete_removes_scaling_registrations_and_alarms(harness: Harness, kind: str) -> None:
+    from llmhost import aws
+
+    spec = SPECS[kind]
+    name = spec["name"]
+    harness.create(spec)
+    harness.settle(name)
+    # Given autoscaling and an llmhost alarm registered for the deployment
+    resource, dimension = (
+        ("inference-component/zephyr", "sagemaker:inference-component:DesiredCopyCount")
+        if kind == "shared"
+        else ("endpoint/llama/variant/AllTraffic", "sagemaker:variant:DesiredInstanceCount")
+    )
+    scaling = aws.client("application-autoscaling")
+    scaling.register_scalable_target(
+        ServiceNamespace="sagemaker",
+        ResourceId=resource,
+        ScalableDimension=dimension,
+        MinCapacity=0 if kind == "shared" else 1,
+        MaxCapacity=4,
+    )
+    scaling.put_scaling_policy(
+        PolicyName=f"{name}-target",
+        ServiceNamespace="sagemaker",
+        ResourceId=resource,
+        ScalableDimension=dimension,
+        PolicyType="TargetTrackingScaling",
+        TargetTrackingScalingPolicyConfiguration={
+            "TargetValue": 4.0,
+            "PredefinedMetricSpecification": {
+                "PredefinedMetricType": "SageMakerInferenceComponentInvocationsPerCopy"
+                if kind == "shared"
+                else "SageMakerVariantInvocationsPerInstance"
+            },
+        },
+    )
+    aws.client("cloudwatch").put_metric_alarm(
+        AlarmName=f"llmhost-{name}-idle",
+        MetricName="Invocations",
+        Namespace="AWS/SageMaker",
+        Statistic="Sum",
+        Period=60,
+        EvaluationPeriods=1,
+        Threshold=0,
+        ComparisonOperator="LessThanOrEqualToThreshold",
+    )
+    # When the deployment is deleted
+    harness.set_desired(name, "deleted")
+    record = harness.settle(name)
+    # Then the scaling target, its policy and the alarm went first, and nothing is left
+    assert record.status == "DELETED"
+    events = [h.event for h in record.history]
+    assert events.index(f"DeregisterScalableTarget {resource}") < events.index(
+        f"DeleteAlarm llmhost-{name}-idle"
+    )
+    left = scaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]
+    assert left == []
+    assert scaling.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"] == []
+    assert aws.client("cloudwatch").describe_alarms()["MetricAlarms"] == []
+    assert existing(harness) == EMPTY

@@ -153,19 +153,26 @@ class SageMakerApplier:
     ) -> None:
         self._delete(self._sm.delete_inference_component, InferenceComponentName=action.target)
 
+    def _DeleteScalingPolicy(
+        self, action: p.Action, record: DeploymentRecord, d: DesiredResources
+    ) -> None:
+        assert isinstance(action, p.DeleteScalingPolicy)
+        self._delete(
+            self._autoscaling().delete_scaling_policy,
+            PolicyName=action.target,
+            ServiceNamespace="sagemaker",
+            ResourceId=action.resource,
+            ScalableDimension=d.scaling_dimension,
+        )
+
     def _DeregisterScalableTarget(
         self, action: p.Action, record: DeploymentRecord, d: DesiredResources
     ) -> None:
-        dimension = (
-            "sagemaker:inference-component:DesiredCopyCount"
-            if action.target.startswith("inference-component/")
-            else "sagemaker:variant:DesiredInstanceCount"
-        )
         self._delete(
             self._autoscaling().deregister_scalable_target,
             ServiceNamespace="sagemaker",
             ResourceId=action.target,
-            ScalableDimension=dimension,
+            ScalableDimension=d.scaling_dimension,
         )
 
     def _DeleteAlarm(self, action: p.Action, record: DeploymentRecord, d: DesiredResources) -> None:

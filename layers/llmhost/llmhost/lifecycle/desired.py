@@ -59,6 +59,15 @@ class DesiredResources:
         return self.kind == "shared"
 
     @property
+    def scaling_dimension(self) -> str:
+        """The Application Auto Scaling dimension of this deployment's capacity."""
+        if self.component_name:
+            return "sagemaker:inference-component:DesiredCopyCount"
+        if self.kind == "serverless":
+            return "sagemaker:variant:DesiredProvisionedConcurrency"
+        return "sagemaker:variant:DesiredInstanceCount"
+
+    @property
     def scaling_resource_id(self) -> str:
         """The Application Auto Scaling resource id of this deployment's capacity."""
         if self.component_name:

@@ -43,5 +43,8 @@ class Observed:
     pool_components: frozenset[str] = frozenset()
     pool_wanted_by_others: bool = False
     scalable_targets: frozenset[str] = frozenset()
+    # (resource id, policy name): deleted before their target, as not every backend does
+    # it on deregistration.
+    scaling_policies: frozenset[tuple[str, str]] = frozenset()
     alarms: frozenset[str] = frozenset()
     schedules: frozenset[str] = frozenset()

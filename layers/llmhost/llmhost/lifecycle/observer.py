@@ -63,6 +63,7 @@ class SageMakerObserver:
             pool_components=pool_components,
             pool_wanted_by_others=others_in_pool,
             scalable_targets=self._scalable_targets(desired) if deleting else frozenset(),
+            scaling_policies=self._scaling_policies(desired) if deleting else frozenset(),
             alarms=self._alarms(name) if deleting else frozenset(),
         )
 
@@ -141,6 +142,20 @@ class SageMakerObserver:
             ServiceNamespace="sagemaker", ResourceIds=[desired.scaling_resource_id]
         )
         return frozenset(t["ResourceId"] for t in page.get("ScalableTargets", []))
+
+    def _scaling_policies(self, desired: DesiredResources) -> frozenset[tuple[str, str]]:
+        policies: set[tuple[str, str]] = set()
+        kwargs: dict[str, Any] = {
+            "ServiceNamespace": "sagemaker",
+            "ResourceId": desired.scaling_resource_id,
+            "ScalableDimension": desired.scaling_dimension,
+        }
+        while True:
+            page = self._autoscaling().describe_scaling_policies(**kwargs)
+            policies.update((p["ResourceId"], p["PolicyName"]) for p in page["ScalingPolicies"])
+            if not page.get("NextToken"):
+                return frozenset(policies)
+            kwargs["NextToken"] = page["NextToken"]
 
     def _alarms(self, deployment: str) -> frozenset[str]:
         names: set[str] = set()

@@ -91,6 +91,13 @@ class DeleteComponent(Action):
 
 
 @dataclass(frozen=True)
+class DeleteScalingPolicy(Action):
+    """``target`` is the policy name; ``resource`` its scalable target's resource id."""
+
+    resource: str
+
+
+@dataclass(frozen=True)
 class DeregisterScalableTarget(Action):
     """``target`` is the Application Auto Scaling resource id; policies go with it."""
 
@@ -280,6 +287,10 @@ def _component_differs(ic: ObservedComponent, d: DesiredResources) -> bool:
 
 def _plan_delete(d: DesiredResources, o: Observed) -> Step:
     """Tear down in dependency order: scaling, component, endpoint, configs, models, pool."""
+    for resource, policy in sorted(o.scaling_policies):
+        return Step(
+            DeleteScalingPolicy(policy, resource=resource), "DELETING", "removing autoscaling"
+        )
     for target in sorted(o.scalable_targets):
         return Step(DeregisterScalableTarget(target), "DELETING", "removing autoscaling")
     for alarm in sorted(o.alarms):

@@ -3,7 +3,8 @@
 - DynamoDB, IAM, Secrets Manager, Application Auto Scaling and CloudWatch come from a moto
   server started in this process (other tools can talk to it too: its URL is printed).
 - SageMaker's control plane comes from the stand-in, which validates each request against
-  botocore's service model and runs SageMaker's state machine with compressed durations.
+  botocore's service model and runs SageMaker's state machine with compressed durations;
+  a second stand-in serves the Application Auto Scaling dimensions moto lacks.
 - The wiring AWS does is done here: an API write is delivered to the reconcile handler as a
   DynamoDB stream record, a SageMaker status change as an EventBridge event, and the
   drift-repair schedule fires every few seconds. One worker delivers them in order, the way
@@ -81,7 +82,7 @@ class LocalCloud:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request lines
 
         from llmhost import aws, runtime
-        from llmhost.local.standin import SageMakerStandIn
+        from llmhost.local.standin import AutoScalingStandIn, SageMakerStandIn
 
         self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=self.moto_port, verbose=False)
         self._moto.start()
@@ -112,6 +113,7 @@ class LocalCloud:
             ic_create_seconds=240 * scale,
             on_event=lambda event: self._queue.put(("sagemaker", event)),
         )
+        self.autoscaling = AutoScalingStandIn(sagemaker=self.standin, region=REGION)
         aws.add_customizer(lambda service, client: self._attach(service, client))
         self._provision()
         self.api_module = load_handler("api", "llmhost-api")
@@ -122,6 +124,8 @@ class LocalCloud:
     def _attach(self, service: str, client: Any) -> None:
         if service == "sagemaker":
             self.standin.attach(client)
+        elif service == "application-autoscaling":
+            self.autoscaling.attach(client)
 
     def _provision(self) -> None:
         """What `sam deploy` creates: the registry table, the execution role, a demo secret."""

@@ -1,4 +1,4 @@
-"""A SageMaker control-plane stand-in that plugs into a real boto3 ``sagemaker`` client.
+"""SageMaker and Application Auto Scaling stand-ins that plug into real boto3 clients.
 
 moto has no inference components or ``UpdateEndpoint``, rejects ``ml.g5.*`` instance types
 and settles every resource at once. The stand-in validates each request against botocore's
@@ -8,7 +8,13 @@ moves resources through ``Creating``/``Updating``/``Deleting`` on a clock the ca
     standin = SageMakerStandIn(clock=lambda: now[0], on_event=events.append)
     sagemaker = standin.attach(boto3.client("sagemaker", region_name="us-east-1", ...))
 
-The rules and state live in ``sagemaker_state``; the wire format in ``wire``.
+``AutoScalingStandIn`` covers what moto's Application Auto Scaling refuses: the inference
+component and provisioned-concurrency dimensions. Every other request goes on to moto:
+
+    autoscaling = AutoScalingStandIn(standin).attach(boto3.client("application-autoscaling"))
+
+The rules and state live in ``sagemaker_state`` and ``autoscaling_state``; the wire format,
+shared by both, in ``wire``.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any, TypeVar, cast
 
 from botocore.client import BaseClient
 
+from llmhost.local.standin.autoscaling_state import AutoScalingControlPlane, AutoScalingError
 from llmhost.local.standin.sagemaker_state import (
     Clock,
     Durations,
@@ -28,10 +35,19 @@ from llmhost.local.standin.sagemaker_state import (
     SageMakerControlPlane,
     SageMakerError,
 )
-from llmhost.local.standin.wire import OPERATIONS, SageMakerWire, StandInResponseInvalid
+from llmhost.local.standin.wire import (
+    AUTOSCALING_OPERATIONS,
+    OPERATIONS,
+    AutoScalingWire,
+    SageMakerWire,
+    StandInResponseInvalid,
+)
 
 __all__ = [
+    "AUTOSCALING_OPERATIONS",
     "OPERATIONS",
+    "AutoScalingError",
+    "AutoScalingStandIn",
     "SageMakerError",
     "SageMakerStandIn",
     "StandInResponseInvalid",
@@ -90,17 +106,7 @@ class SageMakerStandIn:
         Raises ``ValueError`` for a client of another service or region (ARNs and quotas
         would silently disagree).
         """
-        service = client.meta.service_model.service_name
-        if service != "sagemaker":
-            raise ValueError(
-                f"the SageMaker stand-in attaches to a 'sagemaker' client, not {service!r}"
-            )
-        if client.meta.region_name != self.region:
-            raise ValueError(
-                f"the stand-in emulates {self.region}; this client is for "
-                f"{client.meta.region_name}: create the stand-in with region="
-                f"{client.meta.region_name!r} or the client with region_name={self.region!r}"
-            )
+        _check_client(client, "sagemaker", self.region)
         endpoint = getattr(client, "_endpoint", None)
         wire = SageMakerWire(self._plane, getattr(endpoint, "_response_parser_factory", None))
         client.meta.events.register(
@@ -130,6 +136,89 @@ class SageMakerStandIn:
     def describe(self, kind: ResourceKind, name: str) -> dict[str, Any] | None:
         """The matching Describe* result (UTC datetimes), or None if the resource is gone."""
         return self._plane.describe(kind, name)
+
+
+class AutoScalingStandIn:
+    """Application Auto Scaling for the SageMaker dimensions moto refuses, in front of moto.
+
+    Serves ``sagemaker:inference-component:DesiredCopyCount`` and
+    ``sagemaker:variant:DesiredProvisionedConcurrency`` targets, policies and scheduled
+    actions; any other request reaches whatever is behind the client (moto in tests), and a
+    Describe that could hold both is answered with both (the rule is in ``autoscaling_state``).
+    Every request, passed on or not, is first validated against botocore's service model.
+    With ``sagemaker``, registering a target checks that its inference component (or
+    serverless variant with provisioned concurrency) exists there. Thread-safe.
+
+    Target tracking policies report the alarms AWS would create, but no alarm is created in
+    CloudWatch, and nothing ever scales: tests drive copy counts through SageMaker.
+    """
+
+    def __init__(
+        self,
+        sagemaker: SageMakerStandIn | None = None,
+        clock: Clock = time.time,
+        region: str = "us-east-1",
+        account_id: str = "123456789012",
+    ) -> None:
+        if sagemaker is not None and (sagemaker.region, sagemaker.account_id) != (
+            region,
+            account_id,
+        ):
+            raise ValueError(
+                f"the SageMaker stand-in emulates {sagemaker.account_id} in {sagemaker.region}; "
+                f"create the auto scaling stand-in with region={sagemaker.region!r} and "
+                f"account_id={sagemaker.account_id!r}"
+            )
+        self.region = region
+        self.account_id = account_id
+        self._plane = AutoScalingControlPlane(
+            clock=clock,
+            region=region,
+            account_id=account_id,
+            describe_sagemaker=sagemaker.describe if sagemaker is not None else None,
+        )
+
+    def attach(self, client: ClientT) -> ClientT:
+        """Serve this ``application-autoscaling`` client's calls for the dimensions moto lacks.
+
+        Raises ``ValueError`` for a client of another service or region.
+        """
+        _check_client(client, "application-autoscaling", self.region)
+        endpoint = getattr(client, "_endpoint", None)
+        wire = AutoScalingWire(
+            self._plane, client, getattr(endpoint, "_response_parser_factory", None)
+        )
+        event = client.meta.service_model.service_id.hyphenize()
+        client.meta.events.register(
+            f"before-call.{event}",
+            cast(Any, wire.handle),
+            unique_id=f"llmhost-autoscaling-standin-{id(self)}",
+        )
+        return client
+
+    def targets(self) -> set[tuple[str, str]]:
+        """(ResourceId, ScalableDimension) of every target the stand-in holds (not moto's)."""
+        return self._plane.targets()
+
+    def policies(self) -> set[tuple[str, str]]:
+        """(ResourceId, PolicyName) of every scaling policy the stand-in holds."""
+        return self._plane.policies()
+
+    def scheduled_actions(self) -> set[tuple[str, str]]:
+        """(ResourceId, ScheduledActionName) of every scheduled action the stand-in holds."""
+        return self._plane.scheduled_actions()
+
+
+def _check_client(client: BaseClient, service: str, region: str) -> None:
+    actual = client.meta.service_model.service_name
+    if actual != service:
+        raise ValueError(f"this stand-in attaches to a {service!r} client, not {actual!r}")
+    if client.meta.region_name != region:
+        raise ValueError(
+            f"the stand-in emulates {region}; this client is for "
+            f"{client.meta.region_name}: create the stand-in with region="
+            f"{client.meta.region_name!r} or the client with region_name={region!r}"
+        )
 
 
 def manual_clock(

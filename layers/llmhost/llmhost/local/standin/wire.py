@@ -43,6 +43,8 @@ from botocore.parsers import ResponseParserFactory
 from botocore.utils import parse_timestamp
 from botocore.validate import ParamValidator
 
+from llmhost.local.standin.autoscaling_state import AutoScalingControlPlane, AutoScalingError
+from llmhost.local.standin.autoscaling_state import route as autoscaling_route
 from llmhost.local.standin.sagemaker_state import SageMakerControlPlane, SageMakerError
 
 Route = Literal["serve", "pass", "merge"]
@@ -76,6 +78,19 @@ OPERATIONS: dict[str, str] = {
     "AddTags": "add_tags",
     "ListTags": "list_tags",
     "DeleteTags": "delete_tags",
+}
+
+# Application Auto Scaling operations the stand-in answers (for its dimensions only).
+AUTOSCALING_OPERATIONS: dict[str, str] = {
+    "RegisterScalableTarget": "register_scalable_target",
+    "DescribeScalableTargets": "describe_scalable_targets",
+    "DeregisterScalableTarget": "deregister_scalable_target",
+    "PutScalingPolicy": "put_scaling_policy",
+    "DescribeScalingPolicies": "describe_scaling_policies",
+    "DeleteScalingPolicy": "delete_scaling_policy",
+    "PutScheduledAction": "put_scheduled_action",
+    "DescribeScheduledActions": "describe_scheduled_actions",
+    "DeleteScheduledAction": "delete_scheduled_action",
 }
 
 # How many pages of a merged Describe the wire reads from behind the client before giving
@@ -146,21 +161,24 @@ class ServiceWire:
         try:
             request = _decode_request(params.get("body"), model.input_shape)
             _check_request(request, model.input_shape, error)
-            route = self._route(model.name, request) if self._route is not None else "serve"
-            if route == "pass":
+            decision = self._route(model.name, request) if self._route is not None else "serve"
+            if decision == "pass":
                 return None
             if method is None:
                 raise self._unmodeled(model.name)
             call = getattr(self._plane, method)
-            if route == "merge":
-                result = call(request, downstream=self._downstream(model, request))
+            if decision == "merge":
+                theirs = self._downstream(model, request)
+                result = call(request, downstream=theirs)
             else:
-                result = call(request)
+                theirs, result = [], call(request)
         except self._error as err:
             failure = cast(Any, err)
             body = json.dumps({"__type": failure.code, "message": failure.message}).encode()
             return self._respond(model, failure.status, body, url)
-        _check_response(model, result)
+        # The backend's items go out as it sent them (moto leaves out fields AWS always sends,
+        # such as a target's RoleARN); only the stand-in's own are held to the output shape.
+        _check_response(model, _without_items(result, theirs, _list_member(model)))
         encoded = _encode(result, model.output_shape) if model.output_shape is not None else {}
         return self._respond(model, 200, json.dumps(encoded).encode(), url)
 
@@ -174,17 +192,16 @@ class ServiceWire:
         """Every item the backend behind the client holds for this Describe, all pages."""
         if self._client is None:
             raise RuntimeError(f"merging {model.name} needs the client the wire is attached to")
-        shape = model.output_shape
-        lists = [n for n, s in shape.members.items() if s.type_name == "list"] if shape else []  # type: ignore[attr-defined]
-        if len(lists) != 1:
+        key = _list_member(model)
+        if key is None:
             raise RuntimeError(f"cannot merge {model.name}: its output has no single list")
         query = {k: v for k, v in request.items() if k not in ("NextToken", "MaxResults")}
         items: list[Any] = []
         self._local.passing = True
         try:
             for _ in range(_MAX_DOWNSTREAM_PAGES):
-                page = self._client._make_api_call(model.name, query)
-                items += page.get(lists[0], [])
+                page = cast(Any, self._client)._make_api_call(model.name, query)
+                items += page.get(key, [])
                 token = page.get("NextToken")
                 if not token or token == query.get("NextToken"):
                     break
@@ -232,6 +249,41 @@ class SageMakerWire(ServiceWire):
         super().__init__(
             plane, OPERATIONS, error=SageMakerError, service="SageMaker", parsers=parsers
         )
+
+
+class AutoScalingWire(ServiceWire):
+    """Serves the SageMaker dimensions moto lacks; every other request goes on to the backend."""
+
+    def __init__(
+        self,
+        plane: AutoScalingControlPlane,
+        client: BaseClient,
+        parsers: ResponseParserFactory | None = None,
+    ) -> None:
+        super().__init__(
+            plane,
+            AUTOSCALING_OPERATIONS,
+            error=AutoScalingError,
+            service="Application Auto Scaling",
+            parsers=parsers,
+            route=autoscaling_route,
+            client=client,
+        )
+
+
+def _list_member(model: OperationModel) -> str | None:
+    """The name of the one list in a Describe's output (``ScalableTargets``), if it has one."""
+    shape = model.output_shape
+    members = shape.members if shape is not None else {}  # type: ignore[attr-defined]
+    lists = [name for name, member in members.items() if member.type_name == "list"]
+    return lists[0] if len(lists) == 1 else None
+
+
+def _without_items(result: Any, items: list[Any], key: str | None) -> Any:
+    if not items or key is None or not isinstance(result, dict):
+        return result
+    theirs = {id(item) for item in items}
+    return {**result, key: [i for i in result.get(key, []) if id(i) not in theirs]}
 
 
 # ---- requests ----------------------------------------------------------------------------
