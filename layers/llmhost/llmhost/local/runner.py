@@ -23,6 +23,7 @@ import queue
 import sys
 import threading
 import time
+import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
@@ -80,6 +81,7 @@ class LocalCloud:
         from moto.server import ThreadedMotoServer
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request lines
+        warnings.filterwarnings("ignore", message="No application metrics to publish")
 
         from llmhost import aws, runtime
         from llmhost.local.standin import AutoScalingStandIn, SageMakerStandIn
