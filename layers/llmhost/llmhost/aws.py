@@ -3,8 +3,10 @@
 Nothing here runs at import. ``client("sagemaker")`` creates the client on first use and
 reuses it afterwards (Lambda keeps the process warm between invocations). Timeouts and
 retries are set explicitly, never left to SDK defaults. ``LLMHOST_AWS_ENDPOINT_URL`` points
-every client at an emulator (the local runner's moto server); ``add_customizer`` lets the
-local runner and the tests attach the SageMaker stand-in to the clients that need it.
+every client at an emulator (the local runner's moto server), and
+``LLMHOST_AWS_ENDPOINT_URL_<SERVICE>`` one service (``..._SAGEMAKER_RUNTIME``);
+``add_customizer`` lets the local runner and the tests attach the SageMaker stand-in to the
+clients that need it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 _lock = threading.Lock()
-_clients: dict[str, Any] = {}
+_clients: dict[tuple[str, float, float, int], Any] = {}
 _session: Any = None
 _customizers: list[Callable[[str, Any], None]] = []
 
@@ -24,15 +26,25 @@ READ_TIMEOUT_S = 20
 MAX_ATTEMPTS = 3
 
 
-def client(service: str) -> Any:
-    """The process-wide client for ``service`` (created on first call)."""
-    cached = _clients.get(service)
+def client(
+    service: str,
+    *,
+    read_timeout: float = READ_TIMEOUT_S,
+    connect_timeout: float = CONNECT_TIMEOUT_S,
+    max_attempts: int = MAX_ATTEMPTS,
+) -> Any:
+    """The process-wide client for ``service`` with these limits (created on first call).
+
+    ``max_attempts`` counts the first try. Clients are cached per (service, limits).
+    """
+    key = (service, read_timeout, connect_timeout, max_attempts)
+    cached = _clients.get(key)
     if cached is not None:
         return cached
     with _lock:
-        if service not in _clients:
-            _clients[service] = _build(service)
-        return _clients[service]
+        if key not in _clients:
+            _clients[key] = _build(service, read_timeout, connect_timeout, max_attempts)
+        return _clients[key]
 
 
 def lazy(service: str) -> Callable[[], Any]:
@@ -58,7 +70,7 @@ def region() -> str:
     return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
-def _build(service: str) -> Any:
+def _build(service: str, read_timeout: float, connect_timeout: float, max_attempts: int) -> Any:
     global _session
     import boto3
     from botocore.config import Config
@@ -66,11 +78,14 @@ def _build(service: str) -> Any:
     if _session is None:
         _session = boto3.session.Session()
     config = Config(
-        connect_timeout=CONNECT_TIMEOUT_S,
-        read_timeout=READ_TIMEOUT_S,
-        retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        retries={"mode": "standard", "total_max_attempts": max_attempts},
     )
-    endpoint = os.environ.get("LLMHOST_AWS_ENDPOINT_URL") or None
+    # A per-service override first (the local runner's SageMaker runtime front), then one for
+    # every service (its moto server).
+    service_key = "LLMHOST_AWS_ENDPOINT_URL_" + service.upper().replace("-", "_")
+    endpoint = os.environ.get(service_key) or os.environ.get("LLMHOST_AWS_ENDPOINT_URL") or None
     built = _session.client(service, region_name=region(), config=config, endpoint_url=endpoint)
     for customize in _customizers:
         customize(service, built)

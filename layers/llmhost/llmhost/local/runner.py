@@ -62,8 +62,19 @@ def load_handler(function: str, service: str) -> ModuleType:
 class LocalCloud:
     """Emulated AWS for one process: moto server + SageMaker stand-in + event delivery."""
 
-    def __init__(self, moto_port: int = 0, speed: float = 60.0, drift_seconds: float = 5.0) -> None:
+    def __init__(
+        self,
+        moto_port: int = 0,
+        speed: float = 60.0,
+        drift_seconds: float = 5.0,
+        engine_url: str | None = None,
+        engine_latency_ms: float = 0,
+        token_interval_ms: float = 0,
+    ) -> None:
         self.moto_port = moto_port
+        self.engine_url = engine_url
+        self.engine_latency_ms = engine_latency_ms
+        self.token_interval_ms = token_interval_ms
         self.speed = speed
         self.drift_seconds = drift_seconds
         self._queue: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
@@ -116,12 +127,45 @@ class LocalCloud:
             on_event=lambda event: self._queue.put(("sagemaker", event)),
         )
         self.autoscaling = AutoScalingStandIn(sagemaker=self.standin, region=REGION)
+        self._start_data_plane()
         aws.add_customizer(lambda service, client: self._attach(service, client))
         self._provision()
         self.api_module = load_handler("api", "llmhost-api")
         self.reconcile_module = load_handler("reconcile", "llmhost-reconcile")
         threading.Thread(target=self._deliver, name="reconcile-worker", daemon=True).start()
         threading.Thread(target=self._clock, name="sagemaker-clock", daemon=True).start()
+
+    def _start_data_plane(self) -> None:
+        """A SageMaker runtime front whose endpoints answer as the stand-in says they exist."""
+        from llmhost.local.engine import LocalEngine
+        from llmhost.local.runtime_front import RuntimeFront, serve_front
+
+        self.engine = LocalEngine(
+            latency_ms=self.engine_latency_ms, token_interval_ms=self.token_interval_ms
+        )
+        self._front_server, self.runtime_url = serve_front(
+            RuntimeFront(self._route, split_bytes=None), port=0
+        )
+        os.environ["LLMHOST_AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME"] = self.runtime_url
+
+    def _route(self, endpoint: str, component: str | None) -> Any:
+        """Where the runtime front sends a request: the engine, or AWS's refusal."""
+        from llmhost.local.runtime_front import RouteTarget
+
+        described = self.standin.describe("endpoint", endpoint)
+        if described is None:
+            return None
+        if described["EndpointStatus"] not in {"InService", "Updating"}:
+            return RouteTarget.not_ready()
+        if component is not None:
+            ic = self.standin.describe("inference-component", component)
+            if ic is None or ic["EndpointName"] != endpoint:
+                return RouteTarget.component_not_found()
+            if ic["RuntimeConfig"].get("CurrentCopyCount", 0) == 0:
+                return RouteTarget.no_capacity()
+        if self.engine_url:
+            return RouteTarget.upstream(self.engine_url)
+        return RouteTarget.local(self.engine)
 
     def _attach(self, service: str, client: Any) -> None:
         if service == "sagemaker":

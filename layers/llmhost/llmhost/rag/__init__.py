@@ -1,0 +1,1 @@
+"""Retrieval-augmented generation: chunking, embeddings, the vector store and retrieval."""
