@@ -423,15 +423,25 @@ def _store_weights_fp16(model: Any) -> Any:
 
 
 def _quantize(fp32_path: Path, out_path: Path) -> None:
-    """Dynamic int8: weights of every MatMul and of the word-embedding table stored as int8,
-    activations quantised per call. Softmax, LayerNorm and pooling stay in float32."""
+    """Dynamic int8: the weights of every linear layer (per output channel) and the word
+    table stored as int8, activations quantised per call. The attention products
+    (activation x activation) stay float32: quantising them too costs far more accuracy
+    (mean cosine to float32 0.937 instead of 0.995 on SciFact abstracts)."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    graph = onnx.load(str(fp32_path)).graph
+    weights = {tensor.name for tensor in graph.initializer}
+    nodes = [
+        node.name
+        for node in graph.node
+        if (node.op_type == "MatMul" and node.input[1] in weights) or node.op_type == "Gather"
+    ]
     quantize_dynamic(
         fp32_path,
         out_path,
-        op_types_to_quantize=["MatMul", "Gather"],
-        per_channel=False,
+        nodes_to_quantize=nodes,
+        per_channel=True,
         weight_type=QuantType.QInt8,
     )
 

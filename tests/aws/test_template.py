@@ -175,6 +175,7 @@ def test_star_allowlist_matches_the_service_authorization_reference() -> None:
     # cfn-lint ships AWS's service authorization data: an action listed with resource types
     # can be scoped, so it must not be on the "*" allowlist.
     import cfnlint  # moto's CloudFormation support brings it
+
     data = Path(cfnlint.__path__[0]) / "data" / "AdditionalSpecs" / "Policies.json"
     services = json.loads(data.read_text())
     for action in RESOURCE_STAR_ALLOWED - {"cloudwatch:PutMetricData"}:

@@ -54,8 +54,8 @@ def override(**deps: Any) -> None:
 
 def reset() -> None:
     _overrides.clear()
-    _registry.cache_clear()
-    _reconciler.cache_clear()
+    for cached in (_registry, _reconciler, _serving_service, _embedder, _store):
+        cached.cache_clear()
 
 
 @cache
@@ -115,3 +115,59 @@ def read_secret(arn: str) -> str:
             f"cannot read the token secret {arn} ({code}); check that it exists and that "
             "its name starts with the stack's SecretsPrefix"
         ) from None
+
+
+class ServingSettings(BaseModel):
+    registry_table_name: str = Field(min_length=3)
+    # API Gateway cuts requests at 29 s: two attempts of 12 s fit; the stream function,
+    # behind a function URL, may wait longer between tokens.
+    serving_timeout_s: float = Field(default=12.0, gt=0, le=900)
+    serving_max_attempts: int = Field(default=2, ge=1, le=5)
+    stream_url: str | None = None
+    api_keys_secret_arn: str | None = None
+
+
+def serving_settings() -> ServingSettings:
+    return _overrides.get("serving_settings") or _from_env(ServingSettings)
+
+
+@cache
+def _serving_service() -> Any:
+    from llmhost.serving.invoke import ModelInvoker
+    from llmhost.serving.routing import ModelDirectory
+    from llmhost.serving.service import ServingService
+
+    settings = serving_settings()
+    invoker = cache(
+        lambda: ModelInvoker.create(
+            timeout_s=settings.serving_timeout_s, max_attempts=settings.serving_max_attempts
+        )
+    )
+    return ServingService(ModelDirectory(registry), invoker, embedder, store)
+
+
+def serving_service() -> Any:
+    """The RAG/chat service (its embedder, store and clients are built on first use)."""
+    return _overrides.get("serving_service") or _serving_service()
+
+
+@cache
+def _embedder() -> Any:
+    from llmhost.rag.embeddings import embedder_from_env
+
+    return embedder_from_env()
+
+
+def embedder() -> Any:
+    return _overrides.get("embedder") or _embedder()
+
+
+@cache
+def _store() -> Any:
+    from llmhost.rag.store import store_from_env
+
+    return store_from_env()
+
+
+def store() -> Any:
+    return _overrides.get("store") or _store()

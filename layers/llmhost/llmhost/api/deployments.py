@@ -12,10 +12,10 @@ from http import HTTPStatus
 from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
-from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.params import Path, Query
 
-from llmhost.errors import ConflictingChange, FieldIssue, LlmhostError, SpecInvalid
+from llmhost.api.http import install_error_handlers, json_response
+from llmhost.errors import ConflictingChange, FieldIssue, SpecInvalid
 from llmhost.lifecycle.record import DeploymentRecord
 from llmhost.lifecycle.registry import Registry
 from llmhost.specs import (
@@ -23,7 +23,6 @@ from llmhost.specs import (
     NAME_PATTERN,
     DeploymentPatch,
     DeploymentSpec,
-    issues_from_validation_error,
 )
 
 API_TITLE = "llmhost"
@@ -130,39 +129,7 @@ def build_app(
         body = app.get_openapi_json_schema(title=API_TITLE, version=API_VERSION)
         return Response(status_code=200, content_type="application/json", body=body)
 
-    @app.not_found
-    def not_found(_: Exception):
-        path = app.current_event.path
-        method = app.current_event.http_method
-        return _error(
-            HTTPStatus.NOT_FOUND,
-            "route_not_found",
-            f"no route for {method} {path}; GET /v1/openapi.json lists the routes",
-        )
-
-    @app.exception_handler(RequestValidationError)
-    def invalid_request(error: RequestValidationError):
-        return _invalid(issues_from_validation_error(error))
-
-    @app.exception_handler(SpecInvalid)
-    def invalid_spec(error: SpecInvalid):
-        return _invalid(error.issues)
-
-    @app.exception_handler(LlmhostError)
-    def domain_error(error: LlmhostError):
-        return _error(HTTPStatus(error.status), error.code, error.message)
-
-    @app.exception_handler(Exception)
-    def unexpected(error: Exception):
-        # The client gets no internals; the log has the stack trace and the request id.
-        if logger is not None:
-            logger.exception("unhandled error")
-        return _error(
-            HTTPStatus.INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "llmhost hit an internal error; the request id in the logs identifies it",
-        )
-
+    install_error_handlers(app, logger)
     return app
 
 
@@ -296,18 +263,4 @@ def _summary(record: DeploymentRecord) -> dict[str, Any]:
 
 
 def _json(status: HTTPStatus, body: Any) -> Response:
-    return Response(status_code=int(status), content_type="application/json", body=body)
-
-
-def _error(status: HTTPStatus, code: str, message: str, **extra: Any) -> Response:
-    return _json(status, {"error": {"code": code, "message": message, **extra}})
-
-
-def _invalid(issues: list[FieldIssue]) -> Response:
-    summary = "; ".join(f"{i.field}: {i.message}" for i in issues[:3])
-    return _error(
-        HTTPStatus.UNPROCESSABLE_ENTITY,
-        "invalid_request",
-        f"the request is invalid: {summary}",
-        fields=[i.as_dict() for i in issues],
-    )
+    return json_response(status, body)

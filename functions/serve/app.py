@@ -1,0 +1,25 @@
+"""Serving API: API Gateway (REST, IAM auth) -> RAG, chat, models, collections, documents."""
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.logging import correlation_paths
+
+from llmhost import runtime
+from llmhost.api.serving import build_serving_app
+
+logger = Logger()
+tracer = Tracer(patch_modules=["botocore"])
+metrics = Metrics()
+app = build_serving_app(
+    runtime.serving_service,
+    runtime.store,
+    runtime.embedder,
+    logger=logger,
+    stream_url=lambda: runtime.serving_settings().stream_url,
+)
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
+@tracer.capture_lambda_handler
+@metrics.log_metrics(capture_cold_start_metric=True)
+def handler(event: dict, context: object) -> dict:
+    return app.resolve(event, context)

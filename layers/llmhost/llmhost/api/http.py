@@ -1,0 +1,75 @@
+"""What every API Gateway app of llmhost shares: JSON responses and the one place where
+errors become HTTP (typed errors keep their status; nothing else leaks internals)."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+
+from llmhost.errors import FieldIssue, LlmhostError, SpecInvalid
+from llmhost.specs import issues_from_validation_error
+
+
+def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        status_code=int(status), content_type="application/json", body=body, headers=headers
+    )
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> Response:
+    headers = None
+    retry_after = extra.pop("retry_after", None)
+    if retry_after:
+        headers = {"Retry-After": str(int(retry_after))}
+    return json_response(status, {"error": {"code": code, "message": message, **extra}}, headers)
+
+
+def invalid_response(issues: list[FieldIssue]) -> Response:
+    summary = "; ".join(f"{i.field}: {i.message}" for i in issues[:3])
+    return error_response(
+        HTTPStatus.UNPROCESSABLE_ENTITY,
+        "invalid_request",
+        f"the request is invalid: {summary}",
+        fields=[i.as_dict() for i in issues],
+    )
+
+
+def install_error_handlers(app: APIGatewayRestResolver, logger: Any = None) -> None:
+    """404 for unknown routes, 422 with field paths, typed errors, and a bare 500."""
+
+    @app.not_found
+    def not_found(_: Exception) -> Response:
+        event = app.current_event
+        return error_response(
+            HTTPStatus.NOT_FOUND,
+            "route_not_found",
+            f"no route for {event.http_method} {event.path}; GET /v1/openapi.json lists them",
+        )
+
+    @app.exception_handler(RequestValidationError)
+    def invalid_request(error: RequestValidationError) -> Response:
+        return invalid_response(issues_from_validation_error(error))
+
+    @app.exception_handler(SpecInvalid)
+    def invalid_spec(error: SpecInvalid) -> Response:
+        return invalid_response(error.issues)
+
+    @app.exception_handler(LlmhostError)
+    def domain_error(error: LlmhostError) -> Response:
+        return error_response(
+            error.status, error.code, error.message, retry_after=getattr(error, "retry_after", None)
+        )
+
+    @app.exception_handler(Exception)
+    def unexpected(error: Exception) -> Response:
+        # The client gets no internals; the log has the stack trace and the request id.
+        if logger is not None:
+            logger.exception("unhandled error")
+        return error_response(
+            HTTPStatus.INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "llmhost hit an internal error; the request id in the logs identifies it",
+        )

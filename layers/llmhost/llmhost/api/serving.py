@@ -1,0 +1,141 @@
+"""The serving API behind API Gateway (IAM auth): RAG, chat, models, collections, documents.
+
+Streaming chat lives on the stream function's URL (API Gateway's REST integration buffers
+responses); a ``stream: true`` request here gets a 400 that says where to go instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Annotated, Any
+
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver
+from aws_lambda_powertools.event_handler.openapi.params import Path
+from pydantic import BaseModel, ConfigDict, Field
+
+from llmhost.api.http import error_response, install_error_handlers, json_response
+from llmhost.serving.requests import ChatCompletionRequest, RagRequest
+
+if TYPE_CHECKING:
+    from llmhost.rag.embeddings import Embedder
+    from llmhost.rag.store import VectorStore
+    from llmhost.serving.service import ServingService
+
+MAX_DOCUMENTS_PER_REQUEST = 100
+
+CollectionPath = Annotated[
+    str, Path(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,62}$", description="A collection name.")
+]
+DocumentPath = Annotated[str, Path(min_length=1, max_length=256, description="A document id.")]
+
+
+class CreateCollection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,62}$", examples=["docs"])
+
+
+class DocumentsBody(BaseModel):
+    """Documents are checked one by one: a bad one is reported, the others still land."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    documents: list[Any] = Field(
+        min_length=1,
+        max_length=MAX_DOCUMENTS_PER_REQUEST,
+        description='Each {"id": str, "text": str, "metadata": {...}}; larger sets: drop '
+        "files into the documents bucket.",
+    )
+
+
+def build_serving_app(
+    service: Callable[[], ServingService],
+    store: Callable[[], VectorStore],
+    embedder: Callable[[], Embedder],
+    *,
+    logger: Any = None,
+    stream_url: Callable[[], str | None] = lambda: None,
+) -> APIGatewayRestResolver:
+    app = APIGatewayRestResolver(enable_validation=True)
+
+    @app.post("/v1/rag", summary="Answer a question from a collection, with sources")
+    def rag(request: RagRequest):
+        return json_response(HTTPStatus.OK, service().rag(request))
+
+    @app.post("/v1/chat/completions", summary="OpenAI-compatible chat (not streamed here)")
+    def chat(request: ChatCompletionRequest):
+        if request.stream:
+            where = stream_url() or "the StreamUrl stack output"
+            return error_response(
+                HTTPStatus.BAD_REQUEST,
+                "stream_not_supported_here",
+                f"API Gateway buffers responses; send stream: true requests to {where} "
+                "(an OpenAI client with base_url set to it streams for real)",
+            )
+        return json_response(HTTPStatus.OK, service().chat(request))
+
+    @app.get("/v1/models", summary="Deployments, as OpenAI models")
+    def models():
+        return json_response(HTTPStatus.OK, service().models())
+
+    @app.get("/v1/collections", summary="List collections")
+    def list_collections():
+        names = store().collections()
+        return json_response(HTTPStatus.OK, {"collections": names, "count": len(names)})
+
+    @app.post("/v1/collections", summary="Create a collection")
+    def create_collection(body: CreateCollection):
+        info = store().create_collection(body.name, embedder().dimension)
+        return json_response(HTTPStatus.CREATED, _collection(info))
+
+    @app.get("/v1/collections/<name>", summary="A collection's size")
+    def get_collection(name: CollectionPath):
+        return json_response(HTTPStatus.OK, _collection(store().collection(name)))
+
+    @app.delete("/v1/collections/<name>", summary="Delete a collection and its documents")
+    def delete_collection(name: CollectionPath):
+        store().delete_collection(name)
+        return json_response(HTTPStatus.OK, {"deleted": name})
+
+    @app.post(
+        "/v1/collections/<name>/documents",
+        summary="Add or replace documents (the collection is created on first use)",
+    )
+    def add_documents(name: CollectionPath, body: DocumentsBody):
+        from llmhost.rag.ingest import ingest_documents
+
+        vectors, model = store(), embedder()
+        created = False
+        if not vectors.exists(name):
+            vectors.create_collection(name, model.dimension)
+            created = True
+        report = ingest_documents(name, body.documents, model, vectors).as_dict()
+        report["collection"] = name
+        report["created_collection"] = created
+        status = (
+            HTTPStatus.OK
+            if report["indexed"] or not report["rejected"]
+            else (HTTPStatus.UNPROCESSABLE_ENTITY)
+        )
+        return json_response(status, report)
+
+    @app.delete("/v1/collections/<name>/documents/<doc_id>", summary="Delete a document")
+    def delete_document(name: CollectionPath, doc_id: DocumentPath):
+        from llmhost.rag.ingest import delete_document as remove
+
+        removed = remove(name, doc_id, store())
+        if removed == 0:
+            return error_response(
+                HTTPStatus.NOT_FOUND,
+                "document_not_found",
+                f"collection '{name}' has no document '{doc_id}'",
+            )
+        return json_response(HTTPStatus.OK, {"deleted": doc_id, "chunks": removed})
+
+    install_error_handlers(app, logger)
+    return app
+
+
+def _collection(info: Any) -> dict[str, Any]:
+    return {"name": info.name, "points": info.points, "dimension": info.dimension}

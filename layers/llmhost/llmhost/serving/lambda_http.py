@@ -1,0 +1,32 @@
+"""Entry point of the stream function: the OpenAI-compatible server on ``PORT``.
+
+The Lambda Web Adapter starts this (functions/stream/run.sh), waits for ``/health``, then
+forwards each function URL request to it and streams the response back as it is written.
+Without an API key secret the server refuses to start: the function URL is public, so the
+keys are its only lock.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from llmhost import runtime
+from llmhost.serving.auth import ApiKeyAuth, hashes_from_secret
+from llmhost.serving.http_app import ServingHttpApp, serve
+
+
+def main() -> int:
+    settings = runtime.serving_settings()
+    if not settings.api_keys_secret_arn:
+        print("API_KEYS_SECRET_ARN is not set: refusing to serve without API keys", file=sys.stderr)
+        return 2
+    auth = ApiKeyAuth(hashes_from_secret(settings.api_keys_secret_arn))
+    app = ServingHttpApp(runtime.serving_service, auth, log=lambda line: print(line, flush=True))
+    server = serve(app, host="127.0.0.1", port=int(os.environ.get("PORT", "8080")))
+    server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,379 @@
+"""The request path users pay for: retrieve, pack the prompt, invoke the model, answer.
+
+``ServingService`` is shared by the API Gateway handler (``/v1/rag``, non-streamed chat) and
+the streaming HTTP app (OpenAI-compatible, behind the Lambda Web Adapter). It owns no I/O of
+its own: the registry (through ``ModelDirectory``), the embedder, the vector store and the
+SageMaker invoker are passed in, each created lazily by ``llmhost.runtime``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from llmhost.engines.codecs import (
+    ChatMessage,
+    Completion,
+    EngineCodec,
+    GenerationParams,
+    codec_for,
+    iter_deltas,
+)
+from llmhost.rag.prompt import (
+    ContextChunk,
+    RagPrompt,
+    budget_after_rejection,
+    build_rag_prompt,
+    render_prompt,
+    token_counter_for,
+)
+from llmhost.serving.errors import PromptTooLong
+from llmhost.serving.invoke import InvocationTarget, ModelInvoker
+from llmhost.serving.requests import ChatCompletionRequest, RagRequest, RetrievalOptions
+from llmhost.serving.routing import ModelDirectory, ModelRoute
+
+if TYPE_CHECKING:
+    from llmhost.rag.embeddings import Embedder
+    from llmhost.rag.store import VectorStore
+
+FALLBACK_TEMPLATE = "chatml"  # only for counting tokens when the engine applies its own
+
+
+@dataclass
+class Prepared:
+    """Everything decided before the model is called."""
+
+    route: ModelRoute
+    codec: EngineCodec
+    params: GenerationParams
+    payload: dict[str, Any]
+    rag: RagPrompt | None
+    timings_ms: dict[str, float]
+    build: Callable[[int], dict[str, Any]] | None = None  # payload for a smaller input limit
+
+
+class ServingService:
+    def __init__(
+        self,
+        directory: ModelDirectory,
+        invoker: Callable[[], ModelInvoker],
+        embedder: Callable[[], Embedder],
+        store: Callable[[], VectorStore],
+    ) -> None:
+        self._directory = directory
+        self._invoker = invoker
+        self._embedder = embedder
+        self._store = store
+
+    # ------------------------------------------------------------------------------ models
+
+    def models(self) -> dict[str, Any]:
+        """OpenAI's model list: every deployment, with llmhost's status alongside."""
+        data = []
+        for record in self._directory.records():
+            created = int(time.mktime(time.strptime(record.created_at[:19], "%Y-%m-%dT%H:%M:%S")))
+            data.append(
+                {
+                    "id": record.name,
+                    "object": "model",
+                    "created": created,
+                    "owned_by": "llmhost",
+                    "llmhost": {
+                        "status": record.status,
+                        "hosting": record.spec.hosting.kind,
+                        "engine": record.spec.engine.name,
+                    },
+                }
+            )
+        return {"object": "list", "data": data}
+
+    # ------------------------------------------------------------------------------- rag
+
+    def rag(self, request: RagRequest) -> dict[str, Any]:
+        """Answer ``request.query`` from ``request.collection`` with its sources."""
+        started = time.perf_counter()
+        options = RetrievalOptions(
+            collection=request.collection, k=request.k, filters=request.filters
+        )
+        params_overrides = {
+            "max_new_tokens": request.max_new_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "stop": tuple(request.stop) if request.stop else None,
+        }
+        prepared = self._prepare(
+            request.model,
+            [ChatMessage("user", request.query)],
+            params_overrides,
+            options,
+            system=request.system,
+            stream=False,
+        )
+        completion = self._complete(prepared)
+        timings = {**prepared.timings_ms, "total": _ms(started)}
+        return {
+            "answer": completion.text,
+            "model": prepared.route.name,
+            "finish_reason": completion.finish_reason,
+            "sources": _sources(prepared.rag),
+            "usage": _usage(completion, prepared),
+            "latency_ms": timings,
+        }
+
+    # ------------------------------------------------------------------------------ chat
+
+    def chat(self, request: ChatCompletionRequest) -> dict[str, Any]:
+        """An OpenAI ``chat.completion`` object."""
+        started = time.perf_counter()
+        prepared = self._prepare_chat(request, stream=False)
+        completion = self._complete(prepared)
+        reply: dict[str, Any] = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": prepared.route.name,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": completion.text},
+                    "finish_reason": _openai_finish(completion.finish_reason),
+                    "logprobs": None,
+                }
+            ],
+            "usage": _usage(completion, prepared),
+        }
+        reply["llmhost"] = {
+            "latency_ms": {**prepared.timings_ms, "total": _ms(started)},
+            "sources": _sources(prepared.rag),
+        }
+        return reply
+
+    def chat_stream(self, request: ChatCompletionRequest) -> Iterator[dict[str, Any]]:
+        """OpenAI ``chat.completion.chunk`` objects, each yielded as the engine produces it.
+
+        Routing, retrieval and the SageMaker call happen before the first chunk, so a request
+        that cannot be served fails with its HTTP status instead of a broken stream.
+        """
+        prepared = self._prepare_chat(request, stream=True)
+        chunks = self._invoker().stream(
+            InvocationTarget(prepared.route.endpoint_name, prepared.route.inference_component),
+            prepared.payload,
+        )
+        return self._chunks(request, prepared, chunks)
+
+    def _chunks(
+        self, request: ChatCompletionRequest, prepared: Prepared, chunks: Iterator[bytes]
+    ) -> Iterator[dict[str, Any]]:
+        ident, created, model = (
+            f"chatcmpl-{uuid.uuid4().hex}",
+            int(time.time()),
+            prepared.route.name,
+        )
+
+        def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:
+            return {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+                ],
+                **extra,
+            }
+
+        first = chunk({"role": "assistant", "content": ""})
+        if prepared.rag is not None:
+            first["llmhost"] = {"sources": _sources(prepared.rag)}
+        yield first
+        usage = None
+        finish = None
+        text_parts: list[str] = []
+        try:
+            for delta in iter_deltas(prepared.codec, chunks):
+                if delta.text:
+                    text_parts.append(delta.text)
+                    yield chunk({"content": delta.text})
+                if delta.finish_reason:
+                    finish = delta.finish_reason
+                if delta.usage:
+                    usage = delta.usage
+        finally:
+            close = getattr(chunks, "close", None)
+            if close:
+                close()
+        yield chunk({}, _openai_finish(finish or "stop"))
+        if request.stream_options and request.stream_options.include_usage:
+            completion = Completion(
+                "".join(text_parts),
+                finish or "stop",
+                usage.prompt_tokens if usage else None,
+                usage.completion_tokens if usage else None,
+            )
+            yield {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": _usage(completion, prepared),
+            }
+
+    # -------------------------------------------------------------------------- internals
+
+    def _prepare_chat(self, request: ChatCompletionRequest, stream: bool) -> Prepared:
+        messages = [
+            ChatMessage("system" if m.role == "developer" else m.role, m.text())
+            for m in request.messages
+        ]
+        overrides = {
+            "max_new_tokens": request.new_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "stop": tuple(request.stop) if request.stop else None,
+            "seed": request.seed,
+        }
+        return self._prepare(request.model, messages, overrides, request.rag, None, stream)
+
+    def _prepare(
+        self,
+        model: str,
+        messages: list[ChatMessage],
+        overrides: dict[str, Any],
+        retrieval: RetrievalOptions | None,
+        system: str | None,
+        stream: bool,
+    ) -> Prepared:
+        route = self._directory.route(model)
+        codec = codec_for(route.engine, seq2seq=route.chat_template == "flan-t5")
+        params = GenerationParams.from_defaults(
+            route.defaults, **{k: v for k, v in overrides.items() if v is not None}
+        )
+        timings: dict[str, float] = {}
+        if retrieval is None:
+            if route.chat_template:
+                prompt = render_prompt(route.chat_template, messages)
+                payload = codec.build_generate(prompt, params, stream, model=route.name)
+            else:
+                payload = codec.build_chat(messages, params, stream, model=route.name)
+            return Prepared(route, codec, params, payload, None, timings)
+
+        from llmhost.rag.retrieve import retrieve
+
+        question = next(m.content for m in reversed(messages) if m.role == "user")
+        system = system or next((m.content for m in messages if m.role == "system"), None)
+        found = retrieve(
+            question,
+            retrieval.collection,
+            retrieval.k,
+            retrieval.filters,
+            self._embedder(),
+            self._store(),
+        )
+        timings.update(found.timings_ms)
+        chunks = [
+            ContextChunk(
+                id=f"{hit.doc_id}#{hit.chunk_index}",
+                text=hit.text,
+                score=hit.score,
+                metadata={**hit.metadata, "doc_id": hit.doc_id, "start": hit.start, "end": hit.end},
+            )
+            for hit in found.hits
+        ]
+        template = route.chat_template or FALLBACK_TEMPLATE
+        counter = token_counter_for(route.chat_template)
+
+        def build(input_limit: int) -> tuple[RagPrompt, dict[str, Any]]:
+            rag = build_rag_prompt(
+                question,
+                chunks,
+                template=template,
+                count_tokens=counter,
+                max_input_tokens=input_limit,
+                max_total_tokens=route.max_total_tokens,
+                max_new_tokens=params.max_new_tokens,
+                system=system,
+            )
+            if route.chat_template:
+                return rag, codec.build_generate(rag.prompt, params, stream, model=route.name)
+            return rag, codec.build_chat(rag.messages, params, stream, model=route.name)
+
+        rag, payload = build(route.max_input_tokens)
+        prepared = Prepared(route, codec, params, payload, rag, timings)
+        prepared.build = lambda limit: _rebuild(prepared, build, limit)
+        return prepared
+
+    def _complete(self, prepared: Prepared) -> Completion:
+        target = InvocationTarget(prepared.route.endpoint_name, prepared.route.inference_component)
+        started = time.perf_counter()
+        try:
+            body = self._invoker().invoke(target, prepared.payload)
+        except PromptTooLong as rejected:
+            # Our token estimate was too optimistic for this text: shrink by what the engine
+            # counted and retry once (plain chat has no context to drop, so it re-raises).
+            if prepared.rag is None or prepared.build is None:
+                raise
+            budget = budget_after_rejection(
+                prepared.rag.input_limit,
+                rejected.limits,
+                estimated_prompt_tokens=prepared.rag.estimated_tokens,
+            )
+            prepared.payload = prepared.build(budget)
+            body = self._invoker().invoke(target, prepared.payload)
+        completion = prepared.codec.parse_reply(body)
+        prepared.timings_ms["generate"] = _ms(started)
+        return completion
+
+
+def _rebuild(
+    prepared: Prepared, build: Callable[[int], tuple[RagPrompt, dict[str, Any]]], limit: int
+) -> dict[str, Any]:
+    rag, payload = build(limit)
+    prepared.rag = rag
+    return payload
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
+
+
+def _openai_finish(reason: str) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+def _sources(rag: RagPrompt | None) -> list[dict[str, Any]]:
+    if rag is None:
+        return []
+    sources = []
+    for item in rag.packed.sources():
+        metadata = dict(item["metadata"])
+        sources.append(
+            {
+                "index": item["index"],
+                "id": metadata.pop("doc_id", item["id"]),
+                "chunk": item["id"],
+                "score": round(float(item["score"]), 6),
+                "trimmed": item["trimmed"],
+                "start": metadata.pop("start", None),
+                "end": metadata.pop("end", None),
+                "metadata": metadata,
+            }
+        )
+    return sources
+
+
+def _usage(completion: Completion, prepared: Prepared) -> dict[str, int]:
+    prompt_tokens = completion.prompt_tokens
+    if prompt_tokens is None:
+        prompt_tokens = prepared.rag.estimated_tokens if prepared.rag else 0
+    completion_tokens = completion.completion_tokens
+    if completion_tokens is None:
+        completion_tokens = len(completion.text.split())
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
