@@ -37,6 +37,13 @@ REGION = "us-east-1"
 TABLE = "llmhost-registry"
 ROLE_NAME = "llmhost-sagemaker-execution"
 TOKEN_SECRET = "llmhost/hf-token"
+API_KEYS_SECRET = "llmhost/api-keys"
+LOCAL_API_KEY = "llmhost-local-key"
+DEMO_DEPLOYMENT = {
+    "name": "demo",
+    "model": {"kind": "hub", "model_id": "HuggingFaceH4/zephyr-7b-beta"},
+    "hosting": {"kind": "dedicated", "instance_type": "ml.g5.2xlarge"},
+}
 
 
 def project_root() -> Path:
@@ -72,6 +79,7 @@ class LocalCloud:
         token_interval_ms: float = 0,
     ) -> None:
         self.moto_port = moto_port
+        self.data_dir = project_root() / ".llmhost"
         self.engine_url = engine_url
         self.engine_latency_ms = engine_latency_ms
         self.token_interval_ms = token_interval_ms
@@ -82,6 +90,7 @@ class LocalCloud:
         self._statuses: dict[str, str] = {}
         self.reconcile_module: ModuleType | None = None
         self.api_module: ModuleType | None = None
+        self.serve_module: ModuleType | None = None
         self.log = lambda line: print(line, flush=True)
 
     # ----------------------------------------------------------------------------- start
@@ -113,6 +122,10 @@ class LocalCloud:
                 "POWERTOOLS_TRACE_DISABLED": "true",
                 "POWERTOOLS_METRICS_DISABLED": "true",
                 "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "WARNING"),
+                "QDRANT_PATH": os.environ.get("QDRANT_PATH", str(self.data_dir / "qdrant")),
+                # A local request may wait longer than API Gateway's 29 s would allow.
+                "SERVING_TIMEOUT_S": os.environ.get("SERVING_TIMEOUT_S", "60"),
+                "SERVING_MAX_ATTEMPTS": "1",
             }
         )
         aws.reset()
@@ -131,6 +144,7 @@ class LocalCloud:
         aws.add_customizer(lambda service, client: self._attach(service, client))
         self._provision()
         self.api_module = load_handler("api", "llmhost-api")
+        self.serve_module = load_handler("serve", "llmhost-serve")
         self.reconcile_module = load_handler("reconcile", "llmhost-reconcile")
         threading.Thread(target=self._deliver, name="reconcile-worker", daemon=True).start()
         threading.Thread(target=self._clock, name="sagemaker-clock", daemon=True).start()
@@ -204,6 +218,37 @@ class LocalCloud:
             Name=TOKEN_SECRET, SecretString="hf_local_demo_token"
         )
         self.token_secret_arn = secret["ARN"]
+        from llmhost.serving.auth import hash_key
+
+        keys = aws.client("secretsmanager").create_secret(
+            Name=API_KEYS_SECRET, SecretString=json.dumps({"local": hash_key(LOCAL_API_KEY)})
+        )
+        os.environ["API_KEYS_SECRET_ARN"] = keys["ARN"]
+
+    def create_demo(self) -> None:
+        """A deployment to talk to right away (served by the local engine)."""
+        from llmhost import runtime
+        from llmhost.lifecycle.record import DeploymentRecord
+        from llmhost.specs import parse_spec
+
+        spec = parse_spec(DEMO_DEPLOYMENT)
+        runtime.registry().create(
+            DeploymentRecord(name=spec.name, spec=spec).with_event("Created", status="PENDING")
+        )
+        self.api_wrote(spec.name)
+
+    def start_openai_server(self, port: int) -> ThreadingHTTPServer:
+        """The OpenAI-compatible app, as the stream function serves it behind its URL."""
+        from llmhost import runtime
+        from llmhost.serving.auth import ApiKeyAuth, hashes_from_secret
+        from llmhost.serving.http_app import ServingHttpApp
+        from llmhost.serving.http_app import serve as serve_openai
+
+        auth = ApiKeyAuth(hashes_from_secret(os.environ["API_KEYS_SECRET_ARN"]))
+        app = ServingHttpApp(runtime.serving_service, auth, log=self.log)
+        server = serve_openai(app, port=port)
+        threading.Thread(target=server.serve_forever, name="openai", daemon=True).start()
+        return server
 
     # -------------------------------------------------------------------------- events
 
@@ -270,8 +315,10 @@ def make_handler(cloud: LocalCloud) -> type[BaseHTTPRequestHandler]:
                 self._send(403, {"message": error.message}, {})
                 return
             event = events.api_gateway_event(self.command, self.path, headers, body, caller)
-            assert cloud.api_module is not None
-            response = cloud.api_module.handler(event, events.LambdaContext("llmhost-api"))
+            # The same split as template.yaml: serving routes go to the serve function.
+            module = cloud.serve_module if _is_serving_path(self.path) else cloud.api_module
+            assert module is not None
+            response = module.handler(event, events.LambdaContext("llmhost-api"))
             status = int(response.get("statusCode", 500))
             if self.command in {"POST", "PATCH", "DELETE"} and status < 300:
                 name = _deployment_name(self.path)
@@ -307,6 +354,13 @@ def make_handler(cloud: LocalCloud) -> type[BaseHTTPRequestHandler]:
     return ApiRequestHandler
 
 
+SERVING_PREFIXES = ("/v1/rag", "/v1/chat/", "/v1/models", "/v1/collections")
+
+
+def _is_serving_path(path: str) -> bool:
+    return path.split("?", 1)[0].startswith(SERVING_PREFIXES)
+
+
 def _deployment_name(path: str) -> str | None:
     parts = path.split("?")[0].strip("/").split("/")
     if len(parts) >= 3 and parts[:2] == ["v1", "deployments"]:
@@ -332,16 +386,19 @@ BANNER = """
 llmhost is running locally (no AWS account needed).
 
   API           http://127.0.0.1:{port}   (SigV4, key {key} / {secret})
+  OpenAI API    http://127.0.0.1:{openai_port}/v1   (api_key={api_key}; streams)
   moto server   {moto}   (DynamoDB, IAM, Secrets Manager, ...)
   SageMaker     stand-in, {speed:g}x faster than real (endpoint creation ~{create:g}s)
-  HF token      {secret_arn}
+  model engine  {engine}
+  documents     {data}/qdrant (embedded Qdrant, kept between runs)
 
+A deployment named "demo" is being created; it is IN_SERVICE in ~{create:g}s.
 Try:
-  export AUTH='--aws-sigv4 aws:amz:us-east-1:execute-api --user {key}:{secret}'
-  curl -s $AUTH -X POST http://127.0.0.1:{port}/v1/deployments \\
-       -H 'Content-Type: application/json' \\
-       -d '{{"name": "zephyr", "model": {{"model_id": "HuggingFaceH4/zephyr-7b-beta"}}}}'
-  curl -s $AUTH http://127.0.0.1:{port}/v1/deployments/zephyr
+  AUTH=(--aws-sigv4 aws:amz:us-east-1:execute-api --user {key}:{secret})
+  curl -s "${{AUTH[@]}}" http://127.0.0.1:{port}/v1/deployments/demo
+  python -m llmhost.local.ingest_folder ./README.md --collection docs
+  curl -s "${{AUTH[@]}}" -X POST http://127.0.0.1:{port}/v1/rag -H 'Content-Type: application/json' \\
+       -d '{{"model": "demo", "collection": "docs", "query": "How do I run the tests?"}}'
 
 Ctrl-C stops everything; state lives in memory only.
 """
@@ -351,6 +408,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make run", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8080)))
     parser.add_argument("--moto-port", type=int, default=int(os.environ.get("MOTO_PORT", 5055)))
+    parser.add_argument("--openai-port", type=int, default=int(os.environ.get("OPENAI_PORT", 8081)))
+    parser.add_argument(
+        "--engine-url",
+        default=os.environ.get("LLMHOST_ENGINE_URL") or None,
+        help="a real TGI or vLLM server to answer instead of the local extractive engine",
+    )
+    parser.add_argument("--no-demo", action="store_true", help="do not create the demo model")
     parser.add_argument(
         "--speed",
         type=float,
@@ -358,9 +422,12 @@ def main(argv: list[str] | None = None) -> int:
         help="how much faster than real SageMaker the stand-in runs (default 60)",
     )
     args = parser.parse_args(argv)
-    cloud = LocalCloud(moto_port=args.moto_port, speed=args.speed)
+    cloud = LocalCloud(moto_port=args.moto_port, speed=args.speed, engine_url=args.engine_url)
     cloud.start()
     server = serve(args.port, cloud)
+    openai_server = cloud.start_openai_server(args.openai_port)
+    if not args.no_demo:
+        cloud.create_demo()
     print(
         BANNER.format(
             port=args.port,
@@ -369,7 +436,10 @@ def main(argv: list[str] | None = None) -> int:
             moto=cloud.moto_url,
             speed=args.speed,
             create=600 / args.speed,
-            secret_arn=cloud.token_secret_arn,
+            openai_port=args.openai_port,
+            api_key=LOCAL_API_KEY,
+            engine=args.engine_url or "local extractive engine (not an LLM; cites passages)",
+            data=cloud.data_dir,
         ),
         flush=True,
     )
@@ -380,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nstopping", file=sys.stderr)
     finally:
         server.shutdown()
+        openai_server.shutdown()
         cloud.stop()
     return 0
 
