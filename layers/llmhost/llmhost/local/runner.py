@@ -398,7 +398,8 @@ Try:
   curl -s "${{AUTH[@]}}" http://127.0.0.1:{port}/v1/deployments/demo
   python -m llmhost.local.ingest_folder ./README.md --collection docs
   curl -s "${{AUTH[@]}}" -X POST http://127.0.0.1:{port}/v1/rag \\
-       -H 'Content-Type: application/json' -d '{{"model": "demo", "collection": "docs", "query": "How do I run the tests?"}}'
+       -H 'Content-Type: application/json' \\
+       -d '{{"model": "demo", "collection": "docs", "query": "How do I run the tests?"}}'
 
 Ctrl-C stops everything; state lives in memory only.
 """
