@@ -30,11 +30,17 @@ def _loopback_only(self: socket.socket, address: Any) -> Any:
 
 
 @pytest.fixture(autouse=True)
-def offline_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Every test: no outside network, fake credentials, a clean client cache."""
+def offline_aws(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every test: no outside network, fake credentials, a clean client cache.
+
+    End-to-end tests share one running local stack per module, which owns its environment.
+    """
     from llmhost import aws, runtime
 
     monkeypatch.setattr(socket.socket, "connect", _loopback_only)
+    if request.node.get_closest_marker("e2e"):
+        yield
+        return
     for key, value in {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",

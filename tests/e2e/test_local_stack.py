@@ -1,0 +1,227 @@
+"""End to end over real HTTP against the local runner: create a model, ingest documents,
+ask with /v1/rag, chat and stream with the real ``openai`` package.
+
+Everything is the product's own path: SigV4-signed requests to the API handlers, the
+reconciler driven by stream/EventBridge-shaped events, the SageMaker stand-in, the SageMaker
+runtime front with the local engine, embedded Qdrant and the ONNX embedder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from llmhost.local import runner
+
+pytestmark = pytest.mark.e2e
+
+DOCS = [
+    {
+        "id": "volcano",
+        "text": "Mount Etna is an active stratovolcano on the east coast of Sicily. "
+        "It is the tallest active volcano in Europe outside the Caucasus.",
+        "metadata": {"topic": "geology"},
+    },
+    {
+        "id": "bread",
+        "text": "Sourdough bread is leavened by a culture of wild yeast and lactic acid "
+        "bacteria. The starter must be fed with flour and water every day.",
+        "metadata": {"topic": "cooking"},
+    },
+    {"id": "empty", "text": "   "},
+]
+
+
+class Local:
+    def __init__(self, cloud: runner.LocalCloud, api: str, openai: str) -> None:
+        self.cloud, self.api, self.openai = cloud, api, openai
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else b""
+        url = self.api + path
+        request = AWSRequest(
+            method=method, url=url, data=data, headers={"Content-Type": "application/json"}
+        )
+        creds = Credentials(runner.ACCESS_KEY, runner.SECRET_KEY)
+        SigV4Auth(creds, "execute-api", runner.REGION).add_auth(request)
+        http = urllib.request.Request(
+            url, data=data or None, headers=dict(request.headers), method=method
+        )
+        try:
+            with urllib.request.urlopen(http, timeout=60) as reply:
+                return reply.status, json.loads(reply.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"{}")
+
+    def wait_for(self, name: str, status: str, timeout: float = 30) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code, body = self.call("GET", f"/v1/deployments/{name}")
+            if code == 200 and body["status"] == status:
+                return body
+            time.sleep(0.2)
+        raise AssertionError(f"{name} never reached {status}: {body}")
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Local]:
+    from llmhost import aws, runtime
+
+    saved = dict(os.environ)
+    os.environ["QDRANT_PATH"] = str(tmp_path_factory.mktemp("qdrant"))
+    # 600x: an endpoint is created in one second; the engine streams a token every 20 ms
+    cloud = runner.LocalCloud(moto_port=0, speed=600, drift_seconds=0.5, token_interval_ms=20)
+    cloud.log = lambda line: None
+    cloud.start()
+    api = runner.serve(0, cloud)
+    openai_server = cloud.start_openai_server(0)
+    try:
+        yield Local(cloud, runner.url_of(api), runner.url_of(openai_server) + "/v1")
+    finally:
+        api.shutdown()
+        openai_server.shutdown()
+        cloud.stop()
+        os.environ.clear()
+        os.environ.update(saved)
+        aws.reset()
+        runtime.reset()
+
+
+def test_unsigned_requests_are_refused(local: Local) -> None:
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(local.api + "/v1/deployments", timeout=10)
+    assert refused.value.code == 403
+
+
+def test_the_whole_path(local: Local) -> None:
+    from openai import APIStatusError, OpenAI
+
+    # Given a model created through the API and brought up by the reconciler
+    spec = {"name": "zephyr", "model": {"model_id": "HuggingFaceH4/zephyr-7b-beta"}}
+    assert local.call("POST", "/v1/deployments", spec)[0] == 201
+    local.wait_for("zephyr", "IN_SERVICE")
+
+    # When documents are ingested, the bad one is reported and the others land
+    code, report = local.call("POST", "/v1/collections/kb/documents", {"documents": DOCS})
+    assert code == 200
+    assert sorted(d["id"] for d in report["indexed"]) == ["bread", "volcano"]
+    assert report["rejected"][0]["id"] == "empty" and "text" in report["rejected"][0]["field"]
+
+    # Then /v1/rag answers from the right document, with sources and a latency breakdown
+    code, answer = local.call(
+        "POST",
+        "/v1/rag",
+        {"model": "zephyr", "collection": "kb", "query": "Where is Mount Etna?", "k": 2},
+    )
+    assert code == 200, answer
+    assert "Sicily" in answer["answer"] and "not an LLM" in answer["answer"]
+    assert answer["sources"][0]["id"] == "volcano"
+    assert set(answer["latency_ms"]) >= {"embed", "retrieve", "generate", "total"}
+    assert answer["usage"]["total_tokens"] > 0
+
+    # And a metadata filter keeps the other topic out
+    code, filtered = local.call(
+        "POST",
+        "/v1/rag",
+        {
+            "model": "zephyr",
+            "collection": "kb",
+            "query": "Where is Mount Etna?",
+            "filters": {"topic": "cooking"},
+        },
+    )
+    assert code == 200 and {s["id"] for s in filtered["sources"]} == {"bread"}
+
+    # And the openai package works unchanged: models, chat, and a stream that really streams
+    client = OpenAI(base_url=local.openai, api_key=runner.LOCAL_API_KEY)
+    assert "zephyr" in [m.id for m in client.models.list()]
+    reply = client.chat.completions.create(
+        model="zephyr",
+        messages=[{"role": "user", "content": "How is sourdough leavened?"}],
+        extra_body={"rag": {"collection": "kb", "k": 1}},
+    )
+    assert "wild yeast" in reply.choices[0].message.content
+
+    started = time.perf_counter()
+    arrivals: list[float] = []
+    text = []
+    stream = client.chat.completions.create(
+        model="zephyr",
+        messages=[{"role": "user", "content": "How is sourdough leavened?"}],
+        stream=True,
+        extra_body={"rag": {"collection": "kb", "k": 1}},
+    )
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            arrivals.append(time.perf_counter() - started)
+            text.append(chunk.choices[0].delta.content)
+    assert "".join(text) == reply.choices[0].message.content
+    # tokens arrive one by one: the first well before the last (20 ms apart at the engine)
+    assert len(arrivals) > 5
+    assert arrivals[-1] - arrivals[0] >= 0.02 * (len(arrivals) - 2)
+
+    # And errors are OpenAI-shaped: unknown model 404, bad key 401
+    with pytest.raises(APIStatusError) as missing:
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+    assert missing.value.status_code == 404
+    bad = OpenAI(base_url=local.openai, api_key="wrong")
+    with pytest.raises(APIStatusError) as denied:
+        bad.models.list()
+    assert denied.value.status_code == 401
+
+    # When the document is deleted, it is no longer retrieved
+    assert local.call("DELETE", "/v1/collections/kb/documents/volcano")[0] == 200
+    code, after = local.call(
+        "POST", "/v1/rag", {"model": "zephyr", "collection": "kb", "query": "Where is Mount Etna?"}
+    )
+    assert code == 200 and {s["id"] for s in after["sources"]} == {"bread"}
+
+
+def test_a_sleeping_model_answers_503_with_retry_after(local: Local) -> None:
+    spec = {"name": "sleepy", "model": {"model_id": "HuggingFaceH4/zephyr-7b-beta"}}
+    assert local.call("POST", "/v1/deployments", spec)[0] == 201
+    local.wait_for("sleepy", "IN_SERVICE")
+    assert local.call("POST", "/v1/deployments/sleepy/sleep")[0] == 202
+    local.wait_for("sleepy", "SLEEPING")
+    time.sleep(10.5)  # the model directory caches the registry for 10 s
+    request = urllib.request.Request(
+        local.openai + "/chat/completions",
+        data=json.dumps(
+            {"model": "sleepy", "messages": [{"role": "user", "content": "hi"}]}
+        ).encode(),
+        headers={
+            "Authorization": f"Bearer {runner.LOCAL_API_KEY}",
+            "Content-Type": "application/json",
+        },
+        method="POST",
+    )
+    with pytest.raises(urllib.error.HTTPError) as asleep:
+        urllib.request.urlopen(request, timeout=10)
+    assert asleep.value.code == 503
+    assert int(asleep.value.headers["Retry-After"]) > 0
+    body = json.loads(asleep.value.read())
+    assert "asleep" in body["error"]["message"]
+
+
+def test_ingest_folder_cli(local: Local, tmp_path: Path) -> None:
+    from llmhost.local import ingest_folder
+
+    (tmp_path / "a.md").write_text("# Tides\nTides are caused by the Moon's gravity.")
+    (tmp_path / "b.jsonl").write_text(
+        '{"id": "x1", "text": "Comets have icy nuclei."}\n{bad json\n'
+    )
+    code = ingest_folder.main([str(tmp_path), "--collection", "cli", "--api", local.api])
+    assert code == 1  # one bad line is reported, the rest landed
+    status, info = local.call("GET", "/v1/collections/cli")
+    assert status == 200 and info["points"] >= 2
