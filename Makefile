@@ -84,7 +84,7 @@ bench-retrieval: $(VENV)/.installed embedding-model
 
 ## bench-serving: llmhost overhead and time to first token vs the bare engine, function sizes
 bench-serving: $(VENV)/.installed $(SAM_VENV)/.installed embedding-model
-	$(PY) bench/serving.py
+	$(SAM_ENV) $(PY) bench/serving.py
 
 clean:
 	rm -rf .aws-sam $(VENV) $(SAM_VENV) $(EXPORT_VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -190,7 +190,7 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     for name in DEFAULTS:
         path: Path = getattr(args, name)
         if not path.exists():
-            hint = " (build it with make embeddings)" if name == "model" else ""
+            hint = " (build it with `make embedding-model`)" if name == "model" else ""
             raise SystemExit(f"--{name}: {path} does not exist{hint}")
     return args
 

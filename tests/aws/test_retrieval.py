@@ -3,10 +3,14 @@ misses, filters, per-document results, and the collection lifecycle's errors."""
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from qdrant_client import QdrantClient
@@ -20,7 +24,9 @@ from llmhost.rag.store import (
     InvalidCollectionName,
     InvalidFilter,
     VectorStore,
+    VectorStoreUnavailable,
     parse_filters,
+    store_from_env,
 )
 
 
@@ -79,9 +85,8 @@ DOCS: list[dict[str, Any]] = [
         "metadata": {"kind": "faq", "year": 2024},
     },
     {
-        "id": "car",
-        "text": "Check the tire pressure of your car every month, and fix any slow leak "
-        "before a long trip.",
+        "id": "kettle",
+        "text": "Descale the kettle with vinegar once a month to keep it working well.",
         "metadata": {"kind": "howto", "year": 2019},
     },
     {
@@ -130,7 +135,7 @@ def test_hybrid_finds_a_paraphrase_that_bm25_alone_misses(
     kb: VectorStore, embedder: OnnxEmbedder
 ) -> None:
     # Given a question sharing no word with its answer ("bicycle tyre" for "bike tire"),
-    # while other documents share "flat", "tire", "fix" and "bike"
+    # while two other documents share "flat", "tire", "fix" and "bike"
     # Then BM25 misses the answer, dense ranks it first, and the hybrid keeps it
     assert "bike" not in ids(kb, embedder, PARAPHRASE_QUERY, mode="sparse")
     assert ids(kb, embedder, PARAPHRASE_QUERY, mode="dense")[0] == "bike"
@@ -154,11 +159,11 @@ def test_hits_carry_text_offsets_metadata_and_timings(
     ("filters", "expected"),
     [
         ({"kind": "faq"}, {"retry", "shipping", "apartment"}),
-        ({"kind": ["howto", "changelog"]}, {"bike", "car", "code"}),
+        ({"kind": ["howto", "changelog"]}, {"bike", "kettle", "code"}),
         ({"year": {"gte": 2022, "lte": 2023}}, {"upload-errors", "error-codes", "retry"}),
         ({"tags": "upload"}, {"upload-errors", "retry"}),
         ({"kind": "faq", "year": {"lt": 2020}}, {"apartment"}),
-        ({"doc_id": ["bike", "car"]}, {"bike", "car"}),
+        ({"doc_id": ["bike", "kettle"]}, {"bike", "kettle"}),
         ({"kind": "nothing-like-this"}, set()),
     ],
 )
@@ -273,3 +278,80 @@ def test_a_stopword_only_query_still_gets_dense_results(
 ) -> None:
     assert len(ids(kb, embedder, "what is it about")) == 3
     assert ids(kb, embedder, "what is it about", mode="sparse") == []
+
+
+# ------------------------------------------------------------------------- configuration
+
+
+def test_store_from_env_defaults_to_embedded_qdrant_in_a_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given no server URL, only a folder
+    monkeypatch.delenv("QDRANT_URL", raising=False)
+    monkeypatch.setenv("QDRANT_PATH", str(tmp_path / "data"))
+    store = store_from_env()
+    # Then collections live in that folder and survive a reopen
+    store.create_collection("notes", 4)
+    store.close()
+    reopened = store_from_env()
+    assert reopened.collections() == ["notes"]
+    reopened.close()
+    assert (tmp_path / "data").is_dir()
+
+
+class _QdrantLike(BaseHTTPRequestHandler):
+    """Answers GET /collections like a Qdrant server and records the API key it was sent."""
+
+    seen_keys: ClassVar[list[str | None]] = []
+
+    def do_GET(self) -> None:
+        type(self).seen_keys.append(self.headers.get("api-key"))
+        body = json.dumps(
+            {"result": {"collections": [{"name": "remote"}]}, "status": "ok", "time": 0.0}
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.filterwarnings("ignore:Api key is used with an insecure connection")
+def test_store_from_env_uses_the_server_url_and_the_api_key_secret(
+    moto_aws: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a Qdrant server and its API key in Secrets Manager (as JSON)
+    from llmhost import aws
+
+    secret = aws.client("secretsmanager").create_secret(
+        Name="llmhost/qdrant", SecretString=json.dumps({"api_key": "k-123"})
+    )
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _QdrantLike)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("QDRANT_URL", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.setenv("QDRANT_API_KEY_SECRET_ARN", secret["ARN"])
+    try:
+        # When the store lists collections
+        names = store_from_env().collections()
+    finally:
+        server.shutdown()
+    # Then it asked that server, with the secret's key
+    assert names == ["remote"]
+    assert _QdrantLike.seen_keys == ["k-123"]
+
+
+def test_an_unreachable_server_is_a_503_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a URL where nothing listens (a port just released)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("QDRANT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("QDRANT_API_KEY_SECRET_ARN", raising=False)
+    with pytest.raises(VectorStoreUnavailable) as caught:
+        store_from_env().collections()
+    assert caught.value.status == 503 and "QDRANT_URL" in caught.value.message

@@ -7,6 +7,8 @@ milliseconds; `sam validate --lint` and `sam build` cover what only the transfor
 from __future__ import annotations
 
 import copy
+import fnmatch
+import hashlib
 import json
 import os
 import re
@@ -35,6 +37,24 @@ ROUTES: dict[tuple[str, str], str] = {
     ("POST", r"/v1/plan"): "plan",
     ("GET", r"/v1/openapi\.json"): "openapi",
 }
+
+# The serving API's routes: explicit resources on the same API, which API Gateway prefers to
+# /{proxy+}; they must be exactly what llmhost.api.serving routes (checked below).
+SERVING_ROUTES = {
+    ("POST", "/v1/rag"),
+    ("POST", "/v1/chat/completions"),
+    ("GET", "/v1/models"),
+    ("GET", "/v1/collections"),
+    ("POST", "/v1/collections"),
+    ("GET", "/v1/collections/{name}"),
+    ("DELETE", "/v1/collections/{name}"),
+    ("POST", "/v1/collections/{name}/documents"),
+    ("DELETE", "/v1/collections/{name}/documents/{doc_id}"),
+}
+
+# The functions that embed or retrieve, and so carry the embedding and retrieval layers.
+DATA_PLANE = {"ServeFunction", "StreamFunction", "IngestFunction"}
+CONTROL_PLANE = {"ApiFunction", "ReconcileFunction"}
 
 # Actions that have no resource-level permissions, so "Resource": "*" is the only option.
 RESOURCE_STAR_ALLOWED = {
@@ -86,13 +106,19 @@ def _resources(template: dict[str, Any], type_: str) -> dict[str, dict[str, Any]
     return {k: v for k, v in template["Resources"].items() if v["Type"] == type_}
 
 
-def _merge(base: Any, override: Any) -> Any:
-    """SAM's Globals rule: maps merge key by key, anything else is replaced."""
+def _merge(base: Any, override: Any, key: str = "") -> Any:
+    """SAM's Globals rules: maps merge key by key, lists are the global entries followed by
+    the function's (Layers), except Architectures, which the function replaces; anything
+    else is replaced."""
     if isinstance(base, dict) and isinstance(override, dict):
         merged = copy.deepcopy(base)
-        for key, value in override.items():
-            merged[key] = _merge(merged[key], value) if key in merged else copy.deepcopy(value)
+        for name, value in override.items():
+            merged[name] = (
+                _merge(merged[name], value, name) if name in merged else copy.deepcopy(value)
+            )
         return merged
+    if isinstance(base, list) and isinstance(override, list) and key != "Architectures":
+        return copy.deepcopy(base + override)
     return copy.deepcopy(override)
 
 
@@ -102,6 +128,18 @@ def _functions(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {
         name: _merge(defaults, resource["Properties"])
         for name, resource in _resources(template, "AWS::Serverless::Function").items()
+    }
+
+
+def test_merge_follows_sam_globals_rules() -> None:
+    # Given Globals with a layer, an architecture and variables, and a function adding its own
+    defaults = {"Layers": ["A"], "Architectures": ["arm64"], "Environment": {"V": {"X": "1"}}}
+    function = {"Layers": ["B"], "Architectures": ["x86_64"], "Environment": {"V": {"Y": "2"}}}
+    # Then layers add up (global first), architectures are replaced, variables merge
+    assert _merge(defaults, function) == {
+        "Layers": ["A", "B"],
+        "Architectures": ["x86_64"],
+        "Environment": {"V": {"X": "1", "Y": "2"}},
     }
 
 
@@ -189,11 +227,14 @@ def _role_statements(template: dict[str, Any], role: str) -> list[dict[str, Any]
     return [s for _, s in _statements(policies)]
 
 
+def _actions(statements: list[dict[str, Any]]) -> set[str]:
+    return {a for s in statements for a in _as_list(s["Action"])}
+
+
 def test_functions_use_their_own_least_privilege_roles(template: dict[str, Any]) -> None:
     roles = {name: props.get("Role") for name, props in _functions(template).items()}
     assert roles == {
-        "ApiFunction": {"Fn::GetAtt": ["ApiFunctionRole", "Arn"]},
-        "ReconcileFunction": {"Fn::GetAtt": ["ReconcileFunctionRole", "Arn"]},
+        name: {"Fn::GetAtt": [f"{name}Role", "Arn"]} for name in DATA_PLANE | CONTROL_PLANE
     }
     api_actions = {
         a for s in _role_statements(template, "ApiFunctionRole") for a in _as_list(s["Action"])
@@ -201,6 +242,135 @@ def test_functions_use_their_own_least_privilege_roles(template: dict[str, Any])
     # The API only touches the registry (plus its own logs and traces).
     assert {a.split(":")[0] for a in api_actions} == {"dynamodb", "logs", "xray"}
     assert not any(a.startswith("sagemaker:") or a == "iam:PassRole" for a in api_actions)
+
+
+SAGEMAKER_RUNTIME = {"sagemaker:InvokeEndpoint", "sagemaker:InvokeEndpointWithResponseStream"}
+ACCOUNT_ARN = "arn:${AWS::Partition}:sagemaker:${AWS::Region}:${AWS::AccountId}:"
+
+
+def test_serving_roles_read_the_registry_and_invoke_models_only(template: dict[str, Any]) -> None:
+    for role in ("ServeFunctionRole", "StreamFunctionRole"):
+        statements = _role_statements(template, role)
+        by_sid = {s["Sid"]: s for s in statements}
+        # Read-only registry access: serving never changes a deployment.
+        assert set(_as_list(by_sid["RegistryRead"]["Action"])) == {
+            "dynamodb:GetItem",
+            "dynamodb:Query",
+            "dynamodb:Scan",
+        }, role
+        assert by_sid["RegistryRead"]["Resource"] == {"Fn::GetAtt": ["RegistryTable", "Arn"]}
+        # Invocations only, on endpoints and inference components of this account and region
+        # (a call naming an InferenceComponentName is authorized against both).
+        invoke = by_sid["InvokeModels"]
+        assert set(_as_list(invoke["Action"])) == SAGEMAKER_RUNTIME, role
+        assert [r["Fn::Sub"] for r in invoke["Resource"]] == [
+            ACCOUNT_ARN + "endpoint/*",
+            ACCOUNT_ARN + "inference-component/*",
+        ], role
+        sagemaker = {a for a in _actions(statements) if a.startswith("sagemaker:")}
+        assert sagemaker == SAGEMAKER_RUNTIME, role
+        assert not {a for a in _actions(statements) if a.startswith("s3:") or a == "iam:PassRole"}
+
+
+def test_both_invoke_actions_accept_the_resource_types_granted() -> None:
+    # The service authorization reference (shipped with cfn-lint) lists the resource types
+    # each action is authorized against: both must accept endpoints and inference components.
+    import cfnlint
+
+    data = Path(cfnlint.__path__[0]) / "data" / "AdditionalSpecs" / "Policies.json"
+    actions = json.loads(data.read_text())["sagemaker"]["Actions"]
+    for action in SAGEMAKER_RUNTIME:
+        resources = set(actions[action.split(":")[1].lower()]["Resources"])
+        assert resources >= {"endpoint", "inference-component"}, action
+
+
+def test_secrets_are_read_only_where_needed(template: dict[str, Any]) -> None:
+    secret_reads: dict[str, list[Any]] = {}
+    for role in DATA_PLANE:
+        for statement in _role_statements(template, f"{role}Role"):
+            if "secretsmanager:GetSecretValue" in _as_list(statement["Action"]):
+                secret_reads.setdefault(role, []).append(statement["Resource"])
+    api_keys = {
+        "Fn::If": ["CreateApiKeysSecret", {"Ref": "ApiKeysSecret"}, {"Ref": "ApiKeysSecretArn"}]
+    }
+    qdrant = {"Ref": "QdrantApiKeySecretArn"}
+    # Only the stream function reads the API key hashes; all three reach Qdrant.
+    assert secret_reads == {
+        "StreamFunction": [api_keys, qdrant],
+        "ServeFunction": [qdrant],
+        "IngestFunction": [qdrant],
+    }
+    # The Qdrant grant exists only when a secret is configured (an Fn::If on the condition).
+    for role in DATA_PLANE:
+        raw = json.dumps(template["Resources"][f"{role}Role"]["Properties"]["Policies"])
+        assert raw.count('"HasQdrantApiKeySecret"') == 1, role
+    # The created secret stays outside SecretsPrefix, which SageMaker models may read.
+    secret = template["Resources"]["ApiKeysSecret"]
+    assert secret["Condition"] == "CreateApiKeysSecret"
+    assert secret["Properties"]["Name"] == {"Fn::Sub": "${AWS::StackName}-api-keys"}
+    assert json.loads(secret["Properties"]["SecretString"]) == {}
+
+
+def test_ingest_reads_only_the_collections_prefix_of_its_bucket(template: dict[str, Any]) -> None:
+    role = template["Resources"]["IngestFunctionRole"]
+    actions = _actions(_role_statements(template, "IngestFunctionRole"))
+    assert {a.split(":")[0] for a in actions} == {
+        "logs",
+        "xray",
+        "sqs",
+        "sagemaker",
+        "secretsmanager",
+    }
+    # The S3 grant lives in its own policy: the bucket's notifications depend on the function,
+    # which depends on its role, so the role cannot name the bucket without a cycle.
+    policies = {
+        name: resource["Properties"]
+        for name, resource in _resources(template, "AWS::IAM::RolePolicy").items()
+    }
+    assert list(policies) == ["IngestFunctionDocumentsRead"]
+    read = policies["IngestFunctionDocumentsRead"]
+    assert read["RoleName"] == {"Ref": "IngestFunctionRole"}
+    assert read["PolicyDocument"]["Statement"] == [
+        {
+            "Sid": "DocumentsRead",
+            "Effect": "Allow",
+            "Action": "s3:GetObject",
+            "Resource": {"Fn::Sub": "${DocumentsBucket.Arn}/collections/*"},
+        }
+    ]
+    assert "DocumentsBucket" not in json.dumps(role)
+
+
+def test_ingest_invokes_only_the_configured_embedding_endpoint(template: dict[str, Any]) -> None:
+    policies = template["Resources"]["IngestFunctionRole"]["Properties"]["Policies"]
+    (policy,) = policies
+    conditional = [
+        s["Fn::If"]
+        for s in policy["PolicyDocument"]["Statement"]
+        if isinstance(s, dict) and "Fn::If" in s
+    ]
+    (embedding,) = [branch for branch in conditional if branch[0] == "UseSageMakerEmbeddings"]
+    statement = embedding[1]
+    assert embedding[2] == {"Ref": "AWS::NoValue"}
+    assert statement["Action"] == "sagemaker:InvokeEndpoint"
+    endpoint, component = statement["Resource"]
+    assert endpoint == {"Fn::Sub": ACCOUNT_ARN + "endpoint/${EmbeddingEndpointName}"}
+    assert component["Fn::If"][0] == "HasEmbeddingInferenceComponent"
+    assert component["Fn::If"][1] == {
+        "Fn::Sub": ACCOUNT_ARN + "inference-component/${EmbeddingInferenceComponent}"
+    }
+    # The condition needs both the backend and the endpoint, and a rule refuses the first
+    # without the second before anything is created.
+    conditions = template["Conditions"]
+    assert conditions["UseSageMakerEmbeddings"] == {
+        "Fn::And": [
+            {"Fn::Equals": [{"Ref": "EmbeddingBackend"}, "sagemaker"]},
+            {"Fn::Not": [{"Fn::Equals": [{"Ref": "EmbeddingEndpointName"}, ""]}]},
+        ]
+    }
+    rule = template["Rules"]["SageMakerEmbeddingsNeedAnEndpoint"]
+    assert rule["RuleCondition"] == {"Fn::Equals": [{"Ref": "EmbeddingBackend"}, "sagemaker"]}
+    assert rule["Assertions"][0]["Assert"] == conditions["UseSageMakerEmbeddings"]["Fn::And"][1]
 
 
 def test_pass_role_is_limited_to_the_sagemaker_execution_role(template: dict[str, Any]) -> None:
@@ -261,11 +431,13 @@ def test_every_api_route_requires_iam_signing(template: dict[str, Any]) -> None:
     assert "DefinitionBody" not in props and "DefinitionUri" not in props
     assert props["TracingEnabled"] is True
     assert "DestinationArn" in props["AccessLogSetting"]
-    # Nothing reachable around the signed API.
+    # Nothing reachable around the signed API but the API-key streaming URL (checked below).
     assert not _resources(template, "AWS::Serverless::HttpApi")
+    assert not _resources(template, "AWS::Lambda::Url")
     routes = 0
     for name, function in _functions(template).items():
-        assert "FunctionUrlConfig" not in function, f"{name} has an unsigned function URL"
+        if name != "StreamFunction":
+            assert "FunctionUrlConfig" not in function, f"{name} has an unsigned function URL"
         for event in function.get("Events", {}).values():
             assert event["Type"] not in {"HttpApi"}, f"{name}: HTTP API bypasses the REST API"
             if event["Type"] != "Api":
@@ -275,16 +447,44 @@ def test_every_api_route_requires_iam_signing(template: dict[str, Any]) -> None:
             assert event["Properties"]["RestApiId"] == {"Ref": "Api"}
             override = event["Properties"].get("Auth", {}).get("Authorizer", "AWS_IAM")
             assert override == "AWS_IAM", f"{name}: route overrides IAM auth"
-    assert routes >= 1
+            assert "ApiKeyRequired" not in event["Properties"].get("Auth", {}), name
+    assert routes == 1 + len(SERVING_ROUTES)
 
 
-def _served_routes(template: dict[str, Any]) -> list[tuple[str, str]]:
+def _served_routes(template: dict[str, Any], only: str | None = None) -> list[tuple[str, str]]:
     return [
         (event["Properties"]["Method"].upper(), event["Properties"]["Path"])
-        for function in _functions(template).values()
+        for name, function in _functions(template).items()
         for event in function.get("Events", {}).values()
-        if event["Type"] == "Api"
+        if event["Type"] == "Api" and only in {None, name}
     ]
+
+
+def test_serving_routes_are_exactly_what_the_serving_app_routes(template: dict[str, Any]) -> None:
+    from llmhost.api.serving import build_serving_app
+
+    # Given the serving app as functions/serve builds it (its routes need no dependencies)
+    app = build_serving_app(lambda: None, lambda: None, lambda: None)  # type: ignore[arg-type,return-value]
+    paths = app.get_openapi_schema().paths or {}
+    routed = {
+        (method.upper(), path)
+        for path, item in paths.items()
+        for method in ("get", "post", "put", "patch", "delete")
+        if getattr(item, method, None) is not None
+    }
+    # Then the template sends exactly those routes to ServeFunction, and only ApiFunction
+    # has the catch-all: a route missing here would land on the deployment API as a 404.
+    assert routed == SERVING_ROUTES
+    assert set(_served_routes(template, "ServeFunction")) == SERVING_ROUTES
+    assert _served_routes(template, "ApiFunction") == [("ANY", "/{proxy+}")]
+    assert _functions(template)["ServeFunction"]["Handler"] == "app.handler"
+
+
+def _path_parameters(resource: str, path: str) -> dict[str, str] | None:
+    pattern = re.sub(r"\\{(\w+)\\}", r"(?P<\1>[^/]+)", re.escape(resource))
+    match = re.fullmatch(pattern, path)
+    assert match is not None, f"{path} does not match {resource}"
+    return match.groupdict() or None
 
 
 def test_api_events_route_to_paths_the_template_serves(template: dict[str, Any]) -> None:
@@ -292,33 +492,109 @@ def test_api_events_route_to_paths_the_template_serves(template: dict[str, Any])
     stage = template["Parameters"]["StageName"]["Default"]
     samples = _events("api-")
     covered = set()
+    serving_covered = set()
     assert samples, "no API sample events"
     for name, event in samples.items():
         method, path = event["httpMethod"], event["path"]
         # The REST proxy event names the template route that matched.
-        assert (event["resource"], event["requestContext"]["resourcePath"]) == ("/{proxy+}",) * 2
-        assert any(p == event["resource"] and m in {"ANY", method} for m, p in served), (
-            f"{name}: {method} {event['resource']} is not a route of the template"
+        resource = event["resource"]
+        assert event["requestContext"]["resourcePath"] == resource, name
+        assert any(p == resource and m in {"ANY", method} for m, p in served), (
+            f"{name}: {method} {resource} is not a route of the template"
         )
-        assert event["pathParameters"] == {"proxy": path.lstrip("/")}, name
         assert event["requestContext"]["path"] == f"/{stage}{path}", name
+        assert event["requestContext"]["httpMethod"] == method, name
         assert event["requestContext"]["stage"] == stage, name
         # Every route is IAM-signed: the caller is an IAM principal.
         identity = event["requestContext"]["identity"]
         assert identity["userArn"].startswith("arn:aws:"), name
         assert identity["accessKey"] and identity["accountId"], name
         assert event["headers"]["Authorization"].startswith("AWS4-HMAC-SHA256 "), name
+        if event["body"] is not None:
+            json.loads(event["body"])
+            assert event["headers"]["Content-Type"] == "application/json", name
+        if resource != "/{proxy+}":
+            # An explicit serving resource: API Gateway fills in its {parameters}.
+            assert (method, resource) in SERVING_ROUTES, name
+            assert event["pathParameters"] == _path_parameters(resource, path), name
+            serving_covered.add((method, resource))
+            continue
+        assert event["pathParameters"] == {"proxy": path.lstrip("/")}, name
         matches = [
             r for (m, pattern), r in ROUTES.items() if m == method and re.fullmatch(pattern, path)
         ]
         assert len(matches) == 1, f"{name}: {method} {path} is not an llmhost route"
         covered.add(matches[0])
-        if event["body"] is not None:
-            json.loads(event["body"])
-            assert event["headers"]["Content-Type"] == "application/json", name
     assert covered == set(ROUTES.values()), (
         f"routes without a sample: {set(ROUTES.values()) - covered}"
     )
+    assert serving_covered == SERVING_ROUTES, (
+        f"serving routes without a sample: {SERVING_ROUTES - serving_covered}"
+    )
+
+
+class _WordEmbedder:
+    """Whitespace tokens and hashed unit vectors: enough to run real ingestion offline."""
+
+    dimension = 8
+    max_tokens = 256
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        return [m.span() for m in re.finditer(r"\S+", text)]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.token_spans(text))
+
+    def embed(self, texts: Any) -> Any:
+        import numpy as np
+
+        rows = [
+            np.frombuffer(hashlib.sha256(text.encode()).digest()[:8], dtype=np.uint8) + 1.0
+            for text in texts
+        ]
+        matrix = np.asarray(rows, dtype=np.float32)
+        return matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+
+
+def test_serving_sample_bodies_match_the_request_models() -> None:
+    from llmhost.api.serving import CreateCollection, DocumentsBody
+    from llmhost.serving.requests import ChatCompletionRequest, RagRequest
+
+    samples = _events("api-")
+    rag = RagRequest.model_validate(json.loads(samples["api-rag.json"]["body"]))
+    assert rag.collection == "docs" and rag.filters
+    chat = ChatCompletionRequest.model_validate(
+        json.loads(samples["api-chat-completions.json"]["body"])
+    )
+    # API Gateway buffers: the sample must be the non-streamed form the serve function answers.
+    assert not chat.stream and chat.rag is not None and chat.rag.collection == "docs"
+    created = CreateCollection.model_validate(
+        json.loads(samples["api-collections-create.json"]["body"])
+    )
+    assert created.name == samples["api-collection-get.json"]["pathParameters"]["name"]
+    DocumentsBody.model_validate(json.loads(samples["api-documents-add.json"]["body"]))
+    deleted = samples["api-document-delete.json"]["pathParameters"]["doc_id"]
+    added = json.loads(samples["api-documents-add.json"]["body"])["documents"]
+    assert deleted in {d["id"] for d in added}
+
+
+def test_documents_sample_lands_all_but_its_one_bad_document() -> None:
+    from qdrant_client import QdrantClient
+
+    from llmhost.rag.ingest import ingest_documents
+    from llmhost.rag.store import VectorStore
+
+    # Given the sample batch and an in-memory collection
+    sample = json.loads((EVENTS / "api-documents-add.json").read_text())
+    documents = json.loads(sample["body"])["documents"]
+    embedder = _WordEmbedder()
+    store = VectorStore(QdrantClient(":memory:"))
+    store.create_collection("docs", embedder.dimension)
+    # When it is ingested through the real path
+    report = ingest_documents("docs", documents, embedder, store)  # type: ignore[arg-type]
+    # Then exactly one document is reported, by field, and the rest land
+    assert [r.field for r in report.rejected] == ["documents[1].text"]
+    assert {i.id for i in report.indexed} == {d["id"] for d in documents} - {"draft-notes"}
 
 
 def test_api_sample_bodies_match_the_spec_model() -> None:
@@ -338,20 +614,126 @@ def test_api_sample_bodies_match_the_spec_model() -> None:
 # ---------------------------------------------------------------------------- functions
 
 
+LWA_LAYER = (
+    "arn:${AWS::Partition}:lambda:${AWS::Region}:753240598075:layer:"
+    "LambdaAdapterLayerArm64:${LambdaAdapterLayerVersion}"
+)
+
+
 def test_every_function_runs_python313_arm64_with_the_layer(template: dict[str, Any]) -> None:
     functions = _functions(template)
-    assert set(functions) == {"ApiFunction", "ReconcileFunction"}
+    assert set(functions) == DATA_PLANE | CONTROL_PLANE
     for name, props in functions.items():
         assert props["Runtime"] == "python3.13", name
         assert props["Architectures"] == ["arm64"], name
         assert props["Tracing"] == "Active", name
         assert {"Ref": "LlmhostLayer"} in props["Layers"], name
-        handler_file = ROOT / props["CodeUri"] / (props["Handler"].split(".")[0] + ".py")
+        if props["Handler"].endswith(".sh"):
+            # The Lambda Web Adapter executes the handler as a program.
+            handler_file = ROOT / props["CodeUri"] / props["Handler"]
+            assert os.access(handler_file, os.X_OK), f"{name}: {handler_file} is not executable"
+        else:
+            handler_file = ROOT / props["CodeUri"] / (props["Handler"].split(".")[0] + ".py")
         assert handler_file.is_file(), f"{name}: {handler_file} is missing"
         assert props["LoggingConfig"]["LogGroup"]["Ref"] in template["Resources"], name
     sizes = {name: (props["MemorySize"], props["Timeout"]) for name, props in functions.items()}
-    # 29 s is API Gateway's integration timeout.
-    assert sizes == {"ApiFunction": (512, 29), "ReconcileFunction": (512, 120)}
+    # 29 s is API Gateway's integration timeout; the data plane's memory buys CPU to embed.
+    assert sizes == {
+        "ApiFunction": (512, 29),
+        "ReconcileFunction": (512, 120),
+        "ServeFunction": (2048, 29),
+        "StreamFunction": (2048, {"Ref": "StreamTimeout"}),
+        "IngestFunction": (2048, 300),
+    }
+
+
+def test_only_the_functions_that_embed_carry_the_embedding_runtime(
+    template: dict[str, Any],
+) -> None:
+    functions = _functions(template)
+    layers = {name: props["Layers"] for name, props in functions.items()}
+    data_plane = [{"Ref": "LlmhostLayer"}, {"Ref": "EmbeddingLayer"}, {"Ref": "RetrievalLayer"}]
+    assert layers["ServeFunction"] == data_plane
+    assert layers["IngestFunction"] == data_plane
+    assert layers["StreamFunction"] == [*data_plane, {"Fn::Sub": LWA_LAYER}]
+    for name in CONTROL_PLANE:
+        # 13 MB instead of 160: the control plane starts fast and never imports them.
+        assert layers[name] == [{"Ref": "LlmhostLayer"}], name
+    version = template["Parameters"]["LambdaAdapterLayerVersion"]
+    assert version["Type"] == "Number" and version["Default"] >= 30
+
+
+def _layer_requirements(content: Path) -> set[str]:
+    return {
+        re.split(r"[\[<>=~ ;]", line)[0].lower()
+        for line in (content / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+
+
+def test_data_plane_layers_build_arm64_from_their_makefiles(template: dict[str, Any]) -> None:
+    expected = {
+        "EmbeddingLayer": ("layers/embeddings/", {"onnxruntime", "numpy", "tokenizers"}),
+        "RetrievalLayer": ("layers/retrieval/", {"qdrant-client", "snowballstemmer"}),
+    }
+    for name, (content_uri, requirements) in expected.items():
+        layer = template["Resources"][name]
+        assert layer["Type"] == "AWS::Serverless::LayerVersion", name
+        assert layer["Metadata"] == {"BuildMethod": "makefile", "BuildArchitecture": "arm64"}
+        props = layer["Properties"]
+        assert props["ContentUri"] == content_uri, name
+        assert props["CompatibleArchitectures"] == ["arm64"], name
+        assert props["CompatibleRuntimes"] == ["python3.13"], name
+        makefile = (ROOT / content_uri / "Makefile").read_text()
+        # SAM runs `make build-<LogicalId>` in the layer's folder.
+        assert re.search(rf"^build-{name}:", makefile, re.MULTILINE), name
+        assert _layer_requirements(ROOT / content_uri) == requirements, name
+
+
+def _dry_run(target: str, content: Path, artifacts: Path) -> list[str]:
+    make = shutil.which("make")
+    assert make is not None, "make runs the layer builds; install it"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
+    result = subprocess.run(
+        [make, "-n", target, f"ARTIFACTS_DIR={artifacts}"],
+        cwd=content,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout.replace("\\\n", " ").split()
+
+
+def test_retrieval_layer_leaves_out_what_other_layers_and_the_runtime_provide(
+    tmp_path: Path,
+) -> None:
+    # Given the retrieval layer's build, dry-run
+    commands = _dry_run("build-RetrievalLayer", ROOT / "layers/retrieval", tmp_path / "R")
+    # Then pip installs cp313 aarch64 wheels into python/ (numpy needs the 2_28 tag)
+    platforms = [commands[i + 1] for i, c in enumerate(commands) if c == "--platform"]
+    assert platforms == ["manylinux2014_aarch64", "manylinux_2_28_aarch64"]
+    assert commands[commands.index("--python-version") + 1] == "3.13"
+    assert "--only-binary=:all:" in commands
+    assert commands[commands.index("--target") + 1].strip('"') == f"{tmp_path}/R/python"
+    # And deletes what the functions' other layers or the runtime already put on sys.path
+    removed = set(commands[commands.index("rm", commands.index("--target")) :])
+    provided = {"pydantic", "pydantic_core", "typing_extensions", "numpy", "numpy.libs", "urllib3"}
+    assert provided <= removed
+    assert {"qdrant_client", "grpc", "httpx", "snowballstemmer"}.isdisjoint(removed)
+    # ... which holds only while those layers really ship them
+    assert "pydantic" in _layer_requirements(ROOT / "layers/llmhost")
+    assert "numpy" in _layer_requirements(ROOT / "layers/embeddings")
+
+
+def test_embedding_model_dir_is_where_the_layer_puts_the_model(template: dict[str, Any]) -> None:
+    # Lambda unpacks every layer into /opt; the embeddings Makefile names the model's folder.
+    makefile = (ROOT / "layers/embeddings/Makefile").read_text()
+    target = re.search(r"^MODEL_TARGET\s*=\s*\$\(ARTIFACTS_DIR\)/(\S+)$", makefile, re.MULTILINE)
+    assert target is not None
+    for name in DATA_PLANE:
+        variables = _functions(template)[name]["Environment"]["Variables"]
+        assert variables["EMBEDDING_MODEL_DIR"] == f"/opt/{target.group(1)}", name
 
 
 def test_layer_builds_the_llmhost_package_for_arm64(template: dict[str, Any]) -> None:
@@ -423,6 +805,147 @@ def test_environment_variables_the_code_reads(template: dict[str, Any]) -> None:
         "SAGEMAKER_EXECUTION_ROLE_ARN": {"Fn::GetAtt": ["SageMakerExecutionRole", "Arn"]},
         "HISTORY_LIMIT": {"Ref": "HistoryLimit"},
     }
+    retrieval = {
+        "QDRANT_URL": {"Ref": "QdrantUrl"},
+        "QDRANT_API_KEY_SECRET_ARN": {"Ref": "QdrantApiKeySecretArn"},
+        "EMBEDDING_BACKEND": {"Ref": "EmbeddingBackend"},
+        "EMBEDDING_ENDPOINT_NAME": {"Ref": "EmbeddingEndpointName"},
+        "EMBEDDING_INFERENCE_COMPONENT": {"Ref": "EmbeddingInferenceComponent"},
+        "EMBEDDING_MODEL_DIR": "/opt/llmhost-embedding",
+    }
+    assert functions["ServeFunction"]["Environment"]["Variables"] == {
+        **common,
+        **retrieval,
+        "POWERTOOLS_SERVICE_NAME": "llmhost-serve",
+        "SERVING_TIMEOUT_S": "12",
+        "SERVING_MAX_ATTEMPTS": "2",
+        "STREAM_URL": {"Fn::Sub": "${StreamFunctionUrl.FunctionUrl}v1"},
+    }
+    assert functions["StreamFunction"]["Environment"]["Variables"] == {
+        **common,
+        **retrieval,
+        **LWA_ENV,
+        "POWERTOOLS_SERVICE_NAME": "llmhost-stream",
+        "PYTHONPATH": "/opt/python",
+        "API_KEYS_SECRET_ARN": {
+            "Fn::If": [
+                "CreateApiKeysSecret",
+                {"Ref": "ApiKeysSecret"},
+                {"Ref": "ApiKeysSecretArn"},
+            ]
+        },
+        "SERVING_TIMEOUT_S": "120",
+        "SERVING_MAX_ATTEMPTS": "1",
+    }
+    assert functions["IngestFunction"]["Environment"]["Variables"] == {
+        **common,
+        **retrieval,
+        "POWERTOOLS_SERVICE_NAME": "llmhost-ingest",
+    }
+
+
+# Lambda Web Adapter 1.x names (the unprefixed READINESS_CHECK_PATH is deprecated); it reads
+# AWS_LWA_PORT and falls back to PORT, which llmhost.serving.lambda_http reads too.
+LWA_ENV = {
+    "AWS_LAMBDA_EXEC_WRAPPER": "/opt/bootstrap",
+    "AWS_LWA_INVOKE_MODE": "response_stream",
+    "AWS_LWA_READINESS_CHECK_PATH": "/health",
+    "PORT": "8080",
+}
+
+
+def _resolve(value: Any, parameters: dict[str, str]) -> str:
+    """A variable's value for the given parameters (Ref and literal only)."""
+    if isinstance(value, dict) and "Ref" in value:
+        return parameters[value["Ref"]]
+    assert isinstance(value, str), value
+    return value
+
+
+def test_serving_settings_accept_what_the_template_sets(template: dict[str, Any]) -> None:
+    from llmhost.rag.embeddings import EmbeddingSettings
+    from llmhost.runtime import ServingSettings
+
+    defaults = {name: str(p.get("Default", "")) for name, p in template["Parameters"].items()}
+    parameters = {
+        **defaults,
+        "RegistryTable": "llmhost-RegistryTable-1ABC",
+        "QdrantUrl": "https://xyz.eu-central-1-0.aws.cloud.qdrant.io:6333",
+    }
+    functions = _functions(template)
+    for name in DATA_PLANE:
+        variables = functions[name]["Environment"]["Variables"]
+        env = {
+            key: _resolve(value, parameters)
+            for key, value in variables.items()
+            if key not in {"STREAM_URL", "API_KEYS_SECRET_ARN"}
+        }
+        # The embedder's settings validate with the defaults (onnx, no endpoint) ...
+        embedding = EmbeddingSettings.from_env(env)
+        assert embedding.embedding_backend == "onnx", name
+        assert str(embedding.model_dir(env)) == "/opt/llmhost-embedding", name
+        if name == "IngestFunction":
+            continue
+        # ... and so do the serving settings, with the timeouts each path needs.
+        settings = ServingSettings.model_validate(
+            {
+                key.lower(): value
+                for key, value in env.items()
+                if key.lower() in ServingSettings.model_fields
+            }
+        )
+        assert settings.serving_timeout_s == (12.0 if name == "ServeFunction" else 120.0)
+    # Two serve attempts fit in API Gateway's 29 s with room for retrieval.
+    serve = functions["ServeFunction"]["Environment"]["Variables"]
+    assert float(serve["SERVING_TIMEOUT_S"]) * int(serve["SERVING_MAX_ATTEMPTS"]) < 29
+
+
+def test_stream_function_streams_through_an_api_key_function_url(
+    template: dict[str, Any],
+) -> None:
+    stream = _functions(template)["StreamFunction"]
+    assert stream["Handler"] == "run.sh"
+    assert stream["FunctionUrlConfig"] == {"AuthType": "NONE", "InvokeMode": "RESPONSE_STREAM"}
+    variables = stream["Environment"]["Variables"]
+    assert {key: variables.get(key) for key in LWA_ENV} == LWA_ENV
+    # The URL is open, so the server must have its keys (it refuses to start without them).
+    assert variables["API_KEYS_SECRET_ARN"]
+    script = (ROOT / stream["CodeUri"] / "run.sh").read_text()
+    assert "llmhost.serving.lambda_http" in script
+    # Its timeout is a parameter long enough for slow generations, within Lambda's 900 s.
+    timeout = template["Parameters"]["StreamTimeout"]
+    assert 30 <= timeout["MinValue"] <= timeout["Default"] <= timeout["MaxValue"] <= 900
+    # The serve function points stream: true requests at the same URL the stack outputs.
+    serve = _functions(template)["ServeFunction"]["Environment"]["Variables"]
+    assert serve["STREAM_URL"] == template["Outputs"]["StreamUrl"]["Value"]
+
+
+def test_function_url_sample_is_a_request_the_stream_server_accepts() -> None:
+    from llmhost.serving.auth import KEY_PREFIX, ApiKeyAuth, hash_key
+    from llmhost.serving.requests import ChatCompletionRequest
+
+    event = json.loads((EVENTS / "function-url-chat-stream.json").read_text())
+    # A function URL sends payload format 2.0; with AuthType NONE the caller is anonymous.
+    assert event["version"] == "2.0" and event["routeKey"] == "$default"
+    context = event["requestContext"]
+    assert context["accountId"] == "anonymous" and "authorizer" not in context
+    assert context["domainName"] == f"{context['apiId']}.lambda-url.us-east-1.on.aws"
+    assert event["headers"]["host"] == context["domainName"]
+    assert (context["http"]["method"], context["http"]["path"], event["rawPath"]) == (
+        "POST",
+        "/v1/chat/completions",
+        "/v1/chat/completions",
+    )
+    assert int(event["headers"]["content-length"]) == len(event["body"].encode())
+    request = ChatCompletionRequest.model_validate(json.loads(event["body"]))
+    assert request.stream
+    # The bearer key is in the minted format and authenticates against its hash.
+    key = event["headers"]["authorization"].removeprefix("Bearer ")
+    assert key.startswith(KEY_PREFIX)
+    principal = ApiKeyAuth(lambda: {"sample": hash_key(key)}).authenticate(
+        event["headers"]["authorization"]
+    )
+    assert principal.key_name == "sample"
 
 
 def test_history_limit_parameter_fits_the_reconciler_settings(template: dict[str, Any]) -> None:
@@ -523,12 +1046,188 @@ def test_outputs(template: dict[str, Any]) -> None:
     assert outputs["ApiUrl"]["Value"] == {
         "Fn::Sub": "https://${Api}.execute-api.${AWS::Region}.amazonaws.com/${StageName}"
     }
+    for key in ("StreamUrl", "DocumentsBucketName", "ApiKeysSecretArn", "IngestDeadLetterQueueUrl"):
+        assert key in outputs and outputs[key].get("Description"), key
+    # The function URL ends with "/": the OpenAI base_url is it plus "v1".
+    assert outputs["StreamUrl"]["Value"] == {"Fn::Sub": "${StreamFunctionUrl.FunctionUrl}v1"}
+    assert outputs["DocumentsBucketName"]["Value"] == {"Ref": "DocumentsBucket"}
+    assert outputs["ApiKeysSecretArn"]["Value"] == {
+        "Fn::If": ["CreateApiKeysSecret", {"Ref": "ApiKeysSecret"}, {"Ref": "ApiKeysSecretArn"}]
+    }
+
+
+# Without a Qdrant server the data plane cannot work at all, so deploying must ask for it.
+REQUIRED_PARAMETERS = {"QdrantUrl"}
 
 
 def test_every_parameter_has_a_description_and_a_default(template: dict[str, Any]) -> None:
     for name, parameter in template["Parameters"].items():
         assert parameter.get("Description"), name
+        if name in REQUIRED_PARAMETERS:
+            assert "Default" not in parameter, name
+            assert parameter["Description"].startswith("REQUIRED."), name
+            continue
         assert "Default" in parameter, f"{name}: `sam deploy` should work without answers"
+        # An optional value's pattern must accept its own default.
+        pattern = parameter.get("AllowedPattern")
+        if pattern:
+            assert re.fullmatch(pattern, str(parameter["Default"])), name
+
+
+def test_samconfig_overrides_are_template_parameters_with_valid_values(
+    template: dict[str, Any],
+) -> None:
+    import tomllib
+
+    config = tomllib.loads((ROOT / "samconfig.toml").read_text())
+    overrides = config["default"]["deploy"]["parameters"]["parameter_overrides"]
+    values = dict(item.split("=", 1) for item in overrides)
+    parameters = template["Parameters"]
+    # Every optional parameter is listed (so a deploy shows what it runs with); the required
+    # one is left for the user, since any value written here would be wrong for them.
+    assert set(values) == set(parameters) - REQUIRED_PARAMETERS
+    for name, raw in values.items():
+        value = raw.strip('"')
+        parameter = parameters[name]
+        assert value == str(parameter["Default"]), f"{name}: samconfig differs from the default"
+        if "AllowedValues" in parameter:
+            assert value in [str(v) for v in parameter["AllowedValues"]], name
+        if "AllowedPattern" in parameter:
+            assert re.fullmatch(parameter["AllowedPattern"], value), name
+
+
+def test_retrieval_parameters_accept_real_values_and_refuse_typos(
+    template: dict[str, Any],
+) -> None:
+    parameters = template["Parameters"]
+
+    def accepts(name: str, value: str) -> bool:
+        return re.fullmatch(parameters[name]["AllowedPattern"], value) is not None
+
+    assert accepts("QdrantUrl", "https://xyz.eu-central-1-0.aws.cloud.qdrant.io:6333")
+    assert accepts("QdrantUrl", "http://10.0.3.7:6333")
+    assert not accepts("QdrantUrl", "")
+    assert not accepts("QdrantUrl", "xyz.cloud.qdrant.io:6333")  # no scheme
+    secret = "arn:aws:secretsmanager:us-east-1:123456789012:secret:llmhost/qdrant-AbCdEf"
+    for name in ("QdrantApiKeySecretArn", "ApiKeysSecretArn"):
+        assert accepts(name, secret) and accepts(name, ""), name
+        # IAM needs the full ARN: a name without its random suffix would match nothing.
+        assert not accepts(name, secret.removesuffix("-AbCdEf")), name
+    # SageMaker lower-cases names in ARNs, and IAM compares ARNs case-sensitively.
+    assert accepts("EmbeddingEndpointName", "minilm-embeddings")
+    assert not accepts("EmbeddingEndpointName", "MiniLM-Embeddings")
+    assert parameters["EmbeddingBackend"]["AllowedValues"] == ["onnx", "sagemaker"]
+
+
+# ------------------------------------------------------------------------------ ingestion
+
+
+def test_documents_bucket_is_private_encrypted_and_kept(template: dict[str, Any]) -> None:
+    bucket = template["Resources"]["DocumentsBucket"]
+    assert bucket["Type"] == "AWS::S3::Bucket"
+    assert (bucket["DeletionPolicy"], bucket["UpdateReplacePolicy"]) == ("Retain", "Retain")
+    props = bucket["Properties"]
+    assert props["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
+    }
+    (rule,) = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in {"AES256", "aws:kms"}
+    assert props["OwnershipControls"]["Rules"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
+    # Plain-HTTP requests are refused for everyone.
+    policy = template["Resources"]["DocumentsBucketPolicy"]["Properties"]
+    assert policy["Bucket"] == {"Ref": "DocumentsBucket"}
+    (deny,) = policy["PolicyDocument"]["Statement"]
+    assert deny["Effect"] == "Deny" and deny["Principal"] == {"AWS": "*"}
+    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert {"s3:GetObject", "s3:PutObject"} <= set(deny["Action"])
+
+
+def _ingest_notifications(template: dict[str, Any]) -> list[dict[str, Any]]:
+    events = _functions(template)["IngestFunction"]["Events"]
+    assert {e["Type"] for e in events.values()} == {"S3"}
+    return [e["Properties"] for e in events.values()]
+
+
+def _key_filter(notification: dict[str, Any]) -> dict[str, str]:
+    rules = notification["Filter"]["S3Key"]["Rules"]
+    # S3 takes at most one prefix and one suffix rule per notification.
+    assert sorted(r["Name"] for r in rules) == ["prefix", "suffix"]
+    return {r["Name"]: r["Value"] for r in rules}
+
+
+def test_s3_notifications_cover_the_document_types_the_code_ingests(
+    template: dict[str, Any],
+) -> None:
+    from llmhost.rag.ingest import JSONL_SUFFIX, TEXT_SUFFIXES
+    from llmhost.rag.s3_events import PREFIX
+
+    notifications = _ingest_notifications(template)
+    filters = [_key_filter(n) for n in notifications]
+    for notification in notifications:
+        assert notification["Bucket"] == {"Ref": "DocumentsBucket"}
+        # Puts, copies and multipart uploads index; deletes remove the chunks.
+        assert notification["Events"] == ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]
+    # One rule per suffix the code reads, all under the prefix it parses collections from.
+    assert {f["prefix"] for f in filters} == {PREFIX}
+    suffixes = [f["suffix"] for f in filters]
+    assert sorted(suffixes) == sorted({*TEXT_SUFFIXES, JSONL_SUFFIX})
+    # S3 refuses rules of one event type whose filters overlap: no suffix may end another.
+    for a in suffixes:
+        for b in suffixes:
+            assert a == b or not a.endswith(b), (a, b)
+    # Failed notifications (after Lambda's retries) land in the ingest dead-letter queue.
+    config = _functions(template)["IngestFunction"]["EventInvokeConfig"]
+    assert config["DestinationConfig"]["OnFailure"] == {
+        "Type": "SQS",
+        "Destination": {"Fn::GetAtt": ["IngestDeadLetterQueue", "Arn"]},
+    }
+    assert any(
+        s.get("Sid") == "DeadLetters" for s in _role_statements(template, "IngestFunctionRole")
+    )
+
+
+def _s3_sample_matches(template: dict[str, Any], record: dict[str, Any]) -> bool:
+    key = record["s3"]["object"]["key"]
+    for notification in _ingest_notifications(template):
+        rule = _key_filter(notification)
+        if not (key.startswith(rule["prefix"]) and key.endswith(rule["suffix"])):
+            continue
+        for pattern in notification["Events"]:
+            if fnmatch.fnmatchcase("s3:" + record["eventName"], pattern):
+                return True
+    return False
+
+
+def test_s3_samples_pass_the_filters_and_map_to_ingest_and_delete(
+    template: dict[str, Any],
+) -> None:
+    from llmhost.rag.s3_events import ObjectChange, changes_from_event
+
+    expected = {
+        "s3-object-created.json": ("ObjectCreated:Put", "ingest"),
+        "s3-object-removed.json": ("ObjectRemoved:Delete", "delete"),
+    }
+    for name, (event_name, action) in expected.items():
+        event = json.loads((EVENTS / name).read_text())
+        (record,) = event["Records"]
+        assert (record["eventSource"], record["eventVersion"]) == ("aws:s3", "2.1"), name
+        assert record["eventName"] == event_name, name
+        bucket = record["s3"]["bucket"]
+        assert bucket["arn"] == f"arn:aws:s3:::{bucket['name']}", name
+        assert record["s3"]["object"]["key"] == "collections/docs/guide.md", name
+        # A created object names its size and ETag; a deleted one no longer has them.
+        assert ("size" in record["s3"]["object"]) == (action == "ingest"), name
+        assert _s3_sample_matches(template, record), f"{name} would not reach the function"
+        (change,) = changes_from_event(event)
+        assert isinstance(change, ObjectChange), name
+        assert (change.action, change.collection, change.bucket) == (action, "docs", bucket["name"])
+    # And a file type the code cannot read never reaches it.
+    pdf = json.loads((EVENTS / "s3-object-created.json").read_text())["Records"][0]
+    pdf["s3"]["object"]["key"] = "collections/docs/guide.pdf"
+    assert not _s3_sample_matches(template, pdf)
 
 
 # ------------------------------------------------------------------------ other samples

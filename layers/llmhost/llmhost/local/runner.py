@@ -77,7 +77,9 @@ class LocalCloud:
         engine_url: str | None = None,
         engine_latency_ms: float = 0,
         token_interval_ms: float = 0,
+        runtime_url: str | None = None,
     ) -> None:
+        self.external_runtime_url = runtime_url
         self.moto_port = moto_port
         self.data_dir = project_root() / ".llmhost"
         self.engine_url = engine_url
@@ -157,9 +159,13 @@ class LocalCloud:
         self.engine = LocalEngine(
             latency_ms=self.engine_latency_ms, token_interval_ms=self.token_interval_ms
         )
-        self._front_server, self.runtime_url = serve_front(
-            RuntimeFront(self._route, split_bytes=None), port=0
-        )
+        if self.external_runtime_url:
+            # Someone else plays SageMaker's runtime (a benchmark's separate process).
+            self._front_server, self.runtime_url = None, self.external_runtime_url
+        else:
+            self._front_server, self.runtime_url = serve_front(
+                RuntimeFront(self._route, split_bytes=None), port=0
+            )
         os.environ["LLMHOST_AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME"] = self.runtime_url
 
     def _route(self, endpoint: str, component: str | None) -> Any:
@@ -296,7 +302,8 @@ class LocalCloud:
 
     def stop(self) -> None:
         self._stop.set()
-        self._front_server.shutdown()
+        if self._front_server is not None:
+            self._front_server.shutdown()
         self._moto.stop()
 
 
@@ -424,14 +431,40 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-demo", action="store_true", help="do not create the demo model")
     parser.add_argument(
+        "--engine-port",
+        type=int,
+        default=None,
+        help="also serve the local engine's own TGI API on this port (for direct comparisons)",
+    )
+    parser.add_argument("--engine-latency-ms", type=float, default=0)
+    parser.add_argument(
+        "--runtime-url",
+        default=None,
+        help="an external SageMaker runtime (endpoint URL) instead of the built-in front",
+    )
+    parser.add_argument("--drift-seconds", type=float, default=5.0)
+    parser.add_argument("--token-interval-ms", type=float, default=0)
+    parser.add_argument(
         "--speed",
         type=float,
         default=float(os.environ.get("SPEED", 60)),
         help="how much faster than real SageMaker the stand-in runs (default 60)",
     )
     args = parser.parse_args(argv)
-    cloud = LocalCloud(moto_port=args.moto_port, speed=args.speed, engine_url=args.engine_url)
+    cloud = LocalCloud(
+        moto_port=args.moto_port,
+        speed=args.speed,
+        engine_url=args.engine_url,
+        engine_latency_ms=args.engine_latency_ms,
+        token_interval_ms=args.token_interval_ms,
+        runtime_url=args.runtime_url,
+        drift_seconds=args.drift_seconds,
+    )
     cloud.start()
+    if args.engine_port is not None:
+        from llmhost.local.engine import serve_engine
+
+        serve_engine(cloud.engine, port=args.engine_port)
     server = serve(args.port, cloud)
     openai_server = cloud.start_openai_server(args.openai_port)
     if not args.no_demo:

@@ -9,6 +9,7 @@ load on a cold start, and chunked transfer encoding written by hand so nothing b
 from __future__ import annotations
 
 import json
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -63,6 +64,11 @@ class ServingHttpApp:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                # Stream events are small writes; Nagle's algorithm would hold them back.
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
             def do_GET(self) -> None:
                 app.handle(self, "GET")
