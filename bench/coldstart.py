@@ -34,15 +34,26 @@ t0 = time.perf_counter()
 spec = importlib.util.spec_from_file_location("app", {path!r})
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
-from llmhost import runtime
+from llmhost import aws, runtime
 {warm}
 print(time.perf_counter() - t0)
 """
 
-# What each function's first invocation builds, besides importing its module.
+# What each function's first invocation builds, besides importing its module. The serving
+# functions build everything a RAG request needs: AWS clients, the ONNX embedding session
+# (loaded, not just constructed) and the Qdrant client.
+RAG = "runtime.warm_rag()"
+CHAT = "runtime.registry(); runtime.serving_service()._invoker()"
 FUNCTIONS = {
-    "api": "runtime.registry()",
-    "reconcile": "runtime.reconciler()",
+    "api": ("functions/api/app.py", "runtime.registry()"),
+    "reconcile": ("functions/reconcile/app.py", "runtime.reconciler()"),
+    # Serving functions, twice: what a chat request needs, and with the RAG stack too
+    # (built on the first request that retrieves). The worst ratio counts the latter.
+    "serve": ("functions/serve/app.py", CHAT),
+    "serve+rag": ("functions/serve/app.py", f"{CHAT}; {RAG}"),
+    "stream": ("layers/llmhost/llmhost/serving/lambda_http.py", CHAT),
+    "stream+rag": ("layers/llmhost/llmhost/serving/lambda_http.py", f"{CHAT}; {RAG}"),
+    "ingest+rag": ("functions/ingest/app.py", f"aws.client('s3'); {RAG}"),
 }
 
 ENV = {
@@ -54,13 +65,15 @@ ENV = {
     # (no sampling client of its own), so the measurement must look like Lambda.
     "AWS_LAMBDA_FUNCTION_NAME": "bench",
     "AWS_EXECUTION_ENV": "AWS_Lambda_python3.13",
-    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "512",
     "LAMBDA_TASK_ROOT": str(ROOT / "functions"),
     "_X_AMZN_TRACE_ID": "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1",
     "REGISTRY_TABLE_NAME": "llmhost-registry",
     "SAGEMAKER_EXECUTION_ROLE_ARN": "arn:aws:iam::123456789012:role/bench",
     "POWERTOOLS_METRICS_NAMESPACE": "llmhost",
     "POWERTOOLS_SERVICE_NAME": "bench",
+    "QDRANT_URL": "http://127.0.0.1:6333",  # constructing the client opens no connection
+    "EMBEDDING_MODEL_DIR": str(ROOT / "layers" / "embeddings" / "model"),
+    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "2048",
     # As template.yaml sets it for every function.
     "PYDANTIC_DISABLE_PLUGINS": "__all__",
 }
@@ -83,9 +96,8 @@ def main() -> int:
     for _ in range(args.runs):
         # Interleaved so load on this shared machine hits every candidate alike.
         samples["baseline"].append(run(BASELINE))
-        for name, warm in FUNCTIONS.items():
-            path = str(ROOT / "functions" / name / "app.py")
-            samples[name].append(run(FUNCTION.format(path=path, warm=warm)))
+        for name, (path, warm) in FUNCTIONS.items():
+            samples[name].append(run(FUNCTION.format(path=str(ROOT / path), warm=warm)))
     base = statistics.median(samples["baseline"])
     print(f"{'function':<12} {'median ms':>10} {'ratio':>7}")
     print(f"{'baseline':<12} {base * 1000:>10.1f} {1.0:>7.2f}")

@@ -90,46 +90,30 @@ def measure(args: argparse.Namespace) -> tuple[float, float]:
     import boto3
 
     from llmhost.local.runner import LOCAL_API_KEY
-    from llmhost.local.runtime_front import RouteTarget, RuntimeFront, serve_front
 
-    engine_port, api_port, openai_port, moto_port = (free_port() for _ in range(4))
+    engine_port, front_port, api_port, openai_port, moto_port = (free_port() for _ in range(5))
     env = {**os.environ, "PYDANTIC_DISABLE_PLUGINS": "__all__"}
+    # "AWS": the engine behind a SageMaker runtime front, in a process of its own, as the
+    # endpoint runs on other machines in production; the engine's own API is published
+    # too, for the direct measurements.
     engine = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "llmhost.local.engine",
-            "--port",
-            str(engine_port),
-            "--latency-ms",
-            "50",
-            "--token-interval-ms",
-            "20",
-        ],
+        [sys.executable, __file__, "--serve-engine", str(engine_port), str(front_port)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    # llmhost: the local stack, calling that runtime as it would call SageMaker.
     stack = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "llmhost.local",
-            "--port",
-            str(api_port),
-            "--openai-port",
-            str(openai_port),
-            "--moto-port",
-            str(moto_port),
-            "--speed",
-            "600",
-            "--engine-url",
-            f"http://127.0.0.1:{engine_port}",
+            sys.executable, "-m", "llmhost.local",
+            "--port", str(api_port), "--openai-port", str(openai_port),
+            "--moto-port", str(moto_port), "--speed", "600", "--drift-seconds", "3600",
+            "--runtime-url", f"http://127.0.0.1:{front_port}",
         ],
         env={**env, "QDRANT_PATH": tempfile.mkdtemp(prefix="llmhost-bench-")},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-    )
+    )  # fmt: skip
     try:
         wait_http(engine_port, "/health")
         wait_http(openai_port, "/health")
@@ -145,15 +129,12 @@ def measure(args: argparse.Namespace) -> tuple[float, float]:
             if time.monotonic() > deadline:
                 raise SystemExit(f"llmhost never served the demo model: {body[:300]!r}")
             time.sleep(0.3)
-        payload = json.loads(body)  # warm every path once before measuring
+        payload = json.loads(body)  # every path warmed once before measuring
 
-        # The bare baseline: boto3 against the same engine, through a runtime front.
-        front, front_url = serve_front(
-            RuntimeFront(lambda e, c: RouteTarget.upstream(f"http://127.0.0.1:{engine_port}"))
-        )
+        # The bare baseline: boto3 against the same engine, through the same runtime.
         runtime = boto3.client(
             "sagemaker-runtime",
-            endpoint_url=front_url,
+            endpoint_url=f"http://127.0.0.1:{front_port}",
             region_name="us-east-1",
             aws_access_key_id="bench",
             aws_secret_access_key="bench",

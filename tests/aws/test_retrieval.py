@@ -16,7 +16,7 @@ import pytest
 from qdrant_client import QdrantClient
 
 from llmhost.rag.embeddings import REPO_MODEL_DIR, OnnxEmbedder
-from llmhost.rag.ingest import ingest_documents
+from llmhost.rag.ingest import IngestLimits, ingest_documents
 from llmhost.rag.retrieve import InvalidQuery, retrieve
 from llmhost.rag.store import (
     CollectionExists,
@@ -207,13 +207,14 @@ def test_per_document_keeps_each_documents_best_chunk(
     # Given a long document (several chunks) about one topic and a short one
     store.create_collection("kb", embedder.dimension)
     long_text = " ".join(
-        f"Section {i}: glacier ice cores record the climate of year {1900 + i}." for i in range(80)
+        f"Section {i}: glacier ice cores record the climate of year {1900 + i}." for i in range(20)
     )
     ingest_documents(
         "kb",
         [{"id": "long", "text": long_text}, {"id": "short", "text": "Ice cores hold old air."}],
         embedder,
         store,
+        IngestLimits(chunk_tokens=48, overlap_tokens=8),
     )
     assert store.document_chunks("kb", "long") > 3
     # When asking per document

@@ -20,15 +20,18 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import cache, lru_cache
 
-# Lucene's classic BM25 constants; SciFact prefers these to anything we could overfit.
+# Lucene's classic BM25 constants. On SciFact, k1 0.9-1.5 and b 0.5-0.9 moved nDCG@10 by at
+# most 0.003 either way (noise), so the well-known values stay.
 DEFAULT_K1 = 1.2
 DEFAULT_B = 0.75
-# Average chunk length in analyzed terms. Chunks are capped by the chunker (254 wordpieces),
-# so the typical length depends on that cap much more than on the corpus; a fixed value per
-# collection (kept in the collection's metadata) means a stored vector never goes stale when
-# other documents arrive, which a running average would require re-indexing to honor.
-# Measured: SciFact chunks under the default chunker average about 120 terms.
-DEFAULT_AVG_LEN = 120.0
+# Typical chunk length in analyzed terms, fixed per collection and kept in its metadata. The
+# chunker caps chunks at 254 wordpieces, so the typical length depends on that cap far more
+# than on the corpus: SciFact's chunks average 87 terms (about 0.45 per wordpiece: stopwords,
+# punctuation and ##subwords fall away). A fixed value means a stored vector never goes stale
+# as documents come and go; a running average would need every vector rewritten to stay
+# exact. (Qdrant's own BM25 in fastembed makes the same choice.) 87 vs 120 vs 200 changed
+# SciFact's nDCG@10 by under 0.004.
+DEFAULT_AVG_LEN = 90.0
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 

@@ -16,8 +16,10 @@ its chunks in place. The collection's own metadata records the dimension and the
 parameters its sparse vectors were built with.
 
 Embedded local mode (``QdrantClient(path=...)``) and a server behave the same for
-everything used here: named dense + sparse vectors with IDF, the Query API with prefetches
-and RRF fusion, payload filters.
+everything used here: named dense + sparse vectors with the IDF modifier, the Query API with
+two prefetches fused by DBSF (or RRF), payload filters. Local mode searches by brute force in
+Python (a BM25 query over 10k chunks takes ~0.2 s there, milliseconds on a server) and
+writes each point in its own SQLite transaction (~20 ms a point on disk).
 """
 
 from __future__ import annotations
