@@ -142,6 +142,8 @@ def test_openapi_document_lists_every_route(api: Any) -> None:
     assert status == 200
     paths = body["paths"]
     assert {"/v1/deployments", "/v1/deployments/{name}", "/v1/plan"} <= set(paths)
+    # the serving routes (another function) are in the same document
+    assert {"/v1/rag", "/v1/chat/completions", "/v1/collections/{name}/documents"} <= set(paths)
     assert "DeploymentSpec" in json.dumps(body["components"])
 
 

@@ -124,16 +124,34 @@ def build_app(
 
         return _json(HTTPStatus.OK, {"name": spec.name, "plan": sizing.plan(spec).as_dict()})
 
-    @app.get("/v1/openapi.json", summary="This API's OpenAPI document")
+    @app.get("/v1/openapi.json", summary="This API's OpenAPI document (every route)")
     def openapi():
-        body = app.get_openapi_json_schema(title=API_TITLE, version=API_VERSION)
-        return Response(status_code=200, content_type="application/json", body=body)
+        return json_response(HTTPStatus.OK, whole_openapi(app))
 
     install_error_handlers(app, logger)
     return app
 
 
 # --------------------------------------------------------------------------------- helpers
+
+
+def whole_openapi(app: APIGatewayRestResolver) -> dict[str, Any]:
+    """The deployment routes' document merged with the serving routes' (another function
+    serves those, but users see one API)."""
+    import json
+
+    from llmhost.api.serving import build_serving_app
+
+    def unused() -> Any:
+        raise RuntimeError("documentation only")
+
+    serving = build_serving_app(unused, unused, unused)
+    doc = json.loads(app.get_openapi_json_schema(title=API_TITLE, version=API_VERSION))
+    extra = json.loads(serving.get_openapi_json_schema(title=API_TITLE, version=API_VERSION))
+    doc["paths"].update(extra.get("paths", {}))
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    schemas.update(extra.get("components", {}).get("schemas", {}))
+    return doc
 
 
 def _live(registry: Registry, name: str) -> DeploymentRecord:
