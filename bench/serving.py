@@ -142,7 +142,7 @@ def measure(args: argparse.Namespace) -> tuple[float, float]:
         tgi_body = json.dumps({"model": "tgi", **chat, "max_tokens": 512})
         runtime.invoke_endpoint(EndpointName="demo", Body=tgi_body, ContentType="application/json")
         direct = http.client.HTTPConnection("127.0.0.1", engine_port, timeout=30)
-        bare_s, through_s, direct_ttft, llm_ttft = [], [], [], []
+        bare_s, through_s, direct_ttft, llm_ttft, boto_ttft = [], [], [], [], []
         for _ in range(args.runs):
             started = time.perf_counter()
             runtime.invoke_endpoint(
@@ -164,6 +164,22 @@ def measure(args: argparse.Namespace) -> tuple[float, float]:
             started = time.perf_counter()
             reply = post(llm, "/v1/chat/completions", {**chat, "stream": True}, auth)
             llm_ttft.append(first_stream_token(reply, started))
+
+            # For reference: a bare boto3 streaming call through the runtime (not the ratio).
+            streamed = json.dumps({**json.loads(tgi_body), "stream": True})
+            started = time.perf_counter()
+            events = runtime.invoke_endpoint_with_response_stream(
+                EndpointName="demo", Body=streamed, ContentType="application/json"
+            )["Body"]
+            for event in events:
+                part = event.get("PayloadPart", {}).get("Bytes", b"")
+                if any(
+                    _has_text(line[5:]) for line in part.split(b"\n") if line.startswith(b"data:")
+                ):
+                    boto_ttft.append(time.perf_counter() - started)
+                    break
+            for _ in events:
+                pass
     finally:
         stack.terminate()
         engine.terminate()
@@ -177,7 +193,8 @@ def measure(args: argparse.Namespace) -> tuple[float, float]:
     )
     print(
         f"time to 1st token direct     {med(direct_ttft) * 1000:7.1f} ms   "
-        f"through llmhost {med(llm_ttft) * 1000:7.1f} ms"
+        f"through llmhost {med(llm_ttft) * 1000:7.1f} ms   "
+        f"(bare boto3 stream via the runtime: {med(boto_ttft) * 1000:.1f} ms)"
     )
     return med(through_s) / med(bare_s), med(llm_ttft) / med(direct_ttft)
 
