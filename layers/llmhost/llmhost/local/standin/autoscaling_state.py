@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from llmhost.local.standin.errors import AwsServiceError
+
 Clock = Callable[[], float]
 # SageMakerStandIn.describe: (kind, name) -> the Describe* result, or None if it does not exist.
 DescribeSageMaker = Callable[[Any, str], dict[str, Any] | None]
@@ -120,14 +122,8 @@ _SUSPENDED_FLAGS = (
 )
 
 
-class AutoScalingError(Exception):
-    """An error Application Auto Scaling itself returns: AWS error code, message, HTTP status."""
-
-    def __init__(self, code: str, message: str, status: int = 400) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.status = status
+class AutoScalingError(AwsServiceError):
+    """An error Application Auto Scaling itself returns."""
 
 
 def _invalid(message: str) -> AutoScalingError:

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from llmhost.local.standin.errors import AwsServiceError
+
 Clock = Callable[[], float]
 EventSink = Callable[[dict[str, Any]], None]
 FailureKind = Literal["endpoint", "inference-component"]
@@ -54,14 +56,8 @@ _DEFAULT_PAGE_SIZE = 10
 _BUSY_ENDPOINT = frozenset({"Creating", "Updating", "Deleting", "SystemUpdating"})
 
 
-class SageMakerError(Exception):
-    """An error SageMaker itself returns: AWS error code, message, HTTP status."""
-
-    def __init__(self, code: str, message: str, status: int = 400) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.status = status
+class SageMakerError(AwsServiceError):
+    """An error SageMaker itself returns."""
 
 
 def _invalid(message: str) -> SageMakerError:
