@@ -393,7 +393,7 @@ def serve(port: int, cloud: LocalCloud) -> ThreadingHTTPServer:
 
 def url_of(server: ThreadingHTTPServer) -> str:
     host, port = server.server_address[:2]
-    return f"http://{host}:{port}"
+    return f"http://{host!s}:{port}"
 
 
 BANNER = """
