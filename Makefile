@@ -18,7 +18,7 @@ PY313_DIR := $(if $(PY313),$(patsubst %/,%,$(dir $(PY313))),)
 SAM_ENV := AWS_DEFAULT_REGION=us-east-1 SAM_CLI_TELEMETRY=0 PATH="$(PY313_DIR):$$PATH"
 
 .PHONY: run test check lint unit sam-validate sam-build build images embedding-model \
-	bench-coldstart bench-retrieval bench-serving clean
+	bench-coldstart bench-retrieval bench-serving bench-scaling clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +81,10 @@ bench-coldstart: $(VENV)/.installed embedding-model
 bench-retrieval: $(VENV)/.installed embedding-model
 	$(PY) bench/retrieval.py $(if $(CORPUS),--corpus $(CORPUS)) \
 		$(if $(QUERIES),--queries $(QUERIES)) $(if $(QRELS),--qrels $(QRELS))
+
+## bench-scaling: replay request traces against scaling policies (TRACE=<file>; default: all)
+bench-scaling: $(VENV)/.installed
+	$(PY) bench/scaling.py $(TRACE)
 
 ## bench-serving: llmhost overhead and time to first token vs the bare engine, function sizes
 bench-serving: $(VENV)/.installed $(SAM_VENV)/.installed embedding-model

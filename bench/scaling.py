@@ -219,10 +219,8 @@ def main() -> None:
     oracle = sum(r.oracle_gpu_hours for r in mine)
     requests = sum(r.requests for r in mine)
     delayed = sum(r.delayed for r in mine)
-    waits = np.zeros(requests)
-    positive = np.concatenate([r.positive_waits for r in mine]) if mine else np.empty(0)
-    waits[: len(positive)] = positive
-    p99 = float(np.percentile(waits, 99)) if requests else 0.0
+    positive = np.concatenate([r.positive_waits for r in mine])
+    p99 = simulator.wait_percentile(positive, requests, 99)
     print(
         f"gpu_hours={gpu:.3f} oracle_gpu_hours={oracle:.3f} ratio={gpu / oracle:.3f} "
         f"delayed_pct={100.0 * delayed / requests:.2f} p99_wait_s={p99:.1f}"

@@ -309,9 +309,12 @@ class Scaling(_Strict):
     min_capacity: int = Field(default=1, ge=0, le=64)
     max_capacity: int = Field(default=1, ge=1, le=64)
     target_metric: TargetMetric = "concurrent-requests-per-copy"
-    target_value: float = Field(default=4.0, gt=0, le=100_000)
+    # Tuned on real traces (bench/scaling.py): half a copy's 16 concurrent slots, and a
+    # scale-out cooldown longer than adding a copy (120 s) plus detection, or desired
+    # capacity compounds while copies are still starting.
+    target_value: float = Field(default=8.0, gt=0, le=100_000)
     scale_in_cooldown_s: int = Field(default=300, ge=0, le=86_400)
-    scale_out_cooldown_s: int = Field(default=60, ge=0, le=86_400)
+    scale_out_cooldown_s: int = Field(default=180, ge=0, le=86_400)
     scale_to_zero: bool = False
     idle_minutes: int = Field(default=30, ge=5, le=10_080)
     schedules: list[ScheduleRule] = Field(default_factory=list, max_length=20)

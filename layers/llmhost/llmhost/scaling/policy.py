@@ -1,0 +1,565 @@
+"""One deployment's scaling policy, exactly as Application Auto Scaling and CloudWatch hold it.
+
+``policy_from_spec`` turns the spec's ``Scaling`` block into a ``ScalingPolicy``: the scalable
+target's bounds, one target tracking policy (whose two alarms Application Auto Scaling creates
+and manages itself), and for scale to zero a step scaling policy with its
+``NoCapacityInvocationFailures`` alarm plus an idle alarm for llmhost's scaling hook. The
+``*_request`` methods give the bodies of the AWS calls that deploy it (the caller adds resource
+ids, names and ARNs).
+
+The second half of the module is what Application Auto Scaling does with such a policy when an
+alarm fires: the target tracking formula, cooldowns, min/max clamping and the step adjustments.
+The trace replay (``llmhost.scaling.simulator``) calls these same functions, so the policy that
+is benchmarked is the policy that is deployed. Everything here is pure: values in, values out.
+
+Sources for AWS's behaviour:
+- target tracking: https://docs.aws.amazon.com/autoscaling/application/userguide/target-tracking-scaling-policy-overview.html
+  (scale out in proportion to the metric; scale in only when the metric is well below the
+  target, "usually more than 10% lower"; cooldowns);
+- scale to zero: https://docs.aws.amazon.com/sagemaker/latest/dg/endpoint-auto-scaling-zero-instances.html
+  (MinCapacity 0, target tracking, a step scaling policy and a NoCapacityInvocationFailures
+  alarm);
+- the 10 s metrics: https://aws.amazon.com/blogs/machine-learning/amazon-sagemaker-inference-launches-faster-auto-scaling-for-generative-ai-models/
+  (scale-out detection "up to 6x faster" than with one-minute metrics, i.e. 3 x 10 s).
+What AWS does not document is modelled and marked as such below: the scale-in window of the
+10 s metrics and which datapoint value target tracking acts on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from llmhost.specs import Scaling, TargetMetric
+
+NAMESPACE = "sagemaker"
+COPY_DIMENSION = "sagemaker:inference-component:DesiredCopyCount"
+INSTANCE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
+METRIC_NAMESPACE = "AWS/SageMaker"
+
+STANDARD_PERIOD_S = 60
+HIGH_RESOLUTION_PERIOD_S = 10
+# Application Auto Scaling's own alarms for a target tracking policy: scale out after three
+# datapoints above the target, scale in after fifteen minutes below it. The scale-in threshold
+# sits below the target ("usually more than 10% lower") so capacity is removed only when demand
+# has clearly fallen. For the 10 s metrics AWS documents only that scale-out is up to six times
+# faster (3 x 10 s instead of 3 x 60 s); the scale-in window is assumed to stay 15 minutes.
+SCALE_OUT_DATAPOINTS = 3
+SCALE_IN_WINDOW_S = 900
+SCALE_IN_THRESHOLD_FACTOR = 0.9
+# A copy started from zero needs several minutes (an instance, then the model). The wake step
+# policy's cooldown outlasts that, so failures that keep arriving while the first copy starts
+# do not add one more copy every minute.
+WAKE_COOLDOWN_S = 600
+# Which value of the evaluated datapoints a policy acts on. Step policies say so
+# (MetricAggregationType); target tracking does not expose it, and its scale-in would
+# otherwise hinge on the single newest 10 s datapoint (one quiet 10 s could empty a model), so
+# it is taken as the mean of the datapoints that put the alarm in ALARM.
+TARGET_TRACKING_AGGREGATION: Literal["Average", "Minimum", "Maximum"] = "Average"
+
+Comparison = Literal[
+    "GreaterThanThreshold",
+    "GreaterThanOrEqualToThreshold",
+    "LessThanThreshold",
+    "LessThanOrEqualToThreshold",
+]
+Statistic = Literal["Average", "Sum", "Maximum", "Minimum", "SampleCount"]
+MissingData = Literal["missing", "notBreaching", "breaching", "ignore"]
+MetricKind = Literal["concurrency", "invocations", "no_capacity_failures", "invocation_count"]
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """What a spec's ``target_metric`` names in AWS, and how it is measured."""
+
+    predefined_type: str  # PredefinedMetricType for the target tracking policy
+    cloudwatch_name: str  # the metric behind it, in AWS/SageMaker
+    dimension: str  # the scalable dimension it scales
+    period_s: int  # 10 for the high-resolution metrics, 60 otherwise
+    statistic: Statistic
+    # concurrency: in-flight (and queued) requests per unit, averaged over the period;
+    # invocations: requests per unit summed over the period (a minute).
+    kind: MetricKind
+
+
+METRICS: dict[TargetMetric, MetricInfo] = {
+    "invocations-per-copy": MetricInfo(
+        "SageMakerInferenceComponentInvocationsPerCopy",
+        "InvocationsPerCopy",
+        COPY_DIMENSION,
+        STANDARD_PERIOD_S,
+        "Sum",
+        "invocations",
+    ),
+    "concurrent-requests-per-copy": MetricInfo(
+        "SageMakerInferenceComponentConcurrentRequestsPerCopyHighResolution",
+        "ConcurrentRequestsPerCopy",
+        COPY_DIMENSION,
+        HIGH_RESOLUTION_PERIOD_S,
+        "Average",
+        "concurrency",
+    ),
+    "invocations-per-instance": MetricInfo(
+        "SageMakerVariantInvocationsPerInstance",
+        "InvocationsPerInstance",
+        INSTANCE_DIMENSION,
+        STANDARD_PERIOD_S,
+        "Sum",
+        "invocations",
+    ),
+    "concurrent-requests-per-instance": MetricInfo(
+        "SageMakerVariantConcurrentRequestsPerModelHighResolution",
+        "ConcurrentRequestsPerModel",
+        INSTANCE_DIMENSION,
+        HIGH_RESOLUTION_PERIOD_S,
+        "Average",
+        "concurrency",
+    ),
+}
+
+
+# ----------------------------------------------------------------------------- the policy
+
+
+@dataclass(frozen=True)
+class AlarmSpec:
+    """A CloudWatch metric alarm: ALARM when ``datapoints_to_alarm`` of the last
+    ``evaluation_periods`` datapoints (each ``period_s`` long) breach the threshold.
+
+    ``managed`` alarms belong to a target tracking policy: Application Auto Scaling creates,
+    updates and deletes them, so llmhost never calls PutMetricAlarm for them. ``kind`` says
+    what the replay measures for the metric.
+    """
+
+    metric_name: str
+    statistic: Statistic
+    period_s: int
+    evaluation_periods: int
+    datapoints_to_alarm: int
+    threshold: float
+    comparison: Comparison
+    kind: MetricKind
+    treat_missing_data: MissingData = "missing"
+    managed: bool = False
+
+    def breaching(self, value: float | None) -> bool:
+        """Whether one datapoint breaches. A missing one breaches only if treated so."""
+        if value is None:
+            return self.treat_missing_data == "breaching"
+        if self.comparison == "GreaterThanThreshold":
+            return value > self.threshold
+        if self.comparison == "GreaterThanOrEqualToThreshold":
+            return value >= self.threshold
+        if self.comparison == "LessThanThreshold":
+            return value < self.threshold
+        return value <= self.threshold
+
+    def in_alarm(self, datapoints: list[float | None]) -> bool:
+        """ALARM state given the datapoints so far, oldest first (the last N are evaluated)."""
+        window = datapoints[-self.evaluation_periods :]
+        if len(window) < self.evaluation_periods:
+            return False
+        return sum(self.breaching(v) for v in window) >= self.datapoints_to_alarm
+
+    def aggregate(
+        self, datapoints: list[float | None], how: Literal["Average", "Minimum", "Maximum"]
+    ) -> float:
+        """The metric value a policy sees: ``how`` over the last N datapoints (0 if none)."""
+        values = [v for v in datapoints[-self.evaluation_periods :] if v is not None]
+        if not values:
+            return 0.0
+        if how == "Maximum":
+            return max(values)
+        if how == "Minimum":
+            return min(values)
+        return sum(values) / len(values)
+
+    def put_metric_alarm_request(
+        self, name: str, dimensions: dict[str, str], actions: list[str]
+    ) -> dict[str, Any]:
+        """The CloudWatch PutMetricAlarm body. Refuses managed alarms (AWS owns those)."""
+        if self.managed:
+            raise ValueError(
+                f"alarm on {self.metric_name} is managed by its target tracking policy; "
+                "Application Auto Scaling creates it, do not put it"
+            )
+        return {
+            "AlarmName": name,
+            "Namespace": METRIC_NAMESPACE,
+            "MetricName": self.metric_name,
+            "Dimensions": [{"Name": k, "Value": v} for k, v in dimensions.items()],
+            "Statistic": self.statistic,
+            "Period": self.period_s,
+            "EvaluationPeriods": self.evaluation_periods,
+            "DatapointsToAlarm": self.datapoints_to_alarm,
+            "Threshold": self.threshold,
+            "ComparisonOperator": self.comparison,
+            "TreatMissingData": self.treat_missing_data,
+            "AlarmActions": actions,
+        }
+
+
+@dataclass(frozen=True)
+class StepAdjustment:
+    """Applies when ``lower <= metric - threshold < upper`` (a missing bound is unbounded)."""
+
+    lower: float | None
+    upper: float | None
+    adjustment: int
+
+    def matches(self, excess: float) -> bool:
+        return (self.lower is None or excess >= self.lower) and (
+            self.upper is None or excess < self.upper
+        )
+
+
+@dataclass(frozen=True)
+class StepScalingPolicy:
+    """A step scaling policy and the alarm whose action it is."""
+
+    adjustment_type: Literal["ChangeInCapacity", "ExactCapacity"]
+    steps: tuple[StepAdjustment, ...]
+    cooldown_s: int
+    metric_aggregation: Literal["Average", "Minimum", "Maximum"]
+    alarm: AlarmSpec
+
+    def adjustment_for(self, metric: float) -> int | None:
+        """The step that applies to a breaching metric value, or None if none does."""
+        excess = metric - self.alarm.threshold
+        for step in self.steps:
+            if step.matches(excess):
+                return step.adjustment
+        return None
+
+    def configuration(self) -> dict[str, Any]:
+        """PutScalingPolicy's StepScalingPolicyConfiguration."""
+        steps: list[dict[str, Any]] = []
+        for step in self.steps:
+            item: dict[str, Any] = {"ScalingAdjustment": step.adjustment}
+            if step.lower is not None:
+                item["MetricIntervalLowerBound"] = step.lower
+            if step.upper is not None:
+                item["MetricIntervalUpperBound"] = step.upper
+            steps.append(item)
+        return {
+            "AdjustmentType": self.adjustment_type,
+            "StepAdjustments": steps,
+            "Cooldown": self.cooldown_s,
+            "MetricAggregationType": self.metric_aggregation,
+        }
+
+
+@dataclass(frozen=True)
+class TargetTrackingPolicy:
+    """Keep ``metric`` near ``target_value``; AWS derives and owns the two alarms."""
+
+    metric: MetricInfo
+    target_value: float
+    scale_in_cooldown_s: int
+    scale_out_cooldown_s: int
+    high_alarm: AlarmSpec
+    low_alarm: AlarmSpec
+    disable_scale_in: bool = False
+
+    def configuration(self) -> dict[str, Any]:
+        """PutScalingPolicy's TargetTrackingScalingPolicyConfiguration."""
+        return {
+            "TargetValue": self.target_value,
+            "PredefinedMetricSpecification": {"PredefinedMetricType": self.metric.predefined_type},
+            "ScaleInCooldown": self.scale_in_cooldown_s,
+            "ScaleOutCooldown": self.scale_out_cooldown_s,
+            "DisableScaleIn": self.disable_scale_in,
+        }
+
+
+@dataclass(frozen=True)
+class ScalingPolicy:
+    """Everything AWS needs to scale one deployment (plus llmhost's idle alarm).
+
+    Capacity is in copies for inference components and in instances for variants.
+    ``scale_from_zero`` is set only when the target may reach zero copies; ``idle_alarm``
+    fires after the spec's idle minutes without invocations and is acted on by llmhost's
+    scaling hook (zero copies for a component, sleep for a dedicated endpoint).
+    """
+
+    dimension: str
+    min_capacity: int
+    max_capacity: int
+    target_tracking: TargetTrackingPolicy
+    scale_from_zero: StepScalingPolicy | None = None
+    idle_alarm: AlarmSpec | None = None
+
+    @property
+    def scale_to_zero(self) -> bool:
+        return self.idle_alarm is not None or self.min_capacity == 0
+
+    def clamp(self, capacity: int) -> int:
+        """Capacity within [min_capacity, max_capacity], as Application Auto Scaling applies it."""
+        return max(self.min_capacity, min(self.max_capacity, capacity))
+
+    def register_scalable_target_request(self, resource_id: str) -> dict[str, Any]:
+        """Application Auto Scaling RegisterScalableTarget body."""
+        return {
+            "ServiceNamespace": NAMESPACE,
+            "ResourceId": resource_id,
+            "ScalableDimension": self.dimension,
+            "MinCapacity": self.min_capacity,
+            "MaxCapacity": self.max_capacity,
+        }
+
+    def target_tracking_request(self, resource_id: str, policy_name: str) -> dict[str, Any]:
+        """PutScalingPolicy body for the target tracking policy."""
+        return {
+            "PolicyName": policy_name,
+            "ServiceNamespace": NAMESPACE,
+            "ResourceId": resource_id,
+            "ScalableDimension": self.dimension,
+            "PolicyType": "TargetTrackingScaling",
+            "TargetTrackingScalingPolicyConfiguration": self.target_tracking.configuration(),
+        }
+
+    def step_scaling_request(self, resource_id: str, policy_name: str) -> dict[str, Any]:
+        """PutScalingPolicy body for the scale-from-zero step policy (only with scale to zero)."""
+        if self.scale_from_zero is None:
+            raise ValueError("this policy has no step scaling policy: scale_to_zero is off")
+        return {
+            "PolicyName": policy_name,
+            "ServiceNamespace": NAMESPACE,
+            "ResourceId": resource_id,
+            "ScalableDimension": self.dimension,
+            "PolicyType": "StepScaling",
+            "StepScalingPolicyConfiguration": self.scale_from_zero.configuration(),
+        }
+
+
+def policy_from_spec(scaling: Scaling) -> ScalingPolicy:
+    """The ScalingPolicy a deployment's ``Scaling`` block deploys as.
+
+    The metric decides the scalable dimension: ``*-per-copy`` scales an inference component's
+    copies, ``*-per-instance`` a variant's instances. Variants cannot go below one instance,
+    so for them ``scale_to_zero`` means sleeping (the idle alarm) rather than MinCapacity 0.
+    The spec is already validated (min <= max, min 0 only with scale_to_zero).
+    """
+    metric = METRICS[scaling.target_metric]
+    target = scaling.target_value
+    high = AlarmSpec(
+        metric_name=metric.cloudwatch_name,
+        statistic=metric.statistic,
+        period_s=metric.period_s,
+        evaluation_periods=SCALE_OUT_DATAPOINTS,
+        datapoints_to_alarm=SCALE_OUT_DATAPOINTS,
+        threshold=target,
+        comparison="GreaterThanThreshold",
+        kind=metric.kind,
+        managed=True,
+    )
+    low_datapoints = SCALE_IN_WINDOW_S // metric.period_s
+    low = replace(
+        high,
+        evaluation_periods=low_datapoints,
+        datapoints_to_alarm=low_datapoints,
+        threshold=target * SCALE_IN_THRESHOLD_FACTOR,
+        comparison="LessThanThreshold",
+    )
+    tracking = TargetTrackingPolicy(
+        metric=metric,
+        target_value=target,
+        scale_in_cooldown_s=scaling.scale_in_cooldown_s,
+        scale_out_cooldown_s=scaling.scale_out_cooldown_s,
+        high_alarm=high,
+        low_alarm=low,
+    )
+    per_copy = metric.dimension == COPY_DIMENSION
+    min_capacity = scaling.min_capacity if per_copy else max(1, scaling.min_capacity)
+    wake: StepScalingPolicy | None = None
+    idle: AlarmSpec | None = None
+    if scaling.scale_to_zero:
+        idle = AlarmSpec(
+            metric_name="Invocations",
+            statistic="Sum",
+            period_s=STANDARD_PERIOD_S,
+            evaluation_periods=scaling.idle_minutes,
+            datapoints_to_alarm=scaling.idle_minutes,
+            threshold=0,
+            comparison="LessThanOrEqualToThreshold",
+            kind="invocation_count",
+            # No traffic publishes no datapoints; that silence is exactly what "idle" means.
+            treat_missing_data="breaching",
+        )
+        if per_copy:
+            min_capacity = 0
+            wake = StepScalingPolicy(
+                adjustment_type="ChangeInCapacity",
+                steps=(StepAdjustment(lower=0, upper=None, adjustment=1),),
+                cooldown_s=WAKE_COOLDOWN_S,
+                metric_aggregation="Maximum",
+                alarm=AlarmSpec(
+                    metric_name="NoCapacityInvocationFailures",
+                    statistic="Sum",
+                    period_s=STANDARD_PERIOD_S,
+                    evaluation_periods=1,
+                    datapoints_to_alarm=1,
+                    # One refused request is enough to start waking.
+                    threshold=0,
+                    comparison="GreaterThanThreshold",
+                    kind="no_capacity_failures",
+                    treat_missing_data="notBreaching",
+                ),
+            )
+    return ScalingPolicy(
+        dimension=metric.dimension,
+        min_capacity=min_capacity,
+        max_capacity=max(min_capacity, scaling.max_capacity),
+        target_tracking=tracking,
+        scale_from_zero=wake,
+        idle_alarm=idle,
+    )
+
+
+# ------------------------------------------------- what Application Auto Scaling does with it
+
+
+@dataclass(frozen=True)
+class ScalingState:
+    """What Application Auto Scaling remembers between alarm invocations (times in seconds).
+
+    ``desired`` includes copies still starting. During a scale-out cooldown, further scale-out
+    is computed from the capacity before the activity that started it (``scale_out_base``), so
+    copies that are still starting are not counted twice.
+    """
+
+    desired: int
+    scale_out_until: float = -math.inf
+    scale_out_base: int = 0
+    scale_in_until: float = -math.inf
+    step_until: float = -math.inf
+    step_base: int = 0
+    woken_at: float = -math.inf  # last time a wake (hook or step policy) left zero
+    activities: tuple[Activity, ...] = field(default=(), repr=False)
+
+
+@dataclass(frozen=True)
+class Activity:
+    """One scaling activity: when, from what to what, and which policy or hook caused it."""
+
+    at_s: float
+    before: int
+    after: int
+    cause: Literal["target-tracking-out", "target-tracking-in", "step", "idle", "wake"]
+
+
+def target_tracking_capacity(capacity: int, metric: float, target: float) -> int:
+    """ceil(capacity x metric / target): the capacity that brings the metric to the target.
+
+    A tiny tolerance keeps float noise (4.0000000001) from adding a whole copy.
+    """
+    if capacity <= 0 or metric <= 0:
+        return 0
+    return math.ceil(capacity * metric / target - 1e-9)
+
+
+def _set(state: ScalingState, now: float, after: int, cause: Any, **changes: Any) -> ScalingState:
+    activity = Activity(now, state.desired, after, cause)
+    return replace(state, desired=after, activities=(*state.activities, activity), **changes)
+
+
+def scale_out(
+    policy: ScalingPolicy, state: ScalingState, now: float, metric: float
+) -> ScalingState:
+    """The target tracking policy's high alarm is in ALARM with ``metric`` as its datapoint.
+
+    Capacity only grows. Outside a cooldown the new capacity is computed from the current
+    desired capacity; inside one, from the capacity before the initiating scale-out, and it
+    applies only if larger than what that activity already asked for.
+    """
+    tracking = policy.target_tracking
+    cooling = now < state.scale_out_until
+    base = state.scale_out_base if cooling else state.desired
+    wanted = policy.clamp(target_tracking_capacity(base, metric, tracking.target_value))
+    if wanted <= state.desired:
+        return state
+    if cooling:
+        return _set(state, now, wanted, "target-tracking-out")
+    return _set(
+        state,
+        now,
+        wanted,
+        "target-tracking-out",
+        scale_out_until=now + tracking.scale_out_cooldown_s,
+        scale_out_base=state.desired,
+    )
+
+
+def scale_in(policy: ScalingPolicy, state: ScalingState, now: float, metric: float) -> ScalingState:
+    """The low alarm is in ALARM (the metric stayed well below target for the whole window).
+
+    Removes only what keeps the metric at or under the target, never below min_capacity, and
+    not during either cooldown (a scale-out still settling is not undone).
+    """
+    tracking = policy.target_tracking
+    if tracking.disable_scale_in or now < state.scale_in_until or now < state.scale_out_until:
+        return state
+    wanted = policy.clamp(target_tracking_capacity(state.desired, metric, tracking.target_value))
+    if wanted >= state.desired:
+        return state
+    return _set(
+        state,
+        now,
+        wanted,
+        "target-tracking-in",
+        scale_in_until=now + tracking.scale_in_cooldown_s,
+    )
+
+
+def step(policy: ScalingPolicy, state: ScalingState, now: float, metric: float) -> ScalingState:
+    """The scale-from-zero step policy's alarm is in ALARM with ``metric`` aggregated."""
+    wake = policy.scale_from_zero
+    if wake is None:
+        return state
+    adjustment = wake.adjustment_for(metric)
+    if adjustment is None:
+        return state
+    if wake.adjustment_type == "ExactCapacity":
+        wanted = policy.clamp(adjustment)
+        return state if wanted == state.desired else _set(state, now, wanted, "step")
+    cooling = now < state.step_until
+    base = state.step_base if cooling else state.desired
+    wanted = policy.clamp(base + adjustment)
+    if wanted <= state.desired:
+        return state
+    woken = {"woken_at": now} if state.desired == 0 else {}
+    if cooling:
+        return _set(state, now, wanted, "step", **woken)
+    return _set(
+        state,
+        now,
+        wanted,
+        "step",
+        step_until=now + wake.cooldown_s,
+        step_base=state.desired,
+        **woken,
+    )
+
+
+def idle(policy: ScalingPolicy, state: ScalingState, now: float) -> ScalingState:
+    """The idle alarm fired: llmhost's hook takes the deployment to zero (or to sleep).
+
+    Ignored while a wake is under way and for the idle window after it: the request that
+    woke the model is often the only one for minutes, and the copy serving it takes longer
+    to start than the shortest idle window, so without this the hook would put the model
+    back to sleep before it ever answered.
+    """
+    alarm = policy.idle_alarm
+    if alarm is None or state.desired == 0:
+        return state
+    if now < state.woken_at + WAKE_COOLDOWN_S + alarm.period_s * alarm.evaluation_periods:
+        return state
+    return _set(state, now, 0, "idle")
+
+
+def wake(policy: ScalingPolicy, state: ScalingState, now: float) -> ScalingState:
+    """A request found no copy: llmhost's hook asks for one at once, without the alarm's delay."""
+    if state.desired > 0:
+        return state
+    return _set(state, now, max(1, policy.min_capacity), "wake", woken_at=now)

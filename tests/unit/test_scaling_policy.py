@@ -1,0 +1,290 @@
+"""Scaling policy: what a spec's Scaling block deploys as, and what Application Auto Scaling
+decides with it (target tracking formula, cooldowns, bounds, step policy, alarms)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+import botocore.session
+import pytest
+from botocore.exceptions import ParamValidationError
+from botocore.validate import validate_parameters
+
+from llmhost.scaling import policy as aas
+from llmhost.scaling.policy import ScalingState, policy_from_spec
+from llmhost.specs import Scaling
+
+COMPONENT = "inference-component/llama3-8b-ic"
+HIGH_RES_PER_COPY = "SageMakerInferenceComponentConcurrentRequestsPerCopyHighResolution"
+
+
+def assert_valid(service: str, operation: str, params: dict[str, Any]) -> None:
+    """Fail as AWS would: validate a request body against botocore's service model."""
+    model = botocore.session.get_session().get_service_model(service)
+    try:
+        validate_parameters(params, model.operation_model(operation).input_shape)
+    except ParamValidationError as error:  # pragma: no cover - the assertion message
+        pytest.fail(f"{operation} would be rejected: {error}")
+
+
+# ------------------------------------------------------------------------- policy_from_spec
+
+
+def test_default_spec_tracks_high_resolution_concurrency_per_copy() -> None:
+    # Given the spec's default Scaling block, whatever its tuned values are
+    scaling = Scaling()
+    # When it becomes a policy
+    policy = policy_from_spec(scaling)
+    # Then it scales an inference component's copies on the 10 s concurrency metric,
+    # with the spec's bounds, target and cooldowns, and no scale-to-zero pieces
+    tracking = policy.target_tracking
+    assert policy.dimension == "sagemaker:inference-component:DesiredCopyCount"
+    assert (policy.min_capacity, policy.max_capacity) == (
+        scaling.min_capacity,
+        scaling.max_capacity,
+    )
+    assert tracking.configuration() == {
+        "TargetValue": scaling.target_value,
+        "PredefinedMetricSpecification": {"PredefinedMetricType": HIGH_RES_PER_COPY},
+        "ScaleInCooldown": scaling.scale_in_cooldown_s,
+        "ScaleOutCooldown": scaling.scale_out_cooldown_s,
+        "DisableScaleIn": False,
+    }
+    assert policy.scale_from_zero is None and policy.idle_alarm is None
+
+
+def test_target_tracking_alarms_scale_out_after_three_datapoints_in_after_fifteen_minutes() -> None:
+    # Given a high-resolution and a one-minute metric
+    fast = policy_from_spec(Scaling(target_metric="concurrent-requests-per-copy", target_value=8))
+    slow = policy_from_spec(Scaling(target_metric="invocations-per-copy", target_value=300))
+    # Then AWS's managed alarms: 3 datapoints above the target to scale out, 15 minutes
+    # below 90% of it to scale in, at the metric's own period
+    high, low = fast.target_tracking.high_alarm, fast.target_tracking.low_alarm
+    assert (high.period_s, high.evaluation_periods, high.threshold) == (10, 3, 8)
+    assert high.comparison == "GreaterThanThreshold" and high.managed
+    assert (low.period_s, low.evaluation_periods, low.comparison) == (10, 90, "LessThanThreshold")
+    assert low.threshold == pytest.approx(7.2)
+    high, low = slow.target_tracking.high_alarm, slow.target_tracking.low_alarm
+    assert (high.period_s, high.evaluation_periods) == (60, 3)
+    assert (low.period_s, low.evaluation_periods, low.threshold) == (60, 15, 270)
+
+
+def test_per_instance_metrics_scale_variant_instances_and_never_below_one() -> None:
+    # Given a dedicated endpoint that should sleep when idle
+    scaling = Scaling(
+        target_metric="invocations-per-instance",
+        min_capacity=0,
+        max_capacity=3,
+        scale_to_zero=True,
+        idle_minutes=20,
+    )
+    # When it becomes a policy
+    policy = policy_from_spec(scaling)
+    # Then the variant keeps one instance (variants cannot go to zero); sleeping is the idle
+    # alarm's job, and there is no NoCapacityInvocationFailures step policy
+    assert policy.dimension == "sagemaker:variant:DesiredInstanceCount"
+    assert policy.target_tracking.metric.predefined_type == "SageMakerVariantInvocationsPerInstance"
+    assert policy.min_capacity == 1
+    assert policy.scale_from_zero is None
+    assert policy.idle_alarm is not None and policy.idle_alarm.evaluation_periods == 20
+
+
+def test_scale_to_zero_component_gets_all_four_pieces() -> None:
+    # Given a shared deployment that may scale to zero
+    scaling = Scaling(min_capacity=0, max_capacity=4, scale_to_zero=True, idle_minutes=10)
+    # When it becomes a policy
+    policy = policy_from_spec(scaling)
+    # Then: MinCapacity 0, target tracking, a +1 step policy whose cooldown outlasts a wake,
+    # and its alarm firing on a single refused request
+    assert policy.min_capacity == 0 and policy.scale_to_zero
+    wake = policy.scale_from_zero
+    assert wake is not None
+    assert wake.configuration() == {
+        "AdjustmentType": "ChangeInCapacity",
+        "StepAdjustments": [{"ScalingAdjustment": 1, "MetricIntervalLowerBound": 0}],
+        "Cooldown": aas.WAKE_COOLDOWN_S,
+        "MetricAggregationType": "Maximum",
+    }
+    assert aas.WAKE_COOLDOWN_S > 480
+    assert wake.alarm.metric_name == "NoCapacityInvocationFailures"
+    assert wake.alarm.in_alarm([1.0]) and not wake.alarm.in_alarm([None])
+    # And the idle alarm treats minutes without a datapoint as idle
+    idle = policy.idle_alarm
+    assert idle is not None and idle.metric_name == "Invocations"
+    assert idle.in_alarm([None] * 10) and not idle.in_alarm([None] * 9 + [3.0])
+
+
+def test_deploy_requests_are_what_aws_accepts() -> None:
+    # Given a scale-to-zero policy
+    policy = policy_from_spec(Scaling(min_capacity=0, max_capacity=2, scale_to_zero=True))
+    assert policy.scale_from_zero is not None and policy.idle_alarm is not None
+    # When its AWS request bodies are built
+    target = policy.register_scalable_target_request(COMPONENT)
+    tracking = policy.target_tracking_request(COMPONENT, "llmhost-tt")
+    step = policy.step_scaling_request(COMPONENT, "llmhost-wake")
+    dims = {"InferenceComponentName": "llama3-8b-ic"}
+    wake_alarm = policy.scale_from_zero.alarm.put_metric_alarm_request("wake", dims, ["arn:x"])
+    idle_alarm = policy.idle_alarm.put_metric_alarm_request("idle", dims, ["arn:y"])
+    # Then botocore's service models accept every one of them
+    assert_valid("application-autoscaling", "RegisterScalableTarget", target)
+    assert_valid("application-autoscaling", "PutScalingPolicy", tracking)
+    assert_valid("application-autoscaling", "PutScalingPolicy", step)
+    assert_valid("cloudwatch", "PutMetricAlarm", wake_alarm)
+    assert_valid("cloudwatch", "PutMetricAlarm", idle_alarm)
+    assert target["MinCapacity"] == 0
+
+
+def test_managed_alarms_are_never_put_and_step_needs_scale_to_zero() -> None:
+    # Given a policy without scale to zero
+    policy = policy_from_spec(Scaling())
+    # Then its target-tracking alarms belong to AWS, and it has no step policy to put
+    with pytest.raises(ValueError, match="managed by its target tracking policy"):
+        policy.target_tracking.high_alarm.put_metric_alarm_request("x", {}, [])
+    with pytest.raises(ValueError, match="scale_to_zero is off"):
+        policy.step_scaling_request(COMPONENT, "wake")
+
+
+# -------------------------------------------------------------------------------- alarms
+
+
+def test_alarm_needs_m_of_n_breaching_datapoints() -> None:
+    # Given an alarm that needs 2 of the last 3 datapoints above 5
+    alarm = aas.AlarmSpec("M", "Average", 10, 3, 2, 5.0, "GreaterThanThreshold", "concurrency")
+    # Then fewer than N datapoints never alarm, and missing ones do not breach
+    assert not alarm.in_alarm([9.0, 9.0])
+    assert alarm.in_alarm([1.0, 9.0, 6.0])
+    assert not alarm.in_alarm([9.0, 1.0, None])
+    assert not alarm.in_alarm([9.0, 9.0, 1.0, 1.0])  # only the last three count
+
+
+def test_awss_example_wake_alarm_ignores_a_single_refused_request() -> None:
+    # Given AWS's documented alarm: Sum of NoCapacityInvocationFailures GreaterThanThreshold 1
+    alarm = aas.AlarmSpec(
+        "NoCapacityInvocationFailures", "Sum", 60, 1, 1, 1, "GreaterThanThreshold", "concurrency"
+    )
+    # Then one refused request in a minute does not wake the model; two do
+    assert not alarm.in_alarm([1.0])
+    assert alarm.in_alarm([2.0])
+
+
+def test_aggregation_over_the_evaluated_datapoints() -> None:
+    alarm = aas.AlarmSpec("M", "Average", 10, 3, 3, 5.0, "GreaterThanThreshold", "concurrency")
+    points: list[float | None] = [100.0, 6.0, None, 12.0]
+    assert alarm.aggregate(points, "Average") == 9.0
+    assert alarm.aggregate(points, "Maximum") == 12.0
+    assert alarm.aggregate([None, None, None], "Average") == 0.0
+
+
+# ------------------------------------------------------------------------ AAS decisions
+
+
+def policy_for(**fields: Any) -> aas.ScalingPolicy:
+    base: dict[str, Any] = {
+        "min_capacity": 1,
+        "max_capacity": 10,
+        "target_value": 10,
+        "scale_out_cooldown_s": 180,
+        "scale_in_cooldown_s": 300,
+    }
+    return policy_from_spec(Scaling(**{**base, **fields}))
+
+
+def test_target_tracking_formula_rounds_up_but_ignores_float_noise() -> None:
+    assert aas.target_tracking_capacity(2, 15, 10) == 3
+    assert aas.target_tracking_capacity(3, 4.0000000001, 4) == 3
+    assert aas.target_tracking_capacity(3, 0, 4) == 0
+    assert aas.target_tracking_capacity(0, 50, 4) == 0
+
+
+def test_scale_out_is_proportional_and_cooldown_prevents_double_counting() -> None:
+    # Given 2 copies at 20 concurrent requests each, target 10
+    policy = policy_for()
+    state = ScalingState(desired=2)
+    # When the high alarm fires
+    state = aas.scale_out(policy, state, now=0, metric=20)
+    # Then capacity doubles at once and a cooldown starts
+    assert state.desired == 4 and state.scale_out_until == 180
+    # When it fires again before the new copies serve (metric unchanged)
+    again = aas.scale_out(policy, state, now=60, metric=20)
+    # Then nothing is added: the copies still starting are counted
+    assert again.desired == 4
+    # But a rising load within the cooldown still scales out, from the pre-activity base
+    assert aas.scale_out(policy, state, now=60, metric=30).desired == 6
+
+
+def test_scale_out_after_a_cooldown_shorter_than_startup_overshoots() -> None:
+    # Given a cooldown that ends before the added copies serve (the metric still reads high)
+    policy = policy_for(scale_out_cooldown_s=60)
+    state = aas.scale_out(policy, ScalingState(desired=2), now=0, metric=20)
+    # When the alarm fires again after the cooldown but before the copies are ready
+    state = aas.scale_out(policy, state, now=90, metric=20)
+    # Then AWS compounds: 4 x 20 / 10 = 8 copies for a load that needs 4. This is why the
+    # scale-out cooldown must outlast the 120 s it takes to add a copy.
+    assert state.desired == 8
+
+
+def test_scale_out_is_clamped_to_max_capacity() -> None:
+    policy = policy_for(max_capacity=3)
+    state = aas.scale_out(policy, ScalingState(desired=2), now=0, metric=100)
+    assert state.desired == 3
+    assert state.activities[-1] == aas.Activity(0, 2, 3, "target-tracking-out")
+
+
+def test_scale_in_keeps_the_metric_under_target_respects_min_and_cooldowns() -> None:
+    # Given 6 copies at 3 requests each, target 10
+    policy = policy_for(min_capacity=1)
+    state = ScalingState(desired=6)
+    # When the low alarm fires
+    state = aas.scale_in(policy, state, now=1000, metric=3)
+    # Then capacity falls to what keeps the metric at or under target: ceil(6*3/10) = 2
+    assert state.desired == 2 and state.scale_in_until == 1300
+    # And a second scale-in waits for the scale-in cooldown
+    assert aas.scale_in(policy, state, now=1100, metric=0.5).desired == 2
+    # After it, it may reach the minimum but never go below
+    assert aas.scale_in(policy, state, now=1400, metric=0).desired == 1
+
+
+def test_no_scale_in_while_a_scale_out_settles_or_when_disabled() -> None:
+    policy = policy_for()
+    state = aas.scale_out(policy, ScalingState(desired=2), now=0, metric=20)
+    assert aas.scale_in(policy, state, now=100, metric=1).desired == 4
+    base = policy_for()
+    frozen = replace(base, target_tracking=replace(base.target_tracking, disable_scale_in=True))
+    assert aas.scale_in(frozen, ScalingState(desired=5), now=0, metric=1).desired == 5
+
+
+def test_step_policy_wakes_one_copy_and_cooldown_holds_it_while_it_starts() -> None:
+    # Given a scale-to-zero component at zero copies
+    policy = policy_for(min_capacity=0, scale_to_zero=True)
+    state = ScalingState(desired=0)
+    # When the NoCapacityInvocationFailures alarm fires
+    state = aas.step(policy, state, now=60, metric=3)
+    # Then one copy is asked for
+    assert state.desired == 1
+    # And failures that keep arriving while it starts do not add more
+    assert aas.step(policy, state, now=120, metric=5).desired == 1
+    assert aas.step(policy, state, now=60 + aas.WAKE_COOLDOWN_S, metric=5).desired == 2
+
+
+def test_idle_and_wake_hooks() -> None:
+    policy = policy_for(min_capacity=0, scale_to_zero=True)
+    asleep = aas.idle(policy, ScalingState(desired=3), now=10)
+    assert asleep.desired == 0 and asleep.activities[-1].cause == "idle"
+    awake = aas.wake(policy, asleep, now=20)
+    assert awake.desired == 1 and awake.activities[-1] == aas.Activity(20, 0, 1, "wake")
+    assert aas.wake(policy, awake, now=30) is awake  # already waking: one wake, not two
+    # A policy without scale to zero never idles
+    assert aas.idle(policy_for(), ScalingState(desired=2), now=0).desired == 2
+
+
+def test_scaling_state_starts_without_cooldowns() -> None:
+    state = ScalingState(desired=1)
+    assert state.scale_out_until == -math.inf and state.activities == ()
+
+
+def test_default_scale_out_cooldown_outlasts_adding_a_copy() -> None:
+    # Desired capacity counts copies still starting (120 s) plus detection (~30 s): a shorter
+    # cooldown compounds scale-outs, as the trace replays showed (4 -> 8 -> 42 copies).
+    assert Scaling().scale_out_cooldown_s > 150
