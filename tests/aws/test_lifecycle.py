@@ -382,3 +382,72 @@ def test_delete_removes_scaling_registrations_and_alarms(harness: Harness, kind:
     assert scaling.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"] == []
     assert aws.client("cloudwatch").describe_alarms()["MetricAlarms"] == []
     assert existing(harness) == EMPTY
+
+
+def _scaling_view(name: str) -> tuple[list[dict], list[dict], dict[str, dict]]:
+    from llmhost import aws
+
+    scaling = aws.client("application-autoscaling")
+    targets = scaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]
+    policies = scaling.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"]
+    alarms = aws.client("cloudwatch").describe_alarms(AlarmNamePrefix=f"llmhost-{name}-")
+    return targets, policies, {a["AlarmName"]: a for a in alarms["MetricAlarms"]}
+
+
+def test_shared_scale_to_zero_registers_all_four_pieces_and_delete_removes_them(
+    harness: Harness,
+) -> None:
+    spec = copy.deepcopy(SPECS["shared"])
+    spec["scaling"] = {"min_capacity": 0, "max_capacity": 4, "scale_to_zero": True}
+    harness.create(spec)
+    # When the component is in service
+    record = harness.settle("zephyr")
+    assert record.status == "IN_SERVICE" and record.scaling_applied
+    targets, policies, alarms = _scaling_view("zephyr")
+    # Then: a copy-count target with min 0, target tracking, a step policy, and an alarm on
+    # NoCapacityInvocationFailures whose action is that step policy
+    assert [
+        (t["ResourceId"], t["ScalableDimension"], t["MinCapacity"], t["MaxCapacity"])
+        for t in targets
+    ] == [("inference-component/zephyr", "sagemaker:inference-component:DesiredCopyCount", 0, 4)]
+    kinds = {p["PolicyName"]: p for p in policies}
+    assert kinds["llmhost-zephyr-target"]["PolicyType"] == "TargetTrackingScaling"
+    assert kinds["llmhost-zephyr-wake"]["PolicyType"] == "StepScaling"
+    wake_alarm = alarms["llmhost-zephyr-no-capacity"]
+    assert wake_alarm["MetricName"] == "NoCapacityInvocationFailures"
+    assert wake_alarm["AlarmActions"] == [kinds["llmhost-zephyr-wake"]["PolicyARN"]]
+    assert wake_alarm["Dimensions"] == [{"Name": "InferenceComponentName", "Value": "zephyr"}]
+    assert alarms["llmhost-zephyr-idle"]["MetricName"] == "Invocations"
+    # When deleted, nothing of it is left
+    harness.set_desired("zephyr", "deleted")
+    assert harness.settle("zephyr").status == "DELETED"
+    targets, policies, alarms = _scaling_view("zephyr")
+    assert (targets, policies, alarms) == ([], [], {})
+    assert existing(harness) == EMPTY
+
+
+def test_dedicated_scaling_follows_the_spec(harness: Harness) -> None:
+    spec = copy.deepcopy(SPECS["dedicated"])
+    spec["scaling"] = {
+        "min_capacity": 1,
+        "max_capacity": 3,
+        "target_metric": "invocations-per-instance",
+        "target_value": 100,
+    }
+    harness.create(spec)
+    harness.settle("llama")
+    targets, policies, _ = _scaling_view("llama")
+    assert [(t["ResourceId"], t["MaxCapacity"]) for t in targets] == [
+        ("endpoint/llama/variant/AllTraffic", 3)
+    ]
+    assert [p["PolicyName"] for p in policies] == ["llmhost-llama-target"]
+    # When the spec raises the maximum, the target follows
+    harness.patch("llama", {"scaling": {**spec["scaling"], "max_capacity": 5}})
+    harness.settle("llama")
+    targets, _, _ = _scaling_view("llama")
+    assert [t["MaxCapacity"] for t in targets] == [5]
+    # When the spec fixes the capacity again, autoscaling is removed
+    harness.patch("llama", {"scaling": {"min_capacity": 1, "max_capacity": 1}})
+    record = harness.settle("llama")
+    assert _scaling_view("llama")[:2] == ([], [])
+    assert record.scaling_applied is None

@@ -17,6 +17,7 @@ from botocore.exceptions import ClientError
 from llmhost.errors import SageMakerBusy, SageMakerRejected
 from llmhost.lifecycle import planner as p
 from llmhost.lifecycle.desired import VARIANT, DesiredResources
+from llmhost.lifecycle.observer import alarm_prefix
 from llmhost.lifecycle.record import DeploymentRecord
 
 # How SageMaker words "not now, the resource is in a transitional state".
@@ -152,6 +153,44 @@ class SageMakerApplier:
         self, action: p.Action, record: DeploymentRecord, d: DesiredResources
     ) -> None:
         self._delete(self._sm.delete_inference_component, InferenceComponentName=action.target)
+
+    def _ApplyScaling(
+        self, action: p.Action, record: DeploymentRecord, d: DesiredResources
+    ) -> None:
+        policy = d.scaling
+        if policy is None:
+            raise TypeError("ApplyScaling without a scaling policy")
+        aas, cloudwatch = self._autoscaling(), self._cloudwatch()
+        rid, prefix = action.target, alarm_prefix(record.name)
+        aas.register_scalable_target(**policy.register_scalable_target_request(rid))
+        aas.put_scaling_policy(**policy.target_tracking_request(rid, f"{prefix}target"))
+        if policy.scale_from_zero is not None:
+            # Target tracking never leaves zero: a refused request (NoCapacityInvocation-
+            # Failures) trips this alarm, whose action is the step policy adding a copy.
+            arn = aas.put_scaling_policy(**policy.step_scaling_request(rid, f"{prefix}wake"))[
+                "PolicyARN"
+            ]
+            alarm = policy.scale_from_zero.alarm.put_metric_alarm_request(
+                f"{prefix}no-capacity", d.metric_dimensions, [arn]
+            )
+            cloudwatch.put_metric_alarm(**alarm)
+        else:
+            self._delete(
+                aas.delete_scaling_policy,
+                PolicyName=f"{prefix}wake",
+                ServiceNamespace="sagemaker",
+                ResourceId=rid,
+                ScalableDimension=d.scaling_dimension,
+            )
+            cloudwatch.delete_alarms(AlarmNames=[f"{prefix}no-capacity"])
+        if policy.idle_alarm is not None:
+            # No action: its state change reaches the scaling hook through EventBridge.
+            idle = policy.idle_alarm.put_metric_alarm_request(
+                f"{prefix}idle", d.metric_dimensions, []
+            )
+            cloudwatch.put_metric_alarm(**idle)
+        else:
+            cloudwatch.delete_alarms(AlarmNames=[f"{prefix}idle"])
 
     def _DeleteScalingPolicy(
         self, action: p.Action, record: DeploymentRecord, d: DesiredResources

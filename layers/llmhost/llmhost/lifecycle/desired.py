@@ -17,7 +17,36 @@ from typing import TYPE_CHECKING, Any, Literal
 from llmhost.specs import DeploymentSpec, HubSource, ServerlessHosting, SharedHosting
 
 if TYPE_CHECKING:
+    from llmhost.scaling.policy import ScalingPolicy
     from llmhost.sizing import Plan
+
+
+def wanted_scaling(spec: DeploymentSpec) -> ScalingPolicy | None:
+    """The autoscaling a spec asks for, or None when its capacity is fixed.
+
+    Serverless endpoints scale themselves (provisioned concurrency is left to the spec);
+    a fixed min == max without scale to zero needs no policy.
+    """
+    scaling = spec.scaling
+    if spec.hosting.kind == "serverless":
+        return None
+    if scaling.min_capacity == scaling.max_capacity and not scaling.scale_to_zero:
+        return None
+    from llmhost.scaling.policy import policy_from_spec
+
+    policy = policy_from_spec(scaling)
+    per_copy = policy.dimension.startswith("sagemaker:inference-component")
+    if per_copy != (spec.hosting.kind == "shared"):
+        # The metric names the other hosting kind's dimension: use this kind's.
+        metric = {
+            "invocations-per-copy": "invocations-per-instance",
+            "concurrent-requests-per-copy": "concurrent-requests-per-instance",
+            "invocations-per-instance": "invocations-per-copy",
+            "concurrent-requests-per-instance": "concurrent-requests-per-copy",
+        }[scaling.target_metric]
+        policy = policy_from_spec(scaling.model_copy(update={"target_metric": metric}))
+    return policy
+
 
 VARIANT = "AllTraffic"
 # Generous startup windows: large models take many minutes to download and load.
@@ -53,6 +82,18 @@ class DesiredResources:
     component_spec: dict[str, Any] = field(default_factory=dict)
     copies: int = 1
     token_secret_arn: str | None = None
+    scaling: ScalingPolicy | None = None
+
+    @property
+    def scaling_hash(self) -> str | None:
+        return short_hash(repr(self.scaling)) if self.scaling is not None else None
+
+    @property
+    def metric_dimensions(self) -> dict[str, str]:
+        """CloudWatch dimensions of this deployment's SageMaker metrics."""
+        if self.component_name:
+            return {"InferenceComponentName": self.component_name}
+        return {"EndpointName": self.endpoint_name, "VariantName": VARIANT}
 
     @property
     def is_shared(self) -> bool:
@@ -132,6 +173,7 @@ def desired_resources(
             },
             copies=hosting.copies,
             token_secret_arn=token_arn,
+            scaling=wanted_scaling(spec),
         )
 
     if isinstance(hosting, ServerlessHosting):
@@ -167,4 +209,5 @@ def desired_resources(
         config_body={"EndpointConfigName": config_name, "ProductionVariants": [variant]},
         endpoint_name=name,
         token_secret_arn=token_arn,
+        scaling=wanted_scaling(spec),
     )

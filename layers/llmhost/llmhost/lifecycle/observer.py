@@ -55,6 +55,7 @@ class SageMakerObserver:
                     c for c in self._components_on(endpoint.name) if c != desired.component_name
                 )
         deleting = record.desired_state == "deleted"
+        scaled = deleting or record.scaling_applied is not None or record.status == "IN_SERVICE"
         return Observed(
             models=models,
             configs=configs,
@@ -62,9 +63,10 @@ class SageMakerObserver:
             component=component,
             pool_components=pool_components,
             pool_wanted_by_others=others_in_pool,
-            scalable_targets=self._scalable_targets(desired) if deleting else frozenset(),
-            scaling_policies=self._scaling_policies(desired) if deleting else frozenset(),
-            alarms=self._alarms(name) if deleting else frozenset(),
+            # Autoscaling is only looked at once there is something to scale (or to delete).
+            scalable_targets=self._scalable_targets(desired) if scaled else frozenset(),
+            scaling_policies=self._scaling_policies(desired) if scaled else frozenset(),
+            alarms=self._alarms(name) if scaled else frozenset(),
         )
 
     # ------------------------------------------------------------------------------ readers

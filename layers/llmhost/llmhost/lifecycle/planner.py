@@ -91,6 +91,15 @@ class DeleteComponent(Action):
 
 
 @dataclass(frozen=True)
+class ApplyScaling(Action):
+    """Register the scalable target, its policies and llmhost's alarms (idempotent puts).
+
+    ``target`` is the Application Auto Scaling resource id; ``config`` the hash applied."""
+
+    config: str
+
+
+@dataclass(frozen=True)
 class DeleteScalingPolicy(Action):
     """``target`` is the policy name; ``resource`` its scalable target's resource id."""
 
@@ -195,6 +204,9 @@ def _plan_endpoint(record: DeploymentRecord, d: DesiredResources, o: Observed) -
     )
     if stale:
         return Step(stale, "IN_SERVICE", "removing resources of earlier generations")
+    scaling = _scaling_step(record, d, o, "IN_SERVICE")
+    if scaling:
+        return scaling
     return Step(Settle(ep.name), "IN_SERVICE", "")
 
 
@@ -271,6 +283,9 @@ def _plan_shared(record: DeploymentRecord, d: DesiredResources, o: Observed) -> 
         return Step(stale, "SLEEPING" if asleep else "IN_SERVICE", "removing old models")
     if asleep:
         return Step(Settle(ic.name), "SLEEPING", "zero copies; the next request wakes it")
+    scaling = _scaling_step(record, d, o, "IN_SERVICE")
+    if scaling:
+        return scaling
     return Step(Settle(ic.name), "IN_SERVICE", "")
 
 
@@ -332,6 +347,35 @@ def _delete_endpoint_step(ep: ObservedEndpoint | None) -> Step | None:
 
 
 # ----------------------------------------------------------------------------------- helpers
+
+
+def _scaling_step(
+    record: DeploymentRecord, d: DesiredResources, o: Observed, status: Status
+) -> Step | None:
+    """Apply the spec's autoscaling once in service, re-apply it when it changes, and remove
+    it when the spec no longer asks for any."""
+    if d.scaling is None:
+        return _remove_scaling(o, status)
+    config = d.scaling_hash or ""
+    if record.scaling_applied != config or d.scaling_resource_id not in o.scalable_targets:
+        return Step(
+            ApplyScaling(d.scaling_resource_id, config=config),
+            status,
+            f"autoscaling {d.scaling.min_capacity}-{d.scaling.max_capacity}",
+        )
+    return None
+
+
+def _remove_scaling(o: Observed, status: Status) -> Step | None:
+    """Policies first (not every backend drops them with their target), then targets, then
+    llmhost's alarms."""
+    for resource, policy in sorted(o.scaling_policies):
+        return Step(DeleteScalingPolicy(policy, resource=resource), status, "removing autoscaling")
+    for target in sorted(o.scalable_targets):
+        return Step(DeregisterScalableTarget(target), status, "removing autoscaling")
+    for alarm in sorted(o.alarms):
+        return Step(DeleteAlarm(alarm), status, "removing alarms")
+    return None
 
 
 def _progress(record: DeploymentRecord) -> Status:

@@ -15,8 +15,10 @@ from llmhost.lifecycle.applier import SageMakerApplier
 from llmhost.lifecycle.desired import DesiredResources, desired_resources
 from llmhost.lifecycle.observer import SageMakerObserver
 from llmhost.lifecycle.planner import (
+    ApplyScaling,
     CreateComponent,
     CreateEndpoint,
+    DeregisterScalableTarget,
     Step,
     UpdateComponent,
     UpdateEndpoint,
@@ -53,6 +55,10 @@ def record_step(record: DeploymentRecord, step: Step, history_limit: int) -> Dep
     changes: dict[str, object] = {}
     if isinstance(action, _ATTEMPTS):
         changes["attempt"] = Attempt(generation=record.generation, target=action.target)
+    if isinstance(action, ApplyScaling):
+        changes["scaling_applied"] = action.config
+    elif isinstance(action, DeregisterScalableTarget) and record.desired_state != "deleted":
+        changes["scaling_applied"] = None
     if getattr(action, "failed", False) and record.failed_generation != record.generation:
         changes["failed_generation"] = record.generation
     if action.calls_aws:

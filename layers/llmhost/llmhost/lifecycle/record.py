@@ -70,6 +70,8 @@ class DeploymentRecord(BaseModel):
     status_reason: str = ""
     failed_generation: int | None = None
     attempt: Attempt | None = None
+    # Hash of the autoscaling configuration last applied (None: none applied).
+    scaling_applied: str | None = None
     resources: Resources = Resources()
     history: list[HistoryEntry] = Field(default_factory=list)
     created_at: str = Field(default_factory=utc_now)
