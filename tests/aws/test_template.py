@@ -252,11 +252,13 @@ def test_serving_roles_read_the_registry_and_invoke_models_only(template: dict[s
     for role in ("ServeFunctionRole", "StreamFunctionRole"):
         statements = _role_statements(template, role)
         by_sid = {s["Sid"]: s for s in statements}
-        # Read-only registry access: serving never changes a deployment.
+        # Serving reads the registry; its only write is the wake of a sleeping model.
+        # PutItem only for the conditional wake a request for a sleeping model records
         assert set(_as_list(by_sid["RegistryRead"]["Action"])) == {
             "dynamodb:GetItem",
             "dynamodb:Query",
             "dynamodb:Scan",
+            "dynamodb:PutItem",
         }, role
         assert by_sid["RegistryRead"]["Resource"] == {"Fn::GetAtt": ["RegistryTable", "Arn"]}
         # Invocations only, on endpoints and inference components of this account and region

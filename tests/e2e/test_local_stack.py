@@ -212,6 +212,8 @@ def test_a_sleeping_model_answers_503_with_retry_after(local: Local) -> None:
     assert int(asleep.value.headers["Retry-After"]) > 0
     body = json.loads(asleep.value.read())
     assert "asleep" in body["error"]["message"]
+    # and that request woke it: the reconciler brings it back without anyone asking
+    local.wait_for("sleepy", "IN_SERVICE")
 
 
 def test_ingest_folder_cli(local: Local, tmp_path: Path) -> None:

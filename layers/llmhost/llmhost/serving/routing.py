@@ -8,6 +8,7 @@ token limits the engine was started with.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -44,6 +45,10 @@ class ModelNotReady(LlmhostError):
         self.retry_after = retry_after
 
 
+class ModelAsleep(ModelNotReady):
+    """Asleep: the request that finds it so wakes it (see ``ModelDirectory.route``)."""
+
+
 @dataclass(frozen=True)
 class ModelRoute:
     name: str
@@ -78,19 +83,51 @@ def route_for(record: DeploymentRecord) -> ModelRoute:
     )
 
 
+def wake_estimate_s(record: DeploymentRecord) -> int:
+    """Seconds a wake takes for this deployment: the median of its recorded wakes (from the
+    wake request to IN_SERVICE in its history), else SageMaker's typical startup."""
+    durations: list[float] = []
+    requested: str | None = None
+    for entry in record.history:
+        if entry.event == "WakeRequested":
+            requested = entry.at
+        elif requested and entry.status == "IN_SERVICE":
+            durations.append(_seconds_between(requested, entry.at))
+            requested = None
+    if not durations:
+        return DEFAULT_WAKE_SECONDS[record.spec.hosting.kind]
+    durations.sort()
+    return max(1, round(durations[len(durations) // 2]))
+
+
+def _seconds_between(start: str, end: str) -> float:
+    from datetime import datetime
+
+    parse = lambda value: datetime.fromisoformat(value.replace("Z", "+00:00"))  # noqa: E731
+    return (parse(end) - parse(start)).total_seconds()
+
+
 def check_ready(record: DeploymentRecord) -> None:
     """Raise ModelNotReady (with Retry-After) unless the deployment can take requests."""
-    status, kind = record.status, record.spec.hosting.kind
-    wake = DEFAULT_WAKE_SECONDS[kind]
-    if status in {"IN_SERVICE", "UPDATING"}:
+    status = record.status
+    wake = wake_estimate_s(record)
+    if status in {"IN_SERVICE", "UPDATING"} and record.desired_state != "sleeping":
         return
+    if record.desired_state == "in_service" and status == "SLEEPING":
+        raise ModelNotReady(f"model '{record.name}' is waking up", retry_after=wake)
     if status == "SLEEPING" or record.desired_state == "sleeping":
-        raise ModelNotReady(
-            f"model '{record.name}' is asleep; POST /v1/deployments/{record.name}/wake "
-            f"starts it (about {wake // 60} minutes)",
+        raise ModelAsleep(
+            f"model '{record.name}' is asleep and is being woken by this request; retry in "
+            f"about {wake} s",
             retry_after=wake,
         )
     if status in {"PENDING", "CREATING"}:
+        if (
+            (record.history
+            and record.history[-1].event == "WakeRequested")
+            or ("waking" in record.status_reason)
+        ):
+            raise ModelNotReady(f"model '{record.name}' is waking up", retry_after=wake)
         raise ModelNotReady(
             f"model '{record.name}' is still being created; SageMaker takes 10-30 minutes",
             retry_after=wake,
@@ -130,12 +167,32 @@ class ModelDirectory:
             raise ModelNotFound(
                 f"no model named '{model}'; GET /v1/models lists them (available: {names})"
             )
-        check_ready(record)
+        try:
+            check_ready(record)
+        except ModelAsleep:
+            self._wake(record)
+            raise
         key = (record.name, record.generation)
         route = self._routes.get(key)
         if route is None:
             route = self._routes[key] = route_for(record)
         return route
+
+    def _wake(self, record: DeploymentRecord) -> None:
+        """Record one wake. Concurrent requests (in this process or others) all try; the
+        registry's optimistic lock lets exactly one write land, the rest see it was done."""
+        from llmhost.errors import ConcurrentModification
+
+        if record.desired_state != "sleeping":
+            return  # already waking
+        woken = record.with_event(
+            "WakeRequested", reason="woken by a request", desired_state="in_service"
+        )
+        # A lost race means someone else woke it (or changed it): not ours to write.
+        with contextlib.suppress(ConcurrentModification):
+            self._registry().save(woken)
+        with self._lock:
+            self._loaded_at = float("-inf")  # re-read: the next request sees it waking
 
     def records(self) -> list[DeploymentRecord]:
         return sorted(self._records_now().values(), key=lambda r: r.name)
