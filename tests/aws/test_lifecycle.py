@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -451,3 +452,28 @@ def test_dedicated_scaling_follows_the_spec(harness: Harness) -> None:
     record = harness.settle("llama")
     assert _scaling_view("llama")[:2] == ([], [])
     assert record.scaling_applied is None
+
+
+def test_scaling_view_shows_capacity_policies_alarms_and_activity(harness: Harness) -> None:
+    from llmhost.local.events import LambdaContext, api_gateway_event
+    from llmhost.local.runner import load_handler
+
+    spec = copy.deepcopy(SPECS["shared"])
+    spec["scaling"] = {"min_capacity": 0, "max_capacity": 4, "scale_to_zero": True}
+    harness.create(spec)
+    harness.settle("zephyr")
+    api = load_handler("api", "llmhost-api")
+    event = api_gateway_event("GET", "/v1/deployments/zephyr/scaling", {}, b"", "tester")
+    response = api.handler(event, LambdaContext("api"))
+    view = json.loads(response["body"])
+    assert response["statusCode"] == 200
+    assert view["capacity"] == {"current": 1, "desired": 1}
+    assert view["bounds"] == {"min": 0, "max": 4}
+    assert {p["name"] for p in view["policies"]} == {"llmhost-zephyr-target", "llmhost-zephyr-wake"}
+    assert {a["name"] for a in view["alarms"]} == {
+        "llmhost-zephyr-idle",
+        "llmhost-zephyr-no-capacity",
+    }
+    assert any(
+        a["what"] == "ApplyScaling inference-component/zephyr" for a in view["recent_activity"]
+    )

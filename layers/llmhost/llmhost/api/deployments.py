@@ -118,6 +118,23 @@ def build_app(
     def wake_deployment(name: DeploymentName):
         return _set_desired(registry(), name, "in_service", history_limit)
 
+    @app.get(
+        "/v1/deployments/<name>/scaling",
+        summary="Capacity, policies and alarms in force, next scheduled change, recent activity",
+    )
+    def get_scaling(name: DeploymentName):
+        from llmhost import aws
+        from llmhost.scaling.view import scaling_view
+
+        record = _live(registry(), name)
+        view = scaling_view(
+            record,
+            aws.client("application-autoscaling"),
+            aws.client("cloudwatch"),
+            aws.client("sagemaker"),
+        )
+        return _json(HTTPStatus.OK, view)
+
     @app.post("/v1/plan", summary="Dry run: sizing and cost of a spec; nothing is created")
     def plan_spec(spec: DeploymentSpec):
         from llmhost import sizing

@@ -122,10 +122,8 @@ def check_ready(record: DeploymentRecord) -> None:
             retry_after=wake,
         )
     if status in {"PENDING", "CREATING"}:
-        if (
-            (record.history
-            and record.history[-1].event == "WakeRequested")
-            or ("waking" in record.status_reason)
+        if (record.history and record.history[-1].event == "WakeRequested") or (
+            "waking" in record.status_reason
         ):
             raise ModelNotReady(f"model '{record.name}' is waking up", retry_after=wake)
         raise ModelNotReady(

@@ -135,6 +135,8 @@ def route(operation: str, request: Request) -> Route:
     if request.get("ServiceNamespace") != NAMESPACE:
         return "pass"
     dimension = request.get("ScalableDimension")
+    if operation == "DescribeScalingActivities":
+        return "serve"  # moto does not implement it at all
     if operation in _ONE_TARGET_OPERATIONS:
         return "serve" if dimension in _RESOURCE_IDS else "pass"
     if operation not in _DESCRIBES:
@@ -426,6 +428,12 @@ class AutoScalingControlPlane:
                 end=end,
             )
             return {}
+
+    def describe_scaling_activities(
+        self, request: Request, downstream: Sequence[Any] = ()
+    ) -> Result:
+        """No scaling ever runs here (nothing executes policies), so there is no activity."""
+        return {"ScalingActivities": []}
 
     def describe_scheduled_actions(
         self, request: Request, downstream: Sequence[Any] = ()

@@ -91,6 +91,7 @@ AUTOSCALING_OPERATIONS: dict[str, str] = {
     "PutScheduledAction": "put_scheduled_action",
     "DescribeScheduledActions": "describe_scheduled_actions",
     "DeleteScheduledAction": "delete_scheduled_action",
+    "DescribeScalingActivities": "describe_scaling_activities",
 }
 
 # How many pages of a merged Describe the wire reads from behind the client before giving
