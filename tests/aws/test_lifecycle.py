@@ -436,7 +436,7 @@ def test_dedicated_scaling_follows_the_spec(harness: Harness) -> None:
         "target_value": 100,
     }
     harness.create(spec)
-    harness.settle("llama")
+    assert harness.settle("llama").status == "IN_SERVICE"
     targets, policies, _ = _scaling_view("llama")
     assert [(t["ResourceId"], t["MaxCapacity"]) for t in targets] == [
         ("endpoint/llama/variant/AllTraffic", 3)
@@ -444,12 +444,13 @@ def test_dedicated_scaling_follows_the_spec(harness: Harness) -> None:
     assert [p["PolicyName"] for p in policies] == ["llmhost-llama-target"]
     # When the spec raises the maximum, the target follows
     harness.patch("llama", {"scaling": {**spec["scaling"], "max_capacity": 5}})
-    harness.settle("llama")
+    assert harness.settle("llama").status == "IN_SERVICE"
     targets, _, _ = _scaling_view("llama")
     assert [t["MaxCapacity"] for t in targets] == [5]
     # When the spec fixes the capacity again, autoscaling is removed
     harness.patch("llama", {"scaling": {"min_capacity": 1, "max_capacity": 1}})
     record = harness.settle("llama")
+    assert record.status == "IN_SERVICE"
     assert _scaling_view("llama")[:2] == ([], [])
     assert record.scaling_applied is None
 

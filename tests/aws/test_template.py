@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ SERVING_ROUTES = {
 
 # The functions that embed or retrieve, and so carry the embedding and retrieval layers.
 DATA_PLANE = {"ServeFunction", "StreamFunction", "IngestFunction"}
-CONTROL_PLANE = {"ApiFunction", "ReconcileFunction"}
+CONTROL_PLANE = {"ApiFunction", "ReconcileFunction", "ScalingFunction"}
 
 # Actions that have no resource-level permissions, so "Resource": "*" is the only option.
 RESOURCE_STAR_ALLOWED = {
@@ -69,6 +69,7 @@ RESOURCE_STAR_ALLOWED = {
     "application-autoscaling:DescribeScalableTargets",
     "application-autoscaling:DescribeScalingPolicies",
     "application-autoscaling:DescribeScheduledActions",
+    "application-autoscaling:DescribeScalingActivities",
 }
 
 
@@ -239,9 +240,26 @@ def test_functions_use_their_own_least_privilege_roles(template: dict[str, Any])
     api_actions = {
         a for s in _role_statements(template, "ApiFunctionRole") for a in _as_list(s["Action"])
     }
-    # The API only touches the registry (plus its own logs and traces).
-    assert {a.split(":")[0] for a in api_actions} == {"dynamodb", "logs", "xray"}
-    assert not any(a.startswith("sagemaker:") or a == "iam:PassRole" for a in api_actions)
+    # The API writes only the registry (plus its own logs and traces); beyond it, it only
+    # reads what scaling is in force, for GET /v1/deployments/{name}/scaling.
+    beyond_registry = {
+        a for a in api_actions if a.split(":")[0] not in {"dynamodb", "logs", "xray"}
+    }
+    assert beyond_registry == API_SCALING_READS
+    assert all(a.split(":")[1].startswith("Describe") for a in beyond_registry)
+    assert "iam:PassRole" not in api_actions
+
+
+# What the deployment API's scaling view reads (llmhost.scaling.view), and nothing more.
+API_SCALING_READS = {
+    "application-autoscaling:DescribeScalableTargets",
+    "application-autoscaling:DescribeScalingPolicies",
+    "application-autoscaling:DescribeScheduledActions",
+    "application-autoscaling:DescribeScalingActivities",
+    "cloudwatch:DescribeAlarms",
+    "sagemaker:DescribeEndpoint",
+    "sagemaker:DescribeInferenceComponent",
+}
 
 
 SAGEMAKER_RUNTIME = {"sagemaker:InvokeEndpoint", "sagemaker:InvokeEndpointWithResponseStream"}
@@ -643,6 +661,7 @@ def test_every_function_runs_python313_arm64_with_the_layer(template: dict[str, 
     assert sizes == {
         "ApiFunction": (512, 29),
         "ReconcileFunction": (512, 120),
+        "ScalingFunction": (512, 30),
         "ServeFunction": (2048, 29),
         "StreamFunction": (2048, {"Ref": "StreamTimeout"}),
         "IngestFunction": (2048, 300),
@@ -806,6 +825,11 @@ def test_environment_variables_the_code_reads(template: dict[str, Any]) -> None:
         "POWERTOOLS_SERVICE_NAME": "llmhost-reconcile",
         "SAGEMAKER_EXECUTION_ROLE_ARN": {"Fn::GetAtt": ["SageMakerExecutionRole", "Arn"]},
         "HISTORY_LIMIT": {"Ref": "HistoryLimit"},
+    }
+    # The hook reads the registry's name only (llmhost.runtime.registry).
+    assert functions["ScalingFunction"]["Environment"]["Variables"] == {
+        **common,
+        "POWERTOOLS_SERVICE_NAME": "llmhost-scaling",
     }
     retrieval = {
         "QDRANT_URL": {"Ref": "QdrantUrl"},
@@ -1018,6 +1042,390 @@ def test_failed_async_invocations_land_in_the_dead_letter_queue(template: dict[s
     }
 
 
+# ------------------------------------------------------------------------ the scaling hook
+
+
+SCALING_DLQ_ARN = {"Fn::GetAtt": ["ScalingDeadLetterQueue", "Arn"]}
+
+
+def _scaling_rule(template: dict[str, Any]) -> dict[str, Any]:
+    events = _functions(template)["ScalingFunction"]["Events"]
+    assert list(events) == ["AlarmStateChange"]
+    assert events["AlarmStateChange"]["Type"] == "EventBridgeRule"
+    return events["AlarmStateChange"]["Properties"]
+
+
+def _matches(pattern: dict[str, Any], event: dict[str, Any]) -> bool:
+    """EventBridge's matching for the pattern features llmhost uses: every field of the
+    pattern must be present; a list is a choice of literal values or {"prefix": ...} matchers
+    (case-sensitive); an array in the event matches if any element does. Any other matcher
+    fails loudly, so a pattern this cannot judge is never passed."""
+    for key, wanted in pattern.items():
+        if key not in event:
+            return False
+        value = event[key]
+        if isinstance(wanted, dict):
+            if not isinstance(value, dict) or not _matches(wanted, value):
+                return False
+            continue
+        values = value if isinstance(value, list) else [value]
+        if not any(_matches_one(choice, v) for choice in wanted for v in values):
+            return False
+    return True
+
+
+def _matches_one(choice: Any, value: Any) -> bool:
+    if isinstance(choice, dict):
+        assert set(choice) == {"prefix"}, f"matcher {choice} is not modelled here"
+        return isinstance(value, str) and value.startswith(choice["prefix"])
+    return bool(choice == value)
+
+
+def test_pattern_matcher_follows_eventbridge_rules() -> None:
+    # Given a pattern with a literal choice and a nested prefix matcher
+    pattern = {"source": ["a", "b"], "detail": {"name": [{"prefix": "x-"}]}}
+    # Then a matching event passes, and a missing field, a wrong literal or prefix fails
+    assert _matches(pattern, {"source": "b", "detail": {"name": "x-1"}, "other": 1})
+    assert _matches(pattern, {"source": ["c", "a"], "detail": {"name": "x-"}})
+    assert not _matches(pattern, {"source": "c", "detail": {"name": "x-1"}})
+    assert not _matches(pattern, {"source": "a", "detail": {"name": "X-1"}})
+    assert not _matches(pattern, {"source": "a", "detail": {}})
+    assert not _matches(pattern, {"source": "a"})
+    with pytest.raises(AssertionError):
+        _matches({"a": [{"suffix": "z"}]}, {"a": "z"})
+
+
+def test_alarm_rule_sends_llmhost_alarms_to_the_hook_and_nothing_else(
+    template: dict[str, Any],
+) -> None:
+    from llmhost.lifecycle.observer import alarm_prefix
+    from llmhost.scaling.hook import KINDS, parse_alarm_event
+
+    pattern = _scaling_rule(template)["Pattern"]
+    # Given the two alarm samples
+    samples = _events("cloudwatch-alarm-")
+    assert set(samples) == {"cloudwatch-alarm-idle.json", "cloudwatch-alarm-no-capacity.json"}
+    expected = {
+        "cloudwatch-alarm-idle.json": ("llama3-8b", "idle"),
+        "cloudwatch-alarm-no-capacity.json": ("zephyr", "no-capacity"),
+    }
+    for name, event in samples.items():
+        # Then each reaches the hook, which reads the deployment and alarm kind from it
+        assert _matches(pattern, event), f"{name} would not reach the scaling hook"
+        detail = event["detail"]
+        assert event["resources"] == [
+            f"arn:aws:cloudwatch:{event['region']}:{event['account']}:alarm:{detail['alarmName']}"
+        ], name
+        change = parse_alarm_event(event)
+        assert change is not None, name
+        assert (change.deployment, change.kind) == expected[name]
+        # And every transition is delivered, not only into ALARM (the history records all)
+        for state in ("OK", "INSUFFICIENT_DATA"):
+            moved = copy.deepcopy(event)
+            moved["detail"]["state"]["value"] = state
+            assert _matches(pattern, moved), f"{name}: {state} transitions are dropped"
+    # And every alarm the reconciler creates (and only those) passes the filter
+    idle = samples["cloudwatch-alarm-idle.json"]
+    for kind in KINDS:
+        ours = copy.deepcopy(idle)
+        ours["detail"]["alarmName"] = alarm_prefix("my-model") + kind
+        assert _matches(pattern, ours), kind
+    for foreign in (
+        # the two alarms Application Auto Scaling creates for a target tracking policy
+        "TargetTracking-endpoint/llama3-8b/variant/AllTraffic-AlarmHigh-5e1b3c6a-0f1d",
+        "TargetTracking-inference-component/zephyr-AlarmLow-9a8b7c6d-1e2f",
+        "billing-llmhost-idle",
+        "LLMHOST-llama3-8b-idle",  # prefixes match case-sensitively
+    ):
+        other = copy.deepcopy(idle)
+        other["detail"]["alarmName"] = foreign
+        assert not _matches(pattern, other), foreign
+        assert parse_alarm_event(other) is None, foreign
+    # And other sources or event types with an llmhost-looking name never start it
+    for field, value in (("source", "llmhost.custom"), ("detail-type", "Scheduled Event")):
+        other = copy.deepcopy(idle)
+        other[field] = value
+        assert not _matches(pattern, other), field
+
+
+def test_alarm_events_are_retried_then_dead_lettered(template: dict[str, Any]) -> None:
+    rule = _scaling_rule(template)
+    # EventBridge retries failed deliveries, then parks them in the hook's own queue
+    assert rule["DeadLetterConfig"] == {"Arn": SCALING_DLQ_ARN}
+    assert rule["RetryPolicy"]["MaximumRetryAttempts"] >= 1
+    # Invocations that fail after Lambda's retries land there too
+    config = _functions(template)["ScalingFunction"]["EventInvokeConfig"]
+    assert config["DestinationConfig"]["OnFailure"] == {
+        "Type": "SQS",
+        "Destination": SCALING_DLQ_ARN,
+    }
+    assert config["MaximumRetryAttempts"] >= 1
+    # A stale idle alarm could sleep a model that has been busy since: neither path keeps
+    # an event for longer than a quarter of an hour (EventBridge's minimum age is 60 s).
+    assert 60 <= rule["RetryPolicy"]["MaximumEventAgeInSeconds"] <= 900
+    assert 60 <= config["MaximumEventAgeInSeconds"] <= 900
+    # Only this rule may deliver dead letters; plain HTTP is refused for everyone
+    queue = template["Resources"]["ScalingDeadLetterQueue"]["Properties"]
+    assert queue["SqsManagedSseEnabled"] is True
+    assert queue["MessageRetentionPeriod"] == 1209600
+    policy = template["Resources"]["ScalingDeadLetterQueuePolicy"]["Properties"]
+    assert policy["Queues"] == [{"Ref": "ScalingDeadLetterQueue"}]
+    allow, deny = policy["PolicyDocument"]["Statement"]
+    assert allow["Effect"] == "Allow" and allow["Principal"] == {"Service": "events.amazonaws.com"}
+    assert allow["Action"] == "sqs:SendMessage" and allow["Resource"] == SCALING_DLQ_ARN
+    # SAM names the rule <function><event>.
+    assert allow["Condition"] == {
+        "ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": ["ScalingFunctionAlarmStateChange", "Arn"]}}
+    }
+    assert deny["Effect"] == "Deny" and deny["Condition"] == {
+        "Bool": {"aws:SecureTransport": "false"}
+    }
+
+
+def test_scaling_role_writes_only_the_registry(template: dict[str, Any]) -> None:
+    role = template["Resources"]["ScalingFunctionRole"]["Properties"]
+    assert [s["Principal"] for s in role["AssumeRolePolicyDocument"]["Statement"]] == [
+        {"Service": "lambda.amazonaws.com"}
+    ]
+    assert "ManagedPolicyArns" not in role and len(role["Policies"]) == 1
+    statements = _role_statements(template, "ScalingFunctionRole")
+    # Its own logs and traces, the registry item it reads and writes back, its dead letters:
+    # no SageMaker, Application Auto Scaling, CloudWatch or IAM (the reconciler acts on AWS).
+    assert {s["Sid"]: (set(_as_list(s["Action"])), s["Resource"]) for s in statements} == {
+        "Logs": (
+            {"logs:CreateLogStream", "logs:PutLogEvents"},
+            {"Fn::GetAtt": ["ScalingFunctionLogGroup", "Arn"]},
+        ),
+        "Tracing": ({"xray:PutTraceSegments", "xray:PutTelemetryRecords"}, "*"),
+        "Registry": (
+            {"dynamodb:GetItem", "dynamodb:PutItem"},
+            {"Fn::GetAtt": ["RegistryTable", "Arn"]},
+        ),
+        "DeadLetters": ({"sqs:SendMessage"}, SCALING_DLQ_ARN),
+    }
+    assert all(s["Effect"] == "Allow" and "Condition" not in s for s in statements)
+    # And the function runs with this role, the llmhost layer only, and its own log group
+    function = _functions(template)["ScalingFunction"]
+    assert function["Role"] == {"Fn::GetAtt": ["ScalingFunctionRole", "Arn"]}
+    assert function["Layers"] == [{"Ref": "LlmhostLayer"}]
+    assert function["LoggingConfig"] == {"LogGroup": {"Ref": "ScalingFunctionLogGroup"}}
+    group = template["Resources"]["ScalingFunctionLogGroup"]["Properties"]
+    assert group["LogGroupName"] == {"Fn::Sub": "/aws/lambda/${AWS::StackName}-scaling"}
+
+
+# ------------------------------------------------- the grants cover what the code calls
+
+
+def _record_aws_calls() -> list[tuple[str, dict[str, Any]]]:
+    """Every AWS call made from now on through llmhost's clients, as (IAM action, params).
+
+    The service names llmhost builds clients for are also their IAM prefixes, and each of
+    these operations is authorized by the action of the same name.
+    """
+    from llmhost import aws
+
+    calls: list[tuple[str, dict[str, Any]]] = []
+
+    def attach(service: str, client: Any) -> None:
+        def record(params: dict[str, Any], model: Any, **_: Any) -> None:
+            calls.append((f"{service}:{model.name}", dict(params)))
+
+        client.meta.events.register("before-parameter-build", record)
+
+    attach("dynamodb", aws.client("dynamodb"))  # the fixture built and cached it already
+    aws.add_customizer(attach)
+    return calls
+
+
+def _grants(template: dict[str, Any], role: str) -> dict[str, list[Any]]:
+    """Action -> the resources granted with it, over every Allow statement of ``role``."""
+    grants: dict[str, list[Any]] = {}
+    for statement in _role_statements(template, role):
+        if statement["Effect"] == "Allow":
+            for action in _as_list(statement["Action"]):
+                grants.setdefault(action, []).extend(_as_list(statement["Resource"]))
+    return grants
+
+
+def _assert_granted(
+    template: dict[str, Any], role: str, calls: list[tuple[str, dict[str, Any]]]
+) -> None:
+    grants = _grants(template, role)
+    for action, params in calls:
+        assert action in grants, f"{role} lacks {action}, which the code calls"
+        if action.startswith("dynamodb:"):
+            assert {"Fn::GetAtt": ["RegistryTable", "Arn"]} in grants[action], action
+        if not action.startswith("cloudwatch:"):
+            continue
+        names = [*params.get("AlarmNames", [])]
+        names += [params[key] for key in ("AlarmName", "AlarmNamePrefix") if key in params]
+        assert names, f"{action}: a call naming no alarm is authorized against every alarm"
+        for alarm in names:
+            patterns = [r["Fn::Sub"].split(":alarm:")[1] for r in grants[action]]
+            assert any(fnmatch.fnmatchcase(alarm, p) for p in patterns), (role, action, alarm)
+
+
+SCALE_TO_ZERO = {"min_capacity": 0, "max_capacity": 2, "scale_to_zero": True}
+SHARED_SPEC = {
+    "name": "zephyr",
+    "model": {"kind": "hub", "model_id": "HuggingFaceH4/zephyr-7b-beta"},
+    "hosting": {"kind": "shared", "pool": "gpu-pool", "instance_type": "ml.g5.12xlarge"},
+    "scaling": SCALE_TO_ZERO,
+}
+DEDICATED_SPEC = {
+    "name": "llama3-8b",
+    "model": {"kind": "hub", "model_id": "meta-llama/Meta-Llama-3-8B-Instruct"},
+    "hosting": {"kind": "dedicated", "instance_type": "ml.g5.2xlarge"},
+    "scaling": {"min_capacity": 1, "max_capacity": 2, "scale_to_zero": True, "idle_minutes": 30},
+}
+
+
+def _settle(standin: Any, clock: Any, name: str, done: Callable[[Any], bool]) -> Any:
+    """Reconcile, letting SageMaker time pass, until ``done(record)``."""
+    from llmhost import runtime
+
+    reconciler, registry = runtime.reconciler(), runtime.registry()
+    for _ in range(40):
+        reconciler.reconcile(name)
+        record = registry.get(name)
+        if done(record):
+            return record
+        clock.advance(900)
+        standin.tick()
+    raise AssertionError(f"{name} did not settle: {registry.get(name)}")
+
+
+def test_each_control_plane_role_grants_every_call_its_code_makes(
+    template: dict[str, Any], standin: Any, clock: Any
+) -> None:
+    from llmhost import runtime
+    from llmhost.lifecycle.record import DeploymentRecord
+    from llmhost.local.events import LambdaContext, api_gateway_event
+    from llmhost.local.runner import load_handler
+    from llmhost.specs import parse_spec
+
+    calls = _record_aws_calls()
+    registry = runtime.registry()
+    # Given a shared model scaling to zero, brought into service by the reconciler (scalable
+    # target, target tracking and step policies, the no-capacity and idle alarms)
+    registry.create(DeploymentRecord(name="zephyr", spec=parse_spec(SHARED_SPEC)))
+    _settle(standin, clock, "zephyr", lambda r: r.status == "IN_SERVICE" and r.scaling_applied)
+    # and a dedicated one the registry shows in service. (The reconciler is not run on it:
+    # moto answers a delete of an absent variant policy with ValidationException where AWS
+    # says ObjectNotFoundException, so it would fail here and not in AWS.)
+    dedicated = DeploymentRecord(name="llama3-8b", spec=parse_spec(DEDICATED_SPEC))
+    registry.create(dedicated.model_copy(update={"status": "IN_SERVICE"}))
+    reconcile_calls = list(calls)
+    assert {
+        "application-autoscaling:RegisterScalableTarget",
+        "application-autoscaling:PutScalingPolicy",
+        "cloudwatch:PutMetricAlarm",
+    } <= {a for a, _ in reconcile_calls}
+    # When the deployment API shows their scaling
+    calls.clear()
+    api = load_handler("api", "llmhost-api")
+    shown = {}
+    for name in ("zephyr", "llama3-8b"):
+        event = api_gateway_event("GET", f"/v1/deployments/{name}/scaling", {}, b"", "tester")
+        response = api.handler(event, LambdaContext("api"))
+        assert response["statusCode"] == 200, response["body"]
+        shown[name] = json.loads(response["body"])["autoscaling"]
+    assert shown == {"zephyr": True, "llama3-8b": False}
+    # Then it made exactly the reads its role grants beyond the registry
+    assert {a for a, _ in calls if not a.startswith("dynamodb:")} == API_SCALING_READS
+    _assert_granted(template, "ApiFunctionRole", calls)
+    # When the hook handles both alarm samples (idle: llama3-8b sleeps; no capacity: zephyr)
+    calls.clear()
+    hook = load_handler("scaling", "llmhost-scaling")
+    for sample in ("cloudwatch-alarm-idle.json", "cloudwatch-alarm-no-capacity.json"):
+        result = hook.handler(json.loads((EVENTS / sample).read_text()), LambdaContext("scaling"))
+        assert result["handled"] is True, sample
+    assert registry.get("llama3-8b").desired_state == "sleeping"
+    # Then it only read and wrote the registry, as its role allows
+    assert {a for a, _ in calls} == {"dynamodb:GetItem", "dynamodb:PutItem"}
+    _assert_granted(template, "ScalingFunctionRole", calls)
+    # When the reconciler deletes the shared one
+    calls.clear()
+    registry.save(registry.get("zephyr").model_copy(update={"desired_state": "deleted"}))
+    _settle(standin, clock, "zephyr", lambda r: r.status == "DELETED")
+    reconcile_calls += calls
+    assert {
+        "application-autoscaling:DeleteScalingPolicy",
+        "application-autoscaling:DeregisterScalableTarget",
+        "cloudwatch:DeleteAlarms",
+    } <= {a for a, _ in reconcile_calls}
+    # Then every call it made on the way, and every alarm name, is granted to its role
+    _assert_granted(template, "ReconcileFunctionRole", reconcile_calls)
+
+
+# What Application Auto Scaling needs the caller of RegisterScalableTarget/PutScalingPolicy
+# to hold for SageMaker targets: SageMaker's "Auto scaling prerequisites" page and the
+# service-linked role's policy (AWSApplicationAutoscalingSageMakerEndpointPolicy).
+SCALING_CALLER_NEEDS = {
+    "sagemaker:DescribeEndpoint",
+    "sagemaker:DescribeEndpointConfig",
+    "sagemaker:UpdateEndpointWeightsAndCapacities",
+    "sagemaker:DescribeInferenceComponent",
+    "sagemaker:UpdateInferenceComponentRuntimeConfig",
+    "cloudwatch:DescribeAlarms",
+    "cloudwatch:PutMetricAlarm",
+    "cloudwatch:DeleteAlarms",
+}
+SCALING_SLR = "AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint"
+
+
+def test_reconciler_holds_what_application_auto_scaling_checks_on_the_caller(
+    template: dict[str, Any],
+) -> None:
+    import cfnlint
+
+    grants = _grants(template, "ReconcileFunctionRole")
+    assert set(grants) >= SCALING_CALLER_NEEDS
+    # The SageMaker ones on every resource type the authorization reference lists for them
+    data = Path(cfnlint.__path__[0]) / "data" / "AdditionalSpecs" / "Policies.json"
+    reference = json.loads(data.read_text())["sagemaker"]["Actions"]
+    for action in (a for a in SCALING_CALLER_NEEDS if a.startswith("sagemaker:")):
+        granted = {r["Fn::Sub"] for r in grants[action]}
+        for resource_type in reference[action.split(":")[1].lower()]["Resources"]:
+            assert ACCOUNT_ARN + f"{resource_type}/*" in granted, (action, resource_type)
+    # Scaling writes on this account's scalable targets
+    target_arn = (
+        "arn:${AWS::Partition}:application-autoscaling:${AWS::Region}:${AWS::AccountId}:"
+        "scalable-target/*"
+    )
+    for action in (
+        "RegisterScalableTarget",
+        "DeregisterScalableTarget",
+        "PutScalingPolicy",
+        "DeleteScalingPolicy",
+    ):
+        assert grants[f"application-autoscaling:{action}"] == [{"Fn::Sub": target_arn}], action
+    assert grants["application-autoscaling:DescribeScalingPolicies"] == ["*"]
+    # Alarm writes only on llmhost's alarms and those AWS makes for target tracking
+    alarm_arn = "arn:${AWS::Partition}:cloudwatch:${AWS::Region}:${AWS::AccountId}:alarm:"
+    for action in ("cloudwatch:PutMetricAlarm", "cloudwatch:DeleteAlarms"):
+        assert grants[action] == [
+            {"Fn::Sub": alarm_arn + "llmhost-*"},
+            {"Fn::Sub": alarm_arn + "TargetTracking-*"},
+        ], action
+    # The first registration creates the service-linked role: that role, for that service only
+    (slr,) = [
+        s
+        for s in _role_statements(template, "ReconcileFunctionRole")
+        if "iam:CreateServiceLinkedRole" in _as_list(s["Action"])
+    ]
+    assert slr["Action"] == "iam:CreateServiceLinkedRole"
+    assert slr["Resource"] == {
+        "Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/aws-service-role/"
+        f"sagemaker.application-autoscaling.amazonaws.com/{SCALING_SLR}"
+    }
+    assert slr["Condition"] == {
+        "StringEquals": {"iam:AWSServiceName": "sagemaker.application-autoscaling.amazonaws.com"}
+    }
+    iam_actions = {a for a in grants if a.startswith("iam:")}
+    assert iam_actions == {"iam:PassRole", "iam:CreateServiceLinkedRole"}
+
+
 def test_registry_table(template: dict[str, Any]) -> None:
     table = template["Resources"]["RegistryTable"]["Properties"]
     assert table["KeySchema"] == [{"AttributeName": "name", "KeyType": "HASH"}]
@@ -1050,6 +1458,10 @@ def test_outputs(template: dict[str, Any]) -> None:
     }
     for key in ("StreamUrl", "DocumentsBucketName", "ApiKeysSecretArn", "IngestDeadLetterQueueUrl"):
         assert key in outputs and outputs[key].get("Description"), key
+    assert outputs["ScalingFunctionName"]["Value"] == {"Ref": "ScalingFunction"}
+    assert outputs["ScalingDeadLetterQueueUrl"]["Value"] == {"Ref": "ScalingDeadLetterQueue"}
+    for key in ("ScalingFunctionName", "ScalingDeadLetterQueueUrl"):
+        assert outputs[key].get("Description"), key
     # The function URL ends with "/": the OpenAI base_url is it plus "v1".
     assert outputs["StreamUrl"]["Value"] == {"Fn::Sub": "${StreamFunctionUrl.FunctionUrl}v1"}
     assert outputs["DocumentsBucketName"]["Value"] == {"Ref": "DocumentsBucket"}

@@ -25,7 +25,13 @@ _BUSY = re.compile(
     r"in-progress|IN_PROGRESS|while it is|while inference components"
     r"|in status (Creating|Updating|Deleting|SystemUpdating|RollingBack)"
 )
-_MISSING_HINTS = ("Could not find", "does not exist", "not found")
+_MISSING_HINTS = (
+    "Could not find",
+    "does not exist",
+    "not found",
+    "No scaling policy found",
+    "No scalable target",
+)
 _EXISTS_HINTS = ("already existing", "already exists")
 
 
@@ -182,7 +188,7 @@ class SageMakerApplier:
                 ResourceId=rid,
                 ScalableDimension=d.scaling_dimension,
             )
-            cloudwatch.delete_alarms(AlarmNames=[f"{prefix}no-capacity"])
+            self._delete(cloudwatch.delete_alarms, AlarmNames=[f"{prefix}no-capacity"])
         if policy.idle_alarm is not None:
             # No action: its state change reaches the scaling hook through EventBridge.
             idle = policy.idle_alarm.put_metric_alarm_request(
@@ -190,7 +196,7 @@ class SageMakerApplier:
             )
             cloudwatch.put_metric_alarm(**idle)
         else:
-            cloudwatch.delete_alarms(AlarmNames=[f"{prefix}idle"])
+            self._delete(cloudwatch.delete_alarms, AlarmNames=[f"{prefix}idle"])
 
     def _DeleteScalingPolicy(
         self, action: p.Action, record: DeploymentRecord, d: DesiredResources
@@ -215,7 +221,7 @@ class SageMakerApplier:
         )
 
     def _DeleteAlarm(self, action: p.Action, record: DeploymentRecord, d: DesiredResources) -> None:
-        self._cloudwatch().delete_alarms(AlarmNames=[action.target])
+        self._delete(self._cloudwatch().delete_alarms, AlarmNames=[action.target])
 
     def _DeleteSchedule(
         self, action: p.Action, record: DeploymentRecord, d: DesiredResources
