@@ -478,3 +478,56 @@ def test_scaling_view_shows_capacity_policies_alarms_and_activity(harness: Harne
     assert any(
         a["what"] == "ApplyScaling inference-component/zephyr" for a in view["recent_activity"]
     )
+
+
+def test_scale_schedules_become_scheduled_actions(harness: Harness) -> None:
+    from llmhost import aws
+
+    spec = copy.deepcopy(SPECS["shared"])
+    spec["scaling"] = {
+        "min_capacity": 0,
+        "max_capacity": 4,
+        "scale_to_zero": True,
+        "schedules": [
+            {"cron": "0 8 ? * MON-FRI *", "timezone": "Europe/Berlin", "min_capacity": 2},
+            {"cron": "0 19 ? * MON-FRI *", "timezone": "Europe/Berlin", "min_capacity": 0},
+        ],
+    }
+    harness.create(spec)
+    assert harness.settle("zephyr").status == "IN_SERVICE"
+    scaling = aws.client("application-autoscaling")
+
+    def actions() -> list[tuple[str, str, str, dict]]:
+        found = scaling.describe_scheduled_actions(
+            ServiceNamespace="sagemaker",
+            ResourceId="inference-component/zephyr",
+            ScalableDimension="sagemaker:inference-component:DesiredCopyCount",
+        )["ScheduledActions"]
+        return sorted(
+            (a["ScheduledActionName"], a["Schedule"], a["Timezone"], a["ScalableTargetAction"])
+            for a in found
+        )
+
+    assert actions() == [
+        (
+            "llmhost-zephyr-schedule-0",
+            "cron(0 8 ? * MON-FRI *)",
+            "Europe/Berlin",
+            {"MinCapacity": 2},
+        ),
+        (
+            "llmhost-zephyr-schedule-1",
+            "cron(0 19 ? * MON-FRI *)",
+            "Europe/Berlin",
+            {"MinCapacity": 0},
+        ),
+    ]
+    # When the spec drops the evening schedule, its action goes
+    spec["scaling"]["schedules"] = spec["scaling"]["schedules"][:1]
+    harness.patch("zephyr", {"scaling": spec["scaling"]})
+    assert harness.settle("zephyr").status == "IN_SERVICE"
+    assert [a[0] for a in actions()] == ["llmhost-zephyr-schedule-0"]
+    # And delete takes the last one with the target
+    harness.set_desired("zephyr", "deleted")
+    assert harness.settle("zephyr").status == "DELETED"
+    assert actions() == []

@@ -189,6 +189,7 @@ class SageMakerApplier:
                 ScalableDimension=d.scaling_dimension,
             )
             self._delete(cloudwatch.delete_alarms, AlarmNames=[f"{prefix}no-capacity"])
+        self._apply_schedules(aas, rid, d)
         if policy.idle_alarm is not None:
             # No action: its state change reaches the scaling hook through EventBridge.
             idle = policy.idle_alarm.put_metric_alarm_request(
@@ -197,6 +198,34 @@ class SageMakerApplier:
             cloudwatch.put_metric_alarm(**idle)
         else:
             self._delete(cloudwatch.delete_alarms, AlarmNames=[f"{prefix}idle"])
+
+    def _apply_schedules(self, aas: Any, rid: str, d: DesiredResources) -> None:
+        """Put the spec's scheduled actions and remove llmhost's others on this target."""
+        wanted = {name for name, *_ in d.schedules}
+        for name, cron, timezone, low, high in d.schedules:
+            bounds = {"MinCapacity": low, "MaxCapacity": high}
+            aas.put_scheduled_action(
+                ServiceNamespace="sagemaker",
+                ScheduledActionName=name,
+                ResourceId=rid,
+                ScalableDimension=d.scaling_dimension,
+                Schedule=cron,
+                Timezone=timezone,
+                ScalableTargetAction={k: v for k, v in bounds.items() if v is not None},
+            )
+        current = aas.describe_scheduled_actions(
+            ServiceNamespace="sagemaker", ResourceId=rid, ScalableDimension=d.scaling_dimension
+        ).get("ScheduledActions", [])
+        for action in current:
+            name = action["ScheduledActionName"]
+            if name.startswith(f"llmhost-{d.deployment}-schedule-") and name not in wanted:
+                self._delete(
+                    aas.delete_scheduled_action,
+                    ServiceNamespace="sagemaker",
+                    ScheduledActionName=name,
+                    ResourceId=rid,
+                    ScalableDimension=d.scaling_dimension,
+                )
 
     def _DeleteScalingPolicy(
         self, action: p.Action, record: DeploymentRecord, d: DesiredResources

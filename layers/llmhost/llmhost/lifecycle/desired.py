@@ -21,6 +21,26 @@ if TYPE_CHECKING:
     from llmhost.sizing import Plan
 
 
+def wanted_schedules(
+    spec: DeploymentSpec,
+) -> tuple[tuple[str, str, str, int | None, int | None], ...]:
+    """The spec's 'scale' schedules as Application Auto Scaling scheduled actions.
+
+    (Sleep and wake schedules need EventBridge Scheduler and are not applied yet.)
+    """
+    return tuple(
+        (
+            f"llmhost-{spec.name}-schedule-{i}",
+            f"cron({rule.cron})",
+            rule.timezone,
+            rule.min_capacity,
+            rule.max_capacity,
+        )
+        for i, rule in enumerate(spec.scaling.schedules)
+        if rule.action == "scale"
+    )
+
+
 def wanted_scaling(spec: DeploymentSpec) -> ScalingPolicy | None:
     """The autoscaling a spec asks for, or None when its capacity is fixed.
 
@@ -83,10 +103,14 @@ class DesiredResources:
     copies: int = 1
     token_secret_arn: str | None = None
     scaling: ScalingPolicy | None = None
+    # Application Auto Scaling scheduled actions: (name, cron, timezone, min, max).
+    schedules: tuple[tuple[str, str, str, int | None, int | None], ...] = ()
 
     @property
     def scaling_hash(self) -> str | None:
-        return short_hash(repr(self.scaling)) if self.scaling is not None else None
+        if self.scaling is None:
+            return None
+        return short_hash([repr(self.scaling), list(self.schedules)])
 
     @property
     def metric_dimensions(self) -> dict[str, str]:
@@ -174,6 +198,7 @@ def desired_resources(
             copies=hosting.copies,
             token_secret_arn=token_arn,
             scaling=wanted_scaling(spec),
+            schedules=wanted_schedules(spec),
         )
 
     if isinstance(hosting, ServerlessHosting):
@@ -210,4 +235,5 @@ def desired_resources(
         endpoint_name=name,
         token_secret_arn=token_arn,
         scaling=wanted_scaling(spec),
+        schedules=wanted_schedules(spec),
     )
