@@ -125,5 +125,20 @@ def standin(moto_aws: None, clock: ManualClock) -> Any:
     return fake
 
 
+@pytest.fixture(scope="session")
+def embedder() -> Any:
+    """The real all-MiniLM-L6-v2 artifact, loaded once for the whole session."""
+    import os
+
+    from llmhost.rag.embeddings import REPO_MODEL_DIR, OnnxEmbedder
+
+    model_dir = Path(os.environ.get("EMBEDDING_MODEL_DIR") or REPO_MODEL_DIR)
+    if not (model_dir / "model.onnx").is_file():
+        pytest.fail(f"no embedding model at {model_dir}: run `make embedding-model` first")
+    loaded = OnnxEmbedder(model_dir)
+    loaded.load()
+    return loaded
+
+
 def load_event(name: str) -> dict[str, Any]:
     return json.loads((EVENTS / name).read_text())

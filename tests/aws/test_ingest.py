@@ -4,7 +4,6 @@ per-document rejections in a batch that still lands, and S3 objects of each kind
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient
 
-from llmhost.rag.embeddings import REPO_MODEL_DIR, OnnxEmbedder
+from llmhost.rag.embeddings import OnnxEmbedder
 from llmhost.rag.ingest import (
     IngestLimits,
     delete_document,
@@ -22,17 +21,6 @@ from llmhost.rag.ingest import (
 )
 from llmhost.rag.retrieve import retrieve
 from llmhost.rag.store import IncompatibleVectors, VectorStore
-
-
-@pytest.fixture(scope="session")
-def embedder() -> OnnxEmbedder:
-    """The real all-MiniLM-L6-v2 artifact, loaded once for the session."""
-    model_dir = Path(os.environ.get("EMBEDDING_MODEL_DIR") or REPO_MODEL_DIR)
-    if not (model_dir / "model.onnx").is_file():
-        pytest.fail(f"no embedding model at {model_dir}: run `make embedding-model` first")
-    loaded = OnnxEmbedder(model_dir)
-    loaded.load()
-    return loaded
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ misses, filters, per-document results, and the collection lifecycle's errors."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from typing import Any, ClassVar
 import pytest
 from qdrant_client import QdrantClient
 
-from llmhost.rag.embeddings import REPO_MODEL_DIR, OnnxEmbedder
+from llmhost.rag.embeddings import OnnxEmbedder
 from llmhost.rag.ingest import IngestLimits, ingest_documents
 from llmhost.rag.retrieve import InvalidQuery, retrieve
 from llmhost.rag.store import (
@@ -28,17 +27,6 @@ from llmhost.rag.store import (
     parse_filters,
     store_from_env,
 )
-
-
-@pytest.fixture(scope="session")
-def embedder() -> OnnxEmbedder:
-    """The real all-MiniLM-L6-v2 artifact, loaded once for the session."""
-    model_dir = Path(os.environ.get("EMBEDDING_MODEL_DIR") or REPO_MODEL_DIR)
-    if not (model_dir / "model.onnx").is_file():
-        pytest.fail(f"no embedding model at {model_dir}: run `make embedding-model` first")
-    loaded = OnnxEmbedder(model_dir)
-    loaded.load()
-    return loaded
 
 
 @pytest.fixture

@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 import itertools
-import os
-from pathlib import Path
 
 import pytest
 
 from llmhost.rag.chunking import Chunk, chunk_document
-from llmhost.rag.embeddings import REPO_MODEL_DIR, OnnxEmbedder
-
-
-@pytest.fixture(scope="session")
-def embedder() -> OnnxEmbedder:
-    """The real all-MiniLM-L6-v2 artifact (only its tokenizer loads for these tests)."""
-    model_dir = Path(os.environ.get("EMBEDDING_MODEL_DIR") or REPO_MODEL_DIR)
-    if not (model_dir / "tokenizer.json").is_file():
-        pytest.fail(f"no embedding model at {model_dir}: run `make embedding-model` first")
-    return OnnxEmbedder(model_dir)
+from llmhost.rag.embeddings import OnnxEmbedder
 
 
 def chunks_of(embedder: OnnxEmbedder, text: str, max_tokens: int, overlap: int) -> list[Chunk]:
