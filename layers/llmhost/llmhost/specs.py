@@ -17,7 +17,6 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
-    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -489,9 +488,6 @@ class DeploymentPatch(_Strict):
         merged = spec.model_dump(mode="json")
         merged.update(self.model_dump(mode="json", exclude_unset=True, exclude_none=True))
         return parse_spec(merged)
-
-
-_SPEC_ADAPTER: TypeAdapter[DeploymentSpec] | None = None
 
 
 def issues_from_validation_error(error: ValidationError | Any) -> list[FieldIssue]:

@@ -194,7 +194,7 @@ def _set_desired(registry: Registry, name: str, state: str, history_limit: int) 
         record = registry.save(
             record.with_event(
                 event,
-                reason=f"{event[:-9].lower()} requested",
+                reason=f"{'sleep' if state == 'sleeping' else 'wake'} requested",
                 history_limit=history_limit,
                 desired_state=state,
             )

@@ -252,11 +252,6 @@ class SageMakerApplier:
     def _DeleteAlarm(self, action: p.Action, record: DeploymentRecord, d: DesiredResources) -> None:
         self._delete(self._cloudwatch().delete_alarms, AlarmNames=[action.target])
 
-    def _DeleteSchedule(
-        self, action: p.Action, record: DeploymentRecord, d: DesiredResources
-    ) -> None:
-        raise NotImplementedError("schedules are not created yet, so none can be deleted")
-
     # ---------------------------------------------------------------------------- helpers
 
     @staticmethod

@@ -47,4 +47,3 @@ class Observed:
     # it on deregistration.
     scaling_policies: frozenset[tuple[str, str]] = frozenset()
     alarms: frozenset[str] = frozenset()
-    schedules: frozenset[str] = frozenset()

@@ -117,11 +117,6 @@ class DeleteAlarm(Action):
 
 
 @dataclass(frozen=True)
-class DeleteSchedule(Action):
-    pass
-
-
-@dataclass(frozen=True)
 class Wait(Action):
     """Nothing to do until SageMaker reports a change (an event or the schedule)."""
 
@@ -310,8 +305,6 @@ def _plan_delete(d: DesiredResources, o: Observed) -> Step:
         return Step(DeregisterScalableTarget(target), "DELETING", "removing autoscaling")
     for alarm in sorted(o.alarms):
         return Step(DeleteAlarm(alarm), "DELETING", "removing alarms")
-    for schedule in sorted(o.schedules):
-        return Step(DeleteSchedule(schedule), "DELETING", "removing schedules")
     if d.is_shared:
         ic = o.component
         if ic is not None:

@@ -25,7 +25,6 @@ condition.
 
 from __future__ import annotations
 
-import base64
 import copy
 import re
 import threading
@@ -35,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from llmhost.local.standin.errors import AwsServiceError
+from llmhost.local.standin.errors import AwsServiceError, page_offset, page_token
 
 Clock = Callable[[], float]
 # SageMakerStandIn.describe: (kind, name) -> the Describe* result, or None if it does not exist.
@@ -605,18 +604,13 @@ def _page(operation: str, items_key: str, rows: Iterable[Any], request: Request)
     start = _offset(request.get("NextToken"))
     result: Result = {items_key: rows[start : start + size]}
     if start + size < len(rows):
-        result["NextToken"] = base64.urlsafe_b64encode(f"standin:{start + size}".encode()).decode()
+        result["NextToken"] = page_token(start + size)
     return result
 
 
 def _offset(token: str | None) -> int:
-    if token is None:
-        return 0
     try:
-        prefix, _, number = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-        if prefix != "standin":
-            raise ValueError(prefix)
-        return int(number)
+        return page_offset(token)
     except ValueError as err:
         raise AutoScalingError(INVALID_TOKEN, f"Invalid NextToken: {token}") from err
 

@@ -15,7 +15,6 @@ the condition match SageMaker's behaviour.
 
 from __future__ import annotations
 
-import base64
 import copy
 import threading
 import uuid
@@ -25,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from llmhost.local.standin.errors import AwsServiceError
+from llmhost.local.standin.errors import AwsServiceError, page_offset, page_token
 
 Clock = Callable[[], float]
 EventSink = Callable[[dict[str, Any]], None]
@@ -563,7 +562,7 @@ class SageMakerControlPlane:
             size = request.get("MaxResults", 50)
             result: Result = {"Tags": tags[start : start + size]}
             if start + size < len(tags):
-                result["NextToken"] = _token(start + size)
+                result["NextToken"] = page_token(start + size)
             return result
 
     def delete_tags(self, request: Request) -> Result:
@@ -1035,7 +1034,7 @@ def _page(
     start = _offset(request.get("NextToken"))
     size = request.get("MaxResults", _DEFAULT_PAGE_SIZE)
     page = rows[start : start + size]
-    return page, (_token(start + size) if start + size < len(rows) else None)
+    return page, (page_token(start + size) if start + size < len(rows) else None)
 
 
 def _passes_filters(summary: dict[str, Any], request: Request, name_key: str) -> bool:
@@ -1056,18 +1055,9 @@ def _passes_filters(summary: dict[str, Any], request: Request, name_key: str) ->
     return True
 
 
-def _token(offset: int) -> str:
-    return base64.urlsafe_b64encode(f"standin:{offset}".encode()).decode()
-
-
 def _offset(token: str | None) -> int:
-    if token is None:
-        return 0
     try:
-        prefix, _, number = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-        if prefix != "standin":
-            raise ValueError(prefix)
-        return int(number)
+        return page_offset(token)
     except ValueError as err:
         raise _invalid(f"Invalid pagination token: {token}") from err
 
