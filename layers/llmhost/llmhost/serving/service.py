@@ -8,6 +8,7 @@ SageMaker invoker are passed in, each created lazily by ``llmhost.runtime``.
 
 from __future__ import annotations
 
+import calendar
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -74,7 +75,8 @@ class ServingService:
         """OpenAI's model list: every deployment, with llmhost's status alongside."""
         data = []
         for record in self._directory.records():
-            created = int(time.mktime(time.strptime(record.created_at[:19], "%Y-%m-%dT%H:%M:%S")))
+            # created_at is UTC: timegm, not mktime (which reads it as local time).
+            created = calendar.timegm(time.strptime(record.created_at[:19], "%Y-%m-%dT%H:%M:%S"))
             data.append(
                 {
                     "id": record.name,
