@@ -70,6 +70,7 @@ RESOURCE_STAR_ALLOWED = {
     "application-autoscaling:DescribeScalingPolicies",
     "application-autoscaling:DescribeScheduledActions",
     "application-autoscaling:DescribeScalingActivities",
+    "scheduler:ListSchedules",
 }
 
 
@@ -394,16 +395,55 @@ def test_ingest_invokes_only_the_configured_embedding_endpoint(template: dict[st
 
 
 def test_pass_role_is_limited_to_the_sagemaker_execution_role(template: dict[str, Any]) -> None:
-    pass_role = [
-        s
+    pass_role = {
+        s["Resource"]["Fn::GetAtt"][0]: s["Condition"]
         for s in _role_statements(template, "ReconcileFunctionRole")
         if "iam:PassRole" in _as_list(s["Action"])
-    ]
-    assert len(pass_role) == 1
-    assert pass_role[0]["Resource"] == {"Fn::GetAtt": ["SageMakerExecutionRole", "Arn"]}
-    assert pass_role[0]["Condition"] == {
-        "StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}
     }
+    # The execution role goes to SageMaker only; the scheduler role (which may only invoke
+    # the scaling hook) to EventBridge Scheduler only. No other function passes a role.
+    assert pass_role == {
+        "SageMakerExecutionRole": {
+            "StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}
+        },
+        "SchedulerInvokeRole": {"StringEquals": {"iam:PassedToService": "scheduler.amazonaws.com"}},
+    }
+    for role in template["Resources"]:
+        if role.endswith("FunctionRole") and role != "ReconcileFunctionRole":
+            assert "iam:PassRole" not in _grants(template, role), role
+
+
+def test_scheduler_role_only_invokes_the_scaling_hook(template: dict[str, Any]) -> None:
+    role = template["Resources"]["SchedulerInvokeRole"]["Properties"]
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "scheduler.amazonaws.com"}
+    # Only this account's schedules may assume it (confused-deputy guard).
+    assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+    assert _grants(template, "SchedulerInvokeRole") == {
+        "lambda:InvokeFunction": [{"Fn::GetAtt": ["ScalingFunction", "Arn"]}],
+        "sqs:SendMessage": [SCALING_DLQ_ARN],
+    }
+    # And the reconciler writes schedules only inside llmhost's own group
+    grants = _grants(template, "ReconcileFunctionRole")
+    group = {
+        "Fn::Sub": "arn:${AWS::Partition}:scheduler:${AWS::Region}:${AWS::AccountId}:"
+        "schedule/${ScheduleGroup}/*"
+    }
+    for action in ("CreateSchedule", "UpdateSchedule", "GetSchedule", "DeleteSchedule"):
+        assert grants[f"scheduler:{action}"] == [group], action
+
+
+def test_budget_tick_exists_only_with_a_budget(template: dict[str, Any]) -> None:
+    tick = template["Resources"]["BudgetTick"]
+    assert tick["Condition"] == "HasDailyBudget"
+    assert template["Conditions"]["HasDailyBudget"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "DailyBudgetUsd"}, "0"]}]
+    }
+    target = tick["Properties"]["Target"]
+    assert target["Arn"] == {"Fn::GetAtt": ["ScalingFunction", "Arn"]}
+    assert target["RoleArn"] == {"Fn::GetAtt": ["SchedulerInvokeRole", "Arn"]}
+    assert json.loads(target["Input"]) == json.loads((EVENTS / "budget-tick.json").read_text())
+    assert tick["Properties"]["ScheduleExpression"] == "rate(5 minutes)"
 
 
 def test_sagemaker_writes_are_scoped_to_this_account_and_region(template: dict[str, Any]) -> None:
@@ -816,21 +856,30 @@ def test_environment_variables_the_code_reads(template: dict[str, Any]) -> None:
         "POWERTOOLS_LOG_LEVEL": {"Ref": "LogLevel"},
         "PYDANTIC_DISABLE_PLUGINS": "__all__",
     }
+    cap = {"GPU_CAPACITY_CAP": {"Ref": "GpuCapacityCap"}}
     assert functions["ApiFunction"]["Environment"]["Variables"] == {
         **common,
+        **cap,
         "POWERTOOLS_SERVICE_NAME": "llmhost-api",
     }
     assert functions["ReconcileFunction"]["Environment"]["Variables"] == {
         **common,
+        **cap,
         "POWERTOOLS_SERVICE_NAME": "llmhost-reconcile",
         "SAGEMAKER_EXECUTION_ROLE_ARN": {"Fn::GetAtt": ["SageMakerExecutionRole", "Arn"]},
         "HISTORY_LIMIT": {"Ref": "HistoryLimit"},
+        "SCHEDULE_GROUP": {"Ref": "ScheduleGroup"},
+        "SCALING_FUNCTION_ARN": {"Fn::GetAtt": ["ScalingFunction", "Arn"]},
+        "SCHEDULER_ROLE_ARN": {"Fn::GetAtt": ["SchedulerInvokeRole", "Arn"]},
     }
-    # The hook reads the registry's name only (llmhost.runtime.registry).
     assert functions["ScalingFunction"]["Environment"]["Variables"] == {
         **common,
+        **cap,
         "POWERTOOLS_SERVICE_NAME": "llmhost-scaling",
+        "HISTORY_LIMIT": {"Ref": "HistoryLimit"},
+        "DAILY_BUDGET_USD": {"Ref": "DailyBudgetUsd"},
     }
+    wake = {"SCALING_FUNCTION_NAME": {"Ref": "ScalingFunction"}}
     retrieval = {
         "QDRANT_URL": {"Ref": "QdrantUrl"},
         "QDRANT_API_KEY_SECRET_ARN": {"Ref": "QdrantApiKeySecretArn"},
@@ -842,6 +891,7 @@ def test_environment_variables_the_code_reads(template: dict[str, Any]) -> None:
     assert functions["ServeFunction"]["Environment"]["Variables"] == {
         **common,
         **retrieval,
+        **wake,
         "POWERTOOLS_SERVICE_NAME": "llmhost-serve",
         "SERVING_TIMEOUT_S": "12",
         "SERVING_MAX_ATTEMPTS": "2",
@@ -851,6 +901,7 @@ def test_environment_variables_the_code_reads(template: dict[str, Any]) -> None:
         **common,
         **retrieval,
         **LWA_ENV,
+        **wake,
         "POWERTOOLS_SERVICE_NAME": "llmhost-stream",
         "PYTHONPATH": "/opt/python",
         "API_KEYS_SECRET_ARN": {
@@ -897,6 +948,7 @@ def test_serving_settings_accept_what_the_template_sets(template: dict[str, Any]
         **defaults,
         "RegistryTable": "llmhost-RegistryTable-1ABC",
         "QdrantUrl": "https://xyz.eu-central-1-0.aws.cloud.qdrant.io:6333",
+        "ScalingFunction": "llmhost-ScalingFunction-1ABC",
     }
     functions = _functions(template)
     for name in DATA_PLANE:
@@ -1076,8 +1128,14 @@ def _matches(pattern: dict[str, Any], event: dict[str, Any]) -> bool:
 
 def _matches_one(choice: Any, value: Any) -> bool:
     if isinstance(choice, dict):
-        assert set(choice) == {"prefix"}, f"matcher {choice} is not modelled here"
-        return isinstance(value, str) and value.startswith(choice["prefix"])
+        (kind, operand), *rest = choice.items()
+        assert not rest and kind in {"prefix", "wildcard"}, f"matcher {choice} is not modelled"
+        if not isinstance(value, str):
+            return False
+        if kind == "prefix":
+            return value.startswith(operand)
+        # EventBridge wildcards: "*" matches any run of characters, case-sensitively.
+        return re.fullmatch(".*".join(map(re.escape, operand.split("*"))), value) is not None
     return bool(choice == value)
 
 
@@ -1093,6 +1151,11 @@ def test_pattern_matcher_follows_eventbridge_rules() -> None:
     assert not _matches(pattern, {"source": "a"})
     with pytest.raises(AssertionError):
         _matches({"a": [{"suffix": "z"}]}, {"a": "z"})
+    # And a wildcard matches whole values only, any run of characters per "*"
+    wildcard = {"name": [{"wildcard": "T-*-High-*"}]}
+    assert _matches(wildcard, {"name": "T-a/b-High-1"})
+    assert not _matches(wildcard, {"name": "T-a-Low-1"})
+    assert not _matches(wildcard, {"name": "xT-a-High-1"})
 
 
 def test_alarm_rule_sends_llmhost_alarms_to_the_hook_and_nothing_else(
