@@ -1162,12 +1162,18 @@ def test_alarm_rule_sends_llmhost_alarms_to_the_hook_and_nothing_else(
     template: dict[str, Any],
 ) -> None:
     from llmhost.lifecycle.observer import alarm_prefix
-    from llmhost.scaling.hook import KINDS, parse_alarm_event
+    from llmhost.scaling.hook import KINDS, parse_alarm_event, parse_target_alarm
 
     pattern = _scaling_rule(template)["Pattern"]
-    # Given the two alarm samples
+    # Given the alarm samples: llmhost's two, and target tracking's scale-out alarm
     samples = _events("cloudwatch-alarm-")
+    high = samples.pop("cloudwatch-alarm-target-tracking-high.json")
     assert set(samples) == {"cloudwatch-alarm-idle.json", "cloudwatch-alarm-no-capacity.json"}
+    # Then the scale-out alarm reaches the hook, which finds the deployment behind it
+    assert _matches(pattern, high)
+    target = parse_target_alarm(high)
+    assert target is not None and target.deployment == "zephyr"
+    assert parse_alarm_event(high) is None
     expected = {
         "cloudwatch-alarm-idle.json": ("llama3-8b", "idle"),
         "cloudwatch-alarm-no-capacity.json": ("zephyr", "no-capacity"),
@@ -1193,9 +1199,16 @@ def test_alarm_rule_sends_llmhost_alarms_to_the_hook_and_nothing_else(
         ours = copy.deepcopy(idle)
         ours["detail"]["alarmName"] = alarm_prefix("my-model") + kind
         assert _matches(pattern, ours), kind
-    for foreign in (
-        # the two alarms Application Auto Scaling creates for a target tracking policy
+    # And target tracking's scale-out alarms reach it for both kinds of scalable target
+    for name in (
         "TargetTracking-endpoint/llama3-8b/variant/AllTraffic-AlarmHigh-5e1b3c6a-0f1d",
+        "TargetTracking-inference-component/zephyr-AlarmHigh-9a8b7c6d-1e2f",
+    ):
+        other = copy.deepcopy(idle)
+        other["detail"]["alarmName"] = name
+        assert _matches(pattern, other), name
+    for foreign in (
+        # target tracking's scale-in alarm: capacity going down needs no guardrail
         "TargetTracking-inference-component/zephyr-AlarmLow-9a8b7c6d-1e2f",
         "billing-llmhost-idle",
         "LLMHOST-llama3-8b-idle",  # prefixes match case-sensitively
@@ -1245,15 +1258,17 @@ def test_alarm_events_are_retried_then_dead_lettered(template: dict[str, Any]) -
     }
 
 
-def test_scaling_role_writes_only_the_registry(template: dict[str, Any]) -> None:
+def test_scaling_role_holds_only_what_the_hook_does(template: dict[str, Any]) -> None:
     role = template["Resources"]["ScalingFunctionRole"]["Properties"]
     assert [s["Principal"] for s in role["AssumeRolePolicyDocument"]["Statement"]] == [
         {"Service": "lambda.amazonaws.com"}
     ]
     assert "ManagedPolicyArns" not in role and len(role["Policies"]) == 1
     statements = _role_statements(template, "ScalingFunctionRole")
-    # Its own logs and traces, the registry item it reads and writes back, its dead letters:
-    # no SageMaker, Application Auto Scaling, CloudWatch or IAM (the reconciler acts on AWS).
+    # Its own logs and traces, the registry, its dead letters; capacity reads, a copy for a
+    # zero-copy component and capacity leases (MaxCapacity). No CloudWatch, IAM or deletes
+    # of AWS resources: the reconciler creates and removes them.
+    sagemaker = "arn:${AWS::Partition}:sagemaker:${AWS::Region}:${AWS::AccountId}"
     assert {s["Sid"]: (set(_as_list(s["Action"])), s["Resource"]) for s in statements} == {
         "Logs": (
             {"logs:CreateLogStream", "logs:PutLogEvents"},
@@ -1261,10 +1276,38 @@ def test_scaling_role_writes_only_the_registry(template: dict[str, Any]) -> None
         ),
         "Tracing": ({"xray:PutTraceSegments", "xray:PutTelemetryRecords"}, "*"),
         "Registry": (
-            {"dynamodb:GetItem", "dynamodb:PutItem"},
+            {
+                "dynamodb:GetItem",
+                "dynamodb:PutItem",
+                "dynamodb:UpdateItem",
+                "dynamodb:Scan",
+                "dynamodb:DeleteItem",
+            },
             {"Fn::GetAtt": ["RegistryTable", "Arn"]},
         ),
         "DeadLetters": ({"sqs:SendMessage"}, SCALING_DLQ_ARN),
+        "Capacity": (
+            {
+                "sagemaker:DescribeEndpoint",
+                "sagemaker:DescribeEndpointConfig",
+                "sagemaker:DescribeInferenceComponent",
+                "sagemaker:UpdateInferenceComponentRuntimeConfig",
+                "sagemaker:UpdateEndpointWeightsAndCapacities",
+            },
+            [
+                {"Fn::Sub": f"{sagemaker}:endpoint/*"},
+                {"Fn::Sub": f"{sagemaker}:endpoint-config/*"},
+                {"Fn::Sub": f"{sagemaker}:inference-component/*"},
+            ],
+        ),
+        "ScalingReads": ({"application-autoscaling:DescribeScalableTargets"}, "*"),
+        "CapacityLeases": (
+            {"application-autoscaling:RegisterScalableTarget"},
+            {
+                "Fn::Sub": "arn:${AWS::Partition}:application-autoscaling:${AWS::Region}:"
+                "${AWS::AccountId}:scalable-target/*"
+            },
+        ),
     }
     assert all(s["Effect"] == "Allow" and "Condition" not in s for s in statements)
     # And the function runs with this role, the llmhost layer only, and its own log group
@@ -1315,6 +1358,18 @@ def _assert_granted(
 ) -> None:
     grants = _grants(template, role)
     for action, params in calls:
+        if action == "dynamodb:TransactWriteItems":
+            # IAM authorizes each item of a transaction by its own action.
+            for item in params["TransactItems"]:
+                (kind,) = item
+                (item_action,) = {
+                    "Put": "dynamodb:PutItem",
+                    "Update": "dynamodb:UpdateItem",
+                    "Delete": "dynamodb:DeleteItem",
+                    "ConditionCheck": "dynamodb:ConditionCheckItem",
+                }[kind].split()
+                assert item_action in grants, f"{role} lacks {item_action} (in a transaction)"
+            continue
         assert action in grants, f"{role} lacks {action}, which the code calls"
         if action.startswith("dynamodb:"):
             assert {"Fn::GetAtt": ["RegistryTable", "Arn"]} in grants[action], action
@@ -1406,6 +1461,33 @@ def test_each_control_plane_role_grants_every_call_its_code_makes(
     assert registry.get("llama3-8b").desired_state == "sleeping"
     # Then it only read and wrote the registry, as its role allows
     assert {a for a, _ in calls} == {"dynamodb:GetItem", "dynamodb:PutItem"}
+    _assert_granted(template, "ScalingFunctionRole", calls)
+    # When, with a GPU cap and a daily budget, it handles every other event kind it receives
+    # (target tracking's scale-out alarm, a request at zero copies, the sleep and wake
+    # schedules, the budget tick)
+    calls.clear()
+    os.environ.update({"GPU_CAPACITY_CAP": "8", "DAILY_BUDGET_USD": "100"})
+    try:
+        runtime.reset()
+        for sample in (
+            "cloudwatch-alarm-target-tracking-high.json",
+            "serving-wake.json",
+            "scheduler-wake.json",
+            "scheduler-sleep.json",
+            "budget-tick.json",
+        ):
+            event = json.loads((EVENTS / sample).read_text())
+            assert "handled" in hook.handler(event, LambdaContext("scaling")), sample
+    finally:
+        for key in ("GPU_CAPACITY_CAP", "DAILY_BUDGET_USD"):
+            os.environ.pop(key)
+        runtime.reset()
+    # Then it read capacity and moved leases, and every call is granted to its role
+    assert {
+        "application-autoscaling:DescribeScalableTargets",
+        "sagemaker:DescribeInferenceComponent",
+        "dynamodb:TransactWriteItems",  # the budget ledger
+    } <= {a for a, _ in calls}
     _assert_granted(template, "ScalingFunctionRole", calls)
     # When the reconciler deletes the shared one
     calls.clear()
