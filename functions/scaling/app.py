@@ -1,10 +1,11 @@
-"""Scaling hook: CloudWatch alarm state changes of llmhost's alarms -> sleep, wake, history."""
+"""Scaling hook: llmhost's alarms, target tracking's AlarmHigh, sleep/wake schedules, request
+wakes and budget ticks -> sleep, wake, GPU-cap grants and refusals, budget limits, history."""
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger, Metrics, single_metric
 from aws_lambda_powertools.metrics import MetricUnit
 
 from llmhost import runtime
-from llmhost.scaling.hook import ScalingHook, parse_alarm_event
+from llmhost.scaling.hook import parse_event
 
 logger = Logger()
 metrics = Metrics()
@@ -13,17 +14,36 @@ metrics = Metrics()
 @logger.inject_lambda_context
 @metrics.log_metrics
 def handler(event: dict, context: object) -> dict:
-    change = parse_alarm_event(event)
-    if change is None:
+    parsed = parse_event(event)
+    if parsed is None:
         return {"handled": False}
-    decision = ScalingHook(runtime.registry()).handle(change)
-    if decision is None:
-        logger.warning("alarm for an unknown deployment", extra={"deployment": change.deployment})
+    outcomes = runtime.scaling_hook().handle_event(parsed)
+    if not outcomes:
+        logger.info("event not acted on", extra={"event": type(parsed).__name__})
         return {"handled": False}
-    logger.info(
-        "alarm handled",
-        extra={"deployment": change.deployment, "alarm": change.kind, "decision": decision.event},
-    )
-    metrics.add_dimension(name="decision", value=decision.event)
-    metrics.add_metric(name="ScalingDecisions", unit=MetricUnit.Count, value=1)
-    return {"handled": True, "deployment": change.deployment, "decision": decision.event}
+    for outcome in outcomes:
+        decision = outcome.decision
+        logger.info(
+            "scaling decision",
+            extra={
+                "deployment": outcome.deployment,
+                "decision": decision.event,
+                "reason": decision.reason,
+            },
+        )
+        # One metric per decision: a budget tick may take several, each its own dimension.
+        with single_metric(
+            name="ScalingDecisions", unit=MetricUnit.Count, value=1, namespace=metrics.namespace
+        ) as metric:
+            metric.add_dimension(name="decision", value=decision.event)
+    first = outcomes[0]
+    result: dict = {
+        "handled": True,
+        "deployment": first.deployment,
+        "decision": first.decision.event,
+    }
+    if len(outcomes) > 1:
+        result["decisions"] = [
+            {"deployment": o.deployment, "decision": o.decision.event} for o in outcomes
+        ]
+    return result

@@ -168,3 +168,52 @@ def test_shared_spec_without_instance_type_joins_its_pools_type(api: Any) -> Non
     third = {**second, "name": "solo", "hosting": {"kind": "shared", "pool": "pool-b"}}
     status, body = api("POST", "/v1/deployments", third)
     assert status == 201 and body["spec"]["hosting"]["instance_type"].startswith("ml.")
+
+
+# ---- the GPU capacity cap (GPU_CAPACITY_CAP) ---------------------------------------------
+
+
+def test_create_over_the_gpu_cap_is_409_and_nothing_is_written(
+    api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a cap of 3 GPU units and a deployment that needs 2 at its minimum
+    monkeypatch.setenv("GPU_CAPACITY_CAP", "3")
+    assert (
+        api(
+            "POST", "/v1/deployments", {**SPEC, "hosting": {**SPEC["hosting"], "instance_count": 2}}
+        )[0]
+        == 201
+    )
+    # When another asks for a minimum of 2
+    other = {**SPEC, "name": "other", "scaling": {"min_capacity": 2, "max_capacity": 4}}
+    status, body = api("POST", "/v1/deployments", other)
+    # Then it is refused naming the field and the fix, and not stored
+    assert status == 409 and body["error"]["code"] == "gpu_capacity_cap"
+    message = body["error"]["message"]
+    assert message.startswith("scaling.min_capacity:")
+    assert "raise the GpuCapacityCap stack parameter or lower scaling.min_capacity" in message
+    assert "llama3-8b 2" in message
+    assert api("GET", "/v1/deployments/other")[0] == 404
+
+
+def test_update_and_wake_over_the_gpu_cap_are_409(
+    api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GPU_CAPACITY_CAP", "2")
+    api("POST", "/v1/deployments", SPEC)
+    api("POST", "/v1/deployments", {**SPEC, "name": "other"})
+    # When an update raises a minimum past the cap
+    status, body = api("PATCH", "/v1/deployments/llama3-8b", {"hosting": {"instance_count": 2}})
+    # Then it is refused naming hosting.instance_count, and the spec is unchanged
+    assert status == 409 and body["error"]["message"].startswith("hosting.instance_count:")
+    assert api("GET", "/v1/deployments/llama3-8b")[1]["generation"] == 1
+    # When one sleeps, another deployment takes its unit, and the sleeper asks to wake
+    assert api("POST", "/v1/deployments/other/sleep")[0] == 202
+    api("POST", "/v1/deployments", {**SPEC, "name": "third"})
+    status, body = api("POST", "/v1/deployments/other/wake")
+    # Then the wake is refused and the deployment stays asleep
+    assert status == 409 and "waking it needs 1 GPU unit" in body["error"]["message"]
+    assert api("GET", "/v1/deployments/other")[1]["desired_state"] == "sleeping"
+    # And with no cap everything goes through
+    monkeypatch.setenv("GPU_CAPACITY_CAP", "0")
+    assert api("POST", "/v1/deployments/other/wake")[0] == 202

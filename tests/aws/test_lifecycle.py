@@ -531,3 +531,38 @@ def test_scale_schedules_become_scheduled_actions(harness: Harness) -> None:
     harness.set_desired("zephyr", "deleted")
     assert harness.settle("zephyr").status == "DELETED"
     assert actions() == []
+
+
+def test_serverless_provisioned_concurrency_is_autoscaled_and_removed(harness: Harness) -> None:
+    spec = copy.deepcopy(SPECS["serverless"])
+    spec["hosting"] = {**spec["hosting"], "max_concurrency": 10, "provisioned_concurrency": 2}
+    spec["scaling"] = {"min_capacity": 1, "max_capacity": 6}
+    harness.create(spec)
+    # When the serverless endpoint with provisioned concurrency is in service
+    assert harness.settle("flan").status == "IN_SERVICE"
+    targets, policies, alarms = _scaling_view("flan")
+    # Then its provisioned concurrency is the scalable target, tracked on utilization
+    assert [
+        (t["ResourceId"], t["ScalableDimension"], t["MinCapacity"], t["MaxCapacity"])
+        for t in targets
+    ] == [
+        (
+            "endpoint/flan/variant/AllTraffic",
+            "sagemaker:variant:DesiredProvisionedConcurrency",
+            1,
+            6,
+        )
+    ]
+    (policy,) = policies
+    assert policy["PolicyName"] == "llmhost-flan-target"
+    config = policy["TargetTrackingScalingPolicyConfiguration"]
+    assert config["PredefinedMetricSpecification"] == {
+        "PredefinedMetricType": "SageMakerVariantProvisionedConcurrencyUtilization"
+    }
+    assert config["TargetValue"] == 0.5
+    assert alarms == {}
+    # When deleted, nothing of it is left
+    harness.set_desired("flan", "deleted")
+    assert harness.settle("flan").status == "DELETED"
+    assert _scaling_view("flan") == ([], [], {})
+    assert existing(harness) == EMPTY

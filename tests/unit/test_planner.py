@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from llmhost.lifecycle import planner as p
-from llmhost.lifecycle.desired import DesiredResources
+from llmhost.lifecycle.desired import DesiredResources, ScheduleTarget, SleepWakeSchedule
 from llmhost.lifecycle.observed import Observed, ObservedComponent, ObservedEndpoint
 from llmhost.lifecycle.record import Attempt, DeploymentRecord
 from llmhost.specs import parse_spec
@@ -334,4 +336,178 @@ def test_shared_plan(rec_changes, observed, action, target, status):
 def test_wake_restores_at_least_one_copy():
     rec = record(SHARED, status="SLEEPING")
     step = p.plan_next_action(rec, shared(), Observed(**SHARED_BASE, component=component(copies=0)))
+    assert isinstance(step.action, p.SetComponentCopies) and step.action.copies == 1
+
+
+# ------------------------------------------------------------------- sleep/wake schedules
+
+SCHEDULER = ScheduleTarget(
+    group="llmhost-schedules",
+    function_arn="arn:aws:lambda:us-east-1:123456789012:function:llmhost-scaling",
+    role_arn="arn:aws:iam::123456789012:role/llmhost-scheduler",
+)
+NIGHT = SleepWakeSchedule("llama-5eeb0000", "llama", "cron(0 20 ? * * *)", "UTC", "sleep")
+MORNING = SleepWakeSchedule("llama-ab1e0000", "llama", "cron(0 7 ? * * *)", "UTC", "wake")
+
+
+def with_schedules(d: DesiredResources, target: ScheduleTarget = SCHEDULER) -> DesiredResources:
+    return replace(d, sleep_wake=(MORNING, NIGHT), schedule_target=target)
+
+
+IN_SERVICE_OBS = dict(zip(("models", "configs"), BOTH, strict=True)) | {"endpoint": endpoint()}
+
+
+@pytest.mark.parametrize(
+    ("rec", "observed", "action", "target", "status"),
+    [
+        # Given a new deployment: schedules come once its endpoint config exists
+        (record(), Observed(models=BOTH[0]), p.CreateEndpointConfig, "llama-cccccccc", "CREATING"),
+        (record(), Observed(*BOTH), p.CreateSchedule, "llama-ab1e0000", "CREATING"),
+        (
+            record(),
+            Observed(*BOTH, schedules=frozenset({"llama-ab1e0000"})),
+            p.CreateSchedule,
+            "llama-5eeb0000",
+            "CREATING",
+        ),
+        (
+            record(),
+            Observed(*BOTH, schedules=frozenset({"llama-ab1e0000", "llama-5eeb0000"})),
+            p.CreateEndpoint,
+            "llama",
+            "CREATING",
+        ),
+        # In service, a changed rule (new name) is created and the old one removed
+        (
+            record(status="IN_SERVICE"),
+            Observed(**IN_SERVICE_OBS, schedules=frozenset({"llama-0ld00000", "llama-ab1e0000"})),
+            p.CreateSchedule,
+            "llama-5eeb0000",
+            "IN_SERVICE",
+        ),
+        (
+            record(status="IN_SERVICE"),
+            Observed(
+                **IN_SERVICE_OBS,
+                schedules=frozenset({"llama-0ld00000", "llama-ab1e0000", "llama-5eeb0000"}),
+            ),
+            p.DeleteSchedule,
+            "llama-0ld00000",
+            "IN_SERVICE",
+        ),
+        # Sleeping: the wake schedule must still exist to fire
+        (
+            record(status="SLEEPING", desired_state="sleeping"),
+            Observed(*BOTH, schedules=frozenset({"llama-5eeb0000"})),
+            p.CreateSchedule,
+            "llama-ab1e0000",
+            "SLEEPING",
+        ),
+        (
+            record(status="SLEEPING", desired_state="sleeping"),
+            Observed(*BOTH, schedules=frozenset({"llama-5eeb0000", "llama-ab1e0000"})),
+            p.Settle,
+            "llama",
+            "SLEEPING",
+        ),
+    ],
+)
+def test_sleep_wake_schedules_are_kept_in_step_with_the_spec(rec, observed, action, target, status):
+    # When the planner looks at a deployment whose spec has a night sleep and a morning wake
+    step = p.plan_next_action(rec, with_schedules(dedicated()), observed)
+    # Then the schedules are created/removed at the expected point, in the expected status
+    assert (type(step.action), step.action.target, step.status) == (action, target, status)
+
+
+def test_schedules_the_spec_no_longer_has_are_removed():
+    # Given a spec without sleep/wake rules and a leftover schedule of this deployment
+    observed = Observed(**IN_SERVICE_OBS, schedules=frozenset({"llama-5eeb0000"}))
+    step = p.plan_next_action(
+        record(status="IN_SERVICE"), replace(dedicated(), schedule_target=SCHEDULER), observed
+    )
+    # Then it is deleted before the deployment settles
+    assert (type(step.action), step.action.target) == (p.DeleteSchedule, "llama-5eeb0000")
+
+
+def test_delete_removes_schedules_before_anything_else():
+    rec = record(desired_state="deleted", status="DELETING")
+    observed = Observed(
+        *BOTH,
+        endpoint=endpoint(),
+        scalable_targets=frozenset({"endpoint/llama/variant/AllTraffic"}),
+        schedules=frozenset({"llama-ab1e0000"}),
+    )
+    # When a deployment with a wake schedule is deleted, the schedule goes first (it must not
+    # wake a deployment that is being torn down)
+    step = p.plan_next_action(rec, with_schedules(dedicated()), observed)
+    assert (type(step.action), step.action.target, step.status) == (
+        p.DeleteSchedule,
+        "llama-ab1e0000",
+        "DELETING",
+    )
+
+
+@pytest.mark.parametrize("desired_state", ["in_service", "sleeping"])
+def test_missing_scheduler_settings_are_named_and_nothing_is_created(desired_state):
+    # Given sleep/wake rules but a reconcile function without SCHEDULE_GROUP / role settings
+    target = ScheduleTarget(function_arn=SCHEDULER.function_arn)
+    rec = record(status="IN_SERVICE", desired_state=desired_state)
+    observed = Observed(*BOTH) if desired_state == "sleeping" else Observed(**IN_SERVICE_OBS)
+    step = p.plan_next_action(rec, with_schedules(dedicated(), target), observed)
+    # Then the deployment settles (no crash, no Scheduler call) and says what to set
+    assert isinstance(step.action, p.Settle) and not step.action.failed
+    assert "SCHEDULE_GROUP" in step.reason and "SCHEDULER_ROLE_ARN" in step.reason
+    assert "SCALING_FUNCTION_ARN" not in step.reason
+
+
+def test_shared_schedules_follow_the_pool_config():
+    d = replace(
+        shared(), sleep_wake=(replace(MORNING, name="zephyr-ab1e0000"),), schedule_target=SCHEDULER
+    )
+    step = p.plan_next_action(record(SHARED), d, Observed(configs=frozenset({"pool-11111111"})))
+    assert (type(step.action), step.action.target) == (p.CreateSchedule, "zephyr-ab1e0000")
+
+
+# ------------------------------------------------- shared deployments at zero copies
+
+
+def autoscaled_shared(min_capacity: int) -> DesiredResources:
+    from llmhost.scaling.policy import policy_from_spec
+    from llmhost.specs import Scaling
+
+    scaling = Scaling(min_capacity=min_capacity, max_capacity=4, scale_to_zero=min_capacity == 0)
+    return replace(shared(), scaling=policy_from_spec(scaling))
+
+
+def test_zero_copies_under_autoscaling_settle_in_service():
+    # Given autoscaling with min 0 applied, and AAS scaled the component in to zero copies
+    d = autoscaled_shared(0)
+    rec = record(SHARED, status="IN_SERVICE", scaling_applied=d.scaling_hash)
+    observed = Observed(
+        **SHARED_BASE,
+        component=component(copies=0),
+        scalable_targets=frozenset({"inference-component/zephyr"}),
+    )
+    step = p.plan_next_action(rec, d, observed)
+    # Then the planner does not fight it: IN_SERVICE, with the reason a user reads
+    assert isinstance(step.action, p.Settle)
+    assert step.status == "IN_SERVICE"
+    assert step.reason == "scaled to zero copies; the next request wakes it"
+
+
+@pytest.mark.parametrize(
+    ("rec_changes", "min_capacity"),
+    [
+        # waking from SLEEPING always adds a copy, even under min-0 autoscaling
+        ({"status": "SLEEPING", "scaling_applied": "x"}, 0),
+        # autoscaling not applied yet (creation): a copy is added
+        ({"status": "CREATING"}, 0),
+        # min above zero: zero copies is not autoscaling's doing
+        ({"status": "IN_SERVICE", "scaling_applied": "x"}, 1),
+    ],
+)
+def test_zero_copies_get_a_copy_when_waking_or_not_autoscaled(rec_changes, min_capacity):
+    d = autoscaled_shared(min_capacity)
+    observed = Observed(**SHARED_BASE, component=component(copies=0))
+    step = p.plan_next_action(record(SHARED, **rec_changes), d, observed)
     assert isinstance(step.action, p.SetComponentCopies) and step.action.copies == 1

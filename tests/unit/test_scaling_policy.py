@@ -288,3 +288,96 @@ def test_default_scale_out_cooldown_outlasts_adding_a_copy() -> None:
     # Desired capacity counts copies still starting (120 s) plus detection (~30 s): a shorter
     # cooldown compounds scale-outs, as the trace replays showed (4 -> 8 -> 42 copies).
     assert Scaling().scale_out_cooldown_s > 150
+
+
+# ------------------------------------------------ serverless provisioned concurrency
+
+
+def _serverless_spec(**scaling: Any) -> Any:
+    from llmhost.specs import parse_spec
+
+    return parse_spec(
+        {
+            "name": "flan",
+            "model": {"kind": "hub", "model_id": "google/flan-t5-small"},
+            "engine": {"name": "hf-inference"},
+            "hosting": {"kind": "serverless", "max_concurrency": 10, "provisioned_concurrency": 2},
+            "scaling": scaling,
+        }
+    )
+
+
+def test_serverless_provisioned_concurrency_requests_are_exact() -> None:
+    from llmhost.lifecycle.desired import wanted_scaling
+
+    # Given a serverless spec that keeps the default metric and autoscales 1-8
+    policy = wanted_scaling(_serverless_spec(min_capacity=1, max_capacity=8))
+    assert policy is not None
+    resource = "endpoint/flan/variant/AllTraffic"
+    register = policy.register_scalable_target_request(resource)
+    tracking = policy.target_tracking_request(resource, "llmhost-flan-target")
+    # Then the target is the variant's provisioned concurrency, tracked on its utilization
+    # at the documented-example 0.5 (the per-copy default has no meaning there)
+    assert register == {
+        "ServiceNamespace": "sagemaker",
+        "ResourceId": resource,
+        "ScalableDimension": "sagemaker:variant:DesiredProvisionedConcurrency",
+        "MinCapacity": 1,
+        "MaxCapacity": 8,
+    }
+    assert tracking == {
+        "PolicyName": "llmhost-flan-target",
+        "ServiceNamespace": "sagemaker",
+        "ResourceId": resource,
+        "ScalableDimension": "sagemaker:variant:DesiredProvisionedConcurrency",
+        "PolicyType": "TargetTrackingScaling",
+        "TargetTrackingScalingPolicyConfiguration": {
+            "TargetValue": 0.5,
+            "PredefinedMetricSpecification": {
+                "PredefinedMetricType": "SageMakerVariantProvisionedConcurrencyUtilization"
+            },
+            "ScaleInCooldown": 300,
+            "ScaleOutCooldown": 180,
+            "DisableScaleIn": False,
+        },
+    }
+    assert_valid("application-autoscaling", "RegisterScalableTarget", register)
+    assert_valid("application-autoscaling", "PutScalingPolicy", tracking)
+    # And the predefined metric is one Application Auto Scaling knows
+    model = botocore.session.get_session().get_service_model("application-autoscaling")
+    assert "SageMakerVariantProvisionedConcurrencyUtilization" in model.shape_for("MetricType").enum
+
+
+def test_serverless_explicit_utilization_target_is_kept() -> None:
+    from llmhost.lifecycle.desired import wanted_scaling
+
+    spec = _serverless_spec(
+        min_capacity=2,
+        max_capacity=6,
+        target_metric="provisioned-concurrency-utilization",
+        target_value=0.8,
+    )
+    policy = wanted_scaling(spec)
+    assert policy is not None
+    assert policy.target_tracking.configuration()["TargetValue"] == 0.8
+    assert (policy.min_capacity, policy.max_capacity) == (2, 6)
+
+
+def test_serverless_without_provisioned_concurrency_or_range_has_no_target() -> None:
+    from llmhost.lifecycle.desired import wanted_scaling
+    from llmhost.specs import parse_spec
+
+    # Given on-demand serverless (SageMaker scales it) and fixed provisioned concurrency
+    on_demand = parse_spec(
+        {
+            "name": "flan",
+            "model": {"kind": "hub", "model_id": "google/flan-t5-small"},
+            "engine": {"name": "hf-inference"},
+            "hosting": {"kind": "serverless"},
+            "scaling": {"min_capacity": 1, "max_capacity": 4},
+        }
+    )
+    fixed = _serverless_spec(min_capacity=2, max_capacity=2)
+    # Then neither gets a scalable target
+    assert wanted_scaling(on_demand) is None
+    assert wanted_scaling(fixed) is None

@@ -329,3 +329,98 @@ def test_kind_may_be_omitted_where_it_has_a_default() -> None:
     )
     # Then the defaults apply
     assert isinstance(parsed.model, HubSource) and isinstance(parsed.hosting, DedicatedHosting)
+
+
+# ---------------------------------------------- serverless provisioned concurrency, schedules
+
+SERVERLESS_PC = {
+    "model": {"kind": "hub", "model_id": "google/flan-t5-small"},
+    "engine": {"name": "hf-inference"},
+    "hosting": {"kind": "serverless", "max_concurrency": 10, "provisioned_concurrency": 2},
+}
+
+
+def test_serverless_provisioned_concurrency_autoscales_on_utilization() -> None:
+    parsed = parse_spec(
+        spec(
+            **SERVERLESS_PC,
+            scaling={
+                "min_capacity": 1,
+                "max_capacity": 10,
+                "target_metric": "provisioned-concurrency-utilization",
+                "target_value": 0.6,
+            },
+        )
+    )
+    assert parsed.scaling.target_metric == "provisioned-concurrency-utilization"
+
+
+@pytest.mark.parametrize(
+    ("scaling", "field", "hint"),
+    [
+        # above the endpoint's own concurrency limit
+        ({"min_capacity": 1, "max_capacity": 20}, "scaling.max_capacity", "max_concurrency (10)"),
+        # provisioned concurrency has no zero
+        (
+            {"min_capacity": 0, "max_capacity": 5, "scale_to_zero": True},
+            "scaling.min_capacity",
+            "use 1 or more",
+        ),
+        # a utilization is a fraction
+        (
+            {
+                "min_capacity": 1,
+                "max_capacity": 5,
+                "target_metric": "provisioned-concurrency-utilization",
+                "target_value": 70,
+            },
+            "scaling.target_value",
+            "at most 1",
+        ),
+        # an explicit GPU metric cannot be tracked on serverless
+        (
+            {"min_capacity": 1, "max_capacity": 5, "target_metric": "invocations-per-instance"},
+            "scaling.target_metric",
+            "provisioned-concurrency-utilization",
+        ),
+    ],
+)
+def test_serverless_provisioned_concurrency_bounds_and_metric_are_checked(
+    scaling: dict[str, Any], field: str, hint: str
+) -> None:
+    # When a serverless spec autoscales provisioned concurrency wrongly
+    found = issues(spec(**SERVERLESS_PC, scaling=scaling))
+    # Then the issue names the field and the fix
+    (issue,) = [i for i in found if i.field == field]
+    assert hint in issue.message
+
+
+def test_utilization_metric_needs_provisioned_concurrency() -> None:
+    data = spec(
+        hosting={"kind": "dedicated", "instance_type": "ml.g5.2xlarge"},
+        scaling={
+            "min_capacity": 1,
+            "max_capacity": 2,
+            "target_metric": "provisioned-concurrency-utilization",
+            "target_value": 0.5,
+        },
+    )
+    (issue,) = issues(data)
+    assert issue.field == "scaling.target_metric"
+    assert "hosting.provisioned_concurrency" in issue.message
+
+
+def test_scale_schedule_on_fixed_capacity_is_rejected_sleep_wake_are_not() -> None:
+    # Given a fixed-capacity endpoint (min == max, no scale to zero)
+    hosting = {"kind": "dedicated", "instance_type": "ml.g5.2xlarge"}
+    rules = [
+        {"cron": "0 20 ? * * *", "action": "sleep"},
+        {"cron": "0 8 ? * * *", "min_capacity": 2, "max_capacity": 2},
+    ]
+    # Then a 'scale' rule (which only changes autoscaling bounds) is refused by index ...
+    (issue,) = issues(spec(hosting=hosting, scaling={"schedules": rules}))
+    assert issue.field == "scaling.schedules.1.action"
+    assert "raise scaling.max_capacity" in issue.message
+    # ... while sleep and wake windows are the classic use of a fixed endpoint
+    parsed = parse_spec(spec(hosting=hosting, scaling={"schedules": rules[:1]}))
+    assert parsed.scaling.schedules[0].action == "sleep"

@@ -31,6 +31,11 @@ class ReconcileSettings(BaseModel):
     registry_table_name: str = Field(min_length=3)
     sagemaker_execution_role_arn: str = Field(pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
     history_limit: int = Field(default=50, ge=5, le=500)
+    # EventBridge Scheduler for sleep/wake rules. Unset (or empty): such rules are not
+    # scheduled and the deployment's status says which setting is missing.
+    schedule_group: str | None = None
+    scaling_function_arn: str | None = None
+    scheduler_role_arn: str | None = None
 
 
 def _from_env(model: type[BaseModel]) -> Any:
@@ -73,6 +78,7 @@ def registry() -> Registry:
 @cache
 def _reconciler() -> Reconciler:
     from llmhost.lifecycle.applier import SageMakerApplier
+    from llmhost.lifecycle.desired import ScheduleTarget
     from llmhost.lifecycle.observer import SageMakerObserver
     from llmhost.lifecycle.reconciler import Reconciler, resolve_desired
 
@@ -80,10 +86,18 @@ def _reconciler() -> Reconciler:
     region = aws.region()
     role = settings.sagemaker_execution_role_arn
     sagemaker = aws.client("sagemaker")
+    schedules = ScheduleTarget(
+        group=settings.schedule_group or "",
+        function_arn=settings.scaling_function_arn or "",
+        role_arn=settings.scheduler_role_arn or "",
+    )
     return Reconciler(
         registry=registry(),
         observer=SageMakerObserver(
-            sagemaker, aws.lazy("application-autoscaling"), aws.lazy("cloudwatch")
+            sagemaker,
+            aws.lazy("application-autoscaling"),
+            aws.lazy("cloudwatch"),
+            aws.lazy("scheduler"),
         ),
         applier=SageMakerApplier(
             sagemaker,
@@ -91,8 +105,11 @@ def _reconciler() -> Reconciler:
             aws.lazy("cloudwatch"),
             role_arn=role,
             read_secret=read_secret,
+            scheduler=aws.lazy("scheduler"),
+            # Built on first use: most reconciles never apply scaling.
+            guardrail=capacity_guard,
         ),
-        resolve=lambda spec: resolve_desired(spec, region, role),
+        resolve=lambda spec: resolve_desired(spec, region, role, schedules),
         history_limit=settings.history_limit,
     )
 
@@ -125,10 +142,25 @@ class ServingSettings(BaseModel):
     serving_max_attempts: int = Field(default=2, ge=1, le=5)
     stream_url: str | None = None
     api_keys_secret_arn: str | None = None
+    # The scaling function a request for a zero-copy model wakes (async invoke); unset: the
+    # registry's WakeRequested entry only, and AWS's no-capacity alarm adds the copy.
+    scaling_function_name: str | None = None
 
 
 def serving_settings() -> ServingSettings:
     return _overrides.get("serving_settings") or _from_env(ServingSettings)
+
+
+def wake_dispatcher() -> Any:
+    """How serving hands a wake to the scaling function (``llmhost.serving.wake``): the
+    ``wake_dispatcher`` override, else an async Lambda invoke of SCALING_FUNCTION_NAME, else
+    nothing. Built per call: only the one request that wins a wake asks for it."""
+    from llmhost.serving.wake import LambdaWakeDispatcher, NoWakeDispatch, lambda_client
+
+    if "wake_dispatcher" in _overrides:
+        return _overrides["wake_dispatcher"]
+    name = serving_settings().scaling_function_name
+    return LambdaWakeDispatcher(lambda_client, name) if name else NoWakeDispatch()
 
 
 @cache
@@ -143,7 +175,8 @@ def _serving_service() -> Any:
             timeout_s=settings.serving_timeout_s, max_attempts=settings.serving_max_attempts
         )
     )
-    return ServingService(ModelDirectory(registry), invoker, embedder, store)
+    directory = ModelDirectory(registry, wake=wake_dispatcher)
+    return ServingService(directory, invoker, embedder, store)
 
 
 def serving_service() -> Any:
@@ -199,3 +232,63 @@ def warm_rag() -> None:
     worker.join()
     if errors:
         raise errors[0]
+
+
+class ScalingSettings(BaseModel):
+    """The scaling function's environment (GPU cap 0 = none; budget 0 = none)."""
+
+    registry_table_name: str = Field(min_length=3)
+    history_limit: int = Field(default=50, ge=5, le=500)
+    gpu_capacity_cap: int = Field(default=0, ge=0, le=100_000)
+    daily_budget_usd: float = Field(default=0.0, ge=0)
+
+
+class CapacitySettings(BaseModel):
+    """GPU_CAPACITY_CAP alone: the API and reconcile functions read it too."""
+
+    gpu_capacity_cap: int = Field(default=0, ge=0, le=100_000)
+
+
+def scaling_settings() -> ScalingSettings:
+    return _overrides.get("scaling_settings") or _from_env(ScalingSettings)
+
+
+def gpu_capacity_cap() -> int | None:
+    """The account's cap on GPU units (instances + copies), None when there is none."""
+    if "gpu_capacity_cap" in _overrides:
+        return _overrides["gpu_capacity_cap"] or None
+    settings: CapacitySettings = _from_env(CapacitySettings)
+    return settings.gpu_capacity_cap or None
+
+
+def capacity_guard() -> Any:
+    """The GPU-cap guard (``llmhost.scaling.guardrails.CapacityGuard``) over the registry,
+    with the daily budget's state. Built per call (cheap: the clients are cached); the
+    reconciler passes it to ``SageMakerApplier(guardrail=...)``."""
+    if "capacity_guard" in _overrides:
+        return _overrides["capacity_guard"]
+    from llmhost.scaling.budget import BudgetLedger
+    from llmhost.scaling.guardrails import CapacityGuard
+
+    reg = registry()
+    return CapacityGuard(
+        reg,
+        aws.client("sagemaker"),
+        aws.client("application-autoscaling"),
+        gpu_capacity_cap(),
+        budget=BudgetLedger(reg),
+    )
+
+
+def scaling_hook() -> Any:
+    """The scaling hook (``llmhost.scaling.hook.ScalingHook``) with its guardrails."""
+    if "scaling_hook" in _overrides:
+        return _overrides["scaling_hook"]
+    from llmhost.scaling.budget import BudgetKeeper, BudgetLedger
+    from llmhost.scaling.hook import ScalingHook
+
+    settings = scaling_settings()
+    reg = registry()
+    guard = capacity_guard()
+    budget = BudgetKeeper(reg, BudgetLedger(reg), guard, settings.daily_budget_usd)
+    return ScalingHook(reg, settings.history_limit, guard=guard, budget=budget)

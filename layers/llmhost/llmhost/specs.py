@@ -244,6 +244,9 @@ TargetMetric = Literal[
     "concurrent-requests-per-copy",
     "invocations-per-instance",
     "concurrent-requests-per-instance",
+    # Serverless with provisioned concurrency only: the share of provisioned environments
+    # in use, a fraction (target e.g. 0.5).
+    "provisioned-concurrency-utilization",
 ]
 
 
@@ -449,6 +452,7 @@ def cross_field_issues(spec: DeploymentSpec) -> list[FieldIssue]:
                     f"must not exceed hosting.max_concurrency ({hosting.max_concurrency})",
                 )
             )
+    issues.extend(_scaling_issues(spec))
     if (
         isinstance(hosting, SharedHosting)
         and hosting.pool_min_instances > hosting.pool_max_instances
@@ -470,6 +474,89 @@ def cross_field_issues(spec: DeploymentSpec) -> list[FieldIssue]:
         from llmhost import sizing
 
         issues.extend(sizing.capacity_issues(spec))
+    return issues
+
+
+def _autoscaled(spec: DeploymentSpec) -> bool:
+    """Whether the spec gets a scalable target (see lifecycle.desired.wanted_scaling)."""
+    scaling, hosting = spec.scaling, spec.hosting
+    if isinstance(hosting, ServerlessHosting) and hosting.provisioned_concurrency is None:
+        return False
+    return scaling.min_capacity != scaling.max_capacity or scaling.scale_to_zero
+
+
+def _scaling_issues(spec: DeploymentSpec) -> list[FieldIssue]:
+    """Scaling rules that depend on the hosting kind."""
+    issues: list[FieldIssue] = []
+    hosting, scaling = spec.hosting, spec.scaling
+    utilization = scaling.target_metric == "provisioned-concurrency-utilization"
+    provisioned = isinstance(hosting, ServerlessHosting) and hosting.provisioned_concurrency
+    if utilization and not provisioned:
+        issues.append(
+            FieldIssue(
+                "scaling.target_metric",
+                "'provisioned-concurrency-utilization' scales a serverless endpoint's "
+                "provisioned concurrency; set hosting.provisioned_concurrency on serverless "
+                "hosting, or use 'concurrent-requests-per-copy'",
+            )
+        )
+    if utilization and scaling.target_value > 1:
+        issues.append(
+            FieldIssue(
+                "scaling.target_value",
+                f"{scaling.target_value} is not a utilization: with "
+                "'provisioned-concurrency-utilization' it is the fraction of provisioned "
+                "concurrency in use, above 0 and at most 1 (e.g. 0.5)",
+            )
+        )
+    if isinstance(hosting, ServerlessHosting) and provisioned and _autoscaled(spec):
+        if scaling.min_capacity < 1:
+            issues.append(
+                FieldIssue(
+                    "scaling.min_capacity",
+                    "provisioned concurrency autoscales between 1 and hosting.max_concurrency; "
+                    "use 1 or more (on-demand capacity above it still scales to zero by itself)",
+                )
+            )
+        if scaling.max_capacity > hosting.max_concurrency:
+            issues.append(
+                FieldIssue(
+                    "scaling.max_capacity",
+                    f"{scaling.max_capacity} exceeds hosting.max_concurrency "
+                    f"({hosting.max_concurrency}); lower it or raise hosting.max_concurrency",
+                )
+            )
+        default = Scaling()
+        keeps_default = (
+            scaling.target_metric == default.target_metric
+            and scaling.target_value == default.target_value
+        )
+        if not utilization and not keeps_default:
+            issues.append(
+                FieldIssue(
+                    "scaling.target_metric",
+                    f"serverless provisioned concurrency cannot track '{scaling.target_metric}' "
+                    f"at {scaling.target_value}; use 'provisioned-concurrency-utilization' with "
+                    "scaling.target_value a fraction such as 0.5",
+                )
+            )
+    if not _autoscaled(spec):
+        for i, rule in enumerate(scaling.schedules):
+            if rule.action == "scale":
+                issues.append(
+                    FieldIssue(
+                        f"scaling.schedules.{i}.action",
+                        "a 'scale' schedule changes autoscaling bounds, and this deployment's "
+                        "capacity is fixed (scaling.min_capacity == scaling.max_capacity"
+                        + (
+                            ", no hosting.provisioned_concurrency"
+                            if isinstance(hosting, ServerlessHosting)
+                            else ""
+                        )
+                        + "); give it a range (raise scaling.max_capacity) or use 'sleep' and "
+                        "'wake' schedules",
+                    )
+                )
     return issues
 
 

@@ -18,6 +18,7 @@ from llmhost.api.http import install_error_handlers, json_response
 from llmhost.errors import ConflictingChange, FieldIssue, SpecInvalid
 from llmhost.lifecycle.record import DeploymentRecord
 from llmhost.lifecycle.registry import Registry
+from llmhost.scaling.guardrails import check_admission, required_units
 from llmhost.specs import (
     NAME_MAX,
     NAME_PATTERN,
@@ -39,9 +40,15 @@ def build_app(
     logger: Any = None,
     metrics: Any = None,
     history_limit: int = 50,
+    gpu_capacity_cap: Callable[[], int | None] | None = None,
 ) -> APIGatewayRestResolver:
-    """Create the resolver with every route. ``registry`` is called lazily per request."""
+    """Create the resolver with every route. ``registry`` is called lazily per request.
+
+    ``gpu_capacity_cap`` gives the account's GPU cap per request (default: the function's
+    GPU_CAPACITY_CAP); a create, update or wake whose minimum does not fit is refused (409).
+    """
     app = APIGatewayRestResolver(enable_validation=True)
+    cap = gpu_capacity_cap or _env_gpu_capacity_cap
 
     def count(metric: str) -> None:
         if metrics is not None:
@@ -54,6 +61,7 @@ def build_app(
         reg = registry()
         spec = _pin_pool_instance(reg, spec)
         _check_names_free(reg, spec)
+        check_admission(cap(), reg.deployments(), spec)
         record = DeploymentRecord(name=spec.name, spec=spec).with_event(
             "Created",
             status="PENDING",
@@ -86,6 +94,13 @@ def build_app(
         _check_immutable(record.spec, spec)
         if spec == record.spec:
             return _json(HTTPStatus.OK, record.public_view())
+        if (
+            record.desired_state == "in_service"
+            and required_units(spec)[0] > required_units(record.spec)[0]
+        ):
+            # Only a larger minimum is checked: other edits stay possible on an account
+            # already over a lowered cap.
+            check_admission(cap(), reg.deployments(), spec)
         updated = record.model_copy(
             update={"spec": spec, "generation": record.generation + 1}
         ).with_event("SpecUpdated", reason="spec changed; reconciling", history_limit=history_limit)
@@ -116,7 +131,7 @@ def build_app(
 
     @app.post("/v1/deployments/<name>/wake", summary="Wake a sleeping deployment")
     def wake_deployment(name: DeploymentName):
-        return _set_desired(registry(), name, "in_service", history_limit)
+        return _set_desired(registry(), name, "in_service", history_limit, cap())
 
     @app.get(
         "/v1/deployments/<name>/scaling",
@@ -180,7 +195,15 @@ def _live(registry: Registry, name: str) -> DeploymentRecord:
     return record
 
 
-def _set_desired(registry: Registry, name: str, state: str, history_limit: int) -> Response:
+def _env_gpu_capacity_cap() -> int | None:
+    from llmhost import runtime
+
+    return runtime.gpu_capacity_cap()
+
+
+def _set_desired(
+    registry: Registry, name: str, state: str, history_limit: int, cap: int | None = None
+) -> Response:
     record = _live(registry, name)
     if record.desired_state == "deleted":
         raise ConflictingChange(f"deployment '{name}' is being deleted")
@@ -190,6 +213,8 @@ def _set_desired(registry: Registry, name: str, state: str, history_limit: int) 
             "so there is nothing to sleep or wake"
         )
     if record.desired_state != state:
+        if state == "in_service":
+            check_admission(cap, registry.deployments(), record.spec, waking=True)
         event = "SleepRequested" if state == "sleeping" else "WakeRequested"
         record = registry.save(
             record.with_event(

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
@@ -19,6 +20,9 @@ from llmhost.lifecycle import planner as p
 from llmhost.lifecycle.desired import VARIANT, DesiredResources
 from llmhost.lifecycle.observer import alarm_prefix
 from llmhost.lifecycle.record import DeploymentRecord
+
+if TYPE_CHECKING:
+    from llmhost.scaling.guardrails import CapacityGuard
 
 # How SageMaker words "not now, the resource is in a transitional state".
 _BUSY = re.compile(
@@ -33,10 +37,13 @@ _MISSING_HINTS = (
     "No scalable target",
 )
 _EXISTS_HINTS = ("already existing", "already exists")
+SCHEDULE_EVENT_MAX_AGE_S = 900
+SCHEDULE_MAX_RETRIES = 10
 
 
 class SageMakerApplier:
-    """Turns planner actions into SageMaker / Application Auto Scaling / CloudWatch calls."""
+    """Turns planner actions into SageMaker / Application Auto Scaling / CloudWatch /
+    EventBridge Scheduler calls."""
 
     def __init__(
         self,
@@ -45,12 +52,17 @@ class SageMakerApplier:
         cloudwatch: Callable[[], Any],
         role_arn: str,
         read_secret: Callable[[str], str],
+        scheduler: Callable[[], Any] | None = None,
+        guardrail: CapacityGuard | Callable[[], CapacityGuard] | None = None,
     ) -> None:
         self._sm = sagemaker
         self._autoscaling = autoscaling
         self._cloudwatch = cloudwatch
         self._role_arn = role_arn
         self._read_secret = read_secret
+        self._scheduler = scheduler
+        # The GPU cap: registered MaxCapacity is a lease within it (None: no cap, no budget).
+        self._guardrail = guardrail
 
     def apply(self, action: p.Action, record: DeploymentRecord, desired: DesiredResources) -> None:
         """Perform ``action``. Raises SageMakerBusy or SageMakerRejected."""
@@ -168,7 +180,32 @@ class SageMakerApplier:
             raise TypeError("ApplyScaling without a scaling policy")
         aas, cloudwatch = self._autoscaling(), self._cloudwatch()
         rid, prefix = action.target, alarm_prefix(record.name)
-        aas.register_scalable_target(**policy.register_scalable_target_request(rid))
+        target = policy.register_scalable_target_request(rid)
+        guard = self._guardrail() if callable(self._guardrail) else self._guardrail
+        if guard is None:
+            aas.register_scalable_target(**target)
+        else:
+            # MaxCapacity is this deployment's lease under the GPU cap: what the others'
+            # leases leave (never below MinCapacity), so AWS cannot scale past the cap alone.
+            with guard.locked():
+                target["MaxCapacity"] = guard.lease_for(
+                    record.name, target["MinCapacity"], target["MaxCapacity"]
+                )
+                aas.register_scalable_target(**target)
+            # Scale schedules set bounds too: none may lift MaxCapacity above the lease.
+            d = replace(
+                d,
+                schedules=tuple(
+                    (
+                        name,
+                        cron,
+                        tz,
+                        low if low is None else min(low, target["MaxCapacity"]),
+                        high if high is None else min(high, target["MaxCapacity"]),
+                    )
+                    for name, cron, tz, low, high in d.schedules
+                ),
+            )
         aas.put_scaling_policy(**policy.target_tracking_request(rid, f"{prefix}target"))
         if policy.scale_from_zero is not None:
             # Target tracking never leaves zero: a refused request (NoCapacityInvocation-
@@ -252,6 +289,49 @@ class SageMakerApplier:
     def _DeleteAlarm(self, action: p.Action, record: DeploymentRecord, d: DesiredResources) -> None:
         self._delete(self._cloudwatch().delete_alarms, AlarmNames=[action.target])
 
+    # ------------------------------------------------------------------ sleep/wake schedules
+
+    def _CreateSchedule(
+        self, action: p.Action, record: DeploymentRecord, d: DesiredResources
+    ) -> None:
+        (schedule,) = [s for s in d.sleep_wake if s.name == action.target]
+        target = d.schedule_target
+        self._create(
+            self._scheduler_client().create_schedule,
+            Name=schedule.name,
+            GroupName=target.group,
+            ScheduleExpression=schedule.expression,
+            ScheduleExpressionTimezone=schedule.timezone,
+            # A sleep or wake should happen when the spec says, not within a window.
+            FlexibleTimeWindow={"Mode": "OFF"},
+            Target={
+                "Arn": target.function_arn,
+                "RoleArn": target.role_arn,
+                "Input": schedule.target_input(),
+                # Scheduler retries for 24 h by default: a sleep delivered hours late could
+                # undo the next wake, so a window's event is dropped after 15 minutes.
+                "RetryPolicy": {
+                    "MaximumEventAgeInSeconds": SCHEDULE_EVENT_MAX_AGE_S,
+                    "MaximumRetryAttempts": SCHEDULE_MAX_RETRIES,
+                },
+            },
+            Description=f"llmhost: {schedule.action} deployment {schedule.deployment}",
+        )
+
+    def _DeleteSchedule(
+        self, action: p.Action, record: DeploymentRecord, d: DesiredResources
+    ) -> None:
+        self._delete(
+            self._scheduler_client().delete_schedule,
+            Name=action.target,
+            GroupName=d.schedule_target.group,
+        )
+
+    def _scheduler_client(self) -> Any:
+        if self._scheduler is None:
+            raise TypeError("schedule actions need a scheduler client")
+        return self._scheduler()
+
     # ---------------------------------------------------------------------------- helpers
 
     @staticmethod
@@ -269,9 +349,11 @@ class SageMakerApplier:
             call(**kwargs)
         except ClientError as error:
             code = error.response.get("Error", {}).get("Code", "")
-            if code in {"ObjectNotFoundException", "ResourceNotFound"} or any(
-                h in _message(error) for h in _MISSING_HINTS
-            ):
+            if code in {
+                "ObjectNotFoundException",
+                "ResourceNotFound",
+                "ResourceNotFoundException",
+            } or any(h in _message(error) for h in _MISSING_HINTS):
                 return
             raise
 

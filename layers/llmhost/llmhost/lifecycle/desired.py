@@ -26,7 +26,7 @@ def wanted_schedules(
 ) -> tuple[tuple[str, str, str, int | None, int | None], ...]:
     """The spec's 'scale' schedules as Application Auto Scaling scheduled actions.
 
-    (Sleep and wake schedules need EventBridge Scheduler and are not applied yet.)
+    Sleep and wake rules become EventBridge Scheduler schedules (``wanted_sleep_wake``).
     """
     return tuple(
         (
@@ -44,15 +44,29 @@ def wanted_schedules(
 def wanted_scaling(spec: DeploymentSpec) -> ScalingPolicy | None:
     """The autoscaling a spec asks for, or None when its capacity is fixed.
 
-    Serverless endpoints scale themselves (provisioned concurrency is left to the spec);
-    a fixed min == max without scale to zero needs no policy.
+    A fixed min == max without scale to zero needs no policy. Serverless endpoints scale
+    their on-demand capacity themselves; only their provisioned concurrency is autoscaled
+    (``sagemaker:variant:DesiredProvisionedConcurrency``), and only when the hosting asks
+    for some. Their target metric is always provisioned concurrency utilization: a spec
+    that keeps the default per-copy metric tracks it at ``PROVISIONED_UTILIZATION_TARGET``.
     """
     scaling = spec.scaling
-    if spec.hosting.kind == "serverless":
-        return None
     if scaling.min_capacity == scaling.max_capacity and not scaling.scale_to_zero:
         return None
     from llmhost.scaling.policy import policy_from_spec
+
+    if isinstance(spec.hosting, ServerlessHosting):
+        if spec.hosting.provisioned_concurrency is None:
+            return None
+        if scaling.target_metric != "provisioned-concurrency-utilization":
+            # specs.py rejects any other explicit metric for serverless: this is the default.
+            scaling = scaling.model_copy(
+                update={
+                    "target_metric": "provisioned-concurrency-utilization",
+                    "target_value": PROVISIONED_UTILIZATION_TARGET,
+                }
+            )
+        return policy_from_spec(scaling)
 
     policy = policy_from_spec(scaling)
     per_copy = policy.dimension.startswith("sagemaker:inference-component")
@@ -66,6 +80,81 @@ def wanted_scaling(spec: DeploymentSpec) -> ScalingPolicy | None:
         }[scaling.target_metric]
         policy = policy_from_spec(scaling.model_copy(update={"target_metric": metric}))
     return policy
+
+
+# Half of the provisioned environments busy, as in AWS's example for serverless endpoints:
+# requests above provisioned concurrency spill over to on-demand capacity with cold starts,
+# so the target leaves room for a burst while new environments are provisioned.
+PROVISIONED_UTILIZATION_TARGET = 0.5
+
+
+@dataclass(frozen=True)
+class SleepWakeSchedule:
+    """One EventBridge Scheduler schedule that sleeps or wakes a deployment.
+
+    ``name`` is ``<deployment>-<8 hex>``, the hash covering cron, time zone and action: a
+    changed rule is a new schedule (the old one is deleted), and ``generation_pattern``
+    finds every schedule of a deployment in llmhost's schedule group (at most 63 chars,
+    within Scheduler's 64).
+    """
+
+    name: str
+    deployment: str
+    expression: str  # "cron(<six fields>)"
+    timezone: str  # IANA name
+    action: Literal["sleep", "wake"]
+
+    def target_input(self) -> str:
+        """The event the scaling function receives (contract event 3), as JSON text."""
+        return json.dumps(
+            {
+                "source": "llmhost.schedule",
+                "deployment": self.deployment,
+                "action": self.action,
+                "schedule": self.name,
+            }
+        )
+
+
+@dataclass(frozen=True)
+class ScheduleTarget:
+    """Where sleep/wake schedules live and what they invoke (the reconcile function's
+    settings). An empty field means that setting is not configured."""
+
+    group: str = ""
+    function_arn: str = ""
+    role_arn: str = ""
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """The environment variables still needed before schedules can be created."""
+        settings = {
+            "SCHEDULE_GROUP": self.group,
+            "SCALING_FUNCTION_ARN": self.function_arn,
+            "SCHEDULER_ROLE_ARN": self.role_arn,
+        }
+        return tuple(name for name, value in settings.items() if not value)
+
+
+def wanted_sleep_wake(spec: DeploymentSpec) -> tuple[SleepWakeSchedule, ...]:
+    """The spec's 'sleep' and 'wake' rules as Scheduler schedules, sorted by name.
+
+    Identical rules collapse into one schedule. Independent of autoscaling: a fixed-capacity
+    endpoint with a nightly sleep window is the classic use.
+    """
+    schedules: dict[str, SleepWakeSchedule] = {}
+    for rule in spec.scaling.schedules:
+        if rule.action == "scale":
+            continue
+        name = f"{spec.name}-{short_hash([rule.action, rule.cron, rule.timezone])}"
+        schedules[name] = SleepWakeSchedule(
+            name=name,
+            deployment=spec.name,
+            expression=f"cron({rule.cron})",
+            timezone=rule.timezone,
+            action=rule.action,
+        )
+    return tuple(schedules[name] for name in sorted(schedules))
 
 
 VARIANT = "AllTraffic"
@@ -105,6 +194,9 @@ class DesiredResources:
     scaling: ScalingPolicy | None = None
     # Application Auto Scaling scheduled actions: (name, cron, timezone, min, max).
     schedules: tuple[tuple[str, str, str, int | None, int | None], ...] = ()
+    # EventBridge Scheduler schedules for sleep/wake rules, and where they go.
+    sleep_wake: tuple[SleepWakeSchedule, ...] = ()
+    schedule_target: ScheduleTarget = field(default_factory=ScheduleTarget)
 
     @property
     def scaling_hash(self) -> str | None:
@@ -141,13 +233,19 @@ class DesiredResources:
 
 
 def desired_resources(
-    spec: DeploymentSpec, plan: Plan, role_arn: str, container: dict[str, Any]
+    spec: DeploymentSpec,
+    plan: Plan,
+    role_arn: str,
+    container: dict[str, Any],
+    schedule_target: ScheduleTarget | None = None,
 ) -> DesiredResources:
     """Derive names and bodies from a spec and its sizing plan.
 
     ``container`` is the CreateModel PrimaryContainer without secrets: the token is read
     from Secrets Manager only when the model is created, and never hashed or stored.
+    ``schedule_target`` says where sleep/wake schedules go (None: not configured).
     """
+    sleep_wake, target = wanted_sleep_wake(spec), schedule_target or ScheduleTarget()
     name = spec.name
     token_arn = spec.model.token_secret_arn if isinstance(spec.model, HubSource) else None
     model_name = f"{name}-{short_hash([container, token_arn, role_arn])}"
@@ -199,6 +297,8 @@ def desired_resources(
             token_secret_arn=token_arn,
             scaling=wanted_scaling(spec),
             schedules=wanted_schedules(spec),
+            sleep_wake=sleep_wake,
+            schedule_target=target,
         )
 
     if isinstance(hosting, ServerlessHosting):
@@ -236,4 +336,6 @@ def desired_resources(
         token_secret_arn=token_arn,
         scaling=wanted_scaling(spec),
         schedules=wanted_schedules(spec),
+        sleep_wake=sleep_wake,
+        schedule_target=target,
     )

@@ -1,4 +1,4 @@
-"""What SageMaker (and Application Auto Scaling / CloudWatch) report for one deployment.
+"""What SageMaker (and Application Auto Scaling / CloudWatch / Scheduler) report for one deployment.
 
 Plain values, filled in by ``llmhost.lifecycle.observer`` and read by the pure planner.
 """
@@ -47,3 +47,5 @@ class Observed:
     # it on deregistration.
     scaling_policies: frozenset[tuple[str, str]] = frozenset()
     alarms: frozenset[str] = frozenset()
+    # EventBridge Scheduler schedules in llmhost's group named for this deployment.
+    schedules: frozenset[str] = frozenset()

@@ -1,4 +1,5 @@
-"""Reads what SageMaker, Application Auto Scaling and CloudWatch hold for one deployment."""
+"""Reads what SageMaker, Application Auto Scaling, CloudWatch and EventBridge Scheduler hold
+for one deployment."""
 
 from __future__ import annotations
 
@@ -25,11 +26,13 @@ class SageMakerObserver:
         sagemaker: Any,
         autoscaling: Callable[[], Any],
         cloudwatch: Callable[[], Any],
+        scheduler: Callable[[], Any] | None = None,
     ) -> None:
         self._sm = sagemaker
         # Lazily created: only deletes need them, and most reconciles are not deletes.
         self._autoscaling = autoscaling
         self._cloudwatch = cloudwatch
+        self._scheduler = scheduler
 
     def observe(
         self,
@@ -67,6 +70,7 @@ class SageMakerObserver:
             scalable_targets=self._scalable_targets(desired) if scaled else frozenset(),
             scaling_policies=self._scaling_policies(desired) if scaled else frozenset(),
             alarms=self._alarms(name) if scaled else frozenset(),
+            schedules=self._schedules(name, desired.schedule_target.group),
         )
 
     # ------------------------------------------------------------------------------ readers
@@ -165,6 +169,35 @@ class SageMakerObserver:
         while True:
             page = self._cloudwatch().describe_alarms(**kwargs)
             names.update(a["AlarmName"] for a in page.get("MetricAlarms", []))
+            if not page.get("NextToken"):
+                return frozenset(names)
+            kwargs["NextToken"] = page["NextToken"]
+
+    def _schedules(self, deployment: str, group: str) -> frozenset[str]:
+        """llmhost's sleep/wake schedules for ``deployment`` (none without a group).
+
+        Looked at on every reconcile, not only when the spec has sleep/wake rules: removing
+        the last rule must still find and delete its schedule.
+        """
+        if not group or self._scheduler is None:
+            return frozenset()
+        pattern = generation_pattern(deployment)
+        names: set[str] = set()
+        # NamePrefix narrows the listing where the backend honours it; the pattern decides
+        # (a prefix also matches other deployments' names that start with this one).
+        kwargs: dict[str, Any] = {
+            "GroupName": group,
+            "NamePrefix": f"{deployment}-",
+            "MaxResults": 100,
+        }
+        while True:
+            try:
+                page = self._scheduler().list_schedules(**kwargs)
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+                    return frozenset()  # no group yet, so no schedules in it
+                raise
+            names.update(s["Name"] for s in page.get("Schedules", []) if pattern.match(s["Name"]))
             if not page.get("NextToken"):
                 return frozenset(names)
             kwargs["NextToken"] = page["NextToken"]

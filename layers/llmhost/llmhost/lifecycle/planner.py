@@ -117,6 +117,16 @@ class DeleteAlarm(Action):
 
 
 @dataclass(frozen=True)
+class CreateSchedule(Action):
+    """``target`` is the EventBridge Scheduler schedule name (a sleep or wake rule)."""
+
+
+@dataclass(frozen=True)
+class DeleteSchedule(Action):
+    """``target`` is the EventBridge Scheduler schedule name."""
+
+
+@dataclass(frozen=True)
 class Wait(Action):
     """Nothing to do until SageMaker reports a change (an event or the schedule)."""
 
@@ -167,6 +177,9 @@ def _plan_endpoint(record: DeploymentRecord, d: DesiredResources, o: Observed) -
         return Step(
             CreateEndpointConfig(d.config_name), _progress(record), "creating the endpoint config"
         )
+    schedules = _schedule_step(record, d, o)
+    if schedules:
+        return schedules
     ep = o.endpoint
     if asleep:
         return _plan_sleep_endpoint(d, ep)
@@ -202,14 +215,13 @@ def _plan_endpoint(record: DeploymentRecord, d: DesiredResources, o: Observed) -
     scaling = _scaling_step(record, d, o, "IN_SERVICE")
     if scaling:
         return scaling
-    return Step(Settle(ep.name), "IN_SERVICE", "")
+    return Step(Settle(ep.name), "IN_SERVICE", _with_schedule_note("", d))
 
 
 def _plan_sleep_endpoint(d: DesiredResources, ep: ObservedEndpoint | None) -> Step:
     if ep is None:
-        return Step(
-            Settle(d.endpoint_name), "SLEEPING", "endpoint deleted; its config is kept for waking"
-        )
+        reason = _with_schedule_note("endpoint deleted; its config is kept for waking", d)
+        return Step(Settle(d.endpoint_name), "SLEEPING", reason)
     if ep.status == "Deleting":
         return Step(Wait(ep.name), "SLEEPING", "deleting the endpoint to sleep")
     if ep.status in ENDPOINT_BUSY:
@@ -228,6 +240,9 @@ def _plan_shared(record: DeploymentRecord, d: DesiredResources, o: Observed) -> 
         return Step(
             CreateEndpointConfig(d.config_name), _progress(record), "creating the pool's config"
         )
+    schedules = _schedule_step(record, d, o)
+    if schedules:
+        return schedules
     pool = o.endpoint
     if pool is None:
         return Step(
@@ -267,7 +282,7 @@ def _plan_shared(record: DeploymentRecord, d: DesiredResources, o: Observed) -> 
         return Step(UpdateComponent(ic.name), "UPDATING", "updating the inference component")
     if asleep and ic.desired_copies > 0:
         return Step(SetComponentCopies(ic.name, copies=0), "SLEEPING", "scaling to zero copies")
-    if not asleep and ic.desired_copies == 0:
+    if not asleep and ic.desired_copies == 0 and not _scaled_to_zero(record, d):
         return Step(
             SetComponentCopies(ic.name, copies=max(1, d.copies)),
             "CREATING",
@@ -277,11 +292,29 @@ def _plan_shared(record: DeploymentRecord, d: DesiredResources, o: Observed) -> 
     if stale:
         return Step(stale, "SLEEPING" if asleep else "IN_SERVICE", "removing old models")
     if asleep:
-        return Step(Settle(ic.name), "SLEEPING", "zero copies; the next request wakes it")
+        reason = _with_schedule_note("zero copies; the next request wakes it", d)
+        return Step(Settle(ic.name), "SLEEPING", reason)
     scaling = _scaling_step(record, d, o, "IN_SERVICE")
     if scaling:
         return scaling
-    return Step(Settle(ic.name), "IN_SERVICE", "")
+    reason = "scaled to zero copies; the next request wakes it" if ic.desired_copies == 0 else ""
+    return Step(Settle(ic.name), "IN_SERVICE", _with_schedule_note(reason, d))
+
+
+def _scaled_to_zero(record: DeploymentRecord, d: DesiredResources) -> bool:
+    """Zero copies are autoscaling's decision, not a sleep to wake from.
+
+    With min 0 applied, target tracking scales an idle component in to zero and the
+    no-capacity alarm (or the serving hook) brings it back: adding a copy here would fight
+    it. Copies are added only when waking from SLEEPING, or while autoscaling that may
+    reach zero is not in force (creation, min above 0).
+    """
+    return (
+        record.status != "SLEEPING"
+        and d.scaling is not None
+        and d.scaling.min_capacity == 0
+        and record.scaling_applied is not None
+    )
 
 
 def _component_differs(ic: ObservedComponent, d: DesiredResources) -> bool:
@@ -296,7 +329,10 @@ def _component_differs(ic: ObservedComponent, d: DesiredResources) -> bool:
 
 
 def _plan_delete(d: DesiredResources, o: Observed) -> Step:
-    """Tear down in dependency order: scaling, component, endpoint, configs, models, pool."""
+    """Tear down in dependency order: schedules, scaling, component, endpoint, configs,
+    models, pool. Schedules go first so none fires a sleep or wake into a deletion."""
+    for schedule in sorted(o.schedules):
+        return Step(DeleteSchedule(schedule), "DELETING", "removing sleep/wake schedules")
     for resource, policy in sorted(o.scaling_policies):
         return Step(
             DeleteScalingPolicy(policy, resource=resource), "DELETING", "removing autoscaling"
@@ -357,6 +393,47 @@ def _scaling_step(
             f"autoscaling {d.scaling.min_capacity}-{d.scaling.max_capacity}",
         )
     return None
+
+
+def _schedule_step(record: DeploymentRecord, d: DesiredResources, o: Observed) -> Step | None:
+    """Create the spec's missing sleep/wake schedules and delete the ones it no longer has.
+
+    Runs from the moment the endpoint config exists, in every state but deletion: the wake
+    schedule of a SLEEPING deployment is what brings it back. Without the Scheduler settings
+    nothing is created (``_with_schedule_note`` says why in the settled status).
+    """
+    status: Status
+    if record.desired_state == "sleeping":
+        status = "SLEEPING"
+    elif record.status == "IN_SERVICE":
+        status = "IN_SERVICE"
+    else:
+        status = _progress(record)
+    if not d.schedule_target.missing:
+        for schedule in d.sleep_wake:
+            if schedule.name not in o.schedules:
+                return Step(
+                    CreateSchedule(schedule.name),
+                    status,
+                    f"scheduling {schedule.action} at {schedule.expression} {schedule.timezone}",
+                )
+    wanted = {schedule.name for schedule in d.sleep_wake}
+    for name in sorted(o.schedules - wanted):
+        return Step(DeleteSchedule(name), status, "removing a sleep/wake schedule")
+    return None
+
+
+def _with_schedule_note(reason: str, d: DesiredResources) -> str:
+    """``reason``, plus why the spec's sleep/wake rules are not scheduled (if they are not)."""
+    missing = d.schedule_target.missing
+    if not d.sleep_wake or not missing:
+        return reason
+    note = (
+        f"sleep/wake schedules not applied: the reconcile function has no {', '.join(missing)} "
+        "setting; deploy the stack's template (it sets them) or remove the sleep/wake rules "
+        "from scaling.schedules"
+    )
+    return f"{reason}; {note}" if reason else note
 
 
 def _remove_scaling(o: Observed, status: Status) -> Step | None:

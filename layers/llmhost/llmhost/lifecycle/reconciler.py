@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from llmhost.errors import ConcurrentModification, LlmhostError, SageMakerBusy
 from llmhost.lifecycle.applier import SageMakerApplier
-from llmhost.lifecycle.desired import DesiredResources, desired_resources
+from llmhost.lifecycle.desired import DesiredResources, ScheduleTarget, desired_resources
 from llmhost.lifecycle.observer import SageMakerObserver
 from llmhost.lifecycle.planner import (
     ApplyScaling,
@@ -39,14 +39,22 @@ class ReconcileResult:
     steps: list[str] = field(default_factory=list)
 
 
-def resolve_desired(spec: DeploymentSpec, region: str, role_arn: str) -> DesiredResources:
-    """Size the spec, build its container (no secrets) and derive resource names."""
+def resolve_desired(
+    spec: DeploymentSpec,
+    region: str,
+    role_arn: str,
+    schedule_target: ScheduleTarget | None = None,
+) -> DesiredResources:
+    """Size the spec, build its container (no secrets) and derive resource names.
+
+    ``schedule_target``: where sleep/wake schedules go (None: Scheduler not configured).
+    """
     from llmhost import sizing
     from llmhost.engines.containers import container_definition
 
     plan = sizing.plan(spec)
     container = container_definition(spec, plan, region, hf_token=None)
-    return desired_resources(spec, plan, role_arn, container)
+    return desired_resources(spec, plan, role_arn, container, schedule_target)
 
 
 def record_step(record: DeploymentRecord, step: Step, history_limit: int) -> DeploymentRecord:

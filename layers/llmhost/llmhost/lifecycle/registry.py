@@ -5,6 +5,10 @@ specs survive without DynamoDB's Decimal conversions); a few attributes are dupl
 the top level for filters. Every save is conditional on the version read, so two writers
 (the API and the reconciler, or two reconcilers) never lose an update: the loser gets
 ``ConcurrentModification`` and re-reads.
+
+The table also holds a few llmhost-internal items (the capacity lock, the daily budget
+ledger). Their keys start with ``INTERNAL_PREFIX``, which no deployment name can
+(``^[a-zA-Z0-9]...``), and ``deployments()`` skips them.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ from botocore.exceptions import ClientError
 from llmhost.errors import ConcurrentModification, DeploymentExists, DeploymentNotFound
 from llmhost.lifecycle.record import DeploymentRecord
 
+# Keys of internal items start with this; a deployment name cannot (see specs.NAME_PATTERN).
+INTERNAL_PREFIX = "#"
+
 
 class Registry:
     """Reads and writes deployment records in one DynamoDB table."""
@@ -24,6 +31,15 @@ class Registry:
     def __init__(self, client: Any, table_name: str) -> None:
         self._ddb = client
         self._table = table_name
+
+    @property
+    def client(self) -> Any:
+        """The DynamoDB client, for the internal items other modules keep in this table."""
+        return self._ddb
+
+    @property
+    def table_name(self) -> str:
+        return self._table
 
     def get(self, name: str) -> DeploymentRecord:
         """The record for ``name``. Raises DeploymentNotFound."""
@@ -44,7 +60,11 @@ class Registry:
         kwargs: dict[str, Any] = {"TableName": self._table, "ConsistentRead": True}
         while True:
             page = self._ddb.scan(**kwargs)
-            records.extend(_decode(item) for item in page.get("Items", []))
+            records.extend(
+                _decode(item)
+                for item in page.get("Items", [])
+                if not item["name"]["S"].startswith(INTERNAL_PREFIX)
+            )
             if "LastEvaluatedKey" not in page:
                 break
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]

@@ -1,23 +1,38 @@
-"""The scaling hook: what llmhost does when one of its CloudWatch alarms changes state.
+"""The scaling hook: what llmhost does on its alarms, its schedules, cold requests and budget ticks.
 
 AWS acts alone on target tracking and on the scale-from-zero step policy. llmhost acts where
 AWS cannot: an idle deployment goes to sleep (a dedicated endpoint cannot scale below one
-instance), and a refused request wakes a sleeping model at once. Every transition is recorded
-in the deployment's history, with what was done and why. Decisions are pure
-(``decide``); ``ScalingHook`` applies them to the registry, and the reconciler does the rest.
+instance), a refused request wakes a sleeping model at once, sleep/wake schedules run, a
+request for a zero-copy component gets a copy without waiting for the alarm's evaluation,
+and the cost guardrails (``guardrails``: the GPU cap; ``budget``: the daily budget) grant or
+refuse capacity. Every decision is recorded in the deployment's history, with what was done,
+why, and capacity before -> after. Alarm decisions are pure (``decide``); ``ScalingHook``
+applies them to the registry (and, through the guard, to Application Auto Scaling and
+SageMaker), and the reconciler does the rest.
+
+Events (``parse_event``): llmhost's alarms ("CloudWatch Alarm State Change",
+``llmhost-<name>-idle|no-capacity``); target tracking's ``TargetTracking-<resource id>-
+AlarmHigh-<uuid>``; ``{"source": "llmhost.schedule", "deployment", "action": "sleep"|"wake",
+"schedule"}``; ``{"source": "llmhost.serving", "action": "wake", "deployment",
+"requested_at"}``; ``{"source": "llmhost.budget", "action": "tick"}``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from llmhost.errors import ConcurrentModification, DeploymentNotFound
 from llmhost.lifecycle.observer import alarm_prefix
 from llmhost.lifecycle.record import DeploymentRecord
 from llmhost.lifecycle.registry import Registry
+
+if TYPE_CHECKING:
+    from llmhost.scaling.budget import BudgetKeeper
+    from llmhost.scaling.guardrails import CapacityGuard, Grant
 
 AlarmKind = Literal["idle", "no-capacity"]
 KINDS: tuple[AlarmKind, ...] = ("idle", "no-capacity")
@@ -34,11 +49,60 @@ class AlarmChange:
 
 @dataclass(frozen=True)
 class Decision:
-    """``desired_state`` None: only record the transition."""
+    """``desired_state`` None: only record the transition. ``recorded`` False: a no-op that
+    is reported (and counted) but not written to the history."""
 
     event: str
     reason: str
     desired_state: Literal["in_service", "sleeping"] | None = None
+    recorded: bool = True
+
+
+@dataclass(frozen=True)
+class TargetAlarm:
+    """A state change of an alarm Application Auto Scaling created for target tracking."""
+
+    deployment: str
+    resource_id: str
+    which: Literal["AlarmHigh", "AlarmLow"]
+    state: str
+    previous: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ScheduleFired:
+    deployment: str
+    action: Literal["sleep", "wake"]
+    schedule: str
+
+
+@dataclass(frozen=True)
+class RequestWake:
+    deployment: str
+    requested_at: str
+
+
+@dataclass(frozen=True)
+class BudgetTick:
+    pass
+
+
+HookEvent = AlarmChange | TargetAlarm | ScheduleFired | RequestWake | BudgetTick
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One decision about one deployment (``deployment`` empty: about none in particular)."""
+
+    deployment: str
+    decision: Decision
+
+
+_TARGET_ALARM = re.compile(
+    r"^TargetTracking-(?P<rid>inference-component/(?P<ic>[^/]+)"
+    r"|endpoint/(?P<ep>[^/]+)/variant/[^/]+)-(?P<which>AlarmHigh|AlarmLow)-[0-9a-fA-F-]+$"
+)
 
 
 def parse_alarm_event(event: dict[str, Any]) -> AlarmChange | None:
@@ -61,6 +125,42 @@ def parse_alarm_event(event: dict[str, Any]) -> AlarmChange | None:
                     reason=str(detail.get("state", {}).get("reason", ""))[:300],
                 )
     return None
+
+
+def parse_target_alarm(event: dict[str, Any]) -> TargetAlarm | None:
+    """A state change of a target-tracking alarm on a SageMaker scalable target, else None."""
+    if event.get("detail-type") != "CloudWatch Alarm State Change":
+        return None
+    detail = event.get("detail", {})
+    match = _TARGET_ALARM.match(str(detail.get("alarmName", "")))
+    if match is None:
+        return None
+    which: Literal["AlarmHigh", "AlarmLow"] = (
+        "AlarmHigh" if match["which"] == "AlarmHigh" else "AlarmLow"
+    )
+    return TargetAlarm(
+        deployment=match["ic"] or match["ep"],
+        resource_id=match["rid"],
+        which=which,
+        state=str(detail.get("state", {}).get("value", "")),
+        previous=str(detail.get("previousState", {}).get("value", "")),
+        reason=str(detail.get("state", {}).get("reason", ""))[:300],
+    )
+
+
+def parse_event(event: dict[str, Any]) -> HookEvent | None:
+    """Any event the scaling function accepts, or None for one it does not know."""
+    source, action = event.get("source"), event.get("action")
+    name = str(event.get("deployment", ""))
+    if source == "llmhost.schedule" and action in ("sleep", "wake") and name:
+        return ScheduleFired(
+            name, "sleep" if action == "sleep" else "wake", str(event.get("schedule", ""))
+        )
+    if source == "llmhost.serving" and action == "wake" and name:
+        return RequestWake(name, str(event.get("requested_at", "")))
+    if source == "llmhost.budget" and action == "tick":
+        return BudgetTick()
+    return parse_alarm_event(event) or parse_target_alarm(event)
 
 
 def decide(record: DeploymentRecord, change: AlarmChange, now: datetime) -> Decision:
@@ -99,19 +199,232 @@ def _last_wake(record: DeploymentRecord) -> datetime | None:
     return None
 
 
+def _grant_decision(grant: Grant, event: str, reason: str, **changes: Any) -> Decision:
+    """A wake the guardrail admitted (``event``) or refused (WakeRefused)."""
+    if not grant.granted:
+        return Decision("WakeRefused", f"{reason}: refused: {grant.reason}")
+    return Decision(event, f"{reason} ({grant.reason})", **changes)
+
+
 class ScalingHook:
-    def __init__(self, registry: Registry, history_limit: int = 50) -> None:
+    """Applies decisions to the registry; ``guard`` and ``budget`` enable the guardrails
+    (without a guard, target-tracking alarms are not handled and wakes are not checked)."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        history_limit: int = 50,
+        *,
+        guard: CapacityGuard | None = None,
+        budget: BudgetKeeper | None = None,
+    ) -> None:
         self._registry = registry
         self._history_limit = history_limit
+        self._guard = guard
+        self._budget = budget
+
+    def handle_event(self, event: HookEvent, now: datetime | None = None) -> list[Outcome]:
+        """Act on one event; an empty list means it was not for llmhost (or not actionable)."""
+        now = now or datetime.now(UTC)
+        if isinstance(event, AlarmChange):
+            decision = self.handle(event, now)
+            return [Outcome(event.deployment, decision)] if decision else []
+        if isinstance(event, TargetAlarm):
+            return self._target_alarm(event)
+        if isinstance(event, ScheduleFired):
+            return self._schedule(event)
+        if isinstance(event, RequestWake):
+            return self._request_wake(event)
+        return self._budget_tick(now)
+
+    # ---- llmhost's own alarms -----------------------------------------------------------
 
     def handle(self, change: AlarmChange, now: datetime | None = None) -> Decision | None:
         """Record the transition and apply the decision; None for unknown deployments."""
+        record = self._registry.find(change.deployment)
+        if record is None:
+            return None
+        decision = decide(record, change, now or datetime.now(UTC))
+        if self._guard is not None and change.kind == "no-capacity" and change.state == "ALARM":
+            decision = self._guard_capacity_alarm(record, decision)
+        return decision if self._record(change.deployment, decision) else None
+
+    def _guard_capacity_alarm(self, record: DeploymentRecord, decision: Decision) -> Decision:
+        assert self._guard is not None
+        if decision.event == "CapacityWake":
+            from llmhost.scaling.guardrails import required_units
+
+            units = required_units(record.spec)[0]
+            grant = self._guard.admit_wake(record.name, units)
+            return _grant_decision(
+                grant,
+                "CapacityWake",
+                "a request found no capacity; waking",
+                desired_state="in_service",
+            )
+        if record.desired_state != "in_service" or record.spec.hosting.kind != "shared":
+            return decision
+        # The step policy adds a copy from zero, but only up to MaxCapacity: a lease
+        # reclaimed to 0 must come back to at least one for it to work.
+        grant = self._guard.admit_wake(record.name, 1)
+        if not grant.granted:
+            return Decision("ScaleOutRefused", f"scale from zero: {grant.reason}")
+        if grant.lease_after != grant.lease_before:
+            return Decision(
+                "ScaleOutGranted",
+                f"scale from zero: lease {grant.lease_before} -> {grant.lease_after} "
+                f"({grant.reason})",
+            )
+        return decision
+
+    # ---- target tracking: the GPU cap ----------------------------------------------------
+
+    def _target_alarm(self, alarm: TargetAlarm) -> list[Outcome]:
+        # AlarmLow (scale in) needs nothing from llmhost; AlarmHigh leaving ALARM neither.
+        if alarm.which != "AlarmHigh" or alarm.state != "ALARM" or self._guard is None:
+            return []
+        if self._registry.find(alarm.deployment) is None:
+            return []
+        grant = self._guard.scale_out(alarm.deployment)
+        outcomes = [Outcome(alarm.deployment, Decision(grant.event, grant.reason))]
+        for reclaim in grant.reclaims if grant.granted else ():
+            outcomes.append(
+                Outcome(
+                    reclaim.deployment,
+                    Decision(
+                        "LeaseReclaimed",
+                        f"max capacity {reclaim.holding.lease} -> {reclaim.lease_after} "
+                        f"(running {reclaim.holding.current}): unused GPU units lent to "
+                        f"{alarm.deployment}, which is scaling out; asks back when it needs them",
+                    ),
+                )
+            )
+        return [o for o in outcomes if self._record(o.deployment, o.decision)]
+
+    # ---- schedules ----------------------------------------------------------------------
+
+    def _schedule(self, fired: ScheduleFired) -> list[Outcome]:
+        record = self._registry.find(fired.deployment)
+        if record is None or record.status == "DELETED" or record.desired_state == "deleted":
+            return []
+        what = f"schedule {fired.schedule or '?'}"
+        if record.spec.hosting.kind == "serverless":
+            decision = Decision(
+                "ScheduledSleep" if fired.action == "sleep" else "ScheduledWake",
+                f"{what}: serverless endpoints scale to zero themselves; nothing to do",
+            )
+        elif fired.action == "sleep":
+            if record.desired_state == "sleeping":
+                decision = Decision("ScheduledSleep", f"{what}: already sleeping")
+            else:
+                running = self._running(record.name)
+                decision = Decision(
+                    "ScheduledSleep",
+                    f"{what}: sleeping (capacity {running} -> 0)",
+                    desired_state="sleeping",
+                )
+        elif record.desired_state == "in_service":
+            decision = Decision("ScheduledWake", f"{what}: already in service")
+        else:
+            decision = self._wake(record, "ScheduledWake", f"{what}: waking")
+        return [Outcome(record.name, decision)] if self._record(record.name, decision) else []
+
+    def _wake(self, record: DeploymentRecord, event: str, why: str) -> Decision:
+        from llmhost.scaling.guardrails import required_units
+
+        units = required_units(record.spec)[0]
+        if self._guard is None:
+            return Decision(event, f"{why} (capacity 0 -> {units})", desired_state="in_service")
+        grant = self._guard.admit_wake(record.name, units)
+        return _grant_decision(grant, event, why, desired_state="in_service")
+
+    def _running(self, name: str) -> str:
+        if self._guard is None:
+            return "?"
+        holding = self._guard.usage().get(name)
+        return str(holding.current) if holding else "0"
+
+    # ---- a request for a cold model ------------------------------------------------------
+
+    def _request_wake(self, wake: RequestWake) -> list[Outcome]:
+        record = self._registry.find(wake.deployment)
+        if record is None or record.status == "DELETED" or record.desired_state == "deleted":
+            return []
+        at = f" at {wake.requested_at}" if wake.requested_at else ""
+        if record.desired_state == "sleeping":
+            decision = self._wake(
+                record, "WakeRequested", f"a request arrived{at} while sleeping; waking"
+            )
+        elif record.spec.hosting.kind == "shared" and self._guard is not None:
+            copies = max(1, record.spec.scaling.min_capacity)
+            grant = self._guard.wake_component(record.name, copies)
+            if grant is None:
+                decision = Decision(
+                    "CopiesPresent", "the component already has copies", recorded=False
+                )
+            elif grant.granted:
+                decision = Decision(
+                    "CopiesRequested",
+                    f"a request{at} found no copy; copies 0 -> {copies} ({grant.reason})",
+                )
+            else:
+                decision = Decision("WakeRefused", f"a request{at} found no copy: {grant.reason}")
+        else:
+            decision = Decision(
+                "WakeNotNeeded", f"the deployment is {record.status}", recorded=False
+            )
+        return [Outcome(record.name, decision)] if self._record(record.name, decision) else []
+
+    # ---- the daily budget ----------------------------------------------------------------
+
+    def _budget_tick(self, now: datetime) -> list[Outcome]:
+        if self._budget is None:
+            return []
+        result = self._budget.tick(now)
+        outcomes = [
+            Outcome(
+                change.deployment,
+                Decision(
+                    "BudgetRestored",
+                    f"a new UTC day: max capacity {change.before} -> {change.after}",
+                ),
+            )
+            for change in result.restored
+        ] + [
+            Outcome(
+                change.deployment,
+                Decision(
+                    "BudgetExceeded",
+                    f"{result.reason}; max capacity {change.before} -> {change.after}",
+                ),
+            )
+            for change in result.exceeded
+        ]
+        recorded = [o for o in outcomes if self._record(o.deployment, o.decision)]
+        billed = (
+            "already billed by another tick"
+            if result.billed_usd is None
+            else f"${result.billed_usd:.4f} for {result.seconds:.0f} s"
+        )
+        summary = Decision(
+            "BudgetTick",
+            f"{result.day}: {billed}; spent ${result.spent_usd:.2f} of ${result.budget_usd:.2f}",
+            recorded=False,
+        )
+        return [Outcome("", summary), *recorded]
+
+    # ---- history ------------------------------------------------------------------------
+
+    def _record(self, name: str, decision: Decision) -> bool:
+        """Append the decision to ``name``'s history (and set its desired state); False when
+        the deployment is gone."""
+        if not decision.recorded:
+            return True
         for _ in range(5):
             try:
-                record = self._registry.get(change.deployment)
+                record = self._registry.get(name)
             except DeploymentNotFound:
-                return None
-            decision = decide(record, change, now or datetime.now(UTC))
+                return False
             changes: dict[str, Any] = {}
             if decision.desired_state and decision.desired_state != record.desired_state:
                 changes["desired_state"] = decision.desired_state
@@ -123,5 +436,5 @@ class ScalingHook:
             )
             with contextlib.suppress(ConcurrentModification):
                 self._registry.save(updated)
-                return decision
-        return None
+                return True
+        raise ConcurrentModification(name)

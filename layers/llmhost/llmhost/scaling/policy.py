@@ -36,6 +36,7 @@ from llmhost.specs import Scaling, TargetMetric
 NAMESPACE = "sagemaker"
 COPY_DIMENSION = "sagemaker:inference-component:DesiredCopyCount"
 INSTANCE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
+PROVISIONED_CONCURRENCY_DIMENSION = "sagemaker:variant:DesiredProvisionedConcurrency"
 METRIC_NAMESPACE = "AWS/SageMaker"
 
 STANDARD_PERIOD_S = 60
@@ -66,7 +67,9 @@ Comparison = Literal[
 ]
 Statistic = Literal["Average", "Sum", "Maximum", "Minimum", "SampleCount"]
 MissingData = Literal["missing", "notBreaching", "breaching", "ignore"]
-MetricKind = Literal["concurrency", "invocations", "no_capacity_failures", "invocation_count"]
+MetricKind = Literal[
+    "concurrency", "invocations", "no_capacity_failures", "invocation_count", "utilization"
+]
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,9 @@ class MetricInfo:
     period_s: int  # 10 for the high-resolution metrics, 60 otherwise
     statistic: Statistic
     # concurrency: in-flight (and queued) requests per unit, averaged over the period;
-    # invocations: requests per unit summed over the period (a minute).
+    # invocations: requests per unit summed over the period (a minute);
+    # utilization: the fraction of provisioned serverless concurrency in use (not replayed
+    # by the simulator, which models GPU copies and instances).
     kind: MetricKind
 
 
@@ -115,6 +120,14 @@ METRICS: dict[TargetMetric, MetricInfo] = {
         HIGH_RESOLUTION_PERIOD_S,
         "Average",
         "concurrency",
+    ),
+    "provisioned-concurrency-utilization": MetricInfo(
+        "SageMakerVariantProvisionedConcurrencyUtilization",
+        "ServerlessProvisionedConcurrencyUtilization",
+        PROVISIONED_CONCURRENCY_DIMENSION,
+        STANDARD_PERIOD_S,
+        "Average",
+        "utilization",
     ),
 }
 
@@ -337,8 +350,10 @@ def policy_from_spec(scaling: Scaling) -> ScalingPolicy:
     """The ScalingPolicy a deployment's ``Scaling`` block deploys as.
 
     The metric decides the scalable dimension: ``*-per-copy`` scales an inference component's
-    copies, ``*-per-instance`` a variant's instances. Variants cannot go below one instance,
-    so for them ``scale_to_zero`` means sleeping (the idle alarm) rather than MinCapacity 0.
+    copies, ``*-per-instance`` a variant's instances, ``provisioned-concurrency-utilization`` a
+    serverless variant's provisioned concurrency. Variants cannot go below one instance (nor
+    provisioned concurrency below one), so for them ``scale_to_zero`` means sleeping (the
+    idle alarm) rather than MinCapacity 0.
     The spec is already validated (min <= max, min 0 only with scale_to_zero).
     """
     metric = METRICS[scaling.target_metric]

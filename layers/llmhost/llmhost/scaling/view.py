@@ -10,7 +10,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from llmhost.lifecycle.desired import VARIANT
+from llmhost.lifecycle.desired import VARIANT, wanted_sleep_wake
 from llmhost.lifecycle.observer import alarm_prefix
 from llmhost.lifecycle.record import DeploymentRecord
 
@@ -23,6 +23,10 @@ SCALING_EVENTS = (
     "DeregisterScalableTarget",
     "Alarm ",
     "SetComponentCopies",
+    "CreateSchedule",
+    "DeleteSchedule",
+    "ScheduledSleep",
+    "ScheduledWake",
 )
 
 
@@ -98,6 +102,17 @@ def scaling_view(
             for a in alarms
         ],
         "next_scheduled_change": _next(scheduled),
+        # The spec's sleep/wake windows, by the EventBridge Scheduler names llmhost gives them
+        # (the status reason says so when the reconciler cannot schedule them).
+        "sleep_wake_schedules": [
+            {
+                "name": s.name,
+                "schedule": s.expression,
+                "timezone": s.timezone,
+                "action": s.action,
+            }
+            for s in wanted_sleep_wake(record.spec)
+        ],
         "recent_activity": [
             {
                 "at": str(a.get("StartTime")),

@@ -1,0 +1,654 @@
+"""The account-wide cap on GPU units, kept by leasing each deployment its MaxCapacity.
+
+GPU units are instances of dedicated deployments plus copies of shared ones (serverless
+deployments hold none). Application Auto Scaling scales each target between its MinCapacity
+and MaxCapacity on its own, and nothing can veto one of its scaling activities. So the cap
+is kept ahead of time: each autoscaled deployment's registered MaxCapacity is its *lease*,
+and whenever llmhost sets a lease it keeps
+
+    sum over deployments of max(running, floor, lease) <= cap
+
+(``floor``: the units a deployment is owed while it is wanted in service; a deployment with
+no scalable target holds what it runs or will run). AWS therefore never scales past the cap
+by itself. When a deployment wants more than its lease (its target-tracking AlarmHigh goes to
+ALARM), the hook takes unused lease back from others, largest slack first and never below
+what they run or are owed, and grants it; when nothing is free the refusal is recorded.
+
+The decisions (``lease_for``, ``plan_scale_out``, ``plan_wake``, ``check_admission``) are
+pure. ``CapacityGuard`` reads usage from the registry, SageMaker and Application Auto
+Scaling and applies leases, holding a lock item in the registry table so two writers (the
+hook, the reconciler) never hand out the same unit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError
+
+from llmhost.errors import LlmhostError, SageMakerBusy
+from llmhost.lifecycle.registry import INTERNAL_PREFIX, Registry
+from llmhost.specs import DeploymentSpec
+
+if TYPE_CHECKING:
+    from llmhost.lifecycle.record import DeploymentRecord
+    from llmhost.scaling.budget import BudgetLedger
+
+NAMESPACE = "sagemaker"
+LOCK_KEY = f"{INTERNAL_PREFIX}capacity#lock"
+CAP_PARAMETER = "GpuCapacityCap"
+
+
+class GpuCapacityExceeded(LlmhostError):
+    """A deployment's minimum capacity does not fit under the account's GPU cap."""
+
+    code = "gpu_capacity_cap"
+    status = 409
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class CapacityBusy(SageMakerBusy):
+    """Another scaling decision holds the capacity lock; retry (the reconciler and Lambda's
+    async retries do)."""
+
+
+# ------------------------------------------------------------------------------ pure core
+
+
+@dataclass(frozen=True)
+class Holding:
+    """What one deployment holds against the cap, in GPU units.
+
+    ``current``: units SageMaker runs or is adding (the larger of current and desired);
+    ``floor``: units owed to it (its minimum while wanted in service, else 0);
+    ``maximum``: its spec's most (``scaling.max_capacity``; for fixed capacity, its count);
+    ``lease``: its registered MaxCapacity, None without a scalable target;
+    ``target_min``: its registered MinCapacity (a lease never goes below it).
+    """
+
+    deployment: str
+    current: int
+    floor: int
+    maximum: int
+    lease: int | None = None
+    target_min: int = 0
+    resource_id: str = ""
+    dimension: str = ""
+
+    @property
+    def units(self) -> int:
+        return max(self.current, self.floor, self.lease or 0)
+
+    @property
+    def lowest_lease(self) -> int:
+        """The smallest lease that takes nothing from it: what it runs or is owed."""
+        return max(self.current, self.floor, self.target_min)
+
+    @property
+    def slack(self) -> int:
+        """Leased units it neither runs nor is owed: what may be reclaimed."""
+        return 0 if self.lease is None else max(0, self.lease - self.lowest_lease)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Every deployment's holding; ``cap`` None means no cap."""
+
+    cap: int | None
+    holdings: tuple[Holding, ...]
+
+    def get(self, name: str) -> Holding | None:
+        return next((h for h in self.holdings if h.deployment == name), None)
+
+    @property
+    def reserved(self) -> int:
+        return sum(h.units for h in self.holdings)
+
+    @property
+    def running(self) -> int:
+        return sum(h.current for h in self.holdings)
+
+    def others(self, name: str) -> int:
+        return sum(h.units for h in self.holdings if h.deployment != name)
+
+    def describe(self) -> str:
+        """E.g. '6 of the cap of 8 GPU units are held (4 running): a 4 (running 3), b 2'."""
+        held = [h for h in self.holdings if h.units]
+        who = ", ".join(
+            f"{h.deployment} {h.units}"
+            + (f" (running {h.current})" if h.current != h.units else "")
+            for h in sorted(held, key=lambda h: (-h.units, h.deployment))
+        )
+        cap = f"the cap of {self.cap}" if self.cap is not None else "no cap"
+        return f"{self.reserved} of {cap} GPU units are held ({self.running} running)" + (
+            f": {who}" if who else ""
+        )
+
+
+@dataclass(frozen=True)
+class Reclaim:
+    """Lease taken back from another deployment to make room."""
+
+    holding: Holding
+    lease_after: int
+
+    @property
+    def deployment(self) -> str:
+        return self.holding.deployment
+
+    def describe(self) -> str:
+        return f"{self.deployment} {self.holding.lease} -> {self.lease_after}"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """The guardrail's answer to a scale-out or a wake.
+
+    ``event``: ScaleOutGranted, ScaleOutRefused or ScaleOutAtMax for a scale-out;
+    WakeAdmitted or WakeRefused for a wake. ``lease_after`` None: no lease change.
+    """
+
+    deployment: str
+    event: str
+    granted: bool
+    reason: str
+    current: int = 0
+    lease_before: int | None = None
+    lease_after: int | None = None
+    reclaims: tuple[Reclaim, ...] = ()
+
+
+def lease_for(
+    usage: Usage, name: str, minimum: int, maximum: int, *, budget_exceeded: bool = False
+) -> int:
+    """The MaxCapacity to register for ``name``: its spec maximum, less what others hold,
+    never below ``minimum`` (a minimum the cap cannot hold is refused at the API)."""
+    if budget_exceeded:
+        return minimum
+    if usage.cap is None:
+        return maximum
+    return max(minimum, min(maximum, usage.cap - usage.others(name)))
+
+
+def _reclaim(usage: Usage, name: str, wanted: int) -> tuple[int, tuple[Reclaim, ...]]:
+    """Take up to ``wanted`` units of others' slack, largest slack first."""
+    taken, reclaims = 0, []
+    others = [h for h in usage.holdings if h.deployment != name and h.slack > 0]
+    for holding in sorted(others, key=lambda h: (-h.slack, h.deployment)):
+        if taken >= wanted:
+            break
+        take = min(holding.slack, wanted - taken)
+        assert holding.lease is not None
+        reclaims.append(Reclaim(holding, holding.lease - take))
+        taken += take
+    return taken, tuple(reclaims)
+
+
+def _fix(usage: Usage) -> str:
+    return (
+        f"raise the {CAP_PARAMETER} stack parameter or lower another deployment's "
+        "scaling.max_capacity"
+    )
+
+
+def plan_scale_out(usage: Usage, name: str, *, budget_block: str | None = None) -> Grant:
+    """Reclaim and grant lease so ``name`` can grow towards its maximum (pure).
+
+    ``budget_block``: why today's budget forbids growth (None: it does not). The grant is
+    everything free (after reclaiming others' slack) up to the spec maximum.
+    """
+    holding = usage.get(name)
+    if holding is None or holding.lease is None:
+        return Grant(
+            name,
+            "ScaleOutRefused",
+            False,
+            "AlarmHigh: no scalable target is registered yet (the reconciler registers it "
+            "once the deployment is in service)",
+        )
+    lease, current = holding.lease, holding.current
+    base = max(lease, current)
+    wanted = holding.maximum - base
+    common: dict[str, Any] = {"current": current, "lease_before": lease}
+    if wanted <= 0:
+        if current < lease:
+            return Grant(
+                name,
+                "ScaleOutGranted",
+                True,
+                f"AlarmHigh: AWS may scale {current} -> up to {lease} within the lease "
+                f"(lease {lease} -> {lease}, scaling.max_capacity {holding.maximum})",
+                lease_after=lease,
+                **common,
+            )
+        return Grant(
+            name,
+            "ScaleOutAtMax",
+            False,
+            f"AlarmHigh: already at scaling.max_capacity ({holding.maximum}); raise it to "
+            "let the deployment grow",
+            lease_after=lease,
+            **common,
+        )
+    if budget_block:
+        return Grant(
+            name,
+            "ScaleOutRefused",
+            False,
+            f"AlarmHigh: {budget_block}; lease stays {lease} (running {current})",
+            lease_after=lease,
+            **common,
+        )
+    if usage.cap is None:
+        return Grant(
+            name,
+            "ScaleOutGranted",
+            True,
+            f"AlarmHigh: no GPU cap; lease {lease} -> {holding.maximum} (running {current})",
+            lease_after=holding.maximum,
+            **common,
+        )
+    free = usage.cap - usage.reserved
+    taken, reclaims = _reclaim(usage, name, max(0, wanted - max(0, free) + max(0, -free)))
+    extra = min(wanted, max(0, free + taken))
+    after = base + extra
+    if after <= current:
+        return Grant(
+            name,
+            "ScaleOutRefused",
+            False,
+            f"AlarmHigh: no GPU unit is free under the cap of {usage.cap} ({CAP_PARAMETER}); "
+            f"{usage.describe()}; lease stays {lease} (running {current}); {_fix(usage)}",
+            lease_after=lease,
+            **common,
+        )
+    from_others = (
+        f"; reclaimed {taken} unused unit(s): {', '.join(r.describe() for r in reclaims)}"
+        if reclaims
+        else ""
+    )
+    return Grant(
+        name,
+        "ScaleOutGranted",
+        True,
+        f"AlarmHigh: lease {lease} -> {after} (running {current}, scaling.max_capacity "
+        f"{holding.maximum}){from_others}; cap {usage.cap}",
+        lease_after=after,
+        reclaims=reclaims,
+        **common,
+    )
+
+
+def plan_wake(usage: Usage, name: str, units: int) -> Grant:
+    """Admit ``name`` to run ``units`` units, reclaiming others' slack if needed (pure).
+
+    The lease (if any) becomes at least ``units``, so Application Auto Scaling keeps them.
+    """
+    holding = usage.get(name) or Holding(name, current=0, floor=0, maximum=units)
+    lease = holding.lease
+    lease_after = None if lease is None else max(lease, units)
+    common: dict[str, Any] = {
+        "current": holding.current,
+        "lease_before": lease,
+        "lease_after": lease_after,
+    }
+    needed = units - holding.units
+    if usage.cap is None or needed <= 0:
+        return Grant(name, "WakeAdmitted", True, f"capacity {holding.current} -> {units}", **common)
+    free = usage.cap - usage.reserved
+    taken, reclaims = _reclaim(usage, name, needed - max(0, free) + max(0, -free))
+    if free + taken < needed:
+        return Grant(
+            name,
+            "WakeRefused",
+            False,
+            f"waking needs {units} GPU unit(s) but only {max(0, free + taken)} can be freed "
+            f"under the cap of {usage.cap} ({CAP_PARAMETER}); {usage.describe()}; "
+            f"{_fix(usage)}",
+            **{**common, "lease_after": lease},
+        )
+    from_others = (
+        f"; reclaimed {taken} unused unit(s): {', '.join(r.describe() for r in reclaims)}"
+        if reclaims
+        else ""
+    )
+    return Grant(
+        name,
+        "WakeAdmitted",
+        True,
+        f"capacity {holding.current} -> {units}{from_others}",
+        reclaims=reclaims,
+        **common,
+    )
+
+
+def required_units(spec: DeploymentSpec) -> tuple[int, str]:
+    """GPU units a deployment needs to be in service at all, and the field that sets them.
+
+    The initial count (``hosting.instance_count`` / ``hosting.copies``) runs before
+    autoscaling takes over, so it counts as much as ``scaling.min_capacity``. A dedicated
+    endpoint never runs below one instance.
+    """
+    from llmhost.lifecycle.desired import wanted_scaling
+
+    hosting, scaling = spec.hosting, spec.scaling
+    if hosting.kind == "serverless":
+        return 0, ""
+    initial, field = (
+        (hosting.instance_count, "hosting.instance_count")
+        if hosting.kind == "dedicated"
+        else (hosting.copies, "hosting.copies")
+    )
+    if wanted_scaling(spec) is None:
+        return initial, field
+    floor = max(1, scaling.min_capacity) if hosting.kind == "dedicated" else scaling.min_capacity
+    if scaling.min_capacity >= initial and floor >= initial:
+        return floor, "scaling.min_capacity"
+    return max(initial, floor), field
+
+
+def owed_units(record: DeploymentRecord) -> int:
+    """Units a registry record is owed: its minimum while wanted in service, else none."""
+    if record.status == "DELETED" or record.desired_state != "in_service":
+        return 0
+    return required_units(record.spec)[0]
+
+
+def check_admission(
+    cap: int | None, records: list[DeploymentRecord], spec: DeploymentSpec, *, waking: bool = False
+) -> None:
+    """Refuse a spec whose minimum would take the account's minimums over the cap.
+
+    ``records``: the registry's live deployments (the one named like ``spec`` is replaced).
+    Raises GpuCapacityExceeded (409) naming the field to lower.
+    """
+    if not cap:
+        return
+    units, field = required_units(spec)
+    if units == 0:
+        return
+    others = [(r.name, owed_units(r)) for r in records if r.name != spec.name]
+    held = sum(n for _, n in others)
+    if held + units <= cap:
+        return
+    who = ", ".join(f"{name} {n}" for name, n in sorted(others, key=lambda o: -o[1]) if n)
+    what = "waking it" if waking else "it"
+    raise GpuCapacityExceeded(
+        field,
+        f"{field}: {what} needs {units} GPU unit(s) (instances or copies) at its minimum, but "
+        f"the minimums of other deployments already take {held} of the cap of {cap}"
+        + (f" ({who})" if who else "")
+        + f"; raise the {CAP_PARAMETER} stack parameter or lower {field}",
+    )
+
+
+# ------------------------------------------------------------------------------ adapter
+
+
+def _is_condition_failure(error: ClientError) -> bool:
+    return error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+
+
+def _is_missing(error: ClientError) -> bool:
+    message = str(error.response.get("Error", {}).get("Message", ""))
+    return "Could not find" in message or "does not exist" in message or "not found" in message
+
+
+class CapacityGuard:
+    """Reads GPU usage and sets leases (scalable targets' MaxCapacity) under one lock.
+
+    ``cap`` None: no cap (leases are spec maxima; the budget still applies). ``budget``:
+    today's budget state, read before any lease grows. The lock is an item in the registry
+    table with an expiry, so a crashed holder blocks others for ``lock_ttl_s`` at most.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        sagemaker: Any,
+        autoscaling: Any,
+        cap: int | None,
+        *,
+        budget: BudgetLedger | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        lock_ttl_s: float = 30.0,
+        lock_attempts: int = 25,
+    ) -> None:
+        self._registry = registry
+        self._sm = sagemaker
+        self._aas = autoscaling
+        self.cap = cap or None
+        self._budget = budget
+        self._clock = clock
+        self._sleep = sleep
+        self._lock_ttl_s = lock_ttl_s
+        self._lock_attempts = lock_attempts
+
+    # ---- reading ------------------------------------------------------------------------
+
+    def usage(self) -> Usage:
+        """Every live deployment's holding (serverless and DELETED ones hold nothing)."""
+        targets = self._targets()
+        holdings = []
+        for record in self._registry.deployments():
+            if record.spec.hosting.kind == "serverless":
+                continue
+            holdings.append(self._holding(record, targets))
+        return Usage(self.cap, tuple(holdings))
+
+    def _holding(self, record: DeploymentRecord, targets: dict[str, dict[str, Any]]) -> Holding:
+        shared = record.spec.hosting.kind == "shared"
+        rid = (
+            f"inference-component/{record.name}"
+            if shared
+            else f"endpoint/{record.name}/variant/AllTraffic"
+        )
+        target = targets.get(rid)
+        units, _ = required_units(record.spec)
+        return Holding(
+            deployment=record.name,
+            current=self._running(record.name, shared),
+            # Before its target is registered, a deployment wanted in service is owed its
+            # initial count; afterwards its lease (at least MinCapacity) covers it.
+            floor=0 if target else owed_units(record),
+            maximum=max(record.spec.scaling.max_capacity, units) if target else units,
+            lease=int(target["MaxCapacity"]) if target else None,
+            target_min=int(target["MinCapacity"]) if target else 0,
+            resource_id=rid,
+            dimension=str(target["ScalableDimension"]) if target else "",
+        )
+
+    def _running(self, name: str, shared: bool) -> int:
+        try:
+            if shared:
+                runtime = self._sm.describe_inference_component(InferenceComponentName=name).get(
+                    "RuntimeConfig", {}
+                )
+                return max(
+                    int(runtime.get("CurrentCopyCount", 0)),
+                    int(runtime.get("DesiredCopyCount", 0)),
+                )
+            variants = self._sm.describe_endpoint(EndpointName=name).get("ProductionVariants", [])
+        except ClientError as error:
+            if _is_missing(error):
+                return 0
+            raise
+        return sum(
+            max(int(v.get("CurrentInstanceCount", 0)), int(v.get("DesiredInstanceCount", 0)))
+            for v in variants
+        )
+
+    def desired_copies(self, name: str) -> int | None:
+        """A settled component's desired copy count; None when it does not exist or is
+        changing (a change under way, such as a wake already asked for, is left alone)."""
+        try:
+            found = self._sm.describe_inference_component(InferenceComponentName=name)
+        except ClientError as error:
+            if _is_missing(error):
+                return None
+            raise
+        if found.get("InferenceComponentStatus") != "InService":
+            return None
+        return int(found.get("RuntimeConfig", {}).get("DesiredCopyCount", 0))
+
+    def _targets(self) -> dict[str, dict[str, Any]]:
+        """Scalable targets of SageMaker capacity, by resource id (one paged call)."""
+        found: dict[str, dict[str, Any]] = {}
+        kwargs: dict[str, Any] = {"ServiceNamespace": NAMESPACE}
+        while True:
+            page = self._aas.describe_scalable_targets(**kwargs)
+            for target in page.get("ScalableTargets", []):
+                if target["ScalableDimension"] != "sagemaker:variant:DesiredProvisionedConcurrency":
+                    found[target["ResourceId"]] = target
+            if not page.get("NextToken"):
+                return found
+            kwargs["NextToken"] = page["NextToken"]
+
+    def budget_block(self, now: datetime | None = None) -> str | None:
+        """Why today's budget forbids growth, or None."""
+        if self._budget is None:
+            return None
+        return self._budget.block_reason((now or datetime.now(UTC)).date())
+
+    # ---- deciding and applying ------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the capacity lock. Raises CapacityBusy when it stays taken."""
+        ddb, table = self._registry.client, self._registry.table_name
+        owner = uuid.uuid4().hex
+        for attempt in range(self._lock_attempts):
+            now = self._clock()
+            try:
+                ddb.put_item(
+                    TableName=table,
+                    Item={
+                        "name": {"S": LOCK_KEY},
+                        "owner": {"S": owner},
+                        "expires_at": {"N": str(now + self._lock_ttl_s)},
+                    },
+                    ConditionExpression="attribute_not_exists(#n) OR expires_at < :now",
+                    ExpressionAttributeNames={"#n": "name"},
+                    ExpressionAttributeValues={":now": {"N": str(now)}},
+                )
+                break
+            except ClientError as error:
+                if not _is_condition_failure(error):
+                    raise
+                if attempt + 1 == self._lock_attempts:
+                    raise CapacityBusy(
+                        "another scaling decision holds the GPU capacity lock; retry shortly"
+                    ) from None
+                self._sleep(0.2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(ClientError):
+                ddb.delete_item(
+                    TableName=table,
+                    Key={"name": {"S": LOCK_KEY}},
+                    ConditionExpression="#o = :me",
+                    ExpressionAttributeNames={"#o": "owner"},
+                    ExpressionAttributeValues={":me": {"S": owner}},
+                )
+
+    def lease_for(self, name: str, minimum: int, maximum: int) -> int:
+        """MaxCapacity to register for ``name`` now (call under ``locked()``)."""
+        return lease_for(
+            self.usage(), name, minimum, maximum, budget_exceeded=self.budget_block() is not None
+        )
+
+    def scale_out(self, name: str) -> Grant:
+        """AlarmHigh for ``name``: reclaim, grant and apply (or refuse)."""
+        with self.locked():
+            usage = self.usage()
+            grant = plan_scale_out(usage, name, budget_block=self.budget_block())
+            self._apply(grant, usage)
+            return grant
+
+    def admit_wake(self, name: str, units: int) -> Grant:
+        """Make room for ``name`` to run ``units`` units and lease them, or refuse."""
+        if self.cap is None:
+            return Grant(name, "WakeAdmitted", True, f"no GPU cap; capacity -> {units}")
+        with self.locked():
+            usage = self.usage()
+            grant = plan_wake(usage, name, units)
+            self._apply(grant, usage)
+            return grant
+
+    def wake_component(self, name: str, copies: int) -> Grant | None:
+        """Set a zero-copy component to ``copies`` copies if the cap allows.
+
+        None when the component already has copies, is changing or no longer exists:
+        nothing to do (so a burst of wakes asks for copies once).
+        """
+        with self.locked():
+            desired = self.desired_copies(name)
+            if desired is None or desired > 0:
+                return None
+            if self.cap is None:
+                grant = Grant(name, "WakeAdmitted", True, "no GPU cap")
+            else:
+                usage = self.usage()
+                grant = plan_wake(usage, name, copies)
+                self._apply(grant, usage)
+            if grant.granted:
+                self._sm.update_inference_component_runtime_config(
+                    InferenceComponentName=name, DesiredRuntimeConfig={"CopyCount": copies}
+                )
+            return grant
+
+    def set_leases(self, leases: Callable[[Usage, Holding], int]) -> list[tuple[Holding, int]]:
+        """Set every autoscaled deployment's lease to ``leases(usage, holding)``.
+
+        Returns (holding before, lease after) for each lease that changed. Leases are set one
+        at a time, each seeing the ones set before it.
+        """
+        changed = []
+        with self.locked():
+            usage = self.usage()
+            for holding in usage.holdings:
+                if holding.lease is None:
+                    continue
+                after = max(holding.target_min, leases(usage, holding))
+                if after != holding.lease:
+                    self._register(holding, after)
+                    changed.append((holding, after))
+                    usage = Usage(
+                        usage.cap,
+                        tuple(
+                            replace(h, lease=after) if h.deployment == holding.deployment else h
+                            for h in usage.holdings
+                        ),
+                    )
+        return changed
+
+    def _apply(self, grant: Grant, usage: Usage) -> None:
+        if not grant.granted:
+            return
+        # Shrink others first: at no moment do the leases add up to more than the cap.
+        for reclaim in grant.reclaims:
+            self._register(reclaim.holding, reclaim.lease_after)
+        if grant.lease_after is not None and grant.lease_after != grant.lease_before:
+            holding = usage.get(grant.deployment)
+            if holding is not None and holding.lease is not None:
+                self._register(holding, grant.lease_after)
+
+    def _register(self, holding: Holding, lease: int) -> None:
+        self._aas.register_scalable_target(
+            ServiceNamespace=NAMESPACE,
+            ResourceId=holding.resource_id,
+            ScalableDimension=holding.dimension,
+            MinCapacity=holding.target_min,
+            MaxCapacity=max(lease, holding.target_min),
+        )
