@@ -21,6 +21,7 @@ from llmhost import aws, runtime
 GROUP = "llmhost-schedules"
 FUNCTION_ARN = "arn:aws:lambda:us-east-1:123456789012:function:llmhost-scaling"
 SCHEDULER_ROLE = "arn:aws:iam::123456789012:role/llmhost-scheduler-invoke"
+DEAD_LETTERS = "arn:aws:sqs:us-east-1:123456789012:llmhost-scaling-dead-letters"
 NIGHT = {"cron": "0 20 ? * MON-FRI *", "timezone": "Europe/Berlin", "action": "sleep"}
 MORNING = {"cron": "0 7 ? * MON-FRI *", "timezone": "Europe/Berlin", "action": "wake"}
 
@@ -30,6 +31,7 @@ def scheduler_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SCHEDULE_GROUP", GROUP)
     monkeypatch.setenv("SCALING_FUNCTION_ARN", FUNCTION_ARN)
     monkeypatch.setenv("SCHEDULER_ROLE_ARN", SCHEDULER_ROLE)
+    monkeypatch.setenv("SCHEDULE_DEAD_LETTER_ARN", DEAD_LETTERS)
 
 
 @pytest.fixture
@@ -61,6 +63,7 @@ def shape(schedule: dict[str, Any]) -> tuple[Any, ...]:
         target["Arn"],
         target["RoleArn"],
         target["RetryPolicy"],
+        target["DeadLetterConfig"],
         json.loads(target["Input"]),
     )
 
@@ -74,6 +77,7 @@ def expected(name: str, schedule: str, cron: str, action: str) -> tuple[Any, ...
         FUNCTION_ARN,
         SCHEDULER_ROLE,
         {"MaximumEventAgeInSeconds": 900, "MaximumRetryAttempts": 10},
+        {"Arn": DEAD_LETTERS},
         {"source": "llmhost.schedule", "deployment": name, "action": action, "schedule": schedule},
     )
 

@@ -871,6 +871,7 @@ def test_environment_variables_the_code_reads(template: dict[str, Any]) -> None:
         "SCHEDULE_GROUP": {"Ref": "ScheduleGroup"},
         "SCALING_FUNCTION_ARN": {"Fn::GetAtt": ["ScalingFunction", "Arn"]},
         "SCHEDULER_ROLE_ARN": {"Fn::GetAtt": ["SchedulerInvokeRole", "Arn"]},
+        "SCHEDULE_DEAD_LETTER_ARN": SCALING_DLQ_ARN,
     }
     assert functions["ScalingFunction"]["Environment"]["Variables"] == {
         **common,
@@ -1383,7 +1384,13 @@ def _assert_granted(
             assert any(fnmatch.fnmatchcase(alarm, p) for p in patterns), (role, action, alarm)
 
 
-SCALE_TO_ZERO = {"min_capacity": 0, "max_capacity": 2, "scale_to_zero": True}
+SCALE_TO_ZERO = {
+    "min_capacity": 0,
+    "max_capacity": 2,
+    "scale_to_zero": True,
+    # a night window: an EventBridge Scheduler schedule the reconciler creates and deletes
+    "schedules": [{"cron": "0 20 ? * MON-FRI *", "action": "sleep"}],
+}
 SHARED_SPEC = {
     "name": "zephyr",
     "model": {"kind": "hub", "model_id": "HuggingFaceH4/zephyr-7b-beta"},
@@ -1414,14 +1421,27 @@ def _settle(standin: Any, clock: Any, name: str, done: Callable[[Any], bool]) ->
 
 
 def test_each_control_plane_role_grants_every_call_its_code_makes(
-    template: dict[str, Any], standin: Any, clock: Any
+    template: dict[str, Any], standin: Any, clock: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import boto3
+
     from llmhost import runtime
     from llmhost.lifecycle.record import DeploymentRecord
     from llmhost.local.events import LambdaContext, api_gateway_event
     from llmhost.local.runner import load_handler
     from llmhost.specs import parse_spec
 
+    for key, value in {
+        "SCHEDULE_GROUP": "llmhost-schedules",
+        "SCALING_FUNCTION_ARN": "arn:aws:lambda:us-east-1:123456789012:function:scaling",
+        "SCHEDULER_ROLE_ARN": "arn:aws:iam::123456789012:role/llmhost-scheduler",
+    }.items():
+        monkeypatch.setenv(key, value)
+    # (a client of its own: llmhost's scheduler client must be built after the recorder)
+    boto3.client("scheduler", region_name="us-east-1").create_schedule_group(
+        Name="llmhost-schedules"
+    )
+    runtime.reset()  # the reconciler reads its settings once
     calls = _record_aws_calls()
     registry = runtime.registry()
     # Given a shared model scaling to zero, brought into service by the reconciler (scalable
@@ -1498,6 +1518,9 @@ def test_each_control_plane_role_grants_every_call_its_code_makes(
         "application-autoscaling:DeleteScalingPolicy",
         "application-autoscaling:DeregisterScalableTarget",
         "cloudwatch:DeleteAlarms",
+        "scheduler:CreateSchedule",
+        "scheduler:ListSchedules",
+        "scheduler:DeleteSchedule",
     } <= {a for a, _ in reconcile_calls}
     # Then every call it made on the way, and every alarm name, is granted to its role
     _assert_granted(template, "ReconcileFunctionRole", reconcile_calls)

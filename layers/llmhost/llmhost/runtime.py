@@ -36,6 +36,7 @@ class ReconcileSettings(BaseModel):
     schedule_group: str | None = None
     scaling_function_arn: str | None = None
     scheduler_role_arn: str | None = None
+    schedule_dead_letter_arn: str | None = None
 
 
 def _from_env(model: type[BaseModel]) -> Any:
@@ -90,6 +91,7 @@ def _reconciler() -> Reconciler:
         group=settings.schedule_group or "",
         function_arn=settings.scaling_function_arn or "",
         role_arn=settings.scheduler_role_arn or "",
+        dead_letter_arn=settings.schedule_dead_letter_arn or "",
     )
     return Reconciler(
         registry=registry(),

@@ -314,6 +314,12 @@ class SageMakerApplier:
                     "MaximumEventAgeInSeconds": SCHEDULE_EVENT_MAX_AGE_S,
                     "MaximumRetryAttempts": SCHEDULE_MAX_RETRIES,
                 },
+                # A run that could not be delivered is kept, not dropped.
+                **(
+                    {"DeadLetterConfig": {"Arn": target.dead_letter_arn}}
+                    if target.dead_letter_arn
+                    else {}
+                ),
             },
             Description=f"llmhost: {schedule.action} deployment {schedule.deployment}",
         )

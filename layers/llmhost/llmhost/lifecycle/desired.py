@@ -124,6 +124,8 @@ class ScheduleTarget:
     group: str = ""
     function_arn: str = ""
     role_arn: str = ""
+    # Optional: where Scheduler parks a run it could not deliver (the hook's queue).
+    dead_letter_arn: str = ""
 
     @property
     def missing(self) -> tuple[str, ...]:
