@@ -1,6 +1,8 @@
 """Scaling hook: llmhost's alarms, target tracking's AlarmHigh, sleep/wake schedules, request
 wakes and budget ticks -> sleep, wake, GPU-cap grants and refusals, budget limits, history."""
 
+import os
+
 from aws_lambda_powertools import Logger, Metrics, single_metric
 from aws_lambda_powertools.metrics import MetricUnit
 
@@ -31,6 +33,8 @@ def handler(event: dict, context: object) -> dict:
                 "reason": decision.reason,
             },
         )
+        if os.environ.get("POWERTOOLS_METRICS_DISABLED", "").lower() == "true":
+            continue  # single_metric does not honour the switch the Metrics class does
         # One metric per decision: a budget tick may take several, each its own dimension.
         with single_metric(
             name="ScalingDecisions", unit=MetricUnit.Count, value=1, namespace=metrics.namespace

@@ -385,6 +385,37 @@ def test_delete_removes_scaling_registrations_and_alarms(harness: Harness, kind:
     assert existing(harness) == EMPTY
 
 
+def test_delete_leaves_the_alarms_of_a_deployment_whose_name_extends_it(
+    harness: Harness,
+) -> None:
+    from llmhost import aws
+
+    # Given "llama" in service, and the idle alarm of another deployment named "llama-2"
+    # (its name starts with "llama-", so it shares the alarm name prefix "llmhost-llama-")
+    harness.create(SPECS["dedicated"])
+    harness.settle("llama")
+    cloudwatch = aws.client("cloudwatch")
+    cloudwatch.put_metric_alarm(
+        AlarmName="llmhost-llama-2-idle",
+        MetricName="Invocations",
+        Namespace="AWS/SageMaker",
+        Statistic="Sum",
+        Period=60,
+        EvaluationPeriods=1,
+        Threshold=0,
+        ComparisonOperator="LessThanOrEqualToThreshold",
+    )
+    # When "llama" is deleted
+    harness.set_desired("llama", "deleted")
+    record = harness.settle("llama")
+    # Then the other deployment's alarm is still there, and was never touched
+    assert record.status == "DELETED"
+    assert [a["AlarmName"] for a in cloudwatch.describe_alarms()["MetricAlarms"]] == [
+        "llmhost-llama-2-idle"
+    ]
+    assert not any("llama-2" in h.event for h in record.history)
+
+
 def _scaling_view(name: str) -> tuple[list[dict], list[dict], dict[str, dict]]:
     from llmhost import aws
 

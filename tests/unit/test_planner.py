@@ -511,3 +511,27 @@ def test_zero_copies_get_a_copy_when_waking_or_not_autoscaled(rec_changes, min_c
     observed = Observed(**SHARED_BASE, component=component(copies=0))
     step = p.plan_next_action(record(SHARED, **rec_changes), d, observed)
     assert isinstance(step.action, p.SetComponentCopies) and step.action.copies == 1
+
+
+def test_a_wake_landing_while_the_sleep_was_under_way_still_adds_a_copy():
+    # Given a component that went SLEEPING (zero copies), was woken by a request while
+    # SageMaker was still updating it, and so passed through CREATING, never IN_SERVICE
+    d = autoscaled_shared(0)
+    rec = (
+        record(SHARED, status="IN_SERVICE", scaling_applied=d.scaling_hash)
+        .with_event("SetComponentCopies zephyr", status="SLEEPING")
+        .with_event("WakeRequested", desired_state="in_service")
+        .with_event("Wait zephyr", status="CREATING")
+    )
+    observed = Observed(
+        **SHARED_BASE,
+        component=component(copies=0),
+        scalable_targets=frozenset({"inference-component/zephyr"}),
+    )
+    # When the planner sees it at zero copies
+    step = p.plan_next_action(rec, d, observed)
+    # Then it wakes it (this zero is a sleep's, not autoscaling's)
+    assert isinstance(step.action, p.SetComponentCopies) and step.action.copies == 1
+    # And once it has been back IN_SERVICE, a later zero is autoscaling's again
+    back = rec.with_event("Settle zephyr", status="IN_SERVICE")
+    assert isinstance(p.plan_next_action(back, d, observed).action, p.Settle)

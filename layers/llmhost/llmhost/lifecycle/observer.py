@@ -12,10 +12,18 @@ from llmhost.lifecycle.desired import DesiredResources, generation_pattern
 from llmhost.lifecycle.observed import Observed, ObservedComponent, ObservedEndpoint
 from llmhost.lifecycle.record import DeploymentRecord
 
+ALARM_KINDS = ("idle", "no-capacity")
+
 
 def alarm_prefix(deployment: str) -> str:
     """Every CloudWatch alarm llmhost creates for a deployment starts with this."""
     return f"llmhost-{deployment}-"
+
+
+def is_own_alarm(deployment: str, alarm_name: str) -> bool:
+    """Is this one of ``deployment``'s alarms? The prefix alone also matches the alarms of
+    a deployment whose name extends this one's ("demo" and "demo-zero")."""
+    return alarm_name in {alarm_prefix(deployment) + kind for kind in ALARM_KINDS}
 
 
 class SageMakerObserver:
@@ -168,7 +176,11 @@ class SageMakerObserver:
         kwargs: dict[str, Any] = {"AlarmNamePrefix": alarm_prefix(deployment)}
         while True:
             page = self._cloudwatch().describe_alarms(**kwargs)
-            names.update(a["AlarmName"] for a in page.get("MetricAlarms", []))
+            names.update(
+                a["AlarmName"]
+                for a in page.get("MetricAlarms", [])
+                if is_own_alarm(deployment, a["AlarmName"])
+            )
             if not page.get("NextToken"):
                 return frozenset(names)
             kwargs["NextToken"] = page["NextToken"]

@@ -310,11 +310,24 @@ def _scaled_to_zero(record: DeploymentRecord, d: DesiredResources) -> bool:
     reach zero is not in force (creation, min above 0).
     """
     return (
-        record.status != "SLEEPING"
+        not _waking_from_sleep(record)
         and d.scaling is not None
         and d.scaling.min_capacity == 0
         and record.scaling_applied is not None
     )
+
+
+def _waking_from_sleep(record: DeploymentRecord) -> bool:
+    """Has the deployment been SLEEPING since it was last IN_SERVICE? (A wake that lands
+    while the sleep is still under way passes through CREATING, never IN_SERVICE.)"""
+    if record.status == "SLEEPING":
+        return True
+    for entry in reversed(record.history):
+        if entry.status == "IN_SERVICE":
+            return False
+        if entry.status == "SLEEPING":
+            return True
+    return False
 
 
 def _component_differs(ic: ObservedComponent, d: DesiredResources) -> bool:

@@ -9,6 +9,10 @@
   DynamoDB stream record, a SageMaker status change as an EventBridge event, and the
   drift-repair schedule fires every few seconds. One worker delivers them in order, the way
   a Lambda with reserved concurrency 1 would.
+- Scale to zero, time-compressed: a local CloudWatch (``llmhost.local.alarms``) evaluates
+  llmhost's alarms against the runtime front's invocation log and delivers their state
+  changes to the scaling function, as do serving's wake requests for a model with no copy
+  ("zero-demo" shows it: idle, zero copies, a request answered 503 + Retry-After, awake).
 - Requests must be SigV4-signed for ``execute-api`` with the local key pair (like API
   Gateway's IAM auth); ``curl --aws-sigv4`` does it.
 """
@@ -39,10 +43,21 @@ ROLE_NAME = "llmhost-sagemaker-execution"
 TOKEN_SECRET = "llmhost/hf-token"
 API_KEYS_SECRET = "llmhost/api-keys"
 LOCAL_API_KEY = "llmhost-local-key"
+SCHEDULE_GROUP = "llmhost"
+SCHEDULER_ROLE_NAME = "llmhost-scheduler"
+SCALING_FUNCTION_ARN = f"arn:aws:lambda:{REGION}:123456789012:function:llmhost-scaling"
 DEMO_DEPLOYMENT = {
     "name": "demo",
     "model": {"kind": "hub", "model_id": "HuggingFaceH4/zephyr-7b-beta"},
     "hosting": {"kind": "dedicated", "instance_type": "ml.g5.2xlarge"},
+}
+# A model that scales to zero after 5 idle minutes (the shortest a spec allows): at the
+# runner's 60x, five seconds without a request.
+SCALE_TO_ZERO_DEPLOYMENT = {
+    "name": "zero-demo",
+    "model": {"kind": "hub", "model_id": "HuggingFaceH4/zephyr-7b-beta"},
+    "hosting": {"kind": "shared", "pool": "demo-pool", "instance_type": "ml.g5.12xlarge"},
+    "scaling": {"min_capacity": 0, "max_capacity": 1, "scale_to_zero": True, "idle_minutes": 5},
 }
 
 
@@ -88,6 +103,10 @@ class LocalCloud:
         self.speed = speed
         self.drift_seconds = drift_seconds
         self._queue: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        self._scaling_queue: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        self.front: Any = None
+        self.alarms: Any = None
+        self.scaling_module: ModuleType | None = None
         self._stop = threading.Event()
         self._statuses: dict[str, str] = {}
         self.reconcile_module: ModuleType | None = None
@@ -105,9 +124,13 @@ class LocalCloud:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request lines
         warnings.filterwarnings("ignore", message="No application metrics to publish")
 
+        from moto.moto_api._internal import moto_api_backend
+
         from llmhost import aws, runtime
         from llmhost.local.standin import AutoScalingStandIn, SageMakerStandIn
 
+        # moto keeps its state per process: a second cloud in one process (tests) starts clean.
+        moto_api_backend.reset()
         self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=self.moto_port, verbose=False)
         self._moto.start()
         host, port = self._moto.get_host_and_port()
@@ -139,6 +162,9 @@ class LocalCloud:
             update_seconds=300 * scale,
             delete_seconds=60 * scale,
             ic_create_seconds=240 * scale,
+            # Waking a component from zero copies is an update of its copy count.
+            ic_update_seconds=180 * scale,
+            ic_delete_seconds=60 * scale,
             on_event=lambda event: self._queue.put(("sagemaker", event)),
         )
         self.autoscaling = AutoScalingStandIn(sagemaker=self.standin, region=REGION)
@@ -148,8 +174,35 @@ class LocalCloud:
         self.api_module = load_handler("api", "llmhost-api")
         self.serve_module = load_handler("serve", "llmhost-serve")
         self.reconcile_module = load_handler("reconcile", "llmhost-reconcile")
-        threading.Thread(target=self._deliver, name="reconcile-worker", daemon=True).start()
-        threading.Thread(target=self._clock, name="sagemaker-clock", daemon=True).start()
+        self.scaling_module = load_handler("scaling", "llmhost-scaling")
+        self._wire_scaling()
+        self._workers = [
+            threading.Thread(target=self._deliver, name="reconcile-worker", daemon=True),
+            threading.Thread(target=self._deliver_scaling, name="scaling-worker", daemon=True),
+            threading.Thread(target=self._clock, name="sagemaker-clock", daemon=True),
+        ]
+        for worker in self._workers:
+            worker.start()
+
+    def _wire_scaling(self) -> None:
+        """Serving's wakes and the local CloudWatch's alarm events go to the scaling function."""
+        from llmhost import aws, runtime
+        from llmhost.local.alarms import AlarmEvaluator
+        from llmhost.serving.wake import CallbackWakeDispatcher
+
+        def wake(event: dict[str, Any]) -> None:
+            self.log(f"  {event['deployment']}: a request found no copy; waking it")
+            self._scaling_queue.put(("serving", event))
+
+        runtime.override(wake_dispatcher=CallbackWakeDispatcher(wake))
+        if self.front is not None:  # an external runtime keeps its own invocation counts
+            self.alarms = AlarmEvaluator(
+                aws.lazy("cloudwatch"),
+                self.front.invocations,
+                lambda event: self._scaling_queue.put(("alarm", event)),
+                speed=self.speed,
+                region=REGION,
+            )
 
     def _start_data_plane(self) -> None:
         """A SageMaker runtime front whose endpoints answer as the stand-in says they exist."""
@@ -163,9 +216,8 @@ class LocalCloud:
             # Someone else plays SageMaker's runtime (a benchmark's separate process).
             self._front_server, self.runtime_url = None, self.external_runtime_url
         else:
-            self._front_server, self.runtime_url = serve_front(
-                RuntimeFront(self._route, split_bytes=None), port=0
-            )
+            self.front = RuntimeFront(self._route, split_bytes=None)
+            self._front_server, self.runtime_url = serve_front(self.front, port=0)
         os.environ["LLMHOST_AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME"] = self.runtime_url
 
     def _route(self, endpoint: str, component: str | None) -> Any:
@@ -220,6 +272,30 @@ class LocalCloud:
             ),
         )
         os.environ["SAGEMAKER_EXECUTION_ROLE_ARN"] = role["Role"]["Arn"]
+        # Sleep/wake schedules: EventBridge Scheduler targets the scaling function with a role.
+        aws.client("scheduler").create_schedule_group(Name=SCHEDULE_GROUP)
+        scheduler_role = aws.client("iam").create_role(
+            RoleName=SCHEDULER_ROLE_NAME,
+            AssumeRolePolicyDocument=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Service": "scheduler.amazonaws.com"},
+                            "Action": "sts:AssumeRole",
+                        }
+                    ],
+                }
+            ),
+        )
+        os.environ.update(
+            {
+                "SCHEDULE_GROUP": SCHEDULE_GROUP,
+                "SCHEDULER_ROLE_ARN": scheduler_role["Role"]["Arn"],
+                "SCALING_FUNCTION_ARN": SCALING_FUNCTION_ARN,
+            }
+        )
         secret = aws.client("secretsmanager").create_secret(
             Name=TOKEN_SECRET, SecretString="hf_local_demo_token"
         )
@@ -231,13 +307,21 @@ class LocalCloud:
         )
         os.environ["API_KEYS_SECRET_ARN"] = keys["ARN"]
 
-    def create_demo(self) -> None:
-        """A deployment to talk to right away (served by the local engine)."""
+    def create_demo(self, scale_to_zero: bool = True) -> None:
+        """A deployment to talk to right away (served by the local engine) and, unless told
+        otherwise, one that scales to zero when idle and wakes on a request."""
+        for body in (
+            (DEMO_DEPLOYMENT, SCALE_TO_ZERO_DEPLOYMENT) if scale_to_zero else (DEMO_DEPLOYMENT,)
+        ):
+            self.create_deployment(body)
+
+    def create_deployment(self, body: dict[str, Any]) -> None:
+        """Register a deployment as the API would, and let the reconciler bring it up."""
         from llmhost import runtime
         from llmhost.lifecycle.record import DeploymentRecord
         from llmhost.specs import parse_spec
 
-        spec = parse_spec(DEMO_DEPLOYMENT)
+        spec = parse_spec(body)
         runtime.registry().create(
             DeploymentRecord(name=spec.name, spec=spec).with_event("Created", status="PENDING")
         )
@@ -266,6 +350,11 @@ class LocalCloud:
         last_sweep = time.monotonic()
         while not self._stop.wait(0.25):
             self.standin.tick()  # emits state-change events through on_event
+            if self.alarms is not None:
+                try:
+                    self.alarms.tick()  # queues alarm state changes for the scaling function
+                except Exception as error:  # moto stopping under us, say: try next tick
+                    self.log(f"  alarm evaluation failed: {error}")
             if time.monotonic() - last_sweep >= self.drift_seconds:
                 last_sweep = time.monotonic()
                 self._queue.put(("schedule", events.schedule_event()))
@@ -286,6 +375,43 @@ class LocalCloud:
             for item in result.get("reconciled", []):
                 self._report(item)
 
+    def _deliver_scaling(self) -> None:
+        """The scaling function's invocations: one at a time, in arrival order."""
+        assert self.scaling_module is not None
+        while not self._stop.is_set():
+            try:
+                source, event = self._scaling_queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if source == "alarm":
+                self._report_alarm(event)
+            context = events.LambdaContext("llmhost-scaling")
+            try:
+                result = self.scaling_module.handler(event, context)
+            except Exception as error:  # an async invoke: Lambda would retry, then DLQ
+                self.log(f"  scaling ({source}) failed: {error}")
+                continue
+            name = result.get("deployment") or event.get("deployment")
+            if result.get("handled") and name:
+                decision = str(result.get("decision", ""))
+                if decision and not decision.startswith("Alarm "):  # not a bare transition
+                    self.log(f"  {name}: scaling hook decided {decision}")
+                self.api_wrote(name)  # the hook wrote the registry: its stream wakes the reconciler
+
+    def _report_alarm(self, event: dict[str, Any]) -> None:
+        detail = event["detail"]
+        alarm, state = str(detail["alarmName"]), detail["state"]["value"]
+        change = f"{detail['previousState']['value']} -> {state}"
+        for kind, why in (
+            ("idle", {"ALARM": "no requests for its idle minutes", "OK": "requests again"}),
+            ("no-capacity", {"ALARM": "a request found no copy", "OK": "no more refusals"}),
+        ):
+            if alarm.endswith(f"-{kind}"):
+                name = alarm.removeprefix("llmhost-").removesuffix(f"-{kind}")
+                self.log(f"  {name}: {why.get(state, state)} ({kind} alarm {change})")
+                return
+        self.log(f"  alarm {alarm}: {change}")
+
     def _report(self, item: dict[str, Any]) -> None:
         from llmhost import runtime
 
@@ -302,6 +428,9 @@ class LocalCloud:
 
     def stop(self) -> None:
         self._stop.set()
+        for worker in getattr(self, "_workers", []):
+            # Let a handler in flight finish before moto goes away under it.
+            worker.join(timeout=5)
         if self._front_server is not None:
             self._front_server.shutdown()
         self._moto.stop()
@@ -415,6 +544,13 @@ Try:
        -H 'Content-Type: application/json' \\
        -d '{{"model": "demo", "collection": "docs", "query": "How do I run the tests?"}}'
 
+Scale to zero: "zero-demo" (shared, min 0) goes to zero copies after {idle:g}s without a
+request ({speed:g}x its 5 idle minutes); the console shows each step. Then ask it:
+  curl -si "${{AUTH[@]}}" -X POST http://127.0.0.1:{port}/v1/chat/completions \\
+       -H 'Content-Type: application/json' \\
+       -d '{{"model": "zero-demo", "messages": [{{"role": "user", "content": "hi"}}]}}'
+The first answer is 503 with Retry-After and wakes it; ask again a few seconds later.
+
 Ctrl-C stops everything; state lives in memory only.
 """
 
@@ -481,6 +617,7 @@ def main(argv: list[str] | None = None) -> int:
             api_key=LOCAL_API_KEY,
             engine=args.engine_url or "local extractive engine (not an LLM; cites passages)",
             data=cloud.data_dir,
+            idle=300 / args.speed,
         ),
         flush=True,
     )

@@ -17,6 +17,9 @@ What it does, as SageMaker does it:
   per piece the container produced, or re-cut every ``split_bytes`` bytes to stress clients.
 - Container errors become ``ModelError`` (424) with ``OriginalStatusCode``/``OriginalMessage``;
   a failure after streaming began becomes a ``ModelStreamError`` event.
+- Every request that reaches a container, and every one refused for want of a copy, is
+  counted in ``RuntimeFront.invocations`` (an ``InvocationLog``): the ``Invocations`` and
+  ``NoCapacityInvocationFailures`` metrics the local alarm evaluator reads.
 
 Errors use the REST-JSON shape (``x-amzn-ErrorType`` header, JSON body with ``Message``) so
 botocore raises its modeled exceptions: ``client.exceptions.ValidationError``, ``ModelError``,
@@ -53,7 +56,9 @@ import http.client
 import json
 import re
 import threading
+import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing
 from dataclasses import dataclass
@@ -164,6 +169,54 @@ class RouteTarget:
 
 
 Routes = Callable[[str, str | None], RouteTarget | None]
+Outcome = Literal["invoked", "no_capacity"]
+
+
+class InvocationLog:
+    """What CloudWatch counts for llmhost's alarms, per metric dimension: requests that
+    reached a container (``Invocations``) and requests refused for want of a copy
+    (``NoCapacityInvocationFailures``), with their ``clock`` times (seconds).
+
+    Each request is filed under ``("EndpointName", endpoint)`` and, when it names one,
+    ``("InferenceComponentName", component)``: the dimensions llmhost's alarms use. Entries
+    older than ``keep_s`` are dropped. Thread-safe.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, keep_s: float = 3600) -> None:
+        self._clock = clock
+        self._keep_s = keep_s
+        self._entries: dict[tuple[str, str], deque[tuple[float, Outcome]]] = {}
+        self._lock = threading.Lock()
+
+    def record(self, endpoint: str, component: str | None, outcome: Outcome) -> None:
+        now = self._clock()
+        keys = [("EndpointName", endpoint)]
+        if component:
+            keys.append(("InferenceComponentName", component))
+        with self._lock:
+            for key in keys:
+                entries = self._entries.setdefault(key, deque())
+                entries.append((now, outcome))
+                while entries and entries[0][0] < now - self._keep_s:
+                    entries.popleft()
+
+    def count(self, dimensions: Mapping[str, str], outcome: Outcome, since: float) -> int:
+        """Requests with ``outcome`` at or after ``since`` (clock seconds) for the metric with
+        these dimensions (an alarm's; ``InferenceComponentName`` wins over ``EndpointName``)."""
+        key = _log_key(dimensions)
+        if key is None:
+            return 0
+        with self._lock:
+            return sum(
+                1 for at, seen in self._entries.get(key, ()) if seen == outcome and at >= since
+            )
+
+
+def _log_key(dimensions: Mapping[str, str]) -> tuple[str, str] | None:
+    for name in ("InferenceComponentName", "EndpointName"):
+        if name in dimensions:
+            return name, dimensions[name]
+    return None
 
 
 class RuntimeApiError(LlmhostError):
@@ -216,6 +269,7 @@ class RuntimeFront:
         account_id: str = "123456789012",
         split_bytes: int | None = None,
         region: str = "us-east-1",
+        invocations: InvocationLog | None = None,
     ) -> None:
         if split_bytes is not None and split_bytes <= 0:
             raise ValueError(
@@ -225,6 +279,7 @@ class RuntimeFront:
         self.account_id = account_id
         self.split_bytes = split_bytes
         self.region = region
+        self.invocations = invocations or InvocationLog()
 
     def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> FrontReply:
         """Serve one runtime API request; every failure becomes AWS's error reply."""
@@ -268,6 +323,7 @@ class RuntimeFront:
         if target is None:
             raise _validation(f"Endpoint {call.endpoint} of account {self.account_id} not found.")
         if target.kind == "no_capacity":
+            self.invocations.record(call.endpoint, call.component, "no_capacity")
             raise _validation(NO_CAPACITY_MESSAGE)
         if target.kind == "component_required":
             raise _validation(COMPONENT_REQUIRED_MESSAGE)
@@ -280,6 +336,7 @@ class RuntimeFront:
             raise RuntimeApiError("ModelNotReadyException", 429, NOT_READY_MESSAGE)
         if target.kind == "throttled":
             raise RuntimeApiError("ThrottlingException", 400, "Rate exceeded")
+        self.invocations.record(call.endpoint, call.component, "invoked")
         reply = self._container(target, call)
         if reply.status != 200:
             raise self._model_error(call, reply.status, _drain(reply))
@@ -545,6 +602,7 @@ def serve_front(
 
 __all__ = [
     "FrontReply",
+    "InvocationLog",
     "RouteTarget",
     "Routes",
     "RuntimeApiError",

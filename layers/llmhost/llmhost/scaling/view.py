@@ -11,7 +11,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from llmhost.lifecycle.desired import VARIANT, wanted_sleep_wake
-from llmhost.lifecycle.observer import alarm_prefix
+from llmhost.lifecycle.observer import alarm_prefix, is_own_alarm
 from llmhost.lifecycle.record import DeploymentRecord
 
 SCALING_EVENTS = (
@@ -100,6 +100,7 @@ def scaling_view(
         "alarms": [
             {"name": a["AlarmName"], "metric": a.get("MetricName"), "state": a.get("StateValue")}
             for a in alarms
+            if is_own_alarm(record.name, a["AlarmName"])
         ],
         "next_scheduled_change": _next(scheduled),
         # The spec's sleep/wake windows, by the EventBridge Scheduler names llmhost gives them

@@ -9,10 +9,13 @@ token limits the engine was started with.
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from llmhost.errors import LlmhostError
@@ -21,12 +24,24 @@ from llmhost.specs import GenerationDefaults
 if TYPE_CHECKING:
     from llmhost.lifecycle.record import DeploymentRecord
     from llmhost.lifecycle.registry import Registry
+    from llmhost.serving.wake import WakeDispatcher
+
+logger = logging.getLogger(__name__)
 
 CACHE_SECONDS = 10.0
 FALLBACK_INPUT_TOKENS = 2048
 FALLBACK_TOTAL_TOKENS = 4096
 # Until a deployment has recorded wake times, the typical SageMaker startup durations.
 DEFAULT_WAKE_SECONDS = {"dedicated": 600, "shared": 300, "serverless": 30}
+# History events that open and close a wake (names fixed by the scaling contract).
+WAKE_REQUESTED = "WakeRequested"
+WOKEN = "Woken"
+# Retry-After once a wake has outlived its estimate: poll, but not hard.
+LATE_WAKE_POLL_S = 15
+# A wake still unanswered after this many estimated wake times (and at least this many
+# seconds) is presumed lost, and a refused request may ask for another.
+STALE_WAKE_FACTOR = 3
+STALE_WAKE_MIN_S = 60
 
 
 class ModelNotFound(LlmhostError):
@@ -84,27 +99,87 @@ def route_for(record: DeploymentRecord) -> ModelRoute:
 
 
 def wake_estimate_s(record: DeploymentRecord) -> int:
-    """Seconds a wake takes for this deployment: the median of its recorded wakes (from the
-    wake request to IN_SERVICE in its history), else SageMaker's typical startup."""
-    durations: list[float] = []
-    requested: str | None = None
-    for entry in record.history:
-        if entry.event == "WakeRequested":
-            requested = entry.at
-        elif requested and entry.status == "IN_SERVICE":
-            durations.append(_seconds_between(requested, entry.at))
-            requested = None
+    """Seconds a wake takes for this deployment: the median of its recorded wakes, else
+    SageMaker's typical startup for its hosting kind.
+
+    A wake starts at a WakeRequested entry and ends at the first later entry that either
+    brings the status back to IN_SERVICE (a slept deployment recreated) or is ``Woken`` (a
+    zero-copy component whose first request after the wake was answered: its status never
+    left IN_SERVICE).
+    """
+    durations = [_seconds_between(start, end) for start, end in _wakes(record) if end]
+    durations = [d for d in durations if d >= 0]
     if not durations:
         return DEFAULT_WAKE_SECONDS[record.spec.hosting.kind]
     durations.sort()
     return max(1, round(durations[len(durations) // 2]))
 
 
-def _seconds_between(start: str, end: str) -> float:
-    from datetime import datetime
+def pending_wake(record: DeploymentRecord) -> str | None:
+    """When the wake still under way was requested (ISO-8601 UTC), or None (pure)."""
+    pending: str | None = None
+    for start, end in _wakes(record, include_pending=True):
+        pending = start if end is None else None
+    return pending
 
-    parse = lambda value: datetime.fromisoformat(value.replace("Z", "+00:00"))  # noqa: E731
-    return (parse(end) - parse(start)).total_seconds()
+
+def _wakes(
+    record: DeploymentRecord, include_pending: bool = False
+) -> Iterator[tuple[str, str | None]]:
+    """(requested at, ended at) for each wake in the history, oldest first; the last one has
+    ``None`` as its end while it is still under way (only with ``include_pending``)."""
+    requested: str | None = None
+    previous_status: str | None = None
+    for entry in record.history:
+        if entry.event == WAKE_REQUESTED:
+            # A repeated request (the first one was lost) restarts the measurement.
+            requested = entry.at
+        elif requested and (
+            entry.event == WOKEN
+            or (entry.status == "IN_SERVICE" and previous_status not in (None, "IN_SERVICE"))
+        ):
+            yield requested, entry.at
+            requested = None
+        previous_status = entry.status
+    if requested and include_pending:
+        yield requested, None
+
+
+def capacity_retry_after_s(record: DeploymentRecord, now: datetime) -> int:
+    """Retry-After (seconds) for a request refused for want of a copy (pure).
+
+    The wake's estimated time left; once the estimate has passed (a slow wake), a short poll.
+    """
+    estimate = wake_estimate_s(record)
+    requested = pending_wake(record)
+    if requested is None:
+        return estimate
+    left = estimate - (now - _parse(requested)).total_seconds()
+    if left >= 1:
+        return math.ceil(left)
+    return max(1, min(estimate, LATE_WAKE_POLL_S))
+
+
+def wake_is_recent(record: DeploymentRecord, now: datetime) -> bool:
+    """Whether a wake is under way and young enough to wait for (pure).
+
+    A wake unanswered for ``STALE_WAKE_FACTOR`` estimated wake times (at least
+    ``STALE_WAKE_MIN_S``) is presumed lost (the dispatch failed, the hook refused it), so the
+    next refused request may ask again.
+    """
+    requested = pending_wake(record)
+    if requested is None:
+        return False
+    stale_after = max(STALE_WAKE_MIN_S, STALE_WAKE_FACTOR * wake_estimate_s(record))
+    return (now - _parse(requested)).total_seconds() < stale_after
+
+
+def _parse(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _seconds_between(start: str, end: str) -> float:
+    return (_parse(end) - _parse(start)).total_seconds()
 
 
 def check_ready(record: DeploymentRecord) -> None:
@@ -138,19 +213,25 @@ def check_ready(record: DeploymentRecord) -> None:
 
 
 class ModelDirectory:
-    """Model name -> route, cached briefly per process."""
+    """Model name -> route, cached briefly per process; also where a cold model is woken."""
 
     def __init__(
         self,
         registry: Callable[[], Registry],
         ttl_s: float = CACHE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        wake: Callable[[], WakeDispatcher] | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._registry = registry
         self._ttl = ttl_s
         self._clock = clock
+        self._wake_dispatcher = wake
+        self._now = now
         self._records: dict[str, DeploymentRecord] = {}
         self._routes: dict[tuple[str, int], ModelRoute] = {}
+        # Models with a zero-copy wake under way: their next answered request ends it.
+        self._waking: set[str] = set()
         self._loaded_at = float("-inf")
         self._lock = threading.Lock()
 
@@ -176,6 +257,83 @@ class ModelDirectory:
             route = self._routes[key] = route_for(record)
         return route
 
+    def refused_for_capacity(self, model: str) -> int:
+        """SageMaker refused a request for ``model`` for want of a copy (an inference
+        component autoscaled to zero while IN_SERVICE). Makes sure exactly one wake is under
+        way and returns the Retry-After seconds for the client.
+
+        Every refused request in every container may come here at once: each tries one
+        registry write of a WakeRequested entry, conditional on the version it read, unless
+        a recent wake is already pending; only the request whose write lands hands the wake
+        to the scaling function (contract event 4). A failed hand-over is logged and left to
+        AWS's no-capacity alarm; the wake counts as stale after a while and is asked again.
+        """
+        from llmhost.errors import ConcurrentModification
+
+        with self._lock:
+            self._waking.add(model)
+        record = self._records_now().get(model)
+        for _ in range(5):
+            if record is None:
+                return DEFAULT_WAKE_SECONDS["shared"]
+            now = self._now()
+            if wake_is_recent(record, now):
+                return capacity_retry_after_s(record, now)
+            woken = record.with_event(
+                WAKE_REQUESTED, reason="a request found no copy; asking the scaling hook for one"
+            )
+            try:
+                saved = self._registry().save(woken)
+            except ConcurrentModification:
+                # Someone wrote first (maybe this same wake): decide again on what they wrote.
+                record = self._registry().find(model)
+                continue
+            self._remember(saved)
+            self._dispatch(saved)
+            return wake_estimate_s(saved)  # the wake starts now: all of it is left
+        return capacity_retry_after_s(record, self._now()) if record else 1
+
+    def answered(self, model: str) -> None:
+        """A request for ``model`` was answered. If a zero-copy wake was pending, record its
+        end (a ``Woken`` entry, once: the registry's optimistic lock settles races), which is
+        what ``wake_estimate_s`` measures. Costs nothing unless a wake is pending here."""
+        if model not in self._waking:
+            return
+        self._record_woken(model)
+
+    def _record_woken(self, model: str) -> None:
+        from llmhost.errors import ConcurrentModification
+
+        with self._lock:
+            self._waking.discard(model)
+        for _ in range(5):
+            record = self._registry().find(model)
+            requested = pending_wake(record) if record is not None else None
+            if record is None or requested is None:
+                return
+            seconds = round((self._now() - _parse(requested)).total_seconds())
+            woken = record.with_event(
+                WOKEN, reason=f"answered its first request {seconds} s after the wake request"
+            )
+            try:
+                self._remember(self._registry().save(woken))
+                return
+            except ConcurrentModification:
+                continue
+
+    def _dispatch(self, record: DeploymentRecord) -> None:
+        from llmhost.serving.wake import WakeDispatchFailed, wake_event
+
+        if self._wake_dispatcher is None:
+            return
+        requested = pending_wake(record) or record.updated_at
+        try:
+            self._wake_dispatcher().dispatch(wake_event(record.name, requested))
+        except WakeDispatchFailed as error:
+            # The client gets its 503 either way; AWS's no-capacity alarm still adds a copy,
+            # only later, and the next refused request re-asks once this wake goes stale.
+            logger.warning("wake of %s not dispatched: %s", record.name, error.message)
+
     def _wake(self, record: DeploymentRecord) -> None:
         """Record one wake. Concurrent requests (in this process or others) all try; the
         registry's optimistic lock lets exactly one write land, the rest see it was done."""
@@ -184,7 +342,7 @@ class ModelDirectory:
         if record.desired_state != "sleeping":
             return  # already waking
         woken = record.with_event(
-            "WakeRequested", reason="woken by a request", desired_state="in_service"
+            WAKE_REQUESTED, reason="woken by a request", desired_state="in_service"
         )
         # A lost race means someone else woke it (or changed it): not ours to write.
         with contextlib.suppress(ConcurrentModification):
@@ -195,9 +353,21 @@ class ModelDirectory:
     def records(self) -> list[DeploymentRecord]:
         return sorted(self._records_now().values(), key=lambda r: r.name)
 
+    def _remember(self, record: DeploymentRecord) -> None:
+        """Cache a record this process just wrote (newer than any it read)."""
+        with self._lock:
+            cached = self._records.get(record.name)
+            if cached is None or cached.version < record.version:
+                self._records = {**self._records, record.name: record}
+
     def _records_now(self, refresh: bool = False) -> dict[str, DeploymentRecord]:
         with self._lock:
             if refresh or self._clock() - self._loaded_at > self._ttl:
-                self._records = {r.name: r for r in self._registry().deployments()}
+                records = self._registry().deployments()
+                self._records = {r.name: r for r in records}
                 self._loaded_at = self._clock()
+                # Another container's wake: this one may answer the first request after it.
+                self._waking.update(
+                    r.name for r in records if r.status == "IN_SERVICE" and pending_wake(r)
+                )
             return self._records

@@ -31,7 +31,7 @@ from llmhost.rag.prompt import (
     render_prompt,
     token_counter_for,
 )
-from llmhost.serving.errors import PromptTooLong
+from llmhost.serving.errors import ModelUnavailable, PromptTooLong
 from llmhost.serving.invoke import InvocationTarget, ModelInvoker
 from llmhost.serving.requests import ChatCompletionRequest, RagRequest, RetrievalOptions
 from llmhost.serving.routing import ModelDirectory, ModelRoute
@@ -160,10 +160,14 @@ class ServingService:
         that cannot be served fails with its HTTP status instead of a broken stream.
         """
         prepared = self._prepare_chat(request, stream=True)
-        chunks = self._invoker().stream(
-            InvocationTarget(prepared.route.endpoint_name, prepared.route.inference_component),
-            prepared.payload,
-        )
+        route = prepared.route
+        try:
+            chunks = self._invoker().stream(
+                InvocationTarget(route.endpoint_name, route.inference_component), prepared.payload
+            )
+        except ModelUnavailable as refused:
+            raise self._cold(route, refused) from refused
+        self._directory.answered(route.name)
         return self._chunks(request, prepared, chunks)
 
     def _chunks(
@@ -309,25 +313,38 @@ class ServingService:
         return prepared
 
     def _complete(self, prepared: Prepared) -> Completion:
-        target = InvocationTarget(prepared.route.endpoint_name, prepared.route.inference_component)
+        route = prepared.route
+        target = InvocationTarget(route.endpoint_name, route.inference_component)
         started = time.perf_counter()
         try:
-            body = self._invoker().invoke(target, prepared.payload)
-        except PromptTooLong as rejected:
-            # Our token estimate was too optimistic for this text: shrink by what the engine
-            # counted and retry once (plain chat has no context to drop, so it re-raises).
-            if prepared.rag is None or prepared.build is None:
-                raise
-            budget = budget_after_rejection(
-                prepared.rag.input_limit,
-                rejected.limits,
-                estimated_prompt_tokens=prepared.rag.estimated_tokens,
-            )
-            prepared.payload = prepared.build(budget)
-            body = self._invoker().invoke(target, prepared.payload)
+            try:
+                body = self._invoker().invoke(target, prepared.payload)
+            except PromptTooLong as rejected:
+                # Our token estimate was too optimistic for this text: shrink by what the
+                # engine counted and retry once (plain chat has no context to drop).
+                if prepared.rag is None or prepared.build is None:
+                    raise
+                budget = budget_after_rejection(
+                    prepared.rag.input_limit,
+                    rejected.limits,
+                    estimated_prompt_tokens=prepared.rag.estimated_tokens,
+                )
+                prepared.payload = prepared.build(budget)
+                body = self._invoker().invoke(target, prepared.payload)
+        except ModelUnavailable as refused:
+            raise self._cold(route, refused) from refused
+        self._directory.answered(route.name)
         completion = prepared.codec.parse_reply(body)
         prepared.timings_ms["generate"] = _ms(started)
         return completion
+
+    def _cold(self, route: ModelRoute, refused: ModelUnavailable) -> ModelUnavailable:
+        """The error for a refused invocation; a model without a copy is woken first, and the
+        client's Retry-After comes from this deployment's recorded wakes."""
+        if refused.reason != "sleeping":
+            return refused
+        wait = self._directory.refused_for_capacity(route.name)
+        return ModelUnavailable("sleeping", log_detail=refused.log_detail, retry_after=wait)
 
 
 def _rebuild(

@@ -1,0 +1,149 @@
+"""End to end over real HTTP: a shared model with scale to zero goes to zero copies after its
+idle minutes (time-compressed), a request is answered 503 with Retry-After and wakes it, and a
+later request is answered.
+
+The product's own path throughout: the API creates the deployment, the reconciler brings it
+up and applies its alarms to (moto's) CloudWatch, the local CloudWatch evaluates the idle alarm
+against the runtime front's invocation counts and sends its state change to the scaling
+function, serving refuses and wakes, the scaling function and the reconciler add the copy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from llmhost.local import runner
+
+pytestmark = pytest.mark.e2e
+
+# 600x: a 5-minute idle window lasts half a second, an endpoint is created in one.
+SPEED = 600
+NAME = runner.SCALE_TO_ZERO_DEPLOYMENT["name"]
+
+
+class Stack:
+    def __init__(self, cloud: runner.LocalCloud, api: str, openai: str) -> None:
+        self.cloud, self.api, self.openai = cloud, api, openai
+        self.lines: list[str] = []
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else b""
+        url = self.api + path
+        request = AWSRequest(
+            method=method, url=url, data=data, headers={"Content-Type": "application/json"}
+        )
+        SigV4Auth(
+            Credentials(runner.ACCESS_KEY, runner.SECRET_KEY), "execute-api", runner.REGION
+        ).add_auth(request)
+        http = urllib.request.Request(
+            url, data=data or None, headers=dict(request.headers), method=method
+        )
+        try:
+            with urllib.request.urlopen(http, timeout=30) as reply:
+                return reply.status, json.loads(reply.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"{}")
+
+    def chat(self) -> tuple[int, dict[str, str], dict[str, Any]]:
+        body = {"model": NAME, "messages": [{"role": "user", "content": "are you awake?"}]}
+        request = urllib.request.Request(
+            self.openai + "/chat/completions",
+            data=json.dumps(body).encode(),
+            headers={
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {runner.LOCAL_API_KEY}",
+            },
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as reply:
+                return reply.status, dict(reply.headers), json.loads(reply.read())
+        except urllib.error.HTTPError as error:
+            return error.code, dict(error.headers), json.loads(error.read() or b"{}")
+
+    def copies(self) -> int:
+        described = self.cloud.standin.describe("inference-component", NAME)
+        assert described is not None, f"SageMaker has no component {NAME}"
+        return int(described["RuntimeConfig"]["CurrentCopyCount"])
+
+    def until(self, what: str, check: Any, timeout: float = 10) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = check()
+            if result:
+                return result
+            time.sleep(0.1)
+        raise AssertionError(
+            f"{what} did not happen in {timeout} s; console:\n" + "\n".join(self.lines)
+        )
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    from llmhost import aws, runtime
+
+    saved = dict(os.environ)
+    os.environ["QDRANT_PATH"] = str(tmp_path_factory.mktemp("qdrant"))
+    cloud = runner.LocalCloud(moto_port=0, speed=SPEED, drift_seconds=0.5)
+    cloud.start()
+    api = runner.serve(0, cloud)
+    openai_server = cloud.start_openai_server(0)
+    local = Stack(cloud, runner.url_of(api), runner.url_of(openai_server) + "/v1")
+    cloud.log = local.lines.append
+    try:
+        yield local
+    finally:
+        api.shutdown()
+        openai_server.shutdown()
+        cloud.stop()
+        os.environ.clear()
+        os.environ.update(saved)
+        aws.reset()
+        runtime.reset()
+
+
+def test_an_idle_model_goes_to_zero_and_a_request_wakes_it(stack: Stack) -> None:
+    # Given a shared model with scale to zero after 5 idle minutes, created through the API
+    code, created = stack.call("POST", "/v1/deployments", runner.SCALE_TO_ZERO_DEPLOYMENT)
+    assert code == 201, created
+    stack.until(
+        "IN_SERVICE",
+        lambda: stack.call("GET", f"/v1/deployments/{NAME}")[1]["status"] == "IN_SERVICE",
+    )
+
+    # When nobody asks it anything for its (compressed) idle minutes
+    # Then the idle alarm fires, the scaling hook acts, and SageMaker holds no copy of it
+    stack.until("zero copies", lambda: stack.copies() == 0)
+    assert any(f"{NAME}: no requests for its idle minutes" in line for line in stack.lines)
+
+    # When a client asks it a question
+    code, headers, refused = stack.chat()
+    # Then it is told to come back later, in words about the model, not SageMaker's
+    assert code == 503, refused
+    assert int(headers["Retry-After"]) > 0
+    message = refused["error"]["message"]
+    assert "zero-demo" in message or "scaled to zero" in message, message
+    assert "Inference Component" not in message and "arn:" not in message
+
+    # And a later request is answered by the woken model
+    def answered() -> dict[str, Any] | None:
+        code, _, body = stack.chat()
+        return body if code == 200 else None
+
+    reply = stack.until("an answer", answered, timeout=15)
+    assert reply["choices"][0]["message"]["content"]
+    # And the deployment's history tells the story: idle, asleep or scaled in, woken
+    history = [h["event"] for h in stack.call("GET", f"/v1/deployments/{NAME}")[1]["history"]]
+    assert "IdleSleep" in history and "WakeRequested" in history, history
+    assert history.index("WakeRequested") > history.index("IdleSleep")
