@@ -47,6 +47,7 @@ CHAT = "runtime.registry(); runtime.serving_service()._invoker()"
 FUNCTIONS = {
     "api": ("functions/api/app.py", "runtime.registry()"),
     "reconcile": ("functions/reconcile/app.py", "runtime.reconciler()"),
+    "scaling": ("functions/scaling/app.py", "runtime.scaling_hook()"),
     # Serving functions, twice: what a chat request needs, and with the RAG stack too
     # (built on the first request that retrieves). The worst ratio counts the latter.
     "serve": ("functions/serve/app.py", CHAT),
@@ -69,6 +70,8 @@ ENV = {
     "_X_AMZN_TRACE_ID": "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1",
     "REGISTRY_TABLE_NAME": "llmhost-registry",
     "SAGEMAKER_EXECUTION_ROLE_ARN": "arn:aws:iam::123456789012:role/bench",
+    "GPU_CAPACITY_CAP": "8",
+    "DAILY_BUDGET_USD": "100",
     "POWERTOOLS_METRICS_NAMESPACE": "llmhost",
     "POWERTOOLS_SERVICE_NAME": "bench",
     "QDRANT_URL": "http://127.0.0.1:6333",  # constructing the client opens no connection

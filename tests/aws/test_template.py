@@ -872,6 +872,7 @@ def test_environment_variables_the_code_reads(template: dict[str, Any]) -> None:
         "SCALING_FUNCTION_ARN": {"Fn::GetAtt": ["ScalingFunction", "Arn"]},
         "SCHEDULER_ROLE_ARN": {"Fn::GetAtt": ["SchedulerInvokeRole", "Arn"]},
         "SCHEDULE_DEAD_LETTER_ARN": SCALING_DLQ_ARN,
+        "DAILY_BUDGET_USD": {"Ref": "DailyBudgetUsd"},
     }
     assert functions["ScalingFunction"]["Environment"]["Variables"] == {
         **common,

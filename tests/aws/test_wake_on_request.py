@@ -367,3 +367,114 @@ def test_the_wake_event_is_the_one_the_scaling_hook_reads() -> None:
     assert wake_event(sample["deployment"], sample["requested_at"]) == sample
     # And the scaling hook understands it
     assert parse_event(sample) is not None
+
+
+class ThrottledRegistry:
+    """The registry, with writes refused by DynamoDB (throttling) while ``throttled``."""
+
+    def __init__(self, registry: Any) -> None:
+        self._registry = registry
+        self.throttled = True
+
+    def save(self, record: DeploymentRecord) -> DeploymentRecord:
+        from botocore.exceptions import ClientError
+
+        if self.throttled:
+            raise ClientError(
+                {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow"}},
+                "PutItem",
+            )
+        return self._registry.save(record)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._registry, name)
+
+
+def test_registry_trouble_never_turns_an_answer_or_a_503_into_a_500(moto_aws: None) -> None:
+    from llmhost.serving.errors import ModelUnavailable
+
+    # Given a component at zero copies and a registry whose writes DynamoDB throttles
+    runtime.registry().create(zero_copies())
+    registry = ThrottledRegistry(runtime.registry())
+    sagemaker = ScaledToZeroRuntime()
+    dispatcher = RecordingDispatcher()
+    service = chat_service(ModelDirectory(lambda: registry, wake=lambda: dispatcher), sagemaker)
+    # When a request finds no copy, the client still gets a 503 with Retry-After (no wake
+    # could be recorded, so none is dispatched: AWS's no-capacity alarm adds the copy)
+    with pytest.raises(ModelUnavailable) as refused:
+        chat(service)
+    assert refused.value.status == 503 and refused.value.retry_after == 300
+    assert dispatcher.events == []
+    # And with the wake recorded after all, the first answer still reaches the client while
+    # the wake's end cannot be written
+    registry.throttled = False
+    with pytest.raises(ModelUnavailable):
+        chat(service)
+    assert len(dispatcher.events) == 1
+    sagemaker.copies = 1
+    registry.throttled = True
+    assert chat(service)["choices"][0]["message"]["content"] == "awake"
+    # Then the next answered request records the wake's end once writes work again
+    registry.throttled = False
+    chat(service)
+    events = [h.event for h in runtime.registry().get("cold").history]
+    assert events.count("WakeRequested") == 1 and events.count("Woken") == 1
+
+
+class RefusingGuard:
+    """A GPU cap with no room left (the hook's view of ``CapacityGuard.admit_wake``)."""
+
+    def admit_wake(self, name: str, units: int) -> Any:
+        from llmhost.scaling.guardrails import Grant
+
+        return Grant(name, "WakeRefused", False, "the GPU cap of 2 is held by other-model 2")
+
+
+@pytest.mark.parametrize("guard", [None, RefusingGuard()], ids=["room", "cap-full"])
+def test_with_a_scaling_function_a_sleeping_model_is_woken_through_the_cap(
+    moto_aws: None, guard: Any
+) -> None:
+    from llmhost.scaling.hook import ScalingHook, parse_event
+
+    registry = runtime.registry()
+    registry.create(sleeping())
+    dispatcher = RecordingDispatcher()
+    directories = [ModelDirectory(runtime.registry, wake=lambda: dispatcher) for _ in range(4)]
+    barrier = threading.Barrier(16)
+    refused: list[ModelNotReady] = []
+
+    def request(directory: ModelDirectory) -> None:
+        barrier.wait()
+        try:
+            directory.route("sleepy")
+        except ModelNotReady as error:
+            refused.append(error)
+
+    # When 16 requests for the sleeping model arrive at once
+    threads = [threading.Thread(target=request, args=(directories[i % 4],)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Then exactly one wake is asked for and handed to the scaling function, and the
+    # request does not wake the model itself (the hook decides, under the GPU cap)
+    record = registry.get("sleepy")
+    assert len(refused) == 16 and all(e.status == 503 and e.retry_after for e in refused)
+    assert [h.event for h in record.history].count("WakeRequested") == 1
+    assert record.desired_state == "sleeping"
+    assert len(dispatcher.events) == 1
+    # When the hook receives it
+    hook = ScalingHook(registry, guard=guard)
+    event = parse_event(dispatcher.events[0])
+    assert event is not None
+    (outcome,) = hook.handle_event(event)
+    record = registry.get("sleepy")
+    if guard is None:
+        # Then, with room, it is admitted and the reconciler will wake it
+        assert outcome.decision.event == "WakeAdmitted"
+        assert record.desired_state == "in_service"
+    else:
+        # Then, over the cap, the refusal is recorded with its reason, and it sleeps on
+        assert outcome.decision.event == "WakeRefused"
+        assert record.desired_state == "sleeping"
+        assert "GPU cap" in record.history[-1].reason

@@ -246,9 +246,10 @@ class ScalingSettings(BaseModel):
 
 
 class CapacitySettings(BaseModel):
-    """GPU_CAPACITY_CAP alone: the API and reconcile functions read it too."""
+    """The guardrails' settings the API and reconcile functions read too."""
 
     gpu_capacity_cap: int = Field(default=0, ge=0, le=100_000)
+    daily_budget_usd: float = Field(default=0.0, ge=0)
 
 
 def scaling_settings() -> ScalingSettings:
@@ -273,12 +274,15 @@ def capacity_guard() -> Any:
     from llmhost.scaling.guardrails import CapacityGuard
 
     reg = registry()
+    settings: CapacitySettings = _from_env(CapacitySettings)
     return CapacityGuard(
         reg,
         aws.client("sagemaker"),
         aws.client("application-autoscaling"),
         gpu_capacity_cap(),
-        budget=BudgetLedger(reg),
+        # Without a budget, a day marked as spent (before it was switched off) binds nothing
+        # and no decision pays a ledger read.
+        budget=BudgetLedger(reg) if settings.daily_budget_usd > 0 else None,
     )
 
 

@@ -192,9 +192,15 @@ def decide(record: DeploymentRecord, change: AlarmChange, now: datetime) -> Deci
     )
 
 
+# Entries that start a wake: an idle alarm's silence before one of them is not idleness.
+WAKE_EVENTS = frozenset(
+    {"WakeRequested", "WakeAdmitted", "CapacityWake", "ScheduledWake", "CopiesRequested"}
+)
+
+
 def _last_wake(record: DeploymentRecord) -> datetime | None:
     for entry in reversed(record.history):
-        if entry.event in {"WakeRequested", "CapacityWake"}:
+        if entry.event in WAKE_EVENTS:
             return datetime.fromisoformat(entry.at.replace("Z", "+00:00"))
     return None
 
@@ -353,7 +359,7 @@ class ScalingHook:
         at = f" at {wake.requested_at}" if wake.requested_at else ""
         if record.desired_state == "sleeping":
             decision = self._wake(
-                record, "WakeRequested", f"a request arrived{at} while sleeping; waking"
+                record, "WakeAdmitted", f"a request arrived{at} while sleeping; waking"
             )
         elif record.spec.hosting.kind == "shared" and self._guard is not None:
             copies = max(1, record.spec.scaling.min_capacity)

@@ -268,6 +268,8 @@ class ModelDirectory:
         to the scaling function (contract event 4). A failed hand-over is logged and left to
         AWS's no-capacity alarm; the wake counts as stale after a while and is asked again.
         """
+        from botocore.exceptions import BotoCoreError, ClientError
+
         from llmhost.errors import ConcurrentModification
 
         with self._lock:
@@ -286,8 +288,18 @@ class ModelDirectory:
                 saved = self._registry().save(woken)
             except ConcurrentModification:
                 # Someone wrote first (maybe this same wake): decide again on what they wrote.
-                record = self._registry().find(model)
+                read = record
+                try:
+                    record = self._registry().find(model)
+                except (ClientError, BotoCoreError) as error:
+                    logger.warning("wake of %s not re-read: %s", model, error)
+                    return wake_estimate_s(read)  # someone's wake just started
                 continue
+            except (ClientError, BotoCoreError) as error:
+                # The client still gets its 503 (not a 500): no wake is recorded, so AWS's
+                # no-capacity alarm adds the copy and the next refused request asks again.
+                logger.warning("wake of %s not recorded: %s", model, error)
+                return capacity_retry_after_s(record, now)
             self._remember(saved)
             self._dispatch(saved)
             return wake_estimate_s(saved)  # the wake starts now: all of it is left
@@ -299,7 +311,16 @@ class ModelDirectory:
         what ``wake_estimate_s`` measures. Costs nothing unless a wake is pending here."""
         if model not in self._waking:
             return
-        self._record_woken(model)
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._record_woken(model)
+        except (ClientError, BotoCoreError) as error:
+            # The client has its answer: bookkeeping must not turn it into a 500. The wake
+            # stays pending, and the next answered request records its end.
+            with self._lock:
+                self._waking.add(model)
+            logger.warning("end of the wake of %s not recorded: %s", model, error)
 
     def _record_woken(self, model: str) -> None:
         from llmhost.errors import ConcurrentModification
@@ -336,19 +357,46 @@ class ModelDirectory:
 
     def _wake(self, record: DeploymentRecord) -> None:
         """Record one wake. Concurrent requests (in this process or others) all try; the
-        registry's optimistic lock lets exactly one write land, the rest see it was done."""
+        registry's optimistic lock lets exactly one write land, the rest see it was done.
+
+        With a scaling function, the wake is only asked for here: the hook admits it under
+        the GPU cap (or records WakeRefused) and sets the desired state. Without one, or if
+        handing it over fails, the request wakes the model itself.
+        """
         from llmhost.errors import ConcurrentModification
+        from llmhost.serving.wake import NoWakeDispatch, WakeDispatchFailed, wake_event
 
         if record.desired_state != "sleeping":
             return  # already waking
-        woken = record.with_event(
-            WAKE_REQUESTED, reason="woken by a request", desired_state="in_service"
-        )
-        # A lost race means someone else woke it (or changed it): not ours to write.
-        with contextlib.suppress(ConcurrentModification):
-            self._registry().save(woken)
-        with self._lock:
-            self._loaded_at = float("-inf")  # re-read: the next request sees it waking
+        dispatcher = self._wake_dispatcher() if self._wake_dispatcher is not None else None
+        try:
+            if dispatcher is not None and not isinstance(dispatcher, NoWakeDispatch):
+                if wake_is_recent(record, self._now()):
+                    return  # asked already; the hook is deciding
+                asked = record.with_event(
+                    WAKE_REQUESTED, reason="a request arrived while asleep; asking to wake"
+                )
+                try:
+                    saved = self._registry().save(asked)
+                except ConcurrentModification:
+                    return  # someone else asked (or changed it): not ours to write
+                try:
+                    dispatcher.dispatch(wake_event(saved.name, saved.updated_at))
+                    return
+                except WakeDispatchFailed as error:
+                    logger.warning("wake of %s not dispatched: %s", record.name, error.message)
+                    record = saved
+            woken = record.with_event(
+                WAKE_REQUESTED, reason="woken by a request", desired_state="in_service"
+            )
+            # A lost race means someone else woke it (or changed it): not ours to write.
+            with contextlib.suppress(ConcurrentModification):
+                self._registry().save(woken)
+        except Exception:  # the registry is unreachable: the client still gets its 503
+            logger.exception("wake of %s not recorded", record.name)
+        finally:
+            with self._lock:
+                self._loaded_at = float("-inf")  # re-read: the next request sees it waking
 
     def records(self) -> list[DeploymentRecord]:
         return sorted(self._records_now().values(), key=lambda r: r.name)
