@@ -146,6 +146,33 @@ def test_an_over_cap_scale_out_is_refused_and_recorded(
     assert (pool.lease("zephyr"), pool.lease("mistral")) == (2, 1)
 
 
+def test_a_refused_scale_out_is_asked_again_by_the_tick_once_units_are_free(
+    pool: Pool, hook: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given zephyr's scale-out refused under a full cap of 3 (zephyr 2, mistral 1)
+    monkeypatch.setenv("GPU_CAPACITY_CAP", "3")
+    pool.component("zephyr", copies=2, lease=2, high=3)
+    pool.component("mistral", copies=1, lease=1)
+    alarm = load_event("cloudwatch-alarm-target-tracking-high.json")
+    assert hook.handler(alarm, LambdaContext("scaling"))["decision"] == "ScaleOutRefused"
+    # When a tick comes while the cap is still full
+    tick = load_event("budget-tick.json")
+    hook.handler(tick, LambdaContext("scaling"))
+    # Then nothing changes and the refusal is not recorded twice
+    assert [e for e, _ in history("zephyr")].count("ScaleOutRefused") == 1
+    assert pool.lease("zephyr") == 2
+    # When mistral is deleted (its unit is free) and the next tick comes
+    runtime.registry().save(
+        runtime.registry().get("mistral").model_copy(update={"status": "DELETED"})
+    )
+    pool.set_copies("mistral", 0)
+    hook.handler(tick, LambdaContext("scaling"))
+    # Then zephyr's alarm, still in ALARM, gets its unit: lease 2 -> 3, recorded
+    event, reason = history("zephyr")[-1]
+    assert event == "ScaleOutGranted" and "retried after a refusal" in reason
+    assert pool.lease("zephyr") == 3
+
+
 def test_a_scale_out_is_granted_from_reclaimed_slack(
     pool: Pool, hook: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -433,11 +433,18 @@ def test_scheduler_role_only_invokes_the_scaling_hook(template: dict[str, Any]) 
         assert grants[f"scheduler:{action}"] == [group], action
 
 
-def test_budget_tick_exists_only_with_a_budget(template: dict[str, Any]) -> None:
+def test_guardrail_tick_exists_only_with_a_budget_or_a_cap(template: dict[str, Any]) -> None:
     tick = template["Resources"]["BudgetTick"]
-    assert tick["Condition"] == "HasDailyBudget"
-    assert template["Conditions"]["HasDailyBudget"] == {
+    conditions = template["Conditions"]
+    assert tick["Condition"] == "HasGuardrails"
+    assert conditions["HasGuardrails"] == {
+        "Fn::Or": [{"Condition": "HasDailyBudget"}, {"Condition": "HasGpuCap"}]
+    }
+    assert conditions["HasDailyBudget"] == {
         "Fn::Not": [{"Fn::Equals": [{"Ref": "DailyBudgetUsd"}, "0"]}]
+    }
+    assert conditions["HasGpuCap"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "GpuCapacityCap"}, "0"]}]
     }
     target = tick["Properties"]["Target"]
     assert target["Arn"] == {"Fn::GetAtt": ["ScalingFunction", "Arn"]}

@@ -192,6 +192,7 @@ def decide(record: DeploymentRecord, change: AlarmChange, now: datetime) -> Deci
     )
 
 
+SCALE_OUT_EVENTS = frozenset({"ScaleOutRefused", "ScaleOutGranted", "ScaleOutAtMax"})
 # Entries that start a wake: an idle alarm's silence before one of them is not idleness.
 WAKE_EVENTS = frozenset(
     {"WakeRequested", "WakeAdmitted", "CapacityWake", "ScheduledWake", "CopiesRequested"}
@@ -383,9 +384,33 @@ class ScalingHook:
 
     # ---- the daily budget ----------------------------------------------------------------
 
-    def _budget_tick(self, now: datetime) -> list[Outcome]:
-        if self._budget is None:
+    def _retry_refused_scale_outs(self) -> list[Outcome]:
+        """Scale-outs refused for want of GPU units, asked again now that some may be free.
+
+        A refusal leaves target tracking's AlarmHigh in ALARM, and EventBridge reports only
+        state changes, so no new alarm event would ever ask again. A repeated refusal is
+        not recorded again (the history keeps the first, with its reason).
+        """
+        if self._guard is None or not self._guard.cap:
             return []
+        outcomes: list[Outcome] = []
+        for record in self._registry.deployments():
+            last = next(
+                (h.event for h in reversed(record.history) if h.event in SCALE_OUT_EVENTS), None
+            )
+            if last != "ScaleOutRefused" or record.desired_state != "in_service":
+                continue
+            grant = self._guard.scale_out(record.name)
+            if grant.granted:
+                decision = Decision(grant.event, f"retried after a refusal: {grant.reason}")
+                if self._record(record.name, decision):
+                    outcomes.append(Outcome(record.name, decision))
+        return outcomes
+
+    def _budget_tick(self, now: datetime) -> list[Outcome]:
+        retried = self._retry_refused_scale_outs()
+        if self._budget is None:
+            return retried
         result = self._budget.tick(now)
         outcomes = [
             Outcome(
@@ -417,7 +442,7 @@ class ScalingHook:
             f"{result.day}: {billed}; spent ${result.spent_usd:.2f} of ${result.budget_usd:.2f}",
             recorded=False,
         )
-        return [Outcome("", summary), *recorded]
+        return [Outcome("", summary), *retried, *recorded]
 
     # ---- history ------------------------------------------------------------------------
 
