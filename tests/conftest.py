@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -63,13 +64,32 @@ def offline_aws(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     runtime.reset()
 
 
+_DYNAMODB_WRITE_LOCK = threading.RLock()
+
+
+def _atomic(write: Any) -> Any:
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        with _DYNAMODB_WRITE_LOCK:
+            return write(*args, **kwargs)
+
+    return locked
+
+
 @pytest.fixture
-def moto_aws() -> Iterator[None]:
-    """moto for every AWS service, with the registry table created."""
+def moto_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """moto for every AWS service, with the registry table created.
+
+    DynamoDB checks a write's condition and applies it atomically; moto checks, then
+    writes, unlocked, so two threads can both pass one condition. Its writes are
+    serialised here, so the concurrency tests test llmhost and not moto's race.
+    """
     from moto import mock_aws
+    from moto.dynamodb.models import DynamoDBBackend
 
     from llmhost import aws
 
+    for name in ("put_item", "update_item", "delete_item", "transact_write_items"):
+        monkeypatch.setattr(DynamoDBBackend, name, _atomic(getattr(DynamoDBBackend, name)))
     with mock_aws():
         aws.client("dynamodb").create_table(
             TableName=TABLE,
