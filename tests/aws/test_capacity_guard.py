@@ -217,7 +217,8 @@ def test_apply_scaling_clamps_max_capacity_to_the_lease(
         lambda: aws.client("cloudwatch"),
         role_arn=ROLE_ARN,
         read_secret=lambda arn: "",
-        guardrail=runtime.capacity_guard(),
+        # built per apply, so it reads the cap in force then
+        guardrail=runtime.capacity_guard,
     )
     # When the reconciler applies zephyr's scaling (spec max 4)
     applier.apply(ApplyScaling(desired.scaling_resource_id, config="x"), record, desired)
@@ -225,14 +226,6 @@ def test_apply_scaling_clamps_max_capacity_to_the_lease(
     assert pool.lease("zephyr") == 1
     # And with the cap lifted the spec's maximum is registered
     monkeypatch.setenv("GPU_CAPACITY_CAP", "0")
-    applier = SageMakerApplier(
-        pool.sm,
-        lambda: pool.aas,
-        lambda: aws.client("cloudwatch"),
-        role_arn=ROLE_ARN,
-        read_secret=lambda arn: "",
-        guardrail=runtime.capacity_guard(),
-    )
     applier.apply(ApplyScaling(desired.scaling_resource_id, config="x"), record, desired)
     assert pool.lease("zephyr") == 4
 

@@ -256,43 +256,13 @@ class LocalCloud:
             BillingMode="PAY_PER_REQUEST",
         )
         self.table_arn = f"arn:aws:dynamodb:{REGION}:123456789012:table/{TABLE}"
-        role = aws.client("iam").create_role(
-            RoleName=ROLE_NAME,
-            AssumeRolePolicyDocument=json.dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Effect": "Allow",
-                            "Principal": {"Service": "sagemaker.amazonaws.com"},
-                            "Action": "sts:AssumeRole",
-                        }
-                    ],
-                }
-            ),
-        )
-        os.environ["SAGEMAKER_EXECUTION_ROLE_ARN"] = role["Role"]["Arn"]
+        os.environ["SAGEMAKER_EXECUTION_ROLE_ARN"] = _service_role(ROLE_NAME, "sagemaker")
         # Sleep/wake schedules: EventBridge Scheduler targets the scaling function with a role.
         aws.client("scheduler").create_schedule_group(Name=SCHEDULE_GROUP)
-        scheduler_role = aws.client("iam").create_role(
-            RoleName=SCHEDULER_ROLE_NAME,
-            AssumeRolePolicyDocument=json.dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Effect": "Allow",
-                            "Principal": {"Service": "scheduler.amazonaws.com"},
-                            "Action": "sts:AssumeRole",
-                        }
-                    ],
-                }
-            ),
-        )
         os.environ.update(
             {
                 "SCHEDULE_GROUP": SCHEDULE_GROUP,
-                "SCHEDULER_ROLE_ARN": scheduler_role["Role"]["Arn"],
+                "SCHEDULER_ROLE_ARN": _service_role(SCHEDULER_ROLE_NAME, "scheduler"),
                 "SCALING_FUNCTION_ARN": SCALING_FUNCTION_ARN,
             }
         )
@@ -434,6 +404,24 @@ class LocalCloud:
         if self._front_server is not None:
             self._front_server.shutdown()
         self._moto.stop()
+
+
+def _service_role(name: str, service: str) -> str:
+    """An IAM role ``service``.amazonaws.com may assume, as the stack creates it; its ARN."""
+    from llmhost import aws
+
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": f"{service}.amazonaws.com"},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+    role = aws.client("iam").create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))
+    return str(role["Role"]["Arn"])
 
 
 def make_handler(cloud: LocalCloud) -> type[BaseHTTPRequestHandler]:

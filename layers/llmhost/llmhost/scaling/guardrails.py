@@ -271,11 +271,7 @@ def plan_scale_out(usage: Usage, name: str, *, budget_block: str | None = None) 
             lease_after=lease,
             **common,
         )
-    from_others = (
-        f"; reclaimed {taken} unused unit(s): {', '.join(r.describe() for r in reclaims)}"
-        if reclaims
-        else ""
-    )
+    from_others = _reclaimed_note(taken, reclaims)
     return Grant(
         name,
         "ScaleOutGranted",
@@ -286,6 +282,13 @@ def plan_scale_out(usage: Usage, name: str, *, budget_block: str | None = None) 
         reclaims=reclaims,
         **common,
     )
+
+
+def _reclaimed_note(taken: int, reclaims: tuple[Reclaim, ...]) -> str:
+    """What a grant took from others, for its history reason ("" when nothing)."""
+    if not reclaims:
+        return ""
+    return f"; reclaimed {taken} unused unit(s): {', '.join(r.describe() for r in reclaims)}"
 
 
 def plan_wake(usage: Usage, name: str, units: int) -> Grant:
@@ -316,11 +319,7 @@ def plan_wake(usage: Usage, name: str, units: int) -> Grant:
             f"{_fix(usage)}",
             **{**common, "lease_after": lease},
         )
-    from_others = (
-        f"; reclaimed {taken} unused unit(s): {', '.join(r.describe() for r in reclaims)}"
-        if reclaims
-        else ""
-    )
+    from_others = _reclaimed_note(taken, reclaims)
     return Grant(
         name,
         "WakeAdmitted",
