@@ -1,0 +1,104 @@
+"""The README's local examples, run as written against a running local stack.
+
+Only the ports differ: the stack here listens on free ports, so the examples' 8080 and 8081
+are replaced by them (the ingest command gets ``--api``, as the README says for other ports).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from llmhost.local import runner
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+
+
+def _blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    from llmhost import aws, runtime
+
+    saved = dict(os.environ)
+    os.environ["QDRANT_PATH"] = str(tmp_path_factory.mktemp("qdrant"))
+    cloud = runner.LocalCloud(moto_port=0, speed=600, drift_seconds=0.5)
+    cloud.log = lambda line: None
+    cloud.start()
+    api = runner.serve(0, cloud)
+    openai_server = cloud.start_openai_server(0)
+    cloud.create_demo()
+    try:
+        yield runner.url_of(api), runner.url_of(openai_server)
+    finally:
+        api.shutdown()
+        openai_server.shutdown()
+        cloud.stop()
+        os.environ.clear()
+        os.environ.update(saved)
+        aws.reset()
+        runtime.reset()
+
+
+def _wait_for_demo(openai_url: str) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=openai_url + "/v1", api_key=runner.LOCAL_API_KEY)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        models = {m.id: m for m in client.models.list()}
+        if "demo" in models and (models["demo"].model_extra or {}).get("llmhost", {}).get(
+            "status"
+        ) == "IN_SERVICE":
+            return
+        time.sleep(0.3)
+    raise AssertionError("demo never reached IN_SERVICE")
+
+
+def test_ingest_then_stream_with_sources_as_the_readme_shows(stack: tuple[str, str]) -> None:
+    api, openai_url = stack
+    _wait_for_demo(openai_url)
+
+    # Given the README's ingest command, run from the project root as written
+    [ingest] = [
+        line
+        for block in _blocks("bash")
+        for line in block.splitlines()
+        if line.startswith(".venv/bin/python -m llmhost.local.ingest_folder")
+    ]
+    argv = shlex.split(ingest)
+    argv[0] = sys.executable  # the same interpreter as .venv/bin/python when run by make
+    done = subprocess.run(
+        [*argv, "--api", api], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    # When the README's openai snippet runs (only its port changed)
+    [snippet] = [b for b in _blocks("python") if "from openai import OpenAI" in b]
+    assert "http://127.0.0.1:8081/v1" in snippet
+    code = snippet.replace("http://127.0.0.1:8081", openai_url)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(code, "README.md", "exec"), {})  # noqa: S102
+
+    # Then it prints a streamed answer and the sources it came from (this README)
+    lines = printed.getvalue().strip().splitlines()
+    sources = [line for line in lines if re.fullmatch(r"\[.+\] score \d\.\d{3}", line)]
+    assert sources, printed.getvalue()
+    assert any("README" in line for line in sources)
+    assert len(lines) > len(sources)  # the answer came first
