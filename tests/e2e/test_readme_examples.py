@@ -62,9 +62,10 @@ def _wait_for_demo(openai_url: str) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         models = {m.id: m for m in client.models.list()}
-        if "demo" in models and (models["demo"].model_extra or {}).get("llmhost", {}).get(
-            "status"
-        ) == "IN_SERVICE":
+        if (
+            "demo" in models
+            and (models["demo"].model_extra or {}).get("llmhost", {}).get("status") == "IN_SERVICE"
+        ):
             return
         time.sleep(0.3)
     raise AssertionError("demo never reached IN_SERVICE")
@@ -94,7 +95,7 @@ def test_ingest_then_stream_with_sources_as_the_readme_shows(stack: tuple[str, s
     code = snippet.replace("http://127.0.0.1:8081", openai_url)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        exec(compile(code, "README.md", "exec"), {})  # noqa: S102
+        exec(compile(code, "README.md", "exec"), {})
 
     # Then it prints a streamed answer and the sources it came from (this README)
     lines = printed.getvalue().strip().splitlines()
