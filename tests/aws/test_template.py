@@ -1073,8 +1073,9 @@ def test_reconciler_has_the_three_triggers(template: dict[str, Any]) -> None:
     assert stream["BisectBatchOnFunctionError"] is True
     assert 0 <= stream["MaximumRetryAttempts"] <= 10
     assert stream["DestinationConfig"]["OnFailure"]["Destination"] == DLQ_ARN
+    assert stream["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     patterns = [json.loads(f["Pattern"]) for f in stream["FilterCriteria"]["Filters"]]
-    assert patterns == [{"eventName": ["INSERT", "MODIFY"]}]
+    assert [p["eventName"] for p in patterns] == [["INSERT", "MODIFY"]]
 
     rule = events["EventBridgeRule"]
     assert rule["Pattern"] == {
@@ -1089,6 +1090,47 @@ def test_reconciler_has_the_three_triggers(template: dict[str, Any]) -> None:
     assert schedule[expression] == {"Ref": "ReconcileSchedule"}
     assert template["Parameters"]["ReconcileSchedule"]["Default"] == "rate(2 minutes)"
     assert schedule["DeadLetterConfig"] == {"Arn": DLQ_ARN}
+
+
+def test_the_stream_filter_passes_deployment_changes_and_nothing_else(
+    template: dict[str, Any],
+) -> None:
+    from datetime import date
+
+    from moto.events.models import EventPattern
+
+    from llmhost.lifecycle.registry import INTERNAL_PREFIX
+    from llmhost.scaling.budget import STATE_KEY, day_key
+    from llmhost.scaling.guardrails import LOCK_KEY
+    from llmhost.specs import NAME_PATTERN
+
+    (stream,) = [
+        e["Properties"]
+        for e in _functions(template)["ReconcileFunction"]["Events"].values()
+        if e["Type"] == "DynamoDB"
+    ]
+    patterns = [EventPattern.load(f["Pattern"]) for f in stream["FilterCriteria"]["Filters"]]
+
+    def passes(event_name: str, key: str) -> bool:
+        record = {
+            "eventName": event_name,
+            "eventSource": "aws:dynamodb",
+            "dynamodb": {"Keys": {"name": {"S": key}}, "SequenceNumber": "1"},
+        }
+        return any(p.matches_event(record) for p in patterns)
+
+    # Every name a deployment can have (each possible first character), on INSERT and MODIFY
+    first = [chr(c) for c in range(33, 127)]
+    deployments = [c + "x" for c in first if re.fullmatch(NAME_PATTERN, c + "x")]
+    assert len(deployments) == 62
+    for name in deployments:
+        assert passes("INSERT", name) and passes("MODIFY", name), name
+        assert not passes("REMOVE", name)
+    # and nothing else: internal items and keys no deployment can have
+    internal = [STATE_KEY, day_key(date(2026, 11, 21)), LOCK_KEY]
+    assert all(k.startswith(INTERNAL_PREFIX) for k in internal)
+    for key in internal + [c + "x" for c in first if c + "x" not in deployments]:
+        assert not passes("MODIFY", key) and not passes("INSERT", key), key
 
 
 def test_failed_async_invocations_land_in_the_dead_letter_queue(template: dict[str, Any]) -> None:

@@ -36,3 +36,32 @@ def test_unrelated_events_are_ignored() -> None:
         == "ignored"
     )
     assert trigger_from_event({"Records": [{"eventSource": "aws:sqs"}]}).source == "ignored"
+
+
+def test_internal_items_and_removes_name_no_deployment() -> None:
+    sample = load_event("dynamodb-stream-spec-change.json")["Records"][0]
+
+    def keyed(name: object, event_name: str = "MODIFY") -> dict:
+        return {**sample, "eventName": event_name, "dynamodb": {"Keys": {"name": {"S": name}}}}
+
+    records = [
+        keyed("#budget#state"),
+        keyed("#budget#2026-11-21"),
+        keyed("#capacity#lock", "INSERT"),
+        keyed("llama3-8b", "REMOVE"),
+        keyed(42),
+        keyed("x" * 10_000),
+        {"eventSource": "aws:dynamodb"},
+        "not a record",
+        keyed("llama3-8b"),
+    ]
+    assert trigger_from_event({"Records": records}) == trigger_from_event(
+        {"Records": [keyed("llama3-8b")]}
+    )
+    assert trigger_from_event({"Records": records[:-1]}).source == "ignored"
+
+
+def test_a_direct_call_must_name_a_possible_deployment() -> None:
+    assert trigger_from_event({"name": "llama3-8b"}).names == ("llama3-8b",)
+    for bad in ("#budget#state", "", "a" * 500, None, 7):
+        assert trigger_from_event({"name": bad}).source == "ignored"
