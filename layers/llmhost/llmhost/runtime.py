@@ -111,7 +111,7 @@ def _reconciler() -> Reconciler:
             # Built on first use: most reconciles never apply scaling.
             guardrail=capacity_guard,
         ),
-        resolve=lambda spec: resolve_desired(spec, region, role, schedules),
+        resolve=lambda spec, plan=None: resolve_desired(spec, region, role, schedules, plan),
         history_limit=settings.history_limit,
     )
 

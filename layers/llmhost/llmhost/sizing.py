@@ -155,6 +155,20 @@ class Plan:
         data["notes"] = list(self.notes)
         return data
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        """The plan ``as_dict`` wrote (a deployment record keeps the plan it was built with)."""
+        memory = data.get("memory")
+        return cls(
+            **{
+                **data,
+                "memory": MemoryEstimate(**memory) if memory else None,
+                "tokens": TokenLimits(**data["tokens"]),
+                "cost": Cost(**data["cost"]),
+                "notes": tuple(data.get("notes", ())),
+            }
+        )
+
 
 # ------------------------------------------------------------------------- memory math
 

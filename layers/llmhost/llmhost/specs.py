@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -47,6 +48,19 @@ DeploymentName = Annotated[
         examples=["llama3-8b"],
     ),
 ]
+
+
+# Validation context of a spec read back from the registry. Such a spec was fully checked
+# when it was written; reading it checks its shape only, not the rules that consult tables a
+# later release may change (catalog, price list, AWS limits, time zones), so dropping an
+# instance type or a model from those tables never makes stored deployments unreadable.
+# Field-level bounds are the stored format: a release that tightens one migrates records.
+STORED = {"llmhost_stored": True}
+
+
+def is_stored(info: ValidationInfo) -> bool:
+    """Whether this validation reads a stored record (see ``STORED``)."""
+    return bool(info.context and info.context.get("llmhost_stored"))
 
 
 class _Strict(BaseModel):
@@ -275,8 +289,11 @@ class ScheduleRule(_Strict):
 
     @field_validator("timezone")
     @classmethod
-    def _tz(cls, value: str) -> str:
+    def _tz(cls, value: str, info: ValidationInfo) -> str:
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        if is_stored(info):
+            return value  # the time zone database may change between releases
 
         try:
             ZoneInfo(value)
@@ -347,7 +364,9 @@ class DeploymentSpec(_Strict):
     ] = Field(default_factory=dict, max_length=40)
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> DeploymentSpec:
+    def _cross_checks(self, info: ValidationInfo) -> DeploymentSpec:
+        if is_stored(info):
+            return self  # checked when it was written
         issues = cross_field_issues(self)
         if issues:
             raise PydanticCustomError(

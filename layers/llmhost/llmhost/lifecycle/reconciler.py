@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from llmhost.errors import ConcurrentModification, LlmhostError, SageMakerBusy
 from llmhost.lifecycle.applier import SageMakerApplier
@@ -25,9 +26,12 @@ from llmhost.lifecycle.planner import (
     Wait,
     plan_next_action,
 )
-from llmhost.lifecycle.record import Attempt, DeploymentRecord
+from llmhost.lifecycle.record import Attempt, DeploymentRecord, PinnedPlan
 from llmhost.lifecycle.registry import Registry
 from llmhost.specs import DeploymentSpec
+
+if TYPE_CHECKING:
+    from llmhost.sizing import Plan
 
 _ATTEMPTS = (CreateEndpoint, UpdateEndpoint, CreateComponent, UpdateComponent)
 
@@ -44,15 +48,17 @@ def resolve_desired(
     region: str,
     role_arn: str,
     schedule_target: ScheduleTarget | None = None,
+    plan: Plan | None = None,
 ) -> DesiredResources:
-    """Size the spec, build its container (no secrets) and derive resource names.
+    """Size the spec (unless ``plan`` is given), build its container (no secrets) and derive
+    resource names.
 
     ``schedule_target``: where sleep/wake schedules go (None: Scheduler not configured).
     """
     from llmhost import sizing
     from llmhost.engines.containers import container_definition
 
-    plan = sizing.plan(spec)
+    plan = plan or sizing.plan(spec)
     container = container_definition(spec, plan, region, hf_token=None)
     return desired_resources(spec, plan, role_arn, container, schedule_target)
 
@@ -82,6 +88,14 @@ def record_step(record: DeploymentRecord, step: Step, history_limit: int) -> Dep
     )
 
 
+def _plan_of(record: DeploymentRecord) -> Plan:
+    """The plan the record's generation was built with, sized now if none was pinned yet."""
+    from llmhost.sizing import Plan, plan
+
+    pinned = record.pinned_plan()
+    return Plan.from_dict(pinned) if pinned is not None else plan(record.spec)
+
+
 class Reconciler:
     """Drives one deployment at a time towards its record's desired state."""
 
@@ -90,7 +104,7 @@ class Reconciler:
         registry: Registry,
         observer: SageMakerObserver,
         applier: SageMakerApplier,
-        resolve: Callable[[DeploymentSpec], DesiredResources],
+        resolve: Callable[[DeploymentSpec, Plan], DesiredResources],
         history_limit: int = 50,
         max_steps: int = 25,
     ) -> None:
@@ -118,9 +132,15 @@ class Reconciler:
                 return result
         return result
 
-    def _step(self, record: DeploymentRecord, result: ReconcileResult) -> bool:
+    def _step(self, read: DeploymentRecord, result: ReconcileResult) -> bool:
+        record = read
         try:
-            desired = self._resolve(record.spec)
+            plan = _plan_of(record)
+            if record.pinned_plan() is None:
+                # Sized once per generation: later catalogs and prices never re-size it.
+                pin = PinnedPlan(generation=record.generation, plan=plan.as_dict())
+                record = record.model_copy(update={"plan": pin})
+            desired = self._resolve(record.spec, plan)
         except LlmhostError as error:
             self._fail(record, f"cannot build the SageMaker resources: {error.message}")
             result.status = "FAILED"
@@ -143,7 +163,7 @@ class Reconciler:
             else:
                 result.steps.append(f"{step.action.kind} {step.action.target}")
         updated = record_step(record, step, self._history_limit)
-        if updated is not record:
+        if updated is not read:
             self._registry.save(updated)
         result.status = updated.status
         return not step.action.calls_aws

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -56,6 +56,17 @@ class Attempt(BaseModel):
     target: str
 
 
+class PinnedPlan(BaseModel):
+    """The sizing plan (``llmhost.sizing.Plan.as_dict()``) a generation of the spec was built
+    with. Kept so that a later release's catalog or price list never re-sizes, and so
+    re-creates, what is already running."""
+
+    model_config = ConfigDict(frozen=True)
+
+    generation: int
+    plan: dict[str, Any]
+
+
 class DeploymentRecord(BaseModel):
     """One registry item. ``version`` is the optimistic-locking counter, bumped on each save."""
 
@@ -73,6 +84,7 @@ class DeploymentRecord(BaseModel):
     # Hash of the autoscaling configuration last applied (None: none applied).
     scaling_applied: str | None = None
     resources: Resources = Resources()
+    plan: PinnedPlan | None = None
     history: list[HistoryEntry] = Field(default_factory=list)
     created_at: str = Field(default_factory=utc_now)
     updated_at: str = Field(default_factory=utc_now)
@@ -86,6 +98,12 @@ class DeploymentRecord(BaseModel):
     def pool(self) -> str | None:
         hosting = self.spec.hosting
         return hosting.pool if hosting.kind == "shared" else None
+
+    def pinned_plan(self) -> dict[str, Any] | None:
+        """The plan this generation of the spec was built with, if one was pinned."""
+        if self.plan is None or self.plan.generation != self.generation:
+            return None
+        return self.plan.plan
 
     def with_event(
         self,
@@ -119,6 +137,6 @@ class DeploymentRecord(BaseModel):
 
     def public_view(self) -> dict[str, object]:
         """What the API returns: everything except the locking counter."""
-        data = self.model_dump(mode="json", exclude={"version", "attempt"})
+        data = self.model_dump(mode="json", exclude={"version", "attempt", "plan"})
         data["endpoint_name"] = self.endpoint_name
         return data

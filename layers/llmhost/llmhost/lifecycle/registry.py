@@ -20,6 +20,7 @@ from botocore.exceptions import ClientError
 
 from llmhost.errors import ConcurrentModification, DeploymentExists, DeploymentNotFound
 from llmhost.lifecycle.record import DeploymentRecord
+from llmhost.specs import STORED
 
 # Keys of internal items start with this; a deployment name cannot (see specs.NAME_PATTERN).
 INTERNAL_PREFIX = "#"
@@ -134,4 +135,6 @@ def _encode(record: DeploymentRecord) -> dict[str, Any]:
 
 
 def _decode(item: dict[str, Any]) -> DeploymentRecord:
-    return DeploymentRecord.model_validate(json.loads(item["body"]["S"]))
+    """The record as it was stored: its spec is not re-checked against today's catalog, price
+    list or limits (it was checked when written; see ``llmhost.specs.STORED``)."""
+    return DeploymentRecord.model_validate(json.loads(item["body"]["S"]), context=STORED)

@@ -82,7 +82,9 @@ def route_for(record: DeploymentRecord) -> ModelRoute:
     from llmhost import catalog, sizing
 
     spec = record.spec
-    plan = sizing.plan(spec)
+    pinned = record.pinned_plan()
+    # The limits the engine was started with: the plan pinned when it was built.
+    plan = sizing.Plan.from_dict(pinned) if pinned is not None else sizing.plan(spec)
     model = catalog.lookup(spec.catalog_id)
     return ModelRoute(
         name=record.name,
