@@ -227,3 +227,21 @@ def test_ingest_folder_cli(local: Local, tmp_path: Path) -> None:
     assert code == 1  # one bad line is reported, the rest landed
     status, info = local.call("GET", "/v1/collections/cli")
     assert status == 200 and info["points"] >= 2
+
+
+def test_the_ingest_cli_names_files_by_their_folder_path_and_they_delete_by_it(
+    local: Local, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from llmhost.local import ingest_folder
+
+    # Given a folder with a nested file, ingested with the CLI over real HTTP
+    (tmp_path / "guides").mkdir()
+    (tmp_path / "guides" / "sleep.md").write_text("Sleeping deletes the endpoint, keeps config.")
+    code = ingest_folder.main([str(tmp_path), "--collection", "cli", "--api", local.api])
+    assert code == 0, capsys.readouterr()
+    assert "batch 1/1: 1 files, 1/1 documents" in capsys.readouterr().out
+    # When its id, which holds a '/', is deleted percent-encoded through the local runner
+    status, body = local.call("DELETE", "/v1/collections/cli/documents/guides%2Fsleep.md")
+    # Then that document goes
+    assert (status, body.get("deleted")) == (200, "guides/sleep.md"), body
+    assert local.call("DELETE", "/v1/collections/cli/documents/guides%2Fsleep.md")[0] == 404

@@ -6,9 +6,11 @@ responses); a ``stream: true`` request here gets a 400 that says where to go ins
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import quote, unquote
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver
 from aws_lambda_powertools.event_handler.openapi.params import Path
@@ -27,7 +29,17 @@ MAX_DOCUMENTS_PER_REQUEST = 100
 CollectionPath = Annotated[
     str, Path(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,62}$", description="A collection name.")
 ]
-DocumentPath = Annotated[str, Path(min_length=1, max_length=256, description="A document id.")]
+# Ids may hold '/' (every S3 key does): the path carries them percent-encoded, up to three
+# characters for each of the id's 256.
+DocumentPath = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=768,
+        description="A document id, percent-encoded ('/' as %2F): guides%2Fsleep.md.",
+    ),
+]
+_DOCUMENT_PATH = re.compile(r"^(/v1/collections/[^/]+/documents/)(.+)$")
 
 
 class CreateCollection(BaseModel):
@@ -57,7 +69,7 @@ def build_serving_app(
     logger: Any = None,
     stream_url: Callable[[], str | None] = lambda: None,
 ) -> APIGatewayRestResolver:
-    app = APIGatewayRestResolver(enable_validation=True)
+    app = DocumentIdResolver(enable_validation=True)
 
     @app.post("/v1/rag", summary="Answer a question from a collection, with sources")
     def rag(request: RagRequest):
@@ -105,25 +117,36 @@ def build_serving_app(
     def add_documents(name: CollectionPath, body: DocumentsBody):
         from llmhost.rag.ingest import ingest_documents
 
-        vectors, model = store(), embedder()
-        created = False
-        if not vectors.exists(name):
-            vectors.create_collection(name, model.dimension)
-            created = True
-        report = ingest_documents(name, body.documents, model, vectors).as_dict()
-        report["collection"] = name
-        report["created_collection"] = created
-        status = (
-            HTTPStatus.OK
-            if report["indexed"] or not report["rejected"]
-            else (HTTPStatus.UNPROCESSABLE_ENTITY)
-        )
-        return json_response(status, report)
+        # The collection is made only once a document is about to land: a batch that is
+        # all rejected leaves nothing behind.
+        report = ingest_documents(name, body.documents, embedder(), store(), create=True)
+        answer = report.as_dict()
+        answer["collection"] = name
+        answer["created_collection"] = report.created_collection
+        if report.indexed or not report.rejected:
+            return json_response(HTTPStatus.OK, answer)
+        if report.failed:
+            # Nothing landed and a service failed: the documents marked retryable may be
+            # sent again after Retry-After (the body lists each one).
+            retry = report.retry_after or 5
+            return json_response(
+                HTTPStatus.SERVICE_UNAVAILABLE, answer, headers={"Retry-After": str(retry)}
+            )
+        return json_response(HTTPStatus.UNPROCESSABLE_ENTITY, answer)
 
     @app.delete("/v1/collections/<name>/documents/<doc_id>", summary="Delete a document")
     def delete_document(name: CollectionPath, doc_id: DocumentPath):
+        from llmhost.rag.ingest import IngestLimits
         from llmhost.rag.ingest import delete_document as remove
 
+        doc_id = unquote(doc_id)
+        limit = IngestLimits().max_id_chars
+        if len(doc_id) > limit:
+            return error_response(
+                HTTPStatus.UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                f"doc_id: is {len(doc_id)} characters; ids have at most {limit}",
+            )
         removed = remove(name, doc_id, store())
         if removed == 0:
             return error_response(
@@ -135,6 +158,24 @@ def build_serving_app(
 
     install_error_handlers(app, logger)
     return app
+
+
+class DocumentIdResolver(APIGatewayRestResolver):
+    """Routes a document id that holds '/' (an S3 key, a file path) to its one route.
+
+    Clients send the id percent-encoded (``a%2Fb.txt``); the route decodes it once. A
+    front that hands the function the path with ``%2F`` already decoded (``a/b.txt``)
+    would split the id into segments that match no route: the id part is re-encoded here
+    first, so both shapes reach the same handler with the same id.
+    """
+
+    def resolve(self, event: Any, context: Any) -> dict[str, Any]:
+        path = event.get("path") if isinstance(event, dict) else None
+        match = _DOCUMENT_PATH.match(path) if isinstance(path, str) else None
+        if match and "/" in match.group(2):
+            encoded = quote(match.group(2), safe="")
+            event = {**event, "path": match.group(1) + encoded}
+        return super().resolve(event, context)
 
 
 def _collection(info: Any) -> dict[str, Any]:

@@ -18,10 +18,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from llmhost.errors import LlmhostError
 from llmhost.rag.chunking import DEFAULT_MAX_TOKENS, DEFAULT_OVERLAP_TOKENS, Chunk, chunk_document
 from llmhost.rag.sparse import Bm25Params, document_vector
 from llmhost.rag.store import (
     FIELD_NAME_RULE,
+    CollectionExists,
+    CollectionInfo,
+    CollectionNotFound,
+    DocumentSource,
     DocumentVectors,
     IncompatibleVectors,
     validate_collection_name,
@@ -68,23 +73,48 @@ class Indexed:
 @dataclass(frozen=True)
 class Rejected:
     """A document that did not land: ``field`` locates the problem (``documents[2].text``,
-    ``notes.jsonl line 4``); ``reason`` says what is wrong and what to do."""
+    ``notes.jsonl line 4``); ``reason`` says what is wrong and what to do. ``retryable``: the
+    document is fine but a service failed (embedding, Qdrant); sending it again later
+    indexes it, once (point ids are deterministic)."""
 
     id: str | None
     field: str
     reason: str
+    retryable: bool = False
+    retry_after: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "field": self.field, "reason": self.reason}
+        return {
+            "id": self.id,
+            "field": self.field,
+            "reason": self.reason,
+            "retryable": self.retryable,
+        }
 
 
 @dataclass
 class IngestReport:
     indexed: list[Indexed] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
+    created_collection: bool = False
 
     def merge(self, other: IngestReport) -> IngestReport:
-        return IngestReport(self.indexed + other.indexed, self.rejected + other.rejected)
+        return IngestReport(
+            self.indexed + other.indexed,
+            self.rejected + other.rejected,
+            self.created_collection or other.created_collection,
+        )
+
+    @property
+    def failed(self) -> list[Rejected]:
+        """Documents that did not land because a service failed (worth sending again)."""
+        return [r for r in self.rejected if r.retryable]
+
+    @property
+    def retry_after(self) -> int | None:
+        """The longest wait a service failure asked for, if any did."""
+        waits = [r.retry_after for r in self.failed if r.retry_after]
+        return max(waits) if waits else None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -109,24 +139,40 @@ def ingest_documents(
     store: VectorStore,
     limits: IngestLimits | None = None,
     locations: Sequence[str] | None = None,
+    source: DocumentSource | None = None,
+    create: bool = False,
 ) -> IngestReport:
     """Index each valid document of ``documents`` into ``collection``; report every one.
 
     A document is ``{"id": str, "text": str, "metadata": {flat JSON object}?}``.
     ``locations`` names where each document came from in rejections (default
-    ``documents[i]``). Raises CollectionNotFound, IncompatibleVectors (the collection was
-    made for another embedding dimension), VectorStoreUnavailable; document problems never
-    raise, they are reported.
+    ``documents[i]``); ``source`` is the S3 object they were read from (recorded with each
+    chunk, so removing the object removes them). ``create``: make the collection if it does
+    not exist, once the first document is about to land (``report.created_collection``).
+    Raises CollectionNotFound,
+    IncompatibleVectors (the collection was made for another embedding dimension), and
+    VectorStoreUnavailable when the collection cannot be read at all; document problems
+    never raise, and a failure of the embedder or the store while writing is reported for
+    each document it hit (``retryable``), the other documents still landing.
     """
     limits = limits or IngestLimits()
     validate_collection_name(collection)
-    info = store.collection(collection)
-    if info.dimension != embedder.dimension:
-        raise IncompatibleVectors(
-            f"collection '{collection}' holds {info.dimension}-dimensional vectors but the "
-            f"embedding model makes {embedder.dimension}; ingest into a new collection"
-        )
+    found: list[CollectionInfo] = []
+    if not create or store.exists(collection):
+        found.append(_compatible(store.collection(collection), embedder))
     report = IngestReport()
+
+    def target() -> CollectionInfo:
+        # Created only once a document is about to land: a batch that is all rejected
+        # leaves no empty collection behind.
+        if not found:
+            try:
+                found.append(store.create_collection(collection, embedder.dimension))
+                report.created_collection = True
+            except CollectionExists:  # a concurrent request made it first
+                found.append(_compatible(store.collection(collection), embedder))
+        return found[0]
+
     where = list(locations) if locations is not None else []
     where += [f"documents[{i}]" for i in range(len(where), len(documents))]
     if len(documents) > limits.max_documents:
@@ -161,8 +207,33 @@ def ingest_documents(
     # The embedder reads max_tokens including its [CLS] and [SEP]: chunks must fit whole.
     chunk_tokens = min(limits.chunk_tokens, embedder.max_tokens - 2)
     overlap = min(limits.overlap_tokens, max(0, chunk_tokens // 2 - 1))
-    pending: list[tuple[str, list[Chunk], dict[str, Any]]] = []
+    pending: list[_Pending] = []
     pending_chunks = 0
+
+    def flush() -> None:
+        try:
+            info = target()
+            report.indexed.extend(
+                _write(collection, pending, embedder, store, info.bm25, limits, source)
+            )
+        except (CollectionNotFound, IncompatibleVectors):
+            raise
+        except LlmhostError as error:
+            if not _is_transient(error):
+                raise
+            # This batch did not land; later batches may (the service may be back).
+            wait = getattr(error, "retry_after", None)
+            report.rejected.extend(
+                Rejected(
+                    p.doc_id,
+                    p.where,
+                    f"not indexed: {error.message}; send the document again later",
+                    retryable=True,
+                    retry_after=int(wait) if wait else None,
+                )
+                for p in pending
+            )
+
     for i, doc_id, text, metadata in valid:
         chunks = chunk_document(doc_id, text, embedder.token_spans(text), chunk_tokens, overlap)
         if not chunks:
@@ -170,15 +241,15 @@ def ingest_documents(
                 Rejected(doc_id, f"{where[i]}.text", "has no words to index; send text")
             )
             continue
-        pending.append((doc_id, chunks, metadata))
+        pending.append(_Pending(doc_id, chunks, metadata, where[i]))
         pending_chunks += len(chunks)
         # Batch across documents: most are one or two chunks, and the model is much faster
         # per text on a batch than one text at a time.
         if pending_chunks >= limits.embed_batch:
-            report.indexed.extend(_write(collection, pending, embedder, store, info.bm25, limits))
+            flush()
             pending, pending_chunks = [], 0
     if pending:
-        report.indexed.extend(_write(collection, pending, embedder, store, info.bm25, limits))
+        flush()
     return report
 
 
@@ -189,6 +260,19 @@ def delete_document(collection: str, doc_id: str, store: VectorStore) -> int:
     """
     validate_collection_name(collection)
     return store.delete_document(collection, doc_id)
+
+
+def delete_source(collection: str, key: str, store: VectorStore) -> int:
+    """Remove every document read from the S3 object ``key``; returns their chunk count.
+
+    Documents indexed before their object was recorded with them (a .txt/.md object's
+    document is named by its key) go too. Raises CollectionNotFound.
+    """
+    validate_collection_name(collection)
+    removed = store.delete_source(collection, key)
+    if key.lower().endswith(TEXT_SUFFIXES):
+        removed += store.delete_document(collection, key)
+    return removed
 
 
 def parse_s3_object(key: str, body: bytes) -> ParsedObject:
@@ -249,17 +333,40 @@ def parse_s3_object(key: str, body: bytes) -> ParsedObject:
 # ------------------------------------------------------------------------------------ helpers
 
 
+def _compatible(info: CollectionInfo, embedder: Embedder) -> CollectionInfo:
+    if info.dimension != embedder.dimension:
+        raise IncompatibleVectors(
+            f"collection '{info.name}' holds {info.dimension}-dimensional vectors but the "
+            f"embedding model makes {embedder.dimension}; ingest into a new collection"
+        )
+    return info
+
+
+@dataclass(frozen=True)
+class _Pending:
+    doc_id: str
+    chunks: list[Chunk]
+    metadata: dict[str, Any]
+    where: str
+
+
+def _is_transient(error: LlmhostError) -> bool:
+    """A failure of a service (busy, unreachable, timed out) that a later retry may not meet."""
+    return error.status in (429, 502, 503, 504)
+
+
 def _write(
     collection: str,
-    pending: list[tuple[str, list[Chunk], dict[str, Any]]],
+    pending: list[_Pending],
     embedder: Embedder,
     store: VectorStore,
     bm25: Bm25Params,
     limits: IngestLimits,
+    source: DocumentSource | None = None,
 ) -> list[Indexed]:
     import numpy as np
 
-    texts = [chunk.text for _, chunks, _ in pending for chunk in chunks]
+    texts = [chunk.text for p in pending for chunk in p.chunks]
     dense = np.concatenate(
         [
             embedder.embed(texts[offset : offset + limits.embed_batch])
@@ -268,12 +375,11 @@ def _write(
     )
     documents: list[DocumentVectors] = []
     offset = 0
-    for doc_id, chunks, metadata in pending:
-        sparse = [document_vector(chunk.text, bm25) for chunk in chunks]
-        documents.append(
-            DocumentVectors(doc_id, chunks, dense[offset : offset + len(chunks)], sparse, metadata)
-        )
-        offset += len(chunks)
+    for p in pending:
+        sparse = [document_vector(chunk.text, bm25) for chunk in p.chunks]
+        vectors = dense[offset : offset + len(p.chunks)]
+        documents.append(DocumentVectors(p.doc_id, p.chunks, vectors, sparse, p.metadata, source))
+        offset += len(p.chunks)
     counts = store.replace_documents(collection, documents)
     return [Indexed(doc.doc_id, count) for doc, count in zip(documents, counts, strict=True)]
 

@@ -9,7 +9,12 @@ Layout of a collection: each point is one chunk, with a named dense vector ``den
 query time, ``llmhost.rag.sparse`` the term-frequency part). Payload::
 
     {"doc_id": str, "chunk_index": int, "text": str, "start": int, "end": int,
-     "metadata": {flat JSON object given at ingest}}
+     "metadata": {flat JSON object given at ingest},
+     "source_key": str, "source_version": str}   # only for documents read from an S3 object
+
+``source_key`` is the key of the S3 object a document came from and ``source_version`` that
+object's ETag when it was read: removing the object deletes exactly its documents, and a new
+version of it deletes the documents the new version no longer holds.
 
 Point ids are uuid5(collection / doc_id / chunk index), so re-ingesting a document overwrites
 its chunks in place. The collection's own metadata records the dimension and the BM25
@@ -168,6 +173,15 @@ class DocumentVectors:
     dense: np.ndarray  # (len(chunks), dimension), float32
     sparse: Sequence[SparseVector]
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    source: DocumentSource | None = None
+
+
+@dataclass(frozen=True)
+class DocumentSource:
+    """The S3 object a document was read from: its key and the ETag of the version read."""
+
+    key: str
+    version: str
 
 
 @dataclass(frozen=True)
@@ -319,7 +333,10 @@ class VectorStore:
                 if "already exists" in str(error):
                     raise CollectionExists(name) from None
                 raise
-            indexes: dict[str, Any] = {"doc_id": models.PayloadSchemaType.KEYWORD}
+            indexes: dict[str, Any] = {
+                "doc_id": models.PayloadSchemaType.KEYWORD,
+                "source_key": models.PayloadSchemaType.KEYWORD,
+            }
             for key, kind in (indexed_fields or {}).items():
                 indexes[f"metadata.{key}"] = models.PayloadSchemaType(kind)
             with warnings.catch_warnings():
@@ -404,6 +421,11 @@ class VectorStore:
                     f"dense and {len(doc.sparse)} sparse vectors; they must match one to one"
                 )
             meta = dict(doc.metadata)
+            source = (
+                {"source_key": doc.source.key, "source_version": doc.source.version}
+                if doc.source is not None
+                else {}
+            )
             points.extend(
                 models.PointStruct(
                     id=point_id(collection, doc.doc_id, chunk.index),
@@ -420,6 +442,7 @@ class VectorStore:
                         "start": chunk.start,
                         "end": chunk.end,
                         "metadata": meta,
+                        **source,
                     },
                 )
                 for chunk, vector, sv in zip(doc.chunks, doc.dense, doc.sparse, strict=True)
@@ -479,6 +502,25 @@ class VectorStore:
                     points_selector=models.FilterSelector(
                         filter=models.Filter(must=[_match("doc_id", doc_id)])
                     ),
+                    wait=True,
+                )
+        return existing
+
+    def delete_source(self, collection: str, key: str, *, keep_version: str | None = None) -> int:
+        """Remove the chunks of every document read from the S3 object ``key``; with
+        ``keep_version``, only those read from another version of it. Returns how many
+        chunks there were. Raises CollectionNotFound.
+        """
+        from qdrant_client import models
+
+        must_not = [_match("source_version", keep_version)] if keep_version is not None else []
+        selector = models.Filter(must=[_match("source_key", key)], must_not=must_not or None)
+        with self._errors(collection):
+            existing = int(self._client.count(collection, count_filter=selector, exact=True).count)
+            if existing:
+                self._client.delete(
+                    collection,
+                    points_selector=models.FilterSelector(filter=selector),
                     wait=True,
                 )
         return existing

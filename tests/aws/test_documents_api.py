@@ -1,0 +1,89 @@
+"""The collections/documents routes of the serving function, fed API Gateway's REST events."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from qdrant_client import QdrantClient
+
+from conftest import load_event
+from llmhost import runtime
+from llmhost.local.events import LambdaContext
+from llmhost.local.runner import load_handler
+from llmhost.rag.store import VectorStore
+
+
+@pytest.fixture
+def serve(tmp_path: Path, embedder: Any) -> Iterator[Any]:
+    client = QdrantClient(path=str(tmp_path / "qdrant"))
+    runtime.override(store=VectorStore(client), embedder=embedder)
+    yield load_handler("serve", "llmhost-serve")
+    client.close()
+
+
+def call(serve: Any, event: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    response = serve.handler(event, LambdaContext("llmhost-serve"))
+    headers = {k: v[0] for k, v in (response.get("multiValueHeaders") or {}).items()}
+    return response["statusCode"], json.loads(response["body"]), headers
+
+
+def add(serve: Any, collection: str, documents: list[Any]) -> tuple[int, dict[str, Any]]:
+    event = load_event("api-documents-add.json")
+    event["path"] = f"/v1/collections/{collection}/documents"
+    event["pathParameters"] = {"name": collection}
+    event["body"] = json.dumps({"documents": documents})
+    status, body, _ = call(serve, event)
+    return status, body
+
+
+def delete(serve: Any, collection: str, raw_id: str) -> tuple[int, dict[str, Any]]:
+    """DELETE as API Gateway delivers it: the resource's {doc_id} holds the id as sent."""
+    event = load_event("api-document-delete.json")
+    event["path"] = f"/v1/collections/{collection}/documents/{raw_id}"
+    event["requestContext"]["path"] = f"/prod{event['path']}"
+    event["pathParameters"] = {"name": collection, "doc_id": raw_id}
+    status, body, _ = call(serve, event)
+    return status, body
+
+
+def test_a_batch_that_is_all_rejected_creates_no_collection(serve: Any) -> None:
+    # When every document of a batch for a new collection is rejected
+    status, body = add(serve, "fresh", [{"id": "a"}, {"text": "no id"}])
+    # Then the answer is 422 naming each, and no (empty) collection was made
+    assert status == 422 and len(body["rejected"]) == 2
+    assert body["created_collection"] is False
+    assert not runtime.store().exists("fresh")
+    # And the first batch with a good document makes it
+    status, body = add(serve, "fresh", [{"id": "a", "text": "Ammonites are extinct."}])
+    assert status == 200 and body["created_collection"] is True
+    assert runtime.store().exists("fresh")
+
+
+@pytest.mark.parametrize(
+    ("doc_id", "sent"),
+    [
+        ("guides/sleep.md", "guides%2Fsleep.md"),
+        ("notes/2024/a b.txt", "notes%2F2024%2Fa%20b.txt"),
+        ("100% sure", "100%25%20sure"),
+        ("plain", "plain"),
+        # a front that decodes %2F before the function sees the path
+        ("guides/sleep.md", "guides/sleep.md"),
+    ],
+)
+def test_a_document_whose_id_has_a_slash_is_deleted_by_its_encoded_id(
+    serve: Any, doc_id: str, sent: str
+) -> None:
+    # Given a document whose id holds characters a path segment cannot carry as they are
+    assert add(serve, "docs", [{"id": doc_id, "text": "Dormice hibernate."}])[0] == 200
+    # When it is deleted with the id percent-encoded, as API Gateway passes it on
+    status, body = delete(serve, "docs", sent)
+    # Then that document goes
+    assert (status, body["deleted"]) == (200, doc_id), body
+    assert runtime.store().document_chunks("docs", doc_id) == 0
+    # And deleting it again is a 404 naming the decoded id
+    status, body = delete(serve, "docs", sent)
+    assert status == 404 and doc_id in body["error"]["message"]
