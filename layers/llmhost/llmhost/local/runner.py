@@ -28,12 +28,13 @@ import sys
 import threading
 import time
 import warnings
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from llmhost.local import events, sigv4
+from llmhost.local import events
+from llmhost.local.http_server import BackgroundServer
 
 ACCESS_KEY = "llmhost-local"
 SECRET_KEY = "llmhost-local-secret"
@@ -424,66 +425,29 @@ def _service_role(name: str, service: str) -> str:
     return str(role["Role"]["Arn"])
 
 
-def make_handler(cloud: LocalCloud) -> type[BaseHTTPRequestHandler]:
-    class ApiRequestHandler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+def serve(port: int, cloud: LocalCloud) -> BackgroundServer:
+    """The control API (API Gateway in front of the api and serve functions) on ``port``."""
+    from llmhost.local.gateway import LocalApiGateway
 
-        def _serve(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            headers = {k: v for k, v in self.headers.items()}
-            try:
-                caller = sigv4.verify(
-                    self.command, self.path, headers, body, ACCESS_KEY, SECRET_KEY
-                )
-            except sigv4.AuthError as error:
-                self._send(403, {"message": error.message}, {})
-                return
-            event = events.api_gateway_event(self.command, self.path, headers, body, caller)
-            # The same split as template.yaml: serving routes go to the serve function.
-            module = cloud.serve_module if _is_serving_path(self.path) else cloud.api_module
-            assert module is not None
-            response = module.handler(event, events.LambdaContext("llmhost-api"))
-            status = int(response.get("statusCode", 500))
-            if self.command in {"POST", "PATCH", "DELETE"} and status < 300:
-                name = _deployment_name(self.path)
-                if name is None and self.path.split("?")[0].rstrip("/") == "/v1/deployments":
-                    name = _name_from_body(body)
-                if name:
-                    cloud.api_wrote(name)
-            raw = response.get("body") or ""
-            self._send_raw(status, raw.encode(), response.get("headers") or {})
+    def answered(method: str, path: str, body: bytes, status: int) -> None:
+        cloud.log(f"{method} {path} -> {status}")
+        if method in {"POST", "PATCH", "DELETE"} and status < 300:
+            name = _deployment_name(path)
+            if name is None and path.rstrip("/") == "/v1/deployments":
+                name = _name_from_body(body)
+            if name:
+                cloud.api_wrote(name)
 
-        def _send(self, status: int, body: Any, headers: dict[str, str]) -> None:
-            self._send_raw(
-                status, json.dumps(body).encode(), {"Content-Type": "application/json", **headers}
-            )
+    def function(module: str) -> Any:
+        return lambda: getattr(cloud, f"{module}_module").handler
 
-        def _send_raw(self, status: int, data: bytes, headers: dict[str, str]) -> None:
-            self.send_response(status)
-            for key, value in headers.items():
-                if key.lower() != "content-length":
-                    self.send_header(key, value)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _serve
-
-        def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-            cloud.log(f"{self.command} {self.path} -> {code}")
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # errors reach the client as JSON; access lines come from log_request
-
-    return ApiRequestHandler
-
-
-SERVING_PREFIXES = ("/v1/rag", "/v1/chat/", "/v1/models", "/v1/collections")
-
-
-def _is_serving_path(path: str) -> bool:
-    return path.split("?", 1)[0].startswith(SERVING_PREFIXES)
+    gateway = LocalApiGateway(
+        {"api": function("api"), "serve": function("serve")},
+        access_key=ACCESS_KEY,
+        secret_key=SECRET_KEY,
+        answered=answered,
+    )
+    return BackgroundServer(gateway, port=port, name="api")
 
 
 def _deployment_name(path: str) -> str | None:
@@ -501,14 +465,7 @@ def _name_from_body(body: bytes) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def serve(port: int, cloud: LocalCloud) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(cloud))
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
-    return server
-
-
-def url_of(server: ThreadingHTTPServer) -> str:
+def url_of(server: Any) -> str:
     host, port = server.server_address[:2]
     return f"http://{host!s}:{port}"
 

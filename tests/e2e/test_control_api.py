@@ -1,0 +1,163 @@
+"""The local control API over real sockets, as API Gateway would answer: many clients at once,
+malformed framing, the functions' headers, and SigV4 as real clients (curl, botocore) sign it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from llmhost.local import runner
+
+pytestmark = pytest.mark.e2e
+
+CLIENTS = 200
+
+
+class Api:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        parts = urlsplit(url)
+        self.host, self.port = str(parts.hostname), int(parts.port or 80)
+
+    def signed(self, method: str, path: str, body: bytes = b"") -> dict[str, str]:
+        request = AWSRequest(
+            method=method,
+            url=self.url + path,
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        SigV4Auth(
+            Credentials(runner.ACCESS_KEY, runner.SECRET_KEY), "execute-api", runner.REGION
+        ).add_auth(request)
+        return dict(request.headers.items())
+
+    def call(self, method: str, path: str, body: bytes = b"") -> tuple[int, Any, Any]:
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=60)
+        try:
+            connection.request(method, path, body=body, headers=self.signed(method, path, body))
+            reply = connection.getresponse()
+            return reply.status, reply.headers, json.loads(reply.read() or b"{}")
+        finally:
+            connection.close()
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    from llmhost import aws, runtime
+
+    saved = dict(os.environ)
+    os.environ["QDRANT_PATH"] = str(tmp_path_factory.mktemp("qdrant"))
+    cloud = runner.LocalCloud(moto_port=0, speed=600, drift_seconds=0.5)
+    cloud.log = lambda line: None
+    cloud.start()
+    server = runner.serve(0, cloud)
+    try:
+        yield Api(runner.url_of(server))
+    finally:
+        server.shutdown()
+        cloud.stop()
+        os.environ.clear()
+        os.environ.update(saved)
+        aws.reset()
+        runtime.reset()
+
+
+def test_two_hundred_concurrent_clients_are_all_answered(api: Api) -> None:
+    # Given 200 clients that connect at the same moment
+    start = threading.Barrier(CLIENTS)
+
+    def client(i: int) -> int | str:
+        try:
+            start.wait(timeout=30)
+            return api.call("GET", f"/v1/deployments/nobody-{i}")[0]
+        except Exception as error:  # a reset, a refused or dropped connection
+            return f"{type(error).__name__}: {error}"
+
+    # When each asks for a deployment that does not exist
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        outcomes = list(pool.map(client, range(CLIENTS)))
+    # Then every one gets the API's answer, none a reset connection
+    failures = [o for o in outcomes if o != 404]
+    assert not failures, f"{len(failures)} of {CLIENTS} failed, e.g. {failures[:3]}"
+
+
+def test_a_content_length_that_is_not_a_number_is_a_400(api: Api) -> None:
+    with socket.create_connection((api.host, api.port), timeout=10) as raw:
+        raw.sendall(b"POST /v1/deployments HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}")
+        reply = b""
+        while chunk := raw.recv(4096):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.split()[1] == b"400", head
+    # And the answer names the header at fault, as JSON
+    assert "Content-Length" in json.loads(body)["message"]
+
+
+def test_the_functions_headers_reach_the_client(api: Api) -> None:
+    # The handlers answer with multiValueHeaders (Powertools' REST resolver does)
+    status, headers, body = api.call("GET", "/v1/deployments")
+    assert status == 200, body
+    assert headers["Content-Type"].startswith("application/json")
+    status, headers, body = api.call("GET", "/v1/deployments/missing")
+    assert status == 404 and headers["Content-Type"].startswith("application/json")
+
+
+def test_a_refused_signature_says_why_as_api_gateway_does(api: Api) -> None:
+    connection = http.client.HTTPConnection(api.host, api.port, timeout=10)
+    connection.request("GET", "/v1/deployments")
+    reply = connection.getresponse()
+    assert reply.status == 403
+    assert reply.headers["x-amzn-ErrorType"] == "MissingAuthenticationTokenException"
+    assert json.loads(reply.read()) == {"message": "Missing Authentication Token"}
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+@pytest.mark.parametrize(
+    ("method", "path", "data"),
+    [
+        ("GET", "/v1/deployments", None),
+        ("GET", "/v1/deployments?limit=5&after=a%20b", None),
+        ("POST", "/v1/rag", '{"model": "nobody", "collection": "docs", "query": "hi"}'),
+        ("DELETE", "/v1/collections/docs/documents/a%2Fb.txt", None),
+        ("DELETE", "/v1/collections/docs/documents/notes%20on%20tides.md", None),
+    ],
+)
+def test_curl_signed_requests_are_accepted(api: Api, method: str, path: str, data: Any) -> None:
+    # Given the README's way of calling the API: curl signs with --aws-sigv4
+    command = [
+        "curl",
+        "-s",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "--aws-sigv4",
+        "aws:amz:us-east-1:execute-api",
+        "--user",
+        f"{runner.ACCESS_KEY}:{runner.SECRET_KEY}",
+        "-X",
+        method,
+        api.url + path,
+    ]
+    if data is not None:
+        command += ["-H", "Content-Type: application/json", "-d", data]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
+    body, _, code = out.rpartition("\n")
+    # Then API Gateway's IAM check lets it through to the function
+    assert code != "403", body
+    assert int(code) < 500, body

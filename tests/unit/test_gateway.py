@@ -1,0 +1,90 @@
+"""The local API Gateway builds proxy events and reads proxy responses as API Gateway does
+(REST API, Lambda proxy integration, payload 1.0)."""
+
+from __future__ import annotations
+
+import base64
+
+from llmhost.local import events, gateway
+
+
+def test_the_event_keeps_every_value_of_repeated_headers_and_query_parameters() -> None:
+    # Given a request with a repeated header and a repeated query parameter
+    event = events.api_gateway_event(
+        "GET",
+        "/v1/deployments?tag=a&tag=b%20c&limit=5",
+        [("Host", "127.0.0.1:8080"), ("Accept", "text/html"), ("Accept", "application/json")],
+        b"",
+        "llmhost-local",
+    )
+    # Then the single-value maps hold the last value, the multi-value maps all of them
+    assert event["headers"]["Accept"] == "application/json"
+    assert event["multiValueHeaders"]["Accept"] == ["text/html", "application/json"]
+    assert event["queryStringParameters"] == {"tag": "b c", "limit": "5"}
+    assert event["multiValueQueryStringParameters"] == {"tag": ["a", "b c"], "limit": ["5"]}
+    assert event["path"] == "/v1/deployments" and event["body"] is None
+    assert event["isBase64Encoded"] is False
+
+
+def test_a_body_that_is_not_utf8_is_base64_encoded() -> None:
+    body = b"\xff\xfe\x00binary"
+    event = events.api_gateway_event("POST", "/v1/rag", {"Host": "h"}, body, "k")
+    assert event["isBase64Encoded"] is True
+    assert base64.b64decode(event["body"]) == body
+
+
+def test_the_caller_identity_is_the_iam_user_who_signed() -> None:
+    event = events.api_gateway_event("GET", "/v1/models", {"User-Agent": "curl/8"}, b"", "AKIA1")
+    identity = event["requestContext"]["identity"]
+    assert identity["accessKey"] == "AKIA1"
+    assert identity["userArn"] == f"arn:aws:iam::{events.ACCOUNT}:user/AKIA1"
+    assert identity["accountId"] == event["requestContext"]["accountId"] == events.ACCOUNT
+    assert identity["userAgent"] == "curl/8" and identity["sourceIp"] == "127.0.0.1"
+
+
+def test_serving_resources_get_their_path_parameters_decoded_and_the_path_stays_encoded() -> None:
+    path = "/v1/collections/docs/documents/a%2Fb.txt"
+    integration = gateway.integration_for("DELETE", path)
+    assert integration.function == "serve"
+    assert integration.resource == "/v1/collections/{name}/documents/{doc_id}"
+    assert integration.path_parameters == {"name": "docs", "doc_id": "a/b.txt"}
+    event = events.api_gateway_event(
+        "DELETE",
+        path,
+        {"Host": "h"},
+        b"",
+        "k",
+        resource=integration.resource,
+        path_parameters=integration.path_parameters,
+    )
+    assert event["path"] == path and event["resource"] == integration.resource
+    assert event["pathParameters"] == {"name": "docs", "doc_id": "a/b.txt"}
+
+
+def test_other_paths_go_to_the_api_function_through_proxy() -> None:
+    integration = gateway.integration_for("PATCH", "/v1/deployments/demo")
+    assert (integration.function, integration.resource) == ("api", "/{proxy+}")
+    assert integration.path_parameters == {"proxy": "v1/deployments/demo"}
+
+
+def test_response_headers_merge_headers_and_multi_value_headers() -> None:
+    # Given a function answer with both maps (Powertools sets multiValueHeaders)
+    response = {
+        "statusCode": 503,
+        "headers": {"X-Only-Single": "1", "Retry-After": "999"},
+        "multiValueHeaders": {"Retry-After": ["30"], "Set-Cookie": ["a=1", "b=2"]},
+        "body": "{}",
+    }
+    headers = gateway.response_headers(response)
+    # Then both reach the client; a name in both keeps the multiValueHeaders values
+    assert ("X-Only-Single", "1") in headers
+    assert [v for n, v in headers if n == "Retry-After"] == ["30"]
+    assert [v for n, v in headers if n == "Set-Cookie"] == ["a=1", "b=2"]
+    # And API Gateway's default content type applies when the function set none
+    assert ("Content-Type", "application/json") in headers
+
+
+def test_a_base64_response_body_is_decoded() -> None:
+    raw = b"\x89PNG"
+    response = {"statusCode": 200, "body": base64.b64encode(raw).decode(), "isBase64Encoded": True}
+    assert gateway.response_body(response) == raw
