@@ -161,3 +161,20 @@ def test_curl_signed_requests_are_accepted(api: Api, method: str, path: str, dat
     # Then API Gateway's IAM check lets it through to the function
     assert code != "403", body
     assert int(code) < 500, body
+
+
+def test_the_banners_ingest_command_works_as_printed(api: Api) -> None:
+    # Given the banner of a stack on a port other than 8080
+    text = runner.banner(
+        api.url, "http://127.0.0.1:1", moto="-", speed=600, data=runner.project_root(), engine="-"
+    )
+    command = next(line.strip() for line in text.splitlines() if "ingest_folder" in line)
+    assert f"--api {api.url}" in command
+    # When it is run, as printed, from the project root
+    done = subprocess.run(
+        command, shell=True, cwd=runner.project_root(), capture_output=True, text=True, timeout=180
+    )
+    # Then README.md lands in the "docs" collection of that stack
+    assert done.returncode == 0, done.stdout + done.stderr
+    status, _, collection = api.call("GET", "/v1/collections/docs")
+    assert status == 200 and collection["points"] > 0, collection

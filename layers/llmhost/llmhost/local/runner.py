@@ -24,6 +24,7 @@ import importlib.util
 import json
 import os
 import queue
+import shlex
 import sys
 import threading
 import time
@@ -473,8 +474,8 @@ def url_of(server: Any) -> str:
 BANNER = """
 llmhost is running locally (no AWS account needed).
 
-  API           http://127.0.0.1:{port}   (SigV4, key {key} / {secret})
-  OpenAI API    http://127.0.0.1:{openai_port}/v1   (api_key={api_key}; streams)
+  API           {api}   (SigV4, key {key} / {secret})
+  OpenAI API    {openai}/v1   (api_key={api_key}; streams)
   moto server   {moto}   (DynamoDB, IAM, Secrets Manager, ...)
   SageMaker     stand-in, {speed:g}x faster than real (endpoint creation ~{create:g}s)
   model engine  {engine}
@@ -483,21 +484,56 @@ llmhost is running locally (no AWS account needed).
 A deployment named "demo" is being created; it is IN_SERVICE in ~{create:g}s.
 Try:
   AUTH=(--aws-sigv4 aws:amz:us-east-1:execute-api --user {key}:{secret})
-  curl -s "${{AUTH[@]}}" http://127.0.0.1:{port}/v1/deployments/demo
-  python -m llmhost.local.ingest_folder ./README.md --collection docs
-  curl -s "${{AUTH[@]}}" -X POST http://127.0.0.1:{port}/v1/rag \\
+  curl -s "${{AUTH[@]}}" {api}/v1/deployments/demo
+  {ingest}
+  curl -s "${{AUTH[@]}}" -X POST {api}/v1/rag \\
        -H 'Content-Type: application/json' \\
        -d '{{"model": "demo", "collection": "docs", "query": "How do I run the tests?"}}'
 
 Scale to zero: "zero-demo" (shared, min 0) goes to zero copies after {idle:g}s without a
 request ({speed:g}x its 5 idle minutes); the console shows each step. Then ask it:
-  curl -si "${{AUTH[@]}}" -X POST http://127.0.0.1:{port}/v1/chat/completions \\
+  curl -si "${{AUTH[@]}}" -X POST {api}/v1/chat/completions \\
        -H 'Content-Type: application/json' \\
        -d '{{"model": "zero-demo", "messages": [{{"role": "user", "content": "hi"}}]}}'
 The first answer is 503 with Retry-After and wakes it; ask again a few seconds later.
 
 Ctrl-C stops everything; state lives in memory only.
 """
+DEFAULT_API = "http://127.0.0.1:8080"
+
+
+def ingest_command(api: str) -> str:
+    """The ingest CLI's command line for the banner: one that works as printed from the
+    project root (``make run``'s directory), with the interpreter running this stack."""
+    executable = Path(sys.executable)
+    root = project_root()
+    python = (
+        os.path.relpath(executable, root)
+        if executable.is_absolute() and executable.is_relative_to(root)
+        else shlex.quote(sys.executable)
+    )
+    if "/" not in python:
+        python = f"./{python}"
+    command = f"{python} -m llmhost.local.ingest_folder README.md --collection docs"
+    return command if api == DEFAULT_API else f"{command} --api {api}"
+
+
+def banner(api: str, openai: str, *, moto: str, speed: float, data: Path, engine: str) -> str:
+    """What ``make run`` prints once the stack is up (``api``, ``openai``: bound URLs)."""
+    return BANNER.format(
+        api=api,
+        openai=openai,
+        ingest=ingest_command(api),
+        key=ACCESS_KEY,
+        secret=SECRET_KEY,
+        moto=moto,
+        speed=speed,
+        create=600 / speed,
+        api_key=LOCAL_API_KEY,
+        engine=engine,
+        data=data,
+        idle=300 / speed,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -550,22 +586,16 @@ def main(argv: list[str] | None = None) -> int:
     openai_server = cloud.start_openai_server(args.openai_port)
     if not args.no_demo:
         cloud.create_demo()
-    print(
-        BANNER.format(
-            port=args.port,
-            key=ACCESS_KEY,
-            secret=SECRET_KEY,
-            moto=cloud.moto_url,
-            speed=args.speed,
-            create=600 / args.speed,
-            openai_port=args.openai_port,
-            api_key=LOCAL_API_KEY,
-            engine=args.engine_url or "local extractive engine (not an LLM; cites passages)",
-            data=cloud.data_dir,
-            idle=300 / args.speed,
-        ),
-        flush=True,
+    engine = args.engine_url or "local extractive engine (not an LLM; cites passages)"
+    text = banner(
+        url_of(server),
+        url_of(openai_server),
+        moto=cloud.moto_url,
+        speed=cloud.speed,
+        data=cloud.data_dir,
+        engine=engine,
     )
+    print(text, flush=True)
     try:
         while True:
             time.sleep(3600)
