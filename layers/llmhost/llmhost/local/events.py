@@ -126,28 +126,6 @@ def api_gateway_event(
     }
 
 
-def stream_event(name: str, table_arn: str) -> dict[str, Any]:
-    """A DynamoDB stream batch with one MODIFY record for deployment ``name``."""
-    return {
-        "Records": [
-            {
-                "eventID": uuid.uuid4().hex,
-                "eventName": "MODIFY",
-                "eventVersion": "1.1",
-                "eventSource": "aws:dynamodb",
-                "awsRegion": "us-east-1",
-                "dynamodb": {
-                    "Keys": {"name": {"S": name}},
-                    "SequenceNumber": str(uuid.uuid4().int)[:21],
-                    "SizeBytes": 64,
-                    "StreamViewType": "NEW_AND_OLD_IMAGES",
-                },
-                "eventSourceARN": f"{table_arn}/stream/local",
-            }
-        ]
-    }
-
-
 def schedule_event() -> dict[str, Any]:
     """The EventBridge "Scheduled Event" the drift-repair schedule sends."""
     return {

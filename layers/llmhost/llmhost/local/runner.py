@@ -5,10 +5,14 @@
 - SageMaker's control plane comes from the stand-in, which validates each request against
   botocore's service model and runs SageMaker's state machine with compressed durations;
   a second stand-in serves the Application Auto Scaling dimensions moto lacks.
-- The wiring AWS does is done here: an API write is delivered to the reconcile handler as a
-  DynamoDB stream record, a SageMaker status change as an EventBridge event, and the
-  drift-repair schedule fires every few seconds. One worker delivers them in order, the way
-  a Lambda with reserved concurrency 1 would.
+- The wiring AWS does is done here: the registry table has its stream enabled as
+  template.yaml says, and a poller reads it through moto's DynamoDB Streams and delivers the
+  records to the reconcile handler as Lambda's event source mapping does (batch size, filter
+  criteria and partial batch failures from the template; ``llmhost.local.streams``), so every
+  registry write - the API's, the scaling hook's, serving's wakes, the reconciler's own -
+  reaches the reconciler as in AWS. A SageMaker status change arrives as an EventBridge
+  event, and the drift-repair schedule fires every few seconds. The reconcile handler runs
+  one invocation at a time, the way a Lambda with reserved concurrency 1 would.
 - Scale to zero, time-compressed: a local CloudWatch (``llmhost.local.alarms``) evaluates
   llmhost's alarms against the runtime front's invocation log and delivers their state
   changes to the scaling function, as do serving's wake requests for a model with no copy
@@ -110,6 +114,8 @@ class LocalCloud:
         self.alarms: Any = None
         self.scaling_module: ModuleType | None = None
         self._stop = threading.Event()
+        self._reconcile_lock = threading.Lock()  # one reconcile invocation at a time
+        self.stream: Any = None
         self._statuses: dict[str, str] = {}
         self.reconcile_module: ModuleType | None = None
         self.api_module: ModuleType | None = None
@@ -180,6 +186,9 @@ class LocalCloud:
         self._wire_scaling()
         self._workers = [
             threading.Thread(target=self._deliver, name="reconcile-worker", daemon=True),
+            threading.Thread(
+                target=self.stream.run, args=(self._stop,), name="stream", daemon=True
+            ),
             threading.Thread(target=self._deliver_scaling, name="scaling-worker", daemon=True),
             threading.Thread(target=self._clock, name="sagemaker-clock", daemon=True),
         ]
@@ -250,14 +259,25 @@ class LocalCloud:
     def _provision(self) -> None:
         """What `sam deploy` creates: the registry table, the execution role, a demo secret."""
         from llmhost import aws
+        from llmhost.local.streams import StreamPoller, stream_source
 
-        aws.client("dynamodb").create_table(
+        source = stream_source(project_root() / "template.yaml")
+        table = aws.client("dynamodb").create_table(
             TableName=TABLE,
             KeySchema=[{"AttributeName": "name", "KeyType": "HASH"}],
             AttributeDefinitions=[{"AttributeName": "name", "AttributeType": "S"}],
             BillingMode="PAY_PER_REQUEST",
+            StreamSpecification={"StreamEnabled": True, "StreamViewType": source.view_type},
+        )["TableDescription"]
+        self.table_arn = table["TableArn"]
+        self.stream = StreamPoller(
+            aws.client("dynamodbstreams"),
+            table["LatestStreamArn"],
+            source,
+            self._invoke_reconcile,
+            log=lambda line: self.log(line),
         )
-        self.table_arn = f"arn:aws:dynamodb:{REGION}:123456789012:table/{TABLE}"
+        self.stream.start_at_latest()  # StartingPosition: LATEST, before anything is written
         os.environ["SAGEMAKER_EXECUTION_ROLE_ARN"] = _service_role(ROLE_NAME, "sagemaker")
         # Sleep/wake schedules: EventBridge Scheduler targets the scaling function with a role.
         aws.client("scheduler").create_schedule_group(Name=SCHEDULE_GROUP)
@@ -297,7 +317,6 @@ class LocalCloud:
         runtime.registry().create(
             DeploymentRecord(name=spec.name, spec=spec).with_event("Created", status="PENDING")
         )
-        self.api_wrote(spec.name)
 
     def start_openai_server(self, port: int) -> ThreadingHTTPServer:
         """The OpenAI-compatible app, as the stream function serves it behind its URL."""
@@ -314,9 +333,16 @@ class LocalCloud:
 
     # -------------------------------------------------------------------------- events
 
-    def api_wrote(self, name: str) -> None:
-        """What the table's stream does after the API writes a record."""
-        self._queue.put(("spec-change", events.stream_event(name, self.table_arn)))
+    def _invoke_reconcile(self, event: dict[str, Any]) -> dict[str, Any]:
+        """One invocation of the reconcile handler (the stream poller's and the worker's)."""
+        assert self.reconcile_module is not None
+        with self._reconcile_lock:
+            result: dict[str, Any] = self.reconcile_module.handler(
+                event, events.LambdaContext("llmhost-reconcile")
+            )
+        for item in result.get("reconciled", []):
+            self._report(item)
+        return result
 
     def _clock(self) -> None:
         last_sweep = time.monotonic()
@@ -338,14 +364,10 @@ class LocalCloud:
                 source, event = self._queue.get(timeout=0.5)
             except queue.Empty:
                 continue
-            context = events.LambdaContext("llmhost-reconcile")
             try:
-                result = self.reconcile_module.handler(event, context)
+                self._invoke_reconcile(event)
             except Exception as error:  # the real platform would retry; so does the schedule
                 self.log(f"  reconcile ({source}) failed: {error}")
-                continue
-            for item in result.get("reconciled", []):
-                self._report(item)
 
     def _deliver_scaling(self) -> None:
         """The scaling function's invocations: one at a time, in arrival order."""
@@ -368,7 +390,6 @@ class LocalCloud:
                 decision = str(result.get("decision", ""))
                 if decision and not decision.startswith("Alarm "):  # not a bare transition
                     self.log(f"  {name}: scaling hook decided {decision}")
-                self.api_wrote(name)  # the hook wrote the registry: its stream wakes the reconciler
 
     def _report_alarm(self, event: dict[str, Any]) -> None:
         detail = event["detail"]
@@ -432,12 +453,6 @@ def serve(port: int, cloud: LocalCloud) -> BackgroundServer:
 
     def answered(method: str, path: str, body: bytes, status: int) -> None:
         cloud.log(f"{method} {path} -> {status}")
-        if method in {"POST", "PATCH", "DELETE"} and status < 300:
-            name = _deployment_name(path)
-            if name is None and path.rstrip("/") == "/v1/deployments":
-                name = _name_from_body(body)
-            if name:
-                cloud.api_wrote(name)
 
     def function(module: str) -> Any:
         return lambda: getattr(cloud, f"{module}_module").handler
@@ -449,21 +464,6 @@ def serve(port: int, cloud: LocalCloud) -> BackgroundServer:
         answered=answered,
     )
     return BackgroundServer(gateway, port=port, name="api")
-
-
-def _deployment_name(path: str) -> str | None:
-    parts = path.split("?")[0].strip("/").split("/")
-    if len(parts) >= 3 and parts[:2] == ["v1", "deployments"]:
-        return parts[2]
-    return None
-
-
-def _name_from_body(body: bytes) -> str | None:
-    try:
-        value = json.loads(body).get("name")
-    except (ValueError, AttributeError):
-        return None
-    return value if isinstance(value, str) else None
 
 
 def url_of(server: Any) -> str:

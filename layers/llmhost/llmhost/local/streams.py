@@ -100,7 +100,7 @@ def _to_json(value: Any) -> Any:
 
 @dataclass
 class _Shard:
-    iterator: str | None
+    after: str | None  # the last sequence number read (delivered or filtered out)
     pending: list[dict[str, Any]] = field(default_factory=list)
     attempts: int = 0
 
@@ -133,19 +133,37 @@ class StreamPoller:
         shards = self._streams.describe_stream(StreamArn=self._arn)["StreamDescription"]["Shards"]
         for shard in shards:
             if shard["ShardId"] not in self._shards:
-                iterator = self._streams.get_shard_iterator(
-                    StreamArn=self._arn, ShardId=shard["ShardId"], ShardIteratorType="LATEST"
-                )["ShardIterator"]
-                self._shards[shard["ShardId"]] = _Shard(iterator)
+                state = self._shards[shard["ShardId"]] = _Shard(after=None)
+                while self._read(shard["ShardId"], state):
+                    pass
+
+    def _read(self, shard_id: str, shard: _Shard) -> list[dict[str, Any]]:
+        """The records after ``shard.after``, which moves past them.
+
+        Each read asks for a fresh iterator after the last record read instead of following
+        NextShardIterator: moto replaces a table's stream shard when it rolls back a cancelled
+        transaction (a budget tick that lost its race), which strands older iterators.
+        """
+        if shard.after is None:
+            position: dict[str, str] = {"ShardIteratorType": "TRIM_HORIZON"}
+        else:
+            position = {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": shard.after}
+        iterator = self._streams.get_shard_iterator(
+            StreamArn=self._arn, ShardId=shard_id, **position
+        )["ShardIterator"]
+        records: list[dict[str, Any]] = self._streams.get_records(ShardIterator=iterator).get(
+            "Records", []
+        )
+        if records:
+            shard.after = records[-1]["dynamodb"]["SequenceNumber"]
+        return records
 
     def poll(self) -> int:
         """Read what is new on every shard and deliver it; the number of records delivered."""
         count = 0
-        for shard in self._shards.values():
-            if not shard.pending and shard.iterator is not None:
-                page = self._streams.get_records(ShardIterator=shard.iterator)
-                shard.iterator = page.get("NextShardIterator")
-                for raw in page.get("Records", []):
+        for shard_id, shard in self._shards.items():
+            if not shard.pending:
+                for raw in self._read(shard_id, shard):
                     record = lambda_record(raw, self._arn)
                     if self._source.matches(record):
                         shard.pending.append(record)
