@@ -68,12 +68,16 @@ def test_unknown_field_and_wrong_type_name_their_paths(api: Any) -> None:
     assert {"hosting.instance_count", "hosting.gpus"} <= fields
 
 
-def test_malformed_json_is_422_not_500(api: Any, moto_aws: None) -> None:
+def test_malformed_json_is_400_with_line_and_column(api: Any, moto_aws: None) -> None:
     module = load_handler("api", "llmhost-api")
-    event = api_gateway_event("POST", "/v1/deployments", {}, b"{not json", "tester")
+    body = b'{"name": "x",\n "model": }'
+    event = api_gateway_event("POST", "/v1/deployments", {}, body, "tester")
     response = module.handler(event, LambdaContext("llmhost-api"))
-    assert response["statusCode"] == 422
-    assert "Traceback" not in response["body"]
+    assert response["statusCode"] == 400
+    error = json.loads(response["body"])["error"]
+    # It says where, and what was expected there (it once said "24: JSON decode error")
+    assert error["code"] == "invalid_json"
+    assert "line 2, column 11" in error["message"] and "expected a value" in error["message"]
 
 
 def test_unknown_deployment_and_route_are_404(api: Any) -> None:
@@ -98,7 +102,9 @@ def test_patch_bumps_generation_and_rejects_kind_change(api: Any) -> None:
     assert status == 422 and body["error"]["fields"][0]["field"] == "hosting.kind"
 
 
-def test_delete_is_202_then_404_after_reconcile_finishes(api: Any) -> None:
+def test_delete_is_202_and_the_record_reads_deleted_until_the_name_is_reused(api: Any) -> None:
+    from llmhost import runtime
+
     api("POST", "/v1/deployments", SPEC)
     status, body = api("DELETE", "/v1/deployments/llama3-8b")
     assert status == 202 and body["status"] == "DELETING" and body["desired_state"] == "deleted"
@@ -107,6 +113,30 @@ def test_delete_is_202_then_404_after_reconcile_finishes(api: Any) -> None:
     # and a PATCH while deleting is refused
     status, _ = api("PATCH", "/v1/deployments/llama3-8b", {"tags": {"team": "x"}})
     assert status == 409
+    # When the reconciler has removed everything
+    registry = runtime.registry()
+    registry.save(registry.get("llama3-8b").with_event("Deleted", status="DELETED"))
+    # Then GET answers the record as DELETED, as the README's "ends as DELETED" says
+    status, body = api("GET", "/v1/deployments/llama3-8b")
+    assert status == 200 and body["status"] == "DELETED"
+    assert body["history"][-1]["event"] == "Deleted"
+    # consistent with the list: hidden by default, shown with include_deleted
+    assert api("GET", "/v1/deployments")[1]["count"] == 0
+    listed = api("GET", "/v1/deployments?include_deleted=true")[1]["deployments"]
+    assert [(d["name"], d["status"]) for d in listed] == [("llama3-8b", "DELETED")]
+    # a deleted deployment cannot change or be deleted again: it is gone
+    for method, path in (
+        ("PATCH", "/v1/deployments/llama3-8b"),
+        ("POST", "/v1/deployments/llama3-8b/sleep"),
+        ("DELETE", "/v1/deployments/llama3-8b"),
+        ("GET", "/v1/deployments/llama3-8b/scaling"),
+    ):
+        status, body = api(method, path, {"tags": {}} if method == "PATCH" else None)
+        assert status == 404 and "was deleted" in body["error"]["message"], (method, path)
+    # And the name can be used again; GET then shows the new deployment
+    assert api("POST", "/v1/deployments", SPEC)[0] == 201
+    status, body = api("GET", "/v1/deployments/llama3-8b")
+    assert status == 200 and body["status"] == "PENDING"
 
 
 def test_sleep_and_wake_set_desired_state(api: Any) -> None:
@@ -217,3 +247,58 @@ def test_update_and_wake_over_the_gpu_cap_are_409(
     # And with no cap everything goes through
     monkeypatch.setenv("GPU_CAPACITY_CAP", "0")
     assert api("POST", "/v1/deployments/other/wake")[0] == 202
+
+
+def test_openapi_documents_every_status_and_error_body_the_api_answers(api: Any) -> None:
+    from openapi_spec_validator import validate
+
+    status, doc = api("GET", "/v1/openapi.json")
+    assert status == 200
+    # A valid OpenAPI document (checked by a validator we did not write)
+    validate(doc)
+    ops = {(m, p): op for p, item in doc["paths"].items() for m, op in item.items()}
+    # The error body is the one llmhost sends, not FastAPI's {"detail": [...]}
+    assert "HTTPValidationError" not in doc["components"]["schemas"]
+    error = doc["components"]["schemas"]["Error"]
+    assert error["properties"]["error"]["required"] == ["code", "message"]
+    assert "fields" in error["properties"]["error"]["properties"]
+    for key, op in ops.items():
+        codes = set(op["responses"])
+        # every route: IAM's 403 and the gateway's 504; a success status
+        assert {"403", "504"} <= codes, key
+        assert any(c.startswith("2") for c in codes), key
+        if "requestBody" in op:
+            assert {"400", "413", "415", "422"} <= codes, key
+        assert "detail" not in json.dumps(op["responses"]), key
+    # the statuses each route really answers
+    assert set(ops[("post", "/v1/deployments")]["responses"]) >= {"201", "409"}
+    assert "200" not in ops[("post", "/v1/deployments")]["responses"]
+    assert set(ops[("delete", "/v1/deployments/{name}")]["responses"]) >= {"202", "404"}
+    assert "200" not in ops[("delete", "/v1/deployments/{name}")]["responses"]
+    assert set(ops[("post", "/v1/deployments/{name}/wake")]["responses"]) >= {"202", "409"}
+    chat = ops[("post", "/v1/chat/completions")]["responses"]
+    assert {"404", "429", "502", "503", "504"} <= set(chat)
+    assert "Retry-After" in chat["503"]["headers"] and "Retry-After" in chat["429"]["headers"]
+    # IAM's refusal carries API Gateway's own body
+    assert chat["403"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/GatewayError"
+    }
+    # a deployment's record is described from the record's model
+    view = doc["components"]["schemas"]["DeploymentView"]
+    assert {"name", "spec", "status", "history", "endpoint_name"} <= set(view["properties"])
+    assert "version" not in view["properties"]
+
+
+def test_every_error_the_api_answers_matches_its_documented_status(api: Any) -> None:
+    _, doc = api("GET", "/v1/openapi.json")
+    responses = doc["paths"]["/v1/deployments/{name}"]["patch"]["responses"]
+    # Given answers the API really gives on that route
+    api("POST", "/v1/deployments", SPEC)
+    for body, expected in (
+        ({"scaling": {"max_capacity": 0}}, 422),
+        ({"name": "renamed"}, 422),
+    ):
+        got, _ = api("PATCH", "/v1/deployments/llama3-8b", body)
+        assert got == expected and str(got) in responses
+    got, _ = api("PATCH", "/v1/deployments/missing", {"tags": {}})
+    assert got == 404 and "404" in responses

@@ -150,7 +150,7 @@ def test_spec_round_trips_through_json() -> None:
 @pytest.mark.parametrize(
     ("data", "field", "fragment"),
     [
-        (spec(name="-starts-with-hyphen"), "name", "pattern"),
+        (spec(name="-starts-with-hyphen"), "name", "letters, digits and hyphens, at most 54"),
         (spec(name="a" * 55), "name", "54"),
         ({"name": "no-model"}, "model", "required"),
         (spec(model={**HUB, "model_id": "not a hub id"}), "model.model_id", "organization/model"),
@@ -166,12 +166,12 @@ def test_spec_round_trips_through_json() -> None:
             "model package",
         ),
         (spec(model={**HUB, "modle_id": "x"}), "model.modle_id", "not a known field"),
-        (spec(engine={"name": "tgi", "version": "latest"}), "engine.version", "pattern"),
+        (spec(engine={"name": "tgi", "version": "latest"}), "engine.version", "version number"),
         (spec(engine={"name": "triton"}), "engine.name", ""),
         (
             spec(hosting={"kind": "dedicated", "instance_type": "g5.2xlarge"}),
             "hosting.instance_type",
-            "pattern",
+            "such as 'ml.g5.2xlarge'",
         ),
         (spec(hosting={"kind": "shared"}), "hosting.pool", "required"),
         (spec(hosting={"kind": "serverless", "memory_mb": 1000}), "hosting.memory_mb", "6144"),

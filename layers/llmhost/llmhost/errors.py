@@ -54,6 +54,18 @@ class DeploymentNotFound(LlmhostError):
         self.name = name
 
 
+class DeploymentDeleted(DeploymentNotFound):
+    """The name's record reads DELETED: GET still shows it, nothing can change it."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.message = (
+            f"deployment '{name}' was deleted; GET /v1/deployments/{name} shows its record, "
+            "and POST /v1/deployments creates it again"
+        )
+        self.args = (self.message,)
+
+
 class DeploymentExists(LlmhostError):
     code = "already_exists"
     status = 409

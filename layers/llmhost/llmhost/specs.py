@@ -25,6 +25,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from llmhost.errors import FieldIssue, SpecInvalid
+from llmhost.field_errors import issues_from_validation_error
 
 # SageMaker resource names: ^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}. llmhost appends "-<8 hex>"
 # to derive model and endpoint-config names, so a deployment name keeps 9 characters free.
@@ -582,6 +583,11 @@ def _scaling_issues(spec: DeploymentSpec) -> list[FieldIssue]:
 class DeploymentPatch(_Strict):
     """A partial update: top-level sections replace the current ones wholesale."""
 
+    name: str | None = Field(
+        default=None,
+        description="Optional, and only the deployment's current name: names cannot change "
+        "(create a new deployment to rename one).",
+    )
     model: ModelSource | None = None
     engine: Engine | None = None
     hosting: Hosting | None = None
@@ -591,33 +597,22 @@ class DeploymentPatch(_Strict):
 
     def apply_to(self, spec: DeploymentSpec) -> DeploymentSpec:
         """Return the spec with this patch applied, re-validated as a whole."""
+        if self.name is not None and self.name != spec.name:
+            raise SpecInvalid(
+                [
+                    FieldIssue(
+                        "name",
+                        f"a deployment's name cannot change ('{spec.name}' to '{self.name}'); "
+                        "to rename it, create a new deployment with POST /v1/deployments and "
+                        "delete this one (or leave name out of the PATCH)",
+                    )
+                ]
+            )
         merged = spec.model_dump(mode="json")
-        merged.update(self.model_dump(mode="json", exclude_unset=True, exclude_none=True))
+        changes = self.model_dump(mode="json", exclude_unset=True, exclude_none=True)
+        changes.pop("name", None)
+        merged.update(changes)
         return parse_spec(merged)
-
-
-def issues_from_validation_error(error: ValidationError | Any) -> list[FieldIssue]:
-    """Turn pydantic errors into field issues, expanding cross-field conflicts."""
-    issues: list[FieldIssue] = []
-    for item in error.errors():
-        ctx = item.get("ctx") or {}
-        if item.get("type") == "spec_conflict" and "issues" in ctx:
-            issues.extend(FieldIssue(i["field"], i["message"]) for i in ctx["issues"])
-            continue
-        loc = [str(p) for p in item.get("loc", ()) if p not in ("body",)]
-        # Discriminated unions add the tag to the path ("hosting.shared.pool"); drop it.
-        loc = [
-            p
-            for p in loc
-            if p not in ("hub", "s3", "model-package", "dedicated", "shared", "serverless")
-        ]
-        message = item.get("msg", "is invalid")
-        if item.get("type") == "extra_forbidden":
-            message = "is not a known field; check its spelling against GET /v1/openapi.json"
-        elif item.get("type") == "missing":
-            message = "is required"
-        issues.append(FieldIssue(".".join(loc) or "body", message))
-    return issues
 
 
 def parse_spec(data: Any) -> DeploymentSpec:

@@ -14,7 +14,8 @@ from typing import Annotated, Any
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.openapi.params import Path, Query
 
-from llmhost.api.http import install_error_handlers, json_response
+from llmhost.api.http import install_error_handlers, json_api, json_response
+from llmhost.api.openapi import document_responses
 from llmhost.errors import ConflictingChange, FieldIssue, SpecInvalid
 from llmhost.lifecycle.record import DeploymentRecord
 from llmhost.lifecycle.registry import Registry
@@ -47,7 +48,7 @@ def build_app(
     ``gpu_capacity_cap`` gives the account's GPU cap per request (default: the function's
     GPU_CAPACITY_CAP); a create, update or wake whose minimum does not fit is refused (409).
     """
-    app = APIGatewayRestResolver(enable_validation=True)
+    app = json_api()
     cap = gpu_capacity_cap or _env_gpu_capacity_cap
 
     def count(metric: str) -> None:
@@ -80,9 +81,14 @@ def build_app(
         items = [_summary(r) for r in records]
         return _json(HTTPStatus.OK, {"deployments": items, "count": len(items)})
 
-    @app.get("/v1/deployments/<name>", summary="Get a deployment: spec, status, resources, history")
+    @app.get(
+        "/v1/deployments/<name>",
+        summary="Get a deployment: spec, status, resources, history",
+        description="A deleted deployment reads DELETED until its name is used again.",
+    )
     def get_deployment(name: DeploymentName):
-        return _json(HTTPStatus.OK, _live(registry(), name).public_view())
+        # DELETED records too: a client that sent DELETE polls here until it reads DELETED.
+        return _json(HTTPStatus.OK, registry().get(name).public_view())
 
     @app.patch("/v1/deployments/<name>", summary="Change a deployment's spec")
     def patch_deployment(name: DeploymentName, patch: DeploymentPatch):
@@ -183,15 +189,16 @@ def whole_openapi(app: APIGatewayRestResolver) -> dict[str, Any]:
     doc["paths"].update(extra.get("paths", {}))
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     schemas.update(extra.get("components", {}).get("schemas", {}))
-    return doc
+    return document_responses(doc)
 
 
 def _live(registry: Registry, name: str) -> DeploymentRecord:
-    from llmhost.errors import DeploymentNotFound
+    """The record of a deployment that still exists (404 for unknown or deleted names)."""
+    from llmhost.errors import DeploymentDeleted
 
     record = registry.get(name)
     if record.status == "DELETED":
-        raise DeploymentNotFound(name)
+        raise DeploymentDeleted(name)
     return record
 
 

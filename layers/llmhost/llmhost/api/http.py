@@ -7,10 +7,35 @@ from http import HTTPStatus
 from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
+from aws_lambda_powertools.event_handler.middlewares.openapi_validation import (
+    OpenAPIRequestValidationMiddleware,
+)
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
+from llmhost.api.body import decode_event_body, parse_json_body
 from llmhost.errors import FieldIssue, LlmhostError, SpecInvalid
 from llmhost.specs import issues_from_validation_error
+
+
+class _JsonBodyValidation(OpenAPIRequestValidationMiddleware):
+    """Powertools' request validation, reading every body with ``parse_json_body``."""
+
+    def _get_body(self, app: Any) -> Any:
+        event = app.current_event
+        raw = decode_event_body(event.body, bool(event.get("isBase64Encoded")))
+        return parse_json_body(raw, event.headers.get("content-type"))
+
+
+def json_api(
+    resolver: type[APIGatewayRestResolver] = APIGatewayRestResolver,
+) -> APIGatewayRestResolver:
+    """A resolver that validates requests against the routes' models (and documents them)
+    and reads bodies only as JSON, turning every decoding failure into a 400 or 415."""
+    app = resolver(enable_validation=True)
+    # Powertools builds its validation middleware here; ours differs only in body parsing.
+    app._request_validation_middleware = _JsonBodyValidation()
+    return app
 
 
 def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
@@ -63,13 +88,38 @@ def install_error_handlers(app: APIGatewayRestResolver, logger: Any = None) -> N
             error.status, error.code, error.message, retry_after=getattr(error, "retry_after", None)
         )
 
+    @app.exception_handler(ValidationError)
+    def invalid_model(error: ValidationError) -> Response:
+        # A model validated inside a route (not by the resolver): still the client's input.
+        return invalid_response(issues_from_validation_error(error))
+
     @app.exception_handler(Exception)
     def unexpected(error: Exception) -> Response:
-        # The client gets no internals; the log has the stack trace and the request id.
+        # The final guard. The client gets no internals; the log has the stack trace and
+        # the request id. Errors only client input can cause still answer 4xx.
         if logger is not None:
             logger.exception("unhandled error")
-        return error_response(
-            HTTPStatus.INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "llmhost hit an internal error; the request id in the logs identifies it",
+        status, code, message = status_for_unexpected(error)
+        return error_response(status, code, message)
+
+
+def status_for_unexpected(error: Exception) -> tuple[int, str, str]:
+    """Status, code and message for an exception no route handled."""
+    if isinstance(error, RecursionError):
+        return (
+            HTTPStatus.BAD_REQUEST,
+            "too_deep",
+            "the request is nested too deeply to process; flatten it",
         )
+    if isinstance(error, UnicodeError):
+        return (
+            HTTPStatus.BAD_REQUEST,
+            "invalid_text",
+            "the request contains text that is not valid Unicode (a lone UTF-16 surrogate?); "
+            "send UTF-8 text",
+        )
+    return (
+        HTTPStatus.INTERNAL_SERVER_ERROR,
+        "internal_error",
+        "llmhost hit an internal error; the request id in the logs identifies it",
+    )

@@ -16,7 +16,7 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver
 from aws_lambda_powertools.event_handler.openapi.params import Path
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmhost.api.http import error_response, install_error_handlers, json_response
+from llmhost.api.http import error_response, install_error_handlers, json_api, json_response
 from llmhost.serving.requests import ChatCompletionRequest, RagRequest
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def build_serving_app(
     logger: Any = None,
     stream_url: Callable[[], str | None] = lambda: None,
 ) -> APIGatewayRestResolver:
-    app = DocumentIdResolver(enable_validation=True)
+    app = json_api(DocumentIdResolver)
 
     @app.post("/v1/rag", summary="Answer a question from a collection, with sources")
     def rag(request: RagRequest):
@@ -129,9 +129,12 @@ def build_serving_app(
             # Nothing landed and a service failed: the documents marked retryable may be
             # sent again after Retry-After (the body lists each one).
             retry = report.retry_after or 5
+            answer["error"] = _no_document_indexed(answer["rejected"], retryable=True)
             return json_response(
                 HTTPStatus.SERVICE_UNAVAILABLE, answer, headers={"Retry-After": str(retry)}
             )
+        # Nothing indexed: an error like any other, still carrying the whole report.
+        answer["error"] = _no_document_indexed(answer["rejected"])
         return json_response(HTTPStatus.UNPROCESSABLE_ENTITY, answer)
 
     @app.delete("/v1/collections/<name>/documents/<doc_id>", summary="Delete a document")
@@ -176,6 +179,18 @@ class DocumentIdResolver(APIGatewayRestResolver):
             encoded = quote(match.group(2), safe="")
             event = {**event, "path": match.group(1) + encoded}
         return super().resolve(event, context)
+
+
+def _no_document_indexed(
+    rejected: list[dict[str, Any]], *, retryable: bool = False
+) -> dict[str, Any]:
+    return {
+        "code": "ingest_unavailable" if retryable else "no_document_indexed",
+        "message": f"none of the {len(rejected)} documents could be indexed; each is listed "
+        "with the reason in fields (and in rejected)"
+        + ("; send the retryable ones again after Retry-After" if retryable else ""),
+        "fields": [{"field": r["field"], "message": r["reason"]} for r in rejected],
+    }
 
 
 def _collection(info: Any) -> dict[str, Any]:

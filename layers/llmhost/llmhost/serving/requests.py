@@ -7,9 +7,18 @@ from a collection before generating. ``RagRequest`` is llmhost's own ``POST /v1/
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 MAX_QUERY_CHARS = 4_000
@@ -20,6 +29,25 @@ MAX_K = 50
 MAX_STOP = 4
 
 CollectionName = Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,62}$", examples=["docs"])
+
+
+def reject_lone_surrogates(value: Any) -> Any:
+    """The one check that text is Unicode: a JSON escape like "\\ud800" without its pair
+    parses to a lone surrogate, which no encoder (UTF-8, the tokenizer, SageMaker) accepts."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise PydanticCustomError(
+                "lone_surrogate",
+                "contains a lone UTF-16 surrogate (\\u{code:04x} at character {at}), which is "
+                "not text; send the character itself or its full surrogate pair",
+                {"code": ord(value[error.start]), "at": error.start},
+            ) from None
+    return value
+
+
+Text = Annotated[str, BeforeValidator(reject_lone_surrogates)]
 
 
 class RetrievalOptions(BaseModel):
@@ -40,7 +68,7 @@ class RagRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
+    query: Text = Field(min_length=1, max_length=MAX_QUERY_CHARS)
     model: str = Field(min_length=1, max_length=63, description="A deployment name.")
     collection: str = CollectionName
     k: int = Field(default=5, ge=1, le=MAX_K)
@@ -48,8 +76,8 @@ class RagRequest(BaseModel):
     max_new_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS_CAP)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    stop: list[str] | None = Field(default=None, max_length=MAX_STOP)
-    system: str | None = Field(default=None, max_length=MAX_QUERY_CHARS)
+    stop: list[Text] | None = Field(default=None, max_length=MAX_STOP)
+    system: Text | None = Field(default=None, max_length=MAX_QUERY_CHARS)
 
     @field_validator("query")
     @classmethod
@@ -59,24 +87,85 @@ class RagRequest(BaseModel):
         return value
 
 
+def _text_part(value: Any) -> Any:
+    """Say plainly what is wrong with a content part before pydantic's generic errors."""
+    if not isinstance(value, dict):
+        raise PydanticCustomError(
+            "content_part", 'must be an object such as {"type": "text", "text": "..."}'
+        )
+    if "type" not in value:
+        raise PydanticCustomError(
+            "content_part", 'has no "type"; text parts are {"type": "text", "text": "..."}'
+        )
+    if value["type"] != "text":
+        raise PydanticCustomError(
+            "content_part",
+            'is a \'{kind}\' part; only text parts ("type": "text") are supported: this is a '
+            "text model, it cannot take images, audio or files",
+            {"kind": str(value["type"])[:40]},
+        )
+    return value
+
+
+class TextPart(BaseModel):
+    """OpenAI's text content part."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text"]
+    text: Text
+
+
+def _content_kind(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "string-content"
+    if isinstance(value, list):
+        return "content-parts"
+    return None
+
+
+MessageContent = Annotated[
+    Annotated[Text, Tag("string-content")]
+    | Annotated[
+        list[Annotated[TextPart, BeforeValidator(_text_part)]],
+        Tag("content-parts"),
+        Field(min_length=1),
+    ],
+    Discriminator(
+        _content_kind,
+        custom_error_type="content_type",
+        custom_error_message='must be a string or a list of text parts ({"type": "text", '
+        '"text": "..."})',
+    ),
+]
+
+
 class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "user", "assistant", "developer"]
-    content: str | list[dict[str, Any]] = Field(max_length=MAX_MESSAGE_CHARS)
+    content: MessageContent = Field(
+        description=f"The message's text, or text parts; at most {MAX_MESSAGE_CHARS:,} "
+        "characters in all."
+    )
+
+    @field_validator("content")
+    @classmethod
+    def _total_length(cls, value: str | list[TextPart]) -> str | list[TextPart]:
+        size = len(value) if isinstance(value, str) else sum(len(p.text) for p in value)
+        if size > MAX_MESSAGE_CHARS:
+            raise PydanticCustomError(
+                "message_too_long",
+                f"the message's text is {size:,} characters; at most {MAX_MESSAGE_CHARS:,} are "
+                "accepted (text parts count together): shorten it or split the conversation",
+            )
+        return value
 
     def text(self) -> str:
         """The message as plain text (OpenAI's content parts: text parts are joined)."""
         if isinstance(self.content, str):
             return self.content
-        parts = []
-        for part in self.content:
-            if part.get("type") != "text":
-                raise PydanticCustomError(
-                    "content_part", "only text content parts are supported (no images or audio)"
-                )
-            parts.append(str(part.get("text", "")))
-        return "".join(parts)
+        return "".join(part.text for part in self.content)
 
 
 class StreamOptions(BaseModel):

@@ -1,0 +1,216 @@
+"""The responses of the OpenAPI document: every status each route really answers, with the
+error body llmhost sends and the one API Gateway sends for what it refuses itself.
+
+Powertools generates the paths and request schemas from the routes' models, but documents
+every route as ``200`` plus a ``422`` in FastAPI's ``{"detail": [...]}`` shape, which llmhost
+never sends. ``document_responses`` replaces the responses in one place, from the table below.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "description": "Every error llmhost answers: a stable code, a message that says what to "
+    "do, and for invalid requests one entry per bad field.",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string", "examples": ["invalid_request"]},
+                "message": {"type": "string"},
+                "fields": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["field", "message"],
+                        "properties": {
+                            "field": {"type": "string", "examples": ["hosting.kind"]},
+                            "message": {"type": "string"},
+                        },
+                    },
+                },
+            },
+        }
+    },
+}
+GATEWAY_ERROR_SCHEMA = {
+    "type": "object",
+    "description": "What API Gateway answers for requests it refuses before llmhost runs.",
+    "required": ["message"],
+    "properties": {"message": {"type": "string"}},
+}
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_GATEWAY = {"$ref": "#/components/schemas/GatewayError"}
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying.",
+        "schema": {"type": "integer", "minimum": 0},
+    }
+}
+
+# Status -> (description, body schema, headers). Statuses API Gateway answers on its own
+# carry its {"message"} body; where llmhost answers the same status, either body.
+_STATUSES: dict[int, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    400: (
+        "The body is not UTF-8 JSON (the message gives line and column), or the request "
+        "asks for something this route does not do.",
+        _ERROR,
+        {},
+    ),
+    403: (
+        "API Gateway refused the request: not signed with SigV4, or the IAM identity may "
+        "not call execute-api:Invoke on this route.",
+        _GATEWAY,
+        {},
+    ),
+    404: ("No such deployment, collection, document or route.", _ERROR, {}),
+    409: (
+        "The request conflicts with the current state (the name exists, a deletion is "
+        "under way, the GPU capacity cap is reached, a pool name is taken).",
+        _ERROR,
+        {},
+    ),
+    413: ("API Gateway refused a body over its 10 MB payload limit.", _GATEWAY, {}),
+    415: ("The body is not JSON: send 'Content-Type: application/json' (UTF-8).", _ERROR, {}),
+    422: (
+        "The request is well-formed JSON but invalid: one entry per bad field, each with "
+        "what to change.",
+        _ERROR,
+        {},
+    ),
+    429: (
+        "Throttled, by API Gateway or by SageMaker; retry after Retry-After seconds.",
+        {"anyOf": [_ERROR, _GATEWAY]},
+        _RETRY_AFTER,
+    ),
+    502: ("The model failed or answered something llmhost could not read.", _ERROR, {}),
+    503: (
+        "The model is asleep, scaling from zero or starting (it is being woken), or a "
+        "backing service is unavailable; retry after Retry-After seconds.",
+        _ERROR,
+        _RETRY_AFTER,
+    ),
+    504: (
+        "The model, or the whole request, took longer than API Gateway's 29 s; for long "
+        "answers stream from the StreamUrl instead.",
+        {"anyOf": [_ERROR, _GATEWAY]},
+        {},
+    ),
+}
+
+# Every route answers 403 (IAM), and 504 (API Gateway's integration timeout); routes with a
+# body 400, 413, 415 and 422; routes with a path parameter 404 and 422.
+_ALWAYS = (403, 504)
+_WITH_BODY = (400, 413, 415, 422)
+_WITH_PATH = (404, 422)
+_MODEL_CALL = (404, 429, 502, 503)
+_STORE = (503,)
+
+# (method, path) -> (success status, its description, the route's own error statuses)
+ROUTES: dict[tuple[str, str], tuple[int, str, tuple[int, ...]]] = {
+    ("post", "/v1/deployments"): (201, "Created: the record, PENDING", (409,)),
+    ("get", "/v1/deployments"): (200, "The deployments", (422,)),
+    ("get", "/v1/deployments/{name}"): (200, "The deployment's record", ()),
+    ("patch", "/v1/deployments/{name}"): (200, "The changed record", (409,)),
+    ("delete", "/v1/deployments/{name}"): (202, "Deleting: the record, DELETING", ()),
+    ("post", "/v1/deployments/{name}/sleep"): (202, "Going to sleep: the record", (409,)),
+    ("post", "/v1/deployments/{name}/wake"): (202, "Waking: the record", (409,)),
+    ("get", "/v1/deployments/{name}/scaling"): (200, "Scaling in force", ()),
+    ("post", "/v1/plan"): (200, "The plan", ()),
+    ("get", "/v1/openapi.json"): (200, "This document", ()),
+    ("post", "/v1/rag"): (200, "The answer with its sources", _MODEL_CALL + _STORE),
+    ("post", "/v1/chat/completions"): (200, "An OpenAI chat completion", _MODEL_CALL + _STORE),
+    ("get", "/v1/models"): (200, "Deployments as OpenAI models", ()),
+    ("get", "/v1/collections"): (200, "The collections", _STORE),
+    ("post", "/v1/collections"): (201, "Created", (409, *_STORE)),
+    ("get", "/v1/collections/{name}"): (200, "The collection's size", _STORE),
+    ("delete", "/v1/collections/{name}"): (200, "Deleted", _STORE),
+    ("post", "/v1/collections/{name}/documents"): (
+        200,
+        "What was indexed, and each rejected document with why (422 when none was indexed)",
+        (503,),
+    ),
+    ("delete", "/v1/collections/{name}/documents/{doc_id}"): (200, "Deleted", _STORE),
+}
+# Success bodies that are records of a deployment.
+_RECORD_ROUTES = {
+    ("post", "/v1/deployments"),
+    ("get", "/v1/deployments/{name}"),
+    ("patch", "/v1/deployments/{name}"),
+    ("delete", "/v1/deployments/{name}"),
+    ("post", "/v1/deployments/{name}/sleep"),
+    ("post", "/v1/deployments/{name}/wake"),
+}
+
+
+def document_responses(doc: dict[str, Any]) -> dict[str, Any]:
+    """Give every operation of ``doc`` its real statuses and bodies (in place; returned).
+
+    Raises KeyError for an operation missing from ROUTES, so a new route cannot ship
+    undocumented.
+    """
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    for unused in ("HTTPValidationError", "ResponseValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    schemas["Error"] = ERROR_SCHEMA
+    schemas["GatewayError"] = GATEWAY_ERROR_SCHEMA
+    schemas.update(_record_schemas())
+    for path, item in doc.get("paths", {}).items():
+        for method, operation in item.items():
+            if method not in {"get", "post", "put", "patch", "delete"}:
+                continue
+            success, description, own = ROUTES[(method, path)]
+            statuses = set(_ALWAYS) | set(own)
+            if "requestBody" in operation:
+                statuses |= set(_WITH_BODY)
+            if "{" in path:
+                statuses |= set(_WITH_PATH)
+            body = (
+                {"$ref": "#/components/schemas/DeploymentView"}
+                if (method, path) in _RECORD_ROUTES
+                else {"type": "object"}
+            )
+            responses: dict[str, Any] = {
+                str(success): {
+                    "description": description,
+                    "content": {"application/json": {"schema": body}},
+                }
+            }
+            for status in sorted(statuses):
+                text, schema, headers = _STATUSES[status]
+                response: dict[str, Any] = {
+                    "description": text,
+                    "content": {"application/json": {"schema": schema}},
+                }
+                if headers:
+                    response["headers"] = headers
+                responses[str(status)] = response
+            operation["responses"] = responses
+    return doc
+
+
+def _record_schemas() -> dict[str, Any]:
+    """The deployment record as the API returns it, from the record's own model."""
+    from pydantic.json_schema import models_json_schema
+
+    from llmhost.lifecycle.record import DeploymentRecord
+
+    # The record's sections are named "...View": their input twins (DeploymentSpec &c.)
+    # are already in the document with the request schemas, and may differ.
+    _, defs = models_json_schema(
+        [(DeploymentRecord, "serialization")], ref_template="#/components/schemas/{model}View"
+    )
+    views = {f"{name}View": schema for name, schema in defs.get("$defs", {}).items()}
+    record = views["DeploymentRecordView"]
+    for hidden in ("version", "attempt"):
+        record["properties"].pop(hidden, None)
+        if hidden in record.get("required", []):
+            record["required"].remove(hidden)
+    record["properties"]["endpoint_name"] = {"type": "string"}
+    record["required"] = sorted({*record.get("required", []), "endpoint_name"})
+    views["DeploymentView"] = views.pop("DeploymentRecordView")
+    return views
