@@ -153,6 +153,14 @@ def serving_settings() -> ServingSettings:
     return _overrides.get("serving_settings") or _from_env(ServingSettings)
 
 
+def clock() -> Any:
+    """The cloud's clock (``llmhost.clock.CloudClock``): AWS's own unless overridden (the
+    local runner compresses it as its stand-ins' time is)."""
+    from llmhost.clock import REAL
+
+    return _overrides.get("clock") or REAL
+
+
 def wake_dispatcher() -> Any:
     """How serving hands a wake to the scaling function (``llmhost.serving.wake``): the
     ``wake_dispatcher`` override, else an async Lambda invoke of SCALING_FUNCTION_NAME, else
@@ -177,7 +185,7 @@ def _serving_service() -> Any:
             timeout_s=settings.serving_timeout_s, max_attempts=settings.serving_max_attempts
         )
     )
-    directory = ModelDirectory(registry, wake=wake_dispatcher)
+    directory = ModelDirectory(registry, wake=wake_dispatcher, cloud_clock=clock())
     return ServingService(directory, invoker, embedder, store)
 
 
@@ -297,4 +305,4 @@ def scaling_hook() -> Any:
     reg = registry()
     guard = capacity_guard()
     budget = BudgetKeeper(reg, BudgetLedger(reg), guard, settings.daily_budget_usd)
-    return ScalingHook(reg, settings.history_limit, guard=guard, budget=budget)
+    return ScalingHook(reg, settings.history_limit, guard=guard, budget=budget, clock=clock())

@@ -38,6 +38,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from llmhost.clock import CloudClock
 from llmhost.local import events
 from llmhost.local.http_server import BackgroundServer
 
@@ -107,6 +108,7 @@ class LocalCloud:
         self.engine_latency_ms = engine_latency_ms
         self.token_interval_ms = token_interval_ms
         self.speed = speed
+        self.clock = CloudClock(speed)
         self.drift_seconds = drift_seconds
         self._queue: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
         self._scaling_queue: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
@@ -163,16 +165,19 @@ class LocalCloud:
         )
         aws.reset()
         runtime.reset()
-        scale = 1.0 / self.speed
+        # One compressed clock for the stand-ins, the local CloudWatch, the scaling hook and
+        # serving: every AWS duration passes ``speed`` times faster for all of them.
+        runtime.override(clock=self.clock)
+        seconds = self.clock.seconds
         self.standin = SageMakerStandIn(
             region=REGION,
-            create_seconds=600 * scale,
-            update_seconds=300 * scale,
-            delete_seconds=60 * scale,
-            ic_create_seconds=240 * scale,
+            create_seconds=seconds(600),
+            update_seconds=seconds(300),
+            delete_seconds=seconds(60),
+            ic_create_seconds=seconds(240),
             # Waking a component from zero copies is an update of its copy count.
-            ic_update_seconds=180 * scale,
-            ic_delete_seconds=60 * scale,
+            ic_update_seconds=seconds(180),
+            ic_delete_seconds=seconds(60),
             on_event=lambda event: self._queue.put(("sagemaker", event)),
         )
         self.autoscaling = AutoScalingStandIn(sagemaker=self.standin, region=REGION)
@@ -211,7 +216,7 @@ class LocalCloud:
                 aws.lazy("cloudwatch"),
                 self.front.invocations,
                 lambda event: self._scaling_queue.put(("alarm", event)),
-                speed=self.speed,
+                speed=self.clock.speed,
                 region=REGION,
             )
 

@@ -22,9 +22,10 @@ from __future__ import annotations
 import contextlib
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
+from llmhost.clock import REAL, CloudClock
 from llmhost.errors import ConcurrentModification, DeploymentNotFound
 from llmhost.lifecycle.observer import alarm_prefix
 from llmhost.lifecycle.record import DeploymentRecord
@@ -163,8 +164,11 @@ def parse_event(event: dict[str, Any]) -> HookEvent | None:
     return parse_alarm_event(event) or parse_target_alarm(event)
 
 
-def decide(record: DeploymentRecord, change: AlarmChange, now: datetime) -> Decision:
-    """What the alarm transition means for this deployment (pure)."""
+def decide(
+    record: DeploymentRecord, change: AlarmChange, now: datetime, clock: CloudClock = REAL
+) -> Decision:
+    """What the alarm transition means for this deployment (pure); ``clock`` says how long
+    the spec's minutes last (compressed in the local runner, as its CloudWatch's are)."""
     transition = f"{change.kind} alarm {change.previous or '?'} -> {change.state}"
     scaling = record.spec.scaling
     if change.state != "ALARM":
@@ -175,7 +179,7 @@ def decide(record: DeploymentRecord, change: AlarmChange, now: datetime) -> Deci
         if record.desired_state != "in_service" or record.status != "IN_SERVICE":
             return Decision(f"Alarm {transition}", f"ignored: the deployment is {record.status}")
         woke_at = _last_wake(record)
-        if woke_at and now - woke_at < timedelta(minutes=scaling.idle_minutes):
+        if woke_at and now - woke_at < clock.span(scaling.idle_minutes * 60):
             # The idle window started before the wake: its silence is not idleness.
             return Decision(f"Alarm {transition}", "ignored: woken less than idle_minutes ago")
         return Decision(
@@ -224,15 +228,17 @@ class ScalingHook:
         *,
         guard: CapacityGuard | None = None,
         budget: BudgetKeeper | None = None,
+        clock: CloudClock = REAL,
     ) -> None:
         self._registry = registry
         self._history_limit = history_limit
         self._guard = guard
         self._budget = budget
+        self._clock = clock
 
     def handle_event(self, event: HookEvent, now: datetime | None = None) -> list[Outcome]:
         """Act on one event; an empty list means it was not for llmhost (or not actionable)."""
-        now = now or datetime.now(UTC)
+        now = now or self._clock.now()
         if isinstance(event, AlarmChange):
             decision = self.handle(event, now)
             return [Outcome(event.deployment, decision)] if decision else []
@@ -251,7 +257,7 @@ class ScalingHook:
         record = self._registry.find(change.deployment)
         if record is None:
             return None
-        decision = decide(record, change, now or datetime.now(UTC))
+        decision = decide(record, change, now or self._clock.now(), self._clock)
         if self._guard is not None and change.kind == "no-capacity" and change.state == "ALARM":
             decision = self._guard_capacity_alarm(record, decision)
         return decision if self._record(change.deployment, decision) else None

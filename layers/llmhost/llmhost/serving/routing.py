@@ -15,9 +15,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING
 
+from llmhost.clock import REAL, CloudClock
 from llmhost.errors import LlmhostError
 from llmhost.specs import GenerationDefaults
 
@@ -100,9 +101,9 @@ def route_for(record: DeploymentRecord) -> ModelRoute:
     )
 
 
-def wake_estimate_s(record: DeploymentRecord) -> int:
+def wake_estimate_s(record: DeploymentRecord, clock: CloudClock = REAL) -> int:
     """Seconds a wake takes for this deployment: the median of its recorded wakes, else
-    SageMaker's typical startup for its hosting kind.
+    SageMaker's typical startup for its hosting kind (on ``clock``: compressed locally).
 
     A wake starts at a WakeRequested entry and ends at the first later entry that either
     brings the status back to IN_SERVICE (a slept deployment recreated) or is ``Woken`` (a
@@ -112,7 +113,7 @@ def wake_estimate_s(record: DeploymentRecord) -> int:
     durations = [_seconds_between(start, end) for start, end in _wakes(record) if end]
     durations = [d for d in durations if d >= 0]
     if not durations:
-        return DEFAULT_WAKE_SECONDS[record.spec.hosting.kind]
+        return max(1, math.ceil(clock.seconds(DEFAULT_WAKE_SECONDS[record.spec.hosting.kind])))
     durations.sort()
     return max(1, round(durations[len(durations) // 2]))
 
@@ -147,22 +148,24 @@ def _wakes(
         yield requested, None
 
 
-def capacity_retry_after_s(record: DeploymentRecord, now: datetime) -> int:
+def capacity_retry_after_s(
+    record: DeploymentRecord, now: datetime, clock: CloudClock = REAL
+) -> int:
     """Retry-After (seconds) for a request refused for want of a copy (pure).
 
     The wake's estimated time left; once the estimate has passed (a slow wake), a short poll.
     """
-    estimate = wake_estimate_s(record)
+    estimate = wake_estimate_s(record, clock)
     requested = pending_wake(record)
     if requested is None:
         return estimate
     left = estimate - (now - _parse(requested)).total_seconds()
     if left >= 1:
         return math.ceil(left)
-    return max(1, min(estimate, LATE_WAKE_POLL_S))
+    return max(1, min(estimate, math.ceil(clock.seconds(LATE_WAKE_POLL_S))))
 
 
-def wake_is_recent(record: DeploymentRecord, now: datetime) -> bool:
+def wake_is_recent(record: DeploymentRecord, now: datetime, clock: CloudClock = REAL) -> bool:
     """Whether a wake is under way and young enough to wait for (pure).
 
     A wake unanswered for ``STALE_WAKE_FACTOR`` estimated wake times (at least
@@ -172,7 +175,9 @@ def wake_is_recent(record: DeploymentRecord, now: datetime) -> bool:
     requested = pending_wake(record)
     if requested is None:
         return False
-    stale_after = max(STALE_WAKE_MIN_S, STALE_WAKE_FACTOR * wake_estimate_s(record))
+    stale_after = max(
+        clock.seconds(STALE_WAKE_MIN_S), STALE_WAKE_FACTOR * wake_estimate_s(record, clock)
+    )
     return (now - _parse(requested)).total_seconds() < stale_after
 
 
@@ -184,10 +189,10 @@ def _seconds_between(start: str, end: str) -> float:
     return (_parse(end) - _parse(start)).total_seconds()
 
 
-def check_ready(record: DeploymentRecord) -> None:
+def check_ready(record: DeploymentRecord, clock: CloudClock = REAL) -> None:
     """Raise ModelNotReady (with Retry-After) unless the deployment can take requests."""
     status = record.status
-    wake = wake_estimate_s(record)
+    wake = wake_estimate_s(record, clock)
     if status in {"IN_SERVICE", "UPDATING"} and record.desired_state != "sleeping":
         return
     if record.desired_state == "in_service" and status == "SLEEPING":
@@ -223,13 +228,15 @@ class ModelDirectory:
         ttl_s: float = CACHE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         wake: Callable[[], WakeDispatcher] | None = None,
-        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        now: Callable[[], datetime] | None = None,
+        cloud_clock: CloudClock = REAL,
     ) -> None:
         self._registry = registry
         self._ttl = ttl_s
-        self._clock = clock
+        self._clock = clock  # the cache's: real seconds whatever the cloud's clock
         self._wake_dispatcher = wake
-        self._now = now
+        self._cloud = cloud_clock
+        self._now = now or cloud_clock.now
         self._records: dict[str, DeploymentRecord] = {}
         self._routes: dict[tuple[str, int], ModelRoute] = {}
         # Models with a zero-copy wake under way: their next answered request ends it.
@@ -249,7 +256,7 @@ class ModelDirectory:
                 f"no model named '{model}'; GET /v1/models lists them (available: {names})"
             )
         try:
-            check_ready(record)
+            check_ready(record, self._cloud)
         except ModelAsleep:
             self._wake(record)
             raise
@@ -279,10 +286,10 @@ class ModelDirectory:
         record = self._records_now().get(model)
         for _ in range(5):
             if record is None:
-                return DEFAULT_WAKE_SECONDS["shared"]
+                return max(1, math.ceil(self._cloud.seconds(DEFAULT_WAKE_SECONDS["shared"])))
             now = self._now()
-            if wake_is_recent(record, now):
-                return capacity_retry_after_s(record, now)
+            if wake_is_recent(record, now, self._cloud):
+                return capacity_retry_after_s(record, now, self._cloud)
             woken = record.with_event(
                 WAKE_REQUESTED, reason="a request found no copy; asking the scaling hook for one"
             )
@@ -295,17 +302,17 @@ class ModelDirectory:
                     record = self._registry().find(model)
                 except (ClientError, BotoCoreError) as error:
                     logger.warning("wake of %s not re-read: %s", model, error)
-                    return wake_estimate_s(read)  # someone's wake just started
+                    return wake_estimate_s(read, self._cloud)  # someone's wake just started
                 continue
             except (ClientError, BotoCoreError) as error:
                 # The client still gets its 503 (not a 500): no wake is recorded, so AWS's
                 # no-capacity alarm adds the copy and the next refused request asks again.
                 logger.warning("wake of %s not recorded: %s", model, error)
-                return capacity_retry_after_s(record, now)
+                return capacity_retry_after_s(record, now, self._cloud)
             self._remember(saved)
             self._dispatch(saved)
-            return wake_estimate_s(saved)  # the wake starts now: all of it is left
-        return capacity_retry_after_s(record, self._now()) if record else 1
+            return wake_estimate_s(saved, self._cloud)  # the wake starts now: all of it is left
+        return capacity_retry_after_s(record, self._now(), self._cloud) if record else 1
 
     def answered(self, model: str) -> None:
         """A request for ``model`` was answered. If a zero-copy wake was pending, record its
@@ -373,7 +380,7 @@ class ModelDirectory:
         dispatcher = self._wake_dispatcher() if self._wake_dispatcher is not None else None
         try:
             if dispatcher is not None and not isinstance(dispatcher, NoWakeDispatch):
-                if wake_is_recent(record, self._now()):
+                if wake_is_recent(record, self._now(), self._cloud):
                     return  # asked already; the hook is deciding
                 asked = record.with_event(
                     WAKE_REQUESTED, reason="a request arrived while asleep; asking to wake"
