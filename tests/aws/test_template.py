@@ -787,10 +787,11 @@ def test_retrieval_layer_leaves_out_what_other_layers_and_the_runtime_provide(
     # And deletes what the functions' other layers or the runtime already put on sys.path
     removed = set(commands[commands.index("rm", commands.index("--target")) :])
     provided = {"pydantic", "pydantic_core", "typing_extensions", "numpy", "numpy.libs", "urllib3"}
-    assert provided <= removed
-    assert {"qdrant_client", "grpc", "httpx", "snowballstemmer"}.isdisjoint(removed)
-    # ... which holds only while those layers really ship them
-    assert "pydantic" in _layer_requirements(ROOT / "layers/llmhost")
+    assert provided | {"anyio", "idna", "h11"} <= removed
+    assert {"qdrant_client", "grpc", "httpx", "httpcore", "snowballstemmer"}.isdisjoint(removed)
+    # ... which holds only while those layers really ship them (anyio, idna and h11 come
+    # with the llmhost layer's HTTP server)
+    assert {"pydantic", "starlette", "uvicorn"} <= _layer_requirements(ROOT / "layers/llmhost")
     assert "numpy" in _layer_requirements(ROOT / "layers/embeddings")
 
 
@@ -818,7 +819,7 @@ def test_layer_builds_the_llmhost_package_for_arm64(template: dict[str, Any]) ->
         if line and line[0] != "#"
     }
     # boto3 is in the Lambda runtime; shipping it would only grow the layer.
-    assert names == {"aws-lambda-powertools", "pydantic"}
+    assert names == {"aws-lambda-powertools", "pydantic", "starlette", "uvicorn"}
     assert layer["Properties"]["CompatibleArchitectures"] == ["arm64"]
     assert layer["Properties"]["CompatibleRuntimes"] == ["python3.13"]
 
@@ -922,6 +923,8 @@ def test_environment_variables_the_code_reads(template: dict[str, Any]) -> None:
         },
         "SERVING_TIMEOUT_S": "120",
         "SERVING_MAX_ATTEMPTS": "1",
+        "API_KEY_REQUESTS_PER_MINUTE": {"Ref": "StreamRequestsPerMinutePerKey"},
+        "API_KEY_BURST": {"Ref": "StreamBurstPerKey"},
     }
     assert functions["IngestFunction"]["Environment"]["Variables"] == {
         **common,
@@ -1949,3 +1952,36 @@ def test_schedule_sample_is_what_the_schedule_sends(template: dict[str, Any]) ->
             assert template_value == sample_value, where
 
     same_shape(sent, sample, "input")
+
+
+def test_the_stream_url_has_a_concurrency_cap_and_per_key_rates_that_can_be_turned_off(
+    template: dict[str, Any],
+) -> None:
+    from llmhost.serving.ratelimit import RateLimits
+
+    params = template["Parameters"]
+    stream = _functions(template)["StreamFunction"]
+    # Reserved concurrency is a parameter; its 0 means "none" (AWS's 0 throttles everything,
+    # so the property is left out rather than set to 0).
+    reserved = params["StreamReservedConcurrency"]
+    assert reserved["Type"] == "Number" and reserved["MinValue"] == 0 and reserved["Default"] > 0
+    assert stream["ReservedConcurrentExecutions"] == {
+        "Fn::If": [
+            "HasStreamReservedConcurrency",
+            {"Ref": "StreamReservedConcurrency"},
+            {"Ref": "AWS::NoValue"},
+        ]
+    }
+    assert template["Conditions"]["HasStreamReservedConcurrency"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "StreamReservedConcurrency"}, "0"]}]
+    }
+    # Per-key limits: the server reads the parameters' defaults as valid limits, 0 is off
+    variables = stream["Environment"]["Variables"]
+    env = {
+        key: str(params[variables[key]["Ref"]]["Default"])
+        for key in ("API_KEY_REQUESTS_PER_MINUTE", "API_KEY_BURST")
+    }
+    limits = RateLimits.from_env(env)
+    assert limits.requests_per_minute > 0 and limits.burst >= 1
+    assert params["StreamRequestsPerMinutePerKey"]["MinValue"] == 0
+    assert RateLimits.from_env({**env, "API_KEY_REQUESTS_PER_MINUTE": "0"}).requests_per_minute == 0

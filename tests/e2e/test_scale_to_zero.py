@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from email.message import Message
 from typing import Any
 
 import pytest
@@ -62,7 +63,7 @@ class Stack:
         except urllib.error.HTTPError as error:
             return error.code, dict(error.headers), json.loads(error.read() or b"{}")
 
-    def chat(self) -> tuple[int, dict[str, str], dict[str, Any]]:
+    def chat(self) -> tuple[int, Message, dict[str, Any]]:
         body = {"model": NAME, "messages": [{"role": "user", "content": "are you awake?"}]}
         request = urllib.request.Request(
             self.openai + "/chat/completions",
@@ -75,9 +76,10 @@ class Stack:
         )
         try:
             with urllib.request.urlopen(request, timeout=30) as reply:
-                return reply.status, dict(reply.headers), json.loads(reply.read())
+                # Header names are case-insensitive: keep the message, not a dict of it.
+                return reply.status, reply.headers, json.loads(reply.read())
         except urllib.error.HTTPError as error:
-            return error.code, dict(error.headers), json.loads(error.read() or b"{}")
+            return error.code, error.headers, json.loads(error.read() or b"{}")
 
     def copies(self) -> int:
         described = self.cloud.standin.describe("inference-component", NAME)

@@ -36,11 +36,14 @@ import warnings
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmhost.clock import CloudClock
 from llmhost.local import events
 from llmhost.local.http_server import BackgroundServer
+
+if TYPE_CHECKING:
+    from llmhost.serving.http_app import AsgiServer
 
 ACCESS_KEY = "llmhost-local"
 SECRET_KEY = "llmhost-local-secret"
@@ -323,15 +326,18 @@ class LocalCloud:
             DeploymentRecord(name=spec.name, spec=spec).with_event("Created", status="PENDING")
         )
 
-    def start_openai_server(self, port: int) -> ThreadingHTTPServer:
-        """The OpenAI-compatible app, as the stream function serves it behind its URL."""
+    def start_openai_server(self, port: int) -> AsgiServer:
+        """The OpenAI-compatible app, as the stream function serves it behind its URL. Per-key
+        rate limits are off unless API_KEY_REQUESTS_PER_MINUTE is set (load tests)."""
         from llmhost import runtime
         from llmhost.serving.auth import ApiKeyAuth, hashes_from_secret
         from llmhost.serving.http_app import ServingHttpApp
         from llmhost.serving.http_app import serve as serve_openai
+        from llmhost.serving.ratelimit import KeyRateLimiter, RateLimits
 
         auth = ApiKeyAuth(hashes_from_secret(os.environ["API_KEYS_SECRET_ARN"]))
-        app = ServingHttpApp(runtime.serving_service, auth, log=self.log)
+        limiter = KeyRateLimiter(RateLimits.from_env(default_rate=0))
+        app = ServingHttpApp(runtime.serving_service, auth, log=self.log, limiter=limiter)
         server = serve_openai(app, port=port)
         threading.Thread(target=server.serve_forever, name="openai", daemon=True).start()
         return server

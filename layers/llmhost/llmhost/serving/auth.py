@@ -22,12 +22,27 @@ from dataclasses import dataclass
 from llmhost.errors import LlmhostError
 
 KEY_PREFIX = "llmh-"
-CACHE_SECONDS = 300
+CACHE_SECONDS = 300  # how old the key hashes may get: a revoked key works at most this long
+FAILED_LOAD_RETRY_SECONDS = 30  # after a failed read, and while the secret holds no keys
 
 
 class Unauthorized(LlmhostError):
     code = "invalid_api_key"
     status = 401
+
+
+class KeysUnavailable(LlmhostError):
+    """The key secret could not be read: the caller may be fine, so 503, not 401 or 500."""
+
+    code = "api_keys_unavailable"
+    status = 503
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            f"llmhost could not read its API keys; retry in {retry_after} s "
+            "(the operator's logs say why)"
+        )
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -44,36 +59,71 @@ def new_key() -> str:
 
 
 class ApiKeyAuth:
-    """Checks bearer keys against hashed keys loaded lazily (and refreshed every 5 minutes)."""
+    """Checks bearer keys against hashed keys, loaded lazily and kept for a bounded time.
 
-    def __init__(self, load_hashes: Callable[[], Mapping[str, str]]) -> None:
+    The hashes are read at most once per CACHE_SECONDS (a revoked key stops working within
+    that time). A secret without keys, or a read that fails, is tried again after
+    FAILED_LOAD_RETRY_SECONDS, never on every request: a failing Secrets Manager must not
+    see one call per request, and its callers get 503 with Retry-After, not a 500. A failed
+    refresh keeps the keys read before.
+    """
+
+    def __init__(
+        self,
+        load_hashes: Callable[[], Mapping[str, str]],
+        clock: Callable[[], float] = time.monotonic,
+        log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+    ) -> None:
         self._load = load_hashes
-        self._hashes: dict[str, str] = {}
-        self._loaded_at = 0.0
+        self._clock = clock
+        self._log = log
+        self._hashes: dict[str, str] | None = None  # None: never read successfully
+        self._next_load = float("-inf")
         self._lock = threading.Lock()
 
     def authenticate(self, authorization: str | None) -> Principal:
-        """The key's owner. Raises Unauthorized with OpenAI's wording for a missing/bad key."""
+        """The key's owner. Raises Unauthorized with OpenAI's wording for a missing/bad key,
+        KeysUnavailable while the key secret cannot be read."""
         if not authorization or not authorization.lower().startswith("bearer "):
             raise Unauthorized(
                 "missing API key: send 'Authorization: Bearer <key>' (OpenAI clients: api_key=...)"
             )
+        hashes = self._current()
+        if not hashes:
+            raise Unauthorized(
+                "no API keys are configured yet: mint one with `python -m llmhost.serving.auth "
+                "NAME` and add the printed entry to the API keys secret"
+            )
         digest = hash_key(authorization[7:].strip())
-        for name, stored in self._current().items():
+        for name, stored in hashes.items():
             if hmac.compare_digest(digest, stored):
                 return Principal(key_name=name)
         raise Unauthorized("incorrect API key provided")
 
     def _current(self) -> dict[str, str]:
         with self._lock:
-            if time.monotonic() - self._loaded_at > CACHE_SECONDS or not self._hashes:
-                self._hashes = {str(k): str(v).lower() for k, v in self._load().items()}
-                self._loaded_at = time.monotonic()
+            now = self._clock()
+            if now >= self._next_load:
+                try:
+                    loaded = self._load()
+                    if not isinstance(loaded, Mapping):
+                        raise TypeError(
+                            "the API key secret must be a JSON object of name -> sha256"
+                        )
+                    self._hashes = {str(k): str(v).lower() for k, v in loaded.items()}
+                    wait = CACHE_SECONDS if self._hashes else FAILED_LOAD_RETRY_SECONDS
+                except Exception as error:  # any failure: keep what we had, retry later
+                    self._log(f"reading the API key secret failed: {type(error).__name__}: {error}")
+                    wait = FAILED_LOAD_RETRY_SECONDS
+                self._next_load = now + wait
+            if self._hashes is None:
+                raise KeysUnavailable(retry_after=FAILED_LOAD_RETRY_SECONDS)
             return self._hashes
 
 
 def hashes_from_secret(secret_arn: str) -> Callable[[], Mapping[str, str]]:
-    """A loader reading ``{"name": "sha256"}`` from Secrets Manager."""
+    """A loader reading ``{"name": "sha256"}`` from Secrets Manager (raises on any failure,
+    including a value that is not a JSON object)."""
 
     def load() -> Mapping[str, str]:
         from llmhost import aws
@@ -81,7 +131,7 @@ def hashes_from_secret(secret_arn: str) -> Callable[[], Mapping[str, str]]:
         value = aws.client("secretsmanager").get_secret_value(SecretId=secret_arn)["SecretString"]
         data = json.loads(value)
         if not isinstance(data, dict):
-            raise Unauthorized("the API key secret must be a JSON object of name -> sha256")
+            raise TypeError("the API key secret must be a JSON object of name -> sha256")
         return data
 
     return load

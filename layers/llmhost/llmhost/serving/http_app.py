@@ -2,201 +2,70 @@
 
 In AWS it runs inside the stream function behind the Lambda Web Adapter, whose function URL
 is in RESPONSE_STREAM mode, so each SSE event leaves as soon as the model produces it.
-Locally, ``make run`` serves the same app. It is a plain ``http.server`` app: no framework to
-load on a cold start, and chunked transfer encoding written by hand so nothing buffers.
+Locally, ``make run`` serves the same app. It is an ASGI app served by uvicorn (h11): request
+framing, ``Content-Length`` checks, keep-alive and chunked encoding are uvicorn's, so a
+refused request's unread body can never be read as a next request.
+
+Every route but ``/health`` needs an API key; each key has its own
+request rate (``llmhost.serving.ratelimit``). The service is synchronous (boto3, Qdrant), so
+it runs in a thread pool, one call or one stream step at a time: a slow stream never holds
+up another request. A streamed request learns its outcome (routing, the model accepting the
+prompt) before the headers go out, so a refused stream keeps its 4xx/5xx status; a failure
+after that ends the stream with an OpenAI error event and a proper end of the body.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from llmhost.errors import LlmhostError
 from llmhost.serving.auth import ApiKeyAuth
+from llmhost.serving.ratelimit import KeyRateLimiter
 from llmhost.serving.requests import ChatCompletionRequest, RagRequest
 from llmhost.specs import issues_from_validation_error
 
 MAX_BODY_BYTES = 1_048_576
+MAX_JSON_DEPTH = 64  # far above any real request; stops deep nesting before it reaches code
+LISTEN_BACKLOG = 2048
+
+M = TypeVar("M", bound=BaseModel)
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
 
 
 def openai_error(status: int, code: str, message: str, **extra: Any) -> dict[str, Any]:
     """OpenAI's error body, which its client turns into typed exceptions."""
-    kinds = {
-        400: "invalid_request_error",
-        401: "authentication_error",
-        404: "not_found_error",
-        422: "invalid_request_error",
-        429: "rate_limit_error",
-    }
     return {
         "error": {
             "message": message,
-            "type": kinds.get(status, "api_error"),
+            "type": ERROR_TYPES.get(status, "api_error"),
             "code": code,
-            "param": extra.get("param"),
+            "param": extra.pop("param", None),
             **extra,
         }
     }
-
-
-class ServingHttpApp:
-    """Routes requests to a serving service; owns only HTTP concerns (auth, SSE, errors)."""
-
-    def __init__(
-        self,
-        service: Callable[[], Any],
-        auth: ApiKeyAuth | None,
-        log: Callable[[str], None] = lambda _: None,
-    ) -> None:
-        self._service = service
-        self._auth = auth
-        self._log = log
-
-    def handler_class(self) -> type[BaseHTTPRequestHandler]:
-        app = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def setup(self) -> None:
-                super().setup()
-                # Stream events are small writes; Nagle's algorithm would hold them back.
-                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-            def do_GET(self) -> None:
-                app.handle(self, "GET")
-
-            def do_POST(self) -> None:
-                app.handle(self, "POST")
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        return Handler
-
-    # ------------------------------------------------------------------------- dispatch
-
-    def handle(self, http: BaseHTTPRequestHandler, method: str) -> None:
-        path = http.path.split("?", 1)[0].rstrip("/") or "/"
-        started = time.perf_counter()
-        status = 500
-        try:
-            if path in {"/", "/health"}:
-                status = self._send_json(http, 200, {"status": "ok"})
-                return
-            if self._auth is not None:
-                self._auth.authenticate(http.headers.get("Authorization"))
-            body = self._read_json(http) if method == "POST" else None
-            if method == "GET" and path == "/v1/models":
-                status = self._send_json(http, 200, self._service().models())
-            elif method == "POST" and path == "/v1/chat/completions":
-                request = ChatCompletionRequest.model_validate(body)
-                if request.stream:
-                    status = self._stream(http, request)
-                else:
-                    status = self._send_json(http, 200, self._service().chat(request))
-            elif method == "POST" and path == "/v1/rag":
-                status = self._send_json(
-                    http, 200, self._service().rag(RagRequest.model_validate(body))
-                )
-            else:
-                status = self._send_json(
-                    http, 404, openai_error(404, "route_not_found", f"no route for {method} {path}")
-                )
-        except ValidationError as error:
-            issues = issues_from_validation_error(error)
-            message = "; ".join(f"{i.field}: {i.message}" for i in issues[:3])
-            status = self._send_json(
-                http,
-                422,
-                openai_error(
-                    422,
-                    "invalid_request",
-                    message,
-                    param=issues[0].field if issues else None,
-                    fields=[i.as_dict() for i in issues],
-                ),
-            )
-        except LlmhostError as error:
-            headers = {}
-            retry_after = getattr(error, "retry_after", None)
-            if retry_after:
-                headers["Retry-After"] = str(int(retry_after))
-            status = self._send_json(
-                http, error.status, openai_error(error.status, error.code, error.message), headers
-            )
-        except Exception:  # no stack trace reaches the client; the log has it
-            import traceback
-
-            self._log(traceback.format_exc())
-            status = self._send_json(
-                http, 500, openai_error(500, "internal_error", "llmhost hit an internal error")
-            )
-        finally:
-            self._log(
-                f"{method} {path} -> {status} in {(time.perf_counter() - started) * 1000:.1f} ms"
-            )
-
-    # -------------------------------------------------------------------------- helpers
-
-    def _read_json(self, http: BaseHTTPRequestHandler) -> Any:
-        length = int(http.headers.get("Content-Length") or 0)
-        if length > MAX_BODY_BYTES:
-            raise BodyInvalid(f"the body is {length} bytes; the limit is {MAX_BODY_BYTES}")
-        raw = http.rfile.read(length) if length else b""
-        try:
-            return json.loads(raw or b"null")
-        except ValueError:
-            raise BodyInvalid("the body is not valid JSON") from None
-
-    def _stream(self, http: BaseHTTPRequestHandler, request: ChatCompletionRequest) -> int:
-        # Routing and validation happen before the first byte, so errors keep their status.
-        chunks = self._service().chat_stream(request)
-        first = next(chunks, None)
-        http.send_response(200)
-        http.send_header("Content-Type", "text/event-stream; charset=utf-8")
-        http.send_header("Cache-Control", "no-cache")
-        http.send_header("Transfer-Encoding", "chunked")
-        http.send_header("X-Accel-Buffering", "no")
-        http.end_headers()
-        try:
-            for chunk in _chain(first, chunks):
-                self._write_chunk(http, b"data: " + json.dumps(chunk).encode() + b"\n\n")
-        except LlmhostError as error:
-            # Mid-stream failure: OpenAI clients surface an "error" event as an APIError.
-            payload = openai_error(error.status, error.code, error.message)
-            self._write_chunk(http, b"data: " + json.dumps(payload).encode() + b"\n\n")
-        self._write_chunk(http, b"data: [DONE]\n\n")
-        http.wfile.write(b"0\r\n\r\n")
-        http.wfile.flush()
-        return 200
-
-    @staticmethod
-    def _write_chunk(http: BaseHTTPRequestHandler, data: bytes) -> None:
-        http.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-        http.wfile.flush()
-
-    @staticmethod
-    def _send_json(
-        http: BaseHTTPRequestHandler, status: int, body: Any, headers: dict[str, str] | None = None
-    ) -> int:
-        data = json.dumps(body).encode()
-        http.send_response(status)
-        http.send_header("Content-Type", "application/json")
-        http.send_header("Content-Length", str(len(data)))
-        http.send_header("x-request-id", uuid.uuid4().hex)
-        for key, value in (headers or {}).items():
-            http.send_header(key, value)
-        http.end_headers()
-        http.wfile.write(data)
-        return status
 
 
 class BodyInvalid(LlmhostError):
@@ -204,14 +73,357 @@ class BodyInvalid(LlmhostError):
     status = 400
 
 
-def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
-    if first is not None:
-        yield first
-    yield from rest
+class BodyTooLarge(LlmhostError):
+    code = "body_too_large"
+    status = 413
 
 
-def serve(app: ServingHttpApp, host: str = "127.0.0.1", port: int = 8080) -> ThreadingHTTPServer:
+class MediaTypeUnsupported(LlmhostError):
+    code = "unsupported_media_type"
+    status = 415
+
+
+class RequestInvalid(LlmhostError):
+    """The body is JSON but not a request this route takes (names the field)."""
+
+    code = "invalid_request"
+    status = 422
+
+    def __init__(self, message: str, param: str | None = None, fields: list[Any] | None = None):
+        super().__init__(message)
+        self.param = param
+        self.fields = fields or []
+
+
+class RouteNotFound(LlmhostError):
+    code = "route_not_found"
+    status = 404
+
+
+class MethodNotAllowed(LlmhostError):
+    code = "method_not_allowed"
+    status = 405
+
+
+ROUTES: dict[str, tuple[str, ...]] = {
+    "/v1/models": ("GET",),
+    "/v1/chat/completions": ("POST",),
+    "/v1/rag": ("POST",),
+}
+
+
+class ServingHttpApp:
+    """The ASGI app: routes requests to a serving service; owns only HTTP concerns."""
+
+    def __init__(
+        self,
+        service: Callable[[], Any],
+        auth: ApiKeyAuth | None,
+        log: Callable[[str], None] = lambda _: None,
+        limiter: KeyRateLimiter | None = None,
+    ) -> None:
+        self._service = service
+        self._auth = auth
+        self._log = log
+        self._limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # lifespan is off; no websockets
+            return
+        request = Request(scope, receive)
+        started = time.perf_counter()
+        response = await self._respond(request)
+        await response(scope, receive, send)
+        self._log(
+            f"{request.method} {request.url.path} -> {response.status_code} "
+            f"in {(time.perf_counter() - started) * 1000:.1f} ms"
+        )
+
+    # ------------------------------------------------------------------------- dispatch
+
+    async def _respond(self, request: Request) -> Response:
+        path = request.url.path.rstrip("/") or "/"
+        method = request.method
+        try:
+            if path in {"/", "/health"}:
+                return _json(200, {"status": "ok"})
+            if self._auth is not None:
+                principal = await run_in_threadpool(
+                    self._auth.authenticate, request.headers.get("authorization")
+                )
+                if self._limiter is not None:
+                    self._limiter.take(principal.key_name)
+            allowed = ROUTES.get(path)
+            if allowed is None:
+                raise RouteNotFound(
+                    f"no route for {method} {path}: the OpenAI-compatible API serves "
+                    + ", ".join(f"{m} {p}" for p, ms in ROUTES.items() for m in ms)
+                )
+            if method not in allowed:
+                raise MethodNotAllowed(f"{path} takes {' or '.join(allowed)}, not {method}")
+            service = await run_in_threadpool(self._service)
+            if path == "/v1/models":
+                return _json(200, await run_in_threadpool(service.models))
+            if path == "/v1/rag":
+                rag = await _read_body(request, RagRequest)
+                return _json(200, await run_in_threadpool(service.rag, rag))
+            chat = await _read_body(request, ChatCompletionRequest)
+            if chat.stream:
+                return await self._stream(service, chat)
+            return _json(200, await run_in_threadpool(service.chat, chat))
+        except ValidationError as error:
+            return _invalid(error)
+        except LlmhostError as error:
+            return _error_response(error)
+        except Exception:  # no stack trace reaches the client; the log has it
+            import traceback
+
+            self._log(traceback.format_exc())
+            return _json(500, openai_error(500, "internal_error", "llmhost hit an internal error"))
+
+    async def _stream(self, service: Any, request: ChatCompletionRequest) -> Response:
+        # The service routes, retrieves, calls the model and reads its first event before
+        # returning; taking the first chunk here too means any error so far keeps its status.
+        chunks = await run_in_threadpool(service.chat_stream, request)
+        first = await run_in_threadpool(next, chunks, None)
+        return StreamingResponse(
+            self._events(first, chunks),
+            media_type="text/event-stream; charset=utf-8",
+            headers={
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+                "x-request-id": uuid.uuid4().hex,
+            },
+        )
+
+    async def _events(self, first: Any, chunks: Iterator[Any]) -> AsyncIterator[bytes]:
+        end = object()
+        try:
+            chunk = first
+            while chunk is not None and chunk is not end:
+                yield _sse(chunk)
+                chunk = await run_in_threadpool(next, chunks, end)
+        except LlmhostError as error:
+            # Mid-stream failure: OpenAI clients raise an APIError for an "error" event.
+            yield _sse(openai_error(error.status, error.code, error.message))
+        except Exception:
+            import traceback
+
+            self._log(traceback.format_exc())
+            yield _sse(openai_error(500, "internal_error", "llmhost hit an internal error"))
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                # ValueError: still running in a worker thread (the client went away)
+                with contextlib.suppress(ValueError):
+                    close()
+        yield b"data: [DONE]\n\n"
+
+
+# ------------------------------------------------------------------------------ bodies
+
+
+async def _read_body(request: Request, model: type[M]) -> M:
+    """The body as ``model``. Every way a body can be unreadable is a 4xx naming the fix."""
+    content_type = request.headers.get("content-type")
+    if content_type is not None:
+        _check_media_type(content_type)
+    declared = request.headers.get("content-length")
+    if declared is not None and int(declared) > MAX_BODY_BYTES:
+        raise _too_large(int(declared))
+    raw = bytearray()
+    async for part in request.stream():
+        raw += part
+        if len(raw) > MAX_BODY_BYTES:
+            raise _too_large(len(raw))
+    return parse_body(bytes(raw), model)
+
+
+def _check_media_type(content_type: str) -> None:
+    media, _, params = content_type.partition(";")
+    media = media.strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise MediaTypeUnsupported(
+            f"Content-Type {media or '(empty)'} is not supported: send the body as JSON with "
+            "'Content-Type: application/json'"
+        )
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in {
+            "utf-8",
+            "utf8",
+        }:
+            raise MediaTypeUnsupported(
+                f"charset {value.strip()} is not supported: send UTF-8 "
+                "('Content-Type: application/json; charset=utf-8')"
+            )
+
+
+def _too_large(size: int) -> BodyTooLarge:
+    return BodyTooLarge(
+        f"the body is {size} bytes; the limit is {MAX_BODY_BYTES} (shorten the messages)"
+    )
+
+
+def parse_body(raw: bytes, model: type[M]) -> M:
+    """Decode, parse and validate a request body. Raises BodyInvalid (400) for bytes that are
+    not UTF-8 JSON of sane depth, RequestInvalid (422) for JSON that is not this request."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise BodyInvalid(
+            f"the body is not UTF-8 (invalid byte at offset {error.start}): send JSON in UTF-8"
+        ) from None
+    if not text.strip():
+        raise BodyInvalid("the body is empty: send a JSON object")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise BodyInvalid(
+            f"the body is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
+        ) from None
+    except RecursionError:
+        raise _too_deep() from None
+    _check_values(data)
+    if not isinstance(data, dict):
+        raise RequestInvalid(
+            f"the body must be a JSON object, not {type(data).__name__}", param="body"
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        issues = issues_from_validation_error(error)
+        raise RequestInvalid(
+            "; ".join(f"{i.field}: {i.message}" for i in issues[:3]) or "the body is invalid",
+            param=issues[0].field if issues else None,
+            fields=[i.as_dict() for i in issues],
+        ) from None
+    except RecursionError:
+        raise _too_deep() from None
+    except (ValueError, TypeError) as error:  # a validator that raised something plain
+        raise RequestInvalid(f"the body is invalid: {error}", param="body") from None
+
+
+def _check_values(data: Any) -> None:
+    """Refuse nesting deeper than MAX_JSON_DEPTH and strings that are not valid Unicode (a
+    lone surrogate such as "\\ud800" parses, then fails wherever the text is encoded)."""
+    stack: list[tuple[Any, int, str]] = [(data, 1, "")]
+    while stack:
+        value, depth, path = stack.pop()
+        if isinstance(value, str):
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError as error:
+                    raise RequestInvalid(
+                        f"{path or 'body'}: contains a lone surrogate "
+                        f"(\\u{ord(value[error.start]):04x}); send valid Unicode text",
+                        param=path or "body",
+                    ) from None
+            continue
+        if isinstance(value, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise _too_deep()
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                child = f"{path}.{key}" if path else str(key)
+                if isinstance(key, str):
+                    stack.append((key, depth, child))
+                stack.append((item, depth + 1, child))
+
+
+def _too_deep() -> BodyInvalid:
+    return BodyInvalid(f"the body is nested too deeply (at most {MAX_JSON_DEPTH} levels)")
+
+
+# --------------------------------------------------------------------------- responses
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        json.dumps(body).encode(),
+        status_code=status,
+        media_type="application/json",
+        headers={"x-request-id": uuid.uuid4().hex, **(headers or {})},
+    )
+
+
+def _error_response(error: LlmhostError) -> Response:
+    headers: dict[str, str] = {}
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after:
+        headers["Retry-After"] = str(int(retry_after))
+    if isinstance(error, MethodNotAllowed):
+        headers["Allow"] = ", ".join(m for ms in ROUTES.values() for m in ms)
+    extra: dict[str, Any] = {}
+    if isinstance(error, RequestInvalid):
+        extra = {"param": error.param, "fields": error.fields}
+    return _json(
+        error.status, openai_error(error.status, error.code, error.message, **extra), headers
+    )
+
+
+def _invalid(error: ValidationError) -> Response:
+    issues = issues_from_validation_error(error)
+    return _error_response(
+        RequestInvalid(
+            "; ".join(f"{i.field}: {i.message}" for i in issues[:3]) or "the request is invalid",
+            param=issues[0].field if issues else None,
+            fields=[i.as_dict() for i in issues],
+        )
+    )
+
+
+def _sse(payload: Any) -> bytes:
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+# ------------------------------------------------------------------------------ server
+
+
+class AsgiServer:
+    """uvicorn serving one ASGI app on a socket bound at construction (so ``port=0`` works
+    and ``server_address`` is known before the first request)."""
+
+    def __init__(self, app: Any, host: str, port: int) -> None:
+        import uvicorn
+
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, port))
+        self._socket.listen(LISTEN_BACKLOG)
+        self.server_address: tuple[str, int] = self._socket.getsockname()[:2]
+        config = uvicorn.Config(
+            app,
+            http="h11",
+            loop="asyncio",
+            ws="none",
+            lifespan="off",
+            interface="asgi3",
+            log_config=None,
+            log_level="warning",
+            access_log=False,
+            server_header=False,
+            proxy_headers=False,
+            backlog=LISTEN_BACKLOG,
+            timeout_graceful_shutdown=5,
+        )
+        self._server = uvicorn.Server(config)
+        self._stopped = threading.Event()
+
+    def serve_forever(self) -> None:
+        """Serve until ``shutdown`` (or SIGTERM/SIGINT when run on the main thread)."""
+        try:
+            self._server.run(sockets=[self._socket])
+        finally:
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        self._server.should_exit = True
+        self._stopped.wait(10)
+        self._socket.close()
+
+
+def serve(app: ServingHttpApp, host: str = "127.0.0.1", port: int = 8080) -> AsgiServer:
     """Bind and return the server (call ``serve_forever`` on it)."""
-    server = ThreadingHTTPServer((host, port), app.handler_class())
-    server.daemon_threads = True
-    return server
+    return AsgiServer(app, host, port)

@@ -2,6 +2,7 @@
 
 The Lambda Web Adapter starts this (functions/stream/run.sh), waits for ``/health``, then
 forwards each function URL request to it and streams the response back as it is written.
+uvicorn serves the app on the main thread, so SIGTERM at shutdown ends it gracefully.
 Without an API key secret the server refuses to start: the function URL is public, so the
 keys are its only lock.
 """
@@ -14,6 +15,7 @@ import sys
 from llmhost import runtime
 from llmhost.serving.auth import ApiKeyAuth, hashes_from_secret
 from llmhost.serving.http_app import ServingHttpApp, serve
+from llmhost.serving.ratelimit import KeyRateLimiter, RateLimits
 
 
 def main() -> int:
@@ -22,7 +24,12 @@ def main() -> int:
         print("API_KEYS_SECRET_ARN is not set: refusing to serve without API keys", file=sys.stderr)
         return 2
     auth = ApiKeyAuth(hashes_from_secret(settings.api_keys_secret_arn))
-    app = ServingHttpApp(runtime.serving_service, auth, log=lambda line: print(line, flush=True))
+    app = ServingHttpApp(
+        runtime.serving_service,
+        auth,
+        log=lambda line: print(line, flush=True),
+        limiter=KeyRateLimiter(RateLimits.from_env()),
+    )
     server = serve(app, host="127.0.0.1", port=int(os.environ.get("PORT", "8080")))
     server.serve_forever()
     return 0

@@ -1,0 +1,155 @@
+"""API keys of the public stream URL: hashes cached with a bounded age, per-key rates."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pytest
+
+from llmhost.serving.auth import (
+    CACHE_SECONDS,
+    FAILED_LOAD_RETRY_SECONDS,
+    ApiKeyAuth,
+    KeysUnavailable,
+    Unauthorized,
+    hash_key,
+)
+from llmhost.serving.ratelimit import KeyRateLimiter, RateLimited, RateLimits
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Secret:
+    """A key secret that counts its reads; ``value`` None makes a read fail."""
+
+    def __init__(self, value: Mapping[str, str] | None) -> None:
+        self.value = value
+        self.reads = 0
+
+    def __call__(self) -> Mapping[str, str]:
+        self.reads += 1
+        if self.value is None:
+            raise ConnectionError("Secrets Manager timed out")
+        return self.value
+
+
+def test_keys_are_read_once_per_cache_period() -> None:
+    clock, secret = Clock(), Secret({"team": hash_key("llmh-a")})
+    auth = ApiKeyAuth(secret, clock=clock)
+    for _ in range(50):
+        assert auth.authenticate("Bearer llmh-a").key_name == "team"
+    assert secret.reads == 1
+    clock.now += CACHE_SECONDS + 1
+    auth.authenticate("Bearer llmh-a")
+    assert secret.reads == 2
+
+
+def test_an_empty_secret_is_not_read_again_on_every_request() -> None:
+    # Given the secret the stack creates, which holds no keys yet
+    clock, secret = Clock(), Secret({})
+    auth = ApiKeyAuth(secret, clock=clock)
+    # When many requests arrive
+    for _ in range(50):
+        with pytest.raises(Unauthorized) as refused:
+            auth.authenticate("Bearer llmh-a")
+    # Then the secret was read once, and the answer says how to add a key
+    assert secret.reads == 1
+    assert "python -m llmhost.serving.auth" in refused.value.message
+    # And a key added later is seen within the cache period for an empty secret
+    secret.value = {"team": hash_key("llmh-a")}
+    clock.now += FAILED_LOAD_RETRY_SECONDS + 1
+    assert auth.authenticate("Bearer llmh-a").key_name == "team"
+
+
+def test_a_failing_secret_answers_503_and_is_retried_at_a_bounded_rate() -> None:
+    # Given a secret that cannot be read
+    clock, secret = Clock(), Secret(None)
+    auth = ApiKeyAuth(secret, clock=clock)
+    # When many requests arrive, each gets a 503 with Retry-After, not a 500
+    for _ in range(50):
+        with pytest.raises(KeysUnavailable) as unavailable:
+            auth.authenticate("Bearer llmh-a")
+        assert unavailable.value.status == 503
+        assert unavailable.value.retry_after == FAILED_LOAD_RETRY_SECONDS
+    # And Secrets Manager was asked once, not once per request
+    assert secret.reads == 1
+    # When it recovers, the next read after the retry period succeeds
+    secret.value = {"team": hash_key("llmh-a")}
+    clock.now += FAILED_LOAD_RETRY_SECONDS + 1
+    assert auth.authenticate("Bearer llmh-a").key_name == "team"
+    assert secret.reads == 2
+
+
+def test_a_failed_refresh_keeps_the_keys_it_had() -> None:
+    clock, secret = Clock(), Secret({"team": hash_key("llmh-a")})
+    auth = ApiKeyAuth(secret, clock=clock)
+    auth.authenticate("Bearer llmh-a")
+    secret.value = None
+    clock.now += CACHE_SECONDS + 1
+    for _ in range(20):
+        assert auth.authenticate("Bearer llmh-a").key_name == "team"
+    assert secret.reads == 2  # one failed refresh, then the old keys until the retry period
+
+
+def test_a_secret_in_the_wrong_shape_is_unavailable_not_unauthorized() -> None:
+    auth = ApiKeyAuth(Secret(["not", "an", "object"]), clock=Clock())  # type: ignore[arg-type]
+    with pytest.raises(KeysUnavailable):
+        auth.authenticate("Bearer llmh-a")
+
+
+# ------------------------------------------------------------------------- rate limits
+
+
+def test_a_key_over_its_rate_gets_429_with_retry_after() -> None:
+    clock = Clock()
+    limiter = KeyRateLimiter(RateLimits(requests_per_minute=60, burst=5), clock=clock)
+    for _ in range(5):
+        limiter.take("team")
+    with pytest.raises(RateLimited) as limited:
+        limiter.take("team")
+    assert limited.value.status == 429 and limited.value.retry_after == 1
+    # Other keys have their own bucket
+    limiter.take("other")
+    # And the bucket refills at the rate: one request per second here
+    clock.now += 1
+    limiter.take("team")
+    with pytest.raises(RateLimited):
+        limiter.take("team")
+
+
+def test_retry_after_is_when_the_next_request_will_pass() -> None:
+    clock = Clock()
+    limiter = KeyRateLimiter(RateLimits(requests_per_minute=6, burst=1), clock=clock)
+    limiter.take("team")
+    with pytest.raises(RateLimited) as limited:
+        limiter.take("team")
+    wait = limited.value.retry_after
+    assert wait == 10
+    clock.now += wait - 1
+    with pytest.raises(RateLimited):
+        limiter.take("team")
+    clock.now += 1
+    limiter.take("team")
+
+
+def test_rate_zero_turns_limits_off_and_bad_settings_are_refused() -> None:
+    limiter = KeyRateLimiter(RateLimits.from_env({"API_KEY_REQUESTS_PER_MINUTE": "0"}))
+    for _ in range(1000):
+        limiter.take("team")
+    assert RateLimits.from_env({}) == RateLimits(60, 20)
+    assert RateLimits.from_env({"API_KEY_REQUESTS_PER_MINUTE": "600", "API_KEY_BURST": "50"}) == (
+        RateLimits(600, 50)
+    )
+    for bad in (
+        {"API_KEY_REQUESTS_PER_MINUTE": "-1"},
+        {"API_KEY_BURST": "0"},
+        {"API_KEY_BURST": "x"},
+    ):
+        with pytest.raises(ValueError, match="API_KEY_REQUESTS_PER_MINUTE"):
+            RateLimits.from_env(bad)
