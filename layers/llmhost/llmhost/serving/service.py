@@ -9,17 +9,19 @@ SageMaker invoker are passed in, each created lazily by ``llmhost.runtime``.
 from __future__ import annotations
 
 import calendar
+import itertools
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from llmhost.engines.codecs import (
     ChatMessage,
     Completion,
     EngineCodec,
     GenerationParams,
+    StreamDelta,
     codec_for,
     iter_deltas,
 )
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from llmhost.rag.store import VectorStore
 
 FALLBACK_TEMPLATE = "chatml"  # only for counting tokens when the engine applies its own
+T = TypeVar("T")
 
 
 @dataclass
@@ -54,6 +57,11 @@ class Prepared:
     rag: RagPrompt | None
     timings_ms: dict[str, float]
     build: Callable[[int], dict[str, Any]] | None = None  # payload for a smaller input limit
+    estimated_prompt_tokens: int = 0  # llmhost's count of the prompt (without RAG context)
+
+    def prompt_tokens(self) -> int:
+        """llmhost's count of the prompt as sent (after any RAG rebuild)."""
+        return self.rag.estimated_tokens if self.rag else self.estimated_prompt_tokens
 
 
 class ServingService:
@@ -156,22 +164,38 @@ class ServingService:
     def chat_stream(self, request: ChatCompletionRequest) -> Iterator[dict[str, Any]]:
         """OpenAI ``chat.completion.chunk`` objects, each yielded as the engine produces it.
 
-        Routing, retrieval and the SageMaker call happen before the first chunk, so a request
-        that cannot be served fails with its HTTP status instead of a broken stream.
+        Routing, retrieval, the SageMaker call and the engine's first event all happen before
+        this returns, so a request that cannot be served (a sleeping model, a prompt the
+        engine refuses in its first event, as TGI does) raises with its HTTP status instead
+        of breaking a stream that has started. A RAG prompt the engine finds too long is
+        rebuilt smaller and sent once more, as for a plain answer.
         """
         prepared = self._prepare_chat(request, stream=True)
+        chunks, deltas, first = self._call(prepared, self._open_stream)
+        self._directory.answered(prepared.route.name)
+        return self._chunks(request, prepared, chunks, deltas, first)
+
+    def _open_stream(
+        self, prepared: Prepared
+    ) -> tuple[Iterator[bytes], Iterator[StreamDelta], StreamDelta | None]:
         route = prepared.route
+        target = InvocationTarget(route.endpoint_name, route.inference_component)
+        chunks = self._invoker().stream(target, prepared.payload)
+        deltas = iter_deltas(prepared.codec, chunks)
         try:
-            chunks = self._invoker().stream(
-                InvocationTarget(route.endpoint_name, route.inference_component), prepared.payload
-            )
-        except ModelUnavailable as refused:
-            raise self._cold(route, refused) from refused
-        self._directory.answered(route.name)
-        return self._chunks(request, prepared, chunks)
+            first = next(deltas, None)
+        except BaseException:
+            _close(chunks)
+            raise
+        return chunks, deltas, first
 
     def _chunks(
-        self, request: ChatCompletionRequest, prepared: Prepared, chunks: Iterator[bytes]
+        self,
+        request: ChatCompletionRequest,
+        prepared: Prepared,
+        chunks: Iterator[bytes],
+        deltas: Iterator[StreamDelta],
+        first_delta: StreamDelta | None,
     ) -> Iterator[dict[str, Any]]:
         ident, created, model = (
             f"chatcmpl-{uuid.uuid4().hex}",
@@ -199,7 +223,7 @@ class ServingService:
         finish = None
         text_parts: list[str] = []
         try:
-            for delta in iter_deltas(prepared.codec, chunks):
+            for delta in itertools.chain([first_delta] if first_delta else [], deltas):
                 if delta.text:
                     text_parts.append(delta.text)
                     yield chunk({"content": delta.text})
@@ -208,9 +232,7 @@ class ServingService:
                 if delta.usage:
                     usage = delta.usage
         finally:
-            close = getattr(chunks, "close", None)
-            if close:
-                close()
+            _close(chunks)
         yield chunk({}, _openai_finish(finish or "stop"))
         if request.stream_options and request.stream_options.include_usage:
             completion = Completion(
@@ -265,7 +287,13 @@ class ServingService:
                 payload = codec.build_generate(prompt, params, stream, model=route.name)
             else:
                 payload = codec.build_chat(messages, params, stream, model=route.name)
-            return Prepared(route, codec, params, payload, None, timings)
+            counter = token_counter_for(route.chat_template)
+            estimate = counter(
+                render_prompt(route.chat_template or FALLBACK_TEMPLATE, messages, bos=True)
+            )
+            return Prepared(
+                route, codec, params, payload, None, timings, estimated_prompt_tokens=estimate
+            )
 
         from llmhost.rag.retrieve import retrieve
 
@@ -316,9 +344,19 @@ class ServingService:
         route = prepared.route
         target = InvocationTarget(route.endpoint_name, route.inference_component)
         started = time.perf_counter()
+        body = self._call(prepared, lambda p: self._invoker().invoke(target, p.payload))
+        self._directory.answered(route.name)
+        completion = prepared.codec.parse_reply(body)
+        prepared.timings_ms["generate"] = _ms(started)
+        return completion
+
+    def _call(self, prepared: Prepared, call: Callable[[Prepared], T]) -> T:
+        """``call(prepared)``, the one way plain and streamed requests reach the model: a RAG
+        prompt the engine finds too long is rebuilt smaller and tried once more, and a
+        refused invocation becomes the client's error (waking a sleeping model)."""
         try:
             try:
-                body = self._invoker().invoke(target, prepared.payload)
+                return call(prepared)
             except PromptTooLong as rejected:
                 # Our token estimate was too optimistic for this text: shrink by what the
                 # engine counted and retry once (plain chat has no context to drop).
@@ -330,13 +368,9 @@ class ServingService:
                     estimated_prompt_tokens=prepared.rag.estimated_tokens,
                 )
                 prepared.payload = prepared.build(budget)
-                body = self._invoker().invoke(target, prepared.payload)
+                return call(prepared)
         except ModelUnavailable as refused:
-            raise self._cold(route, refused) from refused
-        self._directory.answered(route.name)
-        completion = prepared.codec.parse_reply(body)
-        prepared.timings_ms["generate"] = _ms(started)
-        return completion
+            raise self._cold(prepared.route, refused) from refused
 
     def _cold(self, route: ModelRoute, refused: ModelUnavailable) -> ModelUnavailable:
         """The error for a refused invocation; a model without a copy is woken first, and the
@@ -353,6 +387,12 @@ def _rebuild(
     rag, payload = build(limit)
     prepared.rag = rag
     return payload
+
+
+def _close(chunks: Iterator[bytes]) -> None:
+    close = getattr(chunks, "close", None)
+    if close:
+        close()
 
 
 def _ms(started: float) -> float:
@@ -385,9 +425,16 @@ def _sources(rag: RagPrompt | None) -> list[dict[str, Any]]:
 
 
 def _usage(completion: Completion, prepared: Prepared) -> dict[str, int]:
+    """OpenAI's usage, the same for a plain and a streamed answer to the same request.
+
+    An engine's chat API (vLLM, LMI, TGI's Messages API) counts the prompt in both kinds of
+    reply, so its count is used. Its generate API (TGI, LMI) counts it only in a stream's
+    last event, so for a route that renders its own prompt both answers report llmhost's
+    count of the prompt it sent (conservative: it errs high), never 0.
+    """
     prompt_tokens = completion.prompt_tokens
-    if prompt_tokens is None:
-        prompt_tokens = prepared.rag.estimated_tokens if prepared.rag else 0
+    if prepared.route.chat_template is not None or prompt_tokens is None:
+        prompt_tokens = prepared.prompt_tokens()
     completion_tokens = completion.completion_tokens
     if completion_tokens is None:
         completion_tokens = len(completion.text.split())

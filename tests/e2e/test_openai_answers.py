@@ -1,0 +1,142 @@
+"""The OpenAI-compatible server against the local stack, read by the real ``openai`` client:
+a streamed request keeps the status of a refusal, and usage is the same streamed or not.
+
+The whole serving path is the product's: the model directory reading the registry, the
+SageMaker runtime front, the local engine (which counts and limits tokens as TGI does and,
+like TGI, reports a streamed request's validation error as the stream's first event).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from llmhost.local import runner
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "usage-demo"
+DOCS = [
+    {
+        "id": "volcano",
+        "text": "Mount Etna is an active stratovolcano on the east coast of Sicily. "
+        "It is the tallest active volcano in Europe outside the Caucasus.",
+    },
+    {
+        "id": "bread",
+        "text": "Sourdough bread is leavened by a culture of wild yeast and lactic acid "
+        "bacteria. The starter must be fed with flour and water every day.",
+    },
+]
+
+
+def _signed(api: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else b""
+    request = AWSRequest(
+        method=method, url=api + path, data=data, headers={"Content-Type": "application/json"}
+    )
+    SigV4Auth(
+        Credentials(runner.ACCESS_KEY, runner.SECRET_KEY), "execute-api", runner.REGION
+    ).add_auth(request)
+    http = urllib.request.Request(
+        api + path, data=data or None, headers=dict(request.headers), method=method
+    )
+    with urllib.request.urlopen(http, timeout=60) as reply:
+        return reply.status, json.loads(reply.read())
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from openai import OpenAI
+
+    from llmhost import aws, runtime
+
+    saved = dict(os.environ)
+    os.environ["QDRANT_PATH"] = str(tmp_path_factory.mktemp("qdrant"))
+    cloud = runner.LocalCloud(moto_port=0, speed=600, drift_seconds=0.5)
+    cloud.log = lambda line: None
+    cloud.start()
+    api = runner.serve(0, cloud)
+    openai_server = cloud.start_openai_server(0)
+    try:
+        base = runner.url_of(api)
+        spec = {"name": MODEL, "model": {"model_id": "HuggingFaceH4/zephyr-7b-beta"}}
+        assert _signed(base, "POST", "/v1/deployments", spec)[0] == 201
+        deadline = time.monotonic() + 60
+        while _signed(base, "GET", f"/v1/deployments/{MODEL}")[1]["status"] != "IN_SERVICE":
+            assert time.monotonic() < deadline, "the model never came up"
+            time.sleep(0.2)
+        code, _ = _signed(base, "POST", "/v1/collections/kb/documents", {"documents": DOCS})
+        assert code == 200
+        yield OpenAI(
+            base_url=runner.url_of(openai_server) + "/v1",
+            api_key=runner.LOCAL_API_KEY,
+            max_retries=0,
+        )
+    finally:
+        api.shutdown()
+        openai_server.shutdown()
+        cloud.stop()
+        os.environ.clear()
+        os.environ.update(saved)
+        aws.reset()
+        runtime.reset()
+
+
+def _streamed_usage(client: Any, **request: Any) -> tuple[str, dict[str, int]]:
+    text, usage = [], None
+    for chunk in client.chat.completions.create(
+        **request, stream=True, stream_options={"include_usage": True}
+    ):
+        if chunk.choices and chunk.choices[0].delta.content:
+            text.append(chunk.choices[0].delta.content)
+        if chunk.usage is not None:
+            usage = chunk.usage.model_dump()
+    assert usage is not None, "include_usage asked for a usage chunk"
+    return "".join(text), usage
+
+
+@pytest.mark.parametrize("rag", [None, {"collection": "kb", "k": 2}], ids=["chat", "rag"])
+def test_usage_is_the_same_streamed_or_not(client: Any, rag: dict[str, Any] | None) -> None:
+    # Given one request, asked plain and streamed
+    request: dict[str, Any] = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "How is sourdough bread leavened?"}],
+    }
+    if rag:
+        request["extra_body"] = {"rag": rag}
+    plain = client.chat.completions.create(**request)
+    text, streamed = _streamed_usage(client, **request)
+    # Then the answers and their usage agree, and the prompt was counted
+    assert text == plain.choices[0].message.content
+    assert plain.usage.model_dump() == streamed
+    assert streamed["prompt_tokens"] > 0
+    assert streamed["total_tokens"] == streamed["prompt_tokens"] + streamed["completion_tokens"]
+
+
+def test_a_streamed_request_the_model_refuses_keeps_its_status(client: Any) -> None:
+    from openai import APIStatusError
+
+    # Given a prompt longer than the model takes (the engine says so as the stream's first
+    # event, as TGI does)
+    request = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "word " * 6000}],
+    }
+    with pytest.raises(APIStatusError) as plain:
+        client.chat.completions.create(**request)
+    # When it is streamed, it is refused with the same status and message, not a 200
+    with pytest.raises(APIStatusError) as streamed:
+        client.chat.completions.create(**request, stream=True)
+    assert 400 <= plain.value.status_code < 500
+    assert streamed.value.status_code == plain.value.status_code
+    assert streamed.value.body == plain.value.body
