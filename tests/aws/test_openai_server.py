@@ -449,3 +449,27 @@ def test_unreadable_keys_answer_503_with_retry_after(service: ScriptedService) -
         assert _body(received)["error"]["code"] == "api_keys_unavailable"
     finally:
         running.shutdown()
+
+
+def test_the_openapi_document_is_served_without_a_key_and_lists_every_status(
+    server: tuple[str, int],
+) -> None:
+    from llmhost.serving.requests import ChatCompletionRequest
+
+    raw = b"GET /v1/openapi.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    document = _body(_exchange(server, raw))
+    assert document["openapi"].startswith("3.1")
+    chat = document["paths"]["/v1/chat/completions"]["post"]
+    expected = {"200", "400", "401", "404", "413", "415", "422", "429", "503", "504"}
+    assert expected <= set(chat["responses"])
+    for status in ("429", "503"):
+        assert "Retry-After" in chat["responses"][status]["headers"]
+    error = {"$ref": "#/components/schemas/ErrorBody"}
+    assert chat["responses"]["422"]["content"]["application/json"]["schema"] == error
+    assert set(chat["responses"]["200"]["content"]) == {"application/json", "text/event-stream"}
+    # The request body is described by the model that validates it
+    schemas = document["components"]["schemas"]
+    assert (
+        schemas["ChatCompletionRequest"]["required"]
+        == (ChatCompletionRequest.model_json_schema()["required"])
+    )

@@ -33,7 +33,6 @@ import sys
 import threading
 import time
 import warnings
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any

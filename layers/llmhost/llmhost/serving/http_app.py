@@ -6,12 +6,13 @@ Locally, ``make run`` serves the same app. It is an ASGI app served by uvicorn (
 framing, ``Content-Length`` checks, keep-alive and chunked encoding are uvicorn's, so a
 refused request's unread body can never be read as a next request.
 
-Every route but ``/health`` needs an API key; each key has its own
-request rate (``llmhost.serving.ratelimit``). The service is synchronous (boto3, Qdrant), so
-it runs in a thread pool, one call or one stream step at a time: a slow stream never holds
-up another request. A streamed request learns its outcome (routing, the model accepting the
-prompt) before the headers go out, so a refused stream keeps its 4xx/5xx status; a failure
-after that ends the stream with an OpenAI error event and a proper end of the body.
+Every route but ``/health`` and ``/v1/openapi.json`` (this API's OpenAPI document) needs an
+API key; each key has its own request rate (``llmhost.serving.ratelimit``). The service is
+synchronous (boto3, Qdrant), so it runs in a thread pool, one call or one stream step at a
+time: a slow stream never holds up another request. A streamed request learns its outcome
+(routing, the model accepting the prompt) before the headers go out, so a refused stream
+keeps its 4xx/5xx status; a failure after that ends the stream with an OpenAI error event
+and a proper end of the body.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticCustomError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -147,6 +149,10 @@ class ServingHttpApp:
         try:
             if path in {"/", "/health"}:
                 return _json(200, {"status": "ok"})
+            if path == "/v1/openapi.json":
+                from llmhost.serving.openapi import openai_api_document
+
+                return _json(200, openai_api_document())
             if self._auth is not None:
                 principal = await run_in_threadpool(
                     self._auth.authenticate, request.headers.get("authorization")
@@ -173,6 +179,9 @@ class ServingHttpApp:
             return _json(200, await run_in_threadpool(service.chat, chat))
         except ValidationError as error:
             return _invalid(error)
+        except PydanticCustomError as error:
+            # A request model's own check outside validation (its content, read by the service)
+            return _error_response(RequestInvalid(error.message(), param="messages"))
         except LlmhostError as error:
             return _error_response(error)
         except Exception:  # no stack trace reaches the client; the log has it

@@ -1,0 +1,283 @@
+"""The OpenAPI document of the OpenAI-compatible API (``GET /v1/openapi.json`` on that server).
+
+Request bodies come from the same pydantic models that validate them
+(``llmhost.serving.requests``); responses from the models below, which describe what
+``ServingService`` and ``ServingHttpApp`` return. Every status the server answers is listed
+with its body (OpenAI's error object) and headers (``Retry-After`` on 429 and 503).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import models_json_schema
+
+from llmhost.serving.requests import ChatCompletionRequest, RagRequest
+
+REF = "#/components/schemas/{model}"
+
+
+class ErrorField(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    message: str = Field(description="What went wrong and what to do about it.")
+    type: str = Field(examples=["invalid_request_error", "authentication_error"])
+    code: str = Field(description="Stable and machine-readable.", examples=["invalid_request"])
+    param: str | None = Field(default=None, description="The field at fault, if one is.")
+    fields: list[ErrorField] | None = Field(
+        default=None, description="422: every field at fault, with what to change."
+    )
+
+
+class ErrorBody(BaseModel):
+    """OpenAI's error shape, which its clients raise as typed exceptions."""
+
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class ModelStatus(BaseModel):
+    status: str
+    hosting: str
+    engine: str
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    llmhost: ModelStatus
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    total_tokens: int = Field(ge=0)
+
+
+class Source(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    index: int
+    id: str
+    chunk: str
+    score: float
+    trimmed: bool
+    start: int | None = None
+    end: int | None = None
+    metadata: dict[str, Any]
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str
+
+
+class Choice(BaseModel):
+    index: int
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class ChatExtras(BaseModel):
+    latency_ms: dict[str, float]
+    sources: list[Source]
+
+
+class ChatCompletion(BaseModel):
+    """A non-streamed answer. With ``"stream": true`` the answer is ``text/event-stream``:
+    ``data: <chat.completion.chunk>`` events, ``data: {"error": ...}`` if it fails midway,
+    then ``data: [DONE]``."""
+
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    llmhost: ChatExtras
+
+
+class RagAnswer(BaseModel):
+    answer: str
+    model: str
+    finish_reason: str
+    sources: list[Source]
+    usage: Usage
+    latency_ms: dict[str, float]
+
+
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again.",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    }
+}
+
+_ERRORS: dict[int, str] = {
+    400: "The body is not UTF-8 JSON, or is nested too deeply.",
+    401: "The API key is missing or wrong.",
+    404: "No such route, or no such model (deployment) or collection.",
+    405: "The route does not take this method.",
+    413: "The body is larger than 1 MiB.",
+    415: "The body is not declared as JSON (send Content-Type: application/json).",
+    422: "The request is not valid: `param` and `fields` name what to change. Also a prompt "
+    "the model refuses (too long for it).",
+    429: "This API key is over its request rate, or the model is throttled.",
+    500: "llmhost failed; the operator's logs have the cause.",
+    502: "The model failed to answer.",
+    503: "The model is asleep or starting (a request wakes it), or llmhost cannot read its "
+    "API keys right now.",
+    504: "The model took too long to answer.",
+}
+
+
+def _error(status: int) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": _ERRORS[status],
+        "content": {"application/json": {"schema": {"$ref": REF.format(model="ErrorBody")}}},
+    }
+    if status in {429, 503}:
+        response["headers"] = _RETRY_AFTER
+    return response
+
+
+def _json(model: str, description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": REF.format(model=model)}}},
+    }
+
+
+@functools.cache
+def openai_api_document() -> dict[str, Any]:
+    """The document (built once per process; the models do not change at run time)."""
+    _, schemas = models_json_schema(
+        [
+            (ChatCompletionRequest, "validation"),
+            (RagRequest, "validation"),
+            (ErrorBody, "serialization"),
+            (Health, "serialization"),
+            (ModelList, "serialization"),
+            (ChatCompletion, "serialization"),
+            (RagAnswer, "serialization"),
+        ],
+        ref_template=REF,
+    )
+    with_keys = [401, 429, 503]
+    served = [*with_keys, 500]
+    body = [400, 404, 405, 413, 415, 422, 502, 504]
+    secured: list[dict[str, list[str]]] = [{"apiKey": []}]
+
+    def statuses(*codes: int) -> dict[str, Any]:
+        return {str(code): _error(code) for code in sorted(codes)}
+
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "llmhost OpenAI-compatible API",
+            "version": "1",
+            "description": "OpenAI's chat completions and models, plus llmhost's RAG "
+            "(`rag` in a chat request, and POST /v1/rag). Authenticate with "
+            "`Authorization: Bearer <API key>`. Each key has a request rate; over it: 429 "
+            "with Retry-After.",
+        },
+        "components": {
+            "schemas": schemas["$defs"],
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+        },
+        "paths": {
+            "/health": {
+                "get": {
+                    "operationId": "health",
+                    "summary": "Readiness (no key needed).",
+                    "responses": {"200": _json("Health", "Serving.")},
+                }
+            },
+            "/v1/models": {
+                "get": {
+                    "operationId": "listModels",
+                    "summary": "Every deployment as an OpenAI model, with llmhost's status.",
+                    "security": secured,
+                    "responses": {
+                        "200": _json("ModelList", "The models."),
+                        **statuses(*served, 405),
+                    },
+                }
+            },
+            "/v1/chat/completions": {
+                "post": {
+                    "operationId": "createChatCompletion",
+                    "summary": "Chat; streams with `stream: true`; `rag` answers from a "
+                    "collection's passages.",
+                    "security": secured,
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": REF.format(model="ChatCompletionRequest")}
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "The answer; a stream of chunks with stream: true.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": REF.format(model="ChatCompletion")}
+                                },
+                                "text/event-stream": {"schema": {"type": "string"}},
+                            },
+                        },
+                        **statuses(*served, *body),
+                    },
+                }
+            },
+            "/v1/rag": {
+                "post": {
+                    "operationId": "rag",
+                    "summary": "Retrieve from a collection, then answer with the sources.",
+                    "security": secured,
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": {"$ref": REF.format(model="RagRequest")}}
+                        },
+                    },
+                    "responses": {
+                        "200": _json("RagAnswer", "The answer, its sources and usage."),
+                        **statuses(*served, *body),
+                    },
+                }
+            },
+            "/v1/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document (no key needed).",
+                    "responses": {
+                        "200": {
+                            "description": "OpenAPI 3.1",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
+        },
+    }
