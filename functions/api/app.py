@@ -5,6 +5,7 @@ from aws_lambda_powertools.logging import correlation_paths
 
 from llmhost import runtime
 from llmhost.api.deployments import build_app
+from llmhost.api.envelope import malformed_event_response
 
 logger = Logger()
 # Patch only what this function uses: patching every supported library imports requests &c.
@@ -17,4 +18,7 @@ app = build_app(runtime.registry, logger=logger, metrics=metrics)
 @tracer.capture_lambda_handler
 @metrics.log_metrics(capture_cold_start_metric=True)
 def handler(event: dict, context: object) -> dict:
+    refused = malformed_event_response(event)  # not a request API Gateway would send
+    if refused is not None:
+        return refused
     return app.resolve(event, context)

@@ -4,6 +4,7 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging import correlation_paths
 
 from llmhost import runtime
+from llmhost.api.envelope import malformed_event_response
 from llmhost.api.serving import build_serving_app
 
 logger = Logger()
@@ -22,4 +23,7 @@ app = build_serving_app(
 @tracer.capture_lambda_handler
 @metrics.log_metrics(capture_cold_start_metric=True)
 def handler(event: dict, context: object) -> dict:
+    refused = malformed_event_response(event)  # not a request API Gateway would send
+    if refused is not None:
+        return refused
     return app.resolve(event, context)

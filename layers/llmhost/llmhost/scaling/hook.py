@@ -27,9 +27,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from llmhost.clock import REAL, CloudClock
 from llmhost.errors import ConcurrentModification, DeploymentNotFound
+from llmhost.eventfields import get, text
 from llmhost.lifecycle.observer import alarm_prefix
 from llmhost.lifecycle.record import DeploymentRecord
 from llmhost.lifecycle.registry import Registry
+from llmhost.lifecycle.triggers import is_deployment_name
 
 if TYPE_CHECKING:
     from llmhost.scaling.budget import BudgetKeeper
@@ -106,35 +108,37 @@ _TARGET_ALARM = re.compile(
 )
 
 
+def _alarm_state(detail: Any) -> dict[str, str]:
+    return {
+        "state": text(detail, "state", "value"),
+        "previous": text(detail, "previousState", "value"),
+        "reason": text(detail, "state", "reason")[:300],
+    }
+
+
 def parse_alarm_event(event: dict[str, Any]) -> AlarmChange | None:
     """A "CloudWatch Alarm State Change" for one of llmhost's alarms, else None."""
-    if event.get("detail-type") != "CloudWatch Alarm State Change":
+    if get(event, "detail-type") != "CloudWatch Alarm State Change":
         return None
-    detail = event.get("detail", {})
-    name = str(detail.get("alarmName", ""))
+    detail = get(event, "detail")
+    name = text(detail, "alarmName")
     if not name.startswith("llmhost-"):
         return None
     for kind in KINDS:
         if name.endswith(f"-{kind}"):
             deployment = name[len("llmhost-") : -len(kind) - 1]
-            if deployment and alarm_prefix(deployment) + kind == name:
-                return AlarmChange(
-                    deployment=deployment,
-                    kind=kind,
-                    state=str(detail.get("state", {}).get("value", "")),
-                    previous=str(detail.get("previousState", {}).get("value", "")),
-                    reason=str(detail.get("state", {}).get("reason", ""))[:300],
-                )
+            if is_deployment_name(deployment) and alarm_prefix(deployment) + kind == name:
+                return AlarmChange(deployment=deployment, kind=kind, **_alarm_state(detail))
     return None
 
 
 def parse_target_alarm(event: dict[str, Any]) -> TargetAlarm | None:
     """A state change of a target-tracking alarm on a SageMaker scalable target, else None."""
-    if event.get("detail-type") != "CloudWatch Alarm State Change":
+    if get(event, "detail-type") != "CloudWatch Alarm State Change":
         return None
-    detail = event.get("detail", {})
-    match = _TARGET_ALARM.match(str(detail.get("alarmName", "")))
-    if match is None:
+    detail = get(event, "detail")
+    match = _TARGET_ALARM.match(text(detail, "alarmName"))
+    if match is None or not is_deployment_name(match["ic"] or match["ep"]):
         return None
     which: Literal["AlarmHigh", "AlarmLow"] = (
         "AlarmHigh" if match["which"] == "AlarmHigh" else "AlarmLow"
@@ -143,22 +147,21 @@ def parse_target_alarm(event: dict[str, Any]) -> TargetAlarm | None:
         deployment=match["ic"] or match["ep"],
         resource_id=match["rid"],
         which=which,
-        state=str(detail.get("state", {}).get("value", "")),
-        previous=str(detail.get("previousState", {}).get("value", "")),
-        reason=str(detail.get("state", {}).get("reason", ""))[:300],
+        **_alarm_state(detail),
     )
 
 
-def parse_event(event: dict[str, Any]) -> HookEvent | None:
-    """Any event the scaling function accepts, or None for one it does not know."""
-    source, action = event.get("source"), event.get("action")
-    name = str(event.get("deployment", ""))
-    if source == "llmhost.schedule" and action in ("sleep", "wake") and name:
+def parse_event(event: Any) -> HookEvent | None:
+    """Any event the scaling function accepts, or None for one it does not know (including
+    one whose fields have the wrong shape, or that names no possible deployment)."""
+    source, action = get(event, "source"), get(event, "action")
+    name = text(event, "deployment")
+    if source == "llmhost.schedule" and action in ("sleep", "wake") and is_deployment_name(name):
         return ScheduleFired(
-            name, "sleep" if action == "sleep" else "wake", str(event.get("schedule", ""))
+            name, "sleep" if action == "sleep" else "wake", text(event, "schedule")[:300]
         )
-    if source == "llmhost.serving" and action == "wake" and name:
-        return RequestWake(name, str(event.get("requested_at", "")))
+    if source == "llmhost.serving" and action == "wake" and is_deployment_name(name):
+        return RequestWake(name, text(event, "requested_at")[:64])
     if source == "llmhost.budget" and action == "tick":
         return BudgetTick()
     return parse_alarm_event(event) or parse_target_alarm(event)

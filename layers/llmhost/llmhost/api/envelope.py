@@ -1,0 +1,48 @@
+"""The API Gateway proxy event around a request, checked before any route sees it.
+
+API Gateway's REST proxy integration always sends the same envelope (method, path, headers,
+request context...); an event without it is not a request a client made (a misrouted
+trigger, a hand-written test event, a changed integration). Such an event is answered 400
+naming the first field that is wrong, instead of failing deep inside the router. The check
+is Powertools' own model of the envelope (which follows what API Gateway documents),
+with null headers allowed as API Gateway sends them for a request without any.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aws_lambda_powertools.utilities.parser.models import APIGatewayProxyEventModel
+from pydantic import ValidationError
+
+_FIELD_MAX = 120
+
+
+class _ProxyEvent(APIGatewayProxyEventModel):
+    """Powertools' model, with what API Gateway sends for a request without headers: null."""
+
+    headers: dict[str, str] | None = None  # type: ignore[assignment]
+    multiValueHeaders: dict[str, list[str]] | None = None  # type: ignore[assignment]
+
+
+def malformed_event_response(event: Any) -> dict[str, Any] | None:
+    """A 400 proxy response for an event that is not an API Gateway proxy request, else None."""
+    try:
+        _ProxyEvent.model_validate(event)
+    except ValidationError as error:
+        first = error.errors(include_url=False, include_input=False)[0]
+        field = ".".join(str(part) for part in first["loc"])[:_FIELD_MAX] or "event"
+        message = (
+            f"not an API Gateway proxy request: {field}: {first['msg']}; "
+            "send requests through the API's URL"
+        )
+        body = {"error": {"code": "invalid_event", "message": message, "field": field}}
+        return {
+            "statusCode": 400,
+            "headers": {"Content-Type": "application/json"},
+            "multiValueHeaders": {"Content-Type": ["application/json"]},
+            "body": json.dumps(body),
+            "isBase64Encoded": False,
+        }
+    return None
