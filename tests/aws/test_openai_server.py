@@ -159,6 +159,9 @@ def test_a_malformed_content_length_gets_400_promptly(server: tuple[str, int], l
     received = _exchange(server, raw, wait=5.0)
     assert received, "no answer: the server waited for a body that will never come"
     assert _status(received) in {400, 413}
+    # ... in OpenAI's error shape, saying what to send instead
+    error = _body(received)["error"]
+    assert error["type"] == "invalid_request_error" and "Content-Length" in error["message"]
 
 
 def test_a_body_over_the_limit_is_refused_without_reading_it(server: tuple[str, int]) -> None:

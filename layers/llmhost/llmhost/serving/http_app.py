@@ -387,6 +387,15 @@ def _sse(payload: Any) -> bytes:
     return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
 
+def bad_request(problem: str) -> bytes:
+    """The body of uvicorn's 400 for a request h11 cannot parse, in OpenAI's shape."""
+    message = (
+        f"invalid HTTP request: {problem}. Send HTTP/1.1 with a Content-Length that is the "
+        "body's size in bytes (a non-negative integer), or chunked encoding"
+    )
+    return json.dumps(openai_error(400, "invalid_http_request", message)).encode()
+
+
 # ------------------------------------------------------------------------------ server
 
 
@@ -397,6 +406,9 @@ class AsgiServer:
     def __init__(self, app: Any, host: str, port: int) -> None:
         import uvicorn
 
+        # The local runner's h11 protocol with a JSON 400 (ours in OpenAI's shape).
+        from llmhost.local.http_server import _h11_with
+
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host, port))
@@ -404,7 +416,7 @@ class AsgiServer:
         self.server_address: tuple[str, int] = self._socket.getsockname()[:2]
         config = uvicorn.Config(
             app,
-            http="h11",
+            http=_h11_with(bad_request),
             loop="asyncio",
             ws="none",
             lifespan="off",
