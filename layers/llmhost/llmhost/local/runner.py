@@ -283,6 +283,7 @@ class LocalCloud:
             source,
             self._invoke_reconcile,
             log=lambda line: self.log(line),
+            forget=_forget_stream_iterators,
         )
         self.stream.start_at_latest()  # StartingPosition: LATEST, before anything is written
         os.environ["SAGEMAKER_EXECUTION_ROLE_ARN"] = _service_role(ROLE_NAME, "sagemaker")
@@ -437,6 +438,17 @@ class LocalCloud:
         if self._front_server is not None:
             self._front_server.shutdown()
         self._moto.stop()
+
+
+def _forget_stream_iterators(iterators: list[str]) -> None:
+    """Drop shard iterators the stream poller is done with from this process's moto, which
+    keeps every one it hands out (four polls a second would grow it by ~40 MB an hour)."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.dynamodbstreams.models import dynamodbstreams_backends
+
+    store = dynamodbstreams_backends[DEFAULT_ACCOUNT_ID][REGION].shard_iterators
+    for iterator in iterators:
+        store.pop(iterator, None)
 
 
 def _service_role(name: str, service: str) -> str:

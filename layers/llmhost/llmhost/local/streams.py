@@ -117,8 +117,12 @@ class StreamPoller:
         invoke: Callable[[dict[str, Any]], dict[str, Any] | None],
         log: Callable[[str], None] = lambda line: None,
         interval_s: float = 0.25,
+        forget: Callable[[list[str]], None] | None = None,
     ) -> None:
+        """``forget``: told the shard iterators a read is done with (an emulator that keeps
+        every iterator it hands out can drop them; DynamoDB lets them expire)."""
         self._streams = streams
+        self._forget = forget
         self._arn = stream_arn
         self._source = source
         self._invoke = invoke
@@ -151,9 +155,10 @@ class StreamPoller:
         iterator = self._streams.get_shard_iterator(
             StreamArn=self._arn, ShardId=shard_id, **position
         )["ShardIterator"]
-        records: list[dict[str, Any]] = self._streams.get_records(ShardIterator=iterator).get(
-            "Records", []
-        )
+        page = self._streams.get_records(ShardIterator=iterator)
+        if self._forget is not None:
+            self._forget([iterator, *filter(None, [page.get("NextShardIterator")])])
+        records: list[dict[str, Any]] = page.get("Records", [])
         if records:
             shard.after = records[-1]["dynamodb"]["SequenceNumber"]
         return records
