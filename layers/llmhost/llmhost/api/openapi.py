@@ -136,6 +136,49 @@ ROUTES: dict[tuple[str, str], tuple[int, str, tuple[int, ...]]] = {
     ),
     ("delete", "/v1/collections/{name}/documents/{doc_id}"): (200, "Deleted", _STORE),
 }
+
+
+def _object(required: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": sorted(required), "properties": required}
+
+
+_COLLECTION = _object(
+    {"name": {"type": "string"}, "points": {"type": "integer"}, "dimension": {"type": "integer"}}
+)
+# Success bodies described here; records of a deployment are below; the rest are objects.
+_SUCCESS: dict[tuple[str, str], dict[str, Any]] = {
+    ("get", "/v1/deployments"): _object(
+        {
+            "deployments": {
+                "type": "array",
+                "items": _object({"name": {"type": "string"}, "status": {"type": "string"}}),
+            },
+            "count": {"type": "integer", "minimum": 0},
+        }
+    ),
+    ("post", "/v1/plan"): _object({"name": {"type": "string"}, "plan": {"type": "object"}}),
+    ("get", "/v1/models"): _object(
+        {
+            "object": {"const": "list"},
+            "data": {
+                "type": "array",
+                "items": _object({"id": {"type": "string"}, "object": {"const": "model"}}),
+            },
+        }
+    ),
+    ("get", "/v1/collections"): _object(
+        {
+            "collections": {"type": "array", "items": {"type": "string"}},
+            "count": {"type": "integer", "minimum": 0},
+        }
+    ),
+    ("post", "/v1/collections"): _COLLECTION,
+    ("get", "/v1/collections/{name}"): _COLLECTION,
+    ("delete", "/v1/collections/{name}"): _object({"deleted": {"type": "string"}}),
+    ("delete", "/v1/collections/{name}/documents/{doc_id}"): _object(
+        {"deleted": {"type": "string"}, "chunks": {"type": "integer", "minimum": 1}}
+    ),
+}
 # Success bodies that are records of a deployment.
 _RECORD_ROUTES = {
     ("post", "/v1/deployments"),
@@ -172,7 +215,7 @@ def document_responses(doc: dict[str, Any]) -> dict[str, Any]:
             body = (
                 {"$ref": "#/components/schemas/DeploymentView"}
                 if (method, path) in _RECORD_ROUTES
-                else {"type": "object"}
+                else _SUCCESS.get((method, path), {"type": "object"})
             )
             responses: dict[str, Any] = {
                 str(success): {
