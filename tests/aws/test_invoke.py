@@ -254,6 +254,7 @@ CASES: list[tuple[str, dict[str, Any], type[ModelInvocationError], int, str | No
         503,
         "5",
     ),
+    # SageMaker's own 5xx (not the model's, which is a ModelError) passes: 503, Retry-After.
     (
         "internal",
         {
@@ -261,9 +262,9 @@ CASES: list[tuple[str, dict[str, Any], type[ModelInvocationError], int, str | No
             "service_message": "An internal failure occurred.",
             "http_status_code": 500,
         },
-        ModelFailed,
-        502,
-        None,
+        ModelUnavailable,
+        503,
+        "5",
     ),
     (
         "dependency",
@@ -272,9 +273,9 @@ CASES: list[tuple[str, dict[str, Any], type[ModelInvocationError], int, str | No
             "service_message": "Dependency failed",
             "http_status_code": 530,
         },
-        ModelFailed,
-        502,
-        None,
+        ModelUnavailable,
+        503,
+        "5",
     ),
 ]
 

@@ -95,6 +95,17 @@ def install_error_handlers(app: APIGatewayRestResolver, logger: Any = None) -> N
 
     @app.exception_handler(Exception)
     def unexpected(error: Exception) -> Response:
+        from llmhost.aws_faults import fault_error
+
+        # An AWS call that failed in a way retrying can pass (throttled, timed out, 5xx):
+        # 429/503/504 with Retry-After, whichever adapter let it through untyped.
+        fault = fault_error(error, "an AWS service llmhost uses")
+        if fault is not None:
+            if logger is not None:
+                logger.warning("AWS fault", extra={"detail": fault.detail})
+            return error_response(
+                fault.status, fault.code, fault.message, retry_after=fault.retry_after
+            )
         # The final guard. The client gets no internals; the log has the stack trace and
         # the request id. Errors only client input can cause still answer 4xx.
         if logger is not None:

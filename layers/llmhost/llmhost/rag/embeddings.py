@@ -95,6 +95,13 @@ class EmbeddingTimeout(EmbeddingUnavailable):
     status = 504
 
 
+class EmbeddingThrottled(EmbeddingUnavailable):
+    """SageMaker throttled the call to the embedding endpoint."""
+
+    code = "embedding_throttled"
+    status = 429
+
+
 class EmbeddingRejected(EmbeddingError):
     """The embedding endpoint refused the input itself (its 4xx)."""
 
@@ -530,7 +537,12 @@ class SageMakerEmbedder:
         return out
 
     def _invoke(self, texts: list[str]) -> np.ndarray:
-        from botocore.exceptions import ClientError, ConnectTimeoutError, ReadTimeoutError
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            ConnectTimeoutError,
+            ReadTimeoutError,
+        )
         from botocore.exceptions import ConnectionError as BotocoreConnectionError
 
         request: dict[str, Any] = {
@@ -551,7 +563,8 @@ class SageMakerEmbedder:
                 f"({error.__class__.__name__}); retry, or send fewer texts per request",
                 retry_after=1,
             ) from None
-        except BotocoreConnectionError as error:
+        except (BotocoreConnectionError, BotoCoreError) as error:
+            # Connection failures, and a reply that broke off while being read.
             raise EmbeddingUnavailable(
                 f"cannot reach SageMaker for the embedding endpoint '{self.endpoint_name}' "
                 f"({error.__class__.__name__}); retry"
@@ -609,7 +622,16 @@ def map_invoke_error(
             f"the embedding endpoint {target} is not ready ({code}); retry shortly",
             retry_after=30,
         )
-    if code in {"ThrottlingException", "InternalFailure", "InternalDependencyException"}:
+    if code in {"ThrottlingException", "ThrottledException", "TooManyRequestsException"}:
+        return EmbeddingThrottled(
+            f"SageMaker is throttling calls to the embedding endpoint {target} ({code}); retry "
+            "after 2 s",
+            retry_after=2,
+        )
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if code in {"InternalFailure", "InternalDependencyException"} or (
+        isinstance(status, int) and status >= 500
+    ):
         return EmbeddingUnavailable(
             f"SageMaker could not serve the embedding endpoint {target} now ({code}); retry",
             retry_after=2,

@@ -351,8 +351,9 @@ class _Pending:
 
 
 def _is_transient(error: LlmhostError) -> bool:
-    """A failure of a service (busy, unreachable, timed out) that a later retry may not meet."""
-    return error.status in (429, 502, 503, 504)
+    """A failure of a service (busy, unreachable, timed out) that a later retry may not meet:
+    its status says so and it suggests a wait (a refused credential suggests none)."""
+    return error.status in (429, 503, 504) and getattr(error, "retry_after", None) is not None
 
 
 def _write(

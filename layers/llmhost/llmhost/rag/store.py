@@ -134,10 +134,29 @@ class IncompatibleVectors(LlmhostError):
 
 
 class VectorStoreUnavailable(LlmhostError):
-    """Qdrant cannot be reached or refused the credentials: a deployment problem."""
+    """Qdrant cannot be reached, answers 5xx, or refused the credentials; ``retry_after``
+    seconds is a fair wait when retrying can help."""
 
     code = "vector_store_unavailable"
     status = 503
+
+    def __init__(self, message: str, retry_after: int | None = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class VectorStoreTimeout(VectorStoreUnavailable):
+    """Qdrant did not answer in time."""
+
+    code = "vector_store_timeout"
+    status = 504
+
+
+class VectorStoreBusy(VectorStoreUnavailable):
+    """Qdrant refused the request for load (its 429)."""
+
+    code = "vector_store_busy"
+    status = 429
 
 
 # ------------------------------------------------------------------------------------ values
@@ -673,11 +692,19 @@ def _translate(error: Exception, collection: str) -> Exception:
     if status in (401, 403):
         return VectorStoreUnavailable(
             f"Qdrant refused the API key ({status}); check the secret that "
-            "QDRANT_API_KEY_SECRET_ARN names"
+            "QDRANT_API_KEY_SECRET_ARN names",
+            retry_after=None,
         )
-    unreachable = (httpx.TransportError, ConnectionError, TimeoutError)
+    if status == 429:
+        return VectorStoreBusy("Qdrant is overloaded (429); retry after 2 s", retry_after=2)
     # The HTTP client wraps transport failures in ResponseHandlingException.
     cause = error.source if isinstance(error, ResponseHandlingException) else error
+    if isinstance(cause, httpx.TimeoutException | TimeoutError):
+        return VectorStoreTimeout(
+            f"Qdrant did not answer in time ({type(cause).__name__}); retry after 5 s, and "
+            "if it persists check the server's load",
+        )
+    unreachable = (httpx.TransportError, ConnectionError)
     if isinstance(cause, unreachable) or (isinstance(status, int) and status >= 500):
         return VectorStoreUnavailable(
             f"Qdrant did not answer ({type(cause).__name__}{f' {status}' if status else ''}); "
@@ -715,17 +742,22 @@ def store_from_env() -> VectorStore:
 def _read_api_key(secret_arn: str) -> str:
     import json
 
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import BotoCoreError, ClientError
 
     from llmhost import aws
+    from llmhost.aws_faults import fault_error
 
     try:
         value = aws.client("secretsmanager").get_secret_value(SecretId=secret_arn)["SecretString"]
-    except ClientError as error:
-        code = error.response.get("Error", {}).get("Code", "")
+    except (ClientError, BotoCoreError) as error:
+        fault = fault_error(error, "Secrets Manager (reading the Qdrant API key)")
+        if fault is not None:
+            raise fault from None
+        code = getattr(error, "response", {}).get("Error", {}).get("Code", type(error).__name__)
         raise VectorStoreUnavailable(
             f"cannot read the Qdrant API key secret {secret_arn} ({code}); check "
-            "QDRANT_API_KEY_SECRET_ARN and the function's secretsmanager:GetSecretValue grant"
+            "QDRANT_API_KEY_SECRET_ARN and the function's secretsmanager:GetSecretValue grant",
+            retry_after=None,
         ) from None
     if value.lstrip().startswith("{"):
         parsed = json.loads(value)

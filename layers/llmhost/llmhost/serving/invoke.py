@@ -18,10 +18,12 @@ ValidationError "Inference Component has no capacity"    503    ModelUnavailable
 ModelNotReadyException                                   503    ModelUnavailable(starting)
 ValidationError "... not in service" / "... state"       503    ModelUnavailable(starting)
 ValidationError "Endpoint ... not found"                 503    ModelUnavailable(not_deployed)
-ServiceUnavailable, connection failures                  503    ModelUnavailable(service_...)
+ServiceUnavailable, InternalFailure, InternalDependency-  503    ModelUnavailable(service_...)
+Exception, any other 5xx, connection failures
 read timeout; ModelStreamError ModelInvocationTimeExc.   504    ModelTimeout
-InternalFailure, InternalDependencyException, other      502    ModelFailed
-ModelStreamError (StreamBroken), InternalStreamFailure   502    StreamInterrupted
+any other error                                          502    ModelFailed
+ModelStreamError (StreamBroken), InternalStreamFailure,  502    StreamInterrupted
+connection lost mid-stream
 ======================================================  =====  ===========================
 
 Timeouts and retries are explicit (``build_runtime_client``): botocore's standard retry
@@ -56,6 +58,9 @@ RETRY_AFTER_NOT_READY_S = 10
 
 _THROTTLING_CODES = frozenset(
     {"ThrottlingException", "Throttling", "ThrottledException", "TooManyRequestsException"}
+)
+_UNAVAILABLE_CODES = frozenset(
+    {"ServiceUnavailable", "InternalFailure", "InternalDependencyException", "InternalError"}
 )
 _ORIGINAL_STATUS = re.compile(r"Received (?:client|server) error \((\d+)\)")
 _ORIGINAL_MESSAGE = re.compile(r'with message "(.*)"', re.DOTALL)
@@ -248,7 +253,11 @@ class ModelInvoker:
                 raise map_stream_event_error(code, error.response.get("Error", {})) from error
             raise map_client_error(error, target) from error
         except BotoCoreError as error:
-            raise map_transport_error(error, target) from error
+            mapped = map_transport_error(error, target)
+            if isinstance(mapped, ModelUnavailable):
+                # The stream had started: the connection broke off, it was not refused.
+                mapped = StreamInterrupted(log_detail=mapped.log_detail)
+            raise mapped from error
         except Exception as error:
             mapped = _map_stream_transport(error)
             if mapped is None:
@@ -297,10 +306,12 @@ def map_client_error(error: Any, target: InvocationTarget) -> ModelInvocationErr
             return ModelUnavailable("starting", log_detail=detail)
         # Anything else is a request llmhost built wrongly: not the client's fault.
         return ModelFailed("SageMaker refused the invocation request", log_detail=detail)
-    if code == "ServiceUnavailable":
-        return ModelUnavailable("service_unavailable", log_detail=detail)
     if code in ("ModelStreamError", "InternalStreamFailure"):
         return map_stream_event_error(code, info)
+    http_status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if code in _UNAVAILABLE_CODES or (isinstance(http_status, int) and http_status >= 500):
+        # SageMaker's own failure (not the model's, which is a ModelError): it passes.
+        return ModelUnavailable("service_unavailable", log_detail=detail)
     return ModelFailed("SageMaker could not run the model", log_detail=detail)
 
 
@@ -350,10 +361,10 @@ def map_transport_error(error: Exception, target: InvocationTarget) -> ModelInvo
     detail = f"{type(error).__name__} calling {target.describe()}: {error}"
     if isinstance(error, ReadTimeoutError):
         return ModelTimeout(log_detail=detail)
-    if isinstance(error, ConnectTimeoutError | EndpointConnectionError):
+    if isinstance(error, ConnectTimeoutError | EndpointConnectionError | ConnectionClosedError):
+        # Before any answer: SageMaker could not be reached (a break mid-stream is mapped
+        # by the stream reader).
         return ModelUnavailable("service_unavailable", log_detail=detail)
-    if isinstance(error, ConnectionClosedError):
-        return StreamInterrupted(log_detail=detail)
     mapped = _map_stream_transport(error)
     return mapped or ModelFailed("SageMaker could not be reached", log_detail=detail)
 

@@ -417,10 +417,26 @@ class ModelDirectory:
             if cached is None or cached.version < record.version:
                 self._records = {**self._records, record.name: record}
 
+    def _read_registry(self) -> list[DeploymentRecord]:
+        """Every deployment record; a throttled, slow or failing DynamoDB is a ServiceFault
+        (429/503/504 with Retry-After), not a botocore error."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        from llmhost.aws_faults import fault_error
+
+        try:
+            return self._registry().deployments()
+        except (ClientError, BotoCoreError) as error:
+            fault = fault_error(error, "the model registry (DynamoDB)")
+            if fault is None:
+                raise
+            logger.warning("registry read failed: %s", fault.detail)
+            raise fault from None
+
     def _records_now(self, refresh: bool = False) -> dict[str, DeploymentRecord]:
         with self._lock:
             if refresh or self._clock() - self._loaded_at > self._ttl:
-                records = self._registry().deployments()
+                records = self._read_registry()
                 self._records = {r.name: r for r in records}
                 self._loaded_at = self._clock()
                 # Another container's wake: this one may answer the first request after it.
