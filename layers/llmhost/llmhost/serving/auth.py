@@ -126,21 +126,10 @@ def hashes_from_secret(secret_arn: str) -> Callable[[], Mapping[str, str]]:
     including a value that is not a JSON object)."""
 
     def load() -> Mapping[str, str]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         from llmhost import aws
-        from llmhost.aws_faults import fault_error
 
-        try:
-            value = aws.client("secretsmanager").get_secret_value(SecretId=secret_arn)
-        except (ClientError, BotoCoreError) as error:
-            # A throttled or failing Secrets Manager: 429/503/504 with Retry-After, the
-            # cached keys (if any) being too old to trust.
-            fault = fault_error(error, "the API keys secret (Secrets Manager)")
-            if fault is None:
-                raise
-            raise fault from None
-        data = json.loads(value["SecretString"])
+        value = aws.client("secretsmanager").get_secret_value(SecretId=secret_arn)["SecretString"]
+        data = json.loads(value)
         if not isinstance(data, dict):
             raise TypeError("the API key secret must be a JSON object of name -> sha256")
         return data
