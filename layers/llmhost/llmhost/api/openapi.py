@@ -83,7 +83,8 @@ _STATUSES: dict[int, tuple[str, dict[str, Any], dict[str, Any]]] = {
         {},
     ),
     429: (
-        "Throttled, by API Gateway or by SageMaker; retry after Retry-After seconds.",
+        "Throttled, by API Gateway, SageMaker or a backing service (DynamoDB, Qdrant, the "
+        "embedding endpoint); retry after Retry-After seconds.",
         {"anyOf": [_ERROR, _GATEWAY]},
         _RETRY_AFTER,
     ),
@@ -95,16 +96,17 @@ _STATUSES: dict[int, tuple[str, dict[str, Any], dict[str, Any]]] = {
         _RETRY_AFTER,
     ),
     504: (
-        "The model, or the whole request, took longer than API Gateway's 29 s; for long "
-        "answers stream from the StreamUrl instead.",
+        "The model, or the whole request, took longer than API Gateway's 29 s (for long "
+        "answers stream from the StreamUrl instead), or a backing service timed out.",
         {"anyOf": [_ERROR, _GATEWAY]},
         {},
     ),
 }
 
-# Every route answers 403 (IAM), and 504 (API Gateway's integration timeout); routes with a
-# body 400, 413, 415 and 422; routes with a path parameter 404 and 422.
-_ALWAYS = (403, 504)
+# Every route answers 403 (IAM), 429 and 503 (a throttled or failing backing service, such as
+# the registry), and 504 (API Gateway's integration timeout, or a backing service's); routes
+# with a body 400, 413, 415 and 422; routes with a path parameter 404 and 422.
+_ALWAYS = (403, 429, 503, 504)
 _WITH_BODY = (400, 413, 415, 422)
 _WITH_PATH = (404, 422)
 _MODEL_CALL = (404, 429, 502, 503)
