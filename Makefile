@@ -18,7 +18,7 @@ PY313_DIR := $(if $(PY313),$(patsubst %/,%,$(dir $(PY313))),)
 SAM_ENV := AWS_DEFAULT_REGION=us-east-1 SAM_CLI_TELEMETRY=0 PATH="$(PY313_DIR):$$PATH"
 
 .PHONY: run test check lint unit sam-validate sam-build build images embedding-model \
-	bench-coldstart bench-retrieval bench-serving bench-scaling clean
+	bench-coldstart bench-retrieval bench-serving bench-scaling bench-load clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -89,6 +89,12 @@ bench-scaling: $(VENV)/.installed
 ## bench-serving: llmhost overhead and time to first token vs the bare engine, function sizes
 bench-serving: $(VENV)/.installed $(SAM_VENV)/.installed embedding-model
 	$(SAM_ENV) $(PY) bench/serving.py
+
+## bench-load: mixed deployment/chat/RAG/ingest traffic from concurrent clients against a
+## local stack (CLIENTS=200, REQUESTS=2000, DURATION=120 s: whichever ends first)
+bench-load: $(VENV)/.installed embedding-model
+	$(PY) bench/load.py $(if $(CLIENTS),--clients $(CLIENTS)) \
+		$(if $(REQUESTS),--requests $(REQUESTS)) $(if $(DURATION),--duration $(DURATION))
 
 clean:
 	rm -rf .aws-sam $(VENV) $(SAM_VENV) $(EXPORT_VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -26,6 +26,7 @@ from llmhost.local import runner
 pytestmark = pytest.mark.e2e
 
 CLIENTS = 200
+PLANNED = {"model": {"model_id": "HuggingFaceH4/zephyr-7b-beta"}}
 
 
 class Api:
@@ -81,18 +82,25 @@ def test_two_hundred_concurrent_clients_are_all_answered(api: Api) -> None:
     # Given 200 clients that connect at the same moment
     start = threading.Barrier(CLIENTS)
 
-    def client(i: int) -> int | str:
+    def client(i: int) -> str:
         try:
             start.wait(timeout=30)
-            return api.call("GET", f"/v1/deployments/nobody-{i}")[0]
+            if i % 2:
+                status, _, body = api.call("GET", f"/v1/deployments/nobody-{i}")
+                # each answer is about this request, not another one handled at the same time
+                return "ok" if status == 404 and f"nobody-{i}" in json.dumps(body) else str(body)
+            status, _, body = api.call(
+                "POST", "/v1/plan", json.dumps({"name": f"plan-{i}", **PLANNED}).encode()
+            )
+            return "ok" if status == 200 and f"plan-{i}" in json.dumps(body) else str(body)
         except Exception as error:  # a reset, a refused or dropped connection
             return f"{type(error).__name__}: {error}"
 
-    # When each asks for a deployment that does not exist
+    # When half ask for a deployment that does not exist and half for a plan, all at once
     with ThreadPoolExecutor(CLIENTS) as pool:
         outcomes = list(pool.map(client, range(CLIENTS)))
-    # Then every one gets the API's answer, none a reset connection
-    failures = [o for o in outcomes if o != 404]
+    # Then every one gets its own answer, none a reset connection or another's answer
+    failures = [o for o in outcomes if o != "ok"]
     assert not failures, f"{len(failures)} of {CLIENTS} failed, e.g. {failures[:3]}"
 
 

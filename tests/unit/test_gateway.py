@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 from llmhost.local import events, gateway
 
@@ -88,3 +89,22 @@ def test_a_base64_response_body_is_decoded() -> None:
     raw = b"\x89PNG"
     response = {"statusCode": 200, "body": base64.b64encode(raw).decode(), "isBase64Encoded": True}
     assert gateway.response_body(response) == raw
+
+
+def test_each_invocation_has_an_execution_environment_to_itself() -> None:
+    # Given a function whose environments are numbered as they start (cold starts)
+    started: list[int] = []
+
+    def start() -> Any:
+        started.append(len(started))
+        number = started[-1]
+        return lambda event, context: {"statusCode": 200, "body": str(number)}
+
+    environments = gateway.Environments(start)
+    # When two invocations overlap, they run in two environments
+    with environments.acquire() as first, environments.acquire() as second:
+        assert first is not second
+    # And a later one reuses a warm environment instead of starting a third
+    with environments.acquire() as third:
+        assert third in (first, second)
+    assert environments.started == 2

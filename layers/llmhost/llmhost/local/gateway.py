@@ -15,16 +15,21 @@ What API Gateway does for ``template.yaml``'s API, this does too:
   none, a base64 body decoded. A function that raises or answers without a status is
   API Gateway's 502 ``{"message": "Internal server error"}``.
 
-HTTP itself is uvicorn's (``llmhost.local.http_server``); functions run on worker threads, at
-most ``concurrency`` at a time (as a Lambda concurrency limit would; others wait).
+HTTP itself is uvicorn's (``llmhost.local.http_server``). Functions run as Lambda runs them:
+each invocation in an execution environment of its own (a freshly imported handler module,
+started cold when all are busy) that handles one event at a time, since a handler's module
+state (Powertools' resolver keeps the current event on the app) is not made for concurrent
+events; at most ``concurrency`` at a time (as a Lambda concurrency limit would; others wait).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -86,6 +91,31 @@ def integration_for(method: str, path: str) -> Integration:
     return Integration(function, "/{proxy+}", {"proxy": unquote(path.lstrip("/"))})
 
 
+class Environments:
+    """A function's execution environments: ``start`` makes one (a cold start); each runs
+    one invocation at a time and is kept for the next, as Lambda keeps them warm."""
+
+    def __init__(self, start: Callable[[], Function]) -> None:
+        self._start = start
+        self._idle: list[Function] = []
+        self._lock = threading.Lock()
+        self.started = 0
+
+    @contextlib.contextmanager
+    def acquire(self) -> Iterator[Function]:
+        with self._lock:
+            handler = self._idle.pop() if self._idle else None
+        if handler is None:
+            handler = self._start()
+            with self._lock:
+                self.started += 1
+        try:
+            yield handler
+        finally:
+            with self._lock:
+                self._idle.append(handler)
+
+
 def response_headers(response: dict[str, Any]) -> list[tuple[str, str]]:
     """The headers API Gateway sends for a proxy integration's ``response`` (see above)."""
     multi = response.get("multiValueHeaders") or {}
@@ -111,8 +141,9 @@ def response_body(response: dict[str, Any]) -> bytes:
 
 
 class LocalApiGateway:
-    """The ASGI app. ``functions`` maps "api"/"serve" to a handler getter; ``answered`` is
-    told each request's (method, path, body, status) after it was answered."""
+    """The ASGI app. ``functions`` maps "api"/"serve" to a function that starts a new
+    execution environment (returns a fresh handler); ``answered`` is told each request's
+    (method, path, body, status) after it was answered."""
 
     def __init__(
         self,
@@ -123,7 +154,7 @@ class LocalApiGateway:
         answered: Callable[[str, str, bytes, int], None] = lambda *_: None,
         concurrency: int = 64,
     ) -> None:
-        self._functions = functions
+        self.environments = {name: Environments(start) for name, start in functions.items()}
         self._access_key = access_key
         self._secret_key = secret_key
         self._answered = answered
@@ -175,8 +206,8 @@ class LocalApiGateway:
         )
         name = f"llmhost-{integration.function}"
         try:
-            handler = self._functions[integration.function]()
-            response = handler(event, events.LambdaContext(name))
+            with self.environments[integration.function].acquire() as handler:
+                response = handler(event, events.LambdaContext(name))
             status = int(response["statusCode"])
             return status, response_headers(response), response_body(response)
         except Exception:

@@ -79,6 +79,10 @@ def project_root() -> Path:
     raise SystemExit("cannot find the llmhost checkout (functions/ and template.yaml)")
 
 
+# load_handler sets the process's POWERTOOLS_SERVICE_NAME: one load at a time.
+_LOADING = threading.Lock()
+
+
 def load_handler(function: str, service: str) -> ModuleType:
     """Import ``functions/<function>/app.py`` as Lambda would, with its service name set."""
     os.environ["POWERTOOLS_SERVICE_NAME"] = service
@@ -476,11 +480,18 @@ def serve(port: int, cloud: LocalCloud) -> BackgroundServer:
     def answered(method: str, path: str, body: bytes, status: int) -> None:
         cloud.log(f"{method} {path} -> {status}")
 
-    def function(module: str) -> Any:
-        return lambda: getattr(cloud, f"{module}_module").handler
+    def environment(function: str) -> Any:
+        first = [getattr(cloud, f"{function}_module")]  # loaded by start(): already warm
+
+        def start() -> Any:
+            with _LOADING:
+                module = first.pop() if first else load_handler(function, f"llmhost-{function}")
+            return module.handler
+
+        return start
 
     gateway = LocalApiGateway(
-        {"api": function("api"), "serve": function("serve")},
+        {"api": environment("api"), "serve": environment("serve")},
         access_key=ACCESS_KEY,
         secret_key=SECRET_KEY,
         answered=answered,
