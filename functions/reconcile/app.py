@@ -99,6 +99,8 @@ def _stream_batch(event: dict[str, Any], context: object) -> dict[str, Any]:
     if skipped:
         logger.info("stream records skipped: not deployment changes", extra={"skipped": skipped})
     once = _Once()
+    if not records:  # nothing to reconcile (Powertools refuses an empty batch)
+        return {"batchItemFailures": [], "source": "ignored", "reconciled": []}
 
     def reconcile_record(record: DynamoDBRecord) -> None:
         name = deployment_of_record(record.raw_event)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import EVENTS, load_event
@@ -67,8 +67,8 @@ VALUES = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=12),
     st.sampled_from(["", HUGE, "\ud800", "../../etc", "#budget#state", "null", "{}"]),
-    st.just([]),
-    st.just({}),
+    st.builds(list),  # a new object each time: a mutation may later add to it
+    st.builds(dict),
     st.lists(st.integers(), min_size=1, max_size=2),
     st.dictionaries(st.text(max_size=4), st.integers(), min_size=1, max_size=2),
 )
@@ -146,7 +146,7 @@ def _at(event: Any, path: tuple[Any, ...]) -> Any:
 
 
 EXAMPLES = settings(
-    max_examples=40,
+    max_examples=75,
     deadline=None,
     database=None,
     derandomize=True,
@@ -195,6 +195,13 @@ def _api_answer(response: Any) -> None:
         assert "error" in json.loads(response["body"]), response
 
 
+def _with(sample: str, **changes: Any) -> dict[str, Any]:
+    return {**copy.deepcopy(SAMPLES[sample]), **changes}
+
+
+# Found by earlier runs, kept as fixed examples:
+# Powertools' envelope model reads requestContext as an object before validating it
+@example(event=_with("api-list-deployments.json", requestContext=None))
 @given(event=mutated("api"))
 @EXAMPLES
 def test_the_api_function_answers_every_mutated_event_below_500(
@@ -211,6 +218,18 @@ def test_the_serve_function_answers_every_mutated_event_below_500(
     _api_answer(_invoke(handlers, "serve", event))
 
 
+# a batch left empty once internal items are skipped (Powertools refuses empty batches)
+@example(
+    event={
+        "Records": [
+            {
+                **SAMPLES["dynamodb-stream-spec-change.json"]["Records"][0],
+                "dynamodb": {"Keys": {"name": {"S": "#budget#state"}}},
+            }
+        ]
+    }
+)
+@example(event={"Records": []})
 @given(event=mutated("reconcile"))
 @EXAMPLES
 def test_the_reconciler_never_raises_on_a_mutated_event(

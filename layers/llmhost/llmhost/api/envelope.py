@@ -29,20 +29,28 @@ class _ProxyEvent(APIGatewayProxyEventModel):
 def malformed_event_response(event: Any) -> dict[str, Any] | None:
     """A 400 proxy response for an event that is not an API Gateway proxy request, else None."""
     try:
+        if not isinstance(event, dict):
+            return _refusal("event", "not an object")
+        if not isinstance(event.get("requestContext"), dict):
+            # Powertools' model reads the context as an object before validating it.
+            return _refusal("requestContext", "Input should be a valid dictionary")
         _ProxyEvent.model_validate(event)
     except ValidationError as error:
         first = error.errors(include_url=False, include_input=False)[0]
-        field = ".".join(str(part) for part in first["loc"])[:_FIELD_MAX] or "event"
-        message = (
-            f"not an API Gateway proxy request: {field}: {first['msg']}; "
-            "send requests through the API's URL"
-        )
-        body = {"error": {"code": "invalid_event", "message": message, "field": field}}
-        return {
-            "statusCode": 400,
-            "headers": {"Content-Type": "application/json"},
-            "multiValueHeaders": {"Content-Type": ["application/json"]},
-            "body": json.dumps(body),
-            "isBase64Encoded": False,
-        }
+        return _refusal(".".join(str(part) for part in first["loc"]), first["msg"])
     return None
+
+
+def _refusal(field: str, problem: str) -> dict[str, Any]:
+    field = field[:_FIELD_MAX] or "event"
+    message = (
+        f"not an API Gateway proxy request: {field}: {problem}; send requests through the API's URL"
+    )
+    body = {"error": {"code": "invalid_event", "message": message, "field": field}}
+    return {
+        "statusCode": 400,
+        "headers": {"Content-Type": "application/json"},
+        "multiValueHeaders": {"Content-Type": ["application/json"]},
+        "body": json.dumps(body),
+        "isBase64Encoded": False,
+    }
