@@ -36,7 +36,10 @@ def gateway_bad_request(problem: str) -> bytes:
     ).encode()
 
 
-def _h11_with(bad_request: Callable[[str], bytes]) -> type[H11Protocol]:
+def h11_with_json_400(bad_request: Callable[[str], bytes]) -> type[H11Protocol]:
+    """uvicorn's h11 protocol whose 400 for an unparseable request is ``bad_request(problem)``
+    as JSON (``problem``: h11's words, e.g. "bad Content-Length"); pass it as ``http=``."""
+
     class JsonBadRequests(H11Protocol):
         """uvicorn's HTTP/1.1, answering an unparseable request with a JSON 400."""
 
@@ -71,7 +74,7 @@ class BackgroundServer:
         self.server_address: tuple[str, int] = self._socket.getsockname()[:2]
         config = uvicorn.Config(
             app,
-            http=_h11_with(bad_request),
+            http=h11_with_json_400(bad_request),
             lifespan="off",
             access_log=False,
             log_level="warning",

@@ -407,7 +407,7 @@ class AsgiServer:
         import uvicorn
 
         # The local runner's h11 protocol with a JSON 400 (ours in OpenAI's shape).
-        from llmhost.local.http_server import _h11_with
+        from llmhost.local.http_server import h11_with_json_400
 
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -416,7 +416,7 @@ class AsgiServer:
         self.server_address: tuple[str, int] = self._socket.getsockname()[:2]
         config = uvicorn.Config(
             app,
-            http=_h11_with(bad_request),
+            http=h11_with_json_400(bad_request),
             loop="asyncio",
             ws="none",
             lifespan="off",
