@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EVENTS = ROOT / "events"
 TABLE = "llmhost-registry-test"
 ROLE_ARN = "arn:aws:iam::123456789012:role/llmhost-sagemaker-execution"
+STACK = "llmhost-test"
 
 _real_connect = socket.socket.connect
 
@@ -54,6 +55,8 @@ def offline_aws(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
         "POWERTOOLS_SERVICE_NAME": "llmhost-test",
         "REGISTRY_TABLE_NAME": TABLE,
         "SAGEMAKER_EXECUTION_ROLE_ARN": ROLE_ARN,
+        "LLMHOST_STACK_NAME": STACK,
+        "SECRETS_PREFIX": "llmhost/",
     }.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("LLMHOST_AWS_ENDPOINT_URL", raising=False)
@@ -141,7 +144,8 @@ def standin(moto_aws: None, clock: ManualClock) -> Any:
     from llmhost.local.standin import SageMakerStandIn
 
     fake = SageMakerStandIn(clock=clock, region="us-east-1")
-    attach_standins(fake, clock)
+    # Kept on the SageMaker stand-in for the tests that look at scalable targets.
+    fake.autoscaling = attach_standins(fake, clock)  # type: ignore[attr-defined]
     return fake
 
 

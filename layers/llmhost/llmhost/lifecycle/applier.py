@@ -19,6 +19,7 @@ from llmhost.errors import SageMakerBusy, SageMakerRejected
 from llmhost.lifecycle import planner as p
 from llmhost.lifecycle.desired import VARIANT, DesiredResources
 from llmhost.lifecycle.observer import alarm_prefix
+from llmhost.lifecycle.ownership import LOCAL_STACK, as_tag_list, deployment_tags, pool_tags
 from llmhost.lifecycle.record import DeploymentRecord
 
 if TYPE_CHECKING:
@@ -43,7 +44,12 @@ SCHEDULE_MAX_RETRIES = 10
 
 class SageMakerApplier:
     """Turns planner actions into SageMaker / Application Auto Scaling / CloudWatch /
-    EventBridge Scheduler calls."""
+    EventBridge Scheduler calls.
+
+    Everything it creates that AWS lets it tag is tagged for ``stack`` and the deployment
+    (``llmhost.lifecycle.ownership``): the observer and the reconciler's IAM role recognise
+    llmhost's resources by those tags.
+    """
 
     def __init__(
         self,
@@ -54,8 +60,10 @@ class SageMakerApplier:
         read_secret: Callable[[str], str],
         scheduler: Callable[[], Any] | None = None,
         guardrail: CapacityGuard | Callable[[], CapacityGuard] | None = None,
+        stack: str = LOCAL_STACK,
     ) -> None:
         self._sm = sagemaker
+        self._stack = stack
         self._autoscaling = autoscaling
         self._cloudwatch = cloudwatch
         self._role_arn = role_arn
@@ -87,7 +95,7 @@ class SageMakerApplier:
         request: dict[str, Any] = {
             "ModelName": action.target,
             "ExecutionRoleArn": self._role_arn,
-            "Tags": _tags(record),
+            "Tags": self._tags(record),
         }
         if "ModelPackageName" in container:
             request["Containers"] = [container]
@@ -99,15 +107,14 @@ class SageMakerApplier:
     def _CreateEndpointConfig(
         self, action: p.Action, record: DeploymentRecord, d: DesiredResources
     ) -> None:
-        self._create(self._sm.create_endpoint_config, **d.config_body, Tags=_tags(record))
+        tags = self._pool_tags(d) if d.is_shared else self._tags(record)
+        self._create(self._sm.create_endpoint_config, **d.config_body, Tags=tags)
 
     def _CreateEndpoint(
         self, action: p.Action, record: DeploymentRecord, d: DesiredResources
     ) -> None:
         assert isinstance(action, p.CreateEndpoint)
-        tags = (
-            _tags(record) if not d.is_shared else [{"Key": "llmhost:pool", "Value": action.target}]
-        )
+        tags = self._pool_tags(d) if d.is_shared else self._tags(record)
         self._create(
             self._sm.create_endpoint,
             EndpointName=action.target,
@@ -132,7 +139,7 @@ class SageMakerApplier:
             VariantName=VARIANT,
             Specification=d.component_spec,
             RuntimeConfig={"CopyCount": action.copies},
-            Tags=_tags(record),
+            Tags=self._tags(record),
         )
 
     def _UpdateComponent(
@@ -181,6 +188,9 @@ class SageMakerApplier:
         aas, cloudwatch = self._autoscaling(), self._cloudwatch()
         rid, prefix = action.target, alarm_prefix(record.name)
         target = policy.register_scalable_target_request(rid)
+        # Application Auto Scaling applies tags when it creates the target (not on updates).
+        own = self._ownership(record)
+        target["Tags"] = dict(own)
         guard = self._guardrail() if callable(self._guardrail) else self._guardrail
         if guard is None:
             aas.register_scalable_target(**target)
@@ -216,7 +226,7 @@ class SageMakerApplier:
             alarm = policy.scale_from_zero.alarm.put_metric_alarm_request(
                 f"{prefix}no-capacity", d.metric_dimensions, [arn]
             )
-            cloudwatch.put_metric_alarm(**alarm)
+            cloudwatch.put_metric_alarm(**alarm, Tags=as_tag_list(own))
         else:
             self._delete(
                 aas.delete_scaling_policy,
@@ -232,7 +242,7 @@ class SageMakerApplier:
             idle = policy.idle_alarm.put_metric_alarm_request(
                 f"{prefix}idle", d.metric_dimensions, []
             )
-            cloudwatch.put_metric_alarm(**idle)
+            cloudwatch.put_metric_alarm(**idle, Tags=as_tag_list(own))
         else:
             self._delete(cloudwatch.delete_alarms, AlarmNames=[f"{prefix}idle"])
 
@@ -340,6 +350,17 @@ class SageMakerApplier:
 
     # ---------------------------------------------------------------------------- helpers
 
+    def _ownership(self, record: DeploymentRecord) -> dict[str, str]:
+        return deployment_tags(self._stack, record.name)
+
+    def _tags(self, record: DeploymentRecord) -> list[dict[str, str]]:
+        """The spec's own tags, then llmhost's (which a spec cannot set or override)."""
+        return as_tag_list({**record.spec.tags, **self._ownership(record)})
+
+    def _pool_tags(self, d: DesiredResources) -> list[dict[str, str]]:
+        """A shared pool's endpoint and config serve several deployments: no one's tags."""
+        return as_tag_list(pool_tags(self._stack, d.endpoint_name))
+
     @staticmethod
     def _create(call: Callable[..., Any], **kwargs: Any) -> None:
         try:
@@ -378,8 +399,3 @@ def _raise_domain(error: ClientError, action: p.Action) -> None:
     raise SageMakerRejected(
         f"{action.kind} {action.target} was rejected: {code}: {message}"
     ) from None
-
-
-def _tags(record: DeploymentRecord) -> list[dict[str, str]]:
-    tags = {"llmhost:deployment": record.name, **record.spec.tags}
-    return [{"Key": k, "Value": v} for k, v in sorted(tags.items())]

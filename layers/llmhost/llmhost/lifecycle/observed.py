@@ -49,3 +49,6 @@ class Observed:
     alarms: frozenset[str] = frozenset()
     # EventBridge Scheduler schedules in llmhost's group named for this deployment.
     schedules: frozenset[str] = frozenset()
+    # Resources this deployment needs (endpoint or pool, component, model, config) that
+    # exist without this stack's tags: why each may not be used. They appear nowhere above.
+    conflicts: tuple[str, ...] = ()

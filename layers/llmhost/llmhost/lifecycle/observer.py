@@ -10,6 +10,14 @@ from botocore.exceptions import ClientError
 
 from llmhost.lifecycle.desired import DesiredResources, generation_pattern
 from llmhost.lifecycle.observed import Observed, ObservedComponent, ObservedEndpoint
+from llmhost.lifecycle.ownership import (
+    DEPLOYMENT_TAG,
+    LOCAL_STACK,
+    POOL_TAG,
+    is_missing,
+    not_ours,
+    tags_of,
+)
 from llmhost.lifecycle.record import DeploymentRecord
 
 ALARM_KINDS = ("idle", "no-capacity")
@@ -27,7 +35,12 @@ def is_own_alarm(deployment: str, alarm_name: str) -> bool:
 
 
 class SageMakerObserver:
-    """Builds an ``Observed`` snapshot; only describe/list calls, never a change."""
+    """Builds an ``Observed`` snapshot; only describe/list calls, never a change.
+
+    Only SageMaker resources tagged for ``stack`` (``llmhost.lifecycle.ownership``) are
+    reported: anything else with a name llmhost would use is never adopted; it is listed in
+    ``Observed.conflicts`` when the deployment needs that name.
+    """
 
     def __init__(
         self,
@@ -35,8 +48,10 @@ class SageMakerObserver:
         autoscaling: Callable[[], Any],
         cloudwatch: Callable[[], Any],
         scheduler: Callable[[], Any] | None = None,
+        stack: str = LOCAL_STACK,
     ) -> None:
         self._sm = sagemaker
+        self._stack = stack
         # Lazily created: only deletes need them, and most reconciles are not deletes.
         self._autoscaling = autoscaling
         self._cloudwatch = cloudwatch
@@ -49,18 +64,20 @@ class SageMakerObserver:
         others_in_pool: bool = False,
     ) -> Observed:
         name = record.name
-        models = frozenset(self._names("list_models", "Models", "ModelName", name))
+        conflicts: list[str] = []
+        mine = (DEPLOYMENT_TAG, name)
+        # A shared pool's endpoint and config belong to the pool, not to one deployment.
+        pool = (POOL_TAG, desired.endpoint_name) if desired.is_shared else mine
+        models = frozenset(self._owned_names("model", name, mine, desired.model_name, conflicts))
         config_base = desired.endpoint_name if desired.is_shared else name
         configs = frozenset(
-            self._names(
-                "list_endpoint_configs", "EndpointConfigs", "EndpointConfigName", config_base
-            )
+            self._owned_names("endpoint-config", config_base, pool, desired.config_name, conflicts)
         )
-        endpoint = self._endpoint(desired.endpoint_name)
+        endpoint = self._endpoint(desired.endpoint_name, pool, conflicts)
         component = None
         pool_components: frozenset[str] = frozenset()
         if desired.is_shared:
-            component = self._component(desired.component_name or name)
+            component = self._component(desired.component_name or name, mine, conflicts)
             if endpoint is not None:
                 pool_components = frozenset(
                     c for c in self._components_on(endpoint.name) if c != desired.component_name
@@ -79,30 +96,52 @@ class SageMakerObserver:
             scaling_policies=self._scaling_policies(desired) if scaled else frozenset(),
             alarms=self._alarms(name) if scaled else frozenset(),
             schedules=self._schedules(name, desired.schedule_target.group),
+            conflicts=tuple(conflicts),
         )
 
     # ------------------------------------------------------------------------------ readers
 
-    def _names(self, operation: str, key: str, field: str, base: str) -> Iterator[str]:
+    def _owned_names(
+        self, kind: str, base: str, owner: tuple[str, str], wanted: str, conflicts: list[str]
+    ) -> Iterator[str]:
+        """This stack's models or endpoint configs named ``<base>-<8 hex>``.
+
+        One of someone else's with the ``wanted`` name is a conflict; others are ignored.
+        """
+        operation, key, field, arn = _LISTINGS[kind]
         pattern = generation_pattern(base)
         kwargs: dict[str, Any] = {"NameContains": base, "MaxResults": 100}
         while True:
             page = getattr(self._sm, operation)(**kwargs)
             for item in page.get(key, []):
-                if pattern.match(item[field]):
+                if not pattern.match(item[field]):
+                    continue
+                problem = self._not_ours(kind, item[field], item[arn], owner)
+                if problem is None:
                     yield item[field]
+                elif item[field] == wanted:
+                    conflicts.append(problem)
             token = page.get("NextToken")
             if not token:
                 return
             kwargs["NextToken"] = token
 
-    def _endpoint(self, name: str) -> ObservedEndpoint | None:
+    def _not_ours(self, kind: str, name: str, arn: str, owner: tuple[str, str]) -> str | None:
+        return not_ours(kind, name, tags_of(self._sm, arn), self._stack, owner)
+
+    def _endpoint(
+        self, name: str, owner: tuple[str, str], conflicts: list[str]
+    ) -> ObservedEndpoint | None:
         try:
             ep = self._sm.describe_endpoint(EndpointName=name)
         except ClientError as error:
-            if _missing(error):
+            if is_missing(error):
                 return None
             raise
+        problem = self._not_ours("endpoint", name, ep["EndpointArn"], owner)
+        if problem is not None:
+            conflicts.append(problem)
+            return None
         config_models: frozenset[str] = frozenset()
         try:
             config = self._sm.describe_endpoint_config(EndpointConfigName=ep["EndpointConfigName"])
@@ -110,7 +149,7 @@ class SageMakerObserver:
                 v["ModelName"] for v in config.get("ProductionVariants", []) if v.get("ModelName")
             )
         except ClientError as error:
-            if not _missing(error):
+            if not is_missing(error):
                 raise
         return ObservedEndpoint(
             name=name,
@@ -120,13 +159,19 @@ class SageMakerObserver:
             config_models=config_models,
         )
 
-    def _component(self, name: str) -> ObservedComponent | None:
+    def _component(
+        self, name: str, owner: tuple[str, str], conflicts: list[str]
+    ) -> ObservedComponent | None:
         try:
             ic = self._sm.describe_inference_component(InferenceComponentName=name)
         except ClientError as error:
-            if _missing(error):
+            if is_missing(error):
                 return None
             raise
+        problem = self._not_ours("inference component", name, ic["InferenceComponentArn"], owner)
+        if problem is not None:
+            conflicts.append(problem)
+            return None
         spec = ic.get("Specification", {})
         runtime = ic.get("RuntimeConfig", {})
         return ObservedComponent(
@@ -215,9 +260,13 @@ class SageMakerObserver:
             kwargs["NextToken"] = page["NextToken"]
 
 
-def _missing(error: ClientError) -> bool:
-    """SageMaker reports a missing resource as a ValidationException "Could not find ..."."""
-    err = error.response.get("Error", {})
-    return err.get("Code") in {"ValidationException", "ResourceNotFound"} and (
-        "Could not find" in err.get("Message", "") or err.get("Code") == "ResourceNotFound"
-    )
+# kind -> (list operation, result key, name field, ARN field)
+_LISTINGS = {
+    "model": ("list_models", "Models", "ModelName", "ModelArn"),
+    "endpoint-config": (
+        "list_endpoint_configs",
+        "EndpointConfigs",
+        "EndpointConfigName",
+        "EndpointConfigArn",
+    ),
+}

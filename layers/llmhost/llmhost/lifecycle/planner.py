@@ -158,7 +158,10 @@ def plan_next_action(
 ) -> Step:
     """Decide the single next step that moves SageMaker towards the record's desired state."""
     if record.desired_state == "deleted":
+        # Resources that are not llmhost's are not in ``observed``: nothing touches them.
         return _plan_delete(desired, observed)
+    if observed.conflicts:
+        return _not_ours(record, desired, observed)
     if desired.is_shared:
         return _plan_shared(record, desired, observed)
     return _plan_endpoint(record, desired, observed)
@@ -336,6 +339,19 @@ def _component_differs(ic: ObservedComponent, d: DesiredResources) -> bool:
     return ic.model_name != d.model_name or any(
         float(have.get(key, -1)) != float(value) for key, value in want.items()
     )
+
+
+def _not_ours(record: DeploymentRecord, d: DesiredResources, o: Observed) -> Step:
+    """A name this deployment needs is taken by a resource llmhost did not create: stop,
+    and leave that resource alone (never update, adopt or delete it)."""
+    field = "hosting.pool" if d.is_shared else "name"
+    reason = (
+        f"{'; '.join(o.conflicts)}; llmhost never changes or deletes resources it did not "
+        f"create: delete that resource (llmhost then goes on by itself), or delete this "
+        f"deployment and create it under another {field}"
+    )
+    # Not a failed generation: once the name is free again, the next reconcile goes on.
+    return Step(Settle(d.endpoint_name), "FAILED", reason)
 
 
 # ------------------------------------------------------------------------------------ delete

@@ -38,6 +38,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from llmhost.clock import CloudClock
+from llmhost.lifecycle.ownership import LOCAL_STACK
 from llmhost.local import events
 from llmhost.local.http_server import BackgroundServer
 
@@ -159,6 +160,10 @@ class LocalCloud:
                 "AWS_DEFAULT_REGION": REGION,
                 "LLMHOST_AWS_ENDPOINT_URL": self.moto_url,
                 "REGISTRY_TABLE_NAME": TABLE,
+                # What template.yaml sets from AWS::StackName: the llmhost:stack tag's value.
+                "LLMHOST_STACK_NAME": LOCAL_STACK,
+                # SecretsPrefix: the token secrets a spec may name (tagged llmhost:allowed).
+                "SECRETS_PREFIX": "llmhost/",
                 "POWERTOOLS_METRICS_NAMESPACE": "llmhost",
                 "POWERTOOLS_TRACE_DISABLED": "true",
                 "POWERTOOLS_METRICS_DISABLED": "true",
@@ -301,7 +306,9 @@ class LocalCloud:
             }
         )
         secret = aws.client("secretsmanager").create_secret(
-            Name=TOKEN_SECRET, SecretString="hf_local_demo_token"
+            Name=TOKEN_SECRET,
+            SecretString="hf_local_demo_token",
+            Tags=[{"Key": "llmhost:allowed", "Value": "true"}],
         )
         self.token_secret_arn = secret["ARN"]
         from llmhost.serving.auth import hash_key

@@ -200,6 +200,10 @@ class AutoScalingStandIn:
         """(ResourceId, ScalableDimension) of every target the stand-in holds (not moto's)."""
         return self._plane.targets()
 
+    def target_tags(self, resource_id: str) -> dict[str, str]:
+        """The tags given when the stand-in's targets on ``resource_id`` were registered."""
+        return self._plane.target_tags(resource_id)
+
     def policies(self) -> set[tuple[str, str]]:
         """(ResourceId, PolicyName) of every scaling policy the stand-in holds."""
         return self._plane.policies()

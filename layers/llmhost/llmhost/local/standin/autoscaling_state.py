@@ -161,6 +161,8 @@ class _Target:
     suspended: dict[str, bool]
     created: float
     arn: str
+    # Set when the target is created (AWS ignores Tags on a later registration).
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -219,6 +221,15 @@ class AutoScalingControlPlane:
         with self._lock:
             return set(self._targets)
 
+    def target_tags(self, resource_id: str) -> dict[str, str]:
+        """The tags of the targets on ``resource_id`` (merged over their dimensions)."""
+        with self._lock:
+            tags: dict[str, str] = {}
+            for target in self._targets.values():
+                if target.resource_id == resource_id:
+                    tags.update(target.tags)
+            return tags
+
     def policies(self) -> set[tuple[str, str]]:
         with self._lock:
             return {(p.resource_id, p.name) for p in self._policies.values()}
@@ -256,6 +267,7 @@ class AutoScalingControlPlane:
                     suspended=suspended,
                     created=self._clock(),
                     arn=self._arn("application-autoscaling", f"scalable-target/{_target_id()}"),
+                    tags=dict(request.get("Tags", {})),
                 )
             existing.min_capacity, existing.max_capacity = low, high
             existing.suspended = suspended
