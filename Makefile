@@ -5,6 +5,8 @@ VENV := .venv
 SAM_VENV := .venv-sam
 SDK_VENV := .venv-sdk
 EXPORT_VENV := .venv-export
+CHECKOV_VENV := .venv-checkov
+CHECKOV_VERSION := 3.3.30
 EMBEDDING_PRECISION ?= fp16
 EMBEDDING_MODEL := layers/embeddings/model/model.onnx
 PY := $(VENV)/bin/python
@@ -17,7 +19,7 @@ PY313 := $(shell for p in python3.13 $$HOME/.pyenv/versions/3.13*/bin/python3.13
 PY313_DIR := $(if $(PY313),$(patsubst %/,%,$(dir $(PY313))),)
 SAM_ENV := AWS_DEFAULT_REGION=us-east-1 SAM_CLI_TELEMETRY=0 PATH="$(PY313_DIR):$$PATH"
 
-.PHONY: run test check lint unit sam-validate sam-build build images embedding-model \
+.PHONY: run test check lint unit checkov sam-validate sam-build build images embedding-model \
 	bench-coldstart bench-retrieval bench-serving bench-scaling bench-load clean
 
 $(VENV)/.installed: pyproject.toml
@@ -29,6 +31,12 @@ $(VENV)/.installed: pyproject.toml
 $(SAM_VENV)/.installed:
 	$(PYTHON) -m venv $(SAM_VENV)
 	$(SAM_VENV)/bin/pip install --quiet aws-sam-cli
+	touch $@
+
+# checkov in its own virtualenv: its pinned dependencies would fight the project's.
+$(CHECKOV_VENV)/.installed:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet "checkov==$(CHECKOV_VERSION)"
 	touch $@
 
 $(EXPORT_VENV)/.installed:
@@ -48,8 +56,8 @@ embedding-model: $(EXPORT_VENV)/.installed
 run: $(VENV)/.installed embedding-model
 	$(PY) -m llmhost.local
 
-## test: lint, unit + AWS-emulated tests, sam validate --lint and sam build
-test: lint unit sam-validate sam-build
+## test: lint, unit + AWS-emulated tests, checkov, sam validate --lint and sam build
+test: lint unit checkov sam-validate sam-build
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
@@ -60,6 +68,11 @@ unit: $(VENV)/.installed embedding-model
 
 check: test
 	$(VENV)/bin/mypy layers/llmhost/llmhost
+
+## checkov: static security checks of template.yaml; every skipped check says why, inline
+checkov: $(CHECKOV_VENV)/.installed
+	$(CHECKOV_VENV)/bin/checkov --file template.yaml --framework cloudformation \
+		--skip-download --compact --quiet
 
 sam-validate: $(SAM_VENV)/.installed
 	$(SAM_ENV) $(SAM) validate --lint
@@ -97,4 +110,5 @@ bench-load: $(VENV)/.installed embedding-model
 		$(if $(REQUESTS),--requests $(REQUESTS)) $(if $(DURATION),--duration $(DURATION))
 
 clean:
-	rm -rf .aws-sam $(VENV) $(SAM_VENV) $(EXPORT_VENV) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf .aws-sam $(VENV) $(SAM_VENV) $(EXPORT_VENV) $(CHECKOV_VENV) .pytest_cache \
+		.ruff_cache .mypy_cache

@@ -2164,3 +2164,22 @@ def test_the_stream_url_has_a_concurrency_cap_and_per_key_rates_that_can_be_turn
     assert limits.requests_per_minute > 0 and limits.burst >= 1
     assert params["StreamRequestsPerMinutePerKey"]["MinValue"] == 0
     assert RateLimits.from_env({**env, "API_KEY_REQUESTS_PER_MINUTE": "0"}).requests_per_minute == 0
+
+
+# -------------------------------------------------------------------------------- checkov
+
+
+def test_every_checkov_skip_names_a_check_and_says_why() -> None:
+    # `make checkov` fails on any failed check; a check may only be skipped in the template
+    # itself, on its resource, with the reason written next to it.
+    skips = re.findall(r"#\s*checkov:skip=([^:\n]*)(?::([^\n]*))?", TEMPLATE.read_text())
+    assert skips, "the template skips no check: then drop this test's premise, not the test"
+    for check, reason in skips:
+        assert re.fullmatch(r"CKV_AWS_\d+", check), check
+        assert len((reason or "").split()) >= 8, f"{check}: say why it does not apply"
+    makefile = (ROOT / "Makefile").read_text()
+    # and checkov runs in make test, on the template, from its own pinned virtualenv
+    assert re.search(r"^test: .*\bcheckov\b", makefile, re.M)
+    assert "--file template.yaml --framework cloudformation" in makefile
+    assert re.search(r"^CHECKOV_VERSION := \d+\.\d+\.\d+$", makefile, re.M)
+    assert '"checkov==$(CHECKOV_VERSION)"' in makefile
