@@ -210,6 +210,16 @@ def test_the_api_function_answers_every_mutated_event_below_500(
     _api_answer(_invoke(handlers, "api", event))
 
 
+# and assumes sourceIp is a string
+@example(
+    event=_with(
+        "api-rag.json",
+        requestContext={
+            **SAMPLES["api-rag.json"]["requestContext"],
+            "identity": {**SAMPLES["api-rag.json"]["requestContext"]["identity"], "sourceIp": None},
+        },
+    )
+)
 @given(event=mutated("serve"))
 @EXAMPLES
 def test_the_serve_function_answers_every_mutated_event_below_500(

@@ -38,6 +38,10 @@ def malformed_event_response(event: Any) -> dict[str, Any] | None:
     except ValidationError as error:
         first = error.errors(include_url=False, include_input=False)[0]
         return _refusal(".".join(str(part) for part in first["loc"]), first["msg"])
+    except (AttributeError, TypeError, ValueError):
+        # Some of the model's own validators assume their field's type (sourceIp: a string)
+        # and fail outside pydantic's error handling; the envelope is still not API Gateway's.
+        return _refusal("event", "a field has the wrong type")
     return None
 
 
