@@ -13,6 +13,7 @@ from llmhost.clock import REAL, CloudClock
 from llmhost.lifecycle.record import DeploymentRecord, HistoryEntry
 from llmhost.scaling.hook import decide, parse_alarm_event
 from llmhost.serving.routing import (
+    ModelDirectory,
     ModelNotReady,
     capacity_retry_after_s,
     check_ready,
@@ -80,3 +81,27 @@ def test_retry_after_and_stale_wakes_use_the_clock() -> None:
 def test_a_clock_has_a_positive_speed() -> None:
     with pytest.raises(ValueError, match="positive"):
         CloudClock(speed=0)
+
+
+class CountingRegistry:
+    """A registry stand-in that counts its reads (the directory's cache is what's tested)."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def deployments(self) -> list[DeploymentRecord]:
+        self.reads += 1
+        return [record()]
+
+
+@pytest.mark.parametrize(("clock", "reads"), [(REAL, 1), (LOCAL, 2)])
+def test_the_model_directorys_view_of_the_registry_ages_with_the_clock(clock, reads) -> None:
+    # Given a directory whose registry view lasts 10 cloud seconds (1/6 s at the local 60x)
+    registry = CountingRegistry()
+    now = [0.0]
+    directory = ModelDirectory(lambda: registry, clock=lambda: now[0], cloud_clock=clock)
+    directory.route("zero")
+    # When a second passes, the local view is stale and read again; AWS's is still fresh
+    now[0] += 1.0
+    directory.route("zero")
+    assert registry.reads == reads

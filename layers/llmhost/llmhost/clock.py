@@ -11,9 +11,9 @@ to come back in 300 s for a copy that is added in 5.
 So such durations go through one ``CloudClock``: ``now()`` for timestamps, ``span(s)`` and
 ``seconds(s)`` for how long ``s`` seconds of cloud time last on it. Code takes a clock
 (``REAL`` by default, AWS's) and the local runner hands the same compressed one to the
-scaling hook, serving and its stand-ins (``llmhost.runtime.clock``). Durations that bound
-this process rather than the cloud (a cache's age, a lock's lease, an HTTP timeout) stay
-real.
+scaling hook, serving (its wake estimates, and how long its view of the registry may lag
+the cloud's state) and its stand-ins (``llmhost.runtime.clock``). Durations that bound
+this process rather than the cloud (a lock's lease, an HTTP timeout) stay real.
 """
 
 from __future__ import annotations

@@ -232,8 +232,11 @@ class ModelDirectory:
         cloud_clock: CloudClock = REAL,
     ) -> None:
         self._registry = registry
-        self._ttl = ttl_s
-        self._clock = clock  # the cache's: real seconds whatever the cloud's clock
+        # How stale the registry view may be, relative to the cloud's own pace: seconds next
+        # to AWS's minutes-long wakes, so compressed with them on a local clock (a 10 s view
+        # would otherwise outlast a local wake and its Retry-After twice over).
+        self._ttl = cloud_clock.seconds(ttl_s)
+        self._clock = clock
         self._wake_dispatcher = wake
         self._cloud = cloud_clock
         self._now = now or cloud_clock.now
