@@ -17,8 +17,10 @@ and a proper end of the body.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import queue
 import socket
 import threading
 import time
@@ -193,10 +195,14 @@ class ServingHttpApp:
     async def _stream(self, service: Any, request: ChatCompletionRequest) -> Response:
         # The service routes, retrieves, calls the model and reads its first event before
         # returning; taking the first chunk here too means any error so far keeps its status.
-        chunks = await run_in_threadpool(service.chat_stream, request)
-        first = await run_in_threadpool(next, chunks, None)
+        def start() -> tuple[Iterator[Any], Any]:
+            chunks = service.chat_stream(request)
+            return chunks, next(chunks, None)
+
+        chunks, first = await run_in_threadpool(start)
+        relay = _StreamRelay(chunks, asyncio.get_running_loop(), self._log)
         return StreamingResponse(
-            self._events(first, chunks),
+            relay.events(first),
             media_type="text/event-stream; charset=utf-8",
             headers={
                 "Cache-Control": "no-cache",
@@ -205,28 +211,85 @@ class ServingHttpApp:
             },
         )
 
-    async def _events(self, first: Any, chunks: Iterator[Any]) -> AsyncIterator[bytes]:
-        end = object()
-        try:
-            chunk = first
-            while chunk is not None and chunk is not end:
-                yield _sse(chunk)
-                chunk = await run_in_threadpool(next, chunks, end)
-        except LlmhostError as error:
-            # Mid-stream failure: OpenAI clients raise an APIError for an "error" event.
-            yield _sse(openai_error(error.status, error.code, error.message))
-        except Exception:
-            import traceback
 
-            self._log(traceback.format_exc())
-            yield _sse(openai_error(500, "internal_error", "llmhost hit an internal error"))
+class _StreamRelay:
+    """Reads a stream's chunks on a thread of its own and hands them to the event loop.
+
+    The reading thread goes back to the engine as soon as a chunk is queued, not after a
+    round trip through the event loop, so events leave as the engine produces them however
+    busy the loop is. A full queue (a slow client) makes the thread wait; a client that goes
+    away stops it, and the stream is closed on the thread that reads it.
+    """
+
+    QUEUE = 256
+
+    def __init__(
+        self, chunks: Iterator[Any], loop: asyncio.AbstractEventLoop, log: Callable[[str], None]
+    ) -> None:
+        self._chunks = chunks
+        self._loop = loop
+        self._log = log
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(self.QUEUE)
+        self._ready = asyncio.Event()
+        self._stop = threading.Event()
+
+    def _read(self) -> None:
+        try:
+            for chunk in self._chunks:
+                if not self._put(("chunk", chunk)):
+                    return
+            self._put(("end", None))
+        except Exception as error:  # reported to the client as an error event
+            self._put(("error", error))
         finally:
-            close = getattr(chunks, "close", None)
+            close = getattr(self._chunks, "close", None)
             if close is not None:
-                # ValueError: still running in a worker thread (the client went away)
-                with contextlib.suppress(ValueError):
-                    close()
-        yield b"data: [DONE]\n\n"
+                close()
+
+    def _put(self, item: tuple[str, Any]) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.5)
+            except queue.Full:
+                continue
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is reading
+                self._loop.call_soon_threadsafe(self._ready.set)
+            return True
+        return False
+
+    async def _next(self) -> tuple[str, Any]:
+        while True:
+            try:
+                return self._queue.get_nowait()
+            except queue.Empty:
+                await self._ready.wait()
+                self._ready.clear()
+
+    async def events(self, first: Any) -> AsyncIterator[bytes]:
+        threading.Thread(target=self._read, name="stream-relay", daemon=True).start()
+        try:
+            if first is not None:
+                yield _sse(first)
+                while True:
+                    kind, value = await self._next()
+                    if kind == "end":
+                        break
+                    if kind == "error":
+                        yield _sse(self._error_event(value))
+                        break
+                    yield _sse(value)
+            yield b"data: [DONE]\n\n"
+        finally:
+            self._stop.set()
+
+    def _error_event(self, error: Exception) -> dict[str, Any]:
+        if isinstance(error, LlmhostError):
+            # Mid-stream failure: OpenAI clients raise an APIError for an "error" event.
+            return openai_error(error.status, error.code, error.message)
+        import traceback
+
+        self._log("".join(traceback.format_exception(error)))
+        return openai_error(500, "internal_error", "llmhost hit an internal error")
 
 
 # ------------------------------------------------------------------------------ bodies
