@@ -140,6 +140,7 @@ def _reconciler() -> Reconciler:
         ),
         resolve=lambda spec, plan=None: resolve_desired(spec, region, role, schedules, plan),
         history_limit=settings.history_limit,
+        schedule_target=schedules,
     )
 
 

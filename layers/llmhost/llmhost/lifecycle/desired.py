@@ -14,7 +14,13 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from llmhost.specs import DeploymentSpec, HubSource, ServerlessHosting, SharedHosting
+from llmhost.specs import (
+    DedicatedHosting,
+    DeploymentSpec,
+    HubSource,
+    ServerlessHosting,
+    SharedHosting,
+)
 
 if TYPE_CHECKING:
     from llmhost.scaling.policy import ScalingPolicy
@@ -340,4 +346,31 @@ def desired_resources(
         schedules=wanted_schedules(spec),
         sleep_wake=sleep_wake,
         schedule_target=target,
+    )
+
+
+def teardown_resources(
+    name: str,
+    hosting: DedicatedHosting | SharedHosting | ServerlessHosting,
+    schedule_target: ScheduleTarget | None = None,
+) -> DesiredResources:
+    """What a delete needs to find and remove a deployment's resources: names only.
+
+    A delete must never depend on the spec being buildable (an engine version whose image a
+    later release dropped, an instance type gone from the catalog, a region missing from the
+    image table): every name here derives from the deployment's name, its hosting kind and
+    pool, and the observer matches the generation-hashed names by pattern. No bodies, no
+    scaling policy; the hosting kind alone gives the scalable dimension.
+    """
+    pool = hosting.pool if isinstance(hosting, SharedHosting) else None
+    return DesiredResources(
+        deployment=name,
+        kind=hosting.kind,
+        model_name="",
+        container={},
+        config_name="",
+        config_body={},
+        endpoint_name=pool or name,
+        component_name=name if pool else None,
+        schedule_target=schedule_target or ScheduleTarget(),
     )

@@ -13,7 +13,12 @@ from typing import TYPE_CHECKING
 
 from llmhost.errors import ConcurrentModification, LlmhostError, SageMakerBusy
 from llmhost.lifecycle.applier import SageMakerApplier
-from llmhost.lifecycle.desired import DesiredResources, ScheduleTarget, desired_resources
+from llmhost.lifecycle.desired import (
+    DesiredResources,
+    ScheduleTarget,
+    desired_resources,
+    teardown_resources,
+)
 from llmhost.lifecycle.observer import SageMakerObserver
 from llmhost.lifecycle.planner import (
     ApplyScaling,
@@ -107,13 +112,17 @@ class Reconciler:
         resolve: Callable[[DeploymentSpec, Plan], DesiredResources],
         history_limit: int = 50,
         max_steps: int = 25,
+        schedule_target: ScheduleTarget | None = None,
     ) -> None:
+        """``schedule_target``: where sleep/wake schedules live, for deletes to find them
+        (the same target ``resolve`` builds with; None: Scheduler not configured)."""
         self._registry = registry
         self._observer = observer
         self._applier = applier
         self._resolve = resolve
         self._history_limit = history_limit
         self._max_steps = max_steps
+        self._schedule_target = schedule_target
 
     def reconcile(self, name: str) -> ReconcileResult:
         """Take every step possible now for deployment ``name``; returns its final status."""
@@ -134,17 +143,22 @@ class Reconciler:
 
     def _step(self, read: DeploymentRecord, result: ReconcileResult) -> bool:
         record = read
-        try:
-            plan = _plan_of(record)
-            if record.pinned_plan() is None:
-                # Sized once per generation: later catalogs and prices never re-size it.
-                pin = PinnedPlan(generation=record.generation, plan=plan.as_dict())
-                record = record.model_copy(update={"plan": pin})
-            desired = self._resolve(record.spec, plan)
-        except LlmhostError as error:
-            self._fail(record, f"cannot build the SageMaker resources: {error.message}")
-            result.status = "FAILED"
-            return True
+        if record.desired_state == "deleted":
+            # Deleting needs names only, never a buildable spec: a spec that no longer
+            # resolves (FAILED) must not keep its endpoint answering and billing.
+            desired = teardown_resources(record.name, record.spec.hosting, self._schedule_target)
+        else:
+            try:
+                plan = _plan_of(record)
+                if record.pinned_plan() is None:
+                    # Sized once per generation: later catalogs and prices never re-size it.
+                    pin = PinnedPlan(generation=record.generation, plan=plan.as_dict())
+                    record = record.model_copy(update={"plan": pin})
+                desired = self._resolve(record.spec, plan)
+            except LlmhostError as error:
+                self._fail(record, f"cannot build the SageMaker resources: {error.message}")
+                result.status = "FAILED"
+                return True
         others = desired.is_shared and any(
             r.name != record.name and r.desired_state != "deleted"
             for r in self._registry.using_endpoint(desired.endpoint_name)
