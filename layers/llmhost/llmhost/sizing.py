@@ -491,7 +491,7 @@ def capacity_issues(spec: DeploymentSpec) -> list[FieldIssue]:
     field to change and a concrete fix. Pure; called from ``specs.cross_field_issues``.
     """
     model = catalog.lookup(spec.catalog_id)
-    issues = engines.option_issues(spec, model)
+    issues = _image_issues(spec) + engines.option_issues(spec, model)
     hosting = spec.hosting
     if isinstance(hosting, ServerlessHosting):
         return issues + _serverless_issues(spec, model)
@@ -553,6 +553,25 @@ def _requested_degree(hosting: DedicatedHosting | SharedHosting) -> int | None:
     if isinstance(hosting, SharedHosting):
         return hosting.accelerators
     return hosting.num_gpus
+
+
+def _image_issues(spec: DeploymentSpec) -> list[FieldIssue]:
+    """engine.version must name a container image llmhost ships (a model package brings its
+    own). Checked for every processor the engine may run on: the instance is not chosen yet."""
+    from llmhost import images
+
+    if isinstance(spec.model, ModelPackageSource):
+        return []
+    engine = spec.engine
+    processors: tuple[images.Processor, ...] = ("gpu",)
+    if engine.name == "hf-inference":
+        processors = ("cpu",) if isinstance(spec.hosting, ServerlessHosting) else ("cpu", "gpu")
+    for processor in processors:
+        try:
+            images.resolve_version(engine.name, engine.version, processor)
+        except images.ImageNotAvailable as missing:
+            return [FieldIssue("engine.version", missing.message)]
+    return []
 
 
 def _unknown_instance_issue(name: str) -> FieldIssue:

@@ -24,6 +24,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from llmhost import limits
 from llmhost.errors import FieldIssue, SpecInvalid
 from llmhost.field_errors import issues_from_validation_error
 
@@ -31,13 +32,21 @@ from llmhost.field_errors import issues_from_validation_error
 # to derive model and endpoint-config names, so a deployment name keeps 9 characters free.
 NAME_PATTERN = r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,53}$"
 NAME_MAX = 54
-_SECRET_ARN = re.compile(r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:.+$")
+# ASCII only: "\d" and "\w" also match other scripts' digits and letters, which AWS refuses.
+_SECRET_ARN = re.compile(r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:.+$", re.ASCII)
+# SageMaker's ModelPackageName: a name of at most 63 characters, not ending in a hyphen,
+# and an optional version of at most nine digits.
 _MODEL_PACKAGE_ARN = re.compile(
-    r"^arn:aws[a-z-]*:sagemaker:[a-z0-9-]+:\d{12}:model-package/[a-zA-Z0-9-]+(/\d+)?$"
+    r"^arn:aws[a-z-]*:sagemaker:[a-z0-9-]+:\d{12}:model-package/"
+    r"[a-zA-Z0-9][a-zA-Z0-9-]{0,62}(?<!-)(/\d{1,9})?$",
+    re.ASCII,
 )
 _S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-SERVERLESS_MEMORY_MB = (1024, 2048, 3072, 4096, 5120, 6144)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$", re.ASCII)
+SERVERLESS_MEMORY_MB = limits.SERVERLESS_MEMORY_MB
+# SageMaker caps each container environment value (HF_MODEL_ID, HF_MODEL_REVISION) and an
+# S3 model data URI at 1024 characters.
+_AWS_TEXT_MAX = 1024
 
 DeploymentName = Annotated[
     str,
@@ -76,11 +85,14 @@ class HubSource(_Strict):
 
     kind: Literal["hub"] = "hub"
     model_id: str = Field(
+        max_length=_AWS_TEXT_MAX,
         description="Hub repository id, e.g. meta-llama/Llama-3.1-8B-Instruct",
         examples=["mistralai/Mistral-7B-Instruct-v0.2"],
     )
     revision: str | None = Field(
-        default=None, description="Branch, tag or commit; pin a commit for reproducible deploys."
+        default=None,
+        max_length=_AWS_TEXT_MAX,
+        description="Branch, tag or commit; pin a commit for reproducible deploys.",
     )
     token_secret_arn: str | None = Field(
         default=None,
@@ -113,7 +125,7 @@ class S3Source(_Strict):
     """Model weights already in S3 (a model.tar.gz or an uncompressed prefix ending in '/')."""
 
     kind: Literal["s3"]
-    uri: str = Field(examples=["s3://my-models/llama3-8b/"])
+    uri: str = Field(max_length=_AWS_TEXT_MAX, examples=["s3://my-models/llama3-8b/"])
     model_id: str | None = Field(
         default=None,
         description="Catalog or hub id these weights correspond to, used for sizing "
@@ -216,7 +228,8 @@ class SharedHosting(_Strict):
     pool: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX, examples=["gpu-pool"])
     instance_type: str | None = Field(default=None, pattern=r"^ml\.[a-z0-9-]+\.[a-z0-9]+$")
     accelerators: int = Field(default=1, ge=1, le=16, description="GPUs per model copy.")
-    cpus: float | None = Field(default=None, gt=0, le=192, description="CPU cores per copy.")
+    # SageMaker's NumberOfCpuCoresRequired starts at a quarter core.
+    cpus: float | None = Field(default=None, ge=0.25, le=192, description="CPU cores per copy.")
     memory_mb: int = Field(default=8192, ge=1024, le=2_097_152, description="Host RAM per copy.")
     copies: int = Field(default=1, ge=0, le=64, description="Initial copy count.")
     pool_min_instances: int = Field(default=1, ge=0, le=64)
@@ -279,29 +292,23 @@ class ScheduleRule(_Strict):
 
     @field_validator("cron")
     @classmethod
-    def _cron(cls, value: str) -> str:
-        if len(value.split()) != 6:
-            raise PydanticCustomError(
-                "cron",
-                "must have six fields (minutes hours day-of-month month day-of-week year), "
-                "e.g. '0 8 ? * MON-FRI *'",
-            )
+    def _cron(cls, value: str, info: ValidationInfo) -> str:
+        # The grammar Application Auto Scaling and EventBridge Scheduler accept. A stored
+        # record is read as written: a delete must never depend on today's limits.
+        problem = None if is_stored(info) else limits.cron_problem(value)
+        if problem:
+            raise PydanticCustomError("cron", "{problem}", {"problem": problem})
         return value
 
     @field_validator("timezone")
     @classmethod
     def _tz(cls, value: str, info: ValidationInfo) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
         if is_stored(info):
             return value  # the time zone database may change between releases
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
+        if value not in limits.iana_time_zones():
             raise PydanticCustomError(
                 "timezone", "must be an IANA time zone such as 'UTC' or 'America/New_York'"
-            ) from None
+            )
         return value
 
     @model_validator(mode="after")
@@ -336,8 +343,22 @@ class Scaling(_Strict):
     scale_in_cooldown_s: int = Field(default=300, ge=0, le=86_400)
     scale_out_cooldown_s: int = Field(default=180, ge=0, le=86_400)
     scale_to_zero: bool = False
-    idle_minutes: int = Field(default=30, ge=5, le=10_080)
+    idle_minutes: int = Field(
+        default=30,
+        ge=5,
+        json_schema_extra={"maximum": limits.IDLE_MINUTES_MAX},
+        description="Minutes without invocations before scale to zero; at most "
+        f"{limits.IDLE_MINUTES_MAX} (CloudWatch evaluates an alarm over at most one day).",
+    )
     schedules: list[ScheduleRule] = Field(default_factory=list, max_length=20)
+
+    @field_validator("idle_minutes")
+    @classmethod
+    def _idle_alarm_fits(cls, value: int, info: ValidationInfo) -> int:
+        if value > limits.IDLE_MINUTES_MAX and not is_stored(info):
+            issue = limits.idle_minutes_issue(value)
+            raise PydanticCustomError("idle_minutes", "{message}", {"message": issue.message})
+        return value
 
 
 class GenerationDefaults(_Strict):
@@ -503,6 +524,7 @@ def cross_field_issues(spec: DeploymentSpec) -> list[FieldIssue]:
                 "a model package brings its own container configuration; remove engine.options",
             )
         )
+    issues.extend(limits.spec_issues(spec))
     if not issues:
         from llmhost import sizing
 

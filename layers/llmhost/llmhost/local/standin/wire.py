@@ -440,3 +440,9 @@ def _encode(value: Any, shape: Shape) -> Any:
     if kind == "blob" and isinstance(value, bytes | bytearray):
         return base64.b64encode(value).decode()
     return value
+
+
+def constraint_violations(request: dict[str, Any], shape: Shape) -> list[str]:
+    """The service's server-side constraints ``request`` breaks (``ParamValidator`` checks
+    types and required members; this checks the model's lengths, ranges, enums, patterns)."""
+    return _violations(request, shape, "")
