@@ -382,3 +382,30 @@ def test_a_refused_spec_is_a_4xx_naming_a_field_never_a_500(
     assert status < 500, answer
     if status != 200:
         assert answer["error"]["fields"], answer
+
+
+@settings(PROPERTY, max_examples=60)
+@given(body=SPECS.flatmap(_mutations))
+def test_a_refused_patch_is_a_4xx_naming_a_field_never_a_500(
+    moto_aws: None, body: dict[str, Any]
+) -> None:
+    module = load_handler("api", "llmhost-api")
+
+    def call(method: str, path: str, payload: Any) -> tuple[int, dict[str, Any]]:
+        raw = json.dumps(payload).encode()
+        headers = {"Content-Type": "application/json"}
+        event = api_gateway_event(method, path, headers, raw, "tester")
+        response = module.handler(event, LambdaContext("llmhost-api"))
+        return response["statusCode"], json.loads(response["body"])
+
+    # Given a deployment (created once; a valid patch changes it, which is fine)
+    if call("GET", "/v1/deployments/patched", None)[0] == 404:
+        base = {"name": "patched", "model": ZEPHYR}
+        assert call("POST", "/v1/deployments", base)[0] == 201
+    # When the generated spec's sections are sent as a PATCH
+    patch = {k: v for k, v in body.items() if k != "name"}
+    status, answer = call("PATCH", "/v1/deployments/patched", patch)
+    # Then it is applied, or refused with a 4xx naming a field; never a 500
+    assert status < 500, answer
+    if status >= 400:
+        assert answer["error"].get("fields") or status == 409, answer
