@@ -74,7 +74,7 @@ REFUSED: list[tuple[str, dict[str, Any], str, str]] = [
     (
         "tag key in AWS's reserved namespace",
         {"tags": {"aws:owner": "me"}},
-        "tags.aws:owner",
+        "tags",
         "aws:",
     ),
     (
