@@ -40,12 +40,19 @@ def add(serve: Any, collection: str, documents: list[Any]) -> tuple[int, dict[st
     return status, body
 
 
-def delete(serve: Any, collection: str, raw_id: str) -> tuple[int, dict[str, Any]]:
-    """DELETE as API Gateway delivers it: the resource's {doc_id} holds the id as sent."""
+GREEDY = "/v1/collections/{name}/documents/{doc_id+}"
+
+
+def delete(
+    serve: Any, collection: str, raw_id: str, *, parameter: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    """DELETE as API Gateway delivers it to the template's greedy {doc_id+} resource: the
+    path as received, and ``parameter`` (default: the id as sent) in pathParameters."""
     event = load_event("api-document-delete.json")
+    event["resource"] = event["requestContext"]["resourcePath"] = GREEDY
     event["path"] = f"/v1/collections/{collection}/documents/{raw_id}"
     event["requestContext"]["path"] = f"/prod{event['path']}"
-    event["pathParameters"] = {"name": collection, "doc_id": raw_id}
+    event["pathParameters"] = {"name": collection, "doc_id": parameter or raw_id}
     status, body, _ = call(serve, event)
     return status, body
 
@@ -70,8 +77,6 @@ def test_a_batch_that_is_all_rejected_creates_no_collection(serve: Any) -> None:
         ("notes/2024/a b.txt", "notes%2F2024%2Fa%20b.txt"),
         ("100% sure", "100%25%20sure"),
         ("plain", "plain"),
-        # a front that decodes %2F before the function sees the path
-        ("guides/sleep.md", "guides/sleep.md"),
     ],
 )
 def test_a_document_whose_id_has_a_slash_is_deleted_by_its_encoded_id(
@@ -87,3 +92,36 @@ def test_a_document_whose_id_has_a_slash_is_deleted_by_its_encoded_id(
     # And deleting it again is a 404 naming the decoded id
     status, body = delete(serve, "docs", sent)
     assert status == 404 and doc_id in body["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("doc_id", "path", "parameter"),
+    [
+        # API Gateway decoded %2F: the id spans several segments of the greedy resource
+        ("guides/sleep.md", "guides/sleep.md", "guides/sleep.md"),
+        ("notes/2024/a b.txt", "notes/2024/a%20b.txt", "notes/2024/a b.txt"),
+        ("notes/2024/a b.txt", "notes/2024/a b.txt", "notes/2024/a b.txt"),
+        ("folder/", "folder/", "folder/"),
+        # the path kept encoded, the greedy parameter decoded (or not)
+        ("guides/sleep.md", "guides%2Fsleep.md", "guides/sleep.md"),
+        ("guides/sleep.md", "guides%2Fsleep.md", "guides%2Fsleep.md"),
+    ],
+)
+def test_a_document_is_deleted_however_the_gateway_delivers_its_slashes(
+    serve: Any, doc_id: str, path: str, parameter: str
+) -> None:
+    # Given a document whose id holds '/'
+    assert add(serve, "docs", [{"id": doc_id, "text": "Dormice hibernate."}])[0] == 200
+    # When API Gateway hands its DELETE to the {doc_id+} resource in either shape
+    status, body = delete(serve, "docs", path, parameter=parameter)
+    # Then that document goes, and only once
+    assert (status, body["deleted"]) == (200, doc_id), body
+    assert runtime.store().document_chunks("docs", doc_id) == 0
+    status, body = delete(serve, "docs", path, parameter=parameter)
+    assert status == 404 and doc_id in body["error"]["message"]
+
+
+def test_an_id_part_with_an_empty_segment_is_a_404_not_a_500(serve: Any) -> None:
+    assert add(serve, "docs", [{"id": "a/b", "text": "Dormice hibernate."}])[0] == 200
+    status, body = delete(serve, "docs", "a//b", parameter="a//b")
+    assert status == 404, body

@@ -49,7 +49,8 @@ SERVING_ROUTES = {
     ("GET", "/v1/collections/{name}"),
     ("DELETE", "/v1/collections/{name}"),
     ("POST", "/v1/collections/{name}/documents"),
-    ("DELETE", "/v1/collections/{name}/documents/{doc_id}"),
+    # Greedy: an id whose '/' API Gateway decodes spans several segments (issue 8).
+    ("DELETE", "/v1/collections/{name}/documents/{doc_id+}"),
 }
 
 # The functions that embed or retrieve, and so carry the embedding and retrieval layers.
@@ -703,14 +704,32 @@ def test_serving_routes_are_exactly_what_the_serving_app_routes(template: dict[s
     }
     # Then the template sends exactly those routes to ServeFunction, and only ApiFunction
     # has the catch-all: a route missing here would land on the deployment API as a 404.
-    assert routed == SERVING_ROUTES
+    # (OpenAPI has no greedy parameters: its {doc_id} is the template's {doc_id+}.)
+    assert routed == {(method, path.replace("+}", "}")) for method, path in SERVING_ROUTES}
     assert set(_served_routes(template, "ServeFunction")) == SERVING_ROUTES
     assert _served_routes(template, "ApiFunction") == [("ANY", "/{proxy+}")]
     assert _functions(template)["ServeFunction"]["Handler"] == "app.handler"
 
 
+def test_the_local_gateway_routes_to_the_serve_function_as_the_template_does(
+    template: dict[str, Any],
+) -> None:
+    from llmhost.local import gateway
+
+    # The local API Gateway's resource table is the template's ServeFunction routes
+    local = {(method, resource) for resource, ms in gateway.SERVE_RESOURCES for method in ms}
+    assert local == set(_served_routes(template, "ServeFunction"))
+    # And it picks each resource for a path API Gateway would send there
+    for method, resource in SERVING_ROUTES:
+        path = resource.replace("{name}", "docs").replace("{doc_id+}", "guides/sleep.md")
+        integration = gateway.integration_for(method, path)
+        assert (integration.function, integration.resource) == ("serve", resource)
+        assert integration.path_parameters == _path_parameters(resource, path)
+
+
 def _path_parameters(resource: str, path: str) -> dict[str, str] | None:
-    pattern = re.sub(r"\\{(\w+)\\}", r"(?P<\1>[^/]+)", re.escape(resource))
+    pattern = re.sub(r"\\{(\w+)\\\+\\}$", r"(?P<\1>[^/]+(?:/[^/]+)*)", re.escape(resource))
+    pattern = re.sub(r"\\{(\w+)\\}", r"(?P<\1>[^/]+)", pattern)
     match = re.fullmatch(pattern, path)
     assert match is not None, f"{path} does not match {resource}"
     return match.groupdict() or None

@@ -186,3 +186,42 @@ def test_the_banners_ingest_command_works_as_printed(api: Api) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     status, _, collection = api.call("GET", "/v1/collections/docs")
     assert status == 200 and collection["points"] > 0, collection
+
+
+def _curl_delete(api: Api, path: str) -> tuple[int, Any]:
+    command = ["curl", "-s", "-o", "-", "-w", "\n%{http_code}", "-X", "DELETE"]
+    command += ["--aws-sigv4", "aws:amz:us-east-1:execute-api"]
+    command += ["--user", f"{runner.ACCESS_KEY}:{runner.SECRET_KEY}", api.url + path]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
+    body, _, code = out.rpartition("\n")
+    return int(code), json.loads(body)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+@pytest.mark.parametrize(
+    ("client", "sent"),
+    [
+        ("curl", "guides%2Fsleep%20well.md"),
+        ("botocore", "guides%2Fsleep%20well.md"),
+        # as a front that decodes %2F would pass it on
+        ("botocore", "guides/sleep%20well.md"),
+    ],
+)
+def test_a_document_whose_id_has_a_slash_is_deleted_over_http(
+    api: Api, client: str, sent: str
+) -> None:
+    # Given a document whose id holds '/', as every file the ingest CLI sends does
+    doc_id = "guides/sleep well.md"
+    body = json.dumps({"documents": [{"id": doc_id, "text": "Dormice hibernate all winter."}]})
+    status, _, answer = api.call("POST", "/v1/collections/slashes/documents", body.encode())
+    assert status == 200 and answer["indexed"], answer
+    # When a signed DELETE names it, percent-encoded or with its '/' decoded
+    path = f"/v1/collections/slashes/documents/{sent}"
+    if client == "curl":
+        status, answer = _curl_delete(api, path)
+    else:
+        status, _, answer = api.call("DELETE", path)
+    # Then that document goes, and a second DELETE finds nothing
+    assert (status, answer.get("deleted")) == (200, doc_id), answer
+    status, _, answer = api.call("DELETE", path)
+    assert status == 404 and doc_id in answer["error"]["message"], answer

@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import pytest
+
 from llmhost.local import events, gateway
 
 
@@ -47,7 +49,7 @@ def test_serving_resources_get_their_path_parameters_decoded_and_the_path_stays_
     path = "/v1/collections/docs/documents/a%2Fb.txt"
     integration = gateway.integration_for("DELETE", path)
     assert integration.function == "serve"
-    assert integration.resource == "/v1/collections/{name}/documents/{doc_id}"
+    assert integration.resource == "/v1/collections/{name}/documents/{doc_id+}"
     assert integration.path_parameters == {"name": "docs", "doc_id": "a/b.txt"}
     event = events.api_gateway_event(
         "DELETE",
@@ -60,6 +62,38 @@ def test_serving_resources_get_their_path_parameters_decoded_and_the_path_stays_
     )
     assert event["path"] == path and event["resource"] == integration.resource
     assert event["pathParameters"] == {"name": "docs", "doc_id": "a/b.txt"}
+
+
+@pytest.mark.parametrize(
+    ("path", "doc_id"),
+    [
+        ("/v1/collections/docs/documents/guides/sleep.md", "guides/sleep.md"),
+        ("/v1/collections/docs/documents/notes/2024/a%20b.txt", "notes/2024/a b.txt"),
+        ("/v1/collections/docs/documents/guides%2Fsleep.md", "guides/sleep.md"),
+        ("/v1/collections/docs/documents/plain", "plain"),
+    ],
+)
+def test_a_document_id_takes_every_segment_after_documents(path: str, doc_id: str) -> None:
+    # The template's {doc_id+} is greedy: an id whose '/' arrives decoded still reaches the
+    # serve function under that resource, with every remaining segment in its parameter.
+    integration = gateway.integration_for("DELETE", path)
+    assert integration.function == "serve"
+    assert integration.resource == "/v1/collections/{name}/documents/{doc_id+}"
+    assert integration.path_parameters == {"name": "docs", "doc_id": doc_id}
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("DELETE", "/v1/collections/docs/documents/"),  # a greedy parameter takes >= 1 segment
+        ("DELETE", "/v1/collections/docs/documents"),
+        ("GET", "/v1/collections/docs/documents/guides/sleep.md"),  # DELETE only
+        ("DELETE", "/v1/collections/docs/other/guides/sleep.md"),
+    ],
+)
+def test_only_a_delete_under_documents_matches_the_greedy_resource(method: str, path: str) -> None:
+    integration = gateway.integration_for(method, path)
+    assert integration.resource != "/v1/collections/{name}/documents/{doc_id+}"
 
 
 def test_other_paths_go_to_the_api_function_through_proxy() -> None:

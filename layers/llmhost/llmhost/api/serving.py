@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Annotated, Any
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver
 from aws_lambda_powertools.event_handler.openapi.params import Path
@@ -36,10 +36,11 @@ DocumentPath = Annotated[
     Path(
         min_length=1,
         max_length=768,
-        description="A document id, percent-encoded ('/' as %2F): guides%2Fsleep.md.",
+        description="A document id, percent-encoded by the client ('/' as %2F): "
+        "guides%2Fsleep.md. Everything after /documents/ is the id, so a '/' a proxy decodes "
+        "on the way still names the same document.",
     ),
 ]
-_DOCUMENT_PATH = re.compile(r"^(/v1/collections/[^/]+/documents/)(.+)$")
 
 
 class CreateCollection(BaseModel):
@@ -164,21 +165,32 @@ def build_serving_app(
 
 
 class DocumentIdResolver(APIGatewayRestResolver):
-    """Routes a document id that holds '/' (an S3 key, a file path) to its one route.
+    """The REST resolver, with ``<doc_id>`` greedy: it takes the rest of the path.
 
-    Clients send the id percent-encoded (``a%2Fb.txt``); the route decodes it once. A
-    front that hands the function the path with ``%2F`` already decoded (``a/b.txt``)
-    would split the id into segments that match no route: the id part is re-encoded here
-    first, so both shapes reach the same handler with the same id.
+    Clients send a document id percent-encoded (``guides%2Fsleep.md``) and the route
+    decodes it once. Whether API Gateway decodes ``%2F`` before matching resources is not
+    settled (template.yaml's ``{doc_id+}`` is greedy for that reason); if it does, the path
+    reaches the function as ``.../documents/guides/sleep.md``, which Powertools' one-segment
+    parameter would not match. Here the id is every character after ``/documents/``, so both
+    shapes name the same document. (Only an id holding a literal ``%XX`` is ambiguous once a
+    front has decoded the path; it is read as encoded.)
     """
 
-    def resolve(self, event: Any, context: Any) -> dict[str, Any]:
-        path = event.get("path") if isinstance(event, dict) else None
-        match = _DOCUMENT_PATH.match(path) if isinstance(path, str) else None
-        if match and "/" in match.group(2):
-            encoded = quote(match.group(2), safe="")
-            event = {**event, "path": match.group(1) + encoded}
-        return super().resolve(event, context)
+    GREEDY_PARAMETERS = ("doc_id",)
+
+    @staticmethod
+    def _compile_regex(rule: str, base_regex: str = "^{}/*$") -> re.Pattern[str]:
+        marks = {
+            name: f"GREEDY{name}GREEDY"
+            for name in DocumentIdResolver.GREEDY_PARAMETERS
+            if rule.endswith(f"/<{name}>")
+        }
+        for name, mark in marks.items():
+            rule = rule.replace(f"<{name}>", mark)
+        pattern = APIGatewayRestResolver._compile_regex(rule, base_regex).pattern
+        for name, mark in marks.items():
+            pattern = pattern.replace(mark, f"(?P<{name}>[^/].*)")
+        return re.compile(pattern)
 
 
 def _no_document_indexed(

@@ -3,8 +3,8 @@
 What API Gateway does for ``template.yaml``'s API, this does too:
 
 - routing: the serving resources (``SERVE_RESOURCES``, as the template declares them, with
-  their path parameters) go to the serve function, every other path to the api function's
-  ``/{proxy+}``;
+  their path parameters, a greedy ``{name+}`` last one taking every remaining segment) go to
+  the serve function, every other path to the api function's ``/{proxy+}``;
 - IAM auth: a request not signed with the local key pair is refused with 403, API Gateway's
   message and its ``x-amzn-ErrorType`` (``llmhost.local.sigv4``);
 - the 10 MB payload limit (413);
@@ -51,7 +51,7 @@ SERVE_RESOURCES: tuple[tuple[str, frozenset[str]], ...] = (
     ("/v1/collections", frozenset({"GET", "POST"})),
     ("/v1/collections/{name}", frozenset({"GET", "DELETE"})),
     ("/v1/collections/{name}/documents", frozenset({"POST"})),
-    ("/v1/collections/{name}/documents/{doc_id}", frozenset({"DELETE"})),
+    ("/v1/collections/{name}/documents/{doc_id+}", frozenset({"DELETE"})),
 )
 # Paths the serve function answers even for a method it lacks (its router says 404/405).
 SERVING_PREFIXES = ("/v1/rag", "/v1/chat/", "/v1/models", "/v1/collections")
@@ -74,21 +74,36 @@ def integration_for(method: str, path: str) -> Integration:
     """The integration API Gateway picks for ``method`` on ``path`` (percent-encoded)."""
     segments = path.strip("/").split("/")
     for resource, methods in SERVE_RESOURCES:
-        template = resource.strip("/").split("/")
-        if len(template) != len(segments) or method not in methods:
+        if method not in methods:
             continue
-        parameters: dict[str, str] = {}
-        for want, got in zip(template, segments, strict=True):
-            if want.startswith("{"):
-                if not got:
-                    break
-                parameters[want.strip("{}")] = unquote(got)
-            elif want != got:
-                break
-        else:
+        parameters = _match(resource.strip("/").split("/"), segments)
+        if parameters is not None:
             return Integration("serve", resource, parameters or None)
     function = "serve" if path.startswith(SERVING_PREFIXES) else "api"
     return Integration(function, "/{proxy+}", {"proxy": unquote(path.lstrip("/"))})
+
+
+def _match(template: list[str], segments: list[str]) -> dict[str, str] | None:
+    """The path parameters of ``segments`` under a resource's ``template``, or None.
+
+    A parameter takes one non-empty segment; a greedy one (``{name+}``, always last) takes
+    all that remain, each non-empty, joined by '/'. Values are decoded (``path`` is not).
+    """
+    last = len(template) - 1
+    greedy = template[last].startswith("{") and template[last].endswith("+}")
+    fits = len(segments) > last if greedy else len(segments) == len(template)
+    if not fits:
+        return None
+    parameters: dict[str, str] = {}
+    for i, want in enumerate(template):
+        got = segments[i:] if greedy and i == last else segments[i : i + 1]
+        if want.startswith("{"):
+            if not all(got):
+                return None
+            parameters[want.strip("{+}")] = unquote("/".join(got))
+        elif [want] != got:
+            return None
+    return parameters
 
 
 class Environments:
