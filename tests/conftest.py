@@ -20,6 +20,37 @@ STACK = "llmhost-test"
 _real_connect = socket.socket.connect
 
 
+def _import_fuzzing_libraries() -> None:
+    """Import hypothesis and schemathesis, with what they load lazily, before any test runs.
+
+    Both are pytest plugins, so pytest rewrites (compiles from the AST) every module of theirs
+    as it is first imported, and without a bytecode cache (PYTHONDONTWRITEBYTECODE=1) it does
+    so then. On CPython 3.11 such a compile inside a running hypothesis test has failed now
+    and then with "SystemError: AST constructor recursion depth mismatch" (CPython 3.11's AST
+    conversion checks a depth counter that can go wrong: python/cpython#106905). Imported
+    here, they are compiled once at session start, outside any test, for every test module.
+    """
+    import contextlib
+    import importlib
+    import pkgutil
+
+    import hypothesis  # noqa: F401
+    import schemathesis  # noqa: F401
+
+    packages = ("schemathesis.specs.openapi", "schemathesis.generation", "hypothesis.strategies")
+    for package in packages:
+        module = importlib.import_module(package)
+        for info in pkgutil.walk_packages(module.__path__, package + "."):
+            # optional integrations (django, flask...) may not be installed
+            with contextlib.suppress(ImportError):
+                importlib.import_module(info.name)
+
+
+@pytest.hookimpl(trylast=True)  # after hypothesis's own: its start-up is then over
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _import_fuzzing_libraries()
+
+
 def _loopback_only(self: socket.socket, address: Any) -> Any:
     host = address[0] if isinstance(address, tuple) else address
     if (
@@ -162,6 +193,39 @@ def embedder() -> Any:
     loaded = OnnxEmbedder(model_dir)
     loaded.load()
     return loaded
+
+
+class StreamGate:
+    """A local engine's pause before each streamed token (its ``sleep``), made a handshake with
+    the client: token k is produced only once the client has received token k-2 (or, after a
+    generous wait that only a stalled stream needs, anyway, recorded in ``stalled``).
+
+    Streaming is then checked by causality, not by the clock: every event must reach the client
+    before the engine has produced two more, however slow or loaded the machine. A server that
+    held events back (buffered them, or sent them all at the end) stalls the engine.
+    """
+
+    WAIT_S = 30
+
+    def __init__(self) -> None:
+        self.produced = 0
+        self.stalled: list[int] = []
+        self._received = 0
+        self._changed = threading.Condition()
+
+    def before_token(self, _seconds: float) -> None:
+        token = self.produced
+        with self._changed:
+            if not self._changed.wait_for(
+                lambda: self._received >= token - 1, 0 if self.stalled else self.WAIT_S
+            ):
+                self.stalled.append(token)
+            self.produced += 1
+
+    def received(self) -> None:
+        with self._changed:
+            self._received += 1
+            self._changed.notify_all()
 
 
 def load_event(name: str) -> dict[str, Any]:

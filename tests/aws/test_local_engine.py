@@ -15,6 +15,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, EventStreamError
 
+from conftest import StreamGate
 from llmhost.local.engine import (
     NOTE,
     LocalEngine,
@@ -120,6 +121,7 @@ def stack() -> Iterator[dict[str, Any]]:
         "split_client": runtime(split_url),
         "router": router,
         "upstream_url": upstream_url,
+        "paced": paced,
     }
     servers.close()
 
@@ -324,23 +326,28 @@ def test_a_stream_that_breaks_ends_with_model_stream_error(stack: dict[str, Any]
     assert raised.value.response["Error"]["Code"] == "ModelStreamError"
 
 
-def test_the_first_part_arrives_after_one_token_interval_and_long_before_the_last(
-    stack: dict[str, Any],
-) -> None:
-    # Given an engine that waits 20 ms before each token
+def test_each_part_leaves_as_its_token_is_produced(stack: dict[str, Any]) -> None:
+    # Given an engine that produces token k only once the client has part k-2
+    gate = StreamGate()
+    stack["paced"]._sleep = gate.before_token
     payload = {"inputs": PROMPT, "parameters": {"max_new_tokens": 6}, "stream": True}
 
     # When the stream is read part by part
-    started = time.perf_counter()
-    reply = stack["client"].invoke_endpoint_with_response_stream(
-        EndpointName="paced", Body=json.dumps(payload)
-    )
-    arrivals = [time.perf_counter() - started for _ in reply["Body"]]
+    try:
+        reply = stack["client"].invoke_endpoint_with_response_stream(
+            EndpointName="paced", Body=json.dumps(payload)
+        )
+        produced_at_arrival = []
+        for _ in reply["Body"]:
+            produced_at_arrival.append(gate.produced)
+            gate.received()
+    finally:
+        stack["paced"]._sleep = time.sleep
 
-    # Then the first part waited for its token, and the rest followed it over time
-    assert len(arrivals) == 6
-    assert arrivals[0] >= 0.020
-    assert arrivals[-1] - arrivals[0] >= 0.060
+    # Then each part came after its token, and before the engine had gone two tokens further
+    assert len(produced_at_arrival) == 6
+    assert all(produced >= k + 1 for k, produced in enumerate(produced_at_arrival))
+    assert not gate.stalled, f"tokens {gate.stalled} waited in vain for the client"
 
 
 # ---- the engine itself -----------------------------------------------------------------------

@@ -306,7 +306,7 @@ def test_stream_events_leave_as_they_are_produced(
 
     def stream() -> Iterator[dict[str, Any]]:
         yield _chunk("first")
-        assert first_seen.wait(10), "the client never saw the first event: it was buffered"
+        assert first_seen.wait(120), "the client never saw the first event: it was buffered"
         yield _chunk("second", finish="stop")
 
     service.stream = stream
@@ -316,7 +316,7 @@ def test_stream_events_leave_as_they_are_produced(
         body,
         {"Authorization": AUTH, "Content-Type": "application/json", **_length(body)},
     )
-    with socket.create_connection(server, timeout=10) as sock:
+    with socket.create_connection(server, timeout=60) as sock:
         sock.sendall(raw)
         received = b""
         while b'"first"' not in received:
@@ -341,7 +341,7 @@ def test_a_slow_stream_does_not_hold_up_other_requests(
 
     def stream() -> Iterator[dict[str, Any]]:
         yield _chunk("waiting")
-        release.wait(20)
+        release.wait(120)
         yield _chunk("done", finish="stop")
 
     service.stream = stream
@@ -379,7 +379,7 @@ def test_a_refused_stream_keeps_its_status(
 def test_keep_alive_serves_several_requests_on_one_connection(server: tuple[str, int]) -> None:
     import http.client
 
-    connection = http.client.HTTPConnection(*server, timeout=10)
+    connection = http.client.HTTPConnection(*server, timeout=60)
     for _ in range(3):
         connection.request("GET", "/v1/models", headers={"Authorization": AUTH})
         reply = connection.getresponse()

@@ -151,10 +151,17 @@ def entry(at: str, event: str, status: Any = "IN_SERVICE") -> HistoryEntry:
 
 
 def test_a_burst_on_a_zero_copy_component_wakes_it_once_with_one_dispatch(
-    moto_aws: None,
+    moto_aws: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from datetime import datetime
+
+    from llmhost.lifecycle import record as records
     from llmhost.serving.errors import ModelUnavailable
 
+    # The burst happens at one instant, whatever the machine's pace: the wake's entry and
+    # every refusal read the same fixed clock.
+    instant = datetime.fromisoformat("2026-01-03T09:00:00+00:00")
+    monkeypatch.setattr(records, "utc_now", lambda: "2026-01-03T09:00:00Z")
     registry = runtime.registry()
     # Given a component at zero copies whose two recorded wakes took 200 s and 260 s
     registry.create(
@@ -171,7 +178,10 @@ def test_a_burst_on_a_zero_copy_component_wakes_it_once_with_one_dispatch(
     dispatcher = RecordingDispatcher()
     # And four Lambda containers' worth of directories
     services = [
-        chat_service(ModelDirectory(runtime.registry, wake=lambda: dispatcher), sagemaker)
+        chat_service(
+            ModelDirectory(runtime.registry, wake=lambda: dispatcher, now=lambda: instant),
+            sagemaker,
+        )
         for _ in range(4)
     ]
     refusals: list[ModelUnavailable] = []
@@ -195,11 +205,11 @@ def test_a_burst_on_a_zero_copy_component_wakes_it_once_with_one_dispatch(
         thread.join()
 
     # Then every client gets a 503 with Retry-After from this deployment's wakes (the
-    # median is 260 s; a second may pass between the wake's entry and the refusal)
+    # median, 260 s: no time passes between the wake's entry and the refusals)
     assert not unexpected, unexpected
     assert len(refusals) == 16 and len(sagemaker.calls) == 16
     assert all(r.status == 503 and r.reason == "sleeping" for r in refusals)
-    assert all(259 <= r.retry_after <= 260 for r in refusals), [r.retry_after for r in refusals]
+    assert [r.retry_after for r in refusals] == [260] * 16
     assert all(r.headers()["Retry-After"] == str(r.retry_after) for r in refusals)
     assert all("no capacity" not in r.message.lower() for r in refusals)  # no raw SageMaker text
     # And exactly one wake was recorded and handed to the scaling function
@@ -217,15 +227,28 @@ def test_a_burst_on_a_zero_copy_component_wakes_it_once_with_one_dispatch(
     ]
 
 
-def test_the_first_answer_after_a_wake_records_its_end_once(moto_aws: None) -> None:
+def test_the_first_answer_after_a_wake_records_its_end_once(
+    moto_aws: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from llmhost.lifecycle import record as records
     from llmhost.serving.errors import ModelUnavailable
 
+    # A clock of the test's own: the wake takes exactly as long as the test says
+    now = [datetime(2026, 1, 3, 9, 0, tzinfo=UTC)]
+    monkeypatch.setattr(
+        records, "utc_now", lambda: now[0].isoformat(timespec="seconds").replace("+00:00", "Z")
+    )
     registry = runtime.registry()
     registry.create(zero_copies())
     sagemaker = ScaledToZeroRuntime()
     dispatcher = RecordingDispatcher()
     first, second = (
-        chat_service(ModelDirectory(runtime.registry, wake=lambda: dispatcher), sagemaker)
+        chat_service(
+            ModelDirectory(runtime.registry, wake=lambda: dispatcher, now=lambda: now[0]),
+            sagemaker,
+        )
         for _ in range(2)
     )
     # Given a request refused for want of a copy: one wake, and with no recorded wake yet,
@@ -235,7 +258,8 @@ def test_the_first_answer_after_a_wake_records_its_end_once(moto_aws: None) -> N
     assert refused.value.retry_after == 300
     assert len(dispatcher.events) == 1
 
-    # When the scaling hook has added a copy and two containers answer requests
+    # When, 42 s later, the scaling hook has added a copy and two containers answer requests
+    now[0] += timedelta(seconds=42)
     sagemaker.copies = 1
     assert chat(first)["choices"][0]["message"]["content"] == "awake"
     assert chat(second)["choices"][0]["message"]["content"] == "awake"
@@ -246,7 +270,7 @@ def test_the_first_answer_after_a_wake_records_its_end_once(moto_aws: None) -> N
     events = [h.event for h in record.history]
     assert events.count("WakeRequested") == 1 and events.count("Woken") == 1
     assert events.index("Woken") > events.index("WakeRequested")
-    assert wake_estimate_s(record) <= 5  # this test's wake took well under 5 s
+    assert wake_estimate_s(record) == 42
     # And no further dispatch happened
     assert len(dispatcher.events) == 1
 

@@ -32,28 +32,7 @@ from llmhost.local import runner
 pytestmark = pytest.mark.e2e
 
 
-def _import_schemathesis_fully() -> None:
-    """Import what schemathesis and hypothesis load lazily, here at collection.
-
-    pytest rewrites the modules of its plugins (both are) as they are imported, and without
-    a bytecode cache (PYTHONDONTWRITEBYTECODE) it compiles them then: on CPython 3.11 a
-    compile inside a running hypothesis test, which raises the recursion limit, has failed
-    with "SystemError: AST constructor recursion depth mismatch".
-    """
-    import contextlib
-    import importlib
-    import pkgutil
-
-    packages = ("schemathesis.specs.openapi", "schemathesis.generation", "hypothesis.strategies")
-    for package in packages:
-        module = importlib.import_module(package)
-        for info in pkgutil.walk_packages(module.__path__, package + "."):
-            # optional integrations (django, flask...) may not be installed
-            with contextlib.suppress(ImportError):
-                importlib.import_module(info.name)
-
-
-_import_schemathesis_fully()
+# hypothesis and schemathesis are imported in full at start-up: see tests/conftest.py
 
 # Per route and mode (valid, invalid). CI's budget; raise it locally to dig deeper.
 EXAMPLES_PER_MODE = int(os.environ.get("LLMHOST_FUZZ_EXAMPLES", "12"))

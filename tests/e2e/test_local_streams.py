@@ -40,7 +40,7 @@ class Spy:
         with self._lock:
             return [r for e in self.events for r in e.get("Records", [])]
 
-    def wait_for(self, name: str, event_name: str, timeout: float = 20) -> dict[str, Any]:
+    def wait_for(self, name: str, event_name: str, timeout: float = 120) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for record in self.stream_records():

@@ -73,7 +73,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         base = runner.url_of(api)
         spec = {"name": MODEL, "model": {"model_id": "HuggingFaceH4/zephyr-7b-beta"}}
         assert _signed(base, "POST", "/v1/deployments", spec)[0] == 201
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while _signed(base, "GET", f"/v1/deployments/{MODEL}")[1]["status"] != "IN_SERVICE":
             assert time.monotonic() < deadline, "the model never came up"
             time.sleep(0.2)

@@ -59,7 +59,7 @@ def _wait_for_demo(openai_url: str) -> None:
     from openai import OpenAI
 
     client = OpenAI(base_url=openai_url + "/v1", api_key=runner.LOCAL_API_KEY)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         models = {m.id: m for m in client.models.list()}
         if (

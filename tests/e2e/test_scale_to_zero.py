@@ -11,6 +11,7 @@ function, serving refuses and wakes, the scaling function and the reconciler add
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import urllib.error
@@ -86,7 +87,9 @@ class Stack:
         assert described is not None, f"SageMaker has no component {NAME}"
         return int(described["RuntimeConfig"]["CurrentCopyCount"])
 
-    def until(self, what: str, check: Any, timeout: float = 10) -> Any:
+    def until(self, what: str, check: Any, timeout: float = 120) -> Any:
+        """Poll ``check`` until it is true. The deadline is for a stuck stack, not a slow one
+        (a loaded CI machine): a step that happens returns as soon as it does."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             result = check()
@@ -151,7 +154,7 @@ def test_an_idle_model_goes_to_zero_and_a_request_wakes_it(stack: Stack) -> None
         code, _, body = stack.chat()
         return body if code == 200 else None
 
-    reply = stack.until("an answer", answered, timeout=15)
+    reply = stack.until("an answer", answered)
     assert reply["choices"][0]["message"]["content"]
     # And the deployment's history tells the story: idle, asleep or scaled in, woken
     history = [h["event"] for h in stack.call("GET", f"/v1/deployments/{NAME}")[1]["history"]]
@@ -166,9 +169,25 @@ def test_an_idle_model_goes_to_zero_and_a_request_wakes_it(stack: Stack) -> None
     code, headers, refused = stack.call_with_headers("POST", "/v1/chat/completions", chat)
     assert code == 503, refused
     assert headers["Content-Type"].startswith("application/json")
-    assert 0 < int(headers["Retry-After"]) <= 5, headers
+    # (this time after about as long as the first wake took, as its history recorded it: a
+    # few seconds on a quiet machine, more on a loaded one)
+    recorded = stack.call("GET", f"/v1/deployments/{NAME}")[1]["history"]
+    assert 0 < int(headers["Retry-After"]) <= max(1, first_wake_seconds(recorded)), headers
     # And it wakes again and answers
-    reply = stack.until("an answer after the second wake", answered, timeout=15)
+    reply = stack.until("an answer after the second wake", answered)
     assert reply["choices"][0]["message"]["content"]
     history = [h["event"] for h in stack.call("GET", f"/v1/deployments/{NAME}")[1]["history"]]
     assert history.count("IdleSleep") == 2 and history.count("WakeRequested") == 2, history
+
+
+def first_wake_seconds(history: list[dict[str, Any]]) -> int:
+    """How long the first recorded wake took: from WakeRequested to Woken, in whole seconds
+    rounded up (the history's timestamps are to the second)."""
+    from datetime import datetime
+
+    at = {}
+    for entry in history:
+        at.setdefault(entry["event"], datetime.fromisoformat(entry["at"].replace("Z", "+00:00")))
+    if "Woken" not in at:  # no wake measured: the default estimate, one second locally
+        return 1
+    return math.ceil((at["Woken"] - at["WakeRequested"]).total_seconds())
