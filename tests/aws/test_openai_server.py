@@ -92,17 +92,98 @@ def server(service: ScriptedService) -> Iterator[tuple[str, int]]:
         running.shutdown()
 
 
-def _exchange(address: tuple[str, int], raw: bytes, wait: float = 3.0) -> bytes:
-    """Send ``raw`` and read until the server closes or stays quiet for ``wait`` seconds."""
-    with socket.create_connection(address, timeout=wait) as sock:
+SENTINEL = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+SENTINEL_BODY = {"status": "ok"}
+
+
+class _Wire:
+    """A client socket's bytes, read as HTTP/1.1 responses framed by their Content-Length or
+    chunked encoding (never by how long the server stays quiet)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.buffer = b""
+
+    def _more(self) -> bool:
+        data = self._sock.recv(65536)
+        self.buffer += data
+        return bool(data)
+
+    def response(self) -> bytes:
+        """The next whole response (or what came before the server closed)."""
+        while b"\r\n\r\n" not in self.buffer:
+            if not self._more():
+                return self._take(len(self.buffer))
+        head_end = self.buffer.index(b"\r\n\r\n") + 4
+        head = self.buffer[:head_end].lower()
+        if b"transfer-encoding: chunked" in head:
+            end = head_end
+            while True:  # walk the chunks: size line, data, CRLF; a 0 size ends the body
+                while b"\r\n" not in self.buffer[end:]:
+                    if not self._more():
+                        return self._take(len(self.buffer))
+                line_end = self.buffer.index(b"\r\n", end)
+                size = int(self.buffer[end:line_end].split(b";")[0], 16)
+                end = line_end + 2 + size + 2
+                while len(self.buffer) < end:
+                    if not self._more():
+                        return self._take(len(self.buffer))
+                if size == 0:
+                    return self._take(end)
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        while len(self.buffer) < head_end + length:
+            if not self._more():
+                break
+        return self._take(head_end + length)
+
+    def rest(self) -> list[bytes]:
+        """Every further response until the server closes."""
+        responses = []
+        while self.buffer or self._more():
+            responses.append(self.response())
+        return responses
+
+    def _take(self, size: int) -> bytes:
+        taken, self.buffer = self.buffer[:size], self.buffer[size:]
+        return taken
+
+
+def _exchange(
+    address: tuple[str, int], raw: bytes, timeout: float = 60.0, follow: bool = True
+) -> bytes:
+    """Send ``raw`` on one connection and return every response it got (only the first, with
+    ``follow=False``: for a request whose body is still owed, which the next would be read as).
+
+    Once the first response is whole, a last request (``GET /health`` with ``Connection:
+    close``) follows on the same connection: HTTP/1.1 answers in order, so any response the
+    server gave to bytes hidden in ``raw`` arrives before that one's, and it ends the read
+    without waiting for the server to stay quiet. Its own answer is left out.
+    """
+    with socket.create_connection(address, timeout=timeout) as sock:
         sock.sendall(raw)
-        received = b""
+        wire = _Wire(sock)
+        first = wire.response()
+        if not follow:
+            return first
         try:
-            while data := sock.recv(65536):
-                received += data
-        except TimeoutError:
-            pass
-        return received
+            sock.sendall(SENTINEL)
+            rest = wire.rest()
+        except (ConnectionError, TimeoutError):  # closed after the first: nothing else came
+            rest = [wire.buffer]
+        if rest and _is_sentinel_answer(rest[-1]):
+            rest.pop()
+        return first + b"".join(rest)
+
+
+def _is_sentinel_answer(response: bytes) -> bool:
+    head, _, body = response.partition(b"\r\n\r\n")
+    try:
+        return head.startswith(b"HTTP/1.1 200") and json.loads(body) == SENTINEL_BODY
+    except ValueError:
+        return False
 
 
 def _post(path: str, body: bytes, headers: dict[str, str]) -> bytes:
@@ -156,7 +237,7 @@ def test_a_malformed_content_length_gets_400_promptly(server: tuple[str, int], l
         b"{}",
         {"Authorization": AUTH, "Content-Type": "application/json", "Content-Length": length},
     )
-    received = _exchange(server, raw, wait=5.0)
+    received = _exchange(server, raw)
     assert received, "no answer: the server waited for a body that will never come"
     assert _status(received) in {400, 413}
     # ... in OpenAI's error shape, saying what to send instead
@@ -170,7 +251,7 @@ def test_a_body_over_the_limit_is_refused_without_reading_it(server: tuple[str, 
         b"{",
         {"Authorization": AUTH, "Content-Type": "application/json", "Content-Length": "50000000"},
     )
-    received = _exchange(server, raw)
+    received = _exchange(server, raw, follow=False)
     assert _status(received) == 413
     assert _body(received)["error"]["code"] == "body_too_large"
 
@@ -446,7 +527,7 @@ def test_unreadable_keys_answer_503_with_retry_after(service: ScriptedService) -
     running = _serve(ServingHttpApp(lambda: service, ApiKeyAuth(failing, log=lambda _: None)))
     try:
         raw = f"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH}\r\n\r\n".encode()
-        received = _exchange(running.server_address[:2], raw, wait=1.0)
+        received = _exchange(running.server_address[:2], raw)
         assert _status(received) == 503
         assert b"retry-after: 30" in received.lower()
         assert _body(received)["error"]["code"] == "api_keys_unavailable"
