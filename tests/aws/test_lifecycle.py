@@ -315,7 +315,7 @@ def test_pool_survives_while_another_model_uses_it(harness: Harness) -> None:
 
 
 def test_history_is_bounded(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    harness.reconciler._history_limit = 5
+    harness.registry.history_limit = 5
     harness.create(SPECS["dedicated"])
     record = harness.settle("llama")
     assert len(record.history) == 5

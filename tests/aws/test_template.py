@@ -1044,6 +1044,7 @@ def test_environment_variables_the_code_reads(template: dict[str, Any]) -> None:
         "LLMHOST_STACK_NAME": {"Ref": "AWS::StackName"},
         "POWERTOOLS_METRICS_NAMESPACE": "llmhost",
         "POWERTOOLS_LOG_LEVEL": {"Ref": "LogLevel"},
+        "HISTORY_LIMIT": {"Ref": "HistoryLimit"},
         "PYDANTIC_DISABLE_PLUGINS": "__all__",
     }
     cap = {"GPU_CAPACITY_CAP": {"Ref": "GpuCapacityCap"}}
@@ -1058,7 +1059,6 @@ def test_environment_variables_the_code_reads(template: dict[str, Any]) -> None:
         **cap,
         "POWERTOOLS_SERVICE_NAME": "llmhost-reconcile",
         "SAGEMAKER_EXECUTION_ROLE_ARN": {"Fn::GetAtt": ["SageMakerExecutionRole", "Arn"]},
-        "HISTORY_LIMIT": {"Ref": "HistoryLimit"},
         "SCHEDULE_GROUP": {"Ref": "ScheduleGroup"},
         "SCALING_FUNCTION_ARN": {"Fn::GetAtt": ["ScalingFunction", "Arn"]},
         "SCHEDULER_ROLE_ARN": {"Fn::GetAtt": ["SchedulerInvokeRole", "Arn"]},
@@ -1069,7 +1069,6 @@ def test_environment_variables_the_code_reads(template: dict[str, Any]) -> None:
         **common,
         **cap,
         "POWERTOOLS_SERVICE_NAME": "llmhost-scaling",
-        "HISTORY_LIMIT": {"Ref": "HistoryLimit"},
         "DAILY_BUDGET_USD": {"Ref": "DailyBudgetUsd"},
     }
     wake = {"SCALING_FUNCTION_NAME": {"Ref": "ScalingFunction"}}
@@ -1222,18 +1221,14 @@ def test_function_url_sample_is_a_request_the_stream_server_accepts() -> None:
     assert principal.key_name == "sample"
 
 
-def test_history_limit_parameter_fits_the_reconciler_settings(template: dict[str, Any]) -> None:
-    # A value CloudFormation accepts but the function rejects would break every reconcile.
-    from llmhost.runtime import ReconcileSettings
+def test_history_limit_parameter_fits_the_registry_settings(template: dict[str, Any]) -> None:
+    # A value CloudFormation accepts but the functions reject would break every one of them.
+    from llmhost.runtime import ApiSettings
 
     parameter = template["Parameters"]["HistoryLimit"]
     for value in (parameter["MinValue"], parameter["Default"], parameter["MaxValue"]):
-        settings = ReconcileSettings.model_validate(
-            {
-                "registry_table_name": "llmhost-registry",
-                "sagemaker_execution_role_arn": "arn:aws:iam::123456789012:role/llmhost-sm",
-                "history_limit": value,
-            }
+        settings = ApiSettings.model_validate(
+            {"registry_table_name": "llmhost-registry", "history_limit": value}
         )
         assert settings.history_limit == value
 

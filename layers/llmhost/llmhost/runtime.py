@@ -24,7 +24,11 @@ class SettingsError(RuntimeError):
 
 
 class ApiSettings(BaseModel):
+    """What every function needs to reach the registry."""
+
     registry_table_name: str = Field(min_length=3)
+    # HistoryLimit: entries kept per deployment, by every writer.
+    history_limit: int = Field(default=50, ge=5, le=500)
 
 
 class StackSettings(BaseModel):
@@ -54,7 +58,6 @@ def stack_name() -> str:
 class ReconcileSettings(BaseModel):
     registry_table_name: str = Field(min_length=3)
     sagemaker_execution_role_arn: str = Field(pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
-    history_limit: int = Field(default=50, ge=5, le=500)
     # EventBridge Scheduler for sleep/wake rules. Unset (or empty): such rules are not
     # scheduled and the deployment's status says which setting is missing.
     schedule_group: str | None = None
@@ -93,7 +96,9 @@ def _registry() -> Registry:
     from llmhost.lifecycle.registry import Registry
 
     settings: ApiSettings = _from_env(ApiSettings)
-    return Registry(aws.client("dynamodb"), settings.registry_table_name)
+    return Registry(
+        aws.client("dynamodb"), settings.registry_table_name, history_limit=settings.history_limit
+    )
 
 
 def registry() -> Registry:
@@ -139,7 +144,6 @@ def _reconciler() -> Reconciler:
             stack=stack,
         ),
         resolve=lambda spec, plan=None: resolve_desired(spec, region, role, schedules, plan),
-        history_limit=settings.history_limit,
         schedule_target=schedules,
     )
 
@@ -276,7 +280,6 @@ class ScalingSettings(BaseModel):
     """The scaling function's environment (GPU cap 0 = none; budget 0 = none)."""
 
     registry_table_name: str = Field(min_length=3)
-    history_limit: int = Field(default=50, ge=5, le=500)
     gpu_capacity_cap: int = Field(default=0, ge=0, le=100_000)
     daily_budget_usd: float = Field(default=0.0, ge=0)
 
@@ -333,4 +336,4 @@ def scaling_hook() -> Any:
     reg = registry()
     guard = capacity_guard()
     budget = BudgetKeeper(reg, BudgetLedger(reg), guard, settings.daily_budget_usd)
-    return ScalingHook(reg, settings.history_limit, guard=guard, budget=budget, clock=clock())
+    return ScalingHook(reg, guard=guard, budget=budget, clock=clock())

@@ -40,7 +40,6 @@ def build_app(
     *,
     logger: Any = None,
     metrics: Any = None,
-    history_limit: int = 50,
     gpu_capacity_cap: Callable[[], int | None] | None = None,
     endpoint_conflict: Callable[[DeploymentSpec], str | None] | None = None,
     token_secret_problem: Callable[[str], str | None] | None = None,
@@ -91,7 +90,6 @@ def build_app(
             "Created",
             status="PENDING",
             reason="waiting for the reconciler",
-            history_limit=history_limit,
         )
         saved = reg.create(record)
         count("DeploymentCreated")
@@ -136,7 +134,7 @@ def build_app(
             check_endpoint_owned(spec)
         updated = record.model_copy(
             update={"spec": spec, "generation": record.generation + 1}
-        ).with_event("SpecUpdated", reason="spec changed; reconciling", history_limit=history_limit)
+        ).with_event("SpecUpdated", reason="spec changed; reconciling")
         saved = reg.save(updated)
         count("DeploymentUpdated")
         return _json(HTTPStatus.OK, saved.public_view())
@@ -151,7 +149,6 @@ def build_app(
                     "DeleteRequested",
                     status="DELETING",
                     reason="removing SageMaker resources",
-                    history_limit=history_limit,
                     desired_state="deleted",
                 )
             )
@@ -160,13 +157,11 @@ def build_app(
 
     @app.post("/v1/deployments/<name>/sleep", summary="Sleep: release the GPUs, keep the spec")
     def sleep_deployment(name: DeploymentName):
-        return _set_desired(registry(), name, "sleeping", history_limit)
+        return _set_desired(registry(), name, "sleeping")
 
     @app.post("/v1/deployments/<name>/wake", summary="Wake a sleeping deployment")
     def wake_deployment(name: DeploymentName):
-        return _set_desired(
-            registry(), name, "in_service", history_limit, cap(), check_endpoint_owned
-        )
+        return _set_desired(registry(), name, "in_service", cap(), check_endpoint_owned)
 
     @app.get(
         "/v1/deployments/<name>/scaling",
@@ -296,7 +291,6 @@ def _set_desired(
     registry: Registry,
     name: str,
     state: str,
-    history_limit: int,
     cap: int | None = None,
     check_endpoint_owned: Callable[[DeploymentSpec], None] | None = None,
 ) -> Response:
@@ -318,7 +312,6 @@ def _set_desired(
             record.with_event(
                 event,
                 reason=f"{'sleep' if state == 'sleeping' else 'wake'} requested",
-                history_limit=history_limit,
                 desired_state=state,
             )
         )

@@ -68,7 +68,7 @@ def resolve_desired(
     return desired_resources(spec, plan, role_arn, container, schedule_target)
 
 
-def record_step(record: DeploymentRecord, step: Step, history_limit: int) -> DeploymentRecord:
+def record_step(record: DeploymentRecord, step: Step) -> DeploymentRecord:
     """The record after ``step`` (pure). Unchanged when the step changes nothing visible."""
     action = step.action
     changes: dict[str, object] = {}
@@ -88,9 +88,7 @@ def record_step(record: DeploymentRecord, step: Step, history_limit: int) -> Dep
         return record
     else:
         event = action.kind
-    return record.with_event(
-        event, status=step.status, reason=step.reason, history_limit=history_limit, **changes
-    )
+    return record.with_event(event, status=step.status, reason=step.reason, **changes)
 
 
 def _plan_of(record: DeploymentRecord) -> Plan:
@@ -110,7 +108,6 @@ class Reconciler:
         observer: SageMakerObserver,
         applier: SageMakerApplier,
         resolve: Callable[[DeploymentSpec, Plan], DesiredResources],
-        history_limit: int = 50,
         max_steps: int = 25,
         schedule_target: ScheduleTarget | None = None,
     ) -> None:
@@ -120,7 +117,6 @@ class Reconciler:
         self._observer = observer
         self._applier = applier
         self._resolve = resolve
-        self._history_limit = history_limit
         self._max_steps = max_steps
         self._schedule_target = schedule_target
 
@@ -156,7 +152,7 @@ class Reconciler:
                     record = record.model_copy(update={"plan": pin})
                 desired = self._resolve(record.spec, plan)
             except LlmhostError as error:
-                self._fail(record, f"cannot build the SageMaker resources: {error.message}")
+                self._fail(read, record, f"cannot build the SageMaker resources: {error.message}")
                 result.status = "FAILED"
                 return True
         others = desired.is_shared and any(
@@ -171,23 +167,25 @@ class Reconciler:
             except SageMakerBusy as busy:
                 step = Step(Wait(step.action.target), step.status, f"waiting: {busy.message}")
             except LlmhostError as error:
-                self._fail(record, error.message)
+                self._fail(read, record, error.message)
                 result.status = "FAILED"
                 return True
             else:
                 result.steps.append(f"{step.action.kind} {step.action.target}")
-        updated = record_step(record, step, self._history_limit)
+        updated = record_step(record, step)
         if updated is not read:
             self._registry.save(updated)
         result.status = updated.status
         return not step.action.calls_aws
 
-    def _fail(self, record: DeploymentRecord, reason: str) -> None:
+    def _fail(self, read: DeploymentRecord, record: DeploymentRecord, reason: str) -> None:
+        """Record the failure, unless ``read`` (the stored record) already says exactly that:
+        every write re-triggers the stream, so repeating it would loop."""
         failed = record.with_event(
             "Failed",
             status="FAILED",
             reason=f"{reason}; change the spec to retry",
-            history_limit=self._history_limit,
             failed_generation=record.generation,
         )
-        self._registry.save(failed)
+        if failed is not read:
+            self._registry.save(failed)

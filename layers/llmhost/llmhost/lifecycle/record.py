@@ -111,12 +111,37 @@ class DeploymentRecord(BaseModel):
         *,
         status: Status | None = None,
         reason: str | None = None,
-        history_limit: int = 50,
+        repeat: bool = False,
         **changes: object,
     ) -> DeploymentRecord:
-        """Return a copy with a status change and one history entry appended (bounded)."""
+        """Return a copy with a status change and one history entry appended.
+
+        An entry that would say again what the last one says (same event, status, reason and
+        generation) is not appended, and when nothing else changes either the record itself
+        is returned, so callers write nothing (``updated is record``). ``repeat``: append it
+        anyway, for entries that mark a moment (a wake asked for again restarts its clock).
+        The registry trims the history to its configured limit when it writes.
+        """
         new_status = status or self.status
         new_reason = self.status_reason if reason is None else reason
+        last = self.history[-1] if self.history else None
+        if (
+            not repeat
+            and last is not None
+            and (last.event, last.status, last.reason, last.generation)
+            == (event, new_status, new_reason, self.generation)
+        ):
+            changed = {k: v for k, v in changes.items() if getattr(self, k) != v}
+            if new_status == self.status and new_reason == self.status_reason and not changed:
+                return self
+            return self.model_copy(
+                update={
+                    "status": new_status,
+                    "status_reason": new_reason,
+                    "updated_at": utc_now(),
+                    **changed,
+                }
+            )
         entry = HistoryEntry(
             at=utc_now(),
             event=event,
@@ -124,16 +149,21 @@ class DeploymentRecord(BaseModel):
             reason=new_reason,
             generation=self.generation,
         )
-        history = [*self.history, entry][-history_limit:]
         return self.model_copy(
             update={
                 "status": new_status,
                 "status_reason": new_reason,
-                "history": history,
+                "history": [*self.history, entry],
                 "updated_at": entry.at,
                 **changes,
             }
         )
+
+    def trimmed(self, history_limit: int) -> DeploymentRecord:
+        """This record with only its newest ``history_limit`` history entries."""
+        if len(self.history) <= history_limit:
+            return self
+        return self.model_copy(update={"history": self.history[-history_limit:]})
 
     def public_view(self) -> dict[str, object]:
         """What the API returns: everything except the locking counter."""

@@ -29,9 +29,12 @@ INTERNAL_PREFIX = "#"
 class Registry:
     """Reads and writes deployment records in one DynamoDB table."""
 
-    def __init__(self, client: Any, table_name: str) -> None:
+    def __init__(self, client: Any, table_name: str, history_limit: int = 50) -> None:
         self._ddb = client
         self._table = table_name
+        # The one place history is bounded: every writer (API, reconciler, scaling hook,
+        # serving) saves through here, so HISTORY_LIMIT holds whoever appended.
+        self.history_limit = history_limit
 
     @property
     def client(self) -> Any:
@@ -82,7 +85,7 @@ class Registry:
 
         Raises DeploymentExists when a live deployment has the name.
         """
-        saved = record.model_copy(update={"version": 1})
+        saved = record.trimmed(self.history_limit).model_copy(update={"version": 1})
         try:
             self._ddb.put_item(
                 TableName=self._table,
@@ -102,7 +105,9 @@ class Registry:
 
         Raises ConcurrentModification when the stored version moved on.
         """
-        saved = record.model_copy(update={"version": record.version + 1})
+        saved = record.trimmed(self.history_limit).model_copy(
+            update={"version": record.version + 1}
+        )
         try:
             self._ddb.put_item(
                 TableName=self._table,

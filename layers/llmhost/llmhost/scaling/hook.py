@@ -227,14 +227,12 @@ class ScalingHook:
     def __init__(
         self,
         registry: Registry,
-        history_limit: int = 50,
         *,
         guard: CapacityGuard | None = None,
         budget: BudgetKeeper | None = None,
         clock: CloudClock = REAL,
     ) -> None:
         self._registry = registry
-        self._history_limit = history_limit
         self._guard = guard
         self._budget = budget
         self._clock = clock
@@ -471,7 +469,8 @@ class ScalingHook:
             updated = record.with_event(
                 decision.event,
                 reason=decision.reason,
-                history_limit=self._history_limit,
+                # A wake marks a moment (the idle alarm measures from the last one).
+                repeat=decision.event in WAKE_EVENTS,
                 **changes,
             )
             with contextlib.suppress(ConcurrentModification):

@@ -294,7 +294,9 @@ class ModelDirectory:
             if wake_is_recent(record, now, self._cloud):
                 return capacity_retry_after_s(record, now, self._cloud)
             woken = record.with_event(
-                WAKE_REQUESTED, reason="a request found no copy; asking the scaling hook for one"
+                WAKE_REQUESTED,
+                reason="a request found no copy; asking the scaling hook for one",
+                repeat=True,  # asked again: the wake's clock restarts
             )
             try:
                 saved = self._registry().save(woken)
@@ -386,7 +388,9 @@ class ModelDirectory:
                 if wake_is_recent(record, self._now(), self._cloud):
                     return  # asked already; the hook is deciding
                 asked = record.with_event(
-                    WAKE_REQUESTED, reason="a request arrived while asleep; asking to wake"
+                    WAKE_REQUESTED,
+                    reason="a request arrived while asleep; asking to wake",
+                    repeat=True,  # asked again: the wake's clock restarts
                 )
                 try:
                     saved = self._registry().save(asked)
@@ -399,7 +403,10 @@ class ModelDirectory:
                     logger.warning("wake of %s not dispatched: %s", record.name, error.message)
                     record = saved
             woken = record.with_event(
-                WAKE_REQUESTED, reason="woken by a request", desired_state="in_service"
+                WAKE_REQUESTED,
+                reason="woken by a request",
+                desired_state="in_service",
+                repeat=True,  # asked again: the wake's clock restarts
             )
             # A lost race means someone else woke it (or changed it): not ours to write.
             with contextlib.suppress(ConcurrentModification):
