@@ -19,6 +19,7 @@ from llmhost.lifecycle.desired import (
     desired_resources,
     teardown_resources,
 )
+from llmhost.lifecycle.observed import Observed
 from llmhost.lifecycle.observer import SageMakerObserver
 from llmhost.lifecycle.planner import (
     ApplyScaling,
@@ -31,7 +32,7 @@ from llmhost.lifecycle.planner import (
     Wait,
     plan_next_action,
 )
-from llmhost.lifecycle.record import Attempt, DeploymentRecord, PinnedPlan
+from llmhost.lifecycle.record import Attempt, DeploymentRecord, PinnedPlan, Resources
 from llmhost.lifecycle.registry import Registry
 from llmhost.specs import DeploymentSpec
 
@@ -89,6 +90,33 @@ def record_step(record: DeploymentRecord, step: Step) -> DeploymentRecord:
     else:
         event = action.kind
     return record.with_event(event, status=step.status, reason=step.reason, **changes)
+
+
+def observed_resources(observed: Observed, desired: DesiredResources) -> Resources:
+    """The SageMaker names this deployment uses, as observed (pure).
+
+    The endpoint and the config it runs; the model that config (or, shared, the component)
+    serves; the component. Without an endpoint (asleep, or not created yet), the model and
+    config of this generation where they exist.
+    """
+    endpoint, component = observed.endpoint, observed.component
+    if desired.is_shared:
+        model = component.model_name if component is not None else None
+    elif endpoint is not None:
+        model = min(endpoint.config_models, default=None)
+    else:
+        model = None
+    if model is None and desired.model_name in observed.models:
+        model = desired.model_name
+    config = endpoint.config_name if endpoint is not None else None
+    if config is None and desired.config_name in observed.configs:
+        config = desired.config_name
+    return Resources(
+        model=model,
+        endpoint_config=config,
+        endpoint=endpoint.name if endpoint is not None else None,
+        inference_component=component.name if component is not None else None,
+    )
 
 
 def _plan_of(record: DeploymentRecord) -> Plan:
@@ -160,6 +188,9 @@ class Reconciler:
             for r in self._registry.using_endpoint(desired.endpoint_name)
         )
         observed = self._observer.observe(record, desired, others_in_pool=others)
+        resources = observed_resources(observed, desired)
+        if resources != record.resources:
+            record = record.model_copy(update={"resources": resources})
         step = plan_next_action(record, desired, observed)
         if step.action.calls_aws:
             try:
