@@ -479,15 +479,47 @@ def autoscaled_shared(min_capacity: int) -> DesiredResources:
     return replace(shared(), scaling=policy_from_spec(scaling))
 
 
+# Everything ApplyScaling puts for a min-0 component: target, tracking and step policies,
+# no-capacity and idle alarms.
+APPLIED_MIN_0 = {
+    "scalable_targets": frozenset({"inference-component/zephyr"}),
+    "scaling_policies": frozenset(
+        ("inference-component/zephyr", f"llmhost-zephyr-{name}") for name in ("target", "wake")
+    ),
+    "alarms": frozenset({"llmhost-zephyr-idle", "llmhost-zephyr-no-capacity"}),
+}
+
+
+@pytest.mark.parametrize(
+    "lost",
+    [
+        {"scaling_policies": {("inference-component/zephyr", "llmhost-zephyr-wake")}},
+        {"scaling_policies": {("inference-component/zephyr", "llmhost-zephyr-target")}},
+        {"alarms": {"llmhost-zephyr-no-capacity"}},
+        {"alarms": {"llmhost-zephyr-idle"}},
+    ],
+)
+def test_a_scaling_piece_lost_out_of_band_is_applied_again(lost):
+    # Given autoscaling applied, and one of its pieces deleted behind llmhost's back
+    d = autoscaled_shared(0)
+    rec = record(SHARED, status="IN_SERVICE", scaling_applied=d.scaling_hash)
+    pieces = {key: value - lost.get(key, set()) for key, value in APPLIED_MIN_0.items()}
+    observed = Observed(**SHARED_BASE, component=component(copies=1), **pieces)
+    step = p.plan_next_action(rec, d, observed)
+    # Then the planner applies the scaling again, naming what it restores
+    assert isinstance(step.action, p.ApplyScaling) and step.status == "IN_SERVICE"
+    (missing,) = [name for _, name in lost.get("scaling_policies", set())] or lost["alarms"]
+    assert step.reason.endswith(f"restoring {missing}")
+    # And with every piece in place, it settles
+    whole = Observed(**SHARED_BASE, component=component(copies=1), **APPLIED_MIN_0)
+    assert isinstance(p.plan_next_action(rec, d, whole).action, p.Settle)
+
+
 def test_zero_copies_under_autoscaling_settle_in_service():
     # Given autoscaling with min 0 applied, and AAS scaled the component in to zero copies
     d = autoscaled_shared(0)
     rec = record(SHARED, status="IN_SERVICE", scaling_applied=d.scaling_hash)
-    observed = Observed(
-        **SHARED_BASE,
-        component=component(copies=0),
-        scalable_targets=frozenset({"inference-component/zephyr"}),
-    )
+    observed = Observed(**SHARED_BASE, component=component(copies=0), **APPLIED_MIN_0)
     step = p.plan_next_action(rec, d, observed)
     # Then the planner does not fight it: IN_SERVICE, with the reason a user reads
     assert isinstance(step.action, p.Settle)
@@ -523,11 +555,7 @@ def test_a_wake_landing_while_the_sleep_was_under_way_still_adds_a_copy():
         .with_event("WakeRequested", desired_state="in_service")
         .with_event("Wait zephyr", status="CREATING")
     )
-    observed = Observed(
-        **SHARED_BASE,
-        component=component(copies=0),
-        scalable_targets=frozenset({"inference-component/zephyr"}),
-    )
+    observed = Observed(**SHARED_BASE, component=component(copies=0), **APPLIED_MIN_0)
     # When the planner sees it at zero copies
     step = p.plan_next_action(rec, d, observed)
     # Then it wakes it (this zero is a sleep's, not autoscaling's)

@@ -47,6 +47,8 @@ class Observed:
     # it on deregistration.
     scaling_policies: frozenset[tuple[str, str]] = frozenset()
     alarms: frozenset[str] = frozenset()
+    # llmhost's Application Auto Scaling scheduled actions on this deployment's target.
+    scheduled_actions: frozenset[str] = frozenset()
     # EventBridge Scheduler schedules in llmhost's group named for this deployment.
     schedules: frozenset[str] = frozenset()
     # Resources this deployment needs (endpoint or pool, component, model, config) that

@@ -95,6 +95,7 @@ class SageMakerObserver:
             scalable_targets=self._scalable_targets(desired) if scaled else frozenset(),
             scaling_policies=self._scaling_policies(desired) if scaled else frozenset(),
             alarms=self._alarms(name) if scaled else frozenset(),
+            scheduled_actions=self._scheduled_actions(desired) if scaled else frozenset(),
             schedules=self._schedules(name, desired.schedule_target.group),
             conflicts=tuple(conflicts),
         )
@@ -214,6 +215,25 @@ class SageMakerObserver:
             policies.update((p["ResourceId"], p["PolicyName"]) for p in page["ScalingPolicies"])
             if not page.get("NextToken"):
                 return frozenset(policies)
+            kwargs["NextToken"] = page["NextToken"]
+
+    def _scheduled_actions(self, desired: DesiredResources) -> frozenset[str]:
+        prefix = f"llmhost-{desired.deployment}-schedule-"
+        names: set[str] = set()
+        kwargs: dict[str, Any] = {
+            "ServiceNamespace": "sagemaker",
+            "ResourceId": desired.scaling_resource_id,
+            "ScalableDimension": desired.scaling_dimension,
+        }
+        while True:
+            page = self._autoscaling().describe_scheduled_actions(**kwargs)
+            names.update(
+                a["ScheduledActionName"]
+                for a in page.get("ScheduledActions", [])
+                if a["ScheduledActionName"].startswith(prefix)
+            )
+            if not page.get("NextToken"):
+                return frozenset(names)
             kwargs["NextToken"] = page["NextToken"]
 
     def _alarms(self, deployment: str) -> frozenset[str]:

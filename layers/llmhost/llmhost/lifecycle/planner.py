@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from llmhost.lifecycle.desired import DesiredResources
 from llmhost.lifecycle.observed import Observed, ObservedComponent, ObservedEndpoint
+from llmhost.lifecycle.observer import alarm_prefix
 from llmhost.lifecycle.record import DeploymentRecord, Status
 
 # SageMaker endpoint statuses grouped by what the reconciler can do while they hold.
@@ -415,13 +416,38 @@ def _scaling_step(
     if d.scaling is None:
         return _remove_scaling(o, status)
     config = d.scaling_hash or ""
+    reason = f"autoscaling {d.scaling.min_capacity}-{d.scaling.max_capacity}"
     if record.scaling_applied != config or d.scaling_resource_id not in o.scalable_targets:
+        return Step(ApplyScaling(d.scaling_resource_id, config=config), status, reason)
+    missing = _missing_scaling(d, o)
+    if missing:
+        # Drift: a piece was deleted out of band. The puts are idempotent, so all are redone.
         return Step(
             ApplyScaling(d.scaling_resource_id, config=config),
             status,
-            f"autoscaling {d.scaling.min_capacity}-{d.scaling.max_capacity}",
+            f"{reason}: restoring {', '.join(missing)}",
         )
     return None
+
+
+def _missing_scaling(d: DesiredResources, o: Observed) -> list[str]:
+    """The policies, alarms and scheduled actions the spec's autoscaling has and AWS lacks."""
+    assert d.scaling is not None
+    prefix = alarm_prefix(d.deployment)
+    policies = {f"{prefix}target"}
+    alarms = set()
+    if d.scaling.scale_from_zero is not None:
+        policies.add(f"{prefix}wake")
+        alarms.add(f"{prefix}no-capacity")
+    if d.scaling.idle_alarm is not None:
+        alarms.add(f"{prefix}idle")
+    observed = {name for rid, name in o.scaling_policies if rid == d.scaling_resource_id}
+    scheduled = {name for name, *_ in d.schedules}
+    return [
+        *sorted(policies - observed),
+        *sorted(alarms - o.alarms),
+        *sorted(scheduled - o.scheduled_actions),
+    ]
 
 
 def _schedule_step(record: DeploymentRecord, d: DesiredResources, o: Observed) -> Step | None:
