@@ -19,7 +19,7 @@ from llmhost.api.openapi import document_responses
 from llmhost.errors import ConflictingChange, FieldIssue, LlmhostError, SpecInvalid
 from llmhost.lifecycle.record import DeploymentRecord
 from llmhost.lifecycle.registry import Registry
-from llmhost.scaling.guardrails import check_admission, required_units
+from llmhost.scaling.guardrails import admission, required_units
 from llmhost.specs import (
     NAME_MAX,
     NAME_PATTERN,
@@ -84,14 +84,14 @@ def build_app(
         check_token_secret(spec)
         spec = _pin_pool_instance(reg, spec)
         _check_names_free(reg, spec)
-        check_admission(cap(), reg.deployments(), spec)
-        check_endpoint_owned(spec)
         record = DeploymentRecord(name=spec.name, spec=spec).with_event(
             "Created",
             status="PENDING",
             reason="waiting for the reconciler",
         )
-        saved = reg.create(record)
+        with admission(reg, cap(), spec):
+            check_endpoint_owned(spec)
+            saved = reg.create(record)
         count("DeploymentCreated")
         return _json(HTTPStatus.CREATED, saved.public_view())
 
@@ -123,19 +123,19 @@ def build_app(
         if spec == record.spec:
             return _json(HTTPStatus.OK, record.public_view())
         check_token_secret(spec)
-        if (
+        # Only a larger minimum is checked: other edits stay possible on an account already
+        # over a lowered cap.
+        grows = (
             record.desired_state == "in_service"
             and required_units(spec)[0] > required_units(record.spec)[0]
-        ):
-            # Only a larger minimum is checked: other edits stay possible on an account
-            # already over a lowered cap.
-            check_admission(cap(), reg.deployments(), spec)
-        if record.desired_state == "in_service":
-            check_endpoint_owned(spec)
+        )
         updated = record.model_copy(
             update={"spec": spec, "generation": record.generation + 1}
         ).with_event("SpecUpdated", reason="spec changed; reconciling")
-        saved = reg.save(updated)
+        with admission(reg, cap() if grows else None, spec):
+            if record.desired_state == "in_service":
+                check_endpoint_owned(spec)
+            saved = reg.save(updated)
         count("DeploymentUpdated")
         return _json(HTTPStatus.OK, saved.public_view())
 
@@ -303,18 +303,17 @@ def _set_desired(
             "so there is nothing to sleep or wake"
         )
     if record.desired_state != state:
-        if state == "in_service":
-            check_admission(cap, registry.deployments(), record.spec, waking=True)
-            if check_endpoint_owned is not None:
-                check_endpoint_owned(record.spec)
         event = "SleepRequested" if state == "sleeping" else "WakeRequested"
-        record = registry.save(
-            record.with_event(
-                event,
-                reason=f"{'sleep' if state == 'sleeping' else 'wake'} requested",
-                desired_state=state,
-            )
+        changed = record.with_event(
+            event,
+            reason=f"{'sleep' if state == 'sleeping' else 'wake'} requested",
+            desired_state=state,
         )
+        waking = state == "in_service"
+        with admission(registry, cap if waking else None, record.spec, waking=True):
+            if waking and check_endpoint_owned is not None:
+                check_endpoint_owned(record.spec)
+            record = registry.save(changed)
     return _json(HTTPStatus.ACCEPTED, record.public_view())
 
 

@@ -402,6 +402,87 @@ def _is_missing(error: ClientError) -> bool:
     return "Could not find" in message or "does not exist" in message or "not found" in message
 
 
+class CapacityLock:
+    """The capacity lock: one item in the registry table, taken with a conditional put (so
+    DynamoDB, not a read, decides who holds it) and with an expiry, so a crashed holder
+    blocks others for ``ttl_s`` at most. Everything that hands out GPU units holds it: the
+    API's admissions, the hook's grants and wakes, the reconciler's leases."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        ttl_s: float = 30.0,
+        attempts: int = 25,
+    ) -> None:
+        self._registry = registry
+        self._clock = clock
+        self._sleep = sleep
+        self._lock_ttl_s = ttl_s
+        self._lock_attempts = attempts
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold the capacity lock. Raises CapacityBusy when it stays taken."""
+        ddb, table = self._registry.client, self._registry.table_name
+        owner = uuid.uuid4().hex
+        for attempt in range(self._lock_attempts):
+            now = self._clock()
+            try:
+                ddb.put_item(
+                    TableName=table,
+                    Item={
+                        "name": {"S": LOCK_KEY},
+                        "owner": {"S": owner},
+                        "expires_at": {"N": str(now + self._lock_ttl_s)},
+                    },
+                    ConditionExpression="attribute_not_exists(#n) OR expires_at < :now",
+                    ExpressionAttributeNames={"#n": "name"},
+                    ExpressionAttributeValues={":now": {"N": str(now)}},
+                )
+                break
+            except ClientError as error:
+                if not _is_condition_failure(error):
+                    raise
+                if attempt + 1 == self._lock_attempts:
+                    raise CapacityBusy(
+                        "another scaling decision holds the GPU capacity lock; retry shortly"
+                    ) from None
+                self._sleep(0.2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(ClientError):
+                ddb.delete_item(
+                    TableName=table,
+                    Key={"name": {"S": LOCK_KEY}},
+                    ConditionExpression="#o = :me",
+                    ExpressionAttributeNames={"#o": "owner"},
+                    ExpressionAttributeValues={":me": {"S": owner}},
+                )
+
+
+@contextlib.contextmanager
+def admission(
+    registry: Registry, cap: int | None, spec: DeploymentSpec, *, waking: bool = False
+) -> Iterator[None]:
+    """Admit ``spec`` under the GPU cap and keep the capacity lock while the caller writes.
+
+    The check reads every deployment's minimum and the caller's write adds one: both happen
+    under the lock, so two requests can never both take the last units. Raises
+    GpuCapacityExceeded (409) as ``check_admission`` does, CapacityBusy if the lock stays
+    taken. Without a cap nothing is checked or locked.
+    """
+    if not cap:
+        yield
+        return
+    with CapacityLock(registry).held():
+        check_admission(cap, registry.deployments(), spec, waking=waking)
+        yield
+
+
 class CapacityGuard:
     """Reads GPU usage and sets leases (scalable targets' MaxCapacity) under one lock.
 
@@ -428,10 +509,9 @@ class CapacityGuard:
         self._aas = autoscaling
         self.cap = cap or None
         self._budget = budget
-        self._clock = clock
-        self._sleep = sleep
-        self._lock_ttl_s = lock_ttl_s
-        self._lock_attempts = lock_attempts
+        self._lock = CapacityLock(
+            registry, clock=clock, sleep=sleep, ttl_s=lock_ttl_s, attempts=lock_attempts
+        )
 
     # ---- reading ------------------------------------------------------------------------
 
@@ -521,45 +601,9 @@ class CapacityGuard:
 
     # ---- deciding and applying ------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self) -> contextlib.AbstractContextManager[None]:
         """Hold the capacity lock. Raises CapacityBusy when it stays taken."""
-        ddb, table = self._registry.client, self._registry.table_name
-        owner = uuid.uuid4().hex
-        for attempt in range(self._lock_attempts):
-            now = self._clock()
-            try:
-                ddb.put_item(
-                    TableName=table,
-                    Item={
-                        "name": {"S": LOCK_KEY},
-                        "owner": {"S": owner},
-                        "expires_at": {"N": str(now + self._lock_ttl_s)},
-                    },
-                    ConditionExpression="attribute_not_exists(#n) OR expires_at < :now",
-                    ExpressionAttributeNames={"#n": "name"},
-                    ExpressionAttributeValues={":now": {"N": str(now)}},
-                )
-                break
-            except ClientError as error:
-                if not _is_condition_failure(error):
-                    raise
-                if attempt + 1 == self._lock_attempts:
-                    raise CapacityBusy(
-                        "another scaling decision holds the GPU capacity lock; retry shortly"
-                    ) from None
-                self._sleep(0.2)
-        try:
-            yield
-        finally:
-            with contextlib.suppress(ClientError):
-                ddb.delete_item(
-                    TableName=table,
-                    Key={"name": {"S": LOCK_KEY}},
-                    ConditionExpression="#o = :me",
-                    ExpressionAttributeNames={"#o": "owner"},
-                    ExpressionAttributeValues={":me": {"S": owner}},
-                )
+        return self._lock.held()
 
     def lease_for(self, name: str, minimum: int, maximum: int) -> int:
         """MaxCapacity to register for ``name`` now (call under ``locked()``)."""
