@@ -86,6 +86,7 @@ def test_a_sleeping_dedicated_deployment_names_no_endpoint(
     api("POST", "/v1/deployments", spec)
     assert harness.settle(name).status == "IN_SERVICE"
     awake = api("GET", f"/v1/deployments/{name}")[1]["resources"]
+    assert awake["endpoint"] == name and awake["model"] and awake["endpoint_config"]
     # When it sleeps (its endpoint is deleted; the model and config are kept for the wake)
     assert api("POST", f"/v1/deployments/{name}/sleep")[0] == 202
     assert harness.settle(name).status == "SLEEPING"
