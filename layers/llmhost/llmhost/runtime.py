@@ -15,8 +15,11 @@ from pydantic import BaseModel, Field, ValidationError
 from llmhost import aws
 
 if TYPE_CHECKING:
+    from llmhost.lifecycle.desired import DesiredResources
     from llmhost.lifecycle.reconciler import Reconciler
     from llmhost.lifecycle.registry import Registry
+    from llmhost.sizing import Plan
+    from llmhost.specs import DeploymentSpec
 
 
 class SettingsError(RuntimeError):
@@ -123,6 +126,10 @@ def _reconciler() -> Reconciler:
         role_arn=settings.scheduler_role_arn or "",
         dead_letter_arn=settings.schedule_dead_letter_arn or "",
     )
+
+    def resolve(spec: DeploymentSpec, plan: Plan | None = None) -> DesiredResources:
+        return resolve_desired(spec, region, role, schedules, plan)
+
     return Reconciler(
         registry=registry(),
         observer=SageMakerObserver(
@@ -143,7 +150,7 @@ def _reconciler() -> Reconciler:
             guardrail=capacity_guard,
             stack=stack,
         ),
-        resolve=lambda spec, plan=None: resolve_desired(spec, region, role, schedules, plan),
+        resolve=resolve,
         schedule_target=schedules,
     )
 

@@ -74,7 +74,7 @@ class _AsSent(_DeclaredHeaders):
         return path
 
     def canonical_query_string(self, request: AWSRequest) -> str:
-        return urlsplit(request.url).query
+        return str(urlsplit(request.url).query)
 
 
 def verify(

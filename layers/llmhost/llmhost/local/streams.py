@@ -46,7 +46,10 @@ class StreamSource:
 
         if not self.filters:
             return True
-        return any(EventPattern.load(pattern).matches_event(record) for pattern in self.filters)
+        return any(
+            EventPattern.load(pattern).matches_event(record)  # type: ignore[arg-type]
+            for pattern in self.filters
+        )
 
 
 class _CfnLoader(yaml.SafeLoader):

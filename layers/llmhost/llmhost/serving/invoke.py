@@ -204,10 +204,10 @@ class ModelInvoker:
         except BotoCoreError as error:
             raise map_transport_error(error, target) from error
         except Exception as error:
-            mapped = _map_stream_transport(error)
-            if mapped is None:
+            unexpected = _map_stream_transport(error)
+            if unexpected is None:
                 raise
-            raise mapped from error
+            raise unexpected from error
 
     def stream(self, target: InvocationTarget, payload: dict[str, Any]) -> Iterator[bytes]:
         """Start a streamed invocation and return an iterator over its raw byte chunks.
@@ -259,10 +259,10 @@ class ModelInvoker:
                 mapped = StreamInterrupted(log_detail=mapped.log_detail)
             raise mapped from error
         except Exception as error:
-            mapped = _map_stream_transport(error)
-            if mapped is None:
+            unexpected = _map_stream_transport(error)
+            if unexpected is None:
                 raise
-            raise mapped from error
+            raise unexpected from error
         finally:
             close = getattr(body, "close", None)
             if callable(close):
