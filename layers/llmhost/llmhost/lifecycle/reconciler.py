@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from llmhost.errors import ConcurrentModification, LlmhostError, SageMakerBusy
 from llmhost.lifecycle.applier import SageMakerApplier
@@ -72,7 +72,7 @@ def resolve_desired(
 def record_step(record: DeploymentRecord, step: Step) -> DeploymentRecord:
     """The record after ``step`` (pure). Unchanged when the step changes nothing visible."""
     action = step.action
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}
     if isinstance(action, _ATTEMPTS):
         changes["attempt"] = Attempt(generation=record.generation, target=action.target)
     if isinstance(action, ApplyScaling):
