@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -230,3 +230,23 @@ class StreamGate:
 
 def load_event(name: str) -> dict[str, Any]:
     return json.loads((EVENTS / name).read_text())
+
+
+ApiCall = Callable[..., tuple[int, dict[str, Any]]]
+
+
+def api_function() -> ApiCall:
+    """One API function instance (its own module, as in its own Lambda container), called
+    with the proxy events API Gateway sends: ``call(method, path, body=None)``."""
+    from llmhost.local.events import LambdaContext, api_gateway_event
+    from llmhost.local.runner import load_handler
+
+    module = load_handler("api", "llmhost-api")
+
+    def call(method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
+        raw = json.dumps(body).encode() if body is not None else b""
+        event = api_gateway_event(method, path, {"Content-Type": "application/json"}, raw, "tester")
+        response = module.handler(event, LambdaContext("llmhost-api"))
+        return response["statusCode"], json.loads(response["body"])
+
+    return call

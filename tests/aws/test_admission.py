@@ -10,16 +10,14 @@ registry before either writes, as they can in AWS.
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from conftest import api_function
 from llmhost import runtime
-from llmhost.local.events import LambdaContext, api_gateway_event
-from llmhost.local.runner import load_handler
 
 SPEC = {
     "name": "first",
@@ -31,15 +29,7 @@ Call = Callable[[str, str, Any], tuple[int, dict[str, Any]]]
 
 def container() -> Call:
     """One API function instance (its own resolver, as in its own Lambda container)."""
-    module = load_handler("api", "llmhost-api")
-
-    def call(method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
-        raw = json.dumps(body).encode() if body is not None else b""
-        event = api_gateway_event(method, path, {"Content-Type": "application/json"}, raw, "tester")
-        response = module.handler(event, LambdaContext("llmhost-api"))
-        return response["statusCode"], json.loads(response["body"])
-
-    return call
+    return api_function()
 
 
 @pytest.fixture

@@ -9,14 +9,12 @@ their endpoints must still go away.
 from __future__ import annotations
 
 import copy
-import json
 from typing import Any
 
 import pytest
 from test_lifecycle import Harness, existing
 
-from llmhost.local.events import LambdaContext, api_gateway_event
-from llmhost.local.runner import load_handler
+from conftest import api_function
 
 EMPTY = {
     "models": set(),
@@ -62,15 +60,7 @@ ROLLS: dict[str, dict[str, Any]] = {
 
 @pytest.fixture
 def api(standin: Any) -> Any:
-    module = load_handler("api", "llmhost-api")
-
-    def call(method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
-        raw = json.dumps(body).encode() if body is not None else b""
-        event = api_gateway_event(method, path, {"Content-Type": "application/json"}, raw, "tester")
-        response = module.handler(event, LambdaContext("llmhost-api"))
-        return response["statusCode"], json.loads(response["body"])
-
-    return call
+    return api_function()
 
 
 @pytest.fixture

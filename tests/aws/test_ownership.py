@@ -12,11 +12,9 @@ from typing import Any
 
 import pytest
 
-from conftest import STACK
+from conftest import STACK, api_function
 from llmhost import aws, runtime
 from llmhost.lifecycle.record import DeploymentRecord
-from llmhost.local.events import LambdaContext, api_gateway_event
-from llmhost.local.runner import load_handler
 from llmhost.specs import parse_spec
 
 DEDICATED = {
@@ -59,15 +57,7 @@ def foreign_endpoint(name: str, tags: dict[str, str] | None = None, instance: st
 @pytest.fixture
 def api(moto_aws: None) -> Any:
     """The API handler against moto, whose SageMaker keeps endpoints and their tags."""
-    module = load_handler("api", "llmhost-api")
-
-    def call(method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
-        raw = json.dumps(body).encode() if body is not None else b""
-        event = api_gateway_event(method, path, {"Content-Type": "application/json"}, raw, "t")
-        response = module.handler(event, LambdaContext("llmhost-api"))
-        return response["statusCode"], json.loads(response["body"])
-
-    return call
+    return api_function()
 
 
 # ----------------------------------------------------------------------------------- the API

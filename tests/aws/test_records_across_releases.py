@@ -7,14 +7,12 @@ or a model from its tables neither hides nor breaks the deployments that use the
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
 from test_lifecycle import Harness
 
-from llmhost.local.events import LambdaContext, api_gateway_event
-from llmhost.local.runner import load_handler
+from conftest import api_function
 
 SPECS: dict[str, dict[str, Any]] = {
     "dedicated": {
@@ -32,15 +30,7 @@ SPECS: dict[str, dict[str, Any]] = {
 
 @pytest.fixture
 def api(standin: Any) -> Any:
-    module = load_handler("api", "llmhost-api")
-
-    def call(method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
-        raw = json.dumps(body).encode() if body is not None else b""
-        event = api_gateway_event(method, path, {"Content-Type": "application/json"}, raw, "tester")
-        response = module.handler(event, LambdaContext("llmhost-api"))
-        return response["statusCode"], json.loads(response["body"])
-
-    return call
+    return api_function()
 
 
 def next_release_drops(monkeypatch: pytest.MonkeyPatch, instance_type: str, model_id: str) -> None:

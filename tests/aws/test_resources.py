@@ -3,30 +3,20 @@ through the API and the reconciler against the emulators."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
 from test_lifecycle import PATCHES, SPECS, Harness
 
+from conftest import api_function
 from llmhost import runtime
-from llmhost.local.events import LambdaContext, api_gateway_event
-from llmhost.local.runner import load_handler
 
 NONE = {"model": None, "endpoint_config": None, "endpoint": None, "inference_component": None}
 
 
 @pytest.fixture
 def api(standin: Any) -> Any:
-    module = load_handler("api", "llmhost-api")
-
-    def call(method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
-        raw = json.dumps(body).encode() if body is not None else b""
-        event = api_gateway_event(method, path, {"Content-Type": "application/json"}, raw, "tester")
-        response = module.handler(event, LambdaContext("llmhost-api"))
-        return response["statusCode"], json.loads(response["body"])
-
-    return call
+    return api_function()
 
 
 def running(standin: Any, name: str, kind: str) -> dict[str, str | None]:

@@ -6,14 +6,12 @@ left a deployment FAILED). POST, PATCH and the dry-run plan all check the same t
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
 
+from conftest import api_function
 from llmhost import limits
-from llmhost.local.events import LambdaContext, api_gateway_event
-from llmhost.local.runner import load_handler
 
 SPEC = {
     "name": "llama3-8b",
@@ -111,15 +109,7 @@ REFUSED: list[tuple[str, dict[str, Any], str, str]] = [
 
 @pytest.fixture
 def api(moto_aws: None) -> Any:
-    module = load_handler("api", "llmhost-api")
-
-    def call(method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
-        raw = json.dumps(body).encode() if body is not None else b""
-        event = api_gateway_event(method, path, {"Content-Type": "application/json"}, raw, "tester")
-        response = module.handler(event, LambdaContext("llmhost-api"))
-        return response["statusCode"], json.loads(response["body"])
-
-    return call
+    return api_function()
 
 
 def _refused(status: int, body: dict[str, Any], field: str, words: str) -> None:

@@ -9,9 +9,8 @@ from typing import Any
 import boto3
 import pytest
 
+from conftest import api_function
 from llmhost import aws
-from llmhost.local.events import LambdaContext, api_gateway_event
-from llmhost.local.runner import load_handler
 
 SPEC = {
     "name": "llama",
@@ -23,15 +22,7 @@ ALLOWED = [{"Key": "llmhost:allowed", "Value": "true"}]
 
 @pytest.fixture
 def api(moto_aws: None) -> Any:
-    module = load_handler("api", "llmhost-api")
-
-    def call(method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
-        raw = json.dumps(body).encode() if body is not None else b""
-        event = api_gateway_event(method, path, {"Content-Type": "application/json"}, raw, "t")
-        response = module.handler(event, LambdaContext("llmhost-api"))
-        return response["statusCode"], json.loads(response["body"])
-
-    return call
+    return api_function()
 
 
 def secret(name: str, tags: list[dict[str, str]] | None = None, region: str = "") -> str:
