@@ -267,7 +267,7 @@ CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     [
         (b'{"model": "m\xff\xfe"}', "application/json", 400, "UTF-8"),
         (b"[" * 3000 + b"]" * 3000, "application/json", 400, "nested"),
-        (b'{"model": ', "application/json", 400, "line 1 column"),
+        (b'{"model": ', "application/json", 400, "line 1, column"),
         (json.dumps(CHAT).encode(), "text/plain", 415, "application/json"),
         (json.dumps(CHAT).encode(), "multipart/form-data", 415, "application/json"),
         (json.dumps(CHAT).encode(), "application/json; charset=latin-1", 415, "utf-8"),

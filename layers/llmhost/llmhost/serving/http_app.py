@@ -35,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from llmhost.api.body import check_content_type, parse_json_body
 from llmhost.errors import LlmhostError
 from llmhost.serving.auth import ApiKeyAuth
 from llmhost.serving.ratelimit import KeyRateLimiter
@@ -80,11 +81,6 @@ class BodyInvalid(LlmhostError):
 class BodyTooLarge(LlmhostError):
     code = "body_too_large"
     status = 413
-
-
-class MediaTypeUnsupported(LlmhostError):
-    code = "unsupported_media_type"
-    status = 415
 
 
 class RequestInvalid(LlmhostError):
@@ -299,7 +295,7 @@ async def _read_body(request: Request, model: type[M]) -> M:
     """The body as ``model``. Every way a body can be unreadable is a 4xx naming the fix."""
     content_type = request.headers.get("content-type")
     if content_type is not None:
-        _check_media_type(content_type)
+        check_content_type(content_type)
     declared = request.headers.get("content-length")
     if declared is not None and int(declared) > MAX_BODY_BYTES:
         raise _too_large(int(declared))
@@ -311,26 +307,6 @@ async def _read_body(request: Request, model: type[M]) -> M:
     return parse_body(bytes(raw), model)
 
 
-def _check_media_type(content_type: str) -> None:
-    media, _, params = content_type.partition(";")
-    media = media.strip().lower()
-    if media != "application/json" and not media.endswith("+json"):
-        raise MediaTypeUnsupported(
-            f"Content-Type {media or '(empty)'} is not supported: send the body as JSON with "
-            "'Content-Type: application/json'"
-        )
-    for param in params.split(";"):
-        name, _, value = param.partition("=")
-        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in {
-            "utf-8",
-            "utf8",
-        }:
-            raise MediaTypeUnsupported(
-                f"charset {value.strip()} is not supported: send UTF-8 "
-                "('Content-Type: application/json; charset=utf-8')"
-            )
-
-
 def _too_large(size: int) -> BodyTooLarge:
     return BodyTooLarge(
         f"the body is {size} bytes; the limit is {MAX_BODY_BYTES} (shorten the messages)"
@@ -340,22 +316,10 @@ def _too_large(size: int) -> BodyTooLarge:
 def parse_body(raw: bytes, model: type[M]) -> M:
     """Decode, parse and validate a request body. Raises BodyInvalid (400) for bytes that are
     not UTF-8 JSON of sane depth, RequestInvalid (422) for JSON that is not this request."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise BodyInvalid(
-            f"the body is not UTF-8 (invalid byte at offset {error.start}): send JSON in UTF-8"
-        ) from None
-    if not text.strip():
+    if not raw.strip():
         raise BodyInvalid("the body is empty: send a JSON object")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise BodyInvalid(
-            f"the body is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
-        ) from None
-    except RecursionError:
-        raise _too_deep() from None
+    # The same parser as the control API: UTF-8, strict JSON, line and column on errors.
+    data = parse_json_body(raw)
     _check_values(data)
     if not isinstance(data, dict):
         raise RequestInvalid(
