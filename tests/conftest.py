@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -250,3 +253,50 @@ def api_function() -> ApiCall:
         return response["statusCode"], json.loads(response["body"])
 
     return call
+
+
+@dataclass
+class RunningStack:
+    """``make run`` in this process: the emulated cloud and the URLs of its servers."""
+
+    cloud: Any  # llmhost.local.runner.LocalCloud
+    api: str  # the control API (SigV4), as API Gateway serves it
+    openai: str  # the OpenAI-compatible server's base URL, without /v1 ("" when not started)
+
+
+@contextlib.contextmanager
+def local_stack(
+    qdrant_path: Path,
+    *,
+    log: Callable[[str], None] | None = None,
+    openai: bool = True,
+    **options: Any,
+) -> Iterator[RunningStack]:
+    """Start the local stack on free ports (``options`` go to LocalCloud), and on exit stop
+    it and give the process back its environment and fresh client caches."""
+    from llmhost import aws, runtime
+    from llmhost.local import runner
+
+    saved = dict(os.environ)
+    os.environ["QDRANT_PATH"] = str(qdrant_path)
+    cloud = runner.LocalCloud(moto_port=0, **options)
+    cloud.log = log or (lambda line: None)
+    cloud.start()
+    servers: list[Any] = []
+    try:
+        servers.append(runner.serve(0, cloud))
+        if openai:
+            servers.append(cloud.start_openai_server(0))
+        yield RunningStack(
+            cloud,
+            runner.url_of(servers[0]),
+            runner.url_of(servers[1]) if openai else "",
+        )
+    finally:
+        for server in servers:
+            server.shutdown()
+        cloud.stop()
+        os.environ.clear()
+        os.environ.update(saved)
+        aws.reset()
+        runtime.reset()

@@ -27,6 +27,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis.core.failures import FailureGroup
 from schemathesis.specs.openapi import checks
 
+from conftest import local_stack
 from llmhost.local import runner
 
 pytestmark = pytest.mark.e2e
@@ -59,23 +60,14 @@ class SigV4(requests.auth.AuthBase):
 
 @pytest.fixture(scope="module")
 def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from llmhost import aws, runtime
-
-    saved = dict(os.environ)
-    os.environ["QDRANT_PATH"] = str(tmp_path_factory.mktemp("qdrant"))
-    cloud = runner.LocalCloud(moto_port=0, speed=600, drift_seconds=0.5, token_interval_ms=1)
-    cloud.log = lambda line: None
-    cloud.start()
-    api = runner.serve(0, cloud)
-    try:
-        yield runner.url_of(api)
-    finally:
-        api.shutdown()
-        cloud.stop()
-        os.environ.clear()
-        os.environ.update(saved)
-        aws.reset()
-        runtime.reset()
+    with local_stack(
+        tmp_path_factory.mktemp("qdrant"),
+        openai=False,
+        speed=600,
+        drift_seconds=0.5,
+        token_interval_ms=1,
+    ) as stack:
+        yield stack.api
 
 
 def _error_shape(response: Any) -> str | None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -21,6 +20,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from conftest import local_stack
 from llmhost.local import runner
 
 pytestmark = pytest.mark.e2e
@@ -59,23 +59,10 @@ class Api:
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    from llmhost import aws, runtime
-
-    saved = dict(os.environ)
-    os.environ["QDRANT_PATH"] = str(tmp_path_factory.mktemp("qdrant"))
-    cloud = runner.LocalCloud(moto_port=0, speed=600, drift_seconds=0.5)
-    cloud.log = lambda line: None
-    cloud.start()
-    server = runner.serve(0, cloud)
-    try:
-        yield Api(runner.url_of(server))
-    finally:
-        server.shutdown()
-        cloud.stop()
-        os.environ.clear()
-        os.environ.update(saved)
-        aws.reset()
-        runtime.reset()
+    with local_stack(
+        tmp_path_factory.mktemp("qdrant"), openai=False, speed=600, drift_seconds=0.5
+    ) as stack:
+        yield Api(stack.api)
 
 
 def test_two_hundred_concurrent_clients_are_all_answered(api: Api) -> None:

@@ -9,7 +9,6 @@ runtime front with the local engine, embedded Qdrant and the ONNX embedder.
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.error
 import urllib.request
@@ -22,7 +21,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from conftest import StreamGate
+from conftest import StreamGate, local_stack
 from llmhost.local import runner
 
 pytestmark = pytest.mark.e2e
@@ -78,26 +77,11 @@ class Local:
 
 @pytest.fixture(scope="module")
 def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Local]:
-    from llmhost import aws, runtime
-
-    saved = dict(os.environ)
-    os.environ["QDRANT_PATH"] = str(tmp_path_factory.mktemp("qdrant"))
     # 600x: an endpoint is created in one second; the engine streams a token every 20 ms
-    cloud = runner.LocalCloud(moto_port=0, speed=600, drift_seconds=0.5, token_interval_ms=20)
-    cloud.log = lambda line: None
-    cloud.start()
-    api = runner.serve(0, cloud)
-    openai_server = cloud.start_openai_server(0)
-    try:
-        yield Local(cloud, runner.url_of(api), runner.url_of(openai_server) + "/v1")
-    finally:
-        api.shutdown()
-        openai_server.shutdown()
-        cloud.stop()
-        os.environ.clear()
-        os.environ.update(saved)
-        aws.reset()
-        runtime.reset()
+    with local_stack(
+        tmp_path_factory.mktemp("qdrant"), speed=600, drift_seconds=0.5, token_interval_ms=20
+    ) as stack:
+        yield Local(stack.cloud, stack.api, stack.openai + "/v1")
 
 
 def test_unsigned_requests_are_refused(local: Local) -> None:

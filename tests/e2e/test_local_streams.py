@@ -7,7 +7,6 @@ in template.yaml deliver them: deployment changes as moto's records, internal it
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from typing import Any
 import pytest
 from moto.events.models import EventPattern
 
+from conftest import local_stack
 from llmhost.local import runner
 from llmhost.local.streams import stream_source
 
@@ -57,21 +57,10 @@ class Spy:
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[runner.LocalCloud]:
-    from llmhost import aws, runtime
-
-    saved = dict(os.environ)
-    os.environ["QDRANT_PATH"] = str(tmp_path_factory.mktemp("qdrant"))
-    local = runner.LocalCloud(moto_port=0, speed=600, drift_seconds=3600)
-    local.log = lambda line: None
-    local.start()
-    try:
-        yield local
-    finally:
-        local.stop()
-        os.environ.clear()
-        os.environ.update(saved)
-        aws.reset()
-        runtime.reset()
+    with local_stack(
+        tmp_path_factory.mktemp("qdrant"), openai=False, speed=600, drift_seconds=3600
+    ) as stack:
+        yield stack.cloud
 
 
 def test_internal_items_never_reach_the_reconciler_and_deployments_do_as_moto_sent_them(

@@ -9,7 +9,6 @@ like TGI, reports a streamed request's validation error as the stream's first ev
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.request
 from collections import Counter
@@ -21,6 +20,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from conftest import local_stack
 from llmhost.local import runner
 
 pytestmark = pytest.mark.e2e
@@ -60,38 +60,18 @@ def _signed(api: str, method: str, path: str, body: Any = None) -> tuple[int, An
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from openai import OpenAI
 
-    from llmhost import aws, runtime
-
-    saved = dict(os.environ)
-    os.environ["QDRANT_PATH"] = str(tmp_path_factory.mktemp("qdrant"))
-    cloud = runner.LocalCloud(moto_port=0, speed=600, drift_seconds=0.5)
-    cloud.log = SERVER_LOG.append
-    cloud.start()
-    api = runner.serve(0, cloud)
-    openai_server = cloud.start_openai_server(0)
-    try:
-        base = runner.url_of(api)
+    with local_stack(
+        tmp_path_factory.mktemp("qdrant"), log=SERVER_LOG.append, speed=600, drift_seconds=0.5
+    ) as stack:
         spec = {"name": MODEL, "model": {"model_id": "HuggingFaceH4/zephyr-7b-beta"}}
-        assert _signed(base, "POST", "/v1/deployments", spec)[0] == 201
+        assert _signed(stack.api, "POST", "/v1/deployments", spec)[0] == 201
         deadline = time.monotonic() + 120
-        while _signed(base, "GET", f"/v1/deployments/{MODEL}")[1]["status"] != "IN_SERVICE":
+        while _signed(stack.api, "GET", f"/v1/deployments/{MODEL}")[1]["status"] != "IN_SERVICE":
             assert time.monotonic() < deadline, "the model never came up"
             time.sleep(0.2)
-        code, _ = _signed(base, "POST", "/v1/collections/kb/documents", {"documents": DOCS})
+        code, _ = _signed(stack.api, "POST", "/v1/collections/kb/documents", {"documents": DOCS})
         assert code == 200
-        yield OpenAI(
-            base_url=runner.url_of(openai_server) + "/v1",
-            api_key=runner.LOCAL_API_KEY,
-            max_retries=0,
-        )
-    finally:
-        api.shutdown()
-        openai_server.shutdown()
-        cloud.stop()
-        os.environ.clear()
-        os.environ.update(saved)
-        aws.reset()
-        runtime.reset()
+        yield OpenAI(base_url=stack.openai + "/v1", api_key=runner.LOCAL_API_KEY, max_retries=0)
 
 
 def _streamed_usage(client: Any, **request: Any) -> tuple[str, dict[str, int]]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import re
 import shlex
 import subprocess
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import local_stack
 from llmhost.local import runner
 
 pytestmark = pytest.mark.e2e
@@ -33,26 +33,9 @@ def _blocks(language: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    from llmhost import aws, runtime
-
-    saved = dict(os.environ)
-    os.environ["QDRANT_PATH"] = str(tmp_path_factory.mktemp("qdrant"))
-    cloud = runner.LocalCloud(moto_port=0, speed=600, drift_seconds=0.5)
-    cloud.log = lambda line: None
-    cloud.start()
-    api = runner.serve(0, cloud)
-    openai_server = cloud.start_openai_server(0)
-    cloud.create_demo()
-    try:
-        yield runner.url_of(api), runner.url_of(openai_server)
-    finally:
-        api.shutdown()
-        openai_server.shutdown()
-        cloud.stop()
-        os.environ.clear()
-        os.environ.update(saved)
-        aws.reset()
-        runtime.reset()
+    with local_stack(tmp_path_factory.mktemp("qdrant"), speed=600, drift_seconds=0.5) as stack:
+        stack.cloud.create_demo()
+        yield stack.api, stack.openai
 
 
 def _wait_for_demo(openai_url: str) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +24,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from conftest import local_stack
 from llmhost.local import runner
 
 pytestmark = pytest.mark.e2e
@@ -103,26 +103,13 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    from llmhost import aws, runtime
-
-    saved = dict(os.environ)
-    os.environ["QDRANT_PATH"] = str(tmp_path_factory.mktemp("qdrant"))
-    cloud = runner.LocalCloud(moto_port=0, speed=SPEED, drift_seconds=0.5)
-    cloud.start()
-    api = runner.serve(0, cloud)
-    openai_server = cloud.start_openai_server(0)
-    local = Stack(cloud, runner.url_of(api), runner.url_of(openai_server) + "/v1")
-    cloud.log = local.lines.append
-    try:
+    lines: list[str] = []
+    with local_stack(
+        tmp_path_factory.mktemp("qdrant"), log=lines.append, speed=SPEED, drift_seconds=0.5
+    ) as running:
+        local = Stack(running.cloud, running.api, running.openai + "/v1")
+        local.lines = lines
         yield local
-    finally:
-        api.shutdown()
-        openai_server.shutdown()
-        cloud.stop()
-        os.environ.clear()
-        os.environ.update(saved)
-        aws.reset()
-        runtime.reset()
 
 
 def test_an_idle_model_goes_to_zero_and_a_request_wakes_it(stack: Stack) -> None:
