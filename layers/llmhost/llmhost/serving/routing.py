@@ -385,17 +385,26 @@ class ModelDirectory:
         dispatcher = self._wake_dispatcher() if self._wake_dispatcher is not None else None
         try:
             if dispatcher is not None and not isinstance(dispatcher, NoWakeDispatch):
-                if wake_is_recent(record, self._now(), self._cloud):
-                    return  # asked already; the hook is deciding
-                asked = record.with_event(
-                    WAKE_REQUESTED,
-                    reason="a request arrived while asleep; asking to wake",
-                    repeat=True,  # asked again: the wake's clock restarts
-                )
-                try:
-                    saved = self._registry().save(asked)
-                except ConcurrentModification:
-                    return  # someone else asked (or changed it): not ours to write
+                saved = None
+                for _ in range(3):
+                    if record.desired_state != "sleeping":
+                        return  # already waking
+                    if wake_is_recent(record, self._now(), self._cloud):
+                        return  # asked already; the hook is deciding
+                    asked = record.with_event(
+                        WAKE_REQUESTED,
+                        reason="a request arrived while asleep; asking to wake",
+                        repeat=True,  # asked again: the wake's clock restarts
+                    )
+                    try:
+                        saved = self._registry().save(asked)
+                        break
+                    except ConcurrentModification:
+                        # Someone asked first, or changed something else (the reconciler):
+                        # read it again, so a write unrelated to waking never loses the wake.
+                        record = self._registry().get(record.name)
+                if saved is None:
+                    return
                 try:
                     dispatcher.dispatch(wake_event(saved.name, saved.updated_at))
                     return
