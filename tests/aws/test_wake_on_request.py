@@ -502,3 +502,33 @@ def test_with_a_scaling_function_a_sleeping_model_is_woken_through_the_cap(
         assert outcome.decision.event == "WakeRefused"
         assert record.desired_state == "sleeping"
         assert "GPU cap" in record.history[-1].reason
+
+
+def test_a_wake_survives_an_unrelated_write_between_read_and_save(
+    moto_aws: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = runtime.registry()
+    registry.create(sleeping())
+    dispatcher = RecordingDispatcher()
+    directory = ModelDirectory(runtime.registry, wake=lambda: dispatcher)
+    # Given the reconciler writes the record (not about waking) just after serving read it
+    real_save = registry.save
+    interleaved: list[str] = []
+
+    def save_after_another_write(record: DeploymentRecord) -> DeploymentRecord:
+        if not interleaved:
+            interleaved.append("reconciler")
+            current = registry.get(record.name)
+            real_save(current.with_event("StatusChanged", reason="the reconciler looked again"))
+        return real_save(record)
+
+    monkeypatch.setattr(registry, "save", save_after_another_write)
+    monkeypatch.setattr(runtime, "registry", lambda: registry)
+    # When a request arrives for the sleeping model
+    with pytest.raises(ModelNotReady):
+        directory.route("sleepy")
+    # Then its wake is still asked for, once
+    assert interleaved == ["reconciler"]
+    history = [h.event for h in registry.get("sleepy").history]
+    assert history.count("WakeRequested") == 1
+    assert len(dispatcher.events) == 1
