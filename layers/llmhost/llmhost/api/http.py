@@ -3,14 +3,18 @@ errors become HTTP (typed errors keep their status; nothing else leaks internals
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Mapping
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.middlewares.openapi_validation import (
     OpenAPIRequestValidationMiddleware,
 )
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent
+from aws_lambda_powertools.utilities.data_classes.common import BaseProxyEvent
 from pydantic import ValidationError
 
 from llmhost.api.body import decode_event_body, parse_json_body
@@ -27,11 +31,58 @@ class _JsonBodyValidation(OpenAPIRequestValidationMiddleware):
         return parse_json_body(raw, event.headers.get("content-type"))
 
 
-def json_api(
-    resolver: type[APIGatewayRestResolver] = APIGatewayRestResolver,
-) -> APIGatewayRestResolver:
+class OwnEventResolver(APIGatewayRestResolver):
+    """Powertools' REST resolver, whose current event and Lambda context belong to the
+    invocation being resolved, not to the process.
+
+    Powertools keeps them on its ``BaseRouter`` class: ``resolve`` sets
+    ``BaseRouter.current_event``, which every resolver of the process then reads, so
+    invocations running at the same time in one process (the local gateway's execution
+    environments are threads of one process; tests call handlers from threads) would route,
+    validate and answer whichever event was set last: another client's answer, with its
+    status. Lambda runs one invocation per process at a time, where both ways agree. Here
+    each thread that resolves reads the event it was given.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._invocation = threading.local()
+        super().__init__(*args, **kwargs)
+
+    @property  # type: ignore[override]
+    def current_event(self) -> APIGatewayProxyEvent:
+        event: APIGatewayProxyEvent = self._invocation.event
+        return event
+
+    @current_event.setter
+    def current_event(self, event: APIGatewayProxyEvent) -> None:
+        self._invocation.event = event
+
+    @property  # type: ignore[override]
+    def lambda_context(self) -> Any:
+        return self._invocation.context
+
+    @lambda_context.setter
+    def lambda_context(self, context: Any) -> None:
+        self._invocation.context = context
+
+    def _receive(self, event: Mapping[str, Any] | BaseProxyEvent, context: Any) -> None:
+        raw = event.raw_event if isinstance(event, BaseProxyEvent) else event
+        self.current_event = cast(APIGatewayProxyEvent, self._to_proxy_event(cast(dict, raw)))
+        self.lambda_context = context
+
+    def resolve(self, event: Mapping[str, Any], context: Any) -> dict[str, Any]:
+        self._receive(event, context)
+        return super().resolve(event, context)
+
+    async def resolve_async(self, event: Mapping[str, Any], context: Any) -> dict[str, Any]:
+        self._receive(event, context)
+        return await super().resolve_async(event, context)
+
+
+def json_api(resolver: type[OwnEventResolver] = OwnEventResolver) -> OwnEventResolver:
     """A resolver that validates requests against the routes' models (and documents them)
-    and reads bodies only as JSON, turning every decoding failure into a 400 or 415."""
+    and reads bodies only as JSON, turning every decoding failure into a 400 or 415; each
+    invocation resolves its own event, even while others run in the same process."""
     app = resolver(enable_validation=True)
     # Powertools builds its validation middleware here; ours differs only in body parsing.
     app._request_validation_middleware = _JsonBodyValidation()

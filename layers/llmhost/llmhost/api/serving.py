@@ -16,7 +16,13 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver
 from aws_lambda_powertools.event_handler.openapi.params import Path
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmhost.api.http import error_response, install_error_handlers, json_api, json_response
+from llmhost.api.http import (
+    OwnEventResolver,
+    error_response,
+    install_error_handlers,
+    json_api,
+    json_response,
+)
 from llmhost.serving.requests import ChatCompletionRequest, RagRequest
 
 if TYPE_CHECKING:
@@ -164,7 +170,7 @@ def build_serving_app(
     return app
 
 
-class DocumentIdResolver(APIGatewayRestResolver):
+class DocumentIdResolver(OwnEventResolver):
     """The REST resolver, with ``<doc_id>`` greedy: it takes the rest of the path.
 
     Clients send a document id percent-encoded (``guides%2Fsleep.md``) and the route
