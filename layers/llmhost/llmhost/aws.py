@@ -24,6 +24,10 @@ _customizers: list[Callable[[str, Any], None]] = []
 CONNECT_TIMEOUT_S = 3
 READ_TIMEOUT_S = 20
 MAX_ATTEMPTS = 3
+# Connections a client keeps open (botocore's default). A Lambda process runs one invocation
+# at a time; the local runner runs many at once in one process, sharing these clients, and
+# sets ``LLMHOST_AWS_MAX_POOL_CONNECTIONS`` to how many, so none is opened only to be dropped.
+MAX_POOL_CONNECTIONS = 10
 
 
 def client(
@@ -66,6 +70,11 @@ def reset() -> None:
         _session = None
 
 
+def max_pool_connections() -> int:
+    """Connections each client keeps open: ``LLMHOST_AWS_MAX_POOL_CONNECTIONS``, else 10."""
+    return int(os.environ.get("LLMHOST_AWS_MAX_POOL_CONNECTIONS") or MAX_POOL_CONNECTIONS)
+
+
 def region() -> str:
     return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
@@ -81,6 +90,7 @@ def _build(service: str, read_timeout: float, connect_timeout: float, max_attemp
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
         retries={"mode": "standard", "total_max_attempts": max_attempts},
+        max_pool_connections=max_pool_connections(),
     )
     # A per-service override first (the local runner's SageMaker runtime front), then one for
     # every service (its moto server).

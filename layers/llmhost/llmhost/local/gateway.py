@@ -18,8 +18,16 @@ What API Gateway does for ``template.yaml``'s API, this does too:
 HTTP itself is uvicorn's (``llmhost.local.http_server``). Functions run as Lambda runs them:
 each invocation in an execution environment of its own (a freshly imported handler module,
 started cold when all are busy) that handles one event at a time, since a handler's module
-state (Powertools' resolver keeps the current event on the app) is not made for concurrent
-events; at most ``concurrency`` at a time (as a Lambda concurrency limit would; others wait).
+state is not made for concurrent events; at most ``concurrency`` at a time (as a Lambda
+concurrency limit would; others wait).
+
+Unlike Lambda's, these environments are threads of one process: a module imported once
+(Powertools, llmhost's library, botocore) is shared by every copy of a handler, and its state
+by every invocation running at the same time. What belongs to one invocation must not live
+there: Powertools keeps the resolver's current event on a class, so llmhost's resolvers keep
+theirs per thread (``llmhost.api.http.OwnEventResolver``), and the AWS clients, shared by all,
+keep as many connections as the runner has invocations at once
+(``LLMHOST_AWS_MAX_POOL_CONNECTIONS``).
 """
 
 from __future__ import annotations

@@ -55,6 +55,12 @@ API_KEYS_SECRET = "llmhost/api-keys"
 LOCAL_API_KEY = "llmhost-local-key"
 SCHEDULE_GROUP = "llmhost"
 SCHEDULER_ROLE_NAME = "llmhost-scheduler"
+# Invocations the local API Gateway runs at once (a Lambda concurrency limit; others wait).
+API_CONCURRENCY = 64
+# Threads of this process that may call AWS at once, all through the same clients: the
+# control API's invocations, the OpenAI server's thread pool (anyio's default, 40 threads)
+# and the pollers and workers (a few). Each client keeps that many connections open.
+AWS_POOL_CONNECTIONS = API_CONCURRENCY + 40 + 8
 SCALING_FUNCTION_ARN = f"arn:aws:lambda:{REGION}:123456789012:function:llmhost-scaling"
 DEMO_DEPLOYMENT = {
     "name": "demo",
@@ -159,6 +165,7 @@ class LocalCloud:
                 "AWS_REGION": REGION,
                 "AWS_DEFAULT_REGION": REGION,
                 "LLMHOST_AWS_ENDPOINT_URL": self.moto_url,
+                "LLMHOST_AWS_MAX_POOL_CONNECTIONS": str(AWS_POOL_CONNECTIONS),
                 "REGISTRY_TABLE_NAME": TABLE,
                 # What template.yaml sets from AWS::StackName: the llmhost:stack tag's value.
                 "LLMHOST_STACK_NAME": LOCAL_STACK,
@@ -502,6 +509,7 @@ def serve(port: int, cloud: LocalCloud) -> BackgroundServer:
         access_key=ACCESS_KEY,
         secret_key=SECRET_KEY,
         answered=answered,
+        concurrency=API_CONCURRENCY,
     )
     return BackgroundServer(gateway, port=port, name="api")
 

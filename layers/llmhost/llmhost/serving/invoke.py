@@ -118,6 +118,7 @@ def build_runtime_client(
         connect_timeout=connect_timeout_s,
         read_timeout=read_timeout_s,
         retries={"total_max_attempts": max_attempts, "mode": "standard"},
+        max_pool_connections=aws.max_pool_connections(),
     )
     return (session or boto3.session.Session()).client(
         "sagemaker-runtime",
