@@ -1,7 +1,8 @@
 """Deployment API: API Gateway (REST, IAM auth) -> the deployment routes."""
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import EphemeralMetrics
 
 from llmhost import runtime
 from llmhost.api.deployments import build_app
@@ -10,7 +11,9 @@ from llmhost.api.envelope import malformed_event_response
 logger = Logger()
 # Patch only what this function uses: patching every supported library imports requests &c.
 tracer = Tracer(patch_modules=["botocore"])
-metrics = Metrics()
+# This function's own metrics: Powertools' Metrics share one set with every Metrics of the
+# process, and the local runner runs several functions and environments in one process.
+metrics = EphemeralMetrics()
 app = build_app(runtime.registry, logger=logger, metrics=metrics)
 
 

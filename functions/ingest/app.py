@@ -1,14 +1,16 @@
 """Ingest: documents dropped into the bucket under collections/<name>/ are indexed."""
 
-from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
 from llmhost import aws, runtime
 from llmhost.rag.bucket import ObjectNotIndexed, apply_change
 from llmhost.rag.s3_events import Ignored, changes_from_event
 
 logger = Logger()
-metrics = Metrics()
+# This function's own metrics: Powertools' Metrics share one set with every Metrics of the
+# process, and the local runner runs several functions and environments in one process.
+metrics = EphemeralMetrics()
 
 
 @logger.inject_lambda_context

@@ -16,8 +16,8 @@ Lambda's active tracing already records each invocation; the API function keeps 
 
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from aws_lambda_powertools.utilities.batch import (
     BatchProcessor,
     EventType,
@@ -29,7 +29,9 @@ from llmhost import runtime
 from llmhost.lifecycle.triggers import deployment_of_record, is_stream_batch, trigger_from_event
 
 logger = Logger()
-metrics = Metrics()
+# This function's own metrics: Powertools' Metrics share one set with every Metrics of the
+# process, and the local runner runs several functions and environments in one process.
+metrics = EphemeralMetrics()
 
 
 class _Once:

@@ -3,14 +3,16 @@ wakes and budget ticks -> sleep, wake, GPU-cap grants and refusals, budget limit
 
 import os
 
-from aws_lambda_powertools import Logger, Metrics, single_metric
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools import Logger, single_metric
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
 from llmhost import runtime
 from llmhost.scaling.hook import parse_event
 
 logger = Logger()
-metrics = Metrics()
+# This function's own metrics: Powertools' Metrics share one set with every Metrics of the
+# process, and the local runner runs several functions and environments in one process.
+metrics = EphemeralMetrics()
 
 
 @logger.inject_lambda_context

@@ -1,7 +1,8 @@
 """Serving API: API Gateway (REST, IAM auth) -> RAG, chat, models, collections, documents."""
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import EphemeralMetrics
 
 from llmhost import runtime
 from llmhost.api.envelope import malformed_event_response
@@ -9,7 +10,9 @@ from llmhost.api.serving import build_serving_app
 
 logger = Logger()
 tracer = Tracer(patch_modules=["botocore"])
-metrics = Metrics()
+# This function's own metrics: Powertools' Metrics share one set with every Metrics of the
+# process, and the local runner runs several functions and environments in one process.
+metrics = EphemeralMetrics()
 app = build_serving_app(
     runtime.serving_service,
     runtime.store,

@@ -3,8 +3,9 @@ each function's environments as threads of one Python process, and tests call ha
 threads): each invocation answers its own event, whatever the others are doing.
 
 Lambda runs each environment in a process of its own, so state Powertools keeps for the
-process (not for one app) is per environment there. Here it is shared by every copy of a
-function's module, so it must not carry anything that belongs to one invocation.
+process (not for one app or one Metrics) is per environment there. Here it is shared by every
+copy of a function's module, so it must not carry anything that belongs to one invocation:
+the resolver's current event, the metrics counted so far.
 """
 
 from __future__ import annotations
@@ -98,3 +99,40 @@ def test_one_environment_called_from_two_threads_answers_each_its_own_event(
     assert second_status == 404 and "GET /v1/no-such-route" in second_body["error"]["message"]
     first_status, first_body = first_result["answer"]
     assert (first_status, first_body.get("name")) == (200, "plan-a"), first_body
+
+
+def test_an_invocation_publishes_its_own_metrics_not_another_environments(
+    moto_aws: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given two execution environments of the api function, the first creating a deployment
+    # (it counts DeploymentCreated) and held after its route answered, before it publishes
+    first, second = api_function(), api_function()
+    second_answered = threading.Event()
+    held = threading.Event()
+    route = ApiGatewayResolver._resolve
+
+    def holding_after(self: Any) -> Any:
+        answer = route(self)
+        if threading.current_thread().name == "first":
+            held.set()
+            assert second_answered.wait(30), "the other invocation never answered"
+        return answer
+
+    monkeypatch.setattr(ApiGatewayResolver, "_resolve", holding_after)
+    spec = {"name": "counted", **PLANNED, "hosting": {"kind": "dedicated"}}
+    thread, first_result = _in_thread("first", lambda: first("POST", "/v1/deployments", spec))
+    assert held.wait(30), "the first invocation never answered"
+    # When the second environment answers a request that counts nothing, and publishes
+    capsys.readouterr()
+    try:
+        status, _ = second("GET", "/v1/deployments")
+        published_by_second = capsys.readouterr().out
+    finally:
+        second_answered.set()
+        thread.join(60)
+    published_by_first = capsys.readouterr().out
+    # Then the second publishes nothing of the first's, and the first publishes its own count
+    assert status == 200
+    assert "DeploymentCreated" not in published_by_second, published_by_second
+    assert first_result["answer"][0] == 201, first_result["answer"]
+    assert "DeploymentCreated" in published_by_first, published_by_first

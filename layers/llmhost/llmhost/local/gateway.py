@@ -25,9 +25,12 @@ Unlike Lambda's, these environments are threads of one process: a module importe
 (Powertools, llmhost's library, botocore) is shared by every copy of a handler, and its state
 by every invocation running at the same time. What belongs to one invocation must not live
 there: Powertools keeps the resolver's current event on a class, so llmhost's resolvers keep
-theirs per thread (``llmhost.api.http.OwnEventResolver``), and the AWS clients, shared by all,
-keep as many connections as the runner has invocations at once
-(``LLMHOST_AWS_MAX_POOL_CONNECTIONS``).
+theirs per thread (``llmhost.api.http.OwnEventResolver``); its ``Metrics`` share one metric
+set per process, so each function publishes through ``EphemeralMetrics`` of its own; and the
+AWS clients, shared by all, keep as many connections as the runner has invocations at once
+(``LLMHOST_AWS_MAX_POOL_CONNECTIONS``). Still shared: the Logger's keys per service (a log
+line of one invocation may carry another's request id) and the cold-start flag (only the
+first invocation of the process reports a cold start).
 """
 
 from __future__ import annotations
