@@ -45,14 +45,99 @@ def test_default_spec_tracks_high_resolution_concurrency_per_copy() -> None:
         scaling.min_capacity,
         scaling.max_capacity,
     )
+    assert scaling.target_value is None  # derived from the copy's capacity
     assert tracking.configuration() == {
-        "TargetValue": scaling.target_value,
+        # three quarters of the 16 requests a copy of the benchmark's world runs at once
+        "TargetValue": 12.0,
         "PredefinedMetricSpecification": {"PredefinedMetricType": HIGH_RES_PER_COPY},
         "ScaleInCooldown": scaling.scale_in_cooldown_s,
         "ScaleOutCooldown": scaling.scale_out_cooldown_s,
         "DisableScaleIn": False,
     }
     assert policy.scale_from_zero is None and policy.idle_alarm is None
+
+
+@pytest.mark.parametrize(
+    ("batch_tokens", "total_tokens", "concurrency", "queue"),
+    [
+        (43_008, 8_192, 21, 42),  # zephyr-7b on one L4: 43,008 / (8,192 / 4)
+        (16_000, 4_096, 15, 30),
+        (4_096, 4_096, 4, 8),
+        (2_000_000, 8_192, 128, 128),  # never more than TGI's own default of 128
+        (100, 4_096, 1, 2),  # a budget smaller than one typical request still runs one
+    ],
+)
+def test_a_copys_capacity_comes_from_its_token_budget(
+    batch_tokens: int, total_tokens: int, concurrency: int, queue: int
+) -> None:
+    copy = aas.copy_capacity(batch_tokens, total_tokens)
+    assert (copy.concurrency, copy.queue_limit) == (concurrency, queue)
+    # And the default target follows the copy, not a constant
+    policy = policy_from_spec(Scaling(max_capacity=4), copy)
+    assert policy.target_tracking.target_value == pytest.approx(0.75 * concurrency, abs=0.01)
+    # An explicit target wins
+    assert policy_from_spec(Scaling(target_value=5), copy).target_tracking.target_value == 5
+
+
+def test_an_engine_that_queues_without_bound_gets_no_overload_alarm() -> None:
+    unbounded = aas.copy_capacity(43_008, 8_192, refuses=False)
+    assert unbounded.queue_limit is None
+    assert policy_from_spec(Scaling(max_capacity=4), unbounded).overload is None
+    # The invocation metrics have no copy-derived default and no overload alarm either
+    per_minute = policy_from_spec(Scaling(target_metric="invocations-per-copy"))
+    assert per_minute.target_tracking.target_value == 8.0 and per_minute.overload is None
+
+
+def test_overload_alarm_is_metric_math_cloudwatch_accepts() -> None:
+    policy = policy_from_spec(Scaling(max_capacity=8))
+    assert policy.overload is not None
+    body = policy.overload.alarm.put_metric_alarm_request(
+        "llmhost-chat-overload", {"InferenceComponentName": "chat"}, []
+    )
+    assert_valid("cloudwatch", "PutMetricAlarm", body)
+    assert "MetricName" not in body and "Statistic" not in body
+    ids = {q["Id"]: q for q in body["Metrics"]}
+    assert ids["requests"]["MetricStat"]["Metric"]["MetricName"] == "Invocations"
+    assert ids["refused"]["MetricStat"]["Metric"]["MetricName"] == "Invocation4XXErrors"
+    assert [q["Id"] for q in body["Metrics"] if q["ReturnData"]] == ["demand"]
+    assert body["Threshold"] == aas.OVERLOAD_THRESHOLD
+
+
+@pytest.mark.parametrize(
+    ("in_service", "ratio", "desired", "after"),
+    [
+        (1, 4.0, 1, 6),  # 4x what one copy accepts, at 75 %: ceil(1 x 4 / 0.75)
+        (1, 4.0, 6, 6),  # already asked for (copies starting): nothing more
+        (1, 4.0, 9, 9),  # never lowers
+        (3, 1.1, 3, 5),
+        (2, 40.0, 2, 8),  # clamped at max_capacity
+    ],
+)
+def test_overload_asks_for_what_demand_needs_counting_copies_starting(
+    in_service: int, ratio: float, desired: int, after: int
+) -> None:
+    policy = policy_from_spec(Scaling(max_capacity=8))
+    state = aas.overload(policy, ScalingState(desired=desired), 60.0, ratio, in_service)
+    assert state.desired == after
+    # Asked again with the same measurement, it asks for nothing more (no compounding)
+    again = aas.overload(policy, state, 70.0, ratio, in_service)
+    assert again.desired == after
+
+
+def test_percent_steps_round_as_application_auto_scaling_does() -> None:
+    step = aas.StepScalingPolicy(
+        adjustment_type="PercentChangeInCapacity",
+        steps=(aas.StepAdjustment(lower=0, upper=None, adjustment=10),),
+        cooldown_s=60,
+        metric_aggregation="Maximum",
+        alarm=policy_from_spec(Scaling(max_capacity=8)).overload.alarm,  # type: ignore[union-attr]
+        min_adjustment_magnitude=2,
+    )
+    # AWS's examples: 12.7 -> 12, 0.67 -> 1, -6.67 -> -6; then the minimum magnitude
+    assert aas.step_adjustment(replace(step, min_adjustment_magnitude=None), 127, 10) == 12
+    assert aas.step_adjustment(replace(step, min_adjustment_magnitude=None), 10, 7) == 1
+    assert aas.step_adjustment(replace(step, min_adjustment_magnitude=None), 67, -10) == -6
+    assert aas.step_adjustment(step, 10, 10) == 2
 
 
 def test_target_tracking_alarms_scale_out_after_three_datapoints_in_after_fifteen_minutes() -> None:

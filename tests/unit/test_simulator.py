@@ -328,3 +328,49 @@ def test_open_trace_detects_formats(tmp_path: Path) -> None:
         traces.open_trace(servegen)
     with pytest.raises(TraceUnreadable, match="no such file"):
         traces.detect_kind(tmp_path / "missing.csv")
+
+
+# -------------------------------------------------------------------- the engine's limits
+
+
+def test_a_full_engine_queue_refuses_at_once_and_refusals_count_as_delayed() -> None:
+    # Given one copy that runs 16 and holds 32, and 48 requests arriving at once
+    requests = batch(np.zeros(48))
+    oracle = sim.compute_oracle([requests], sim.CapacityModel())
+    capacity = sim.CapacityModel(queue_limit=32)
+    policy = policy_from_spec(Scaling(min_capacity=1, max_capacity=1))
+    # When replayed
+    result = sim.replay([requests], policy, oracle, capacity=capacity, initial_copies=1)
+    # Then 16 run, 16 wait one service time (2.5 s), and the last 16 are refused (429)
+    assert result.refused == 16
+    assert result.delayed == 16 + 16
+    assert result.max_wait_s == pytest.approx(2.5)
+
+
+def test_a_token_budget_admits_requests_by_their_tokens() -> None:
+    # Given a copy whose batch holds 25,000 tokens, and three 10,000-token requests at once
+    capacity = sim.CapacityModel.from_engine(max_batch_total_tokens=25_000)
+    requests = batch([0.0, 0.0, 0.0])
+    oracle = sim.compute_oracle([requests], capacity)
+    policy = policy_from_spec(Scaling(min_capacity=1, max_capacity=1))
+    result = sim.replay([requests], policy, oracle, capacity=capacity, initial_copies=1)
+    # Then two run at once and the third waits for one of them (2.5 s)
+    assert result.delayed == 1 and result.max_wait_s == pytest.approx(2.5)
+    # And the oracle counts tokens: 30,000 at once needs two copies of 25,000
+    assert oracle.copies.tolist() == [2]
+
+
+def test_overload_asks_once_for_what_demand_needs_and_never_runs_away() -> None:
+    # Given one copy (runs 16, holds 32) and a step to 80 requests in flight for 20 minutes
+    arrivals = np.arange(0.0, 1200.0, 2.5 / 80)
+    capacity = sim.CapacityModel(queue_limit=32)
+    oracle = sim.compute_oracle([batch(arrivals)], sim.CapacityModel())
+    policy = policy_from_spec(Scaling(min_capacity=1, max_capacity=64))
+    # When replayed (the default target is 12 of a copy's 16)
+    result = sim.replay([batch(arrivals)], policy, oracle, capacity=capacity, initial_copies=1)
+    # Then the hook asks from the refusals for what 80 in flight needs, ceil(80 / 12) = 7,
+    # give or take the first minute's measurement, and capacity never exceeds it by more
+    # than a copy, although the queue was full while the copies started
+    overload = [a for a in result.activities if a.cause == "overload"]
+    assert overload and 6 <= overload[0].after <= 8
+    assert result.max_copies <= oracle.peak_copies + 2

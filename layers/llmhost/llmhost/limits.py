@@ -416,7 +416,9 @@ def spec_issues(spec: DeploymentSpec) -> list[FieldIssue]:
     scaling = spec.scaling
     if scaling.scale_to_zero and scaling.idle_minutes > IDLE_MINUTES_MAX:
         issues.append(idle_minutes_issue(scaling.idle_minutes))
-    if not TARGET_VALUE_MIN <= scaling.target_value <= TARGET_VALUE_MAX:
+    if scaling.target_value is not None and not (
+        TARGET_VALUE_MIN <= scaling.target_value <= TARGET_VALUE_MAX
+    ):
         issues.append(
             FieldIssue(
                 "scaling.target_value",

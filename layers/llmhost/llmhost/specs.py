@@ -336,10 +336,17 @@ class Scaling(_Strict):
     min_capacity: int = Field(default=1, ge=0, le=64)
     max_capacity: int = Field(default=1, ge=1, le=64)
     target_metric: TargetMetric = "concurrent-requests-per-copy"
-    # Tuned on real traces (bench/scaling.py): half a copy's 16 concurrent slots, and a
-    # scale-out cooldown longer than adding a copy (120 s) plus detection, or desired
-    # capacity compounds while copies are still starting.
-    target_value: float = Field(default=8.0, gt=0, le=100_000)
+    # Omitted: derived from what one copy runs at once (its engine's token budget), see
+    # llmhost.scaling.policy.CopyCapacity; the scale-out cooldown outlasts adding a copy
+    # (120 s) plus detection, so copies still starting are not asked for again.
+    target_value: float | None = Field(
+        default=None,
+        gt=0,
+        le=100_000,
+        description="The metric's target per copy (or instance). Omitted: three quarters "
+        "of the requests one copy runs at once, from its engine's token budget (concurrency "
+        "metrics); 8 for the invocation metrics.",
+    )
     scale_in_cooldown_s: int = Field(default=300, ge=0, le=86_400)
     scale_out_cooldown_s: int = Field(default=180, ge=0, le=86_400)
     scale_to_zero: bool = False
@@ -555,7 +562,7 @@ def _scaling_issues(spec: DeploymentSpec) -> list[FieldIssue]:
                 "hosting, or use 'concurrent-requests-per-copy'",
             )
         )
-    if utilization and scaling.target_value > 1:
+    if utilization and scaling.target_value is not None and scaling.target_value > 1:
         issues.append(
             FieldIssue(
                 "scaling.target_value",

@@ -68,7 +68,12 @@ Comparison = Literal[
 Statistic = Literal["Average", "Sum", "Maximum", "Minimum", "SampleCount"]
 MissingData = Literal["missing", "notBreaching", "breaching", "ignore"]
 MetricKind = Literal[
-    "concurrency", "invocations", "no_capacity_failures", "invocation_count", "utilization"
+    "concurrency",
+    "invocations",
+    "no_capacity_failures",
+    "invocation_count",
+    "utilization",
+    "demand_ratio",
 ]
 
 
@@ -155,6 +160,10 @@ class AlarmSpec:
     kind: MetricKind
     treat_missing_data: MissingData = "missing"
     managed: bool = False
+    # Metric math: the alarm watches ``expression`` over these metrics, (id, metric name,
+    # statistic) each, instead of ``metric_name`` alone.
+    expression: str | None = None
+    inputs: tuple[tuple[str, str, Statistic], ...] = ()
 
     def breaching(self, value: float | None) -> bool:
         """Whether one datapoint breaches. A missing one breaches only if treated so."""
@@ -197,13 +206,43 @@ class AlarmSpec:
                 f"alarm on {self.metric_name} is managed by its target tracking policy; "
                 "Application Auto Scaling creates it, do not put it"
             )
-        return {
-            "AlarmName": name,
+        dims = [{"Name": k, "Value": v} for k, v in dimensions.items()]
+        watched: dict[str, Any] = {
             "Namespace": METRIC_NAMESPACE,
             "MetricName": self.metric_name,
-            "Dimensions": [{"Name": k, "Value": v} for k, v in dimensions.items()],
+            "Dimensions": dims,
             "Statistic": self.statistic,
             "Period": self.period_s,
+        }
+        if self.expression is not None:
+            queries: list[dict[str, Any]] = [
+                {
+                    "Id": query_id,
+                    "MetricStat": {
+                        "Metric": {
+                            "Namespace": METRIC_NAMESPACE,
+                            "MetricName": metric,
+                            "Dimensions": dims,
+                        },
+                        "Period": self.period_s,
+                        "Stat": stat,
+                    },
+                    "ReturnData": False,
+                }
+                for query_id, metric, stat in self.inputs
+            ]
+            queries.append(
+                {
+                    "Id": "demand",
+                    "Expression": self.expression,
+                    "Label": self.metric_name,
+                    "ReturnData": True,
+                }
+            )
+            watched = {"Metrics": queries}
+        return {
+            "AlarmName": name,
+            **watched,
             "EvaluationPeriods": self.evaluation_periods,
             "DatapointsToAlarm": self.datapoints_to_alarm,
             "Threshold": self.threshold,
@@ -231,11 +270,12 @@ class StepAdjustment:
 class StepScalingPolicy:
     """A step scaling policy and the alarm whose action it is."""
 
-    adjustment_type: Literal["ChangeInCapacity", "ExactCapacity"]
+    adjustment_type: Literal["ChangeInCapacity", "ExactCapacity", "PercentChangeInCapacity"]
     steps: tuple[StepAdjustment, ...]
     cooldown_s: int
     metric_aggregation: Literal["Average", "Minimum", "Maximum"]
     alarm: AlarmSpec
+    min_adjustment_magnitude: int | None = None
 
     def adjustment_for(self, metric: float) -> int | None:
         """The step that applies to a breaching metric value, or None if none does."""
@@ -255,12 +295,15 @@ class StepScalingPolicy:
             if step.upper is not None:
                 item["MetricIntervalUpperBound"] = step.upper
             steps.append(item)
-        return {
+        configuration: dict[str, Any] = {
             "AdjustmentType": self.adjustment_type,
             "StepAdjustments": steps,
             "Cooldown": self.cooldown_s,
             "MetricAggregationType": self.metric_aggregation,
         }
+        if self.min_adjustment_magnitude is not None:
+            configuration["MinAdjustmentMagnitude"] = self.min_adjustment_magnitude
+        return configuration
 
 
 @dataclass(frozen=True)
@@ -302,6 +345,7 @@ class ScalingPolicy:
     target_tracking: TargetTrackingPolicy
     scale_from_zero: StepScalingPolicy | None = None
     idle_alarm: AlarmSpec | None = None
+    overload: OverloadAlarm | None = None
 
     @property
     def scale_to_zero(self) -> bool:
@@ -336,17 +380,121 @@ class ScalingPolicy:
         """PutScalingPolicy body for the scale-from-zero step policy (only with scale to zero)."""
         if self.scale_from_zero is None:
             raise ValueError("this policy has no step scaling policy: scale_to_zero is off")
+        return self._step_request(self.scale_from_zero, resource_id, policy_name)
+
+    def _step_request(
+        self, policy: StepScalingPolicy, resource_id: str, policy_name: str
+    ) -> dict[str, Any]:
         return {
             "PolicyName": policy_name,
             "ServiceNamespace": NAMESPACE,
             "ResourceId": resource_id,
             "ScalableDimension": self.dimension,
             "PolicyType": "StepScaling",
-            "StepScalingPolicyConfiguration": self.scale_from_zero.configuration(),
+            "StepScalingPolicyConfiguration": policy.configuration(),
         }
 
 
-def policy_from_spec(scaling: Scaling) -> ScalingPolicy:
+@dataclass(frozen=True)
+class CopyCapacity:
+    """What one copy of a model holds at once, which the default policy is derived from.
+
+    ``concurrency``: the requests its engine runs together (TGI's continuous batch, bounded
+    by ``max_batch_total_tokens``); ``queue_limit``: running plus queued before the engine
+    refuses one with 429 (TGI's ``max_concurrent_requests``), or None when the engine
+    queues without bound (vLLM, LMI): then there are no refusals to measure overload by.
+    """
+
+    concurrency: int
+    queue_limit: int | None
+
+    @property
+    def default_target(self) -> float:
+        return round(TARGET_UTILIZATION * self.concurrency, 2)
+
+
+# Targets of the metrics whose default is not derived from the copy (invocations per minute
+# per copy or instance; the fraction of provisioned concurrency in use).
+DEFAULT_TARGETS: dict[MetricKind, float] = {"invocations": 8.0, "utilization": 0.5}
+
+# The default target keeps a copy this busy: the rest absorbs a burst for the ~2 minutes a
+# new copy takes to start.
+TARGET_UTILIZATION = 0.75
+# A copy holds at most this many batches (one running, the rest queued) before its engine
+# refuses: a request never waits behind more than that, and the refusals measure overload.
+QUEUE_BATCHES = 2
+# TGI's own default for max_concurrent_requests: the most a copy is ever given.
+ENGINE_QUEUE_MAX = 128
+# A typical request is taken to use this fraction of the model's context window (prompt plus
+# answer) when estimating how many a copy runs at once from its token budget.
+TYPICAL_REQUEST_FRACTION = 0.25
+
+
+def copy_capacity(
+    max_batch_total_tokens: int | None, max_total_tokens: int | None, *, refuses: bool = True
+) -> CopyCapacity:
+    """A copy's capacity from its engine's token budget (the sizing plan's tokens)."""
+    if not max_batch_total_tokens or not max_total_tokens:
+        return BENCHMARK_COPY if refuses else replace(BENCHMARK_COPY, queue_limit=None)
+    typical = max(1, round(max_total_tokens * TYPICAL_REQUEST_FRACTION))
+    concurrency = max(1, min(ENGINE_QUEUE_MAX, max_batch_total_tokens // typical))
+    queue = min(ENGINE_QUEUE_MAX, QUEUE_BATCHES * concurrency) if refuses else None
+    return CopyCapacity(concurrency, queue)
+
+
+# The benchmark's fixed world (llmhost.scaling.simulator.CapacityModel): 16 requests at once.
+BENCHMARK_COPY = CopyCapacity(concurrency=16, queue_limit=16 * QUEUE_BATCHES)
+
+# Overload: when engines refuse requests (their queues are full), the demand ratio r (a
+# minute's requests over the requests the copies in service accepted) measures demand in units
+# of the capacity in service. llmhost's scaling hook then asks for the copies that demand needs
+# at the target utilization, ceil(in service x r / utilization), counting the copies already
+# starting: it asks only for what is missing, so a queue that grew while copies start is never
+# read as demand for yet more copies.
+OVERLOAD_THRESHOLD = 1.05
+
+
+@dataclass(frozen=True)
+class OverloadAlarm:
+    """llmhost's overload alarm (no action: its state change reaches the scaling hook)."""
+
+    alarm: AlarmSpec
+    utilization: float
+
+    def wanted(self, in_service: int, ratio: float) -> int:
+        """Copies (or instances) that serve a demand ``ratio`` times what ``in_service``
+        accepted, at the target utilization."""
+        if in_service <= 0 or ratio <= 0:
+            return 0
+        return math.ceil(in_service * ratio / self.utilization - 1e-9)
+
+
+def overload_alarm(utilization: float = TARGET_UTILIZATION) -> OverloadAlarm:
+    """The demand ratio over a minute: ``Invocation4XXErrors`` counts the 429s of a full
+    engine queue (llmhost checks every other client error before invoking)."""
+    return OverloadAlarm(
+        alarm=AlarmSpec(
+            metric_name="DemandRatio",
+            statistic="Maximum",
+            period_s=STANDARD_PERIOD_S,
+            evaluation_periods=1,
+            datapoints_to_alarm=1,
+            threshold=OVERLOAD_THRESHOLD,
+            comparison="GreaterThanOrEqualToThreshold",
+            kind="demand_ratio",
+            treat_missing_data="notBreaching",
+            # Requests over requests accepted; all refused counts as the requests themselves.
+            expression="IF(refused >= requests, requests, requests / (requests - refused))",
+            inputs=(
+                ("requests", "Invocations", "Sum"),
+                ("refused", "Invocation4XXErrors", "Sum"),
+            ),
+        ),
+        utilization=utilization,
+    )
+
+
+def policy_from_spec(scaling: Scaling, copy: CopyCapacity = BENCHMARK_COPY) -> ScalingPolicy:
     """The ScalingPolicy a deployment's ``Scaling`` block deploys as.
 
     The metric decides the scalable dimension: ``*-per-copy`` scales an inference component's
@@ -358,6 +506,10 @@ def policy_from_spec(scaling: Scaling) -> ScalingPolicy:
     """
     metric = METRICS[scaling.target_metric]
     target = scaling.target_value
+    if target is None:
+        target = (
+            copy.default_target if metric.kind == "concurrency" else DEFAULT_TARGETS[metric.kind]
+        )
     high = AlarmSpec(
         metric_name=metric.cloudwatch_name,
         statistic=metric.statistic,
@@ -422,6 +574,9 @@ def policy_from_spec(scaling: Scaling) -> ScalingPolicy:
                     treat_missing_data="notBreaching",
                 ),
             )
+    overload = None
+    if metric.kind == "concurrency" and copy.queue_limit is not None:
+        overload = overload_alarm(min(1.0, target / copy.concurrency))
     return ScalingPolicy(
         dimension=metric.dimension,
         min_capacity=min_capacity,
@@ -429,6 +584,7 @@ def policy_from_spec(scaling: Scaling) -> ScalingPolicy:
         target_tracking=tracking,
         scale_from_zero=wake,
         idle_alarm=idle,
+        overload=overload,
     )
 
 
@@ -450,6 +606,8 @@ class ScalingState:
     scale_in_until: float = -math.inf
     step_until: float = -math.inf
     step_base: int = 0
+    overload_until: float = -math.inf
+    overload_base: int = 0
     woken_at: float = -math.inf  # last time a wake (hook or step policy) left zero
     activities: tuple[Activity, ...] = field(default=(), repr=False)
 
@@ -461,7 +619,7 @@ class Activity:
     at_s: float
     before: int
     after: int
-    cause: Literal["target-tracking-out", "target-tracking-in", "step", "idle", "wake"]
+    cause: Literal["target-tracking-out", "target-tracking-in", "step", "overload", "idle", "wake"]
 
 
 def target_tracking_capacity(capacity: int, metric: float, target: float) -> int:
@@ -480,17 +638,26 @@ def _set(state: ScalingState, now: float, after: int, cause: Any, **changes: Any
 
 
 def scale_out(
-    policy: ScalingPolicy, state: ScalingState, now: float, metric: float
+    policy: ScalingPolicy,
+    state: ScalingState,
+    now: float,
+    metric: float,
+    in_service: int | None = None,
 ) -> ScalingState:
     """The target tracking policy's high alarm is in ALARM with ``metric`` as its datapoint.
 
     Capacity only grows. Outside a cooldown the new capacity is computed from the current
     desired capacity; inside one, from the capacity before the initiating scale-out, and it
-    applies only if larger than what that activity already asked for.
+    applies only if larger than what that activity already asked for. With ``in_service``
+    (the metric's own denominator) the capacity is computed from the copies in service
+    instead: AWS does not document which of the two its formula uses, so the replay can run
+    either (``Mechanics.tracking_capacity``).
     """
     tracking = policy.target_tracking
     cooling = now < state.scale_out_until
     base = state.scale_out_base if cooling else state.desired
+    if in_service is not None:
+        base = in_service
     wanted = policy.clamp(target_tracking_capacity(base, metric, tracking.target_value))
     if wanted <= state.desired:
         return state
@@ -527,34 +694,78 @@ def scale_in(policy: ScalingPolicy, state: ScalingState, now: float, metric: flo
     )
 
 
-def step(policy: ScalingPolicy, state: ScalingState, now: float, metric: float) -> ScalingState:
-    """The scale-from-zero step policy's alarm is in ALARM with ``metric`` aggregated."""
-    wake = policy.scale_from_zero
-    if wake is None:
+def step_adjustment(policy: StepScalingPolicy, capacity: int, adjustment: int) -> int:
+    """The change a step's ``adjustment`` makes to ``capacity``, rounded as Application Auto
+    Scaling rounds a percentage (down above 1, to 1 between 0 and 1; likewise below zero) and
+    at least ``min_adjustment_magnitude``."""
+    if policy.adjustment_type != "PercentChangeInCapacity":
+        return adjustment
+    change = capacity * adjustment / 100.0
+    if change > 0:
+        rounded = max(1, math.floor(change))
+    elif change < 0:
+        rounded = min(-1, math.ceil(change))
+    else:
+        rounded = 0
+    least = policy.min_adjustment_magnitude or 0
+    if rounded and abs(rounded) < least:
+        rounded = least if rounded > 0 else -least
+    return rounded
+
+
+def step(
+    policy: ScalingPolicy,
+    state: ScalingState,
+    now: float,
+    metric: float,
+    which: Literal["wake", "overload"] = "wake",
+) -> ScalingState:
+    """A step policy's alarm is in ALARM with ``metric`` aggregated: the scale-from-zero
+    policy (``wake``) or the overload policy. Scale-out only. Inside the policy's cooldown
+    the adjustment applies to the capacity before the activity that started it, and only
+    if that asks for more (capacity still starting is not asked for twice)."""
+    spec = policy.scale_from_zero if which == "wake" else policy.overload
+    if spec is None:
         return state
-    adjustment = wake.adjustment_for(metric)
+    adjustment = spec.adjustment_for(metric)
     if adjustment is None:
         return state
-    if wake.adjustment_type == "ExactCapacity":
+    cause = "step" if which == "wake" else "overload"
+    if spec.adjustment_type == "ExactCapacity":
         wanted = policy.clamp(adjustment)
-        return state if wanted == state.desired else _set(state, now, wanted, "step")
-    cooling = now < state.step_until
-    base = state.step_base if cooling else state.desired
-    wanted = policy.clamp(base + adjustment)
+        return state if wanted == state.desired else _set(state, now, wanted, cause)
+    until, base_field = (
+        ("step_until", "step_base")
+        if which == "wake"
+        else (
+            "overload_until",
+            "overload_base",
+        )
+    )
+    cooling = now < getattr(state, until)
+    base = getattr(state, base_field) if cooling else state.desired
+    wanted = policy.clamp(base + step_adjustment(spec, base, adjustment))
     if wanted <= state.desired:
         return state
     woken = {"woken_at": now} if state.desired == 0 else {}
     if cooling:
-        return _set(state, now, wanted, "step", **woken)
-    return _set(
-        state,
-        now,
-        wanted,
-        "step",
-        step_until=now + wake.cooldown_s,
-        step_base=state.desired,
-        **woken,
-    )
+        return _set(state, now, wanted, cause, **woken)
+    changes = {until: now + spec.cooldown_s, base_field: state.desired}
+    return _set(state, now, wanted, cause, **changes, **woken)
+
+
+def overload(
+    policy: ScalingPolicy, state: ScalingState, now: float, ratio: float, in_service: int
+) -> ScalingState:
+    """The overload alarm is in ALARM with demand ``ratio`` measured on ``in_service`` copies:
+    llmhost's hook raises desired capacity to what that demand needs, if it is more than the
+    capacity already asked for (copies starting included), and never lowers it."""
+    if policy.overload is None:
+        return state
+    wanted = policy.clamp(policy.overload.wanted(in_service, ratio))
+    if wanted <= state.desired:
+        return state
+    return _set(state, now, wanted, "overload")
 
 
 def idle(policy: ScalingPolicy, state: ScalingState, now: float) -> ScalingState:

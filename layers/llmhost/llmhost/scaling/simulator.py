@@ -48,11 +48,40 @@ DRAIN_LIMIT_S = 86_400.0
 
 @dataclass(frozen=True)
 class CapacityModel:
-    """What one copy can do (fixed by the benchmark; change it only to explore)."""
+    """What one copy can do (the benchmark's world is the default; change it only to explore,
+    or derive it from a deployment's engine options with ``from_engine``).
+
+    A copy runs requests concurrently up to ``slots_per_copy`` or, when ``token_budget`` is
+    set, while the tokens of the requests it runs (context + generated each) fit in it, as
+    TGI admits requests into its continuous batch by ``max_batch_total_tokens``. It holds at
+    most ``queue_limit`` requests, running and queued (TGI's ``max_concurrent_requests``,
+    128 by default): past it the engine refuses a request at once (429), and the replay
+    counts it as refused.
+    """
 
     slots_per_copy: int = 16
     prefill_tokens_per_s: float = 4000.0
     decode_tokens_per_s: float = 40.0
+    queue_limit: int = 128
+    token_budget: int | None = None
+
+    @classmethod
+    def from_engine(
+        cls,
+        max_batch_total_tokens: int,
+        max_concurrent_requests: int = 128,
+        *,
+        prefill_tokens_per_s: float = 4000.0,
+        decode_tokens_per_s: float = 40.0,
+    ) -> CapacityModel:
+        """A copy of an engine configured with these options (TGI's names)."""
+        return cls(
+            slots_per_copy=max_concurrent_requests,
+            prefill_tokens_per_s=prefill_tokens_per_s,
+            decode_tokens_per_s=decode_tokens_per_s,
+            queue_limit=max_concurrent_requests,
+            token_budget=max_batch_total_tokens,
+        )
 
     def service_s(self, batch: RequestBatch) -> np.ndarray:
         """Seconds each request occupies a slot."""
@@ -60,6 +89,19 @@ class CapacityModel:
             batch.context_tokens / self.prefill_tokens_per_s
             + batch.generated_tokens / self.decode_tokens_per_s
         )
+
+    def weights(self, batch: RequestBatch) -> np.ndarray:
+        """How much of a copy each request holds while it runs: one slot, or its tokens
+        (capped at the budget: a request as long as the budget runs alone)."""
+        if self.token_budget is None:
+            return np.ones(len(batch), dtype=np.int64)
+        tokens = batch.context_tokens + batch.generated_tokens
+        return np.minimum(tokens, self.token_budget).astype(np.int64)
+
+    @property
+    def per_copy(self) -> int:
+        """A copy's room in the unit of ``weights``."""
+        return self.slots_per_copy if self.token_budget is None else self.token_budget
 
 
 @dataclass(frozen=True)
@@ -70,6 +112,9 @@ class Mechanics:
     from_zero_s: float = 480.0
     delayed_after_s: float = 1.0
     tick_s: int = 10
+    # What target tracking multiplies the metric by: the capacity asked for (copies starting
+    # included) or the copies in service the metric was measured on. AWS does not say.
+    tracking_capacity: Literal["desired", "in_service"] = "desired"
 
 
 @dataclass(frozen=True)
@@ -77,6 +122,7 @@ class Oracle:
     """Per-minute lower bound: ``copies[m]`` copies hold minute m's peak concurrency."""
 
     copies: np.ndarray
+    # Per minute, the peak of what ran at once: requests, or tokens with a token budget.
     peak_concurrency: np.ndarray
     requests: int
 
@@ -126,6 +172,8 @@ class ReplayResult:
     max_wait_s: float
     max_copies: int
     unserved: int  # still waiting when the replay gave up (never woken)
+    # Refused by an engine whose queue was full (TGI answers 429); also counted in ``delayed``.
+    refused: int
     activities: tuple[aas.Activity, ...]
     # Copies (in service + starting) after each tick's decisions; for plots and diagnostics.
     copies_by_tick: np.ndarray
@@ -161,6 +209,7 @@ def compute_oracle(batches: Iterable[RequestBatch], capacity: CapacityModel) -> 
     """The oracle over a streamed trace (batches in time order)."""
     peaks = np.zeros(0, dtype=np.int64)
     pending = np.empty(0)  # ends not yet swept
+    pending_weights = np.empty(0, dtype=np.int64)
     level = 0  # concurrency after the last swept event
     last_t = -math.inf
     requests = 0
@@ -170,14 +219,13 @@ def compute_oracle(batches: Iterable[RequestBatch], capacity: CapacityModel) -> 
         if minutes > len(peaks):
             peaks = np.concatenate([peaks, np.zeros(minutes - len(peaks), dtype=np.int64)])
 
-    def sweep(starts: np.ndarray, ends: np.ndarray) -> None:
+    def sweep(starts: tuple[np.ndarray, np.ndarray], ends: tuple[np.ndarray, np.ndarray]) -> None:
+        """``starts``/``ends``: (times, weights)."""
         nonlocal level, last_t
-        if len(starts) == 0 and len(ends) == 0:
+        if len(starts[0]) == 0 and len(ends[0]) == 0:
             return
-        times = np.concatenate([ends, starts])
-        deltas = np.concatenate(
-            [-np.ones(len(ends), dtype=np.int64), np.ones(len(starts), dtype=np.int64)]
-        )
+        times = np.concatenate([ends[0], starts[0]])
+        deltas = np.concatenate([-ends[1], starts[1]])
         order = np.lexsort((deltas, times))  # by time; at a tie, ends first
         times, deltas = times[order], deltas[order]
         levels = level + np.cumsum(deltas)
@@ -199,13 +247,22 @@ def compute_oracle(batches: Iterable[RequestBatch], capacity: CapacityModel) -> 
             continue
         requests += len(batch)
         starts = batch.arrivals
-        ends = np.sort(np.concatenate([pending, starts + capacity.service_s(batch)]))
+        weights = capacity.weights(batch)
+        ends = np.concatenate([pending, starts + capacity.service_s(batch)])
+        end_weights = np.concatenate([pending_weights, weights])
+        order = np.argsort(ends, kind="stable")
+        ends, end_weights = ends[order], end_weights[order]
         cut = np.searchsorted(ends, starts[-1], side="right")
-        sweep(starts, ends[:cut])
-        pending = ends[cut:]
-    sweep(np.empty(0), pending)
-    copies = -(-peaks // capacity.slots_per_copy)
+        sweep((starts, weights), (ends[:cut], end_weights[:cut]))
+        pending, pending_weights = ends[cut:], end_weights[cut:]
+    sweep((np.empty(0), np.empty(0, dtype=np.int64)), (pending, pending_weights))
+    copies = -(-peaks // capacity.per_copy)
     return Oracle(copies, peaks, requests)
+
+
+# One tick's measurements: (concurrency area, seconds with a copy in service, invocations per
+# copy, had copies, no-capacity failures, invocations, invocations reaching a copy, refused).
+Tick = tuple[float, float, float, bool, int, int, int, int]
 
 
 class _Alarm:
@@ -218,7 +275,7 @@ class _Alarm:
         self.ticks = spec.period_s // tick_s
         self.datapoints: deque[float | None] = deque(maxlen=spec.evaluation_periods)
 
-    def close_period(self, ticks: list[tuple[float, float, float, bool, int, int]]) -> None:
+    def close_period(self, ticks: list[Tick]) -> None:
         """Append the datapoint of the period that just ended (``ticks`` newest last)."""
         window = ticks[-self.ticks :]
         kind = self.spec.kind
@@ -234,6 +291,17 @@ class _Alarm:
                 value = None
             else:
                 value = 1.0 if self.spec.statistic == "Maximum" else float(failures)
+        elif kind == "demand_ratio":
+            # IF(refused >= requests, requests, requests / (requests - refused)) over the
+            # requests that reached a copy in service (the others count as no capacity).
+            arrived = sum(t[6] for t in window)
+            refused = sum(t[7] for t in window)
+            if arrived == 0:
+                value = None
+            elif refused >= arrived:
+                value = float(arrived)
+            else:
+                value = arrived / (arrived - refused)
         else:  # invocation_count
             count = sum(t[5] for t in window)
             value = float(count) if count else None
@@ -265,6 +333,8 @@ def replay(
     mechanics = mechanics or Mechanics()
     tick_s = mechanics.tick_s
     slots = capacity.slots_per_copy
+    room = capacity.per_copy
+    queue_limit = capacity.queue_limit
     start = oracle.copies[0] if initial_copies is None and len(oracle.copies) else 0
     initial = policy.clamp(int(start if initial_copies is None else initial_copies))
 
@@ -274,18 +344,21 @@ def replay(
     low = _Alarm(tracking.low_alarm, tick_s)
     wake_alarm = _Alarm(policy.scale_from_zero.alarm, tick_s) if policy.scale_from_zero else None
     idle_alarm = _Alarm(policy.idle_alarm, tick_s) if policy.idle_alarm else None
-    alarms = [a for a in (high, low, wake_alarm, idle_alarm) if a is not None]
+    overload_alarm = _Alarm(policy.overload.alarm, tick_s) if policy.overload else None
+    alarms = [a for a in (high, low, wake_alarm, idle_alarm, overload_alarm) if a is not None]
     history_len = max(a.ticks for a in alarms)
 
     state = ScalingState(desired=initial)
     in_service = initial
     starting: list[float] = []  # ready times, ascending
-    ends: list[float] = []  # completion times of running requests (heap)
-    waiting: deque[tuple[float, float]] = deque()
+    ends: list[tuple[float, int]] = []  # (completion time, weight) of running requests (heap)
+    used = 0  # the running requests' weight
+    waiting: deque[tuple[float, float, int]] = deque()  # (arrival, service, weight)
     waits: list[float] = []  # positive waits only
     max_copies = initial
 
     t = 0.0
+    capacity_changed_at = -math.inf  # when copies in service last changed
     copy_seconds = 0.0
     # Accumulators for the current tick.
     area = 0.0  # integral of (running + waiting) / copies in service
@@ -294,7 +367,9 @@ def replay(
     had_copies = in_service > 0
     failures = 0
     invocations = 0
-    ticks: deque[tuple[float, float, float, bool, int, int]] = deque(maxlen=history_len)
+    reached = 0  # invocations that found a copy in service
+    refused_in_tick = 0
+    ticks: deque[Tick] = deque(maxlen=history_len)
     tick_index = 0
     next_tick = float(tick_s)
     timeline: list[int] = []
@@ -309,16 +384,27 @@ def replay(
                 served += dt
             t = to
 
+    def fits(weight: int) -> bool:
+        return len(ends) < slots * in_service and used + weight <= room * in_service
+
+    def start(at: float, service: float, weight: int) -> None:
+        nonlocal used
+        heapq.heappush(ends, (at + service, weight))
+        used += weight
+
     def dispatch() -> None:
-        free = slots * in_service - len(ends)
-        while waiting and free > 0:
-            arrived, service = waiting.popleft()
+        # First come, first served: the head of the queue waits until it fits.
+        while waiting and fits(waiting[0][2]):
+            arrived, service, weight = waiting.popleft()
             waits.append(t - arrived)
-            heapq.heappush(ends, t + service)
-            free -= 1
+            start(t, service, weight)
+
+    def finish() -> None:
+        nonlocal used
+        used -= heapq.heappop(ends)[1]
 
     def reconcile() -> None:
-        nonlocal in_service, max_copies
+        nonlocal in_service, max_copies, capacity_changed_at
         total = in_service + len(starting)
         if state.desired > total:
             ready = t + (mechanics.add_copy_s if in_service else mechanics.from_zero_s)
@@ -329,11 +415,14 @@ def replay(
             while surplus and starting:
                 starting.pop()  # the one that would be ready last
                 surplus -= 1
-            in_service -= surplus
+            if surplus:
+                in_service -= surplus
+                capacity_changed_at = t
         max_copies = max(max_copies, in_service + len(starting))
 
     def copy_ready() -> None:
-        nonlocal in_service, had_copies
+        nonlocal in_service, had_copies, capacity_changed_at
+        capacity_changed_at = t
         starting.pop(0)
         in_service += 1
         had_copies = True
@@ -341,11 +430,12 @@ def replay(
 
     def close_tick() -> None:
         nonlocal area, served, inv_per_copy, had_copies, failures, invocations
-        nonlocal tick_index, next_tick, state
-        ticks.append((area, served, inv_per_copy, had_copies, failures, invocations))
+        nonlocal reached, refused_in_tick, tick_index, next_tick, state
+        measured = (area, served, inv_per_copy, had_copies, failures, invocations)
+        ticks.append((*measured, reached, refused_in_tick))
         area = served = inv_per_copy = 0.0
         had_copies = in_service > 0
-        failures = invocations = 0
+        failures = invocations = reached = refused_in_tick = 0
         tick_index += 1
         next_tick = float((tick_index + 1) * tick_s)
         history = list(ticks)
@@ -356,13 +446,27 @@ def replay(
                 if alarm.in_alarm():
                     firing.append(alarm)
         # Scale-in first, so a simultaneous scale-out wins (AWS favours the larger capacity).
-        for alarm in sorted(firing, key=lambda a: a is high or a is wake_alarm):
-            if alarm is idle_alarm:
+        scale_out = (high, wake_alarm, overload_alarm)
+        for alarm in sorted(firing, key=lambda a: a in scale_out):
+            if alarm is overload_alarm:
+                # The hook reads the datapoint and the copies in service, acts, and resets
+                # the alarm, so a lasting overload is seen again each period. A datapoint
+                # measured while the copies in service changed says nothing about the
+                # copies in service now: the hook waits for the next one.
+                if capacity_changed_at <= t - alarm.spec.period_s:
+                    state = aas.overload(policy, state, t, alarm.value("Maximum"), in_service)
+            elif alarm is idle_alarm:
                 state = aas.idle(policy, state, t)
             elif alarm is low:
                 state = aas.scale_in(policy, state, t, alarm.value(tracking_aggregation))
             elif alarm is high:
-                state = aas.scale_out(policy, state, t, alarm.value(tracking_aggregation))
+                state = aas.scale_out(
+                    policy,
+                    state,
+                    t,
+                    alarm.value(tracking_aggregation),
+                    in_service if mechanics.tracking_capacity == "in_service" else None,
+                )
             elif policy.scale_from_zero is not None:
                 aggregation = policy.scale_from_zero.metric_aggregation
                 state = aas.step(policy, state, t, alarm.value(aggregation))
@@ -375,10 +479,10 @@ def replay(
         closes before it), or, with ``until_idle``, until nothing runs or waits."""
         while not (until_idle and not ends and not waiting):
             control = min(next_tick, starting[0] if starting else math.inf)
-            done = ends[0] if ends else math.inf
+            done = ends[0][0] if ends else math.inf
             if done <= control and done <= limit:
                 advance(done)
-                heapq.heappop(ends)
+                finish()
                 if waiting:
                     dispatch()
             elif control <= limit:
@@ -391,37 +495,43 @@ def replay(
                 return
 
     requests = 0
+    refused = 0
     for batch in batches:
         arrivals = batch.arrivals.tolist()
         services = capacity.service_s(batch).tolist()
+        weights = capacity.weights(batch).tolist()
         requests += len(arrivals)
-        for arrived, service in zip(arrivals, services, strict=True):
+        for arrived, service, weight in zip(arrivals, services, weights, strict=True):
             run_until(arrived)
             advance(arrived)
             invocations += 1
             if in_service:
                 inv_per_copy += 1.0 / in_service
+                reached += 1
             else:
                 failures += 1
                 if wake_on_request and state.desired == 0:
                     state = aas.wake(policy, state, t)
                     reconcile()
-            if not waiting and len(ends) < slots * in_service:
-                heapq.heappush(ends, arrived + service)
+            if in_service and len(ends) + len(waiting) >= queue_limit * in_service:
+                refused += 1  # the engines' queues are full: 429 at once
+                refused_in_tick += 1
+            elif not waiting and fits(weight):
+                start(arrived, service, weight)
             else:
-                waiting.append((arrived, service))
+                waiting.append((arrived, service, weight))
 
     # Drain: let the queue empty (or give up), then count copies to the oracle's horizon.
     run_until(max(t, oracle.end_s) + DRAIN_LIMIT_S, until_idle=True)
     unserved = len(waiting)
-    for arrived, _ in waiting:
+    for arrived, _, _ in waiting:
         waits.append(t - arrived)
     if t < oracle.end_s:
         run_until(oracle.end_s)
         advance(oracle.end_s)
 
     positive = np.sort(np.array([w for w in waits if w > 0]))
-    delayed = int(np.count_nonzero(positive > mechanics.delayed_after_s))
+    delayed = int(np.count_nonzero(positive > mechanics.delayed_after_s)) + refused
     return ReplayResult(
         requests=requests,
         gpu_hours=copy_seconds / 3600.0,
@@ -431,6 +541,7 @@ def replay(
         max_wait_s=float(positive[-1]) if len(positive) else 0.0,
         max_copies=max_copies,
         unserved=unserved,
+        refused=refused,
         activities=state.activities,
         copies_by_tick=np.array(timeline, dtype=np.int64),
         positive_waits=positive,
