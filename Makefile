@@ -95,7 +95,8 @@ bench-retrieval: $(VENV)/.installed embedding-model
 	$(PY) bench/retrieval.py $(if $(CORPUS),--corpus $(CORPUS)) \
 		$(if $(QUERIES),--queries $(QUERIES)) $(if $(QRELS),--qrels $(QRELS))
 
-## bench-scaling: replay request traces against scaling policies (TRACE=<file>; default: all)
+## bench-scaling: replay request traces and synthetic scenarios against scaling policies, from a
+## warm and a cold start (TRACE=<file> or step|bursts|diurnal; default: all of them)
 bench-scaling: $(VENV)/.installed
 	$(PY) bench/scaling.py $(TRACE)
 

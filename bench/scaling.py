@@ -18,29 +18,42 @@ more than 1 s):
   (the value commonly used with it; AWS's example targets are placeholders to adjust);
 - ``static-peak``: the oracle's peak copy count, all the time.
 
-Every trace also gets the oracle (per minute, the fewest copies that hold that minute's peak
-concurrency, no startup time) and a startup-aware bound (the same, but a copy released and
-needed again pays its startup; what even a clairvoyant policy cannot beat).
+Every trace runs from two starts: ``warm`` with the oracle's first-minute copies (within
+each policy's bounds) and ``cold`` at each policy's ``min_capacity``. Every trace also gets
+the oracle (per minute, the fewest copies that hold that minute's peak concurrency, no startup
+time) and, per start, a startup-aware bound (the same, but a copy released and needed again,
+or missing at the start, pays its startup; what even a clairvoyant policy cannot beat without
+making requests wait). ``refused`` counts requests an engine turned away with its queue full
+(they also count as delayed).
 
-Usage: ``python bench/scaling.py [TRACE] [--start S] [--hours H] [--mean-rps R | --rate-scale X]
-[--seed N] [--set field=value ...]``. Without TRACE, every trace in ../shared/data/traces runs
-and a table is printed. The last line is
+Traces: the files in ../shared/data/traces (Azure CSV, JSON lines, ServeGen windows) and the
+synthetic scenarios of ``llmhost.scaling.scenarios`` (step, bursts, diurnal), which need no
+data file.
+
+Usage: ``python bench/scaling.py [TRACE] [--traces DIR] [--start S] [--hours H]
+[--mean-rps R | --rate-scale X] [--seed N] [--set field=value ...]``. TRACE is a trace file or
+a scenario name; without it, every trace in DIR (when DIR exists) and every scenario runs.
+``--start``, ``--hours``, ``--mean-rps`` and ``--rate-scale`` apply to files; ``--seed`` to
+ServeGen files and scenarios. The last line is
 ``gpu_hours=<x> oracle_gpu_hours=<y> ratio=<x/y> delayed_pct=<p> p99_wait_s=<s>`` for the
-llmhost policy (over all traces when several ran: hours summed, waits pooled).
+llmhost policy over both starts of every trace that ran (hours summed, waits pooled).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from llmhost.scaling import policy as aas
-from llmhost.scaling import simulator, traces
+from llmhost.scaling import scenarios, simulator, traces
 from llmhost.scaling.policy import ScalingPolicy, policy_from_spec
 from llmhost.specs import Scaling
 
@@ -117,8 +130,55 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def startup_bound_gpu_hours(
+    oracle: simulator.Oracle, initial_copies: int, mechanics: simulator.Mechanics | None = None
+) -> float:
+    """``Oracle.startup_bound_gpu_hours`` for a replay that starts with ``initial_copies``
+    copies in service (with ``oracle.copies[0]``, the warm start, the two agree).
+
+    Per level k (the k-th copy): its needed minutes, plus per gap the smaller of the gap and a
+    restart; a copy present at the start and first needed later costs the smaller of the wait
+    and a restart; a copy missing at the start pays its whole startup (from zero for the first
+    copy), as it must to be ready when first needed, so a cold start is charged for being
+    cold. Startups are rounded up to whole minutes.
+    """
+    mechanics = mechanics or simulator.Mechanics()
+    add = math.ceil(mechanics.add_copy_s / 60)
+    from_zero = math.ceil(mechanics.from_zero_s / 60)
+    total = 0
+    for level in range(1, oracle.peak_copies + 1):
+        needed = np.flatnonzero(oracle.copies >= level)
+        restart = from_zero if level == 1 else add
+        gaps = np.diff(needed) - 1
+        total += len(needed) + int(np.minimum(gaps[gaps > 0], restart).sum())
+        total += min(int(needed[0]), restart) if level <= initial_copies else restart
+    return total / 60.0
+
+
+def select_traces(args: argparse.Namespace) -> list[Callable[[], traces.Trace]]:
+    """What to replay: TRACE (a file, else a scenario name), or every file in ``--traces``
+    (when it exists) and every scenario."""
+    folder = Path(args.traces)
+    if args.trace:
+        path = Path(args.trace)
+        if not path.exists() and args.trace in scenarios.SCENARIOS:
+            return [partial(scenarios.scenario, args.trace, args.seed)]
+        if not path.exists():
+            raise SystemExit(
+                f"{args.trace}: no such file, nor a scenario ({', '.join(scenarios.SCENARIOS)})"
+            )
+        return [partial(open_trace, path, args)]
+    files = sorted([*folder.glob("*.csv"), *folder.glob("*.jsonl"), *folder.glob("servegen/*.gz")])
+    if not files:
+        print(f"no trace files in {folder}: the synthetic scenarios only")
+    return [
+        *(partial(open_trace, path, args) for path in files),
+        *(partial(scenarios.scenario, name, args.seed) for name in scenarios.SCENARIOS),
+    ]
+
+
 def open_trace(path: Path, args: argparse.Namespace) -> traces.Trace:
-    tokens = Path(args.tokens) if args.tokens else _find_tokens(path)
+    tokens = Path(args.tokens) if args.tokens else _find_tokens(path, Path(args.traces))
     return traces.open_trace(
         path,
         token_pairs=lambda: traces.read_token_pairs(tokens),
@@ -130,55 +190,92 @@ def open_trace(path: Path, args: argparse.Namespace) -> traces.Trace:
     )
 
 
-def _find_tokens(trace: Path) -> Path:
-    for folder in (trace.parent, trace.parent.parent, TRACES):
+def _find_tokens(trace: Path, traces_dir: Path) -> Path:
+    for folder in (trace.parent, trace.parent.parent, traces_dir):
         if (folder / AZURE_CODE).exists():
             return folder / AZURE_CODE
     raise SystemExit(f"no {AZURE_CODE} next to {trace}; pass --tokens")
 
 
+@dataclass(frozen=True)
+class Row:
+    policy: str
+    start: str  # "warm" | "cold"
+    result: simulator.ReplayResult
+    secs: float
+
+
+def refused(result: simulator.ReplayResult) -> int:
+    return int(getattr(result, "refused", 0))
+
+
 def run_trace(
-    path: Path, args: argparse.Namespace, overrides: dict[str, Any]
-) -> list[tuple[str, simulator.ReplayResult, float]]:
-    trace = open_trace(path, args)
+    trace: traces.Trace, args: argparse.Namespace, overrides: dict[str, Any]
+) -> list[Row]:
+    """Replay one trace under every contender from both starts; print its table."""
     started = time.perf_counter()
     oracle = simulator.compute_oracle(trace.batches(), simulator.CapacityModel())
-    bound = oracle.startup_bound_gpu_hours()
-    print(
-        f"\n{trace.name}  requests={oracle.requests}  minutes={len(oracle.copies)}  "
-        f"oracle_peak_copies={oracle.peak_copies}  startup_bound_gpu_hours={bound:.2f} "
-        f"(ratio {bound / oracle.gpu_hours:.2f})  {trace.note}".rstrip()
-    )
     contenders = [
         Contender("llmhost", llmhost_policy(args.max_capacity, overrides), True),
         Contender("aws-doc", aws_doc_policy(args.max_capacity, high_resolution=False), False),
         Contender("aws-highres", aws_doc_policy(args.max_capacity, high_resolution=True), False),
         Contender("static-peak", static_policy(oracle.peak_copies), False),
     ]
+    first = int(oracle.copies[0]) if len(oracle.copies) else 0
+    cold = contenders[0].policy.min_capacity
+    warm_bound = startup_bound_gpu_hours(oracle, first)
+    cold_bound = startup_bound_gpu_hours(oracle, cold)
     print(
-        f"  {'policy':<12} {'gpu_h':>9} {'oracle_h':>9} {'ratio':>6} {'delayed%':>9} "
-        f"{'p99_wait_s':>10} {'max_wait_s':>10} {'max_copies':>10} {'secs':>5}"
+        f"\n{trace.name}  requests={oracle.requests}  minutes={len(oracle.copies)}  "
+        f"oracle_peak_copies={oracle.peak_copies}  {trace.note}".rstrip()
     )
-    results = []
+    print(
+        f"  startup_bound_gpu_hours: warm={warm_bound:.2f} (ratio "
+        f"{warm_bound / oracle.gpu_hours:.2f}, {first} at start)  cold={cold_bound:.2f} "
+        f"(ratio {cold_bound / oracle.gpu_hours:.2f}, llmhost's min_capacity {cold} at start)"
+    )
+    print(
+        f"  {'policy':<12} {'start':<5} {'gpu_h':>9} {'oracle_h':>9} {'ratio':>6} "
+        f"{'delayed%':>9} {'refused':>8} {'p99_wait_s':>10} {'max_wait_s':>10} "
+        f"{'max_copies':>10} {'secs':>5}"
+    )
+    rows: list[Row] = []
     for contender in contenders:
-        began = time.perf_counter()
-        result = simulator.replay(
-            trace.batches(), contender.policy, oracle, wake_on_request=contender.wake_on_request
-        )
-        secs = time.perf_counter() - began
-        results.append((contender.name, result, secs))
-        print(
-            f"  {contender.name:<12} {result.gpu_hours:>9.2f} {result.oracle_gpu_hours:>9.2f} "
-            f"{result.ratio:>6.2f} {result.delayed_pct:>9.2f} {result.p99_wait_s:>10.1f} "
-            f"{result.max_wait_s:>10.1f} {result.max_copies:>10d} {secs:>5.1f}"
-        )
+        policy = contender.policy
+        done: dict[int, simulator.ReplayResult] = {}  # by initial copies
+        for start, wanted in (("warm", first), ("cold", policy.min_capacity)):
+            began = time.perf_counter()
+            initial = policy.clamp(wanted)
+            if initial not in done:  # a cold start at the warm start's copies is the same replay
+                done[initial] = simulator.replay(
+                    trace.batches(),
+                    policy,
+                    oracle,
+                    wake_on_request=contender.wake_on_request,
+                    initial_copies=initial,
+                )
+            result = done[initial]
+            secs = time.perf_counter() - began
+            rows.append(Row(contender.name, start, result, secs))
+            print(
+                f"  {contender.name:<12} {start:<5} {result.gpu_hours:>9.2f} "
+                f"{result.oracle_gpu_hours:>9.2f} {result.ratio:>6.2f} "
+                f"{result.delayed_pct:>9.2f} {refused(result):>8d} {result.p99_wait_s:>10.1f} "
+                f"{result.max_wait_s:>10.1f} {result.max_copies:>10d} {secs:>5.1f}"
+            )
     print(f"  ({time.perf_counter() - started:.1f}s)")
-    return results
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("trace", nargs="?", help=f"a trace file; default: all in {TRACES}")
+    parser.add_argument(
+        "trace",
+        nargs="?",
+        help=f"a trace file or a scenario ({', '.join(scenarios.SCENARIOS)}); "
+        "default: every file in --traces and every scenario",
+    )
+    parser.add_argument("--traces", default=str(TRACES), help="folder of trace files")
     parser.add_argument("--start", type=int, default=None, help="seconds into the trace")
     parser.add_argument("--hours", type=float, default=None, help="span to replay")
     parser.add_argument(
@@ -200,21 +297,15 @@ def main() -> None:
     )
     args = parser.parse_args()
     overrides = parse_overrides(args.set)
-    paths = (
-        [Path(args.trace)]
-        if args.trace
-        else sorted([*TRACES.glob("*.csv"), *TRACES.glob("*.jsonl"), *TRACES.glob("servegen/*.gz")])
-    )
-    if not paths:
-        raise SystemExit(f"no traces in {TRACES}")
+    selected = select_traces(args)
     print(
         f"llmhost: {llmhost_policy(args.max_capacity, overrides).target_tracking.configuration()}"
         f"\naws-doc: {AWS_DOC_URL}"
     )
     mine: list[simulator.ReplayResult] = []
-    for path in paths:
-        results = run_trace(path, args, overrides)
-        mine.append(next(r for name, r, _ in results if name == "llmhost"))
+    for open_one in selected:
+        rows = run_trace(open_one(), args, overrides)
+        mine.extend(row.result for row in rows if row.policy == "llmhost")
     gpu = sum(r.gpu_hours for r in mine)
     oracle = sum(r.oracle_gpu_hours for r in mine)
     requests = sum(r.requests for r in mine)

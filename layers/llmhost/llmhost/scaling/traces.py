@@ -65,7 +65,7 @@ class Trace:
     """A replayable trace: ``batches()`` streams it afresh each call (it may be generated)."""
 
     name: str
-    kind: str  # "azure-csv" | "jsonl" | "servegen"
+    kind: str  # "azure-csv" | "jsonl" | "servegen" | "synthetic" (scaling.scenarios)
     batches: Callable[[], Iterator[RequestBatch]]
     note: str = ""
 
