@@ -47,8 +47,8 @@ def test_default_spec_tracks_high_resolution_concurrency_per_copy() -> None:
     )
     assert scaling.target_value is None  # derived from the copy's capacity
     assert tracking.configuration() == {
-        # three quarters of the 16 requests a copy of the benchmark's world runs at once
-        "TargetValue": 12.0,
+        # 70 % of the 16 requests a copy of the benchmark's world runs at once
+        "TargetValue": 11.2,
         "PredefinedMetricSpecification": {"PredefinedMetricType": HIGH_RES_PER_COPY},
         "ScaleInCooldown": scaling.scale_in_cooldown_s,
         "ScaleOutCooldown": scaling.scale_out_cooldown_s,
@@ -74,7 +74,7 @@ def test_a_copys_capacity_comes_from_its_token_budget(
     assert (copy.concurrency, copy.queue_limit) == (concurrency, queue)
     # And the default target follows the copy, not a constant
     policy = policy_from_spec(Scaling(max_capacity=4), copy)
-    assert policy.target_tracking.target_value == pytest.approx(0.75 * concurrency, abs=0.01)
+    assert policy.target_tracking.target_value == pytest.approx(0.7 * concurrency, abs=0.01)
     # An explicit target wins
     assert policy_from_spec(Scaling(target_value=5), copy).target_tracking.target_value == 5
 
@@ -106,10 +106,10 @@ def test_overload_alarm_is_metric_math_cloudwatch_accepts() -> None:
 @pytest.mark.parametrize(
     ("in_service", "ratio", "desired", "after"),
     [
-        (1, 4.0, 1, 6),  # 4x what one copy accepts, at 75 %: ceil(1 x 4 / 0.75)
+        (1, 4.0, 1, 6),  # 4x what one copy accepts, at 70 %: ceil(1 x 4 / 0.7)
         (1, 4.0, 6, 6),  # already asked for (copies starting): nothing more
         (1, 4.0, 9, 9),  # never lowers
-        (3, 1.1, 3, 5),
+        (3, 1.1, 3, 5),  # ceil(3 x 1.1 / 0.7)
         (2, 40.0, 2, 8),  # clamped at max_capacity
     ],
 )
