@@ -45,7 +45,7 @@ import argparse
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -70,11 +70,35 @@ class Contender:
     name: str
     policy: ScalingPolicy
     wake_on_request: bool
+    # The engine each copy runs: llmhost configures TGI's queue limit (max_concurrent_requests)
+    # from the copy's capacity; the others keep TGI's default of 128.
+    capacity: simulator.CapacityModel = field(default_factory=simulator.CapacityModel)
 
 
-def llmhost_policy(max_capacity: int, overrides: dict[str, Any]) -> ScalingPolicy:
+@dataclass(frozen=True)
+class World:
+    """A copy as the replay sees it: the fixed benchmark world, or one engine's options."""
+
+    copy: aas.CopyCapacity
+    llmhost: simulator.CapacityModel  # with the queue limit llmhost deploys
+    default: simulator.CapacityModel  # with TGI's default queue limit
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> World:
+        if args.max_batch_total_tokens is None:
+            copy = aas.BENCHMARK_COPY
+            default = simulator.CapacityModel()
+            return cls(copy, replace(default, queue_limit=copy.queue_limit or 128), default)
+        copy = aas.copy_capacity(args.max_batch_total_tokens, args.max_total_tokens)
+        engine = partial(simulator.CapacityModel.from_engine, args.max_batch_total_tokens)
+        return cls(copy, engine(copy.queue_limit or 128), engine(aas.ENGINE_QUEUE_MAX))
+
+
+def llmhost_policy(
+    max_capacity: int, overrides: dict[str, Any], copy: aas.CopyCapacity = aas.BENCHMARK_COPY
+) -> ScalingPolicy:
     fields = {**Scaling().model_dump(), "max_capacity": max_capacity, **overrides}
-    return policy_from_spec(Scaling.model_validate(fields))
+    return policy_from_spec(Scaling.model_validate(fields), copy)
 
 
 def aws_doc_policy(max_capacity: int, *, high_resolution: bool) -> ScalingPolicy:
@@ -214,12 +238,21 @@ def run_trace(
 ) -> list[Row]:
     """Replay one trace under every contender from both starts; print its table."""
     started = time.perf_counter()
-    oracle = simulator.compute_oracle(trace.batches(), simulator.CapacityModel())
+    world = World.of(args)
+    mechanics = simulator.Mechanics(tracking_capacity=args.tracking_capacity)
+    oracle = simulator.compute_oracle(trace.batches(), world.default)
+    default = world.default
     contenders = [
-        Contender("llmhost", llmhost_policy(args.max_capacity, overrides), True),
-        Contender("aws-doc", aws_doc_policy(args.max_capacity, high_resolution=False), False),
-        Contender("aws-highres", aws_doc_policy(args.max_capacity, high_resolution=True), False),
-        Contender("static-peak", static_policy(oracle.peak_copies), False),
+        Contender(
+            "llmhost", llmhost_policy(args.max_capacity, overrides, world.copy), True, world.llmhost
+        ),
+        Contender(
+            "aws-doc", aws_doc_policy(args.max_capacity, high_resolution=False), False, default
+        ),
+        Contender(
+            "aws-highres", aws_doc_policy(args.max_capacity, high_resolution=True), False, default
+        ),
+        Contender("static-peak", static_policy(oracle.peak_copies), False, default),
     ]
     first = int(oracle.copies[0]) if len(oracle.copies) else 0
     cold = contenders[0].policy.min_capacity
@@ -251,6 +284,8 @@ def run_trace(
                     trace.batches(),
                     policy,
                     oracle,
+                    capacity=contender.capacity,
+                    mechanics=mechanics,
                     wake_on_request=contender.wake_on_request,
                     initial_copies=initial,
                 )
@@ -289,6 +324,26 @@ def main() -> None:
     parser.add_argument("--tokens", help="Azure CSV whose token counts ServeGen requests draw")
     parser.add_argument("--max-capacity", type=int, default=64, help="copies, every policy")
     parser.add_argument(
+        "--max-batch-total-tokens",
+        type=int,
+        default=None,
+        help="replay copies of an engine with this token budget (TGI's max_batch_total_tokens) "
+        "instead of the fixed world's 16 requests at once",
+    )
+    parser.add_argument(
+        "--max-total-tokens",
+        type=int,
+        default=8192,
+        help="with --max-batch-total-tokens: the model's context window, from which llmhost "
+        "estimates a copy's concurrency and its default target",
+    )
+    parser.add_argument(
+        "--tracking-capacity",
+        choices=("desired", "in_service"),
+        default="desired",
+        help="what target tracking multiplies its metric by (AWS does not document it)",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -298,9 +353,13 @@ def main() -> None:
     args = parser.parse_args()
     overrides = parse_overrides(args.set)
     selected = select_traces(args)
+    world = World.of(args)
+    mine_policy = llmhost_policy(args.max_capacity, overrides, world.copy)
     print(
-        f"llmhost: {llmhost_policy(args.max_capacity, overrides).target_tracking.configuration()}"
-        f"\naws-doc: {AWS_DOC_URL}"
+        f"llmhost: {mine_policy.target_tracking.configuration()}; a copy runs "
+        f"{world.copy.concurrency} requests at once and holds {world.copy.queue_limit} "
+        f"(MAX_CONCURRENT_REQUESTS); overload alarm: "
+        f"{'on' if mine_policy.overload else 'off'}\naws-doc: {AWS_DOC_URL}"
     )
     mine: list[simulator.ReplayResult] = []
     for open_one in selected:
