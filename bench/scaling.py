@@ -229,10 +229,6 @@ class Row:
     secs: float
 
 
-def refused(result: simulator.ReplayResult) -> int:
-    return int(getattr(result, "refused", 0))
-
-
 def run_trace(
     trace: traces.Trace, args: argparse.Namespace, overrides: dict[str, Any]
 ) -> list[Row]:
@@ -295,7 +291,7 @@ def run_trace(
             print(
                 f"  {contender.name:<12} {start:<5} {result.gpu_hours:>9.2f} "
                 f"{result.oracle_gpu_hours:>9.2f} {result.ratio:>6.2f} "
-                f"{result.delayed_pct:>9.2f} {refused(result):>8d} {result.p99_wait_s:>10.1f} "
+                f"{result.delayed_pct:>9.2f} {result.refused:>8d} {result.p99_wait_s:>10.1f} "
                 f"{result.max_wait_s:>10.1f} {result.max_copies:>10d} {secs:>5.1f}"
             )
     print(f"  ({time.perf_counter() - started:.1f}s)")
