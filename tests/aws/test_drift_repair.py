@@ -99,6 +99,7 @@ PIECES: dict[str, Callable[[], None]] = {
     "step-policy": _delete_policy("llmhost-zephyr-wake"),
     "idle-alarm": _delete_alarm("llmhost-zephyr-idle"),
     "no-capacity-alarm": _delete_alarm("llmhost-zephyr-no-capacity"),
+    "overload-alarm": _delete_alarm("llmhost-zephyr-overload"),
     "scheduled-action": _delete_scheduled_action,
     "sleep-wake-schedule": _delete_schedule,
     "scalable-target": _deregister_target,
@@ -107,7 +108,7 @@ PIECES: dict[str, Callable[[], None]] = {
 
 @pytest.mark.parametrize("piece", list(PIECES))
 def test_one_reconcile_restores_a_piece_deleted_out_of_band(harness: Harness, piece: str) -> None:
-    # Given a scale-to-zero component with scheduled actions and sleep/wake schedules
+    # Given a scale-to-zero TGI component with scheduled actions and sleep/wake schedules
     spec = copy.deepcopy(SPECS["shared"])
     spec["scaling"] = {
         "min_capacity": 0,
@@ -124,7 +125,7 @@ def test_one_reconcile_restores_a_piece_deleted_out_of_band(harness: Harness, pi
     harness.create(spec)
     assert harness.settle("zephyr").status == "IN_SERVICE"
     before = scaling_state()
-    assert len(before["policies"]) == 2 and len(before["alarms"]) == 2
+    assert len(before["policies"]) == 2 and len(before["alarms"]) == 3
     assert len(before["scheduled"]) == 2 and len(before["schedules"]) == 2
     # When one piece is deleted behind llmhost's back
     PIECES[piece]()

@@ -243,6 +243,7 @@ def test_every_resource_llmhost_creates_carries_the_stack_and_its_owner(
     assert {a["AlarmName"] for a in alarms} == {
         "llmhost-zephyr-idle",
         "llmhost-zephyr-no-capacity",
+        "llmhost-zephyr-overload",
     }
     for alarm in alarms:
         listed = cloudwatch.list_tags_for_resource(ResourceARN=alarm["AlarmArn"])["Tags"]

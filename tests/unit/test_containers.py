@@ -173,3 +173,34 @@ def test_unknown_region_raises_a_typed_error_naming_known_regions() -> None:
         build(region="xx-nowhere-1")
     assert caught.value.status == 422
     assert "us-east-1" in caught.value.message
+
+
+def test_tgi_queue_limit_comes_from_the_copy_the_scaling_policy_assumes() -> None:
+    from llmhost.lifecycle.desired import wanted_scaling
+    from llmhost.specs import parse_spec
+
+    # Given zephyr on ml.g6.xlarge: 43,008 batch tokens, 8,192 per request (a typical
+    # request a quarter of that), so a copy runs 21 requests at once
+    model = {"kind": "hub", "model_id": "HuggingFaceH4/zephyr-7b-beta"}
+    hosting = {"kind": "dedicated", "instance_type": "ml.g6.xlarge"}
+    container, plan = build(model, hosting=hosting)
+    assert plan.tokens.max_batch_total_tokens == 43_008
+    # Then TGI holds two batches (42) before answering 429, as the overload alarm assumes
+    assert container["Environment"]["MAX_CONCURRENT_REQUESTS"] == "42"
+    spec = parse_spec(
+        {"name": "containers", "model": model, "hosting": hosting, "scaling": {"max_capacity": 4}}
+    )
+    policy = wanted_scaling(spec, plan)
+    assert policy is not None and policy.overload is not None
+    assert policy.target_tracking.target_value == 15.75
+
+
+@pytest.mark.parametrize("engine", ["vllm", "lmi"])
+def test_engines_that_queue_without_bound_get_no_queue_limit(engine: str) -> None:
+    model = {"kind": "hub", "model_id": "HuggingFaceH4/zephyr-7b-beta"}
+    container, _ = build(
+        model,
+        engine={"name": engine},
+        hosting={"kind": "dedicated", "instance_type": "ml.g6.xlarge"},
+    )
+    assert not any("CONCURRENT" in key for key in container["Environment"])

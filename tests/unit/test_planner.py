@@ -479,14 +479,16 @@ def autoscaled_shared(min_capacity: int) -> DesiredResources:
     return replace(shared(), scaling=policy_from_spec(scaling))
 
 
-# Everything ApplyScaling puts for a min-0 component: target, tracking and step policies,
-# no-capacity and idle alarms.
+# Everything ApplyScaling puts for a min-0 TGI component: target, tracking and step policies,
+# no-capacity, idle and overload alarms.
 APPLIED_MIN_0 = {
     "scalable_targets": frozenset({"inference-component/zephyr"}),
     "scaling_policies": frozenset(
         ("inference-component/zephyr", f"llmhost-zephyr-{name}") for name in ("target", "wake")
     ),
-    "alarms": frozenset({"llmhost-zephyr-idle", "llmhost-zephyr-no-capacity"}),
+    "alarms": frozenset(
+        {"llmhost-zephyr-idle", "llmhost-zephyr-no-capacity", "llmhost-zephyr-overload"}
+    ),
 }
 
 
@@ -497,6 +499,7 @@ APPLIED_MIN_0 = {
         {"scaling_policies": {("inference-component/zephyr", "llmhost-zephyr-target")}},
         {"alarms": {"llmhost-zephyr-no-capacity"}},
         {"alarms": {"llmhost-zephyr-idle"}},
+        {"alarms": {"llmhost-zephyr-overload"}},
     ],
 )
 def test_a_scaling_piece_lost_out_of_band_is_applied_again(lost):

@@ -16,6 +16,8 @@ from llmhost.errors import FieldIssue
 
 if TYPE_CHECKING:
     from llmhost.catalog import CatalogModel
+    from llmhost.scaling.policy import CopyCapacity
+    from llmhost.sizing import Plan
     from llmhost.specs import DeploymentSpec
 
 
@@ -26,7 +28,9 @@ class EngineTraits:
     ``quantizations`` maps llmhost's quantization names to the engine's own spelling;
     a name missing from it is unsupported. ``shards`` says whether the engine splits a
     model across GPUs (tensor parallelism); ``precision_bytes`` is the bytes per parameter
-    the engine loads unquantized weights in when no dtype is forced.
+    the engine loads unquantized weights in when no dtype is forced. ``bounded_queue``: the
+    engine refuses a request (429) once a set number are running or queued, so its refusals
+    measure overload; the others queue without bound.
     """
 
     name: str
@@ -36,6 +40,7 @@ class EngineTraits:
     dtype_with_quantization: bool
     continuous_batching: bool
     precision_bytes: float = 2.0
+    bounded_queue: bool = False
     quantizations: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -53,6 +58,8 @@ ENGINE_TRAITS: Mapping[str, EngineTraits] = {
         quantizations={
             q: q for q in ("awq", "gptq", "bitsandbytes", "bitsandbytes-nf4", "eetq", "fp8")
         },
+        # --max-concurrent-requests (MAX_CONCURRENT_REQUESTS): past it TGI answers 429.
+        bounded_queue=True,
     ),
     "vllm": EngineTraits(
         name="vllm",
@@ -88,6 +95,23 @@ ENGINE_TRAITS: Mapping[str, EngineTraits] = {
 def traits(engine: str) -> EngineTraits:
     """Traits of an engine named in a spec ('tgi', 'vllm', 'lmi', 'hf-inference')."""
     return ENGINE_TRAITS[engine]
+
+
+def copy_capacity_of(spec: DeploymentSpec, plan: Plan) -> CopyCapacity:
+    """What one copy (or instance) of ``spec`` holds at once, from its sizing plan's tokens.
+
+    The deployed scaling policy's default target and, for an engine with a bounded queue,
+    its queue limit (TGI's ``MAX_CONCURRENT_REQUESTS``) both come from this one value, so
+    the alarm that reads refusals and the engine that refuses agree.
+    """
+    from llmhost.scaling.policy import copy_capacity
+
+    tokens = plan.tokens
+    return copy_capacity(
+        tokens.max_batch_total_tokens,
+        tokens.max_total_tokens,
+        refuses=traits(spec.engine.name).bounded_queue,
+    )
 
 
 def option_issues(spec: DeploymentSpec, model: CatalogModel | None) -> list[FieldIssue]:

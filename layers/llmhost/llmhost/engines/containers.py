@@ -121,6 +121,9 @@ def _tgi_env(spec: DeploymentSpec, plan: Plan, model_ref: str) -> dict[str, str]
     _put(env, "MAX_TOTAL_TOKENS", tokens.max_total_tokens)
     _put(env, "MAX_BATCH_PREFILL_TOKENS", tokens.max_batch_prefill_tokens)
     _put(env, "MAX_BATCH_TOTAL_TOKENS", tokens.max_batch_total_tokens)
+    # A copy holds this many requests (running and queued), then answers 429: the scaling
+    # policy's overload alarm reads those refusals, and its target assumes the same copy.
+    _put(env, "MAX_CONCURRENT_REQUESTS", engines.copy_capacity_of(spec, plan).queue_limit)
     if opts.quantization is not None:
         env["HF_MODEL_QUANTIZE"] = engines.traits("tgi").quantizations[opts.quantization]
     _put(env, "DTYPE", opts.dtype)

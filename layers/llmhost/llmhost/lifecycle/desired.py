@@ -47,8 +47,13 @@ def wanted_schedules(
     )
 
 
-def wanted_scaling(spec: DeploymentSpec) -> ScalingPolicy | None:
+def wanted_scaling(spec: DeploymentSpec, plan: Plan | None = None) -> ScalingPolicy | None:
     """The autoscaling a spec asks for, or None when its capacity is fixed.
+
+    ``plan``: the spec's sizing plan, whose token budget gives a copy's capacity (the
+    default target, and the overload alarm for an engine that refuses past its queue). Pass
+    it for anything deployed or compared with what is deployed; without it the benchmark's
+    copy is assumed (enough to know whether there is a policy at all).
 
     A fixed min == max without scale to zero needs no policy. Serverless endpoints scale
     their on-demand capacity themselves; only their provisioned concurrency is autoscaled
@@ -59,8 +64,10 @@ def wanted_scaling(spec: DeploymentSpec) -> ScalingPolicy | None:
     scaling = spec.scaling
     if scaling.min_capacity == scaling.max_capacity and not scaling.scale_to_zero:
         return None
-    from llmhost.scaling.policy import policy_from_spec
+    from llmhost import engines
+    from llmhost.scaling.policy import BENCHMARK_COPY, policy_from_spec
 
+    copy = BENCHMARK_COPY if plan is None else engines.copy_capacity_of(spec, plan)
     if isinstance(spec.hosting, ServerlessHosting):
         if spec.hosting.provisioned_concurrency is None:
             return None
@@ -72,9 +79,9 @@ def wanted_scaling(spec: DeploymentSpec) -> ScalingPolicy | None:
                     "target_value": PROVISIONED_UTILIZATION_TARGET,
                 }
             )
-        return policy_from_spec(scaling)
+        return policy_from_spec(scaling, copy)
 
-    policy = policy_from_spec(scaling)
+    policy = policy_from_spec(scaling, copy)
     per_copy = policy.dimension.startswith("sagemaker:inference-component")
     if per_copy != (spec.hosting.kind == "shared"):
         # The metric names the other hosting kind's dimension: use this kind's.
@@ -84,7 +91,7 @@ def wanted_scaling(spec: DeploymentSpec) -> ScalingPolicy | None:
             "invocations-per-instance": "invocations-per-copy",
             "concurrent-requests-per-instance": "concurrent-requests-per-copy",
         }[scaling.target_metric]
-        policy = policy_from_spec(scaling.model_copy(update={"target_metric": metric}))
+        policy = policy_from_spec(scaling.model_copy(update={"target_metric": metric}), copy)
     return policy
 
 
@@ -303,7 +310,7 @@ def desired_resources(
             },
             copies=hosting.copies,
             token_secret_arn=token_arn,
-            scaling=wanted_scaling(spec),
+            scaling=wanted_scaling(spec, plan),
             schedules=wanted_schedules(spec),
             sleep_wake=sleep_wake,
             schedule_target=target,
@@ -342,7 +349,7 @@ def desired_resources(
         config_body={"EndpointConfigName": config_name, "ProductionVariants": [variant]},
         endpoint_name=name,
         token_secret_arn=token_arn,
-        scaling=wanted_scaling(spec),
+        scaling=wanted_scaling(spec, plan),
         schedules=wanted_schedules(spec),
         sleep_wake=sleep_wake,
         schedule_target=target,

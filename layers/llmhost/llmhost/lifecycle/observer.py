@@ -20,7 +20,7 @@ from llmhost.lifecycle.ownership import (
 )
 from llmhost.lifecycle.record import DeploymentRecord
 
-ALARM_KINDS = ("idle", "no-capacity")
+ALARM_KINDS = ("idle", "no-capacity", "overload")
 
 
 def alarm_prefix(deployment: str) -> str:

@@ -441,6 +441,8 @@ def _missing_scaling(d: DesiredResources, o: Observed) -> list[str]:
         alarms.add(f"{prefix}no-capacity")
     if d.scaling.idle_alarm is not None:
         alarms.add(f"{prefix}idle")
+    if d.scaling.overload is not None:
+        alarms.add(f"{prefix}overload")
     observed = {name for rid, name in o.scaling_policies if rid == d.scaling_resource_id}
     scheduled = {name for name, *_ in d.schedules}
     return [

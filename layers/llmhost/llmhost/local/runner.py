@@ -427,6 +427,7 @@ class LocalCloud:
         for kind, why in (
             ("idle", {"ALARM": "no requests for its idle minutes", "OK": "requests again"}),
             ("no-capacity", {"ALARM": "a request found no copy", "OK": "no more refusals"}),
+            ("overload", {"ALARM": "engines refusing requests", "OK": "demand served"}),
         ):
             if alarm.endswith(f"-{kind}"):
                 name = alarm.removeprefix("llmhost-").removesuffix(f"-{kind}")
