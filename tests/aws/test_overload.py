@@ -12,6 +12,10 @@ import pytest
 from test_lifecycle import Harness
 
 from llmhost import aws
+from llmhost.scaling.policy import TARGET_UTILIZATION
+
+# zephyr on ml.g6.xlarge: 43,008 batch tokens / 2,048 per typical request = 21 at once
+ZEPHYR_TARGET = round(TARGET_UTILIZATION * 21, 2)
 
 ZEPHYR: dict[str, Any] = {
     "name": "zephyr",
@@ -55,8 +59,9 @@ def test_the_deployed_target_follows_the_plans_copy(harness: Harness) -> None:
     # Given zephyr on ml.g6.xlarge: 43,008 batch tokens / 2,048 per typical request = 21
     harness.create(ZEPHYR)
     assert harness.settle("zephyr").status == "IN_SERVICE"
-    # Then target tracking keeps 0.75 x 21 requests per copy, not the benchmark's 12
-    assert target_value("zephyr") == 15.75
+    # Then target tracking keeps the target utilization of 21 requests per copy (0.75: 15.75),
+    # not of the benchmark's 16
+    assert target_value("zephyr") == ZEPHYR_TARGET
     # And the component's TGI refuses past two batches, the queue the policy assumes
     record = harness.registry.get("zephyr")
     model = harness.standin.describe("model", record.resources.model)
@@ -99,7 +104,7 @@ def test_an_engine_that_queues_without_bound_gets_none_and_a_switch_removes_it(
     # Then the alarm is gone, and the target is still the copy's
     assert record.status == "IN_SERVICE"
     assert "llmhost-zephyr-overload" not in alarms("zephyr")
-    assert target_value("zephyr") == 15.75
+    assert target_value("zephyr") == ZEPHYR_TARGET
 
 
 def test_a_vllm_deployment_never_gets_the_overload_alarm(harness: Harness) -> None:

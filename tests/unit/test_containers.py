@@ -177,6 +177,7 @@ def test_unknown_region_raises_a_typed_error_naming_known_regions() -> None:
 
 def test_tgi_queue_limit_comes_from_the_copy_the_scaling_policy_assumes() -> None:
     from llmhost.lifecycle.desired import wanted_scaling
+    from llmhost.scaling.policy import TARGET_UTILIZATION
     from llmhost.specs import parse_spec
 
     # Given zephyr on ml.g6.xlarge: 43,008 batch tokens, 8,192 per request (a typical
@@ -192,7 +193,7 @@ def test_tgi_queue_limit_comes_from_the_copy_the_scaling_policy_assumes() -> Non
     )
     policy = wanted_scaling(spec, plan)
     assert policy is not None and policy.overload is not None
-    assert policy.target_tracking.target_value == 15.75
+    assert policy.target_tracking.target_value == round(TARGET_UTILIZATION * 21, 2)
 
 
 @pytest.mark.parametrize("engine", ["vllm", "lmi"])
