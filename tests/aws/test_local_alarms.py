@@ -129,3 +129,25 @@ def test_other_deployments_requests_do_not_count(setup: Any, clock: Any) -> None
     # Then this one still goes idle
     events = evaluator.tick()
     assert [e["detail"]["alarmName"] for e in events] == ["llmhost-zero-idle"]
+
+
+def test_the_overload_alarm_is_left_to_cloudwatch_and_never_stops_the_others(
+    setup: Any, clock: Any
+) -> None:
+    # Given the idle alarms and llmhost's overload alarm (metric math over Invocations and
+    # Invocation4XXErrors: the local engine never refuses, so there is nothing to evaluate)
+    from llmhost.scaling.policy import overload_alarm
+
+    evaluator, _, _ = setup
+    put_alarms()
+    request = overload_alarm().alarm.put_metric_alarm_request(
+        "llmhost-zero-overload", {"InferenceComponentName": "zero"}, []
+    )
+    aws.client("cloudwatch").put_metric_alarm(**request)
+    # When the idle window passes
+    evaluator.tick()
+    clock.advance(5.1)
+    events = evaluator.tick()
+    # Then the idle alarm fires as before and the overload alarm is untouched
+    assert [e["detail"]["alarmName"] for e in events] == ["llmhost-zero-idle"]
+    assert state("llmhost-zero-overload") == "OK"

@@ -682,3 +682,49 @@ def test_concurrent_callers_share_one_consistent_account(sm: Harness):
     # Then every model exists exactly once
     assert errors == []
     assert sm.standin.resources()["models"] == {f"t-{i}" for i in range(8)}
+
+
+def test_instance_counts_change_through_update_endpoint_weights_and_capacities(sm: Harness):
+    # Given an InService endpoint with one instance
+    sm.model()
+    sm.classic_config()
+    sm.endpoint_in_service()
+    # When three instances are asked for
+    sm.client.update_endpoint_weights_and_capacities(
+        EndpointName="e1",
+        DesiredWeightsAndCapacities=[{"VariantName": "AllTraffic", "DesiredInstanceCount": 3}],
+    )
+    # Then it is Updating: three desired, one still serving, and no second change meanwhile
+    (variant,) = sm.client.describe_endpoint(EndpointName="e1")["ProductionVariants"]
+    assert (sm.status(), variant["DesiredInstanceCount"], variant["CurrentInstanceCount"]) == (
+        "Updating",
+        3,
+        1,
+    )
+    again = _error(
+        lambda: sm.client.update_endpoint_weights_and_capacities(
+            EndpointName="e1",
+            DesiredWeightsAndCapacities=[{"VariantName": "AllTraffic", "DesiredInstanceCount": 4}],
+        )
+    )
+    assert again == (
+        "ValidationException",
+        f'Cannot update in-progress endpoint "{ARN}:endpoint/e1".',
+    )
+    # And after the update time three serve, on the same config
+    sm.advance(300)
+    described = sm.client.describe_endpoint(EndpointName="e1")
+    (variant,) = described["ProductionVariants"]
+    assert (described["EndpointStatus"], described["EndpointConfigName"]) == ("InService", "c1")
+    assert (variant["DesiredInstanceCount"], variant["CurrentInstanceCount"]) == (3, 3)
+    # And a variant the endpoint does not have is refused, as is a request botocore's model
+    # would not send (no variant list)
+    unknown = _error(
+        lambda: sm.client.update_endpoint_weights_and_capacities(
+            EndpointName="e1",
+            DesiredWeightsAndCapacities=[{"VariantName": "Other", "DesiredInstanceCount": 1}],
+        )
+    )
+    assert unknown[0] == "ValidationException" and "Other" in unknown[1]
+    with pytest.raises(ParamValidationError):
+        sm.client.update_endpoint_weights_and_capacities(EndpointName="e1")

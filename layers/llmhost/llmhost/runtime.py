@@ -343,4 +343,10 @@ def scaling_hook() -> Any:
     reg = registry()
     guard = capacity_guard()
     budget = BudgetKeeper(reg, BudgetLedger(reg), guard, settings.daily_budget_usd)
-    return ScalingHook(reg, guard=guard, budget=budget, clock=clock())
+    return ScalingHook(
+        reg,
+        guard=guard,
+        budget=budget,
+        clock=clock(),
+        cloudwatch=lambda: aws.client("cloudwatch"),
+    )

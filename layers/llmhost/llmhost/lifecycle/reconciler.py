@@ -119,8 +119,9 @@ def observed_resources(observed: Observed, desired: DesiredResources) -> Resourc
     )
 
 
-def _plan_of(record: DeploymentRecord) -> Plan:
-    """The plan the record's generation was built with, sized now if none was pinned yet."""
+def plan_of(record: DeploymentRecord) -> Plan:
+    """The plan the record's generation was built with, sized now if none was pinned yet
+    (what it was deployed with: the scaling hook derives the deployed policy from it too)."""
     from llmhost.sizing import Plan, plan
 
     pinned = record.pinned_plan()
@@ -173,7 +174,7 @@ class Reconciler:
             desired = teardown_resources(record.name, record.spec.hosting, self._schedule_target)
         else:
             try:
-                plan = _plan_of(record)
+                plan = plan_of(record)
                 if record.pinned_plan() is None:
                     # Sized once per generation: later catalogs and prices never re-size it.
                     pin = PinnedPlan(generation=record.generation, plan=plan.as_dict())

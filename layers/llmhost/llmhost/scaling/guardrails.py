@@ -200,11 +200,20 @@ def _fix(usage: Usage) -> str:
     )
 
 
-def plan_scale_out(usage: Usage, name: str, *, budget_block: str | None = None) -> Grant:
+def plan_scale_out(
+    usage: Usage,
+    name: str,
+    *,
+    budget_block: str | None = None,
+    wanted: int | None = None,
+    why: str = "AlarmHigh",
+) -> Grant:
     """Reclaim and grant lease so ``name`` can grow towards its maximum (pure).
 
     ``budget_block``: why today's budget forbids growth (None: it does not). The grant is
-    everything free (after reclaiming others' slack) up to the spec maximum.
+    everything free (after reclaiming others' slack) up to the spec maximum, or, with
+    ``wanted`` (units the overload hook computed demand needs), up to that many only: it
+    takes from others no more than it asks for. ``why`` starts each reason.
     """
     holding = usage.get(name)
     if holding is None or holding.lease is None:
@@ -212,20 +221,30 @@ def plan_scale_out(usage: Usage, name: str, *, budget_block: str | None = None) 
             name,
             "ScaleOutRefused",
             False,
-            "AlarmHigh: no scalable target is registered yet (the reconciler registers it "
+            f"{why}: no scalable target is registered yet (the reconciler registers it "
             "once the deployment is in service)",
         )
     lease, current = holding.lease, holding.current
-    base = max(lease, current)
-    wanted = holding.maximum - base
     common: dict[str, Any] = {"current": current, "lease_before": lease}
-    if wanted <= 0:
+    if wanted is not None and wanted <= lease:
+        return Grant(
+            name,
+            "ScaleOutGranted",
+            True,
+            f"{why}: {wanted} fit(s) within the lease of {lease}",
+            lease_after=lease,
+            **common,
+        )
+    base = max(lease, current)
+    goal = holding.maximum if wanted is None else min(holding.maximum, wanted)
+    more = goal - base
+    if more <= 0:
         if current < lease:
             return Grant(
                 name,
                 "ScaleOutGranted",
                 True,
-                f"AlarmHigh: AWS may scale {current} -> up to {lease} within the lease "
+                f"{why}: AWS may scale {current} -> up to {lease} within the lease "
                 f"(lease {lease} -> {lease}, scaling.max_capacity {holding.maximum})",
                 lease_after=lease,
                 **common,
@@ -234,7 +253,7 @@ def plan_scale_out(usage: Usage, name: str, *, budget_block: str | None = None) 
             name,
             "ScaleOutAtMax",
             False,
-            f"AlarmHigh: already at scaling.max_capacity ({holding.maximum}); raise it to "
+            f"{why}: already at scaling.max_capacity ({holding.maximum}); raise it to "
             "let the deployment grow",
             lease_after=lease,
             **common,
@@ -244,7 +263,7 @@ def plan_scale_out(usage: Usage, name: str, *, budget_block: str | None = None) 
             name,
             "ScaleOutRefused",
             False,
-            f"AlarmHigh: {budget_block}; lease stays {lease} (running {current})",
+            f"{why}: {budget_block}; lease stays {lease} (running {current})",
             lease_after=lease,
             **common,
         )
@@ -253,20 +272,20 @@ def plan_scale_out(usage: Usage, name: str, *, budget_block: str | None = None) 
             name,
             "ScaleOutGranted",
             True,
-            f"AlarmHigh: no GPU cap; lease {lease} -> {holding.maximum} (running {current})",
-            lease_after=holding.maximum,
+            f"{why}: no GPU cap; lease {lease} -> {goal} (running {current})",
+            lease_after=goal,
             **common,
         )
     free = usage.cap - usage.reserved
-    taken, reclaims = _reclaim(usage, name, max(0, wanted - max(0, free) + max(0, -free)))
-    extra = min(wanted, max(0, free + taken))
+    taken, reclaims = _reclaim(usage, name, max(0, more - max(0, free) + max(0, -free)))
+    extra = min(more, max(0, free + taken))
     after = base + extra
     if after <= current:
         return Grant(
             name,
             "ScaleOutRefused",
             False,
-            f"AlarmHigh: no GPU unit is free under the cap of {usage.cap} ({CAP_PARAMETER}); "
+            f"{why}: no GPU unit is free under the cap of {usage.cap} ({CAP_PARAMETER}); "
             f"{usage.describe()}; lease stays {lease} (running {current}); {_fix(usage)}",
             lease_after=lease,
             **common,
@@ -276,7 +295,7 @@ def plan_scale_out(usage: Usage, name: str, *, budget_block: str | None = None) 
         name,
         "ScaleOutGranted",
         True,
-        f"AlarmHigh: lease {lease} -> {after} (running {current}, scaling.max_capacity "
+        f"{why}: lease {lease} -> {after} (running {current}, scaling.max_capacity "
         f"{holding.maximum}){from_others}; cap {usage.cap}",
         lease_after=after,
         reclaims=reclaims,
@@ -483,6 +502,19 @@ def admission(
         yield
 
 
+@dataclass(frozen=True)
+class Capacity:
+    """One deployment's capacity as SageMaker reports it now, in copies (a component) or
+    instances (a dedicated endpoint): ``in_service`` serve requests, ``desired`` includes
+    those still starting; ``status`` is the component's or endpoint's; ``changed_at`` the
+    last time its capacity was changed or settled (its LastModifiedTime)."""
+
+    in_service: int
+    desired: int
+    status: str
+    changed_at: datetime | None
+
+
 class CapacityGuard:
     """Reads GPU usage and sets leases (scalable targets' MaxCapacity) under one lock.
 
@@ -618,6 +650,68 @@ class CapacityGuard:
             grant = plan_scale_out(usage, name, budget_block=self.budget_block())
             self._apply(grant, usage)
             return grant
+
+    def grow_to(self, name: str, wanted: int) -> Grant:
+        """Lease ``name`` room for ``wanted`` units under the cap and the budget, reclaiming
+        others' slack as a scale-out does but no more than asked (call under ``locked()``)."""
+        usage = self.usage()
+        grant = plan_scale_out(
+            usage, name, budget_block=self.budget_block(), wanted=wanted, why="overload"
+        )
+        self._apply(grant, usage)
+        return grant
+
+    def capacity(self, name: str, shared: bool) -> Capacity | None:
+        """``name``'s copies (shared) or instances (dedicated), None when it does not exist."""
+        try:
+            if shared:
+                found = self._sm.describe_inference_component(InferenceComponentName=name)
+                runtime = found.get("RuntimeConfig", {})
+                return Capacity(
+                    in_service=int(runtime.get("CurrentCopyCount", 0)),
+                    desired=int(runtime.get("DesiredCopyCount", 0)),
+                    status=str(found.get("InferenceComponentStatus", "")),
+                    changed_at=found.get("LastModifiedTime"),
+                )
+            found = self._sm.describe_endpoint(EndpointName=name)
+        except ClientError as error:
+            if _is_missing(error):
+                return None
+            raise
+        variants = found.get("ProductionVariants") or [{}]
+        return Capacity(
+            in_service=int(variants[0].get("CurrentInstanceCount", 0)),
+            desired=int(variants[0].get("DesiredInstanceCount", 0)),
+            status=str(found.get("EndpointStatus", "")),
+            changed_at=found.get("LastModifiedTime"),
+        )
+
+    def last_scaling_end(self, resource_id: str, dimension: str) -> datetime | None:
+        """When Application Auto Scaling last finished changing this target's capacity (its
+        newest successful activity), None when it never did (in the last page)."""
+        page = self._aas.describe_scaling_activities(
+            ServiceNamespace=NAMESPACE, ResourceId=resource_id, ScalableDimension=dimension
+        )
+        ends = [
+            a["EndTime"]
+            for a in page.get("ScalingActivities", [])
+            if a.get("StatusCode") == "Successful" and isinstance(a.get("EndTime"), datetime)
+        ]
+        return max(ends, default=None)
+
+    def set_desired(self, name: str, shared: bool, units: int) -> None:
+        """Ask SageMaker for ``units`` copies (shared) or instances (dedicated) of ``name``."""
+        if shared:
+            self._sm.update_inference_component_runtime_config(
+                InferenceComponentName=name, DesiredRuntimeConfig={"CopyCount": units}
+            )
+        else:
+            self._sm.update_endpoint_weights_and_capacities(
+                EndpointName=name,
+                DesiredWeightsAndCapacities=[
+                    {"VariantName": "AllTraffic", "DesiredInstanceCount": units}
+                ],
+            )
 
     def admit_wake(self, name: str, units: int) -> Grant:
         """Make room for ``name`` to run ``units`` units and lease them, or refuse."""

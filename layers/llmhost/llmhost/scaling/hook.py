@@ -11,7 +11,7 @@ applies them to the registry (and, through the guard, to Application Auto Scalin
 SageMaker), and the reconciler does the rest.
 
 Events (``parse_event``): llmhost's alarms ("CloudWatch Alarm State Change",
-``llmhost-<name>-idle|no-capacity``); target tracking's ``TargetTracking-<resource id>-
+``llmhost-<name>-idle|no-capacity|overload``); target tracking's ``TargetTracking-<resource id>-
 AlarmHigh-<uuid>``; ``{"source": "llmhost.schedule", "deployment", "action": "sleep"|"wake",
 "schedule"}``; ``{"source": "llmhost.serving", "action": "wake", "deployment",
 "requested_at"}``; ``{"source": "llmhost.budget", "action": "tick"}``.
@@ -20,14 +20,19 @@ AlarmHigh-<uuid>``; ``{"source": "llmhost.schedule", "deployment", "action": "sl
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
+
+from botocore.exceptions import ClientError
 
 from llmhost.clock import REAL, CloudClock
 from llmhost.errors import ConcurrentModification, DeploymentNotFound
-from llmhost.eventfields import get, text
+from llmhost.eventfields import get, items, text
 from llmhost.lifecycle.observer import alarm_prefix
 from llmhost.lifecycle.record import DeploymentRecord
 from llmhost.lifecycle.registry import Registry
@@ -35,19 +40,33 @@ from llmhost.lifecycle.triggers import is_deployment_name
 
 if TYPE_CHECKING:
     from llmhost.scaling.budget import BudgetKeeper
-    from llmhost.scaling.guardrails import CapacityGuard, Grant
+    from llmhost.scaling.guardrails import Capacity, CapacityGuard, Grant
+    from llmhost.scaling.policy import ScalingPolicy
 
-AlarmKind = Literal["idle", "no-capacity"]
-KINDS: tuple[AlarmKind, ...] = ("idle", "no-capacity")
+AlarmKind = Literal["idle", "no-capacity", "overload"]
+KINDS: tuple[AlarmKind, ...] = ("idle", "no-capacity", "overload")
+
+
+@dataclass(frozen=True)
+class Datapoint:
+    """The value an alarm evaluated, and the start of the period it measures."""
+
+    value: float
+    start: datetime
 
 
 @dataclass(frozen=True)
 class AlarmChange:
+    """``datapoint`` (overload alarms only): the newest datapoint the new state was decided
+    on, None with ``unreadable`` saying why when the event carries none that can be read."""
+
     deployment: str
     kind: AlarmKind
     state: str
     previous: str
     reason: str
+    datapoint: Datapoint | None = None
+    unreadable: str = ""
 
 
 @dataclass(frozen=True)
@@ -102,6 +121,9 @@ class Outcome:
     decision: Decision
 
 
+# How SageMaker words "not now, a change is under way" (as the reconciler's applier reads it).
+_BUSY = re.compile(r"in-progress|IN_PROGRESS|while it is|in status (Creating|Updating)")
+
 _TARGET_ALARM = re.compile(
     r"^TargetTracking-(?P<rid>inference-component/(?P<ic>[^/]+)"
     r"|endpoint/(?P<ep>[^/]+)/variant/[^/]+)-(?P<which>AlarmHigh|AlarmLow)-[0-9a-fA-F-]+$"
@@ -128,8 +150,85 @@ def parse_alarm_event(event: dict[str, Any]) -> AlarmChange | None:
         if name.endswith(f"-{kind}"):
             deployment = name[len("llmhost-") : -len(kind) - 1]
             if is_deployment_name(deployment) and alarm_prefix(deployment) + kind == name:
-                return AlarmChange(deployment=deployment, kind=kind, **_alarm_state(detail))
+                state = _alarm_state(detail)
+                datapoint, unreadable = read_datapoint(detail) if kind == "overload" else (None, "")
+                return AlarmChange(
+                    deployment=deployment,
+                    kind=kind,
+                    state=state["state"],
+                    previous=state["previous"],
+                    reason=state["reason"],
+                    datapoint=datapoint,
+                    unreadable=unreadable,
+                )
     return None
+
+
+def _cloudwatch_time(value: Any) -> datetime | None:
+    """CloudWatch's event timestamps: 2026-11-21T03:10:00.000+0000."""
+    if not isinstance(value, str):
+        return None
+    try:
+        at = datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%f%z")
+    except ValueError:
+        try:
+            at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    return at if at.tzinfo is not None else None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        return None
+    return number if math.isfinite(number) else None
+
+
+def read_datapoint(detail: Any) -> tuple[Datapoint | None, str]:
+    """The newest datapoint of an alarm state change, from ``detail.state.reasonData``.
+
+    CloudWatch puts a JSON string there: ``evaluatedDatapoints`` (each with its period's
+    ``timestamp`` and, when one was measured, its ``value``) and ``recentDatapoints`` (values
+    only, oldest first, the range starting at ``startDate``). Returns (None, why) when the
+    event has no datapoint that can be read.
+    """
+    raw = get(detail, "state", "reasonData")
+    if not isinstance(raw, str) or not raw:
+        return None, "the event has no state.reasonData"
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None, "state.reasonData is not JSON"
+    try:
+        return _newest(data)
+    except (OverflowError, ValueError):
+        return None, "state.reasonData has a datapoint out of range"
+
+
+def _newest(data: Any) -> tuple[Datapoint | None, str]:
+    if not isinstance(data, dict):
+        return None, "state.reasonData is not a JSON object"
+    evaluated = [
+        (at, value)
+        for point in items(data, "evaluatedDatapoints")
+        if (at := _cloudwatch_time(get(point, "timestamp"))) is not None
+        and (value := _number(get(point, "value"))) is not None
+    ]
+    if evaluated:
+        at, value = max(evaluated, key=lambda p: p[0])
+        return Datapoint(value, at), ""
+    recent = [_number(v) for v in items(data, "recentDatapoints")]
+    start = _cloudwatch_time(get(data, "startDate"))
+    period = _number(get(data, "period"))
+    if recent and recent[-1] is not None and start is not None and period and period > 0:
+        # Oldest first from startDate, one per period: the last is the newest.
+        at = start + timedelta(seconds=period * (len(recent) - 1))
+        return Datapoint(recent[-1], at), ""
+    return None, "state.reasonData has no datapoint with a value and a time"
 
 
 def parse_target_alarm(event: dict[str, Any]) -> TargetAlarm | None:
@@ -199,6 +298,50 @@ def decide(
     )
 
 
+@dataclass(frozen=True)
+class OverloadPlan:
+    """What an overload datapoint asks for: ``wanted`` copies (or instances), or None with
+    ``why`` when nothing is to be done now."""
+
+    wanted: int | None
+    why: str
+
+
+def plan_overload(
+    policy: ScalingPolicy,
+    capacity: Capacity,
+    datapoint: Datapoint,
+    changed_at: datetime | None,
+) -> OverloadPlan:
+    """The overload alarm is in ALARM with ``datapoint`` (pure).
+
+    The demand ratio measures demand in units of the capacity in service during its
+    minute: if that capacity changed during the minute (``changed_at``, the last time it
+    changed, is after the minute started), the ratio belongs to no one capacity and the next
+    datapoint is awaited. Otherwise what demand needs is what the replay computes
+    (``llmhost.scaling.policy.overload``: ceil(in service x ratio / utilization), within
+    the policy's bounds), asked for only if more than desired (copies starting included).
+    """
+    from llmhost.scaling import policy as aas
+
+    ratio, in_service, desired = datapoint.value, capacity.in_service, capacity.desired
+    measured = f"demand ratio {ratio:.2f} on {in_service} in service"
+    if changed_at is not None and changed_at >= datapoint.start:
+        return OverloadPlan(
+            None,
+            f"{measured}: capacity changed at {changed_at.isoformat()}, during the minute "
+            f"measured (from {datapoint.start.isoformat()}); waiting for the next datapoint",
+        )
+    if in_service <= 0:
+        return OverloadPlan(None, f"{measured}: no copy in service to measure demand by")
+    state = aas.overload(policy, aas.ScalingState(desired=desired), 0.0, ratio, in_service)
+    if state.desired <= desired:
+        return OverloadPlan(
+            None, f"{measured}: desired {desired} (copies starting included) already covers it"
+        )
+    return OverloadPlan(state.desired, f"{measured} needs {state.desired}")
+
+
 SCALE_OUT_EVENTS = frozenset({"ScaleOutRefused", "ScaleOutGranted", "ScaleOutAtMax"})
 # Entries that start a wake: an idle alarm's silence before one of them is not idleness.
 WAKE_EVENTS = frozenset(
@@ -231,11 +374,15 @@ class ScalingHook:
         guard: CapacityGuard | None = None,
         budget: BudgetKeeper | None = None,
         clock: CloudClock = REAL,
+        cloudwatch: Callable[[], Any] | None = None,
     ) -> None:
+        """``cloudwatch``: a CloudWatch client factory, to set the overload alarm back to OK
+        once acted on (None: left as it is)."""
         self._registry = registry
         self._guard = guard
         self._budget = budget
         self._clock = clock
+        self._cloudwatch = cloudwatch
 
     def handle_event(self, event: HookEvent, now: datetime | None = None) -> list[Outcome]:
         """Act on one event; an empty list means it was not for llmhost (or not actionable)."""
@@ -258,6 +405,9 @@ class ScalingHook:
         record = self._registry.find(change.deployment)
         if record is None:
             return None
+        if change.kind == "overload":
+            decision = self._overload(record, change)
+            return decision if self._record(change.deployment, decision) else None
         decision = decide(record, change, now or self._clock.now(), self._clock)
         if self._guard is not None and change.kind == "no-capacity" and change.state == "ALARM":
             decision = self._guard_capacity_alarm(record, decision)
@@ -290,6 +440,108 @@ class ScalingHook:
                 f"({grant.reason})",
             )
         return decision
+
+    # ---- overload: what demand needs -----------------------------------------------------
+
+    def _overload(self, record: DeploymentRecord, change: AlarmChange) -> Decision:
+        """Raise desired capacity to what the demand ratio asks for (never lower it), within
+        the policy's bounds, the GPU cap and the budget; then set the alarm back to OK, so a
+        lasting overload is reported again next minute (EventBridge reports changes only).
+
+        Only entries that change something (or that a person must see) are recorded: the
+        alarm can fire every minute while copies start.
+        """
+        transition = f"overload alarm {change.previous or '?'} -> {change.state}"
+        if change.state != "ALARM":
+            return Decision(f"Alarm {transition}", change.reason, recorded=False)
+        if record.desired_state != "in_service" or record.status != "IN_SERVICE":
+            return Decision(
+                f"Alarm {transition}", f"ignored: the deployment is {record.status}", recorded=False
+            )
+        if change.datapoint is None:
+            decision = Decision(
+                "OverloadIgnored", f"{transition} without a datapoint: {change.unreadable}"
+            )
+            self._reset_overload(record.name, decision.reason)
+            return decision
+        decision = self._overload_scale_out(record, change.datapoint)
+        self._reset_overload(record.name, decision.reason)
+        return decision
+
+    def _overload_scale_out(self, record: DeploymentRecord, datapoint: Datapoint) -> Decision:
+        from llmhost.lifecycle.desired import wanted_scaling
+        from llmhost.lifecycle.reconciler import plan_of
+
+        if self._guard is None:
+            return Decision("OverloadIgnored", "no capacity guard to act through", recorded=False)
+        policy = wanted_scaling(record.spec, plan_of(record))
+        if policy is None or policy.overload is None:
+            return Decision(
+                "OverloadIgnored",
+                "the deployment's scaling has no overload alarm (its engine queues without "
+                "bound); the alarm is removed on the next reconcile",
+                recorded=False,
+            )
+        shared = record.spec.hosting.kind == "shared"
+        rid = (
+            f"inference-component/{record.name}"
+            if shared
+            else f"endpoint/{record.name}/variant/AllTraffic"
+        )
+        with self._guard.locked():
+            capacity = self._guard.capacity(record.name, shared)
+            if capacity is None or capacity.status != "InService":
+                status = capacity.status if capacity else "gone"
+                return Decision(
+                    "OverloadWait",
+                    f"demand ratio {datapoint.value:.2f}: the capacity is {status}; "
+                    "waiting for the next datapoint",
+                    recorded=False,
+                )
+            changed = [capacity.changed_at, self._guard.last_scaling_end(rid, policy.dimension)]
+            known = [c for c in changed if c is not None]
+            plan = plan_overload(policy, capacity, datapoint, max(known, default=None))
+            if plan.wanted is None:
+                return Decision("OverloadWait", plan.why, recorded=False)
+            grant = self._guard.grow_to(record.name, plan.wanted)
+            limit = grant.lease_after if grant.lease_after is not None else grant.lease_before
+            after = min(plan.wanted, limit if limit is not None else capacity.desired)
+            if after <= capacity.desired:
+                # Said once while it lasts: the alarm may fire every minute until then.
+                again = bool(record.history) and record.history[-1].event == "OverloadRefused"
+                return Decision(
+                    "OverloadRefused", f"{plan.why}; {grant.reason}", recorded=not again
+                )
+            try:
+                self._guard.set_desired(record.name, shared, after)
+            except ClientError as error:
+                err = error.response.get("Error", {})
+                message = str(err.get("Message", ""))
+                if err.get("Code") == "ValidationException" and _BUSY.search(message):
+                    return Decision(
+                        "OverloadWait", f"{plan.why}; SageMaker is busy: {message}", recorded=False
+                    )
+                raise
+        capped = "" if after == plan.wanted else f" (capped: {grant.reason})"
+        unit = "copies" if shared else "instances"
+        return Decision(
+            "OverloadScaleOut",
+            f"{plan.why}: desired {unit} {capacity.desired} -> {after}{capped}",
+        )
+
+    def _reset_overload(self, name: str, why: str) -> None:
+        if self._cloudwatch is None:
+            return
+        try:
+            self._cloudwatch().set_alarm_state(
+                AlarmName=f"{alarm_prefix(name)}overload",
+                StateValue="OK",
+                StateReason=f"llmhost scaling hook acted on the datapoint: {why}"[:1023],
+            )
+        except ClientError as error:
+            # Deleted meanwhile (the deployment went away or changed engine): nothing to reset.
+            if error.response.get("Error", {}).get("Code") != "ResourceNotFound":
+                raise
 
     # ---- target tracking: the GPU cap ----------------------------------------------------
 

@@ -27,6 +27,7 @@ SCALING_EVENTS = (
     "DeleteSchedule",
     "ScheduledSleep",
     "ScheduledWake",
+    "Overload",
 )
 
 

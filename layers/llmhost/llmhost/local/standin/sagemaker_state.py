@@ -103,6 +103,10 @@ class _Endpoint:
     pending_failure: str | None = None
     pending_config: _EndpointConfig | None = None
     pending_since: float | None = None
+    # UpdateEndpointWeightsAndCapacities: instance counts by variant that override the
+    # config's (applied when the update settles; a new config starts from its own again).
+    instance_counts: dict[str, int] = field(default_factory=dict)
+    pending_counts: dict[str, int] | None = None
 
 
 @dataclass
@@ -368,6 +372,39 @@ class SageMakerControlPlane:
             endpoint.failure_reason = None
             endpoint.pending_config = config
             endpoint.pending_since = now
+            endpoint.deadline = now + self._durations.update
+            endpoint.pending_failure = self._failures.pop(("endpoint", endpoint.name.lower()), None)
+            self._emit(endpoint, now)
+            return {"EndpointArn": endpoint.arn}
+
+    def update_endpoint_weights_and_capacities(self, request: Request) -> Result:
+        with self._transaction():
+            endpoint = self._endpoint(request["EndpointName"])
+            if endpoint.status in _BUSY_ENDPOINT:
+                raise _invalid(_IN_PROGRESS.format(arn=endpoint.arn))
+            if endpoint.status != "InService":
+                raise _invalid(
+                    f'Cannot update endpoint "{endpoint.arn}" in status {endpoint.status}.'
+                )
+            variants = {v["VariantName"]: v for v in endpoint.config.variants}
+            counts: dict[str, int] = {}
+            for wanted in request["DesiredWeightsAndCapacities"]:
+                name = wanted["VariantName"]
+                if name not in variants:
+                    raise _invalid(
+                        f'The variant name "{name}" is not present in endpoint "{endpoint.arn}".'
+                    )
+                if "ServerlessConfig" in variants[name] and "DesiredInstanceCount" in wanted:
+                    raise _invalid(
+                        f'Variant "{name}" is serverless: it has no instance count to set.'
+                    )
+                if "DesiredInstanceCount" in wanted:
+                    counts[name] = wanted["DesiredInstanceCount"]
+            now = self._clock()
+            endpoint.status = "Updating"
+            endpoint.modified = now
+            endpoint.failure_reason = None
+            endpoint.pending_counts = counts
             endpoint.deadline = now + self._durations.update
             endpoint.pending_failure = self._failures.pop(("endpoint", endpoint.name.lower()), None)
             self._emit(endpoint, now)
@@ -731,10 +768,14 @@ class SageMakerControlPlane:
             # A failed update rolls back: the endpoint keeps serving its old config.
             if not failure and endpoint.pending_config is not None:
                 endpoint.config = endpoint.pending_config
+                endpoint.instance_counts = {}
+            if not failure and endpoint.pending_counts is not None:
+                endpoint.instance_counts.update(endpoint.pending_counts)
             endpoint.status = "InService"
         endpoint.failure_reason = failure
         endpoint.pending_config = None
         endpoint.pending_since = None
+        endpoint.pending_counts = None
         endpoint.modified = at
         self._emit(endpoint, at)
 
@@ -896,13 +937,19 @@ class SageMakerControlPlane:
     def _variant_summary(
         self, variant: dict[str, Any], endpoint: _Endpoint, settled: bool
     ) -> dict[str, Any]:
-        summary: dict[str, Any] = {"VariantName": variant["VariantName"], **_desired(variant)}
+        name = variant["VariantName"]
+        summary: dict[str, Any] = {"VariantName": name, **_desired(variant)}
+        current = summary.get("DesiredInstanceCount")
+        if "DesiredInstanceCount" in summary:
+            current = endpoint.instance_counts.get(name, current)
+            pending = endpoint.pending_counts or {}
+            summary["DesiredInstanceCount"] = pending.get(name, current)
         if settled:
             if "ServerlessConfig" in variant:
                 summary["CurrentServerlessConfig"] = copy.deepcopy(variant["ServerlessConfig"])
             else:
                 summary["CurrentWeight"] = summary["DesiredWeight"]
-                summary["CurrentInstanceCount"] = summary["DesiredInstanceCount"]
+                summary["CurrentInstanceCount"] = current
             model = self._state.models.get(variant.get("ModelName", "").lower())
             image = _primary_image(model.request) if model else None
             if image:

@@ -67,6 +67,7 @@ OPERATIONS: dict[str, str] = {
     "CreateEndpoint": "create_endpoint",
     "DescribeEndpoint": "describe_endpoint",
     "UpdateEndpoint": "update_endpoint",
+    "UpdateEndpointWeightsAndCapacities": "update_endpoint_weights_and_capacities",
     "DeleteEndpoint": "delete_endpoint",
     "ListEndpoints": "list_endpoints",
     "CreateInferenceComponent": "create_inference_component",

@@ -1,0 +1,240 @@
+"""The scaling hook on llmhost's overload alarm: a real-shaped "CloudWatch Alarm State Change"
+(events/cloudwatch-alarm-overload.json) raises desired capacity to what the demand ratio
+asks for, counting copies already starting, never lowering it, within the GPU cap, and not
+from a datapoint measured while capacity changed; then it sets the alarm back to OK.
+Deployments come from the reconciler (stand-in SageMaker and Application Auto Scaling, moto
+CloudWatch and DynamoDB); the decision itself is ``llmhost.scaling.policy.overload``, the
+function the trace replay runs."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from test_lifecycle import Harness
+
+from conftest import load_event
+from llmhost import aws, runtime
+from llmhost.local.events import LambdaContext
+from llmhost.local.runner import load_handler
+from llmhost.scaling.guardrails import Capacity
+from llmhost.scaling.hook import Datapoint, parse_alarm_event, plan_overload
+from llmhost.scaling.policy import TARGET_UTILIZATION, policy_from_spec
+from llmhost.specs import Scaling
+
+SHARED: dict[str, Any] = {
+    "name": "zephyr",
+    "model": {"kind": "hub", "model_id": "HuggingFaceH4/zephyr-7b-beta"},
+    "hosting": {
+        "kind": "shared",
+        "pool": "gpu-pool",
+        "instance_type": "ml.g6.xlarge",
+        "pool_max_instances": 6,
+    },
+    "scaling": {"min_capacity": 1, "max_capacity": 6},
+}
+ALARM = "llmhost-zephyr-overload"
+
+
+@pytest.fixture
+def harness(standin: Any, clock: Any) -> Harness:
+    return Harness(standin, clock)
+
+
+def deploy(harness: Harness, spec: dict[str, Any] = SHARED) -> None:
+    harness.create(spec)
+    assert harness.settle(spec["name"]).status == "IN_SERVICE"
+    # The alarm fired (the hook is what sets it back)
+    aws.client("cloudwatch").set_alarm_state(
+        AlarmName=ALARM, StateValue="ALARM", StateReason="demand ratio above 1.05"
+    )
+
+
+def overload_event(ratio: float, start: float) -> dict[str, Any]:
+    """The sample event with a datapoint of ``ratio`` for the minute starting at ``start``."""
+    event = copy.deepcopy(load_event("cloudwatch-alarm-overload.json"))
+    at = datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%dT%H:%M:%S.000+0000")
+    reason = json.loads(event["detail"]["state"]["reasonData"])
+    reason["startDate"] = at
+    reason["recentDatapoints"] = [ratio]
+    reason["evaluatedDatapoints"] = [{"timestamp": at, "value": ratio}]
+    event["detail"]["state"]["reasonData"] = json.dumps(reason)
+    return event
+
+
+def fire(event: dict[str, Any]) -> dict[str, Any]:
+    hook = load_handler("scaling", "llmhost-scaling")
+    return hook.handler(event, LambdaContext("scaling"))  # type: ignore[no-any-return]
+
+
+def copies() -> dict[str, Any]:
+    found = aws.client("sagemaker").describe_inference_component(InferenceComponentName="zephyr")
+    return {"status": found["InferenceComponentStatus"], **found["RuntimeConfig"]}
+
+
+def alarm_state() -> str:
+    found = aws.client("cloudwatch").describe_alarms(AlarmNames=[ALARM])["MetricAlarms"]
+    return str(found[0]["StateValue"])
+
+
+def test_the_sample_is_a_metric_math_alarm_whose_datapoint_the_hook_reads() -> None:
+    change = parse_alarm_event(load_event("cloudwatch-alarm-overload.json"))
+    assert change is not None
+    assert (change.deployment, change.kind, change.state) == ("zephyr", "overload", "ALARM")
+    assert change.datapoint == Datapoint(1.6, datetime(2026, 11, 21, 9, 11, tzinfo=UTC))
+
+
+def test_overload_raises_desired_copies_to_what_demand_needs_and_resets_the_alarm(
+    harness: Harness, clock: Any
+) -> None:
+    # Given zephyr in service with one copy, and a minute since with nothing changing
+    deploy(harness)
+    clock.advance(120)
+    assert copies() == {"status": "InService", "DesiredCopyCount": 1, "CurrentCopyCount": 1}
+    # When the overload alarm reports 1.6 times what that copy accepted
+    result = fire(overload_event(1.6, clock.now - 60))
+    # Then SageMaker is asked for ceil(1 x 1.6 / utilization) copies
+    wanted = math.ceil(1 * 1.6 / TARGET_UTILIZATION)
+    assert wanted > 1
+    assert result["decision"] == "OverloadScaleOut"
+    clock.advance(180)
+    harness.standin.tick()
+    assert copies()["DesiredCopyCount"] == wanted
+    # And the history says why, with the ratio and desired before -> after
+    entry = runtime.registry().get("zephyr").history[-1]
+    assert entry.event == "OverloadScaleOut"
+    assert "demand ratio 1.60 on 1 in service" in entry.reason
+    assert f"desired copies 1 -> {wanted}" in entry.reason
+    # And the alarm is back to OK, so a lasting overload is reported again next minute
+    assert alarm_state() == "OK"
+    # And the deployment's scaling view lists it among its recent activity
+    from llmhost.scaling.view import SCALING_EVENTS
+
+    assert entry.event.startswith(SCALING_EVENTS)
+
+
+def test_a_datapoint_measured_while_capacity_changed_waits_for_the_next(
+    harness: Harness, clock: Any
+) -> None:
+    deploy(harness)
+    # Given a second copy that came into service 30 s into the minute measured
+    aws.client("sagemaker").update_inference_component_runtime_config(
+        InferenceComponentName="zephyr", DesiredRuntimeConfig={"CopyCount": 2}
+    )
+    clock.advance(180)
+    harness.standin.tick()
+    clock.advance(30)
+    assert copies() == {"status": "InService", "DesiredCopyCount": 2, "CurrentCopyCount": 2}
+    result = fire(overload_event(3.0, clock.now - 60))
+    # Then nothing is asked for, the reason is given, and the alarm is reset to be seen again
+    assert result["decision"] == "OverloadWait"
+    assert copies() == {"status": "InService", "DesiredCopyCount": 2, "CurrentCopyCount": 2}
+    assert alarm_state() == "OK"
+    # And the next minute's datapoint is acted on
+    clock.advance(120)
+    assert fire(overload_event(3.0, clock.now - 60))["decision"] == "OverloadScaleOut"
+
+
+def test_copies_starting_are_counted_and_capacity_is_never_lowered() -> None:
+    policy = policy_from_spec(Scaling(min_capacity=1, max_capacity=8))
+    assert policy.overload is not None
+    start = datetime(2026, 11, 21, 9, 11, tzinfo=UTC)
+    settled = start - timedelta(minutes=5)
+    # Given 1 copy in service and 3 asked for (2 starting): 1.6 x 1 needs fewer than 3
+    starting = Capacity(in_service=1, desired=3, status="InService", changed_at=settled)
+    plan = plan_overload(policy, starting, Datapoint(1.6, start), settled)
+    assert plan.wanted is None and "already covers" in plan.why
+    # Given 4 in service and 4 desired: a ratio of 1.06 needs more, computed as the replay does
+    full = Capacity(in_service=4, desired=4, status="InService", changed_at=settled)
+    plan = plan_overload(policy, full, Datapoint(1.06, start), settled)
+    assert plan.wanted == policy.overload.wanted(4, 1.06) > 4
+    # Given the maximum already desired: nothing more to ask for
+    at_max = Capacity(in_service=8, desired=8, status="InService", changed_at=settled)
+    assert plan_overload(policy, at_max, Datapoint(3.0, start), settled).wanted is None
+
+
+def test_while_copies_start_a_new_datapoint_asks_for_nothing(harness: Harness, clock: Any) -> None:
+    deploy(harness)
+    clock.advance(120)
+    assert fire(overload_event(1.6, clock.now - 60))["decision"] == "OverloadScaleOut"
+    asked = copies()
+    assert asked["status"] == "Updating"
+    # When the alarm fires again a minute later, copies still starting
+    clock.advance(60)
+    result = fire(overload_event(1.6, clock.now - 60))
+    # Then the hook waits (no call SageMaker would refuse, nothing asked twice)
+    assert result["decision"] == "OverloadWait"
+    assert copies() == asked
+
+
+def test_the_gpu_cap_bounds_what_overload_asks_for(
+    harness: Harness, clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a cap of 2 GPU units and zephyr the only deployment
+    monkeypatch.setenv("GPU_CAPACITY_CAP", "2")
+    deploy(harness)
+    clock.advance(120)
+    # When demand asks for 5 copies (1 x 3.0 / utilization)
+    result = fire(overload_event(3.0, clock.now - 60))
+    # Then it gets what the cap leaves, and the history says it was capped
+    assert result["decision"] == "OverloadScaleOut"
+    clock.advance(180)
+    harness.standin.tick()
+    assert copies()["DesiredCopyCount"] == 2
+    assert "capped" in runtime.registry().get("zephyr").history[-1].reason
+
+
+@pytest.mark.parametrize(
+    "reason_data",
+    [None, "", "not json", "[]", '{"version":"1.0","recentDatapoints":[]}'],
+)
+def test_an_event_without_a_readable_datapoint_changes_nothing_and_says_why(
+    harness: Harness, clock: Any, reason_data: str | None
+) -> None:
+    deploy(harness)
+    clock.advance(120)
+    event = overload_event(3.0, clock.now - 60)
+    if reason_data is None:
+        del event["detail"]["state"]["reasonData"]
+    else:
+        event["detail"]["state"]["reasonData"] = reason_data
+    result = fire(event)
+    assert result["decision"] == "OverloadIgnored"
+    assert copies()["DesiredCopyCount"] == 1 and copies()["status"] == "InService"
+    entry = runtime.registry().get("zephyr").history[-1]
+    assert entry.event == "OverloadIgnored" and "without a datapoint" in entry.reason
+    assert alarm_state() == "OK"
+
+
+def test_a_deployment_not_in_service_is_left_alone(harness: Harness, clock: Any) -> None:
+    deploy(harness)
+    harness.set_desired("zephyr", "sleeping")
+    clock.advance(120)
+    before = runtime.registry().get("zephyr").history
+    result = fire(overload_event(3.0, clock.now - 60))
+    assert not result.get("decision", "").startswith("Overload")
+    assert copies()["DesiredCopyCount"] == 1
+    assert runtime.registry().get("zephyr").history == before
+
+
+def test_a_dedicated_endpoint_gets_more_instances(harness: Harness, clock: Any) -> None:
+    spec = copy.deepcopy(SHARED)
+    spec["hosting"] = {"kind": "dedicated", "instance_type": "ml.g6.xlarge"}
+    spec["scaling"]["target_metric"] = "concurrent-requests-per-instance"
+    deploy(harness, spec)
+    clock.advance(120)
+    result = fire(overload_event(1.6, clock.now - 60))
+    assert result["decision"] == "OverloadScaleOut"
+    sm = aws.client("sagemaker")
+    (variant,) = sm.describe_endpoint(EndpointName="zephyr")["ProductionVariants"]
+    wanted = math.ceil(1.6 / TARGET_UTILIZATION)
+    assert (variant["CurrentInstanceCount"], variant["DesiredInstanceCount"]) == (1, wanted)
+    clock.advance(900)
+    harness.standin.tick()
+    (variant,) = sm.describe_endpoint(EndpointName="zephyr")["ProductionVariants"]
+    assert variant["CurrentInstanceCount"] == wanted
+    assert "desired instances 1 -> " in runtime.registry().get("zephyr").history[-1].reason
