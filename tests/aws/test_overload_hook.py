@@ -115,6 +115,12 @@ def test_overload_raises_desired_copies_to_what_demand_needs_and_resets_the_alar
     from llmhost.scaling.view import SCALING_EVENTS
 
     assert entry.event.startswith(SCALING_EVENTS)
+    # And when CloudWatch re-evaluates the same datapoint (a metric alarm set to OK returns
+    # to its actual state, often within seconds), nothing more is asked for
+    history = runtime.registry().get("zephyr").history
+    assert fire(overload_event(1.6, clock.now - 240))["decision"] == "OverloadWait"
+    assert copies()["DesiredCopyCount"] == wanted
+    assert runtime.registry().get("zephyr").history == history
 
 
 def test_a_datapoint_measured_while_capacity_changed_waits_for_the_next(
