@@ -15,6 +15,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_lifecycle import Harness
 
 from conftest import load_event
@@ -244,3 +246,31 @@ def test_a_dedicated_endpoint_gets_more_instances(harness: Harness, clock: Any) 
     (variant,) = sm.describe_endpoint(EndpointName="zephyr")["ProductionVariants"]
     assert variant["CurrentInstanceCount"] == wanted
     assert "desired instances 1 -> " in runtime.registry().get("zephyr").history[-1].reason
+
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**400), max_value=10**400)
+    | st.floats()
+    | st.text(max_size=30)
+    | st.sampled_from(["2026-11-21T09:11:00.000+0000", "2026-11-21T09:11:00Z", "9999-12-31"]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=20), inner),
+    max_leaves=12,
+)
+KEYS = st.sampled_from(
+    ["evaluatedDatapoints", "recentDatapoints", "startDate", "period", "timestamp", "value"]
+)
+SHAPED = st.dictionaries(KEYS, JSON, max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(JSON, SHAPED).map(json.dumps) | st.text(max_size=60) | JSON)
+def test_any_reason_data_gives_a_finite_datapoint_or_a_reason_never_an_error(data: Any) -> None:
+    from llmhost.scaling.hook import read_datapoint
+
+    datapoint, why = read_datapoint({"state": {"reasonData": data}})
+    if datapoint is None:
+        assert why
+    else:
+        assert math.isfinite(datapoint.value) and datapoint.start.tzinfo is not None
