@@ -52,9 +52,11 @@ def test_default_spec_tracks_high_resolution_concurrency_per_copy() -> None:
         "PredefinedMetricSpecification": {"PredefinedMetricType": HIGH_RES_PER_COPY},
         "ScaleInCooldown": scaling.scale_in_cooldown_s,
         "ScaleOutCooldown": scaling.scale_out_cooldown_s,
-        "DisableScaleIn": False,
+        # llmhost's hook scales in on the window's peak (the underload alarm)
+        "DisableScaleIn": True,
     }
     assert policy.scale_from_zero is None and policy.idle_alarm is None
+    assert policy.underload is not None and policy.overload is not None
 
 
 @pytest.mark.parametrize(
@@ -318,8 +320,11 @@ def test_scale_out_is_clamped_to_max_capacity() -> None:
 
 
 def test_scale_in_keeps_the_metric_under_target_respects_min_and_cooldowns() -> None:
-    # Given 6 copies at 3 requests each, target 10
-    policy = policy_for(min_capacity=1)
+    # Given 6 copies at 3 requests each, target 10, and target tracking's own scale-in (on
+    # the concurrency metrics llmhost disables it for the underload alarm; the mechanics stay
+    # AWS's for the invocation metrics)
+    base = policy_for(min_capacity=1)
+    policy = replace(base, target_tracking=replace(base.target_tracking, disable_scale_in=False))
     state = ScalingState(desired=6)
     # When the low alarm fires
     state = aas.scale_in(policy, state, now=1000, metric=3)
@@ -466,3 +471,45 @@ def test_serverless_without_provisioned_concurrency_or_range_has_no_target() -> 
     # Then neither gets a scalable target
     assert wanted_scaling(on_demand) is None
     assert wanted_scaling(fixed) is None
+
+
+def test_underload_alarm_watches_each_minutes_peak_over_fifteen_minutes() -> None:
+    policy = policy_from_spec(Scaling(max_capacity=8))
+    assert policy.underload is not None
+    body = policy.underload.alarm.put_metric_alarm_request(
+        "llmhost-chat-underload", {"InferenceComponentName": "chat"}, []
+    )
+    assert_valid("cloudwatch", "PutMetricAlarm", body)
+    assert body["MetricName"] == "ConcurrentRequestsPerCopy"
+    assert (body["Statistic"], body["Period"]) == ("Maximum", 60)
+    assert body["EvaluationPeriods"] == body["DatapointsToAlarm"] == 15
+    assert body["Threshold"] == pytest.approx(0.9 * 11.2)
+
+
+@pytest.mark.parametrize(
+    ("in_service", "desired", "peak", "after"),
+    [
+        (5, 5, 2.0, 1),  # ceil(5 x 2 / 11.2): one copy holds the window's peak
+        (5, 5, 6.0, 3),  # ceil(30 / 11.2)
+        (5, 5, 10.0, 5),  # the peak needs them all
+        (5, 6, 2.0, 6),  # a copy is starting: not now
+        (1, 1, 0.5, 1),  # never below one (zero is the idle alarm's business)
+    ],
+)
+def test_underload_scales_in_to_the_windows_peak(
+    in_service: int, desired: int, peak: float, after: int
+) -> None:
+    policy = policy_from_spec(Scaling(max_capacity=8))
+    state = aas.underload(policy, ScalingState(desired=desired), 3600.0, peak, in_service)
+    assert state.desired == after
+
+
+def test_underload_waits_out_a_scale_out_and_its_own_cooldown() -> None:
+    policy = policy_from_spec(Scaling(max_capacity=8))
+    settling = ScalingState(desired=5, scale_out_until=4000.0)
+    assert aas.underload(policy, settling, 3600.0, 2.0, 5).desired == 5
+    once = aas.underload(policy, ScalingState(desired=5), 3600.0, 6.0, 5)
+    assert once.desired == 3
+    # 300 s (the scale-in cooldown) later, not before
+    assert aas.underload(policy, once, 3700.0, 2.0, 3).desired == 3
+    assert aas.underload(policy, once, 3900.0, 2.0, 3).desired == 1

@@ -74,6 +74,7 @@ MetricKind = Literal[
     "invocation_count",
     "utilization",
     "demand_ratio",
+    "concurrency_peak",
 ]
 
 
@@ -346,6 +347,7 @@ class ScalingPolicy:
     scale_from_zero: StepScalingPolicy | None = None
     idle_alarm: AlarmSpec | None = None
     overload: OverloadAlarm | None = None
+    underload: UnderloadAlarm | None = None
 
     @property
     def scale_to_zero(self) -> bool:
@@ -499,6 +501,48 @@ def overload_alarm(utilization: float = TARGET_UTILIZATION) -> OverloadAlarm:
     )
 
 
+# Scale-in: llmhost's hook releases copies only down to what the busiest minute of the last
+# window needed at the target, so periodic bursts shorter than the window keep their copies
+# (target tracking's own scale-in acts on the window's average and empties them between bursts).
+UNDERLOAD_WINDOW_MINUTES = 15
+
+
+@dataclass(frozen=True)
+class UnderloadAlarm:
+    """llmhost's scale-in alarm (no action: its state change reaches the scaling hook):
+    every minute of the window below the scale-in threshold, per minute the peak of the
+    concurrency metric."""
+
+    alarm: AlarmSpec
+    target: float
+
+    def wanted(self, in_service: int, peak: float) -> int:
+        """Copies that hold the window's peak per copy, measured on ``in_service``, at the
+        target (at least one: zero is the idle alarm's decision)."""
+        if in_service <= 0:
+            return 0
+        return max(1, math.ceil(in_service * peak / self.target - 1e-9))
+
+
+def underload_alarm(metric: MetricInfo, target: float) -> UnderloadAlarm:
+    minutes = UNDERLOAD_WINDOW_MINUTES
+    return UnderloadAlarm(
+        alarm=AlarmSpec(
+            metric_name=metric.cloudwatch_name,
+            statistic="Maximum",
+            period_s=STANDARD_PERIOD_S,
+            evaluation_periods=minutes,
+            datapoints_to_alarm=minutes,
+            threshold=round(target * SCALE_IN_THRESHOLD_FACTOR, 4),
+            comparison="LessThanThreshold",
+            kind="concurrency_peak",
+            # No datapoint: no copy in service (or no traffic, the idle alarm's business).
+            treat_missing_data="missing",
+        ),
+        target=target,
+    )
+
+
 def policy_from_spec(scaling: Scaling, copy: CopyCapacity = BENCHMARK_COPY) -> ScalingPolicy:
     """The ScalingPolicy a deployment's ``Scaling`` block deploys as.
 
@@ -534,6 +578,8 @@ def policy_from_spec(scaling: Scaling, copy: CopyCapacity = BENCHMARK_COPY) -> S
         threshold=target * SCALE_IN_THRESHOLD_FACTOR,
         comparison="LessThanThreshold",
     )
+    # On the concurrency metrics llmhost's hook scales in on the window's peak instead.
+    underload = underload_alarm(metric, target) if metric.kind == "concurrency" else None
     tracking = TargetTrackingPolicy(
         metric=metric,
         target_value=target,
@@ -541,6 +587,7 @@ def policy_from_spec(scaling: Scaling, copy: CopyCapacity = BENCHMARK_COPY) -> S
         scale_out_cooldown_s=scaling.scale_out_cooldown_s,
         high_alarm=high,
         low_alarm=low,
+        disable_scale_in=underload is not None,
     )
     per_copy = metric.dimension == COPY_DIMENSION
     min_capacity = scaling.min_capacity if per_copy else max(1, scaling.min_capacity)
@@ -590,6 +637,7 @@ def policy_from_spec(scaling: Scaling, copy: CopyCapacity = BENCHMARK_COPY) -> S
         scale_from_zero=wake,
         idle_alarm=idle,
         overload=overload,
+        underload=underload,
     )
 
 
@@ -624,7 +672,15 @@ class Activity:
     at_s: float
     before: int
     after: int
-    cause: Literal["target-tracking-out", "target-tracking-in", "step", "overload", "idle", "wake"]
+    cause: Literal[
+        "target-tracking-out",
+        "target-tracking-in",
+        "step",
+        "overload",
+        "scale-in",
+        "idle",
+        "wake",
+    ]
 
 
 def target_tracking_capacity(capacity: int, metric: float, target: float) -> int:
@@ -771,6 +827,24 @@ def overload(
     if wanted <= state.desired:
         return state
     return _set(state, now, wanted, "overload")
+
+
+def underload(
+    policy: ScalingPolicy, state: ScalingState, now: float, peak: float, in_service: int
+) -> ScalingState:
+    """The underload alarm is in ALARM: every minute of the window the concurrency per copy
+    stayed below the threshold, at most ``peak``, measured on ``in_service`` copies. llmhost's
+    hook lowers desired capacity to what that peak needs, never below min_capacity, not while
+    copies are starting, and not inside the scale-out cooldown (a scale-out still settling)."""
+    if policy.underload is None or state.desired != in_service or in_service == 0:
+        return state
+    if now < state.scale_out_until or now < state.scale_in_until:
+        return state
+    wanted = policy.clamp(policy.underload.wanted(in_service, peak))
+    if wanted >= state.desired:
+        return state
+    cooldown = policy.target_tracking.scale_in_cooldown_s
+    return _set(state, now, wanted, "scale-in", scale_in_until=now + cooldown)
 
 
 def idle(policy: ScalingPolicy, state: ScalingState, now: float) -> ScalingState:

@@ -283,6 +283,11 @@ class _Alarm:
         if kind == "concurrency":
             served = sum(t[1] for t in window)
             value = sum(t[0] for t in window) / served if served > 0 else None
+        elif kind == "concurrency_peak":
+            # Maximum over the period of the 10 s averages (CloudWatch's Maximum of the
+            # high-resolution samples is at least this: the replay scales in no later).
+            peaks = [t[0] / t[1] for t in window if t[1] > 0]
+            value = max(peaks) if peaks else None
         elif kind == "invocations":
             value = sum(t[2] for t in window) if any(t[3] for t in window) else None
         elif kind == "no_capacity_failures":
@@ -345,7 +350,12 @@ def replay(
     wake_alarm = _Alarm(policy.scale_from_zero.alarm, tick_s) if policy.scale_from_zero else None
     idle_alarm = _Alarm(policy.idle_alarm, tick_s) if policy.idle_alarm else None
     overload_alarm = _Alarm(policy.overload.alarm, tick_s) if policy.overload else None
-    alarms = [a for a in (high, low, wake_alarm, idle_alarm, overload_alarm) if a is not None]
+    underload_alarm = _Alarm(policy.underload.alarm, tick_s) if policy.underload else None
+    alarms = [
+        a
+        for a in (high, low, wake_alarm, idle_alarm, overload_alarm, underload_alarm)
+        if a is not None
+    ]
     history_len = max(a.ticks for a in alarms)
 
     state = ScalingState(desired=initial)
@@ -455,6 +465,11 @@ def replay(
                 # copies in service now: the hook waits for the next one.
                 if capacity_changed_at <= t - alarm.spec.period_s:
                     state = aas.overload(policy, state, t, alarm.value("Maximum"), in_service)
+            elif alarm is underload_alarm:
+                # As for overload: the hook acts on a window measured on today's copies.
+                window_s = alarm.spec.period_s * alarm.spec.evaluation_periods
+                if capacity_changed_at <= t - window_s:
+                    state = aas.underload(policy, state, t, alarm.value("Maximum"), in_service)
             elif alarm is idle_alarm:
                 state = aas.idle(policy, state, t)
             elif alarm is low:
