@@ -378,3 +378,16 @@ def test_overload_asks_once_for_what_demand_needs_and_never_runs_away() -> None:
     overload = [a for a in result.activities if a.cause == "overload"]
     assert overload and 7 <= overload[0].after <= 9
     assert oracle.peak_copies == 5 and result.max_copies <= 9
+
+
+def test_a_scheduled_floor_starts_copies_before_a_predictable_step() -> None:
+    # Given 10 requests in flight, then 40 from 600 s (two copies' worth more than one holds)
+    arrivals = np.concatenate([np.arange(0.0, 600.0, 0.25), np.arange(600.0, 1200.0, 2.5 / 40)])
+    scaling = Scaling(min_capacity=1, max_capacity=8)
+    _, reactive = run(batch(arrivals), scaling, initial_copies=1)
+    # When a scheduled action raises the minimum to 4 copies 3 minutes before the step
+    _, scheduled = run(batch(arrivals), scaling, initial_copies=1, floors=[(420.0, 4)])
+    # Then the copies are in service when the step comes, and nobody waits
+    assert ("scheduled" in [a.cause for a in scheduled.activities]) and scheduled.delayed == 0
+    assert reactive.delayed > 0
+    assert next(a for a in scheduled.activities if a.cause == "scheduled").after == 4

@@ -678,6 +678,7 @@ class Activity:
         "step",
         "overload",
         "scale-in",
+        "scheduled",
         "idle",
         "wake",
     ]
@@ -845,6 +846,13 @@ def underload(
         return state
     cooldown = policy.target_tracking.scale_in_cooldown_s
     return _set(state, now, wanted, "scale-in", scale_in_until=now + cooldown)
+
+
+def floor(policy: ScalingPolicy, state: ScalingState, now: float) -> ScalingState:
+    """A scheduled action raised MinCapacity above desired capacity: AWS scales to it."""
+    if state.desired >= policy.min_capacity:
+        return state
+    return _set(state, now, policy.min_capacity, "scheduled")
 
 
 def idle(policy: ScalingPolicy, state: ScalingState, now: float) -> ScalingState:

@@ -1,28 +1,36 @@
 """Replay a request trace against one deployment's ScalingPolicy with AWS's mechanics.
 
 A discrete-event simulation, pure (no clocks, no I/O). The world is fixed so results stay
-comparable; the policy is what varies:
+comparable (``CapacityModel``; ``CapacityModel.from_engine`` derives one from an engine's
+options instead); the policy is what varies:
 
-- a copy serves at most ``slots_per_copy`` (16) requests at once; a request takes
+- a copy serves at most ``slots_per_copy`` (16) requests at once, or with a ``token_budget``
+  as many as fit in it by their tokens (TGI's ``max_batch_total_tokens``); a request takes
   ContextTokens/4000 s of prefill plus GeneratedTokens/40 s of decode;
-- requests that find no free slot wait in one first-come-first-served queue; a request is
-  *delayed* when it waits more than ``delayed_after_s`` (1 s);
+- requests that find no room wait in one first-come-first-served queue, but a copy holds at
+  most ``queue_limit`` requests, running and waiting (TGI's ``max_concurrent_requests``): past
+  it the engine refuses at once (429) and the request counts as *refused*. A request is
+  *delayed* when it waits more than ``delayed_after_s`` (1 s) or is refused;
 - a copy added while another copy is in service starts in ``add_copy_s`` (120 s), from zero in
   ``from_zero_s`` (480 s); GPU time counts from when a copy starts provisioning until it is
   removed (a copy removed while starting stops counting then);
 - metrics are measured per ``tick_s`` (10 s) and rolled up into each alarm's period (10 s for
   the high-resolution metrics, 60 s otherwise); every alarm is evaluated at the end of each of
   its periods and, while in ALARM, invokes its policy again each period, as CloudWatch does for
-  Application Auto Scaling actions. The decisions themselves are ``llmhost.scaling.policy``'s.
+  Application Auto Scaling actions. llmhost's overload and underload alarms are acted on by
+  its scaling hook, which sets the alarm back to OK after each decision, so a lasting state is
+  acted on each period too; the hook ignores a datapoint measured while the copies in service
+  changed. The decisions themselves are ``llmhost.scaling.policy``'s.
 
 Metrics as SageMaker defines them: concurrent requests per copy counts in-flight and queued
 requests over the copies in service (no datapoint without one); invocations per copy adds
 1/copies for each request; NoCapacityInvocationFailures counts requests that arrive while no
-copy is in service.
+copy is in service; Invocation4XXErrors counts the refused ones (the overload alarm's demand
+ratio is requests over requests accepted).
 
 The oracle is the lower bound: per minute, the fewest copies that hold that minute's peak
 concurrency if every request started on arrival, with no startup time. The replay starts warm
-with the oracle's first-minute copies (within the policy's bounds).
+with the oracle's first-minute copies (within the policy's bounds), or at ``initial_copies``.
 """
 
 from __future__ import annotations
@@ -31,8 +39,8 @@ import bisect
 import heapq
 import math
 from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -328,11 +336,15 @@ def replay(
     mechanics: Mechanics | None = None,
     wake_on_request: bool = False,
     initial_copies: int | None = None,
+    floors: Sequence[tuple[float, int]] = (),
 ) -> ReplayResult:
     """Replay ``batches`` (the same trace the oracle was computed from) under ``policy``.
 
     ``wake_on_request`` models llmhost's scaling hook, which asks for a copy as soon as a
     request finds none instead of waiting for the NoCapacityInvocationFailures alarm.
+    ``floors`` are scheduled actions, (seconds, MinCapacity) in time order: from that time
+    the minimum is that many copies (within MaxCapacity), and Application Auto Scaling
+    raises desired capacity to a new minimum at once.
     """
     capacity = capacity or CapacityModel()
     mechanics = mechanics or Mechanics()
@@ -342,6 +354,7 @@ def replay(
     queue_limit = capacity.queue_limit
     start = oracle.copies[0] if initial_copies is None and len(oracle.copies) else 0
     initial = policy.clamp(int(start if initial_copies is None else initial_copies))
+    pending_floors = sorted(floors)
 
     tracking = policy.target_tracking
     tracking_aggregation = aas.TARGET_TRACKING_AGGREGATION
@@ -440,7 +453,7 @@ def replay(
 
     def close_tick() -> None:
         nonlocal area, served, inv_per_copy, had_copies, failures, invocations
-        nonlocal reached, refused_in_tick, tick_index, next_tick, state
+        nonlocal reached, refused_in_tick, tick_index, next_tick, state, policy
         measured = (area, served, inv_per_copy, had_copies, failures, invocations)
         ticks.append((*measured, reached, refused_in_tick))
         area = served = inv_per_copy = 0.0
@@ -485,6 +498,11 @@ def replay(
             elif policy.scale_from_zero is not None:
                 aggregation = policy.scale_from_zero.metric_aggregation
                 state = aas.step(policy, state, t, alarm.value(aggregation))
+        while pending_floors and pending_floors[0][0] <= t:
+            _, minimum = pending_floors.pop(0)
+            policy = replace(policy, min_capacity=min(max(0, minimum), policy.max_capacity))
+            if state.desired < policy.min_capacity:
+                state = aas.floor(policy, state, t)
         reconcile()
         timeline.append(in_service + len(starting))
 
