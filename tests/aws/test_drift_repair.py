@@ -100,6 +100,7 @@ PIECES: dict[str, Callable[[], None]] = {
     "idle-alarm": _delete_alarm("llmhost-zephyr-idle"),
     "no-capacity-alarm": _delete_alarm("llmhost-zephyr-no-capacity"),
     "overload-alarm": _delete_alarm("llmhost-zephyr-overload"),
+    "underload-alarm": _delete_alarm("llmhost-zephyr-underload"),
     "scheduled-action": _delete_scheduled_action,
     "sleep-wake-schedule": _delete_schedule,
     "scalable-target": _deregister_target,
@@ -125,7 +126,7 @@ def test_one_reconcile_restores_a_piece_deleted_out_of_band(harness: Harness, pi
     harness.create(spec)
     assert harness.settle("zephyr").status == "IN_SERVICE"
     before = scaling_state()
-    assert len(before["policies"]) == 2 and len(before["alarms"]) == 3
+    assert len(before["policies"]) == 2 and len(before["alarms"]) == 4
     assert len(before["scheduled"]) == 2 and len(before["schedules"]) == 2
     # When one piece is deleted behind llmhost's back
     PIECES[piece]()

@@ -507,6 +507,7 @@ def test_scaling_view_shows_capacity_policies_alarms_and_activity(harness: Harne
         "llmhost-zephyr-idle",
         "llmhost-zephyr-no-capacity",
         "llmhost-zephyr-overload",
+        "llmhost-zephyr-underload",
     }
     assert any(
         a["what"] == "ApplyScaling inference-component/zephyr" for a in view["recent_activity"]

@@ -110,7 +110,8 @@ def test_an_engine_that_queues_without_bound_gets_none_and_a_switch_removes_it(
 def test_a_vllm_deployment_never_gets_the_overload_alarm(harness: Harness) -> None:
     harness.create(spec_with(engine={"name": "vllm"}))
     assert harness.settle("zephyr").status == "IN_SERVICE"
-    assert set(alarms("zephyr")) == set()
+    # (the underload alarm needs no refusals: every engine gets it)
+    assert set(alarms("zephyr")) == {"llmhost-zephyr-underload"}
 
 
 @pytest.mark.parametrize("kind", ["shared", "dedicated"])

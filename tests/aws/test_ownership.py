@@ -244,6 +244,7 @@ def test_every_resource_llmhost_creates_carries_the_stack_and_its_owner(
         "llmhost-zephyr-idle",
         "llmhost-zephyr-no-capacity",
         "llmhost-zephyr-overload",
+        "llmhost-zephyr-underload",
     }
     for alarm in alarms:
         listed = cloudwatch.list_tags_for_resource(ResourceARN=alarm["AlarmArn"])["Tags"]

@@ -480,14 +480,14 @@ def autoscaled_shared(min_capacity: int) -> DesiredResources:
 
 
 # Everything ApplyScaling puts for a min-0 TGI component: target, tracking and step policies,
-# no-capacity, idle and overload alarms.
+# no-capacity, idle, overload and underload alarms.
 APPLIED_MIN_0 = {
     "scalable_targets": frozenset({"inference-component/zephyr"}),
     "scaling_policies": frozenset(
         ("inference-component/zephyr", f"llmhost-zephyr-{name}") for name in ("target", "wake")
     ),
     "alarms": frozenset(
-        {"llmhost-zephyr-idle", "llmhost-zephyr-no-capacity", "llmhost-zephyr-overload"}
+        f"llmhost-zephyr-{kind}" for kind in ("idle", "no-capacity", "overload", "underload")
     ),
 }
 
@@ -500,6 +500,7 @@ APPLIED_MIN_0 = {
         {"alarms": {"llmhost-zephyr-no-capacity"}},
         {"alarms": {"llmhost-zephyr-idle"}},
         {"alarms": {"llmhost-zephyr-overload"}},
+        {"alarms": {"llmhost-zephyr-underload"}},
     ],
 )
 def test_a_scaling_piece_lost_out_of_band_is_applied_again(lost):

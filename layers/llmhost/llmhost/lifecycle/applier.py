@@ -237,23 +237,12 @@ class SageMakerApplier:
             )
             self._delete(cloudwatch.delete_alarms, AlarmNames=[f"{prefix}no-capacity"])
         self._apply_schedules(aas, rid, d)
-        if policy.idle_alarm is not None:
-            # No action: its state change reaches the scaling hook through EventBridge.
-            idle = policy.idle_alarm.put_metric_alarm_request(
-                f"{prefix}idle", d.metric_dimensions, []
-            )
-            cloudwatch.put_metric_alarm(**idle, Tags=as_tag_list(own))
-        else:
-            self._delete(cloudwatch.delete_alarms, AlarmNames=[f"{prefix}idle"])
-        if policy.overload is not None:
-            # No action either: the hook reads the demand ratio from the state change and
-            # asks for the copies that demand needs (llmhost.scaling.hook).
-            overload = policy.overload.alarm.put_metric_alarm_request(
-                f"{prefix}overload", d.metric_dimensions, []
-            )
-            cloudwatch.put_metric_alarm(**overload, Tags=as_tag_list(own))
-        else:
-            self._delete(cloudwatch.delete_alarms, AlarmNames=[f"{prefix}overload"])
+        for kind, alarm in p.hook_alarms(policy):
+            if alarm is not None:
+                request = alarm.put_metric_alarm_request(f"{prefix}{kind}", d.metric_dimensions, [])
+                cloudwatch.put_metric_alarm(**request, Tags=as_tag_list(own))
+            else:
+                self._delete(cloudwatch.delete_alarms, AlarmNames=[f"{prefix}{kind}"])
 
     def _apply_schedules(self, aas: Any, rid: str, d: DesiredResources) -> None:
         """Put the spec's scheduled actions and remove llmhost's others on this target."""

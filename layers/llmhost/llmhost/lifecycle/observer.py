@@ -4,7 +4,7 @@ for one deployment."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 from botocore.exceptions import ClientError
 
@@ -20,7 +20,9 @@ from llmhost.lifecycle.ownership import (
 )
 from llmhost.lifecycle.record import DeploymentRecord
 
-ALARM_KINDS = ("idle", "no-capacity", "overload")
+AlarmKind = Literal["idle", "no-capacity", "overload", "underload"]
+# Every alarm llmhost creates for a deployment is ``llmhost-<deployment>-<kind>``.
+ALARM_KINDS: tuple[AlarmKind, ...] = ("idle", "no-capacity", "overload", "underload")
 
 
 def alarm_prefix(deployment: str) -> str:

@@ -10,11 +10,15 @@ except ``record.attempt``, which tells a failure of the current spec from an old
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from llmhost.lifecycle.desired import DesiredResources
 from llmhost.lifecycle.observed import Observed, ObservedComponent, ObservedEndpoint
 from llmhost.lifecycle.observer import alarm_prefix
 from llmhost.lifecycle.record import DeploymentRecord, Status
+
+if TYPE_CHECKING:
+    from llmhost.scaling.policy import AlarmSpec, ScalingPolicy
 
 # SageMaker endpoint statuses grouped by what the reconciler can do while they hold.
 ENDPOINT_BUSY = {"Creating", "Updating", "SystemUpdating", "RollingBack"}
@@ -430,6 +434,18 @@ def _scaling_step(
     return None
 
 
+def hook_alarms(policy: ScalingPolicy) -> tuple[tuple[str, AlarmSpec | None], ...]:
+    """llmhost's alarms without an action, by kind (``llmhost-<name>-<kind>``), None where
+    the policy has none (it must then be deleted): their state changes reach the scaling
+    hook through EventBridge. Idle: sleep; overload: ask for the copies demand needs;
+    underload: release copies down to the window's peak."""
+    return (
+        ("idle", policy.idle_alarm),
+        ("overload", policy.overload.alarm if policy.overload else None),
+        ("underload", policy.underload.alarm if policy.underload else None),
+    )
+
+
 def _missing_scaling(d: DesiredResources, o: Observed) -> list[str]:
     """The policies, alarms and scheduled actions the spec's autoscaling has and AWS lacks."""
     assert d.scaling is not None
@@ -439,10 +455,7 @@ def _missing_scaling(d: DesiredResources, o: Observed) -> list[str]:
     if d.scaling.scale_from_zero is not None:
         policies.add(f"{prefix}wake")
         alarms.add(f"{prefix}no-capacity")
-    if d.scaling.idle_alarm is not None:
-        alarms.add(f"{prefix}idle")
-    if d.scaling.overload is not None:
-        alarms.add(f"{prefix}overload")
+    alarms.update(f"{prefix}{kind}" for kind, alarm in hook_alarms(d.scaling) if alarm)
     observed = {name for rid, name in o.scaling_policies if rid == d.scaling_resource_id}
     scheduled = {name for name, *_ in d.schedules}
     return [
