@@ -65,7 +65,7 @@ def test_the_deployed_target_follows_the_plans_copy(harness: Harness) -> None:
     # And the component's TGI refuses past two batches, the queue the policy assumes
     record = harness.registry.get("zephyr")
     model = harness.standin.describe("model", record.resources.model)
-    assert model["PrimaryContainer"]["Environment"]["MAX_CONCURRENT_REQUESTS"] == "42"
+    assert model["PrimaryContainer"]["Environment"]["MAX_CONCURRENT_REQUESTS"] == "32"
 
 
 def test_an_explicit_target_value_wins(harness: Harness) -> None:

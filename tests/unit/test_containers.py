@@ -186,8 +186,9 @@ def test_tgi_queue_limit_comes_from_the_copy_the_scaling_policy_assumes() -> Non
     hosting = {"kind": "dedicated", "instance_type": "ml.g6.xlarge"}
     container, plan = build(model, hosting=hosting)
     assert plan.tokens.max_batch_total_tokens == 43_008
-    # Then TGI holds two batches (42) before answering 429, as the overload alarm assumes
-    assert container["Environment"]["MAX_CONCURRENT_REQUESTS"] == "42"
+    # Then TGI holds a batch and a half (32 for 21 at once) before answering 429, as the
+    # overload alarm assumes
+    assert container["Environment"]["MAX_CONCURRENT_REQUESTS"] == "32"
     spec = parse_spec(
         {"name": "containers", "model": model, "hosting": hosting, "scaling": {"max_capacity": 4}}
     )

@@ -62,9 +62,9 @@ def test_default_spec_tracks_high_resolution_concurrency_per_copy() -> None:
 @pytest.mark.parametrize(
     ("batch_tokens", "total_tokens", "concurrency", "queue"),
     [
-        (43_008, 8_192, 21, 42),  # zephyr-7b on one L4: 43,008 / (8,192 / 4)
-        (16_000, 4_096, 15, 30),
-        (4_096, 4_096, 4, 8),
+        (43_008, 8_192, 21, 32),  # zephyr-7b on one L4: 43,008 / (8,192 / 4); 1.5 x 21
+        (16_000, 4_096, 15, 23),
+        (4_096, 4_096, 4, 6),
         (2_000_000, 8_192, 128, 128),  # never more than TGI's own default of 128
         (100, 4_096, 1, 2),  # a budget smaller than one typical request still runs one
     ],

@@ -429,7 +429,7 @@ DEFAULT_TARGETS: dict[MetricKind, float] = {"invocations": 8.0, "utilization": 0
 TARGET_UTILIZATION = 0.7
 # A copy holds at most this many batches (one running, the rest queued) before its engine
 # refuses: a request never waits behind more than that, and the refusals measure overload.
-QUEUE_BATCHES = 2
+QUEUE_BATCHES = 1.5
 # TGI's own default for max_concurrent_requests: the most a copy is ever given.
 ENGINE_QUEUE_MAX = 128
 # A typical request is taken to use this fraction of the model's context window (prompt plus
@@ -445,12 +445,12 @@ def copy_capacity(
         return BENCHMARK_COPY if refuses else replace(BENCHMARK_COPY, queue_limit=None)
     typical = max(1, round(max_total_tokens * TYPICAL_REQUEST_FRACTION))
     concurrency = max(1, min(ENGINE_QUEUE_MAX, max_batch_total_tokens // typical))
-    queue = min(ENGINE_QUEUE_MAX, QUEUE_BATCHES * concurrency) if refuses else None
+    queue = min(ENGINE_QUEUE_MAX, math.ceil(QUEUE_BATCHES * concurrency)) if refuses else None
     return CopyCapacity(concurrency, queue)
 
 
 # The benchmark's fixed world (llmhost.scaling.simulator.CapacityModel): 16 requests at once.
-BENCHMARK_COPY = CopyCapacity(concurrency=16, queue_limit=16 * QUEUE_BATCHES)
+BENCHMARK_COPY = CopyCapacity(concurrency=16, queue_limit=math.ceil(16 * QUEUE_BATCHES))
 
 # Overload: when engines refuse requests (their queues are full), the demand ratio r (a
 # minute's requests over the requests the copies in service accepted) measures demand in units
@@ -659,8 +659,6 @@ class ScalingState:
     scale_in_until: float = -math.inf
     step_until: float = -math.inf
     step_base: int = 0
-    overload_until: float = -math.inf
-    overload_base: int = 0
     woken_at: float = -math.inf  # last time a wake (hook or step policy) left zero
     activities: tuple[Activity, ...] = field(default=(), repr=False)
 
@@ -775,45 +773,38 @@ def step_adjustment(policy: StepScalingPolicy, capacity: int, adjustment: int) -
     return rounded
 
 
-def step(
-    policy: ScalingPolicy,
-    state: ScalingState,
-    now: float,
-    metric: float,
-    which: Literal["wake", "overload"] = "wake",
-) -> ScalingState:
-    """A step policy's alarm is in ALARM with ``metric`` aggregated: the scale-from-zero
-    policy (``wake``) or the overload policy. Scale-out only. Inside the policy's cooldown
-    the adjustment applies to the capacity before the activity that started it, and only
-    if that asks for more (capacity still starting is not asked for twice)."""
-    spec = policy.scale_from_zero if which == "wake" else policy.overload
-    if spec is None:
+def step(policy: ScalingPolicy, state: ScalingState, now: float, metric: float) -> ScalingState:
+    """The scale-from-zero step policy's alarm is in ALARM with ``metric`` aggregated.
+
+    Scale-out only. Inside the policy's cooldown the adjustment applies to the capacity
+    before the activity that started it, and only if that asks for more (capacity still
+    starting is not asked for twice)."""
+    wake = policy.scale_from_zero
+    if wake is None:
         return state
-    adjustment = spec.adjustment_for(metric)
+    adjustment = wake.adjustment_for(metric)
     if adjustment is None:
         return state
-    cause = "step" if which == "wake" else "overload"
-    if spec.adjustment_type == "ExactCapacity":
+    if wake.adjustment_type == "ExactCapacity":
         wanted = policy.clamp(adjustment)
-        return state if wanted == state.desired else _set(state, now, wanted, cause)
-    until, base_field = (
-        ("step_until", "step_base")
-        if which == "wake"
-        else (
-            "overload_until",
-            "overload_base",
-        )
-    )
-    cooling = now < getattr(state, until)
-    base = getattr(state, base_field) if cooling else state.desired
-    wanted = policy.clamp(base + step_adjustment(spec, base, adjustment))
+        return state if wanted == state.desired else _set(state, now, wanted, "step")
+    cooling = now < state.step_until
+    base = state.step_base if cooling else state.desired
+    wanted = policy.clamp(base + step_adjustment(wake, base, adjustment))
     if wanted <= state.desired:
         return state
     woken = {"woken_at": now} if state.desired == 0 else {}
     if cooling:
-        return _set(state, now, wanted, cause, **woken)
-    changes = {until: now + spec.cooldown_s, base_field: state.desired}
-    return _set(state, now, wanted, cause, **changes, **woken)
+        return _set(state, now, wanted, "step", **woken)
+    return _set(
+        state,
+        now,
+        wanted,
+        "step",
+        step_until=now + wake.cooldown_s,
+        step_base=state.desired,
+        **woken,
+    )
 
 
 def overload(

@@ -410,7 +410,7 @@ def replay(
     def fits(weight: int) -> bool:
         return len(ends) < slots * in_service and used + weight <= room * in_service
 
-    def start(at: float, service: float, weight: int) -> None:
+    def run_request(at: float, service: float, weight: int) -> None:
         nonlocal used
         heapq.heappush(ends, (at + service, weight))
         used += weight
@@ -420,7 +420,7 @@ def replay(
         while waiting and fits(waiting[0][2]):
             arrived, service, weight = waiting.popleft()
             waits.append(t - arrived)
-            start(t, service, weight)
+            run_request(t, service, weight)
 
     def finish() -> None:
         nonlocal used
@@ -429,6 +429,9 @@ def replay(
     def reconcile() -> None:
         nonlocal in_service, max_copies, capacity_changed_at
         total = in_service + len(starting)
+        if state.desired != total:
+            # SageMaker's LastModifiedTime moves with every change of desired capacity.
+            capacity_changed_at = t
         if state.desired > total:
             ready = t + (mechanics.add_copy_s if in_service else mechanics.from_zero_s)
             for _ in range(state.desired - total):
@@ -475,8 +478,9 @@ def replay(
                 # The hook reads the datapoint and the copies in service, acts, and resets
                 # the alarm, so a lasting overload is seen again each period. A datapoint
                 # measured while the copies in service changed says nothing about the
-                # copies in service now: the hook waits for the next one.
-                if capacity_changed_at <= t - alarm.spec.period_s:
+                # copies in service now, and SageMaker refuses a new copy count while copies
+                # start (the component is Updating): the hook waits for the next one.
+                if not starting and capacity_changed_at <= t - alarm.spec.period_s:
                     state = aas.overload(policy, state, t, alarm.value("Maximum"), in_service)
             elif alarm is underload_alarm:
                 # As for overload: the hook acts on a window measured on today's copies.
@@ -550,7 +554,7 @@ def replay(
                 refused += 1  # the engines' queues are full: 429 at once
                 refused_in_tick += 1
             elif not waiting and fits(weight):
-                start(arrived, service, weight)
+                run_request(arrived, service, weight)
             else:
                 waiting.append((arrived, service, weight))
 
