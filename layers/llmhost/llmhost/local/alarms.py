@@ -1,7 +1,9 @@
 """A local CloudWatch for llmhost's own alarms, time-compressed: what moto does not do.
 
 moto stores the alarms the reconciler puts (``llmhost-<deployment>-idle`` and
-``-no-capacity``) but never evaluates them. ``AlarmEvaluator.tick`` does: it reads them back
+``-no-capacity``; ``-overload`` and ``-underload`` watch metrics the invocation log does not
+measure, so they are left alone and nothing scales in locally but by the idle alarm) but
+never evaluates them. ``AlarmEvaluator.tick`` does: it reads them back
 (``DescribeAlarms`` with the ``llmhost-`` prefix), computes each one's datapoints from the
 runtime front's ``InvocationLog`` (``Invocations`` and ``NoCapacityInvocationFailures``, the
 metrics those alarms watch), and on a state change sets the state in moto

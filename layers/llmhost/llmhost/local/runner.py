@@ -428,6 +428,7 @@ class LocalCloud:
             ("idle", {"ALARM": "no requests for its idle minutes", "OK": "requests again"}),
             ("no-capacity", {"ALARM": "a request found no copy", "OK": "no more refusals"}),
             ("overload", {"ALARM": "engines refusing requests", "OK": "demand served"}),
+            ("underload", {"ALARM": "copies quiet for 15 minutes", "OK": "busy again"}),
         ):
             if alarm.endswith(f"-{kind}"):
                 name = alarm.removeprefix("llmhost-").removesuffix(f"-{kind}")

@@ -699,6 +699,14 @@ class CapacityGuard:
         ]
         return max(ends, default=None)
 
+    def min_capacity(self, resource_id: str, dimension: str) -> int:
+        """The scalable target's MinCapacity now (a scheduled action may have raised it above
+        the spec's), 0 when none is registered."""
+        page = self._aas.describe_scalable_targets(
+            ServiceNamespace=NAMESPACE, ResourceIds=[resource_id], ScalableDimension=dimension
+        )
+        return max((int(t["MinCapacity"]) for t in page.get("ScalableTargets", [])), default=0)
+
     def set_desired(self, name: str, shared: bool, units: int) -> None:
         """Ask SageMaker for ``units`` copies (shared) or instances (dedicated) of ``name``."""
         if shared:

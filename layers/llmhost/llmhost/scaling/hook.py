@@ -11,10 +11,11 @@ applies them to the registry (and, through the guard, to Application Auto Scalin
 SageMaker), and the reconciler does the rest.
 
 Events (``parse_event``): llmhost's alarms ("CloudWatch Alarm State Change",
-``llmhost-<name>-idle|no-capacity|overload``); target tracking's ``TargetTracking-<resource id>-
-AlarmHigh-<uuid>``; ``{"source": "llmhost.schedule", "deployment", "action": "sleep"|"wake",
-"schedule"}``; ``{"source": "llmhost.serving", "action": "wake", "deployment",
-"requested_at"}``; ``{"source": "llmhost.budget", "action": "tick"}``.
+``llmhost-<name>-idle|no-capacity|overload|underload``); target tracking's
+``TargetTracking-<resource id>-AlarmHigh-<uuid>``; ``{"source": "llmhost.schedule",
+"deployment", "action": "sleep"|"wake", "schedule"}``; ``{"source": "llmhost.serving",
+"action": "wake", "deployment", "requested_at"}``; ``{"source": "llmhost.budget",
+"action": "tick"}``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from botocore.exceptions import ClientError
 from llmhost.clock import REAL, CloudClock
 from llmhost.errors import ConcurrentModification, DeploymentNotFound
 from llmhost.eventfields import get, items, text
-from llmhost.lifecycle.observer import alarm_prefix
+from llmhost.lifecycle.observer import ALARM_KINDS, AlarmKind, alarm_prefix
 from llmhost.lifecycle.record import DeploymentRecord
 from llmhost.lifecycle.registry import Registry
 from llmhost.lifecycle.triggers import is_deployment_name
@@ -43,8 +44,7 @@ if TYPE_CHECKING:
     from llmhost.scaling.guardrails import Capacity, CapacityGuard, Grant
     from llmhost.scaling.policy import ScalingPolicy
 
-AlarmKind = Literal["idle", "no-capacity", "overload"]
-KINDS: tuple[AlarmKind, ...] = ("idle", "no-capacity", "overload")
+KINDS: tuple[AlarmKind, ...] = ALARM_KINDS
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,11 @@ class Datapoint:
 
 @dataclass(frozen=True)
 class AlarmChange:
-    """``datapoint`` (overload alarms only): the newest datapoint the new state was decided
-    on, None with ``unreadable`` saying why when the event carries none that can be read."""
+    """``datapoint``: what the hook acts on, read from the state change (``read_datapoint``
+    for overload alarms: the newest datapoint; ``read_peak`` for underload alarms: the
+    window's highest, from the window's start), None with ``unreadable`` saying why when
+    the event carries none that can be read; None for the other kinds. ``at``: when the
+    state changed (None if the event does not say)."""
 
     deployment: str
     kind: AlarmKind
@@ -67,6 +70,7 @@ class AlarmChange:
     reason: str
     datapoint: Datapoint | None = None
     unreadable: str = ""
+    at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -151,7 +155,8 @@ def parse_alarm_event(event: dict[str, Any]) -> AlarmChange | None:
             deployment = name[len("llmhost-") : -len(kind) - 1]
             if is_deployment_name(deployment) and alarm_prefix(deployment) + kind == name:
                 state = _alarm_state(detail)
-                datapoint, unreadable = read_datapoint(detail) if kind == "overload" else (None, "")
+                reader = DATAPOINT_READERS.get(kind)
+                datapoint, unreadable = reader(detail) if reader else (None, "")
                 return AlarmChange(
                     deployment=deployment,
                     kind=kind,
@@ -160,6 +165,7 @@ def parse_alarm_event(event: dict[str, Any]) -> AlarmChange | None:
                     reason=state["reason"],
                     datapoint=datapoint,
                     unreadable=unreadable,
+                    at=_cloudwatch_time(get(detail, "state", "timestamp")),
                 )
     return None
 
@@ -188,6 +194,33 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _reason_data(detail: Any) -> tuple[dict[str, Any] | None, str]:
+    """``detail.state.reasonData``, the JSON object CloudWatch puts there as a string, or
+    (None, why) when the event has none that can be read."""
+    raw = get(detail, "state", "reasonData")
+    if not isinstance(raw, str) or not raw:
+        return None, "the event has no state.reasonData"
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None, "state.reasonData is not JSON"
+    if not isinstance(data, dict):
+        return None, "state.reasonData is not a JSON object"
+    return data, ""
+
+
+def _read(
+    detail: Any, reader: Callable[[dict[str, Any]], tuple[Datapoint | None, str]]
+) -> tuple[Datapoint | None, str]:
+    data, why = _reason_data(detail)
+    if data is None:
+        return None, why
+    try:
+        return reader(data)
+    except (OverflowError, ValueError):
+        return None, "state.reasonData has a datapoint out of range"
+
+
 def read_datapoint(detail: Any) -> tuple[Datapoint | None, str]:
     """The newest datapoint of an alarm state change, from ``detail.state.reasonData``.
 
@@ -196,22 +229,21 @@ def read_datapoint(detail: Any) -> tuple[Datapoint | None, str]:
     only, oldest first, the range starting at ``startDate``). Returns (None, why) when the
     event has no datapoint that can be read.
     """
-    raw = get(detail, "state", "reasonData")
-    if not isinstance(raw, str) or not raw:
-        return None, "the event has no state.reasonData"
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError):
-        return None, "state.reasonData is not JSON"
-    try:
-        return _newest(data)
-    except (OverflowError, ValueError):
-        return None, "state.reasonData has a datapoint out of range"
+    return _read(detail, _newest)
 
 
-def _newest(data: Any) -> tuple[Datapoint | None, str]:
-    if not isinstance(data, dict):
-        return None, "state.reasonData is not a JSON object"
+def read_peak(detail: Any) -> tuple[Datapoint | None, str]:
+    """The highest datapoint of the window an alarm state change was decided on
+    (``recentDatapoints`` in ``detail.state.reasonData``), with the window's ``startDate``.
+
+    Every value must be a concurrency (a finite number, 0 or more): a peak read past one
+    that is not could be lower than the real one and release copies still needed, so such
+    a window is unreadable, as is one without values or a start. Returns (None, why) then.
+    """
+    return _read(detail, _peak)
+
+
+def _newest(data: dict[str, Any]) -> tuple[Datapoint | None, str]:
     evaluated = [
         (at, value)
         for point in items(data, "evaluatedDatapoints")
@@ -229,6 +261,25 @@ def _newest(data: Any) -> tuple[Datapoint | None, str]:
         at = start + timedelta(seconds=period * (len(recent) - 1))
         return Datapoint(recent[-1], at), ""
     return None, "state.reasonData has no datapoint with a value and a time"
+
+
+def _peak(data: dict[str, Any]) -> tuple[Datapoint | None, str]:
+    recent = [_number(v) for v in items(data, "recentDatapoints")]
+    if not recent:
+        return None, "state.reasonData has no recentDatapoints"
+    values = [v for v in recent if v is not None and v >= 0]
+    if len(values) != len(recent):
+        return None, "state.reasonData.recentDatapoints holds a value that is not a concurrency"
+    start = _cloudwatch_time(get(data, "startDate"))
+    if start is None:
+        return None, "state.reasonData has no startDate (when the window measured began)"
+    return Datapoint(max(values), start), ""
+
+
+DATAPOINT_READERS: dict[str, Callable[[Any], tuple[Datapoint | None, str]]] = {
+    "overload": read_datapoint,
+    "underload": read_peak,
+}
 
 
 def parse_target_alarm(event: dict[str, Any]) -> TargetAlarm | None:
@@ -299,9 +350,9 @@ def decide(
 
 
 @dataclass(frozen=True)
-class OverloadPlan:
-    """What an overload datapoint asks for: ``wanted`` copies (or instances), or None with
-    ``why`` when nothing is to be done now."""
+class CapacityPlan:
+    """What an overload datapoint or an underload window asks for: ``wanted`` copies (or
+    instances), or None with ``why`` when nothing is to be done now."""
 
     wanted: int | None
     why: str
@@ -312,7 +363,7 @@ def plan_overload(
     capacity: Capacity,
     datapoint: Datapoint,
     changed_at: datetime | None,
-) -> OverloadPlan:
+) -> CapacityPlan:
     """The overload alarm is in ALARM with ``datapoint`` (pure).
 
     The demand ratio measures demand in units of the capacity in service during its
@@ -327,19 +378,74 @@ def plan_overload(
     ratio, in_service, desired = datapoint.value, capacity.in_service, capacity.desired
     measured = f"demand ratio {ratio:.2f} on {in_service} in service"
     if changed_at is not None and changed_at >= datapoint.start:
-        return OverloadPlan(
+        return CapacityPlan(
             None,
             f"{measured}: capacity changed at {changed_at.isoformat()}, during the minute "
             f"measured (from {datapoint.start.isoformat()}); waiting for the next datapoint",
         )
     if in_service <= 0:
-        return OverloadPlan(None, f"{measured}: no copy in service to measure demand by")
+        return CapacityPlan(None, f"{measured}: no copy in service to measure demand by")
     state = aas.overload(policy, aas.ScalingState(desired=desired), 0.0, ratio, in_service)
     if state.desired <= desired:
-        return OverloadPlan(
+        return CapacityPlan(
             None, f"{measured}: desired {desired} (copies starting included) already covers it"
         )
-    return OverloadPlan(state.desired, f"{measured} needs {state.desired}")
+    return CapacityPlan(state.desired, f"{measured} needs {state.desired}")
+
+
+def plan_underload(
+    policy: ScalingPolicy,
+    capacity: Capacity,
+    peak: Datapoint,
+    changed_at: datetime | None,
+    at: datetime | None = None,
+    *,
+    floor: int = 0,
+    unit: str = "copy",
+) -> CapacityPlan:
+    """The underload alarm went to ALARM at ``at`` with ``peak``: the highest concurrency per
+    copy (or instance) of the window that began at ``peak.start`` (pure).
+
+    The peak is per copy in service: if capacity changed since the window began (or within
+    the scale-in and scale-out cooldowns, if longer) it was measured on other copies and
+    nothing is done until a whole window is measured on these. Otherwise the copies that
+    hold the peak at the target are what the replay computes
+    (``llmhost.scaling.policy.underload``: ceil(in service x peak / target), never below
+    min_capacity nor one, nothing while copies start or stop), never below ``floor`` (the
+    scalable target's MinCapacity now, which a scheduled action may have raised), asked for
+    only if fewer than desired.
+    """
+    from llmhost.scaling import policy as aas
+
+    value, in_service, desired = peak.value, capacity.in_service, capacity.desired
+    measured = f"peak {value:.2f} concurrent requests per {unit} on {in_service} in service"
+    tracking = policy.target_tracking
+    window = max(tracking.scale_in_cooldown_s, tracking.scale_out_cooldown_s)
+    if policy.underload is not None:
+        alarm = policy.underload.alarm
+        window = max(window, alarm.period_s * alarm.evaluation_periods)
+    since = peak.start
+    if at is not None:
+        with contextlib.suppress(OverflowError):  # a state change dated at the calendar's edge
+            since = min(since, at - timedelta(seconds=window))
+    if changed_at is not None and changed_at >= since:
+        return CapacityPlan(
+            None,
+            f"{measured}: capacity changed at {changed_at.isoformat()}, within the window "
+            f"measured (from {since.isoformat()}); waiting for a window measured on these",
+        )
+    if in_service <= 0:
+        return CapacityPlan(None, f"{measured}: no copy in service to measure by")
+    if desired != in_service:
+        return CapacityPlan(
+            None, f"{measured}: desired {desired}, so some are starting or stopping; waiting"
+        )
+    state = aas.underload(policy, aas.ScalingState(desired=desired), 0.0, value, in_service)
+    wanted = max(state.desired, floor)
+    if wanted >= desired:
+        bound = f" (the scalable target's minimum is {floor})" if floor >= state.desired else ""
+        return CapacityPlan(None, f"{measured}: desired {desired} is what it needs{bound}")
+    return CapacityPlan(wanted, f"{measured} needs {wanted}")
 
 
 SCALE_OUT_EVENTS = frozenset({"ScaleOutRefused", "ScaleOutGranted", "ScaleOutAtMax"})
@@ -347,6 +453,17 @@ SCALE_OUT_EVENTS = frozenset({"ScaleOutRefused", "ScaleOutGranted", "ScaleOutAtM
 WAKE_EVENTS = frozenset(
     {"WakeRequested", "WakeAdmitted", "CapacityWake", "ScheduledWake", "CopiesRequested"}
 )
+
+
+def _resource_id(record: DeploymentRecord) -> str:
+    """The Application Auto Scaling resource id of a deployment's capacity."""
+    if record.spec.hosting.kind == "shared":
+        return f"inference-component/{record.name}"
+    return f"endpoint/{record.name}/variant/AllTraffic"
+
+
+def _units(record: DeploymentRecord) -> str:
+    return "copies" if record.spec.hosting.kind == "shared" else "instances"
 
 
 def _last_wake(record: DeploymentRecord) -> datetime | None:
@@ -376,8 +493,8 @@ class ScalingHook:
         clock: CloudClock = REAL,
         cloudwatch: Callable[[], Any] | None = None,
     ) -> None:
-        """``cloudwatch``: a CloudWatch client factory, to set the overload alarm back to OK
-        once acted on (None: left as it is)."""
+        """``cloudwatch``: a CloudWatch client factory, to set the overload and underload
+        alarms back to OK once acted on (None: left as they are)."""
         self._registry = registry
         self._guard = guard
         self._budget = budget
@@ -405,8 +522,8 @@ class ScalingHook:
         record = self._registry.find(change.deployment)
         if record is None:
             return None
-        if change.kind == "overload":
-            decision = self._overload(record, change)
+        if change.kind in DATAPOINT_READERS:
+            decision = self._act_on_datapoint(record, change)
             return decision if self._record(change.deployment, decision) else None
         decision = decide(record, change, now or self._clock.now(), self._clock)
         if self._guard is not None and change.kind == "no-capacity" and change.state == "ALARM":
@@ -441,17 +558,21 @@ class ScalingHook:
             )
         return decision
 
-    # ---- overload: what demand needs -----------------------------------------------------
+    # ---- overload and underload: the copies demand needs, no more ------------------------
 
-    def _overload(self, record: DeploymentRecord, change: AlarmChange) -> Decision:
-        """Raise desired capacity to what the demand ratio asks for (never lower it), within
-        the policy's bounds, the GPU cap and the budget; then set the alarm back to OK, so a
-        lasting overload is reported again next minute (EventBridge reports changes only).
+    def _act_on_datapoint(self, record: DeploymentRecord, change: AlarmChange) -> Decision:
+        """An overload or underload alarm's transition. Into ALARM: raise desired capacity to
+        what the demand ratio asks for (overload), or lower it to what the window's peak
+        needs (underload), within the policy's bounds (and for more, the GPU cap and the
+        budget); then set the alarm back to OK, so a lasting overload or underload is
+        reported again at its next evaluation (EventBridge reports changes only).
 
         Only entries that change something (or that a person must see) are recorded: the
-        alarm can fire every minute while copies start.
+        alarms can fire every minute while copies start or a window is not yet measured on
+        the copies in service.
         """
-        transition = f"overload alarm {change.previous or '?'} -> {change.state}"
+        kind = change.kind
+        transition = f"{kind} alarm {change.previous or '?'} -> {change.state}"
         if change.state != "ALARM":
             return Decision(f"Alarm {transition}", change.reason, recorded=False)
         if record.desired_state != "in_service" or record.status != "IN_SERVICE":
@@ -460,81 +581,137 @@ class ScalingHook:
             )
         if change.datapoint is None:
             decision = Decision(
-                "OverloadIgnored", f"{transition} without a datapoint: {change.unreadable}"
+                f"{kind.capitalize()}Ignored",
+                f"{transition} without a datapoint: {change.unreadable}",
             )
-            self._reset_overload(record.name, decision.reason)
-            return decision
-        decision = self._overload_scale_out(record, change.datapoint)
-        self._reset_overload(record.name, decision.reason)
+        else:
+            decision = self._act_on_capacity(record, change, change.datapoint)
+        self._reset_alarm(record.name, kind, decision.reason)
         return decision
 
-    def _overload_scale_out(self, record: DeploymentRecord, datapoint: Datapoint) -> Decision:
+    def _act_on_capacity(
+        self, record: DeploymentRecord, change: AlarmChange, datapoint: Datapoint
+    ) -> Decision:
         from llmhost.lifecycle.desired import wanted_scaling
         from llmhost.lifecycle.reconciler import plan_of
 
+        event = change.kind.capitalize()
         if self._guard is None:
-            return Decision("OverloadIgnored", "no capacity guard to act through", recorded=False)
+            return Decision(f"{event}Ignored", "no capacity guard to act through", recorded=False)
         policy = wanted_scaling(record.spec, plan_of(record))
-        if policy is None or policy.overload is None:
+        acts = (
+            policy is not None
+            and (policy.overload if change.kind == "overload" else policy.underload) is not None
+        )
+        if policy is None or not acts:
             return Decision(
-                "OverloadIgnored",
-                "the deployment's scaling has no overload alarm (its engine queues without "
-                "bound); the alarm is removed on the next reconcile",
+                f"{event}Ignored",
+                f"the deployment's scaling has no {change.kind} alarm (its engine or metric "
+                "needs none); the alarm is removed on the next reconcile",
                 recorded=False,
             )
         shared = record.spec.hosting.kind == "shared"
-        rid = (
-            f"inference-component/{record.name}"
-            if shared
-            else f"endpoint/{record.name}/variant/AllTraffic"
-        )
         with self._guard.locked():
             capacity = self._guard.capacity(record.name, shared)
             if capacity is None or capacity.status != "InService":
                 status = capacity.status if capacity else "gone"
                 return Decision(
-                    "OverloadWait",
-                    f"demand ratio {datapoint.value:.2f}: the capacity is {status}; "
+                    f"{event}Wait",
+                    f"{change.kind} datapoint {datapoint.value:.2f}: the capacity is {status}; "
                     "waiting for the next datapoint",
                     recorded=False,
                 )
-            changed = [capacity.changed_at, self._guard.last_scaling_end(rid, policy.dimension)]
-            known = [c for c in changed if c is not None]
-            plan = plan_overload(policy, capacity, datapoint, max(known, default=None))
-            if plan.wanted is None:
-                return Decision("OverloadWait", plan.why, recorded=False)
-            grant = self._guard.grow_to(record.name, plan.wanted)
-            limit = grant.lease_after if grant.lease_after is not None else grant.lease_before
-            after = min(plan.wanted, limit if limit is not None else capacity.desired)
-            if after <= capacity.desired:
-                # Said once while it lasts: the alarm may fire every minute until then.
-                again = bool(record.history) and record.history[-1].event == "OverloadRefused"
-                return Decision(
-                    "OverloadRefused", f"{plan.why}; {grant.reason}", recorded=not again
-                )
-            try:
-                self._guard.set_desired(record.name, shared, after)
-            except ClientError as error:
-                err = error.response.get("Error", {})
-                message = str(err.get("Message", ""))
-                if err.get("Code") == "ValidationException" and _BUSY.search(message):
-                    return Decision(
-                        "OverloadWait", f"{plan.why}; SageMaker is busy: {message}", recorded=False
-                    )
-                raise
+            # When capacity last changed: its LastModifiedTime, or Application Auto
+            # Scaling's last successful activity if later.
+            changed = [
+                capacity.changed_at,
+                self._guard.last_scaling_end(_resource_id(record), policy.dimension),
+            ]
+            changed_at = max((c for c in changed if c is not None), default=None)
+            if change.kind == "overload":
+                return self._overload_scale_out(record, policy, capacity, datapoint, changed_at)
+            return self._underload_scale_in(
+                record, policy, capacity, datapoint, changed_at, change.at
+            )
+
+    def _overload_scale_out(
+        self,
+        record: DeploymentRecord,
+        policy: ScalingPolicy,
+        capacity: Capacity,
+        datapoint: Datapoint,
+        changed_at: datetime | None,
+    ) -> Decision:
+        assert self._guard is not None
+        plan = plan_overload(policy, capacity, datapoint, changed_at)
+        if plan.wanted is None:
+            return Decision("OverloadWait", plan.why, recorded=False)
+        grant = self._guard.grow_to(record.name, plan.wanted)
+        limit = grant.lease_after if grant.lease_after is not None else grant.lease_before
+        after = min(plan.wanted, limit if limit is not None else capacity.desired)
+        if after <= capacity.desired:
+            # Said once while it lasts: the alarm may fire every minute until then.
+            again = bool(record.history) and record.history[-1].event == "OverloadRefused"
+            return Decision("OverloadRefused", f"{plan.why}; {grant.reason}", recorded=not again)
+        busy = self._set_desired(record, after)
+        if busy:
+            return Decision(
+                "OverloadWait", f"{plan.why}; SageMaker is busy: {busy}", recorded=False
+            )
         capped = "" if after == plan.wanted else f" (capped: {grant.reason})"
-        unit = "copies" if shared else "instances"
         return Decision(
             "OverloadScaleOut",
-            f"{plan.why}: desired {unit} {capacity.desired} -> {after}{capped}",
+            f"{plan.why}: desired {_units(record)} {capacity.desired} -> {after}{capped}",
         )
 
-    def _reset_overload(self, name: str, why: str) -> None:
+    def _underload_scale_in(
+        self,
+        record: DeploymentRecord,
+        policy: ScalingPolicy,
+        capacity: Capacity,
+        peak: Datapoint,
+        changed_at: datetime | None,
+        at: datetime | None,
+    ) -> Decision:
+        assert self._guard is not None
+        floor = self._guard.min_capacity(_resource_id(record), policy.dimension)
+        unit = "copy" if record.spec.hosting.kind == "shared" else "instance"
+        plan = plan_underload(policy, capacity, peak, changed_at, at, floor=floor, unit=unit)
+        if plan.wanted is None:
+            return Decision("UnderloadWait", plan.why, recorded=False)
+        busy = self._set_desired(record, plan.wanted)
+        if busy:
+            return Decision(
+                "UnderloadWait", f"{plan.why}; SageMaker is busy: {busy}", recorded=False
+            )
+        # Nothing to tell the GPU guard: it keeps no holdings of its own but reads what
+        # SageMaker runs at every decision, so the units released become slack under this
+        # deployment's lease (MaxCapacity), which others' scale-outs reclaim.
+        return Decision(
+            "UnderloadScaleIn",
+            f"{plan.why}: desired {_units(record)} {capacity.desired} -> {plan.wanted}",
+        )
+
+    def _set_desired(self, record: DeploymentRecord, units: int) -> str:
+        """Ask SageMaker for ``units`` copies or instances: "" once asked, SageMaker's
+        message when a change is under way (the next datapoint decides again)."""
+        assert self._guard is not None
+        try:
+            self._guard.set_desired(record.name, record.spec.hosting.kind == "shared", units)
+        except ClientError as error:
+            err = error.response.get("Error", {})
+            message = str(err.get("Message", ""))
+            if err.get("Code") == "ValidationException" and _BUSY.search(message):
+                return message
+            raise
+        return ""
+
+    def _reset_alarm(self, name: str, kind: str, why: str) -> None:
         if self._cloudwatch is None:
             return
         try:
             self._cloudwatch().set_alarm_state(
-                AlarmName=f"{alarm_prefix(name)}overload",
+                AlarmName=f"{alarm_prefix(name)}{kind}",
                 StateValue="OK",
                 StateReason=f"llmhost scaling hook acted on the datapoint: {why}"[:1023],
             )

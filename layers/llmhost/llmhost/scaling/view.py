@@ -28,6 +28,7 @@ SCALING_EVENTS = (
     "ScheduledSleep",
     "ScheduledWake",
     "Overload",
+    "Underload",
 )
 
 
