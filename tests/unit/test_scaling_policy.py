@@ -47,8 +47,8 @@ def test_default_spec_tracks_high_resolution_concurrency_per_copy() -> None:
     )
     assert scaling.target_value is None  # derived from the copy's capacity
     assert tracking.configuration() == {
-        # 70 % of the 16 requests a copy of the benchmark's world runs at once
-        "TargetValue": 11.2,
+        # 75 % of the 16 requests a copy of the benchmark's world runs at once
+        "TargetValue": 12.0,
         "PredefinedMetricSpecification": {"PredefinedMetricType": HIGH_RES_PER_COPY},
         "ScaleInCooldown": scaling.scale_in_cooldown_s,
         "ScaleOutCooldown": scaling.scale_out_cooldown_s,
@@ -76,7 +76,7 @@ def test_a_copys_capacity_comes_from_its_token_budget(
     assert (copy.concurrency, copy.queue_limit) == (concurrency, queue)
     # And the default target follows the copy, not a constant
     policy = policy_from_spec(Scaling(max_capacity=4), copy)
-    assert policy.target_tracking.target_value == pytest.approx(0.7 * concurrency, abs=0.01)
+    assert policy.target_tracking.target_value == pytest.approx(0.75 * concurrency, abs=0.01)
     # An explicit target wins
     assert policy_from_spec(Scaling(target_value=5), copy).target_tracking.target_value == 5
 
@@ -108,10 +108,10 @@ def test_overload_alarm_is_metric_math_cloudwatch_accepts() -> None:
 @pytest.mark.parametrize(
     ("in_service", "ratio", "desired", "after"),
     [
-        (1, 4.0, 1, 6),  # 4x what one copy accepts, at 70 %: ceil(1 x 4 / 0.7)
+        (1, 4.0, 1, 6),  # 4x what one copy accepts, at 75 %: ceil(1 x 4 / 0.75)
         (1, 4.0, 6, 6),  # already asked for (copies starting): nothing more
         (1, 4.0, 9, 9),  # never lowers
-        (3, 1.1, 3, 5),  # ceil(3 x 1.1 / 0.7)
+        (3, 1.1, 3, 5),  # ceil(3 x 1.1 / 0.75)
         (2, 40.0, 2, 8),  # clamped at max_capacity
     ],
 )
@@ -483,14 +483,14 @@ def test_underload_alarm_watches_each_minutes_peak_over_fifteen_minutes() -> Non
     assert body["MetricName"] == "ConcurrentRequestsPerCopy"
     assert (body["Statistic"], body["Period"]) == ("Maximum", 60)
     assert body["EvaluationPeriods"] == body["DatapointsToAlarm"] == 15
-    assert body["Threshold"] == pytest.approx(0.9 * 11.2)
+    assert body["Threshold"] == pytest.approx(0.9 * 12)
 
 
 @pytest.mark.parametrize(
     ("in_service", "desired", "peak", "after"),
     [
-        (5, 5, 2.0, 1),  # ceil(5 x 2 / 11.2): one copy holds the window's peak
-        (5, 5, 6.0, 3),  # ceil(30 / 11.2)
+        (5, 5, 2.0, 1),  # ceil(5 x 2 / 12): one copy holds the window's peak
+        (5, 5, 6.0, 3),  # ceil(30 / 12)
         (5, 5, 10.0, 5),  # the peak needs them all
         (5, 6, 2.0, 6),  # a copy is starting: not now
         (1, 1, 0.5, 1),  # never below one (zero is the idle alarm's business)

@@ -372,13 +372,13 @@ def test_a_step_far_past_capacity_converges_without_running_away() -> None:
     capacity = sim.CapacityModel(queue_limit=24)
     oracle = sim.compute_oracle([batch(arrivals)], sim.CapacityModel())
     policy = policy_from_spec(Scaling(min_capacity=1, max_capacity=64))
-    # When replayed (the default target is 11.2 of a copy's 16)
+    # When replayed (the default target is 12 of a copy's 16)
     result = sim.replay([batch(arrivals)], policy, oracle, capacity=capacity, initial_copies=1)
-    # Then each step of capacity grows at most 24 / 11.2 times (the queue is bounded) and it
-    # settles at what 200 in flight needs at the target, ceil(200 / 11.2) = 18, never more
+    # Then each step of capacity grows at most 24 / 12 times (the queue is bounded) and it
+    # settles at what 200 in flight needs at the target, ceil(200 / 12) = 17, never more
     steps = [(a.before, a.after) for a in result.activities if a.after > a.before]
-    assert all(after <= math.ceil(before * 24 / 11.2) for before, after in steps), steps
-    assert result.max_copies == 18
+    assert all(after <= math.ceil(before * 24 / 12) for before, after in steps), steps
+    assert result.max_copies == 17
     # And unbounded (TGI's default 128) it overshoots: the queue it reads is not demand
     unbounded = sim.replay([batch(arrivals)], policy, oracle, initial_copies=1)
     assert unbounded.max_copies > result.max_copies

@@ -421,14 +421,17 @@ DEFAULT_TARGETS: dict[MetricKind, float] = {"invocations": 8.0, "utilization": 0
 
 # The default target keeps a copy this busy: the rest absorbs a burst for the ~2 minutes a
 # new copy takes to start. Chosen over every trace and scenario of bench/scaling.py, both
-# starts (0.65, 0.7, 0.75 and 0.85 compared; medians of GPU time over the oracle's and of
-# requests delayed): 0.65 gives 1.24 and 0.96 %, 0.7 gives 1.15 and 1.18 %, 0.75 gives 1.01
-# and 1.36 %. Lower costs GPU time on every load and, on a smooth one, holds more than the
-# oracle's peak + 2 copies sooner (1 / 0.7 = 1.43 copies per copy of demand); higher delays
-# more requests on bursty traffic.
-TARGET_UTILIZATION = 0.7
+# starts, with the queue below (medians of GPU time over the oracle's, of requests delayed, and
+# replays holding more than the oracle's peak + 2 copies for longer than a startup): 0.65 gives
+# 1.19, 0.52 % and 2; 0.7 gives 1.09, 0.57 % and 2; 0.75 gives 1.00, 0.69 % and none. Lower
+# costs GPU time on every load and, on a smooth one, holds more copies than the oracle's peak
+# + 2 sooner (1 / 0.75 = 1.33 copies per copy of demand); higher delays more requests.
+TARGET_UTILIZATION = 0.75
 # A copy holds at most this many batches (one running, the rest queued) before its engine
-# refuses: a request never waits behind more than that, and the refusals measure overload.
+# refuses: a request never waits behind more than half a batch, the refusals measure overload,
+# and target tracking multiplies capacity by at most QUEUE_BATCHES / TARGET_UTILIZATION (2)
+# per scale-out, since its metric (requests per copy, queued included) cannot exceed it.
+# 1.25, 1.5 and 2 compared: 2 let target tracking overshoot a step 1 -> 3 -> 9 for 5 needed.
 QUEUE_BATCHES = 1.5
 # TGI's own default for max_concurrent_requests: the most a copy is ever given.
 ENGINE_QUEUE_MAX = 128
