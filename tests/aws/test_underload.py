@@ -72,11 +72,12 @@ def test_every_engine_gets_the_underload_alarm_with_its_tags_and_no_action(
         60,
     )
     assert alarm["Dimensions"] == [{"Name": "InferenceComponentName", "Value": "zephyr"}]
-    # And fires after 15 of 15 minutes below 0.9 x the target; no datapoint is not a breach
+    # And fires after 15 of 15 minutes below 0.9 x the target
     assert (alarm["EvaluationPeriods"], alarm["DatapointsToAlarm"]) == (15, 15)
     assert alarm["ComparisonOperator"] == "LessThanThreshold"
     assert alarm["Threshold"] == pytest.approx(SCALE_IN_THRESHOLD_FACTOR * ZEPHYR_TARGET)
-    assert alarm["TreatMissingData"] == "missing"
+    # a minute without a datapoint had no request in flight: it counts toward scale-in
+    assert alarm["TreatMissingData"] == "breaching"
     # And has no action: its state change reaches the scaling hook through EventBridge
     assert alarm["AlarmActions"] == []
     tags = aws.client("cloudwatch").list_tags_for_resource(ResourceARN=alarm["AlarmArn"])["Tags"]

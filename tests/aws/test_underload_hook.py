@@ -285,7 +285,7 @@ def test_a_minimum_raised_by_a_scheduled_action_is_kept(harness: Harness, clock:
         "",
         "not json",
         "[]",
-        '{"version":"1.0","startDate":"2026-11-21T09:00:00.000+0000","recentDatapoints":[]}',
+        '{"version":"1.0","startDate":"2026-11-21T09:00:00.000+0000"}',
         # a value that is not a concurrency: the real peak could be higher
         '{"startDate":"2026-11-21T09:00:00.000+0000","recentDatapoints":[1.0,null,2.0]}',
         '{"startDate":"2026-11-21T09:00:00.000+0000","recentDatapoints":[1.0,"9"]}',
@@ -420,3 +420,20 @@ def test_any_reason_data_gives_a_concurrency_peak_or_a_reason_never_an_error(dat
         assert why
     else:
         assert math.isfinite(peak.value) and peak.value >= 0 and peak.start.tzinfo is not None
+
+
+def test_a_window_without_datapoints_means_no_traffic_and_releases_to_the_minimum(
+    harness: Harness, clock: Any
+) -> None:
+    # Given 4 copies whose traffic stopped: SageMaker published no concurrency datapoint for
+    # the whole window, which the alarm treats as breaching
+    deploy(harness, copies=4)
+    clock.advance(WINDOW_S + 120)
+    # When its state change arrives with no datapoints
+    result = fire(underload_event([], clock.now))
+    # Then nothing was in flight: the hook goes down to the minimum (1)
+    assert result["decision"] == "UnderloadScaleIn"
+    clock.advance(900)
+    harness.standin.tick()
+    assert capacity() == ("InService", 1, 1)
+    assert "peak 0.00" in runtime.registry().get("zephyr").history[-1].reason

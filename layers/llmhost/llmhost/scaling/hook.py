@@ -264,16 +264,17 @@ def _newest(data: dict[str, Any]) -> tuple[Datapoint | None, str]:
 
 
 def _peak(data: dict[str, Any]) -> tuple[Datapoint | None, str]:
-    recent = [_number(v) for v in items(data, "recentDatapoints")]
-    if not recent:
+    if not isinstance(get(data, "recentDatapoints"), list):
         return None, "state.reasonData has no recentDatapoints"
+    recent = [_number(v) for v in items(data, "recentDatapoints")]
     values = [v for v in recent if v is not None and v >= 0]
     if len(values) != len(recent):
         return None, "state.reasonData.recentDatapoints holds a value that is not a concurrency"
     start = _cloudwatch_time(get(data, "startDate"))
     if start is None:
         return None, "state.reasonData has no startDate (when the window measured began)"
-    return Datapoint(max(values), start), ""
+    # The alarm treats a missing minute as breaching: no datapoint, no request in flight.
+    return Datapoint(max(values, default=0.0), start), ""
 
 
 DATAPOINT_READERS: dict[str, Callable[[Any], tuple[Datapoint | None, str]]] = {

@@ -539,8 +539,9 @@ def underload_alarm(metric: MetricInfo, target: float) -> UnderloadAlarm:
             threshold=round(target * SCALE_IN_THRESHOLD_FACTOR, 4),
             comparison="LessThanThreshold",
             kind="concurrency_peak",
-            # No datapoint: no copy in service (or no traffic, the idle alarm's business).
-            treat_missing_data="missing",
+            # SageMaker may publish nothing for a minute without a request in flight: that
+            # minute needed no copy, so a deployment whose traffic stopped still scales in.
+            treat_missing_data="breaching",
         ),
         target=target,
     )
