@@ -274,3 +274,187 @@ def test_any_reason_data_gives_a_finite_datapoint_or_a_reason_never_an_error(dat
         assert why
     else:
         assert math.isfinite(datapoint.value) and datapoint.start.tzinfo is not None
+
+
+# ---- holding MaxCapacity while the copies asked for start ---------------------------------
+
+TICK = {"source": "llmhost.budget", "action": "tick"}
+
+
+def max_capacity() -> int:
+    (target,) = aws.client("application-autoscaling").describe_scalable_targets(
+        ServiceNamespace="sagemaker", ResourceIds=["inference-component/zephyr"]
+    )["ScalableTargets"]
+    return int(target["MaxCapacity"])
+
+
+def tracking_after(desired: int, metric: float) -> int:
+    """What target tracking sets desired copies to, within the registered scalable target's
+    bounds, for ``metric`` (as the replay computes it: llmhost.scaling.policy.scale_out)."""
+    from dataclasses import replace
+
+    from llmhost.scaling import policy as aas
+
+    (target,) = aws.client("application-autoscaling").describe_scalable_targets(
+        ServiceNamespace="sagemaker", ResourceIds=["inference-component/zephyr"]
+    )["ScalableTargets"]
+    spec = runtime.registry().get("zephyr").spec
+    bounds = replace(
+        policy_from_spec(spec.scaling),
+        min_capacity=int(target["MinCapacity"]),
+        max_capacity=int(target["MaxCapacity"]),
+    )
+    return aas.scale_out(bounds, aas.ScalingState(desired=desired), 0.0, metric).desired
+
+
+def held_overload(harness: Harness, clock: Any) -> int:
+    """zephyr in service with 1 copy; an overload of 1.6 asks for more. Returns them."""
+    deploy(harness)
+    clock.advance(120)
+    assert max_capacity() == 6
+    assert fire(overload_event(1.6, clock.now - 60))["decision"] == "OverloadScaleOut"
+    return math.ceil(1.6 / TARGET_UTILIZATION)
+
+
+def serve(harness: Harness, clock: Any) -> None:
+    clock.advance(180)
+    harness.standin.tick()
+    assert copies()["status"] == "InService"
+    assert copies()["CurrentCopyCount"] == copies()["DesiredCopyCount"]
+
+
+def test_an_overload_raise_holds_max_capacity_so_target_tracking_cannot_ask_again(
+    harness: Harness, clock: Any
+) -> None:
+    wanted = held_overload(harness, clock)
+    # Then MaxCapacity is held at what the hook asked for, and the history says so
+    assert copies()["status"] == "Updating"
+    assert max_capacity() == wanted
+    entry = runtime.registry().get("zephyr").history[-1]
+    assert entry.event == "OverloadScaleOut"
+    assert f"max capacity held at {wanted} (was 6) while copies start" in entry.reason
+    # And target tracking, multiplying desired copies (the starting ones included) by the
+    # queue-inflated concurrency of the one copy in service, cannot ask for more
+    assert tracking_after(wanted, metric=30.0) == wanted
+    # And target tracking's scale-out alarm does not get the lease raised meanwhile
+    result = fire(load_event("cloudwatch-alarm-target-tracking-high.json"))
+    assert result["decision"] == "ScaleOutHeld"
+    assert max_capacity() == wanted
+    assert runtime.registry().get("zephyr").history[-1].event == "ScaleOutHeld"
+
+
+def test_the_tick_gives_the_lease_back_once_the_copies_serve_not_before(
+    harness: Harness, clock: Any
+) -> None:
+    wanted = held_overload(harness, clock)
+    # When the tick runs while the copies still start
+    fire(TICK)
+    # Then the hold stays, and nothing is recorded
+    assert max_capacity() == wanted
+    assert runtime.registry().get("zephyr").history[-1].event == "OverloadScaleOut"
+    # When they serve and the next tick runs
+    serve(harness, clock)
+    result = fire(TICK)
+    # Then MaxCapacity is the lease again (no cap: the spec's maximum), recorded
+    assert max_capacity() == 6
+    assert {"deployment": "zephyr", "decision": "CapacityHoldReleased"} in result["decisions"]
+    record = runtime.registry().get("zephyr")
+    assert record.history[-1].event == "CapacityHoldReleased"
+    assert f"{wanted} copies in service: max capacity {wanted} -> 6" in record.history[-1].reason
+    from llmhost.scaling.view import SCALING_EVENTS
+
+    assert record.history[-1].event.startswith(SCALING_EVENTS)
+    # And once: the next tick has nothing to release
+    fire(TICK)
+    assert runtime.registry().get("zephyr").history == record.history
+    # And a later target-tracking scale-out may use the whole lease again
+    assert tracking_after(wanted, metric=30.0) == 6
+    high = fire(load_event("cloudwatch-alarm-target-tracking-high.json"))
+    assert high["decision"].startswith("ScaleOut") and high["decision"] != "ScaleOutHeld"
+
+
+def test_the_release_gives_back_the_lease_under_the_gpu_cap(
+    harness: Harness, clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a cap of 4 GPU units: zephyr's lease is 4, not its spec's 6
+    monkeypatch.setenv("GPU_CAPACITY_CAP", "4")
+    deploy(harness)
+    clock.advance(120)
+    assert max_capacity() == 4
+    # When an overload asks for 3 and they serve
+    assert fire(overload_event(1.6, clock.now - 60))["decision"] == "OverloadScaleOut"
+    assert max_capacity() == 3
+    serve(harness, clock)
+    fire(TICK)
+    # Then the tick gives back the lease the cap allows, never the spec's maximum
+    assert max_capacity() == 4
+    assert runtime.registry().get("zephyr").history[-1].event == "CapacityHoldReleased"
+
+
+def test_the_release_never_undoes_a_budget_cut(
+    harness: Harness, clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmhost.scaling.budget import BudgetLedger
+    from llmhost.scaling.hook import BudgetTick
+
+    # Given a $1 daily budget, and copies the overload asked for now serving under the hold
+    monkeypatch.setenv("DAILY_BUDGET_USD", "1")
+    wanted = held_overload(harness, clock)
+    serve(harness, clock)
+    assert max_capacity() == wanted
+    # When $5 were already spent today and the tick runs
+    now = datetime.now(UTC)
+    BudgetLedger(runtime.registry()).bill(None, now.timestamp() - 300, now.date(), 5.0)
+    runtime.reset()
+    outcomes = runtime.scaling_hook().handle_event(BudgetTick(), now=now)
+    # Then the budget lowers MaxCapacity to the minimum, and the release leaves it there
+    assert max_capacity() == 1
+    events = [o.decision.event for o in outcomes if o.deployment == "zephyr"]
+    assert events == ["BudgetExceeded", "CapacityHoldReleased"]
+    entry = runtime.registry().get("zephyr").history[-1]
+    assert "max capacity is 1" in entry.reason and "left as it is" in entry.reason
+    # And no later tick of the spent day raises it
+    runtime.scaling_hook().handle_event(BudgetTick(), now=now + timedelta(minutes=5))
+    assert max_capacity() == 1
+    assert runtime.registry().get("zephyr").capacity_held is None
+
+
+def test_a_hold_released_while_the_budget_is_spent_gives_back_the_minimum(
+    harness: Harness, clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmhost.scaling.budget import BudgetLedger
+    from llmhost.scaling.hook import BudgetTick
+
+    # Given a hold at 3, the copies serving, and today's budget marked spent by a tick that
+    # has not lowered zephyr's MaxCapacity
+    monkeypatch.setenv("DAILY_BUDGET_USD", "1")
+    held_overload(harness, clock)
+    serve(harness, clock)
+    now = datetime.now(UTC)
+    BudgetLedger(runtime.registry()).mark_exceeded(now.date(), "today's GPU budget is spent")
+    runtime.reset()
+    # When the tick gives the lease back
+    runtime.scaling_hook().handle_event(BudgetTick(), now=now)
+    # Then the lease in force is the budget's minimum, not the spec's maximum
+    assert max_capacity() == 1
+    entry = runtime.registry().get("zephyr").history[-1]
+    assert entry.event == "CapacityHoldReleased" and "max capacity 3 -> 1" in entry.reason
+
+
+@pytest.mark.parametrize("state", ["sleeping", "deleted"])
+def test_a_sleeping_or_deleted_deployment_has_nothing_to_release(
+    harness: Harness, clock: Any, state: str
+) -> None:
+    wanted = held_overload(harness, clock)
+    assert runtime.registry().get("zephyr").capacity_held == wanted == max_capacity()
+    # Given the deployment put to sleep or deleted while it held MaxCapacity
+    harness.set_desired("zephyr", state)
+    harness.settle("zephyr")
+    before = runtime.registry().find("zephyr")
+    # When the tick runs
+    result = fire(TICK)
+    # Then it does nothing to it and fails nothing
+    assert result["handled"] is True
+    assert "CapacityHoldReleased" not in {d["decision"] for d in result.get("decisions", [])}
+    after = runtime.registry().find("zephyr")
+    assert (after.history if after else None) == (before.history if before else None)

@@ -253,7 +253,7 @@ def _record_schemas() -> dict[str, Any]:
     )
     views = {f"{name}View": schema for name, schema in defs.get("$defs", {}).items()}
     record = views["DeploymentRecordView"]
-    for hidden in ("version", "attempt"):
+    for hidden in ("version", "attempt", "capacity_held"):
         record["properties"].pop(hidden, None)
         if hidden in record.get("required", []):
             record["required"].remove(hidden)

@@ -85,6 +85,10 @@ class DeploymentRecord(BaseModel):
     scaling_applied: str | None = None
     resources: Resources = Resources()
     plan: PinnedPlan | None = None
+    # The MaxCapacity the scaling hook holds the scalable target at while the copies (or
+    # instances) it asked for on overload start; the budget tick gives the lease back once
+    # they serve (None: nothing held).
+    capacity_held: int | None = None
     history: list[HistoryEntry] = Field(default_factory=list)
     created_at: str = Field(default_factory=utc_now)
     updated_at: str = Field(default_factory=utc_now)
@@ -167,6 +171,6 @@ class DeploymentRecord(BaseModel):
 
     def public_view(self) -> dict[str, object]:
         """What the API returns: everything except the locking counter."""
-        data = self.model_dump(mode="json", exclude={"version", "attempt", "plan"})
+        data = self.model_dump(mode="json", exclude={"version", "attempt", "plan", "capacity_held"})
         data["endpoint_name"] = self.endpoint_name
         return data

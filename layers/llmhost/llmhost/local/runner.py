@@ -374,8 +374,13 @@ class LocalCloud:
         return result
 
     def _clock(self) -> None:
-        last_sweep = time.monotonic()
+        last_sweep = last_tick = time.monotonic()
         while not self._stop.wait(0.25):
+            # The guardrails' 5-minute tick (EventBridge Scheduler in AWS): the budget, and
+            # the MaxCapacity an overload held while its copies started, given back.
+            if time.monotonic() - last_tick >= self.clock.seconds(300):
+                last_tick = time.monotonic()
+                self._scaling_queue.put(("tick", {"source": "llmhost.budget", "action": "tick"}))
             self.standin.tick()  # emits state-change events through on_event
             if self.alarms is not None:
                 try:

@@ -661,6 +661,64 @@ class CapacityGuard:
         self._apply(grant, usage)
         return grant
 
+    def hold_lease(self, resource_id: str, dimension: str, units: int) -> tuple[int, int] | None:
+        """Hold a scalable target's MaxCapacity at ``units`` (call under ``locked()``).
+
+        Target tracking multiplies desired capacity, copies still starting included, by a
+        metric measured on the copies in service: while the copies the overload hook asked
+        for start, it would ask again for them. Returns (MaxCapacity before, held), None when
+        nothing was held (no target registered, or MaxCapacity below ``units``). A MaxCapacity
+        already at ``units`` (a lease the guard just grew to it) is held as it is.
+        """
+        page = self._aas.describe_scalable_targets(
+            ServiceNamespace=NAMESPACE, ResourceIds=[resource_id], ScalableDimension=dimension
+        )
+        target = next(iter(page.get("ScalableTargets", [])), None)
+        if target is None or int(target["MaxCapacity"]) < units:
+            return None
+        low = int(target["MinCapacity"])
+        held = max(units, low)
+        if held == int(target["MaxCapacity"]):
+            return held, held
+        self._aas.register_scalable_target(
+            ServiceNamespace=NAMESPACE,
+            ResourceId=resource_id,
+            ScalableDimension=dimension,
+            MinCapacity=low,
+            MaxCapacity=held,
+        )
+        return int(target["MaxCapacity"]), held
+
+    def release_hold(self, name: str, held: int) -> tuple[int | None, int | None]:
+        """Give ``name`` back the lease in force, if its MaxCapacity is still the ``held``
+        one (call under ``locked()``).
+
+        The lease is what the reconciler registers and the budget restores (``lease_for``:
+        the spec maximum less what the others hold under the cap, the minimum while today's
+        budget is spent). Returns (MaxCapacity now, lease after): (None, None) without a
+        scalable target; (now, None) when something else set MaxCapacity since (the budget,
+        a scheduled action, the reconciler), which is then left as it is.
+        """
+        usage = self.usage()
+        holding = usage.get(name)
+        if holding is None or holding.lease is None:
+            return None, None
+        if holding.lease != held:
+            return holding.lease, None
+        lease = max(
+            holding.target_min,
+            lease_for(
+                usage,
+                name,
+                holding.target_min,
+                holding.maximum,
+                budget_exceeded=self.budget_block() is not None,
+            ),
+        )
+        if lease != holding.lease:
+            self._register(holding, lease)
+        return holding.lease, lease
+
     def capacity(self, name: str, shared: bool) -> Capacity | None:
         """``name``'s copies (shared) or instances (dedicated), None when it does not exist."""
         try:

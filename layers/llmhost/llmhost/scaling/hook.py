@@ -76,12 +76,16 @@ class AlarmChange:
 @dataclass(frozen=True)
 class Decision:
     """``desired_state`` None: only record the transition. ``recorded`` False: a no-op that
-    is reported (and counted) but not written to the history."""
+    is reported (and counted) but not written to the history. ``hold``: the MaxCapacity the
+    hook now holds the scalable target at (``DeploymentRecord.capacity_held``); ``release``:
+    the hold it ended (cleared only if no newer hold replaced it meanwhile)."""
 
     event: str
     reason: str
     desired_state: Literal["in_service", "sleeping"] | None = None
     recorded: bool = True
+    hold: int | None = None
+    release: int | None = None
 
 
 @dataclass(frozen=True)
@@ -449,7 +453,9 @@ def plan_underload(
     return CapacityPlan(wanted, f"{measured} needs {wanted}")
 
 
-SCALE_OUT_EVENTS = frozenset({"ScaleOutRefused", "ScaleOutGranted", "ScaleOutAtMax"})
+SCALE_OUT_EVENTS = frozenset(
+    {"ScaleOutRefused", "ScaleOutGranted", "ScaleOutAtMax", "ScaleOutHeld"}
+)
 # Entries that start a wake: an idle alarm's silence before one of them is not idleness.
 WAKE_EVENTS = frozenset(
     {"WakeRequested", "WakeAdmitted", "CapacityWake", "ScheduledWake", "CopiesRequested"}
@@ -660,9 +666,19 @@ class ScalingHook:
                 "OverloadWait", f"{plan.why}; SageMaker is busy: {busy}", recorded=False
             )
         capped = "" if after == plan.wanted else f" (capped: {grant.reason})"
+        # Target tracking multiplies desired capacity (the units just asked for included) by
+        # a metric of the units in service only: while they start it would ask for them
+        # again. MaxCapacity stays at what was asked for until the budget tick sees them
+        # serve and gives the lease back.
+        held = self._guard.hold_lease(_resource_id(record), policy.dimension, after)
+        hold = ""
+        if held is not None:
+            was = "" if held[0] == held[1] else f" (was {held[0]})"
+            hold = f"; max capacity held at {held[1]}{was} while {_units(record)} start"
         return Decision(
             "OverloadScaleOut",
-            f"{plan.why}: desired {_units(record)} {capacity.desired} -> {after}{capped}",
+            f"{plan.why}: desired {_units(record)} {capacity.desired} -> {after}{capped}{hold}",
+            hold=held[1] if held is not None else None,
         )
 
     def _underload_scale_in(
@@ -727,8 +743,19 @@ class ScalingHook:
         # AlarmLow (scale in) needs nothing from llmhost; AlarmHigh leaving ALARM neither.
         if alarm.which != "AlarmHigh" or alarm.state != "ALARM" or self._guard is None:
             return []
-        if self._registry.find(alarm.deployment) is None:
+        record = self._registry.find(alarm.deployment)
+        if record is None:
             return []
+        if record.capacity_held is not None:
+            # Raising the lease now would let target tracking ask again for the units the
+            # overload hook asked for, which are still starting; the budget tick gives the
+            # lease back once they serve, and then asks again for this scale-out.
+            held = Decision(
+                "ScaleOutHeld",
+                f"AlarmHigh: max capacity held at {record.capacity_held} while the "
+                f"{_units(record)} the overload alarm asked for start",
+            )
+            return [Outcome(record.name, held)] if self._record(record.name, held) else []
         grant = self._guard.scale_out(alarm.deployment)
         outcomes = [Outcome(alarm.deployment, Decision(grant.event, grant.reason))]
         for reclaim in grant.reclaims if grant.granted else ():
@@ -835,7 +862,11 @@ class ScalingHook:
             last = next(
                 (h.event for h in reversed(record.history) if h.event in SCALE_OUT_EVENTS), None
             )
-            if last != "ScaleOutRefused" or record.desired_state != "in_service":
+            if (
+                last not in ("ScaleOutRefused", "ScaleOutHeld")
+                or record.desired_state != "in_service"
+                or record.capacity_held is not None
+            ):
                 continue
             grant = self._guard.scale_out(record.name)
             if grant.granted:
@@ -844,10 +875,50 @@ class ScalingHook:
                     outcomes.append(Outcome(record.name, decision))
         return outcomes
 
+    def _release_holds(self) -> list[Outcome]:
+        """Give back the lease of each deployment whose MaxCapacity the overload hook held,
+        once the units it asked for serve (in service == desired, the component or endpoint
+        InService). One still starting stays held; one sleeping or deleted is left (a wake
+        re-registers its target); one whose MaxCapacity something else set since (the
+        budget, a scheduled action, the reconciler) keeps that value."""
+        if self._guard is None:
+            return []
+        outcomes: list[Outcome] = []
+        for record in self._registry.deployments():
+            held = record.capacity_held
+            if held is None or record.desired_state != "in_service":
+                continue
+            shared = record.spec.hosting.kind == "shared"
+            units = _units(record)
+            with self._guard.locked():
+                capacity = self._guard.capacity(record.name, shared)
+                if capacity is None:
+                    continue
+                serving = capacity.status == "InService" and capacity.in_service == capacity.desired
+                if not serving:
+                    continue
+                now_max, lease = self._guard.release_hold(record.name, held)
+            in_service = f"{capacity.in_service} {units} in service"
+            if now_max is None:
+                why = f"{in_service}; no scalable target is registered: nothing held"
+            elif lease is None:
+                why = (
+                    f"{in_service}; max capacity is {now_max}, set since by the budget, a "
+                    "schedule or the reconciler: left as it is"
+                )
+            else:
+                why = f"{in_service}: max capacity {now_max} -> {lease} (the lease in force)"
+            decision = Decision("CapacityHoldReleased", why, release=held)
+            if self._record(record.name, decision):
+                outcomes.append(Outcome(record.name, decision))
+        return outcomes
+
     def _budget_tick(self, now: datetime) -> list[Outcome]:
+        # A scale-out deferred while a hold lasted is asked again on the tick after its
+        # release.
         retried = self._retry_refused_scale_outs()
         if self._budget is None:
-            return retried
+            return retried + self._release_holds()
         result = self._budget.tick(now)
         outcomes = [
             Outcome(
@@ -869,6 +940,8 @@ class ScalingHook:
             for change in result.exceeded
         ]
         recorded = [o for o in outcomes if self._record(o.deployment, o.decision)]
+        # After the budget's own changes, so a lease given back is the one in force today.
+        released = self._release_holds()
         billed = (
             "already billed by another tick"
             if result.billed_usd is None
@@ -879,7 +952,7 @@ class ScalingHook:
             f"{result.day}: {billed}; spent ${result.spent_usd:.2f} of ${result.budget_usd:.2f}",
             recorded=False,
         )
-        return [Outcome("", summary), *retried, *recorded]
+        return [Outcome("", summary), *retried, *recorded, *released]
 
     # ---- history ------------------------------------------------------------------------
 
@@ -896,6 +969,10 @@ class ScalingHook:
             changes: dict[str, Any] = {}
             if decision.desired_state and decision.desired_state != record.desired_state:
                 changes["desired_state"] = decision.desired_state
+            if decision.hold is not None:
+                changes["capacity_held"] = decision.hold
+            elif decision.release is not None and record.capacity_held == decision.release:
+                changes["capacity_held"] = None
             updated = record.with_event(
                 decision.event,
                 reason=decision.reason,

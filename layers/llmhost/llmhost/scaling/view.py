@@ -29,6 +29,8 @@ SCALING_EVENTS = (
     "ScheduledWake",
     "Overload",
     "Underload",
+    "CapacityHold",
+    "ScaleOutHeld",
 )
 
 
