@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import strategies as st
 
+from llmhost.scaling import policy as aas
 from llmhost.scaling import scenarios, simulator
+from llmhost.scaling.policy import ScalingPolicy, policy_from_spec
 from llmhost.scaling.traces import RequestBatch, Trace, TraceUnreadable
+from llmhost.specs import Scaling
 
 WORLD = simulator.CapacityModel()
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "scaling.py"
@@ -197,3 +203,86 @@ def test_the_startup_bound_of_a_start_charges_each_copy_missing_at_it_its_startu
         measured = simulator.compute_oracle(scenarios.scenario(name).batches(), WORLD)
         warm = int(measured.copies[0])
         assert bound(measured, warm) == pytest.approx(measured.startup_bound_gpu_hours())
+
+
+# ------------------------------------------------------- the default policy never runs away
+
+
+def default_deployment() -> tuple[ScalingPolicy, simulator.CapacityModel]:
+    """What ``make bench-scaling`` runs as ``llmhost``: the spec's defaults (64 copies at most)
+    on the benchmark's copies, whose engines refuse past the queue limit llmhost deploys."""
+    copy = aas.BENCHMARK_COPY
+    policy = policy_from_spec(Scaling(max_capacity=64), copy)
+    queue_limit = copy.queue_limit or aas.ENGINE_QUEUE_MAX
+    return policy, replace(simulator.CapacityModel(), queue_limit=queue_limit)
+
+
+def longest_run_s(over: np.ndarray, tick_s: int) -> int:
+    """Seconds of the longest run of consecutive True ticks."""
+    longest = run = 0
+    for flag in over.tolist():
+        run = run + 1 if flag else 0
+        longest = max(longest, run)
+    return longest * tick_s
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+    # No shrinking: a runaway replays slowly and shrinking one took minutes; the message
+    # names the whole load instead.
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+)
+# Loads that made earlier defaults run away (found by this test), and the step scenario.
+@example(base_rps=0.0, peak_rps=12.0, start_s=107, length_s=1239, total_s=2122, seed=1122)
+@example(base_rps=0.47, peak_rps=44.7, start_s=1133, length_s=174, total_s=2059, seed=565)
+@example(
+    base_rps=scenarios.TRICKLE_RPS,
+    peak_rps=scenarios.rate_for_concurrency(scenarios.STEP_CONCURRENCY),
+    start_s=600,
+    length_s=1800,
+    total_s=3600,
+    seed=1,
+)
+@given(
+    base_rps=st.floats(0.0, 2.0).map(lambda rps: round(rps, 2)),
+    peak_rps=st.floats(3.0, 60.0).map(lambda rps: round(rps, 1)),  # ~5 to ~90 in flight
+    start_s=st.integers(0, 1200),
+    length_s=st.integers(60, 1500),  # a step past the end lasts to the end
+    total_s=st.integers(20 * 60, 40 * 60),
+    seed=st.integers(0, 2**16),
+)
+def test_the_default_policy_never_holds_far_more_than_the_oracle_on_a_step(
+    base_rps: float, peak_rps: float, start_s: int, length_s: int, total_s: int, seed: int
+) -> None:
+    # Given a random step load and the oracle's copies for it
+    trace = scenarios.step_load(base_rps, peak_rps, start_s, length_s, total_s, seed)
+    load = f"step_load({base_rps!r}, {peak_rps!r}, {start_s}, {length_s}, {total_s}, {seed})"
+    oracle = simulator.compute_oracle(trace.batches(), WORLD)
+    policy, capacity = default_deployment()
+    mechanics = simulator.Mechanics()
+    # When the default policy (with llmhost's wake hook) replays it, warm and cold
+    for start, initial in (("warm", None), ("cold", policy.min_capacity)):
+        result = simulator.replay(
+            trace.batches(),
+            policy,
+            oracle,
+            capacity=capacity,
+            wake_on_request=True,
+            initial_copies=initial,
+        )
+        copies = result.copies_by_tick
+        # Then it never holds more than the oracle's peak + 2 copies for longer than a startup
+        held = longest_run_s(copies > oracle.peak_copies + 2, mechanics.tick_s)
+        assert held <= mechanics.add_copy_s, (
+            f"{load}, {start} start: held more than the oracle's peak {oracle.peak_copies} + 2 "
+            f"copies for {held} s (at most {int(copies.max())})"
+        )
+        # And never sits at its maximum when the oracle needs a quarter of it or less
+        if oracle.peak_copies <= policy.max_capacity // 4:
+            assert int(copies.max()) < policy.max_capacity, (
+                f"{load}, {start} start: reached {policy.max_capacity} copies for an oracle "
+                f"peak of {oracle.peak_copies}"
+            )
