@@ -52,6 +52,8 @@ from llmhost.scaling.traces import RequestBatch
 # A replay whose queue can never drain (no copy, nothing to wake one) stops this long after
 # the trace; its waiting requests count as waiting until then.
 DRAIN_LIMIT_S = 86_400.0
+# The scaling hook's budget tick runs every 5 minutes (30 ticks of 10 s).
+HOLD_RELEASE_TICKS = 30
 
 
 @dataclass(frozen=True)
@@ -355,6 +357,7 @@ def replay(
     start = oracle.copies[0] if initial_copies is None and len(oracle.copies) else 0
     initial = policy.clamp(int(start if initial_copies is None else initial_copies))
     pending_floors = sorted(floors)
+    held_max = 0  # MaxCapacity the overload hook holds back while its copies start (0: none)
 
     tracking = policy.target_tracking
     tracking_aggregation = aas.TARGET_TRACKING_AGGREGATION
@@ -456,7 +459,7 @@ def replay(
 
     def close_tick() -> None:
         nonlocal area, served, inv_per_copy, had_copies, failures, invocations
-        nonlocal reached, refused_in_tick, tick_index, next_tick, state, policy
+        nonlocal reached, refused_in_tick, tick_index, next_tick, state, policy, held_max
         measured = (area, served, inv_per_copy, had_copies, failures, invocations)
         ticks.append((*measured, reached, refused_in_tick))
         area = served = inv_per_copy = 0.0
@@ -464,6 +467,11 @@ def replay(
         failures = invocations = reached = refused_in_tick = 0
         tick_index += 1
         next_tick = float((tick_index + 1) * tick_s)
+        if held_max and not starting and tick_index % HOLD_RELEASE_TICKS == 0:
+            # The hook's next budget tick (every 5 minutes) gives the lease back once the
+            # copies it asked for serve.
+            policy = replace(policy, max_capacity=held_max)
+            held_max = 0
         history = list(ticks)
         firing: list[_Alarm] = []
         for alarm in alarms:
@@ -481,7 +489,15 @@ def replay(
                 # copies in service now, and SageMaker refuses a new copy count while copies
                 # start (the component is Updating): the hook waits for the next one.
                 if not starting and capacity_changed_at <= t - alarm.spec.period_s:
+                    before = state.desired
                     state = aas.overload(policy, state, t, alarm.value("Maximum"), in_service)
+                    if state.desired > before:
+                        # It holds MaxCapacity at what it asked for while those copies
+                        # start: target tracking multiplies desired capacity (starting
+                        # copies included) by a metric of the copies in service, and would
+                        # ask again for what the hook already asked for.
+                        held_max = held_max or policy.max_capacity
+                        policy = replace(policy, max_capacity=state.desired)
             elif alarm is underload_alarm:
                 # As for overload: the hook acts on a window measured on today's copies.
                 window_s = alarm.spec.period_s * alarm.spec.evaluation_periods
