@@ -509,6 +509,10 @@ def test_scaling_view_shows_capacity_policies_alarms_and_activity(harness: Harne
         "llmhost-zephyr-overload",
         "llmhost-zephyr-underload",
     }
+    # Each alarm names what it watches, the metric-math one included
+    watched = {a["name"]: a["metric"] for a in view["alarms"]}
+    assert watched["llmhost-zephyr-overload"] == "DemandRatio"
+    assert watched["llmhost-zephyr-underload"] == "ConcurrentRequestsPerCopy"
     assert any(
         a["what"] == "ApplyScaling inference-component/zephyr" for a in view["recent_activity"]
     )

@@ -102,7 +102,7 @@ def scaling_view(
             for p in policies
         ],
         "alarms": [
-            {"name": a["AlarmName"], "metric": a.get("MetricName"), "state": a.get("StateValue")}
+            {"name": a["AlarmName"], "metric": _watched(a), "state": a.get("StateValue")}
             for a in alarms
             if is_own_alarm(record.name, a["AlarmName"])
         ],
@@ -173,3 +173,14 @@ def _safe(call: Any, key: str) -> list[dict[str, Any]]:
         return list(call().get(key, []))
     except ClientError:
         return []
+
+
+def _watched(alarm: dict[str, Any]) -> str | None:
+    """The metric an alarm watches: its name, or a metric-math alarm's returned expression
+    (its label, else the expression itself)."""
+    if alarm.get("MetricName"):
+        return str(alarm["MetricName"])
+    for query in alarm.get("Metrics") or []:
+        if query.get("ReturnData"):
+            return str(query.get("Label") or query.get("Expression") or "") or None
+    return None
