@@ -42,7 +42,6 @@ llmhost policy over both starts of every trace that ran (hours summed, waits poo
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -154,31 +153,6 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def startup_bound_gpu_hours(
-    oracle: simulator.Oracle, initial_copies: int, mechanics: simulator.Mechanics | None = None
-) -> float:
-    """``Oracle.startup_bound_gpu_hours`` for a replay that starts with ``initial_copies``
-    copies in service (with ``oracle.copies[0]``, the warm start, the two agree).
-
-    Per level k (the k-th copy): its needed minutes, plus per gap the smaller of the gap and a
-    restart; a copy present at the start and first needed later costs the smaller of the wait
-    and a restart; a copy missing at the start pays its whole startup (from zero for the first
-    copy), as it must to be ready when first needed, so a cold start is charged for being
-    cold. Startups are rounded up to whole minutes.
-    """
-    mechanics = mechanics or simulator.Mechanics()
-    add = math.ceil(mechanics.add_copy_s / 60)
-    from_zero = math.ceil(mechanics.from_zero_s / 60)
-    total = 0
-    for level in range(1, oracle.peak_copies + 1):
-        needed = np.flatnonzero(oracle.copies >= level)
-        restart = from_zero if level == 1 else add
-        gaps = np.diff(needed) - 1
-        total += len(needed) + int(np.minimum(gaps[gaps > 0], restart).sum())
-        total += min(int(needed[0]), restart) if level <= initial_copies else restart
-    return total / 60.0
-
-
 def select_traces(args: argparse.Namespace) -> list[Callable[[], traces.Trace]]:
     """What to replay: TRACE (a file, else a scenario name), or every file in ``--traces``
     (when it exists) and every scenario."""
@@ -252,8 +226,8 @@ def run_trace(
     ]
     first = int(oracle.copies[0]) if len(oracle.copies) else 0
     cold = contenders[0].policy.min_capacity
-    warm_bound = startup_bound_gpu_hours(oracle, first)
-    cold_bound = startup_bound_gpu_hours(oracle, cold)
+    warm_bound = oracle.startup_bound_gpu_hours(initial_copies=first)
+    cold_bound = oracle.startup_bound_gpu_hours(initial_copies=cold)
     print(
         f"\n{trace.name}  requests={oracle.requests}  minutes={len(oracle.copies)}  "
         f"oracle_peak_copies={oracle.peak_copies}  {trace.note}".rstrip()

@@ -188,7 +188,10 @@ def test_the_startup_bound_of_a_start_charges_each_copy_missing_at_it_its_startu
     # Given an oracle that needs 2 copies in minutes 2-3 and 1 copy in minute 10
     copies = np.array([0, 0, 2, 2, 0, 0, 0, 0, 0, 0, 1])
     oracle = simulator.Oracle(copies, copies * 16, requests=100)
-    bound = bench().startup_bound_gpu_hours
+
+    def bound(measured: simulator.Oracle, initial: int) -> float:
+        return measured.startup_bound_gpu_hours(initial_copies=initial)
+
     # When the replay starts with 1 copy: the first copy runs its 3 needed minutes, keeps
     # the 2 minutes before it (cheaper than 8 from zero) and the 6-minute gap (cheaper than 8);
     # the second runs 2 minutes and pays its 2-minute startup

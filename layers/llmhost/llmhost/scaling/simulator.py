@@ -148,15 +148,21 @@ class Oracle:
     def peak_copies(self) -> int:
         return int(self.copies.max()) if len(self.copies) else 0
 
-    def startup_bound_gpu_hours(self, mechanics: Mechanics | None = None) -> float:
+    def startup_bound_gpu_hours(
+        self, mechanics: Mechanics | None = None, initial_copies: int | None = None
+    ) -> float:
         """A tighter bound for any policy, even one that knows the future: the oracle's
         copies, except that a copy released and needed again costs its startup time (rounded
         up to whole minutes; from zero for the first copy), so short gaps are cheaper kept.
 
         Copies are interchangeable, so each level k (the k-th copy) is priced on its own:
-        its needed minutes plus, per gap, the smaller of the gap and a restart.
+        its needed minutes plus, per gap, the smaller of the gap and a restart. The replay
+        starts with ``initial_copies`` in service (default: minute 0's, the warm start): a
+        copy present then and first needed later costs the smaller of the wait and a restart;
+        a copy missing then pays its whole startup, so a cold start is charged for being cold.
         """
         mechanics = mechanics or Mechanics()
+        start = int(self.copies[0]) if initial_copies is None else initial_copies
         add = math.ceil(mechanics.add_copy_s / 60)
         from_zero = math.ceil(mechanics.from_zero_s / 60)
         total = 0
@@ -165,8 +171,7 @@ class Oracle:
             restart = from_zero if level == 1 else add
             gaps = np.diff(needed) - 1
             total += len(needed) + int(np.minimum(gaps[gaps > 0], restart).sum())
-            if needed[0] > 0:  # the replay starts warm with minute 0's copies only
-                total += restart
+            total += min(int(needed[0]), restart) if level <= start else restart
         return total / 60.0
 
 
