@@ -458,3 +458,27 @@ def test_a_sleeping_or_deleted_deployment_has_nothing_to_release(
     assert "CapacityHoldReleased" not in {d["decision"] for d in result.get("decisions", [])}
     after = runtime.registry().find("zephyr")
     assert (after.history if after else None) == (before.history if before else None)
+
+
+@pytest.mark.parametrize(
+    ("status", "in_service", "desired", "changed_s_ago", "releasable"),
+    [
+        ("InService", 3, 3, 300, True),  # served for 5 minutes
+        ("InService", 3, 3, 60, True),  # a minute of datapoints on the new copies
+        ("InService", 3, 3, 10, False),  # just served: target tracking's datapoints predate
+        ("Updating", 1, 3, 300, False),  # still starting
+        ("InService", 2, 3, 300, False),  # one still to come
+    ],
+)
+def test_the_hold_lasts_until_a_minute_of_metrics_was_measured_on_the_new_copies(
+    status: str, in_service: int, desired: int, changed_s_ago: int, releasable: bool
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from llmhost.scaling.guardrails import Capacity
+    from llmhost.scaling.hook import hold_releasable
+    from llmhost.scaling.policy import HOLD_SETTLE_S
+
+    now = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+    capacity = Capacity(in_service, desired, status, now - timedelta(seconds=changed_s_ago))
+    assert hold_releasable(capacity, now, timedelta(seconds=HOLD_SETTLE_S)) is releasable

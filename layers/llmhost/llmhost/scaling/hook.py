@@ -487,6 +487,15 @@ def _grant_decision(grant: Grant, event: str, reason: str, **changes: Any) -> De
     return Decision(event, f"{reason} ({grant.reason})", **changes)
 
 
+def hold_releasable(capacity: Capacity, now: datetime, settle: timedelta) -> bool:
+    """Whether the overload hook's hold on MaxCapacity may end (pure): the units it asked for
+    serve (InService, in service == desired) and ``settle`` has passed since capacity last
+    changed, so target tracking's datapoints were measured on them."""
+    serving = capacity.status == "InService" and capacity.in_service == capacity.desired
+    changed = capacity.changed_at
+    return serving and (changed is None or now - changed >= settle)
+
+
 class ScalingHook:
     """Applies decisions to the registry; ``guard`` and ``budget`` enable the guardrails
     (without a guard, target-tracking alarms are not handled and wakes are not checked)."""
@@ -875,12 +884,16 @@ class ScalingHook:
                     outcomes.append(Outcome(record.name, decision))
         return outcomes
 
-    def _release_holds(self) -> list[Outcome]:
+    def _release_holds(self, now: datetime) -> list[Outcome]:
         """Give back the lease of each deployment whose MaxCapacity the overload hook held,
         once the units it asked for serve (in service == desired, the component or endpoint
-        InService). One still starting stays held; one sleeping or deleted is left (a wake
-        re-registers its target); one whose MaxCapacity something else set since (the
-        budget, a scheduled action, the reconciler) keeps that value."""
+        InService) and a minute of metrics was measured on them (``HOLD_SETTLE_S`` since its
+        capacity last changed: target tracking's datapoints from before would ask again).
+        One still starting stays held; one sleeping or deleted is left (a wake re-registers
+        its target); one whose MaxCapacity something else set since (the budget, a scheduled
+        action, the reconciler) keeps that value."""
+        from llmhost.scaling.policy import HOLD_SETTLE_S
+
         if self._guard is None:
             return []
         outcomes: list[Outcome] = []
@@ -894,8 +907,7 @@ class ScalingHook:
                 capacity = self._guard.capacity(record.name, shared)
                 if capacity is None:
                     continue
-                serving = capacity.status == "InService" and capacity.in_service == capacity.desired
-                if not serving:
+                if not hold_releasable(capacity, now, self._clock.span(HOLD_SETTLE_S)):
                     continue
                 now_max, lease = self._guard.release_hold(record.name, held)
             in_service = f"{capacity.in_service} {units} in service"
@@ -918,7 +930,7 @@ class ScalingHook:
         # release.
         retried = self._retry_refused_scale_outs()
         if self._budget is None:
-            return retried + self._release_holds()
+            return retried + self._release_holds(now)
         result = self._budget.tick(now)
         outcomes = [
             Outcome(
@@ -941,7 +953,7 @@ class ScalingHook:
         ]
         recorded = [o for o in outcomes if self._record(o.deployment, o.decision)]
         # After the budget's own changes, so a lease given back is the one in force today.
-        released = self._release_holds()
+        released = self._release_holds(now)
         billed = (
             "already billed by another tick"
             if result.billed_usd is None

@@ -811,6 +811,12 @@ def step(policy: ScalingPolicy, state: ScalingState, now: float, metric: float) 
     )
 
 
+# After the overload hook raised capacity it holds MaxCapacity until those copies serve and
+# this long has passed since capacity last changed: a minute of the concurrency metric measured
+# on the new copies (target tracking's datapoints from before they served would ask again).
+HOLD_SETTLE_S = 60.0
+
+
 def overload(
     policy: ScalingPolicy, state: ScalingState, now: float, ratio: float, in_service: int
 ) -> ScalingState:

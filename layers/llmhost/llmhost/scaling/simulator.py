@@ -54,8 +54,6 @@ from llmhost.scaling.traces import RequestBatch
 DRAIN_LIMIT_S = 86_400.0
 # The scaling hook's budget tick runs every 5 minutes (30 ticks of 10 s).
 HOLD_RELEASE_TICKS = 30
-# ... once capacity has not changed for this long (a minute of datapoints on the new copies).
-HOLD_SETTLE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -474,7 +472,7 @@ def replay(
         failures = invocations = reached = refused_in_tick = 0
         tick_index += 1
         next_tick = float((tick_index + 1) * tick_s)
-        settled = not starting and capacity_changed_at <= t - HOLD_SETTLE_S
+        settled = not starting and capacity_changed_at <= t - aas.HOLD_SETTLE_S
         if held_max and settled and tick_index % HOLD_RELEASE_TICKS == 0:
             # The hook's next budget tick (every 5 minutes) gives the lease back once the
             # copies it asked for serve and a minute of metrics was measured on them
