@@ -366,15 +366,8 @@ class SageMakerControlPlane:
                     "host them."
                 )
             self._check_quota(config)
-            now = self._clock()
-            endpoint.status = "Updating"
-            endpoint.modified = now
-            endpoint.failure_reason = None
             endpoint.pending_config = config
-            endpoint.pending_since = now
-            endpoint.deadline = now + self._durations.update
-            endpoint.pending_failure = self._failures.pop(("endpoint", endpoint.name.lower()), None)
-            self._emit(endpoint, now)
+            endpoint.pending_since = self._start_update(endpoint)
             return {"EndpointArn": endpoint.arn}
 
     def update_endpoint_weights_and_capacities(self, request: Request) -> Result:
@@ -400,15 +393,21 @@ class SageMakerControlPlane:
                     )
                 if "DesiredInstanceCount" in wanted:
                     counts[name] = wanted["DesiredInstanceCount"]
-            now = self._clock()
-            endpoint.status = "Updating"
-            endpoint.modified = now
-            endpoint.failure_reason = None
             endpoint.pending_counts = counts
-            endpoint.deadline = now + self._durations.update
-            endpoint.pending_failure = self._failures.pop(("endpoint", endpoint.name.lower()), None)
-            self._emit(endpoint, now)
+            self._start_update(endpoint)
             return {"EndpointArn": endpoint.arn}
+
+    def _start_update(self, endpoint: _Endpoint) -> float:
+        """Put ``endpoint`` in Updating until its update deadline (with any failure injected
+        for it) and announce it; returns when (its pending change is set by the caller)."""
+        now = self._clock()
+        endpoint.status = "Updating"
+        endpoint.modified = now
+        endpoint.failure_reason = None
+        endpoint.deadline = now + self._durations.update
+        endpoint.pending_failure = self._failures.pop(("endpoint", endpoint.name.lower()), None)
+        self._emit(endpoint, now)
+        return now
 
     def delete_endpoint(self, request: Request) -> Result:
         with self._transaction():
