@@ -126,22 +126,6 @@ def test_overload_asks_for_what_demand_needs_counting_copies_starting(
     assert again.desired == after
 
 
-def test_percent_steps_round_as_application_auto_scaling_does() -> None:
-    step = aas.StepScalingPolicy(
-        adjustment_type="PercentChangeInCapacity",
-        steps=(aas.StepAdjustment(lower=0, upper=None, adjustment=10),),
-        cooldown_s=60,
-        metric_aggregation="Maximum",
-        alarm=policy_from_spec(Scaling(max_capacity=8)).overload.alarm,  # type: ignore[union-attr]
-        min_adjustment_magnitude=2,
-    )
-    # AWS's examples: 12.7 -> 12, 0.67 -> 1, -6.67 -> -6; then the minimum magnitude
-    assert aas.step_adjustment(replace(step, min_adjustment_magnitude=None), 127, 10) == 12
-    assert aas.step_adjustment(replace(step, min_adjustment_magnitude=None), 10, 7) == 1
-    assert aas.step_adjustment(replace(step, min_adjustment_magnitude=None), 67, -10) == -6
-    assert aas.step_adjustment(step, 10, 10) == 2
-
-
 def test_target_tracking_alarms_scale_out_after_three_datapoints_in_after_fifteen_minutes() -> None:
     # Given a high-resolution and a one-minute metric
     fast = policy_from_spec(Scaling(target_metric="concurrent-requests-per-copy", target_value=8))

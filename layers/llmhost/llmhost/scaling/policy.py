@@ -271,12 +271,11 @@ class StepAdjustment:
 class StepScalingPolicy:
     """A step scaling policy and the alarm whose action it is."""
 
-    adjustment_type: Literal["ChangeInCapacity", "ExactCapacity", "PercentChangeInCapacity"]
+    adjustment_type: Literal["ChangeInCapacity", "ExactCapacity"]
     steps: tuple[StepAdjustment, ...]
     cooldown_s: int
     metric_aggregation: Literal["Average", "Minimum", "Maximum"]
     alarm: AlarmSpec
-    min_adjustment_magnitude: int | None = None
 
     def adjustment_for(self, metric: float) -> int | None:
         """The step that applies to a breaching metric value, or None if none does."""
@@ -296,15 +295,12 @@ class StepScalingPolicy:
             if step.upper is not None:
                 item["MetricIntervalUpperBound"] = step.upper
             steps.append(item)
-        configuration: dict[str, Any] = {
+        return {
             "AdjustmentType": self.adjustment_type,
             "StepAdjustments": steps,
             "Cooldown": self.cooldown_s,
             "MetricAggregationType": self.metric_aggregation,
         }
-        if self.min_adjustment_magnitude is not None:
-            configuration["MinAdjustmentMagnitude"] = self.min_adjustment_magnitude
-        return configuration
 
 
 @dataclass(frozen=True)
@@ -758,25 +754,6 @@ def scale_in(policy: ScalingPolicy, state: ScalingState, now: float, metric: flo
     )
 
 
-def step_adjustment(policy: StepScalingPolicy, capacity: int, adjustment: int) -> int:
-    """The change a step's ``adjustment`` makes to ``capacity``, rounded as Application Auto
-    Scaling rounds a percentage (down above 1, to 1 between 0 and 1; likewise below zero) and
-    at least ``min_adjustment_magnitude``."""
-    if policy.adjustment_type != "PercentChangeInCapacity":
-        return adjustment
-    change = capacity * adjustment / 100.0
-    if change > 0:
-        rounded = max(1, math.floor(change))
-    elif change < 0:
-        rounded = min(-1, math.ceil(change))
-    else:
-        rounded = 0
-    least = policy.min_adjustment_magnitude or 0
-    if rounded and abs(rounded) < least:
-        rounded = least if rounded > 0 else -least
-    return rounded
-
-
 def step(policy: ScalingPolicy, state: ScalingState, now: float, metric: float) -> ScalingState:
     """The scale-from-zero step policy's alarm is in ALARM with ``metric`` aggregated.
 
@@ -794,7 +771,7 @@ def step(policy: ScalingPolicy, state: ScalingState, now: float, metric: float) 
         return state if wanted == state.desired else _set(state, now, wanted, "step")
     cooling = now < state.step_until
     base = state.step_base if cooling else state.desired
-    wanted = policy.clamp(base + step_adjustment(wake, base, adjustment))
+    wanted = policy.clamp(base + adjustment)
     if wanted <= state.desired:
         return state
     woken = {"woken_at": now} if state.desired == 0 else {}
