@@ -20,6 +20,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
+from botocore.config import Config
 from botocore.exceptions import ReadTimeoutError
 from botocore.stub import Stubber
 
@@ -48,9 +49,16 @@ _SESSION = boto3.session.Session()
 
 def invoker(max_attempts: int = 1, timeout_s: float = 5.0) -> ModelInvoker:
     # One session for all tests: building a client from it skips reloading the service
-    # model; each test still gets its own client (its own Stubber and event hooks).
-    client = build_runtime_client(
-        read_timeout_s=timeout_s, max_attempts=max_attempts, session=_SESSION
+    # model; each test still gets its own client (its own Stubber and event hooks), with the
+    # limits build_runtime_client would give it.
+    client = _SESSION.client(
+        "sagemaker-runtime",
+        region_name="us-east-1",
+        config=Config(
+            read_timeout=timeout_s,
+            connect_timeout=3,
+            retries={"total_max_attempts": max_attempts, "mode": "standard"},
+        ),
     )
     return ModelInvoker(client, timeout_s=timeout_s, max_attempts=max_attempts)
 

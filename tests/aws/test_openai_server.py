@@ -524,7 +524,7 @@ def test_unreadable_keys_answer_503_with_retry_after(service: ScriptedService) -
     def failing() -> dict[str, str]:
         raise ConnectionError("Secrets Manager timed out")
 
-    running = _serve(ServingHttpApp(lambda: service, ApiKeyAuth(failing, log=lambda _: None)))
+    running = _serve(ServingHttpApp(lambda: service, ApiKeyAuth(failing)))
     try:
         raw = f"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH}\r\n\r\n".encode()
         received = _exchange(running.server_address[:2], raw)

@@ -4,7 +4,8 @@ OpenAI clients send ``Authorization: Bearer <key>``; they cannot sign requests w
 this endpoint checks keys itself. Keys live in a Secrets Manager secret as a JSON object
 ``{"<key name>": "<sha256 hex of the key>"}``: the secret holds hashes, never the keys, and
 a leaked secret value does not leak a usable key. ``python -m llmhost.serving.auth NAME``
-prints a new key and the line to add to the secret.
+prints a new key and the line to add to the secret (to its user's terminal, on stdout: a
+command's output, not a log line).
 """
 
 from __future__ import annotations
@@ -19,11 +20,15 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from aws_lambda_powertools import Logger
+
 from llmhost.errors import LlmhostError
 
 KEY_PREFIX = "llmh-"
 CACHE_SECONDS = 300  # how old the key hashes may get: a revoked key works at most this long
 FAILED_LOAD_RETRY_SECONDS = 30  # after a failed read, and while the secret holds no keys
+
+logger = Logger(child=True)
 
 
 class Unauthorized(LlmhostError):
@@ -72,11 +77,9 @@ class ApiKeyAuth:
         self,
         load_hashes: Callable[[], Mapping[str, str]],
         clock: Callable[[], float] = time.monotonic,
-        log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
     ) -> None:
         self._load = load_hashes
         self._clock = clock
-        self._log = log
         self._hashes: dict[str, str] | None = None  # None: never read successfully
         self._next_load = float("-inf")
         self._lock = threading.Lock()
@@ -113,7 +116,9 @@ class ApiKeyAuth:
                     self._hashes = {str(k): str(v).lower() for k, v in loaded.items()}
                     wait = CACHE_SECONDS if self._hashes else FAILED_LOAD_RETRY_SECONDS
                 except Exception as error:  # any failure: keep what we had, retry later
-                    self._log(f"reading the API key secret failed: {type(error).__name__}: {error}")
+                    logger.warning(
+                        "reading the API key secret failed: %s: %s", type(error).__name__, error
+                    )
                     wait = FAILED_LOAD_RETRY_SECONDS
                 self._next_load = now + wait
             if self._hashes is None:

@@ -28,6 +28,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
+from aws_lambda_powertools import Logger
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticCustomError
 from starlette.concurrency import run_in_threadpool
@@ -47,6 +48,10 @@ MAX_JSON_DEPTH = 64  # far above any real request; stops deep nesting before it 
 LISTEN_BACKLOG = 2048
 
 M = TypeVar("M", bound=BaseModel)
+
+# Failures go to the stream function's Powertools Logger (a child logs through its parent);
+# the ``log`` callable an app is given writes only its one access line per request.
+logger = Logger(child=True)
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -183,9 +188,7 @@ class ServingHttpApp:
         except LlmhostError as error:
             return _error_response(error)
         except Exception:  # no stack trace reaches the client; the log has it
-            import traceback
-
-            self._log(traceback.format_exc())
+            logger.exception("unhandled error", extra={"path": path, "method": method})
             return _json(500, openai_error(500, "internal_error", "llmhost hit an internal error"))
 
     async def _stream(self, service: Any, request: ChatCompletionRequest) -> Response:
@@ -196,7 +199,7 @@ class ServingHttpApp:
             return chunks, next(chunks, None)
 
         chunks, first = await run_in_threadpool(start)
-        relay = _StreamRelay(chunks, asyncio.get_running_loop(), self._log)
+        relay = _StreamRelay(chunks, asyncio.get_running_loop())
         return StreamingResponse(
             relay.events(first),
             media_type="text/event-stream; charset=utf-8",
@@ -219,12 +222,9 @@ class _StreamRelay:
 
     QUEUE = 256
 
-    def __init__(
-        self, chunks: Iterator[Any], loop: asyncio.AbstractEventLoop, log: Callable[[str], None]
-    ) -> None:
+    def __init__(self, chunks: Iterator[Any], loop: asyncio.AbstractEventLoop) -> None:
         self._chunks = chunks
         self._loop = loop
-        self._log = log
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(self.QUEUE)
         self._ready = asyncio.Event()
         self._stop = threading.Event()
@@ -282,9 +282,7 @@ class _StreamRelay:
         if isinstance(error, LlmhostError):
             # Mid-stream failure: OpenAI clients raise an APIError for an "error" event.
             return openai_error(error.status, error.code, error.message)
-        import traceback
-
-        self._log("".join(traceback.format_exception(error)))
+        logger.error("stream failed", exc_info=error)
         return openai_error(500, "internal_error", "llmhost hit an internal error")
 
 

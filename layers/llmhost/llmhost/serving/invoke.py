@@ -35,7 +35,6 @@ case for one call is ``max_attempts * (connect_timeout_s + timeout_s)`` plus bac
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -84,50 +83,24 @@ def build_runtime_client(
     read_timeout_s: float,
     max_attempts: int,
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
-    region: str | None = None,
-    endpoint_url: str | None = None,
-    session: Any = None,
 ) -> Any:
-    """A ``sagemaker-runtime`` client with these timeouts and retry budget.
+    """The process's ``sagemaker-runtime`` client with these timeouts and retry budget.
 
     ``max_attempts`` counts the first try (botocore's ``total_max_attempts``, standard mode).
-    ``region`` defaults to ``llmhost.aws.region()``; ``endpoint_url`` to
-    ``LLMHOST_AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME``, then ``LLMHOST_AWS_ENDPOINT_URL`` (the
-    local runner's fronts), the same lookup ``llmhost.aws`` uses. ``session`` is a
-    ``boto3.session.Session`` to build from (a new one by default). Build the client once
-    per process and pass it to ``ModelInvoker``.
+    Built by ``llmhost.aws`` (cached per limits; its endpoint overrides and the local
+    runner's customizers apply). Pass it to ``ModelInvoker``.
     """
-    import boto3
-    from botocore.config import Config
-
     from llmhost import aws
 
     if read_timeout_s <= 0 or connect_timeout_s <= 0:
         raise ValueError("read_timeout_s and connect_timeout_s must be positive seconds")
     if max_attempts < 1:
         raise ValueError("max_attempts counts the first try and must be at least 1")
-    if session is None and endpoint_url is None and region is None:
-        # The shared factory: cached per limits, and the local runner's customizers apply.
-        return aws.client(
-            "sagemaker-runtime",
-            read_timeout=read_timeout_s,
-            connect_timeout=connect_timeout_s,
-            max_attempts=max_attempts,
-        )
-    config = Config(
-        connect_timeout=connect_timeout_s,
-        read_timeout=read_timeout_s,
-        retries={"total_max_attempts": max_attempts, "mode": "standard"},
-        max_pool_connections=aws.max_pool_connections(),
-    )
-    return (session or boto3.session.Session()).client(
+    return aws.client(
         "sagemaker-runtime",
-        region_name=region or aws.region(),
-        endpoint_url=endpoint_url
-        or os.environ.get("LLMHOST_AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME")
-        or os.environ.get("LLMHOST_AWS_ENDPOINT_URL")
-        or None,
-        config=config,
+        read_timeout=read_timeout_s,
+        connect_timeout=connect_timeout_s,
+        max_attempts=max_attempts,
     )
 
 

@@ -10,7 +10,8 @@ keys are its only lock.
 from __future__ import annotations
 
 import os
-import sys
+
+from aws_lambda_powertools import Logger
 
 from llmhost import runtime
 from llmhost.serving.auth import ApiKeyAuth, hashes_from_secret
@@ -19,15 +20,18 @@ from llmhost.serving.ratelimit import KeyRateLimiter, RateLimits
 
 
 def main() -> int:
+    # The stream function's Logger (POWERTOOLS_SERVICE_NAME): the library's modules log
+    # through it as its children.
+    logger = Logger()
     settings = runtime.serving_settings()
     if not settings.api_keys_secret_arn:
-        print("API_KEYS_SECRET_ARN is not set: refusing to serve without API keys", file=sys.stderr)
+        logger.error("API_KEYS_SECRET_ARN is not set: refusing to serve without API keys")
         return 2
     auth = ApiKeyAuth(hashes_from_secret(settings.api_keys_secret_arn))
     app = ServingHttpApp(
         runtime.serving_service,
         auth,
-        log=lambda line: print(line, flush=True),
+        log=logger.info,
         limiter=KeyRateLimiter(RateLimits.from_env()),
     )
     server = serve(app, host="127.0.0.1", port=int(os.environ.get("PORT", "8080")))

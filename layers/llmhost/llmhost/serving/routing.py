@@ -9,7 +9,6 @@ token limits the engine was started with.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import threading
 import time
@@ -17,6 +16,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
+
+from aws_lambda_powertools import Logger
 
 from llmhost.clock import REAL, CloudClock
 from llmhost.errors import LlmhostError
@@ -27,7 +28,9 @@ if TYPE_CHECKING:
     from llmhost.lifecycle.registry import Registry
     from llmhost.serving.wake import WakeDispatcher
 
-logger = logging.getLogger(__name__)
+# A child of the function's Powertools Logger (POWERTOOLS_SERVICE_NAME): its records go out
+# through the handler and format the function's own Logger set up.
+logger = Logger(child=True)
 
 CACHE_SECONDS = 10.0
 FALLBACK_INPUT_TOKENS = 2048
