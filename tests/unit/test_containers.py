@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 
-from llmhost import sizing
 from llmhost.engines.containers import MODEL_DIR, container_definition, redacted
 from llmhost.images import ImageNotAvailable
+from llmhost.sizing.plan import Plan
+from llmhost.sizing.plan import plan as plan_for
 from llmhost.specs import parse_spec
 
 TOKEN = "hf_secret_value"
@@ -21,7 +22,7 @@ def build(
     hosting: dict[str, Any] | None = None,
     region: str = "us-east-1",
     token: str | None = None,
-) -> tuple[dict[str, Any], sizing.Plan]:
+) -> tuple[dict[str, Any], Plan]:
     spec = parse_spec(
         {
             "name": "containers",
@@ -30,7 +31,7 @@ def build(
             "hosting": hosting or {"kind": "dedicated"},
         }
     )
-    plan = sizing.plan(spec)
+    plan = plan_for(spec)
     return container_definition(spec, plan, region, token), plan
 
 

@@ -8,8 +8,11 @@ from typing import Any
 
 import pytest
 
-from llmhost import catalog, instances, sizing
+from llmhost import catalog, instances
 from llmhost.errors import SpecInvalid
+from llmhost.sizing import fit
+from llmhost.sizing.plan import Plan
+from llmhost.sizing.plan import plan as plan_for
 from llmhost.specs import DeploymentSpec, parse_spec
 
 GIB = 1024**3
@@ -43,10 +46,10 @@ def issues_of(data: dict[str, Any]) -> dict[str, str]:
     return {}
 
 
-def planned(data: dict[str, Any]) -> sizing.Plan:
+def planned(data: dict[str, Any]) -> Plan:
     spec = parse_spec(data)
     assert isinstance(spec, DeploymentSpec)
-    return sizing.plan(spec)
+    return plan_for(spec)
 
 
 # --------------------------------------------------------------------------- memory math
@@ -58,13 +61,13 @@ def test_llama2_70b_fp16_weights_outgrow_any_single_24gib_gpu() -> None:
     assert model is not None
     from_first_principles = model.params_b * 1e9 * 2 / GIB
     # When the sizing module computes its weights
-    weights = sizing.weights_gib(model, sizing.weight_bytes_per_param("tgi", None))
+    weights = fit.weights_gib(model, fit.weight_bytes_per_param("tgi", None))
     # Then it is ~128 GiB (138 GB): more than five 24 GiB GPUs hold
     assert weights == pytest.approx(from_first_principles)
     assert weights > 128
     for instance in instances.gpu_instances():
         if instance.gpu_count == 1 and instance.gpu_memory_gib <= 24:
-            assert sizing.weights_gib(model, 2.0) > instance.gpu_memory_gib * 5
+            assert fit.weights_gib(model, 2.0) > instance.gpu_memory_gib * 5
 
 
 def test_kv_cache_per_token_follows_layers_kv_heads_and_head_size() -> None:
@@ -75,10 +78,10 @@ def test_kv_cache_per_token_follows_layers_kv_heads_and_head_size() -> None:
     assert big and small
     # When the KV cache per token is computed (K and V, 2 bytes each)
     # Then it is 2 * layers * kv_heads * head_dim * 2 bytes
-    assert sizing.kv_gib_per_token(big) * GIB == pytest.approx(2 * 80 * 8 * 128 * 2)
-    assert sizing.kv_gib_per_token(small) * GIB == pytest.approx(2 * 32 * 32 * 128 * 2)
+    assert fit.kv_gib_per_token(big) * GIB == pytest.approx(2 * 80 * 8 * 128 * 2)
+    assert fit.kv_gib_per_token(small) * GIB == pytest.approx(2 * 32 * 32 * 128 * 2)
     # and grouped-query attention makes the 70B model's cache smaller per token
-    assert sizing.kv_gib_per_token(big) < sizing.kv_gib_per_token(small)
+    assert fit.kv_gib_per_token(big) < fit.kv_gib_per_token(small)
 
 
 def test_quantization_shrinks_weights_by_its_bit_width() -> None:
@@ -87,7 +90,7 @@ def test_quantization_shrinks_weights_by_its_bit_width() -> None:
     assert model is not None
 
     def weights(quantization: str | None) -> float:
-        return sizing.weights_gib(model, sizing.weight_bytes_per_param("tgi", quantization))
+        return fit.weights_gib(model, fit.weight_bytes_per_param("tgi", quantization))
 
     # Then 8-bit halves the weights and 4-bit (AWQ/GPTQ/NF4) roughly quarters them,
     # with a little overhead for scales but well under a third
@@ -114,8 +117,8 @@ def test_hf_inference_loads_float32_so_needs_twice_the_memory_of_tgi() -> None:
     model = catalog.lookup("flan-t5-large")
     assert model is not None
     # Then the toolkit's weights take 4 bytes per parameter
-    assert sizing.weight_bytes_per_param("hf-inference", None) == 4.0
-    assert sizing.weight_bytes_per_param("tgi", None) == 2.0
+    assert fit.weight_bytes_per_param("hf-inference", None) == 4.0
+    assert fit.weight_bytes_per_param("tgi", None) == 2.0
 
 
 @pytest.mark.parametrize(
@@ -134,7 +137,7 @@ def test_default_parallel_degree_is_the_largest_even_split(
     # Given a model and an instance's GPU count
     model = catalog.lookup(model_id)
     # When the default tensor-parallel degree is chosen
-    degree = sizing.default_parallel_degree(model, gpus)
+    degree = fit.default_parallel_degree(model, gpus)
     # Then it is a power of two that divides the heads, as large as the GPUs allow
     assert degree == expected
     assert model is not None and model.num_attention_heads % degree == 0
@@ -205,7 +208,7 @@ def test_token_limits_default_from_context_and_stay_within_it() -> None:
         assert tokens.max_total_tokens and tokens.max_input_tokens
         assert tokens.max_batch_prefill_tokens and tokens.max_batch_total_tokens
         # Then the window is the context, capped at 8192 for long-context models
-        assert tokens.max_total_tokens == min(context, sizing.DEFAULT_MAX_TOTAL_TOKENS)
+        assert tokens.max_total_tokens == min(context, fit.DEFAULT_MAX_TOTAL_TOKENS)
         # and the engine's own invariants hold
         assert tokens.max_input_tokens < tokens.max_total_tokens
         assert tokens.max_batch_prefill_tokens >= tokens.max_input_tokens
@@ -221,11 +224,9 @@ def test_batch_tokens_fill_what_memory_is_left_and_no_more() -> None:
     batch = plan.tokens.max_batch_total_tokens
     assert batch is not None
     # Then its KV cache estimate is exactly batch tokens of KV cache
-    assert plan.memory.kv_cache_gib == pytest.approx(
-        batch * sizing.kv_gib_per_token(model), abs=0.01
-    )
+    assert plan.memory.kv_cache_gib == pytest.approx(batch * fit.kv_gib_per_token(model), abs=0.01)
     # and weights + runtime + KV stay within the usable memory of the GPU
-    assert plan.memory.total_gib <= 24 * sizing.USABLE_GPU_FRACTION + 0.01
+    assert plan.memory.total_gib <= 24 * fit.USABLE_GPU_FRACTION + 0.01
     # while a batch budget twice as large is rejected
     too_many = issues_of(
         make_spec(

@@ -7,7 +7,7 @@ roughly cost, not a bill: see ``PRICE_SOURCE`` for where they come from and re-c
 there before quoting them to anyone.
 
 GPU memory is the marketed size per GPU in GiB (an "A10G 24 GB" reports about 22.5 GiB
-to CUDA); ``llmhost.sizing`` keeps a margin for that.
+to CUDA); ``llmhost.sizing.fit`` keeps a margin for that.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from llmhost.lifecycle.desired import DesiredResources
     from llmhost.lifecycle.reconciler import Reconciler
     from llmhost.lifecycle.registry import Registry
-    from llmhost.sizing import Plan
+    from llmhost.sizing.plan import Plan
     from llmhost.specs import DeploymentSpec
 
 

@@ -533,9 +533,9 @@ def cross_field_issues(spec: DeploymentSpec) -> list[FieldIssue]:
         )
     issues.extend(limits.spec_issues(spec))
     if not issues:
-        from llmhost import sizing
+        from llmhost.sizing.issues import capacity_issues
 
-        issues.extend(sizing.capacity_issues(spec))
+        issues.extend(capacity_issues(spec))
     return issues
 
 

@@ -182,9 +182,9 @@ def build_app(
 
     @app.post("/v1/plan", summary="Dry run: sizing and cost of a spec; nothing is created")
     def plan_spec(spec: DeploymentSpec):
-        from llmhost import sizing
+        from llmhost.sizing.plan import plan
 
-        return _json(HTTPStatus.OK, {"name": spec.name, "plan": sizing.plan(spec).as_dict()})
+        return _json(HTTPStatus.OK, {"name": spec.name, "plan": plan(spec).as_dict()})
 
     @app.get("/v1/openapi.json", summary="This API's OpenAPI document (every route)")
     def openapi():
@@ -326,14 +326,14 @@ def _pin_pool_instance(registry: Registry, spec: DeploymentSpec) -> DeploymentSp
     hosting = spec.hosting
     if hosting.kind != "shared" or hosting.instance_type:
         return spec
-    from llmhost import sizing
+    from llmhost.sizing.plan import plan
 
     pool_types = [
         r.spec.hosting.instance_type
         for r in registry.deployments()
         if r.pool == hosting.pool and r.spec.hosting.instance_type
     ]
-    chosen = pool_types[0] if pool_types else sizing.plan(spec).instance_type
+    chosen = pool_types[0] if pool_types else plan(spec).instance_type
     data = spec.model_dump(mode="json")
     data["hosting"]["instance_type"] = chosen
     from llmhost.specs import parse_spec

@@ -17,7 +17,7 @@ from llmhost.errors import FieldIssue
 if TYPE_CHECKING:
     from llmhost.catalog import CatalogModel
     from llmhost.scaling.policy import CopyCapacity
-    from llmhost.sizing import Plan
+    from llmhost.sizing.plan import Plan
     from llmhost.specs import DeploymentSpec
 
 

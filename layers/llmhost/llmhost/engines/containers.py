@@ -24,7 +24,7 @@ from llmhost import catalog, engines, images
 from llmhost.specs import DeploymentSpec, HubSource, ModelPackageSource, S3Source
 
 if TYPE_CHECKING:
-    from llmhost.sizing import Plan
+    from llmhost.sizing.plan import Plan
 
 # Where SageMaker puts model data from ModelDataUrl / ModelDataSource in the container.
 MODEL_DIR = "/opt/ml/model"
@@ -40,7 +40,7 @@ def container_definition(
 ) -> dict[str, Any]:
     """The ``PrimaryContainer`` for CreateModel: image, model data and environment.
 
-    ``plan`` is ``llmhost.sizing.plan(spec)``; ``region`` picks the image (raises
+    ``plan`` is ``llmhost.sizing.plan.plan(spec)``; ``region`` picks the image (raises
     ``llmhost.images.ImageNotAvailable`` naming known versions/regions when missing);
     ``hf_token`` is the Hugging Face token for gated models, added as ``HF_TOKEN`` (pass
     None when building the container for hashing or storage). A model package returns

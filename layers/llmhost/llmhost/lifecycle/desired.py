@@ -24,7 +24,7 @@ from llmhost.specs import (
 
 if TYPE_CHECKING:
     from llmhost.scaling.policy import ScalingPolicy
-    from llmhost.sizing import Plan
+    from llmhost.sizing.plan import Plan
 
 
 def wanted_schedules(

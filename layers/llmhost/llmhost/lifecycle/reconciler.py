@@ -37,7 +37,7 @@ from llmhost.lifecycle.registry import Registry
 from llmhost.specs import DeploymentSpec
 
 if TYPE_CHECKING:
-    from llmhost.sizing import Plan
+    from llmhost.sizing.plan import Plan
 
 _ATTEMPTS = (CreateEndpoint, UpdateEndpoint, CreateComponent, UpdateComponent)
 
@@ -61,10 +61,10 @@ def resolve_desired(
 
     ``schedule_target``: where sleep/wake schedules go (None: Scheduler not configured).
     """
-    from llmhost import sizing
     from llmhost.engines.containers import container_definition
+    from llmhost.sizing.plan import plan as plan_for
 
-    plan = plan or sizing.plan(spec)
+    plan = plan or plan_for(spec)
     container = container_definition(spec, plan, region, hf_token=None)
     return desired_resources(spec, plan, role_arn, container, schedule_target)
 
@@ -122,7 +122,7 @@ def observed_resources(observed: Observed, desired: DesiredResources) -> Resourc
 def plan_of(record: DeploymentRecord) -> Plan:
     """The plan the record's generation was built with, sized now if none was pinned yet
     (what it was deployed with: the scaling hook derives the deployed policy from it too)."""
-    from llmhost.sizing import Plan, plan
+    from llmhost.sizing.plan import Plan, plan
 
     pinned = record.pinned_plan()
     return Plan.from_dict(pinned) if pinned is not None else plan(record.spec)

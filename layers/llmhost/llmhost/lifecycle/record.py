@@ -57,7 +57,7 @@ class Attempt(BaseModel):
 
 
 class PinnedPlan(BaseModel):
-    """The sizing plan (``llmhost.sizing.Plan.as_dict()``) a generation of the spec was built
+    """The sizing plan (``llmhost.sizing.plan.Plan.as_dict()``) a generation of the spec was built
     with. Kept so that a later release's catalog or price list never re-sizes, and so
     re-creates, what is already running."""
 

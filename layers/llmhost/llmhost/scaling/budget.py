@@ -57,9 +57,9 @@ def unit_price(spec: DeploymentSpec) -> float:
         return 0.0
     name = hosting.instance_type
     if name is None:
-        from llmhost import sizing
+        from llmhost.sizing.plan import plan
 
-        name = sizing.plan(spec).instance_type
+        name = plan(spec).instance_type
     instance = instances.get(name) if name else None
     if instance is None:
         return 0.0

@@ -83,12 +83,14 @@ class ModelRoute:
 
 def route_for(record: DeploymentRecord) -> ModelRoute:
     """The route of an IN_SERVICE deployment (pure)."""
-    from llmhost import catalog, sizing
+    from llmhost import catalog
+    from llmhost.sizing.plan import Plan
+    from llmhost.sizing.plan import plan as plan_for
 
     spec = record.spec
     pinned = record.pinned_plan()
     # The limits the engine was started with: the plan pinned when it was built.
-    plan = sizing.Plan.from_dict(pinned) if pinned is not None else sizing.plan(spec)
+    plan = Plan.from_dict(pinned) if pinned is not None else plan_for(spec)
     model = catalog.lookup(spec.catalog_id)
     return ModelRoute(
         name=record.name,
