@@ -19,7 +19,7 @@ PY313 := $(shell for p in python3.13 $$HOME/.pyenv/versions/3.13*/bin/python3.13
 PY313_DIR := $(if $(PY313),$(patsubst %/,%,$(dir $(PY313))),)
 SAM_ENV := AWS_DEFAULT_REGION=us-east-1 SAM_CLI_TELEMETRY=0 PATH="$(PY313_DIR):$$PATH"
 
-.PHONY: run test check lint unit checkov sam-validate sam-build build images embedding-model \
+.PHONY: run test check lint typecheck unit checkov sam-validate sam-build build images embedding-model \
 	bench-coldstart bench-retrieval bench-serving bench-scaling bench-load clean
 
 $(VENV)/.installed: pyproject.toml
@@ -56,18 +56,21 @@ embedding-model: $(EXPORT_VENV)/.installed
 run: $(VENV)/.installed embedding-model
 	$(PY) -m llmhost.local
 
-## test: lint, unit + AWS-emulated tests, checkov, sam validate --lint and sam build
-test: lint unit checkov sam-validate sam-build
+## test: lint, mypy, unit + AWS-emulated tests, checkov, sam validate --lint and sam build
+test: lint typecheck unit checkov sam-validate sam-build
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+## typecheck: mypy with the pydantic plugin on the library (pyproject.toml's [tool.mypy])
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy layers/llmhost/llmhost
+
 unit: $(VENV)/.installed embedding-model
 	$(VENV)/bin/pytest
 
 check: test
-	$(VENV)/bin/mypy layers/llmhost/llmhost
 
 ## checkov: static security checks of template.yaml; every skipped check says why, inline
 checkov: $(CHECKOV_VENV)/.installed

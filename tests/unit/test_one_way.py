@@ -9,6 +9,7 @@ may print.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PRODUCT = Path(__file__).resolve().parents[2] / "layers" / "llmhost" / "llmhost"
@@ -87,3 +88,12 @@ def test_the_product_makes_no_http_calls_of_its_own() -> None:
                 continue
             offenders.append(f"{relative}: imports {name}")
     assert offenders == []
+
+
+def test_make_test_type_checks_the_library() -> None:
+    # CI runs `make test` (.ci/run): mypy with the pydantic plugin is part of it
+    makefile = (PRODUCT.parents[2] / "Makefile").read_text()
+    assert re.search(r"^test: .*\btypecheck\b", makefile, re.M)
+    assert re.search(
+        r"^typecheck: .*\n\t\$\(VENV\)/bin/mypy layers/llmhost/llmhost$", makefile, re.M
+    )

@@ -8,18 +8,27 @@ from __future__ import annotations
 
 import os
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
 
 from llmhost import aws
 
 if TYPE_CHECKING:
+    from llmhost.clock import CloudClock
     from llmhost.lifecycle.desired import DesiredResources
     from llmhost.lifecycle.reconciler import Reconciler
     from llmhost.lifecycle.registry import Registry
+    from llmhost.rag.embeddings import Embedder
+    from llmhost.rag.store import VectorStore
+    from llmhost.scaling.guardrails import CapacityGuard
+    from llmhost.scaling.hook import ScalingHook
+    from llmhost.serving.service import ServingService
+    from llmhost.serving.wake import WakeDispatcher
     from llmhost.sizing.plan import Plan
     from llmhost.specs import DeploymentSpec
+
+Settings = TypeVar("Settings", bound=BaseModel)
 
 
 class SettingsError(RuntimeError):
@@ -48,14 +57,12 @@ class SecretsSettings(BaseModel):
 
 
 def secrets_prefix() -> str:
-    settings: SecretsSettings = _from_env(SecretsSettings)
-    return settings.secrets_prefix
+    return _from_env(SecretsSettings).secrets_prefix
 
 
 def stack_name() -> str:
     """The stack whose ``llmhost:stack`` tag marks the SageMaker resources llmhost may change."""
-    settings: StackSettings = _from_env(StackSettings)
-    return settings.llmhost_stack_name
+    return _from_env(StackSettings).llmhost_stack_name
 
 
 class ReconcileSettings(BaseModel):
@@ -69,7 +76,7 @@ class ReconcileSettings(BaseModel):
     schedule_dead_letter_arn: str | None = None
 
 
-def _from_env(model: type[BaseModel]) -> Any:
+def _from_env(model: type[Settings]) -> Settings:
     values = {
         name: os.environ[name.upper()] for name in model.model_fields if name.upper() in os.environ
     }
@@ -98,14 +105,15 @@ def reset() -> None:
 def _registry() -> Registry:
     from llmhost.lifecycle.registry import Registry
 
-    settings: ApiSettings = _from_env(ApiSettings)
+    settings = _from_env(ApiSettings)
     return Registry(
         aws.client("dynamodb"), settings.registry_table_name, history_limit=settings.history_limit
     )
 
 
 def registry() -> Registry:
-    return _overrides.get("registry") or _registry()
+    overridden: Registry | None = _overrides.get("registry")
+    return overridden or _registry()
 
 
 @cache
@@ -115,7 +123,7 @@ def _reconciler() -> Reconciler:
     from llmhost.lifecycle.observer import SageMakerObserver
     from llmhost.lifecycle.reconciler import Reconciler, resolve_desired
 
-    settings: ReconcileSettings = _from_env(ReconcileSettings)
+    settings = _from_env(ReconcileSettings)
     region = aws.region()
     role = settings.sagemaker_execution_role_arn
     sagemaker = aws.client("sagemaker")
@@ -156,7 +164,8 @@ def _reconciler() -> Reconciler:
 
 
 def reconciler() -> Reconciler:
-    return _overrides.get("reconciler") or _reconciler()
+    overridden: Reconciler | None = _overrides.get("reconciler")
+    return overridden or _reconciler()
 
 
 def read_secret(arn: str) -> str:
@@ -189,31 +198,34 @@ class ServingSettings(BaseModel):
 
 
 def serving_settings() -> ServingSettings:
-    return _overrides.get("serving_settings") or _from_env(ServingSettings)
+    overridden: ServingSettings | None = _overrides.get("serving_settings")
+    return overridden or _from_env(ServingSettings)
 
 
-def clock() -> Any:
-    """The cloud's clock (``llmhost.clock.CloudClock``): AWS's own unless overridden (the
-    local runner compresses it as its stand-ins' time is)."""
+def clock() -> CloudClock:
+    """The cloud's clock: AWS's own unless overridden (the local runner compresses it as
+    its stand-ins' time is)."""
     from llmhost.clock import REAL
 
-    return _overrides.get("clock") or REAL
+    overridden: CloudClock | None = _overrides.get("clock")
+    return overridden or REAL
 
 
-def wake_dispatcher() -> Any:
-    """How serving hands a wake to the scaling function (``llmhost.serving.wake``): the
-    ``wake_dispatcher`` override, else an async Lambda invoke of SCALING_FUNCTION_NAME, else
-    nothing. Built per call: only the one request that wins a wake asks for it."""
+def wake_dispatcher() -> WakeDispatcher:
+    """How serving hands a wake to the scaling function: the ``wake_dispatcher`` override,
+    else an async Lambda invoke of SCALING_FUNCTION_NAME, else nothing. Built per call: only
+    the one request that wins a wake asks for it."""
     from llmhost.serving.wake import LambdaWakeDispatcher, NoWakeDispatch, lambda_client
 
     if "wake_dispatcher" in _overrides:
-        return _overrides["wake_dispatcher"]
+        overridden: WakeDispatcher = _overrides["wake_dispatcher"]
+        return overridden
     name = serving_settings().scaling_function_name
     return LambdaWakeDispatcher(lambda_client, name) if name else NoWakeDispatch()
 
 
 @cache
-def _serving_service() -> Any:
+def _serving_service() -> ServingService:
     from llmhost.serving.invoke import ModelInvoker
     from llmhost.serving.routing import ModelDirectory
     from llmhost.serving.service import ServingService
@@ -228,31 +240,34 @@ def _serving_service() -> Any:
     return ServingService(directory, invoker, embedder, store)
 
 
-def serving_service() -> Any:
+def serving_service() -> ServingService:
     """The RAG/chat service (its embedder, store and clients are built on first use)."""
-    return _overrides.get("serving_service") or _serving_service()
+    overridden: ServingService | None = _overrides.get("serving_service")
+    return overridden or _serving_service()
 
 
 @cache
-def _embedder() -> Any:
+def _embedder() -> Embedder:
     from llmhost.rag.embeddings import embedder_from_env
 
     return embedder_from_env()
 
 
-def embedder() -> Any:
-    return _overrides.get("embedder") or _embedder()
+def embedder() -> Embedder:
+    overridden: Embedder | None = _overrides.get("embedder")
+    return overridden or _embedder()
 
 
 @cache
-def _store() -> Any:
+def _store() -> VectorStore:
     from llmhost.rag.store import store_from_env
 
     return store_from_env()
 
 
-def store() -> Any:
-    return _overrides.get("store") or _store()
+def store() -> VectorStore:
+    overridden: VectorStore | None = _overrides.get("store")
+    return overridden or _store()
 
 
 def warm_rag() -> None:
@@ -299,28 +314,30 @@ class CapacitySettings(BaseModel):
 
 
 def scaling_settings() -> ScalingSettings:
-    return _overrides.get("scaling_settings") or _from_env(ScalingSettings)
+    overridden: ScalingSettings | None = _overrides.get("scaling_settings")
+    return overridden or _from_env(ScalingSettings)
 
 
 def gpu_capacity_cap() -> int | None:
     """The account's cap on GPU units (instances + copies), None when there is none."""
     if "gpu_capacity_cap" in _overrides:
-        return _overrides["gpu_capacity_cap"] or None
-    settings: CapacitySettings = _from_env(CapacitySettings)
-    return settings.gpu_capacity_cap or None
+        cap: int | None = _overrides["gpu_capacity_cap"]
+        return cap or None
+    return _from_env(CapacitySettings).gpu_capacity_cap or None
 
 
-def capacity_guard() -> Any:
-    """The GPU-cap guard (``llmhost.scaling.guardrails.CapacityGuard``) over the registry,
-    with the daily budget's state. Built per call (cheap: the clients are cached); the
-    reconciler passes it to ``SageMakerApplier(guardrail=...)``."""
+def capacity_guard() -> CapacityGuard:
+    """The GPU-cap guard over the registry, with the daily budget's state. Built per call
+    (cheap: the clients are cached); the reconciler passes it to
+    ``SageMakerApplier(guardrail=...)``."""
     if "capacity_guard" in _overrides:
-        return _overrides["capacity_guard"]
+        overridden: CapacityGuard = _overrides["capacity_guard"]
+        return overridden
     from llmhost.scaling.budget import BudgetLedger
     from llmhost.scaling.guardrails import CapacityGuard
 
     reg = registry()
-    settings: CapacitySettings = _from_env(CapacitySettings)
+    settings = _from_env(CapacitySettings)
     return CapacityGuard(
         reg,
         aws.client("sagemaker"),
@@ -332,10 +349,11 @@ def capacity_guard() -> Any:
     )
 
 
-def scaling_hook() -> Any:
-    """The scaling hook (``llmhost.scaling.hook.ScalingHook``) with its guardrails."""
+def scaling_hook() -> ScalingHook:
+    """The scaling hook with its guardrails."""
     if "scaling_hook" in _overrides:
-        return _overrides["scaling_hook"]
+        overridden: ScalingHook = _overrides["scaling_hook"]
+        return overridden
     from llmhost.scaling.budget import BudgetKeeper, BudgetLedger
     from llmhost.scaling.hook import ScalingHook
 
