@@ -9,6 +9,7 @@ of a chunked body); the real ``openai`` client checks that OpenAI clients read t
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -227,6 +228,37 @@ def test_a_refused_request_body_is_never_run_as_a_second_request(
     # Then exactly one response comes back, the 401, and nothing ran the smuggled request
     assert received.count(b"HTTP/1.1 ") == 1, received
     assert _status(received) == 401
+    assert service.calls == []
+
+
+def test_a_request_with_both_content_length_and_chunked_is_refused_and_closed(
+    server: tuple[str, int], service: ScriptedService
+) -> None:
+    # Given a request framed two ways: Content-Length covers the smuggled request, chunked
+    # encoding ends before it (a proxy reading one and a server the other disagree on where
+    # the next request starts)
+    smuggled = (
+        f"GET /v1/models HTTP/1.1\r\nHost: localhost\r\nAuthorization: {AUTH}\r\n\r\n"
+    ).encode()
+    body = b"0\r\n\r\n" + smuggled
+    raw = _post(
+        "/v1/chat/completions",
+        body,
+        {
+            "Authorization": "Bearer wrong",
+            "Content-Length": str(len(body)),
+            "Transfer-Encoding": "chunked",
+        },
+    )
+    # When it is sent on one connection
+    received = _exchange(server, raw)
+    # Then it gets one answer, a 400 naming both headers, and the connection closes
+    # (RFC 9112 6.1): nothing ran the smuggled request
+    assert len(re.findall(rb"HTTP/1\.1 \d{3} ", received)) == 1, received
+    assert _status(received) == 400
+    assert b"connection: close" in received.lower()
+    message = _body(received)["error"]["message"]
+    assert "Content-Length" in message and "Transfer-Encoding" in message
     assert service.calls == []
 
 

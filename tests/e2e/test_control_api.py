@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import re
 import shutil
 import socket
 import subprocess
@@ -112,6 +113,28 @@ def test_a_content_length_that_is_not_a_number_is_a_400(api: Api) -> None:
     assert head.split()[1] == b"400", head
     # And the answer names the header at fault, as JSON
     assert "Content-Length" in json.loads(body)["message"]
+
+
+def test_a_request_framed_by_both_length_and_chunks_gets_one_400_and_a_close(api: Api) -> None:
+    # Given a POST whose chunked body ends before a signed request its Content-Length covers
+    signed = "".join(f"{k}: {v}\r\n" for k, v in api.signed("GET", "/v1/deployments").items())
+    hidden = f"GET /v1/deployments HTTP/1.1\r\nHost: x\r\n{signed}\r\n".encode()
+    body = b"0\r\n\r\n" + hidden
+    head = (
+        "POST /v1/plan HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    with socket.create_connection((api.host, api.port), timeout=10) as raw:
+        raw.sendall(head.encode() + body)
+        reply = b""
+        while chunk := raw.recv(4096):  # the server closes the connection after its answer
+            reply += chunk
+    # Then one answer came, a 400 naming both headers, and the hidden request never ran
+    assert len(re.findall(rb"HTTP/1\.1 \d{3} ", reply)) == 1, reply
+    head_bytes, _, answer = reply.partition(b"\r\n\r\n")
+    assert head_bytes.split()[1] == b"400", head_bytes
+    message = json.loads(answer)["message"]
+    assert "Content-Length" in message and "Transfer-Encoding" in message
 
 
 def test_the_functions_headers_reach_the_client(api: Api) -> None:

@@ -3,9 +3,11 @@
 HTTP framing, keep-alive and request limits are uvicorn's (and h11's), not ours to get
 wrong; a request h11 cannot parse (a ``Content-Length`` that is not a number, say) is a 400
 whose JSON body says what was wrong (``bad_request`` shapes it; API Gateway's
-``{"message": ...}`` by default). The listening socket is bound here (port 0 picks a free
-port) with a backlog of ``BACKLOG`` connections, so a burst of clients waits to be accepted
-instead of being reset.
+``{"message": ...}`` by default). So is a request framed both by ``Content-Length`` and by
+``Transfer-Encoding``, after which the connection closes (RFC 9112, section 6.1): a proxy in
+front that read the other header would see a different next request. The listening socket
+is bound here (port 0 picks a free port) with a backlog of ``BACKLOG`` connections, so a
+burst of clients waits to be accepted instead of being reset.
 """
 
 from __future__ import annotations
@@ -36,6 +38,21 @@ def gateway_bad_request(problem: str) -> bytes:
     ).encode()
 
 
+class _OneFraming(h11.Connection):
+    """h11's connection, refusing a request that has both Content-Length and
+    Transfer-Encoding (h11 would follow Transfer-Encoding and keep the connection open)."""
+
+    def next_event(self) -> Any:
+        event = super().next_event()
+        if isinstance(event, h11.Request):
+            names = {name for name, _ in event.headers}  # h11 lower-cases names
+            if b"content-length" in names and b"transfer-encoding" in names:
+                raise h11.RemoteProtocolError(
+                    "both Content-Length and Transfer-Encoding (send only one of them)", 400
+                )
+        return event
+
+
 def h11_with_json_400(bad_request: Callable[[str], bytes]) -> type[H11Protocol]:
     """uvicorn's h11 protocol whose 400 for an unparseable request is ``bad_request(problem)``
     as JSON (``problem``: h11's words, e.g. "bad Content-Length"); pass it as ``http=``."""
@@ -43,11 +60,20 @@ def h11_with_json_400(bad_request: Callable[[str], bytes]) -> type[H11Protocol]:
     class JsonBadRequests(H11Protocol):
         """uvicorn's HTTP/1.1, answering an unparseable request with a JSON 400."""
 
+        def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
+            super().__init__(config, *args, **kwargs)
+            size = config.h11_max_incomplete_event_size
+            self.conn = _OneFraming(h11.SERVER, *(() if size is None else (size,)))
+
         def send_400_response(self, msg: str) -> None:
             # Called from the handler of h11's RemoteProtocolError, which names the problem.
             error = sys.exc_info()[1]
             body = bad_request(str(error) if error is not None and str(error) else msg)
-            headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ]
             for event in (
                 h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
                 h11.Data(data=body),
