@@ -70,8 +70,18 @@ def api(moto_aws: None) -> Any:
         (SHARED, "gpu-pool", None),
         # tagged by llmhost, but by another stack in the same account
         (DEDICATED, "llama", {"llmhost:stack": "other", "llmhost:deployment": "llama"}),
+        # this stack's, but another resource's: a shared pool's endpoint named like the
+        # deployment, or a dedicated deployment's endpoint named like the pool
+        (DEDICATED, "llama", {"llmhost:stack": STACK, "llmhost:pool": "llama"}),
+        (SHARED, "gpu-pool", {"llmhost:stack": STACK, "llmhost:deployment": "gpu-pool"}),
     ],
-    ids=["untagged-endpoint", "untagged-pool", "other-stack"],
+    ids=[
+        "untagged-endpoint",
+        "untagged-pool",
+        "other-stack",
+        "pool-endpoint",
+        "dedicated-endpoint",
+    ],
 )
 def test_create_over_an_endpoint_llmhost_did_not_create_is_409_naming_it(
     api: Any, spec: dict[str, Any], endpoint: str, tags: dict[str, str] | None
@@ -152,14 +162,23 @@ def _snapshot(standin: Any, endpoint: str) -> tuple[Any, ...]:
     return ep["EndpointStatus"], ep["EndpointConfigName"], json.dumps(config, default=str)
 
 
-@pytest.mark.parametrize("spec", [DEDICATED, SHARED], ids=["dedicated", "shared-pool"])
+@pytest.mark.parametrize(
+    ("spec", "tags", "whose"),
+    [
+        (DEDICATED, None, "no llmhost:stack tag"),
+        (SHARED, None, "no llmhost:stack tag"),
+        # this stack's shared pool named like the deployment: another deployment's endpoint
+        (DEDICATED, {"llmhost:stack": STACK, "llmhost:pool": "llama"}, "another llmhost"),
+    ],
+    ids=["dedicated", "shared-pool", "this-stacks-pool"],
+)
 def test_reconciler_never_adopts_updates_or_deletes_an_endpoint_it_did_not_create(
-    standin: Any, clock: Any, spec: dict[str, Any]
+    standin: Any, clock: Any, spec: dict[str, Any], tags: dict[str, str] | None, whose: str
 ) -> None:
-    # Given an untagged endpoint, in service, with the name the deployment needs (it
-    # appeared after the API's check, or the record was written around the API)
+    # Given an endpoint, in service, with the name the deployment needs but not tagged as
+    # its own (it appeared after the API's check, or the record was written around the API)
     endpoint = spec["hosting"].get("pool", spec["name"])
-    foreign_endpoint(endpoint, instance="ml.g5.12xlarge" if spec is SHARED else "")
+    foreign_endpoint(endpoint, tags, instance="ml.g5.12xlarge" if spec is SHARED else "")
     clock.advance(900)
     standin.tick()
     before = _snapshot(standin, endpoint)
@@ -170,7 +189,7 @@ def test_reconciler_never_adopts_updates_or_deletes_an_endpoint_it_did_not_creat
     # Then the deployment failed, naming the endpoint, and the endpoint is untouched
     assert record.status == "FAILED"
     assert f"endpoint '{endpoint}' already exists" in record.status_reason
-    assert "no llmhost:stack tag" in record.status_reason
+    assert whose in record.status_reason
     assert _snapshot(standin, endpoint) == before
     assert not standin.resources()["inference_components"]
     # When the deployment is deleted
