@@ -213,6 +213,40 @@ def test_a_sleeping_model_answers_503_with_retry_after(local: Local) -> None:
     local.wait_for("sleepy", "IN_SERVICE")
 
 
+def test_a_sleeping_model_answers_503_with_retry_after_through_the_control_api(
+    local: Local,
+) -> None:
+    # Given a sleeping model (API Gateway's local stand-in passes on the function's
+    # multiValueHeaders, where Powertools puts them)
+    spec = {"name": "sleepy-api", "model": {"model_id": "HuggingFaceH4/zephyr-7b-beta"}}
+    assert local.call("POST", "/v1/deployments", spec)[0] == 201
+    local.wait_for("sleepy-api", "IN_SERVICE")
+    assert local.call("POST", "/v1/deployments/sleepy-api/sleep")[0] == 202
+    local.wait_for("sleepy-api", "SLEEPING")
+    from llmhost.serving.routing import CACHE_SECONDS
+
+    time.sleep(local.cloud.clock.seconds(CACHE_SECONDS) + 0.1)
+    # When it is asked through the control API
+    data = json.dumps({"model": "sleepy-api", "messages": [{"role": "user", "content": "hi"}]})
+    url = local.api + "/v1/chat/completions"
+    signed = AWSRequest(
+        method="POST", url=url, data=data.encode(), headers={"Content-Type": "application/json"}
+    )
+    creds = Credentials(runner.ACCESS_KEY, runner.SECRET_KEY)
+    SigV4Auth(creds, "execute-api", runner.REGION).add_auth(signed)
+    request = urllib.request.Request(
+        url, data=data.encode(), headers=dict(signed.headers), method="POST"
+    )
+    with pytest.raises(urllib.error.HTTPError) as asleep:
+        urllib.request.urlopen(request, timeout=10)
+    # Then the client gets the 503 with its Retry-After and a JSON Content-Type
+    assert asleep.value.code == 503
+    assert int(asleep.value.headers["Retry-After"]) > 0
+    assert asleep.value.headers["Content-Type"].startswith("application/json")
+    assert "asleep" in json.loads(asleep.value.read())["error"]["message"]
+    local.wait_for("sleepy-api", "IN_SERVICE")
+
+
 def test_ingest_folder_cli(local: Local, tmp_path: Path) -> None:
     from llmhost.local import ingest_folder
 
