@@ -179,6 +179,13 @@ def test_filters_restrict_every_retriever(
         ({"a.b": 1}, "filters.a.b"),
         ({"kind": {"a": 1}}, "filters.kind"),
         (["kind"], "filters"),
+        # Qdrant's server refuses what it cannot read (a 400 the client would see as a 500):
+        # JSON has no infinity or NaN ("1e400" parses as infinity), and integers are 64-bit
+        ({"year": {"gte": float("inf")}}, "filters.year.gte"),
+        ({"year": {"lt": float("nan")}}, "filters.year.lt"),
+        ({"n": 2**63}, "filters.n"),
+        ({"n": -(2**63) - 1}, "filters.n"),
+        ({"n": [1, 2**64]}, "filters.n"),
     ],
 )
 def test_bad_filters_are_refused_naming_the_field(filters: Any, field: str) -> None:
@@ -187,6 +194,14 @@ def test_bad_filters_are_refused_naming_the_field(filters: Any, field: str) -> N
     assert caught.value.status == 422
     assert caught.value.field == field
     assert caught.value.message.startswith(field)
+
+
+def test_filters_at_the_edge_of_64_bit_integers_are_accepted() -> None:
+    assert parse_filters({"n": 2**63 - 1, "m": [-(2**63)], "r": {"gte": 1e308}}) == [
+        ("metadata.n", "value", 2**63 - 1),
+        ("metadata.m", "any", [-(2**63)]),
+        ("metadata.r", "range", {"gte": 1e308}),
+    ]
 
 
 def test_per_document_keeps_each_documents_best_chunk(

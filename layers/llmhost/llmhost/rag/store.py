@@ -29,6 +29,7 @@ writes each point in its own SQLite transaction (~20 ms a point on disk).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import threading
@@ -256,6 +257,8 @@ def parse_filters(filters: Mapping[str, Any] | None) -> list[tuple[str, str, Any
             for bound, value in condition.items():
                 if isinstance(value, bool) or not isinstance(value, int | float):
                     raise InvalidFilter(f"{where}.{bound}", "range bounds must be numbers")
+                if not math.isfinite(value):  # "1e400" parses as infinity; JSON has none
+                    raise InvalidFilter(f"{where}.{bound}", "range bounds must be finite numbers")
             conditions.append((key, "range", dict(condition)))
         elif isinstance(condition, list):
             if not condition or len(condition) > 100:
@@ -263,16 +266,29 @@ def parse_filters(filters: Mapping[str, Any] | None) -> list[tuple[str, str, Any
             kinds = {_match_kind(value) for value in condition}
             if kinds not in ({"str"}, {"int"}):
                 raise InvalidFilter(where, "an any-of list holds only strings or only integers")
+            if kinds == {"int"} and not all(_INT64[0] <= v <= _INT64[1] for v in condition):
+                raise InvalidFilter(where, _INT64_RULE)
             conditions.append((key, "any", list(condition)))
         else:
-            if _match_kind(condition) is None:
+            kind = _match_kind(condition)
+            if kind is None:
                 raise InvalidFilter(
                     where,
                     "match a string, integer or boolean; for decimals use a range such as "
                     '{"gte": 0.5, "lte": 0.5}',
                 )
+            if kind == "int" and not _INT64[0] <= condition <= _INT64[1]:
+                raise InvalidFilter(where, _INT64_RULE)
             conditions.append((key, "value", condition))
     return conditions
+
+
+# Qdrant matches 64-bit integers; its server refuses a filter with any other.
+_INT64 = (-(2**63), 2**63 - 1)
+_INT64_RULE = (
+    f"integers to match are 64-bit ({_INT64[0]} to {_INT64[1]}); for larger numbers use a "
+    'range such as {"gte": 1e20}'
+)
 
 
 def _match_kind(value: Any) -> str | None:
