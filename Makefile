@@ -67,7 +67,8 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy layers/llmhost/llmhost
 
-unit: $(VENV)/.installed embedding-model
+# The SAM virtualenv too: the SnapStart tests read the template after SAM's transform.
+unit: $(VENV)/.installed $(SAM_VENV)/.installed embedding-model
 	$(VENV)/bin/pytest
 
 check: test

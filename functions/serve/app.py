@@ -4,7 +4,7 @@ from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import EphemeralMetrics
 
-from llmhost import runtime
+from llmhost import runtime, snapstart
 from llmhost.api.envelope import malformed_event_response
 from llmhost.api.serving import build_serving_app
 
@@ -20,6 +20,8 @@ app = build_serving_app(
     logger=logger,
     stream_url=lambda: runtime.serving_settings().stream_url,
 )
+# SnapStart: the RAG stack is built before the snapshot, clients are rebuilt after a restore.
+snapstart.register(snapstart.warm_serving)
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)

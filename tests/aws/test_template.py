@@ -1114,6 +1114,9 @@ LWA_ENV = {
     "AWS_LWA_INVOKE_MODE": "response_stream",
     "AWS_LWA_READINESS_CHECK_PATH": "/health",
     "PORT": "8080",
+    # SnapStart's hooks, relayed to the server (tests/aws/test_template_snapstart.py)
+    "AWS_LWA_SNAPSTART_BEFORE_CHECKPOINT_PATH": "/_llmhost/snapstart/before",
+    "AWS_LWA_SNAPSTART_AFTER_RESTORE_PATH": "/_llmhost/snapstart/after",
 }
 
 

@@ -70,6 +70,20 @@ def reset() -> None:
         _session = None
 
 
+def refresh() -> None:
+    """Build every client again, from a new session, on its next use (after a SnapStart
+    restore: ``llmhost.snapstart``). The new session resolves credentials afresh and the new
+    clients open their own connections; customizers stay, and so do the service models the
+    old session already read from disk (reading them again is most of a client's cost)."""
+    global _session
+    with _lock:
+        loader = _session._session.get_component("data_loader") if _session is not None else None
+        for built in _clients.values():
+            built.close()  # its connection pool: sockets a snapshot may have captured
+        _clients.clear()
+        _session = _new_session(loader)
+
+
 def max_pool_connections() -> int:
     """Connections each client keeps open: ``LLMHOST_AWS_MAX_POOL_CONNECTIONS``, else 10."""
     return int(os.environ.get("LLMHOST_AWS_MAX_POOL_CONNECTIONS") or MAX_POOL_CONNECTIONS)
@@ -79,13 +93,22 @@ def region() -> str:
     return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
+def _new_session(loader: Any = None) -> Any:
+    import boto3
+    import botocore.session
+
+    core = botocore.session.Session()
+    if loader is not None:
+        core.register_component("data_loader", loader)
+    return boto3.session.Session(botocore_session=core)
+
+
 def _build(service: str, read_timeout: float, connect_timeout: float, max_attempts: int) -> Any:
     global _session
-    import boto3
     from botocore.config import Config
 
     if _session is None:
-        _session = boto3.session.Session()
+        _session = _new_session()
     config = Config(
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,

@@ -101,6 +101,22 @@ def reset() -> None:
         cached.cache_clear()
 
 
+def refresh() -> None:
+    """Forget the built dependencies that hold an AWS client or a server connection, so the
+    next use builds them on ``llmhost.aws``'s current clients (after a SnapStart restore:
+    ``llmhost.snapstart``). Kept: overrides, an embedder that runs a local model (no
+    connection: the ONNX session the snapshot is for), and Qdrant's embedded local mode (no
+    server; its folder stays open)."""
+    for cached in (_registry, _reconciler, _serving_service):
+        cached.cache_clear()
+    if _embedder.cache_info().currsize and getattr(_embedder(), "load", None) is None:
+        _embedder.cache_clear()  # an endpoint's embedder holds a sagemaker-runtime client
+    if _store.cache_info().currsize and os.environ.get("QDRANT_URL", "").strip():
+        # A server client (store_from_env's own test): its connection pool goes with it.
+        _store().close()
+        _store.cache_clear()
+
+
 @cache
 def _registry() -> Registry:
     from llmhost.lifecycle.registry import Registry
