@@ -311,7 +311,11 @@ def _ingestion_calls() -> dict[str, Callable[[Stack, str, pytest.MonkeyPatch], N
     def upsert(stack: Stack, fault: str, mp: pytest.MonkeyPatch) -> None:
         fail_qdrant(mp, stack.qdrant, "upsert", fault)
 
-    return {"sagemaker-embedding": embedding, "qdrant-upsert": upsert}
+    def lookup(stack: Stack, fault: str, mp: pytest.MonkeyPatch) -> None:
+        # the collection's existence and parameters, read before anything is embedded
+        fail_qdrant(mp, stack.qdrant, "collection_exists", fault)
+
+    return {"sagemaker-embedding": embedding, "qdrant-upsert": upsert, "qdrant-lookup": lookup}
 
 
 INGESTION_CALLS = _ingestion_calls()
@@ -393,7 +397,7 @@ def _object_event(action: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("fault", FAULTS)
-@pytest.mark.parametrize("call", ["s3-get", "qdrant-upsert", "qdrant-delete"])
+@pytest.mark.parametrize("call", ["s3-get", "qdrant-lookup", "qdrant-upsert", "qdrant-delete"])
 def test_the_ingest_function_fails_the_event_for_a_retry_and_the_retry_converges(
     bucket: tuple[Any, QdrantClient], call: str, fault: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -414,6 +418,8 @@ def test_the_ingest_function_fails_the_event_for_a_retry_and_the_retry_converges
         return
     if call == "s3-get":
         injected = Injected(aws.client("s3"), "s3", fault)
+    elif call == "qdrant-lookup":
+        fail_qdrant(monkeypatch, qdrant, "collection_exists", fault)
     else:
         fail_qdrant(monkeypatch, qdrant, "upsert", fault)
     # When the object's event is delivered while the call fails, the function fails typed

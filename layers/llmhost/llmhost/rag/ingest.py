@@ -158,18 +158,26 @@ def ingest_documents(
     limits = limits or IngestLimits()
     validate_collection_name(collection)
     found: list[CollectionInfo] = []
-    if not create or store.exists(collection):
-        found.append(_compatible(store.collection(collection), embedder))
+    try:
+        if not create or store.exists(collection):
+            found.append(_compatible(store.collection(collection), embedder))
+    except LlmhostError as error:
+        # The store could not be read: each valid document is reported retryable below
+        # (target() reads it again for each batch), not the whole request failed.
+        if not _is_transient(error):
+            raise
     report = IngestReport()
 
     def target() -> CollectionInfo:
         # Created only once a document is about to land: a batch that is all rejected
         # leaves no empty collection behind.
+        if not found and not create:
+            found.append(_compatible(store.collection(collection), embedder))
         if not found:
             try:
                 found.append(store.create_collection(collection, embedder.dimension))
                 report.created_collection = True
-            except CollectionExists:  # a concurrent request made it first
+            except CollectionExists:  # a concurrent request made it first (or a retry)
                 found.append(_compatible(store.collection(collection), embedder))
         return found[0]
 
