@@ -84,7 +84,10 @@ def test_rejected_documents_are_named_by_file_and_line(
 
 
 def test_batches_are_cut_by_bytes_and_big_ones_get_time(
-    api: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    api: list[dict[str, Any]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setattr(ingest_folder, "MAX_BATCH_BYTES", 300)
     # Given small files, and one ten times larger than a batch may carry
@@ -101,6 +104,11 @@ def test_batches_are_cut_by_bytes_and_big_ones_get_time(
     big = next(r for r in api if r["documents"][0]["id"] == "big.txt")
     small = next(r for r in api if r["documents"][0]["id"] != "big.txt")
     assert big["timeout_s"] > small["timeout_s"] >= ingest_folder.BASE_TIMEOUT_S
+    # And before the big one is sent (it may take minutes), a line says it is on its way
+    out = capsys.readouterr().out
+    sending = "sending big.txt (3 KB) alone; embedding it takes a while (waiting up to "
+    assert sending in out
+    assert out.index(sending) < out.index("1/1 documents")
 
 
 def test_the_largest_document_the_api_accepts_gets_more_than_two_minutes() -> None:

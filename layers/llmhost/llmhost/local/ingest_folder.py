@@ -9,7 +9,8 @@ batches, SigV4-signed like any API client. A .txt/.md document's id is its path 
 the folder given (``guides/sleep.md``), or its file name for a file given by itself.
 Batches are cut by bytes as well as by count, so no request carries more embedding work
 than a timeout allows; each request's timeout grows with its size. One line per batch
-shows progress; rejected documents are named by file (and line, for .jsonl).
+shows progress (and one before a document too large to share a batch is sent, since it may
+take minutes); rejected documents are named by file (and line, for .jsonl).
 
 Works against ``make run`` (its local key pair is the default) or a deployed stack (pass
 --api and real credentials via the usual AWS environment variables with --aws). A deployed
@@ -216,6 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     indexed = chunks = 0
     started = time.perf_counter()
     for number, batch in enumerate(planned, start=1):
+        if batch.size > MAX_BATCH_BYTES:
+            # A document over the batch budget goes alone and may take minutes to embed:
+            # say so before waiting, not only once it is done.
+            print(
+                f"batch {number}/{len(planned)}: sending {', '.join(sorted(batch.files))} "
+                f"({batch.size / 1000:.0f} KB) alone; embedding it takes a while (waiting up "
+                f"to {args.timeout or batch.timeout_s:.0f} s)",
+                flush=True,
+            )
         sent = time.perf_counter()
         try:
             status, body = send(url, batch, credentials, region, args.timeout)
