@@ -71,6 +71,9 @@ def test_the_deploy_steps_name_the_sam_the_build_installs() -> None:
     steps = _section("Deploying to AWS")
     assert ".venv-sam/bin/sam deploy --guided" in steps
     assert "QdrantUrl" in steps and "QdrantApiKeySecretArn" in steps
+    # And every sam command a newcomer copies from it (deploy, delete) is that one
+    bare = re.findall(r"(?m)^\s*sam \w+.*$", steps)
+    assert not bare, bare
 
 
 def test_samconfig_does_not_pin_a_region() -> None:
