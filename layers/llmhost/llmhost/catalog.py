@@ -7,6 +7,19 @@ instance type: check the config when adding a model.
 
 A model that is not in the catalog can still be deployed; llmhost then assumes nothing
 about its size (see ``llmhost.sizing``).
+
+Chat templates. Every model here whose tokenizer (``tokenizer_config.json`` on the Hub)
+ships a ``chat_template`` is called through its engine's chat API, which renders the
+conversation with that template: Llama 2 chat, Code Llama instruct (the 70B's "Source:"
+format included), Llama 3, 3.1 and 3.2 instruct, Mistral 7B instruct v0.2 and v0.3,
+Mixtral 8x7B instruct, Zephyr 7B beta and SOLAR 10.7B instruct. Two families ship none
+(``ships_chat_template=False``), so llmhost renders their prompt itself and calls the
+engine's generate API: Flan-T5 (a seq2seq instruction follower without chat tokens) and
+Falcon 7B/40B instruct (TII published only a "User:/Assistant:" convention in the model
+page's discussion; a template was proposed on the Hub, refs/pr/91 of falcon-40b-instruct,
+not in the released tokenizer). ``chat_template`` names llmhost's own rendering of each
+format (``llmhost.rag.prompt``): the prompt itself for those two, and for every model the
+text whose tokens llmhost counts to fit a RAG context into the model's input budget.
 """
 
 from __future__ import annotations
@@ -37,6 +50,8 @@ class CatalogModel:
     which sets speed, not memory. ``num_kv_heads`` below ``num_attention_heads`` means
     grouped-query (or multi-query, when 1) attention, which shrinks the KV cache.
     For encoder-decoder models (``seq2seq``) the layer and head counts are the decoder's.
+    ``ships_chat_template``: the tokenizer carries a chat template the engine applies (see
+    the module docstring); ``chat_template`` is llmhost's rendering of the same format.
     """
 
     id: str
@@ -53,6 +68,7 @@ class CatalogModel:
     head_dim: int
     hidden_size: int
     chat_template: ChatTemplate
+    ships_chat_template: bool = True
     active_params_b: float | None = None
     seq2seq: bool = False
     aliases: tuple[str, ...] = ()
@@ -171,6 +187,7 @@ def _flan_t5(size: str, params: float, layers: int, heads: int, d_model: int) ->
         head_dim=64,
         hidden_size=d_model,
         chat_template="flan-t5",
+        ships_chat_template=False,
         seq2seq=True,
     )
 
@@ -199,6 +216,7 @@ _MODELS: tuple[CatalogModel, ...] = (
         head_dim=64,
         hidden_size=4544,
         chat_template="falcon",
+        ships_chat_template=False,
     ),
     CatalogModel(
         id="falcon-40b-instruct",
@@ -216,6 +234,7 @@ _MODELS: tuple[CatalogModel, ...] = (
         head_dim=64,
         hidden_size=8192,
         chat_template="falcon",
+        ships_chat_template=False,
     ),
     # ------------------------------------------------------------------------- Llama 2
     _llama2("7b", 6.74, layers=32, heads=32, kv=32, hidden=4096),

@@ -124,6 +124,12 @@ class EngineCodec(Protocol):
 
     name: str
     stream_framing: StreamFraming
+    # Whether the engine has a chat API (``build_chat``) that applies the model's own chat
+    # template; whether a streamed chat reports the prompt's and the answer's token counts
+    # (``stream_options.include_usage``); whether that chat API takes repetition_penalty.
+    chat_api: bool
+    chat_stream_usage: bool
+    chat_repetition_penalty: bool
 
     def build_generate(
         self, prompt: str, params: GenerationParams, stream: bool, model: str | None = None

@@ -34,6 +34,9 @@ class HfInferenceCodec:
 
     name = "hf-inference"
     stream_framing: StreamFraming = "sse"
+    chat_api = False
+    chat_stream_usage = False
+    chat_repetition_penalty = False
 
     def __init__(self, seq2seq: bool = False) -> None:
         # text2text pipelines (Flan-T5) answer with the new text only and reject

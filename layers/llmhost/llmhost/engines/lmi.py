@@ -14,8 +14,11 @@ and ``chat_input_output_schema.md`` in deepjavalibrary/djl-serving):
 - A failure during generation is not an HTTP error once streaming began: it arrives as
   ``finish_reason: "error"`` (token id -1, empty text), and so do some invalid parameters
   on a plain call. Payload validation errors are ``{"error", "code": 424}``.
-- ``messages`` bodies get OpenAI chat replies; streamed chat is JSON lines of
-  ``chat.completion.chunk`` objects.
+- ``messages`` bodies get OpenAI chat replies (with ``usage``), the model's own chat
+  template applied (the guide: "make sure that the model you are serving has a chat
+  template"); streamed chat is JSON lines of ``chat.completion.chunk`` objects, one per
+  token, without usage. Its request schema takes ``max_tokens``, ``temperature``,
+  ``top_p``, ``stop``, ``seed`` (and the OpenAI penalties), not ``repetition_penalty``.
 """
 
 from __future__ import annotations
@@ -54,6 +57,12 @@ class LmiCodec:
 
     name = "lmi"
     stream_framing: StreamFraming = "jsonlines"
+    chat_api = True
+    # djl_python/output_formatter.py: a streamed chat is one chat.completion.chunk line per
+    # token and none carries usage (the plain reply does); its schema has no
+    # repetition_penalty.
+    chat_stream_usage = False
+    chat_repetition_penalty = False
 
     def __init__(self) -> None:
         self._chat = OpenAiOptions()

@@ -14,6 +14,12 @@ Verified against TGI's router (``router/src/sagemaker.rs``, ``lib.rs``, ``server
 - Streams are SSE: ``data:{"index", "token": {"id", "text", "logprob", "special"},
   "generated_text", "details"}``; the last event carries ``generated_text`` and ``details``.
   Chat streams send ``chat.completion.chunk`` events and end with ``data: [DONE]``.
+- Chat (``messages``) goes through the Messages API: the router renders the tokenizer's
+  ``chat_template`` (a model without one is refused, "Template error: template not found"),
+  validates the rendered prompt with the same limits and messages as generate, and answers
+  ``chat.completion`` with ``usage``; ``stream_options.include_usage`` adds a last chunk
+  with the usage (``router/src/chat.rs``). Its ``ChatRequest`` has ``stop`` (the same cap)
+  but no ``repetition_penalty``.
 - Errors: ``{"error", "error_type"}`` with HTTP 422 (validation), 424 (generation), 429
   (overloaded), 500 (incomplete generation); inside a stream the same object arrives as a
   plain ``data:`` event.
@@ -55,6 +61,11 @@ class TgiCodec:
 
     name = "tgi"
     stream_framing: StreamFraming = "sse"
+    chat_api = True
+    # router/src/chat.rs: with include_usage the stream ends with a chunk carrying the
+    # usage (input_length and generated_tokens of the last token's details).
+    chat_stream_usage = True
+    chat_repetition_penalty = False
 
     def __init__(self, max_stop_sequences: int = TGI_MAX_STOP_SEQUENCES) -> None:
         self.max_stop_sequences = max_stop_sequences

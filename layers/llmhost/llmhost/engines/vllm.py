@@ -1,7 +1,10 @@
 """vLLM on SageMaker (the AWS vLLM container): the OpenAI API at ``/invocations``.
 
 The container's ``/invocations`` takes OpenAI ``completions`` bodies (``prompt``) and
-``chat.completions`` bodies (``messages``) and answers in the same shapes; streams are SSE
+``chat.completions`` bodies (``messages``) and answers in the same shapes (vLLM's
+``entrypoints/sagemaker/api_router.py`` validates the body against each request type in
+turn; a chat request is rendered with the tokenizer's chat template, and one for a model
+without a template is refused); streams are SSE
 ``data:`` chunks ending with ``data: [DONE]``, and ``stream_options.include_usage`` adds a
 last chunk with no choices and the request's usage. ``model`` must be the served model name,
 which in that container is the ``SM_VLLM_MODEL`` value llmhost sets (the Hub id, or
@@ -47,6 +50,9 @@ class VllmCodec:
 
     name = "vllm"
     stream_framing: StreamFraming = "sse"
+    chat_api = True
+    chat_stream_usage = True
+    chat_repetition_penalty = True
 
     def __init__(self) -> None:
         self._options = OpenAiOptions(repetition_penalty=True)

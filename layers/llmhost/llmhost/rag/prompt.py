@@ -5,6 +5,9 @@ Three jobs, all pure:
 1. ``render_prompt`` writes chat messages in the exact text format a model was trained on,
    chosen by the catalog's ``chat_template`` name (Llama 3 headers, Llama 2 ``[INST]`` with
    ``<<SYS>>``, Mistral ``[INST]``, Zephyr, ChatML, SOLAR, Code Llama 70B, Falcon, Flan-T5).
+   Engines apply a model's own template through their chat API; this rendering is what is
+   sent only for models without one (Falcon, Flan-T5) or engines without a chat API
+   (hf-inference), and otherwise the text whose tokens are counted to budget a prompt.
 2. ``build_rag_messages`` asks the question over numbered sources [1]..[n] and tells the
    model to cite them.
 3. ``pack_context`` / ``build_rag_prompt`` fit the retrieved chunks into the model's input

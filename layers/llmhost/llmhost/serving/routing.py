@@ -79,6 +79,9 @@ class ModelRoute:
     max_total_tokens: int
     defaults: GenerationDefaults
     hosting: str
+    # The model's tokenizer has its own chat template (unknown models: assumed, since only
+    # the engine can template them); ``chat_template`` is llmhost's rendering of it.
+    ships_chat_template: bool = True
 
 
 def route_for(record: DeploymentRecord) -> ModelRoute:
@@ -103,6 +106,7 @@ def route_for(record: DeploymentRecord) -> ModelRoute:
         max_total_tokens=plan.tokens.max_total_tokens or FALLBACK_TOTAL_TOKENS,
         defaults=spec.generation,
         hosting=spec.hosting.kind,
+        ships_chat_template=model.ships_chat_template if model else True,
     )
 
 

@@ -46,6 +46,27 @@ FALLBACK_TEMPLATE = "chatml"  # only for counting tokens when the engine applies
 T = TypeVar("T")
 
 
+def engine_applies_template(
+    route: ModelRoute, codec: EngineCodec, params: GenerationParams
+) -> bool:
+    """Whether a request goes to the engine's chat API, which renders the conversation with
+    the model's own chat template, rather than to its generate API with a prompt llmhost
+    renders itself (``llmhost.rag.prompt.render_prompt``).
+
+    The chat API whenever the model's tokenizer ships a template and the engine has one.
+    llmhost renders the prompt only for models without a template (Flan-T5, Falcon
+    instruct: ``CatalogModel.ships_chat_template``), for engines without a chat API
+    (hf-inference), and for a repetition_penalty the engine's chat API cannot take (TGI,
+    LMI), so no generation parameter is dropped. A model llmhost does not know always goes
+    to the chat API: only the engine has its template.
+    """
+    if route.chat_template is None:
+        return True
+    if not (route.ships_chat_template and codec.chat_api):
+        return False
+    return params.repetition_penalty is None or codec.chat_repetition_penalty
+
+
 @dataclass
 class Prepared:
     """Everything decided before the model is called."""
@@ -58,6 +79,7 @@ class Prepared:
     timings_ms: dict[str, float]
     build: Callable[[int], dict[str, Any]] | None = None  # payload for a smaller input limit
     estimated_prompt_tokens: int = 0  # llmhost's count of the prompt (without RAG context)
+    chat: bool = False  # sent to the engine's chat API (see ``engine_applies_template``)
 
     def prompt_tokens(self) -> int:
         """llmhost's count of the prompt as sent (after any RAG rebuild)."""
@@ -222,8 +244,11 @@ class ServingService:
         usage = None
         finish = None
         text_parts: list[str] = []
+        events = 0  # token events: the answer's length when the stream reports none (LMI chat)
         try:
             for delta in itertools.chain([first_delta] if first_delta else [], deltas):
+                if delta.text or delta.finish_reason:
+                    events += 1
                 if delta.text:
                     text_parts.append(delta.text)
                     yield chunk({"content": delta.text})
@@ -235,11 +260,12 @@ class ServingService:
             _close(chunks)
         yield chunk({}, _openai_finish(finish or "stop"))
         if request.stream_options and request.stream_options.include_usage:
+            completed = usage.completion_tokens if usage else None
             completion = Completion(
                 "".join(text_parts),
                 finish or "stop",
                 usage.prompt_tokens if usage else None,
-                usage.completion_tokens if usage else None,
+                events if completed is None and prepared.chat else completed,
             )
             yield {
                 "id": ident,
@@ -281,18 +307,27 @@ class ServingService:
             route.defaults, **{k: v for k, v in overrides.items() if v is not None}
         )
         timings: dict[str, float] = {}
+        chat = engine_applies_template(route, codec, params)
+        # llmhost's own rendering of the model's format: the prompt sent when the engine
+        # does not apply the template, and in every case the text whose tokens are counted.
+        template = route.chat_template or FALLBACK_TEMPLATE
+        counter = token_counter_for(route.chat_template)
         if retrieval is None:
-            if route.chat_template:
-                prompt = render_prompt(route.chat_template, messages)
-                payload = codec.build_generate(prompt, params, stream, model=route.name)
-            else:
+            if chat:
                 payload = codec.build_chat(messages, params, stream, model=route.name)
-            counter = token_counter_for(route.chat_template)
-            estimate = counter(
-                render_prompt(route.chat_template or FALLBACK_TEMPLATE, messages, bos=True)
-            )
+            else:
+                prompt = render_prompt(template, messages)
+                payload = codec.build_generate(prompt, params, stream, model=route.name)
+            estimate = counter(render_prompt(template, messages, bos=True))
             return Prepared(
-                route, codec, params, payload, None, timings, estimated_prompt_tokens=estimate
+                route,
+                codec,
+                params,
+                payload,
+                None,
+                timings,
+                estimated_prompt_tokens=estimate,
+                chat=chat,
             )
 
         from llmhost.rag.retrieve import retrieve
@@ -317,8 +352,6 @@ class ServingService:
             )
             for hit in found.hits
         ]
-        template = route.chat_template or FALLBACK_TEMPLATE
-        counter = token_counter_for(route.chat_template)
 
         def build(input_limit: int) -> tuple[RagPrompt, dict[str, Any]]:
             rag = build_rag_prompt(
@@ -331,12 +364,12 @@ class ServingService:
                 max_new_tokens=params.max_new_tokens,
                 system=system,
             )
-            if route.chat_template:
-                return rag, codec.build_generate(rag.prompt, params, stream, model=route.name)
-            return rag, codec.build_chat(rag.messages, params, stream, model=route.name)
+            if chat:
+                return rag, codec.build_chat(rag.messages, params, stream, model=route.name)
+            return rag, codec.build_generate(rag.prompt, params, stream, model=route.name)
 
         rag, payload = build(route.max_input_tokens)
-        prepared = Prepared(route, codec, params, payload, rag, timings)
+        prepared = Prepared(route, codec, params, payload, rag, timings, chat=chat)
         prepared.build = lambda limit: _rebuild(prepared, build, limit)
         return prepared
 
@@ -427,13 +460,14 @@ def _sources(rag: RagPrompt | None) -> list[dict[str, Any]]:
 def _usage(completion: Completion, prepared: Prepared) -> dict[str, int]:
     """OpenAI's usage, the same for a plain and a streamed answer to the same request.
 
-    An engine's chat API (vLLM, LMI, TGI's Messages API) counts the prompt in both kinds of
-    reply, so its count is used. Its generate API (TGI, LMI) counts it only in a stream's
-    last event, so for a route that renders its own prompt both answers report llmhost's
-    count of the prompt it sent (conservative: it errs high), never 0.
+    The chat APIs of TGI and vLLM count the prompt in both kinds of reply (a stream in its
+    include_usage chunk), so their count is used. LMI's chat counts it only in a plain
+    reply, and the generate APIs (TGI, LMI) only in a stream's last event, so those answers
+    report llmhost's count of the prompt it sent (conservative: it errs high), never 0.
     """
     prompt_tokens = completion.prompt_tokens
-    if prepared.route.chat_template is not None or prompt_tokens is None:
+    engine_counts = prepared.chat and prepared.codec.chat_stream_usage
+    if not engine_counts or prompt_tokens is None:
         prompt_tokens = prepared.prompt_tokens()
     completion_tokens = completion.completion_tokens
     if completion_tokens is None:
