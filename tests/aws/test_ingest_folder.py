@@ -112,10 +112,10 @@ def test_batches_are_cut_by_bytes_and_big_ones_get_time(
 
 
 def test_the_largest_document_the_api_accepts_gets_more_than_two_minutes() -> None:
-    # 950 KB took 126 s to embed and store on a laptop CPU (see the module docstring)
+    # 950 KB took 126 s to embed and store on a laptop CPU, and 530 s on two busy cores
     batch = ingest_folder.Batch()
     batch.add({"id": "big", "text": "x"}, "big.txt", "big.txt", 950_000)
-    assert batch.timeout_s >= 3 * 126
+    assert batch.timeout_s >= 1.5 * 530
 
 
 def test_a_run_where_every_document_is_rejected_creates_no_collection(
