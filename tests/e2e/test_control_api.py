@@ -103,9 +103,11 @@ def test_two_hundred_concurrent_clients_are_all_answered(
     assert not dropped, f"{len(dropped)} connections dropped, e.g. {dropped[0]}"
 
 
-def test_a_content_length_that_is_not_a_number_is_a_400(api: Api) -> None:
+@pytest.mark.parametrize("method", ["POST", "GET"])
+def test_a_content_length_that_is_not_a_number_is_a_400(api: Api, method: str) -> None:
     with socket.create_connection((api.host, api.port), timeout=10) as raw:
-        raw.sendall(b"POST /v1/deployments HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}")
+        raw.sendall(f"{method} /v1/deployments HTTP/1.1\r\nHost: x\r\n".encode())
+        raw.sendall(b"Content-Length: abc\r\n\r\n{}")
         reply = b""
         while chunk := raw.recv(4096):
             reply += chunk
@@ -113,6 +115,13 @@ def test_a_content_length_that_is_not_a_number_is_a_400(api: Api) -> None:
     assert head.split()[1] == b"400", head
     # And the answer names the header at fault, as JSON
     assert "Content-Length" in json.loads(body)["message"]
+    # And the OpenAPI document describes that answer on that route, body and all
+    status, _, doc = api.call("GET", "/v1/openapi.json")
+    assert status == 200
+    responses = doc["paths"]["/v1/deployments"][method.lower()]["responses"]
+    assert "400" in responses, sorted(responses)
+    schema = responses["400"]["content"]["application/json"]["schema"]
+    assert {"$ref": "#/components/schemas/GatewayError"} in schema.get("anyOf", [schema])
 
 
 def test_a_request_framed_by_both_length_and_chunks_gets_one_400_and_a_close(api: Api) -> None:

@@ -57,8 +57,10 @@ _RETRY_AFTER = {
 _STATUSES: dict[int, tuple[str, dict[str, Any], dict[str, Any]]] = {
     400: (
         "The body is not UTF-8 JSON (the message gives line and column), or the request "
-        "asks for something this route does not do.",
-        _ERROR,
+        "asks for something this route does not do; or API Gateway could not read the HTTP "
+        "request (a Content-Length that is not a number, or both Content-Length and "
+        "Transfer-Encoding), with its own body.",
+        {"anyOf": [_ERROR, _GATEWAY]},
         {},
     ),
     403: (
@@ -104,10 +106,11 @@ _STATUSES: dict[int, tuple[str, dict[str, Any], dict[str, Any]]] = {
     ),
 }
 
-# Every route answers 403 (IAM), 429 and 503 (a throttled or failing backing service, such as
-# the registry), and 504 (API Gateway's integration timeout, or a backing service's); routes
-# with a body 400, 413, 415 and 422; routes with a path parameter 404 and 422.
-_ALWAYS = (403, 429, 503, 504)
+# Every route answers 400 (an HTTP request API Gateway cannot read), 403 (IAM), 429 and 503
+# (a throttled or failing backing service, such as the registry), and 504 (API Gateway's
+# integration timeout, or a backing service's); routes with a body 413, 415 and 422 too;
+# routes with a path parameter 404 and 422.
+_ALWAYS = (400, 403, 429, 503, 504)
 _WITH_BODY = (400, 413, 415, 422)
 _WITH_PATH = (404, 422)
 _MODEL_CALL = (404, 429, 502, 503)
