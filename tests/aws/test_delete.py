@@ -110,9 +110,10 @@ def test_delete_finishes_when_the_spec_can_no_longer_be_built(
     # Given a deployment in service, with its autoscaling applied
     assert api("POST", "/v1/deployments", spec)[0] == 201
     assert harness.settle(name).status == "IN_SERVICE"
-    # When its spec can no longer be built (the image table lost the region) and it changes
+    # When its spec can no longer be built (the image table lost the region): the API
+    # refuses any change that would need it, and the reconciler finds it unbuildable
     drop_region_from_image_table(monkeypatch, "us-east-1")
-    assert api("PATCH", f"/v1/deployments/{name}", {"generation": {"max_new_tokens": 64}})[0] == 200
+    assert api("PATCH", f"/v1/deployments/{name}", {"generation": {"max_new_tokens": 64}})[0] == 422
     harness.reconciler.reconcile(name)
     record = harness.registry.get(name)
     # Then it is FAILED and its endpoint still serves

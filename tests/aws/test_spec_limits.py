@@ -197,3 +197,46 @@ def test_idle_alarm_body_is_checked_against_the_evaluation_window() -> None:
     body["DatapointsToAlarm"] = limits.IDLE_MINUTES_MAX + 1
     (issue,) = limits.request_issues("cloudwatch", "PutMetricAlarm", body)
     assert issue.startswith("cloudwatch.alarm-evaluation-window")
+
+
+def test_a_spec_without_an_image_in_the_stacks_region_is_refused(
+    api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a deployment created while the image table lists the stack's region (us-east-1)
+    assert api("POST", "/v1/deployments", SPEC)[0] == 201
+    # When the image table lists that region for no engine (a stack deployed in a region
+    # 'make images' was not run for)
+    from llmhost import images
+
+    table = {
+        engine: (
+            versions
+            if engine in {"defaults", "frameworks", "generated_by", "sdk_version"}
+            else {
+                version: {r: uri for r, uri in uris.items() if r != "us-east-1"}
+                for version, uris in versions.items()
+            }
+        )
+        for engine, versions in images._table().items()
+    }
+    monkeypatch.setattr(images, "_table", lambda: table)
+    # Then no spec that needs an image is accepted there: each would only fail in the
+    # reconciler. The message names the region and how to add it.
+    other = {**SPEC, "name": "other"}
+    for status, body in (
+        api("POST", "/v1/plan", other),
+        api("POST", "/v1/deployments", other),
+        api("PATCH", "/v1/deployments/llama3-8b", {"generation": {"max_new_tokens": 64}}),
+    ):
+        _refused(status, body, "engine.version", "us-east-1")
+        assert "make images" in body["error"]["fields"][0]["message"], body
+    assert api("GET", "/v1/deployments/llama3-8b")[1]["generation"] == 1
+    # A model package brings its own image
+    package = {
+        **other,
+        "model": {
+            "kind": "model-package",
+            "arn": "arn:aws:sagemaker:us-east-1:123456789012:model-package/cohere/1",
+        },
+    }
+    assert api("POST", "/v1/plan", package)[0] == 200

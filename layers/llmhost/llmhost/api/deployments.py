@@ -67,6 +67,15 @@ def build_app(
 
             raise SpecInvalid([FieldIssue(FIELD, problem)])
 
+    def check_region(spec: DeploymentSpec) -> None:
+        """A spec whose image the stack's region lacks would only fail in the reconciler."""
+        from llmhost import aws
+        from llmhost.sizing.issues import region_issues
+
+        issues = region_issues(spec, aws.region())
+        if issues:
+            raise SpecInvalid(issues)
+
     def check_endpoint_owned(spec: DeploymentSpec) -> None:
         problem = conflict(spec)
         if problem is not None:
@@ -81,6 +90,7 @@ def build_app(
     @app.post("/v1/deployments", summary="Create a deployment")
     def create_deployment(spec: DeploymentSpec):
         reg = registry()
+        check_region(spec)
         check_token_secret(spec)
         spec = _pin_pool_instance(reg, spec)
         _check_names_free(reg, spec)
@@ -122,6 +132,7 @@ def build_app(
         _check_immutable(record.spec, spec)
         if spec == record.spec:
             return _json(HTTPStatus.OK, record.public_view())
+        check_region(spec)
         check_token_secret(spec)
         # Only a larger minimum is checked: other edits stay possible on an account already
         # over a lowered cap.
@@ -184,6 +195,7 @@ def build_app(
     def plan_spec(spec: DeploymentSpec):
         from llmhost.sizing.plan import plan
 
+        check_region(spec)
         return _json(HTTPStatus.OK, {"name": spec.name, "plan": plan(spec).as_dict()})
 
     @app.get("/v1/openapi.json", summary="This API's OpenAPI document (every route)")

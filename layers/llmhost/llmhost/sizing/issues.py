@@ -105,9 +105,10 @@ def capacity_issues(spec: DeploymentSpec) -> list[FieldIssue]:
     return issues
 
 
-def _image_issues(spec: DeploymentSpec) -> list[FieldIssue]:
+def _image_issues(spec: DeploymentSpec, region: str | None = None) -> list[FieldIssue]:
     """engine.version must name a container image llmhost ships (a model package brings its
-    own). Checked for every processor the engine may run on: the instance is not chosen yet."""
+    own), listed for ``region`` when one is given. Checked for every processor the engine may
+    run on: the instance is not chosen yet."""
     from llmhost import images
 
     if isinstance(spec.model, ModelPackageSource):
@@ -118,10 +119,19 @@ def _image_issues(spec: DeploymentSpec) -> list[FieldIssue]:
         processors = ("cpu",) if isinstance(spec.hosting, ServerlessHosting) else ("cpu", "gpu")
     for processor in processors:
         try:
-            images.resolve_version(engine.name, engine.version, processor)
+            if region is None:
+                images.resolve_version(engine.name, engine.version, processor)
+            else:
+                images.image_uri(engine.name, engine.version, region, processor=processor)
         except images.ImageNotAvailable as missing:
             return [FieldIssue("engine.version", missing.message)]
     return []
+
+
+def region_issues(spec: DeploymentSpec, region: str) -> list[FieldIssue]:
+    """What keeps ``spec`` from being deployed in ``region`` (the stack's): its engine's
+    image must be listed there. The spec's own checks know no region; the API adds these."""
+    return _image_issues(spec, region)
 
 
 def _unknown_instance_issue(name: str) -> FieldIssue:
