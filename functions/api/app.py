@@ -14,7 +14,7 @@ tracer = Tracer(patch_modules=["botocore"])
 # This function's own metrics: Powertools' Metrics share one set with every Metrics of the
 # process, and the local runner runs several functions and environments in one process.
 metrics = EphemeralMetrics()
-app = build_app(runtime.registry, logger=logger, metrics=metrics)
+app = build_app(runtime.deployments, logger=logger, metrics=metrics)
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)

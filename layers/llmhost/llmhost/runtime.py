@@ -16,6 +16,7 @@ from llmhost import aws
 
 if TYPE_CHECKING:
     from llmhost.clock import CloudClock
+    from llmhost.deployments import Deployments
     from llmhost.lifecycle.desired import DesiredResources
     from llmhost.lifecycle.reconciler import Reconciler
     from llmhost.lifecycle.registry import Registry
@@ -130,6 +131,17 @@ def _registry() -> Registry:
 def registry() -> Registry:
     overridden: Registry | None = _overrides.get("registry")
     return overridden or _registry()
+
+
+def deployments() -> Deployments:
+    """The deployment operations over the registry, reading the GPU cap, SageMaker's
+    endpoints and the token secrets when an operation needs them. Built per call (cheap)."""
+    overridden: Deployments | None = _overrides.get("deployments")
+    if overridden is not None:
+        return overridden
+    from llmhost.deployments import Deployments
+
+    return Deployments(registry())
 
 
 @cache

@@ -334,15 +334,12 @@ class LocalCloud:
             self.create_deployment(body)
 
     def create_deployment(self, body: dict[str, Any]) -> None:
-        """Register a deployment as the API would, and let the reconciler bring it up."""
+        """Create a deployment with the API's own operation, and let the reconciler bring
+        it up."""
         from llmhost import runtime
-        from llmhost.lifecycle.record import DeploymentRecord
         from llmhost.specs import parse_spec
 
-        spec = parse_spec(body)
-        runtime.registry().create(
-            DeploymentRecord(name=spec.name, spec=spec).with_event("Created", status="PENDING")
-        )
+        runtime.deployments().create(parse_spec(body))
 
     def start_openai_server(self, port: int) -> AsgiServer:
         """The OpenAI-compatible app, as the stream function serves it behind its URL. Per-key
