@@ -18,12 +18,6 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
-from aws_lambda_powertools.utilities.batch import (
-    BatchProcessor,
-    EventType,
-    process_partial_response,
-)
-from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
 from llmhost import runtime
 from llmhost.lifecycle.triggers import deployment_of_record, is_stream_batch, trigger_from_event
@@ -103,6 +97,16 @@ def _stream_batch(event: dict[str, Any], context: object) -> dict[str, Any]:
     once = _Once()
     if not records:  # nothing to reconcile (Powertools refuses an empty batch)
         return {"batchItemFailures": [], "source": "ignored", "reconciled": []}
+    # Imported here: Powertools' batch utilities bring asyncio, which a cold start on the
+    # schedule or an EventBridge event would load for nothing.
+    from aws_lambda_powertools.utilities.batch import (
+        BatchProcessor,
+        EventType,
+        process_partial_response,
+    )
+    from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import (
+        DynamoDBRecord,
+    )
 
     def reconcile_record(record: DynamoDBRecord) -> None:
         name = deployment_of_record(record.raw_event)

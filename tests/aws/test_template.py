@@ -1389,7 +1389,7 @@ def test_pattern_matcher_follows_eventbridge_rules() -> None:
 def test_alarm_rule_sends_llmhost_alarms_to_the_hook_and_nothing_else(
     template: dict[str, Any],
 ) -> None:
-    from llmhost.lifecycle.observer import alarm_prefix
+    from llmhost.lifecycle.ownership import alarm_prefix
     from llmhost.scaling.hook import KINDS, parse_alarm_event, parse_target_alarm
 
     pattern = _scaling_rule(template)["Pattern"]

@@ -18,8 +18,13 @@ from botocore.exceptions import ClientError
 from llmhost.errors import SageMakerBusy, SageMakerRejected
 from llmhost.lifecycle import planner as p
 from llmhost.lifecycle.desired import VARIANT, DesiredResources
-from llmhost.lifecycle.observer import alarm_prefix
-from llmhost.lifecycle.ownership import LOCAL_STACK, as_tag_list, deployment_tags, pool_tags
+from llmhost.lifecycle.ownership import (
+    LOCAL_STACK,
+    alarm_prefix,
+    as_tag_list,
+    deployment_tags,
+    pool_tags,
+)
 from llmhost.lifecycle.record import DeploymentRecord
 
 if TYPE_CHECKING:

@@ -4,7 +4,7 @@ for one deployment."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from typing import Any
 
 from botocore.exceptions import ClientError
 
@@ -14,26 +14,13 @@ from llmhost.lifecycle.ownership import (
     DEPLOYMENT_TAG,
     LOCAL_STACK,
     POOL_TAG,
+    alarm_prefix,
     is_missing,
+    is_own_alarm,
     not_ours,
     tags_of,
 )
 from llmhost.lifecycle.record import DeploymentRecord
-
-AlarmKind = Literal["idle", "no-capacity", "overload", "underload"]
-# Every alarm llmhost creates for a deployment is ``llmhost-<deployment>-<kind>``.
-ALARM_KINDS: tuple[AlarmKind, ...] = ("idle", "no-capacity", "overload", "underload")
-
-
-def alarm_prefix(deployment: str) -> str:
-    """Every CloudWatch alarm llmhost creates for a deployment starts with this."""
-    return f"llmhost-{deployment}-"
-
-
-def is_own_alarm(deployment: str, alarm_name: str) -> bool:
-    """Is this one of ``deployment``'s alarms? The prefix alone also matches the alarms of
-    a deployment whose name extends this one's ("demo" and "demo-zero")."""
-    return alarm_name in {alarm_prefix(deployment) + kind for kind in ALARM_KINDS}
 
 
 class SageMakerObserver:

@@ -11,7 +11,7 @@ reconciler's IAM role enforces the same rule in AWS (``aws:ResourceTag/llmhost:s
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from botocore.exceptions import ClientError
 
@@ -22,6 +22,23 @@ POOL_TAG = "llmhost:pool"
 RESERVED_TAG_PREFIX = "llmhost:"
 # The stack name the local runner and the tests use (``make run`` has no CloudFormation).
 LOCAL_STACK = "llmhost-local"
+
+# A deployment's CloudWatch alarms are known by their names. (Here, not in the observer: the
+# scaling hook reads alarm names on every event and need not import the observer for it.)
+AlarmKind = Literal["idle", "no-capacity", "overload", "underload"]
+# Every alarm llmhost creates for a deployment is ``llmhost-<deployment>-<kind>``.
+ALARM_KINDS: tuple[AlarmKind, ...] = ("idle", "no-capacity", "overload", "underload")
+
+
+def alarm_prefix(deployment: str) -> str:
+    """Every CloudWatch alarm llmhost creates for a deployment starts with this."""
+    return f"llmhost-{deployment}-"
+
+
+def is_own_alarm(deployment: str, alarm_name: str) -> bool:
+    """Is this one of ``deployment``'s alarms? The prefix alone also matches the alarms of
+    a deployment whose name extends this one's ("demo" and "demo-zero")."""
+    return alarm_name in {alarm_prefix(deployment) + kind for kind in ALARM_KINDS}
 
 
 def deployment_tags(stack: str, deployment: str) -> dict[str, str]:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from llmhost.lifecycle.desired import DesiredResources
 from llmhost.lifecycle.observed import Observed, ObservedComponent, ObservedEndpoint
-from llmhost.lifecycle.observer import alarm_prefix
+from llmhost.lifecycle.ownership import alarm_prefix
 from llmhost.lifecycle.record import DeploymentRecord, Status
 
 if TYPE_CHECKING:

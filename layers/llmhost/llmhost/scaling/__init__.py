@@ -3,8 +3,7 @@
 ``policy`` is pure: a spec in, the Application Auto Scaling and CloudWatch configuration out,
 plus the decisions Application Auto Scaling takes with it. ``simulator`` replays request
 traces against that same policy; ``traces`` reads the public trace formats.
+
+Nothing is imported here: the scaling and API functions import ``guardrails`` or ``hook``
+at cold start, and ``policy`` only when a decision needs it.
 """
-
-from llmhost.scaling.policy import ScalingPolicy, policy_from_spec
-
-__all__ = ["ScalingPolicy", "policy_from_spec"]

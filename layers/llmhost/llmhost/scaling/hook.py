@@ -34,7 +34,7 @@ from botocore.exceptions import ClientError
 from llmhost.clock import REAL, CloudClock
 from llmhost.errors import ConcurrentModification, DeploymentNotFound
 from llmhost.eventfields import get, items, text
-from llmhost.lifecycle.observer import ALARM_KINDS, AlarmKind, alarm_prefix
+from llmhost.lifecycle.ownership import ALARM_KINDS, AlarmKind, alarm_prefix
 from llmhost.lifecycle.record import DeploymentRecord
 from llmhost.lifecycle.registry import Registry
 from llmhost.lifecycle.triggers import is_deployment_name

@@ -11,7 +11,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from llmhost.lifecycle.desired import VARIANT, wanted_sleep_wake
-from llmhost.lifecycle.observer import alarm_prefix, is_own_alarm
+from llmhost.lifecycle.ownership import alarm_prefix, is_own_alarm
 from llmhost.lifecycle.record import DeploymentRecord
 
 SCALING_EVENTS = (
