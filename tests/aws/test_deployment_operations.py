@@ -13,7 +13,7 @@ from llmhost.deployments import (
     Deployments,
     EndpointNotOwned,
 )
-from llmhost.scaling.guardrails import GpuCapacityExceeded
+from llmhost.scaling.leases import GpuCapacityExceeded
 from llmhost.specs import DeploymentPatch, DeploymentSpec, parse_spec
 
 SPEC = {

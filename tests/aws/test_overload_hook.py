@@ -23,7 +23,7 @@ from conftest import load_event
 from llmhost import aws, runtime
 from llmhost.local.events import LambdaContext
 from llmhost.local.runner import load_handler
-from llmhost.scaling.guardrails import Capacity
+from llmhost.scaling.capacity_guard import Capacity
 from llmhost.scaling.hook import Datapoint, parse_alarm_event, plan_overload
 from llmhost.scaling.policy import TARGET_UTILIZATION, policy_from_spec
 from llmhost.specs import Scaling
@@ -475,7 +475,7 @@ def test_the_hold_lasts_until_a_minute_of_metrics_was_measured_on_the_new_copies
 ) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from llmhost.scaling.guardrails import Capacity
+    from llmhost.scaling.capacity_guard import Capacity
     from llmhost.scaling.hook import hold_releasable
     from llmhost.scaling.policy import HOLD_SETTLE_S
 

@@ -21,7 +21,7 @@ from llmhost.local.events import LambdaContext
 from llmhost.local.runner import load_handler
 from llmhost.local.streams import lambda_record, stream_source
 from llmhost.scaling.budget import BudgetLedger
-from llmhost.scaling.guardrails import CapacityGuard
+from llmhost.scaling.capacity_guard import CapacityGuard
 
 Records = list[dict[str, Any]]
 

@@ -1278,7 +1278,7 @@ def test_the_stream_filter_passes_deployment_changes_and_nothing_else(
 
     from llmhost.lifecycle.registry import INTERNAL_PREFIX
     from llmhost.scaling.budget import STATE_KEY, day_key
-    from llmhost.scaling.guardrails import LOCK_KEY
+    from llmhost.scaling.capacity_guard import LOCK_KEY
     from llmhost.specs import NAME_PATTERN
 
     (stream,) = [

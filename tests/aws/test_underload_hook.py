@@ -25,7 +25,7 @@ from llmhost import aws, runtime
 from llmhost.local.events import LambdaContext
 from llmhost.local.runner import load_handler
 from llmhost.scaling import policy as aas
-from llmhost.scaling.guardrails import Capacity
+from llmhost.scaling.capacity_guard import Capacity
 from llmhost.scaling.hook import Datapoint, parse_alarm_event, plan_underload, read_peak
 from llmhost.scaling.policy import TARGET_UTILIZATION, policy_from_spec
 from llmhost.specs import Scaling

@@ -449,7 +449,7 @@ class RefusingGuard:
     """A GPU cap with no room left (the hook's view of ``CapacityGuard.admit_wake``)."""
 
     def admit_wake(self, name: str, units: int) -> Any:
-        from llmhost.scaling.guardrails import Grant
+        from llmhost.scaling.leases import Grant
 
         return Grant(name, "WakeRefused", False, "the GPU cap of 2 is held by other-model 2")
 

@@ -68,7 +68,7 @@ def test_internal_items_never_reach_the_reconciler_and_deployments_do_as_moto_se
 ) -> None:
     from llmhost import aws, runtime
     from llmhost.scaling.budget import BudgetLedger
-    from llmhost.scaling.guardrails import CapacityGuard
+    from llmhost.scaling.capacity_guard import CapacityGuard
 
     assert cloud.reconcile_module is not None
     spy = Spy(cloud.reconcile_module.handler)

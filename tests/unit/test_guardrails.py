@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from llmhost.scaling.budget import MAX_TICK_S, spend, tick_seconds, unit_price
-from llmhost.scaling.guardrails import (
+from llmhost.scaling.leases import (
     GpuCapacityExceeded,
     Holding,
     Usage,

@@ -9,7 +9,7 @@ HTTP in one place (``llmhost.api.http``).
 The rules that need no I/O are pure functions over the registry's records
 (``pin_pool_instance``, ``check_names_free``, ``check_immutable``, ``check_can_sleep``);
 ``Deployments`` reads the registry once, applies them, admits the change under the GPU cap
-(``llmhost.scaling.guardrails.admission``) and writes the record with its history entry.
+(``llmhost.scaling.capacity_guard.admission``) and writes the record with its history entry.
 """
 
 from __future__ import annotations
@@ -272,7 +272,7 @@ class Deployments:
         llmhost may not read), NameInUse, GpuCapacityExceeded, EndpointNotOwned,
         DeploymentExists, CapacityBusy.
         """
-        from llmhost.scaling.guardrails import admission
+        from llmhost.scaling.capacity_guard import admission
 
         self._check_region(spec)
         self._check_token_secret(spec)
@@ -295,7 +295,8 @@ class Deployments:
         an account already over a lowered cap. Raises DeploymentNotFound, DeploymentDeleting,
         SpecInvalid, GpuCapacityExceeded, EndpointNotOwned, ConcurrentModification.
         """
-        from llmhost.scaling.guardrails import admission, required_units
+        from llmhost.scaling.capacity_guard import admission
+        from llmhost.scaling.leases import required_units
 
         record = self._live(name)
         if record.desired_state == "deleted":
@@ -350,7 +351,7 @@ class Deployments:
         return live(self.registry.get(name))
 
     def _set_desired(self, name: str, state: Literal["in_service", "sleeping"]) -> Change:
-        from llmhost.scaling.guardrails import admission
+        from llmhost.scaling.capacity_guard import admission
 
         record = self._live(name)
         check_can_sleep(record)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from llmhost.lifecycle.registry import Registry
     from llmhost.rag.embeddings import Embedder
     from llmhost.rag.store import VectorStore
-    from llmhost.scaling.guardrails import CapacityGuard
+    from llmhost.scaling.capacity_guard import CapacityGuard
     from llmhost.scaling.hook import ScalingHook
     from llmhost.serving.service import ServingService
     from llmhost.serving.wake import WakeDispatcher
@@ -362,7 +362,7 @@ def capacity_guard() -> CapacityGuard:
         overridden: CapacityGuard = _overrides["capacity_guard"]
         return overridden
     from llmhost.scaling.budget import BudgetLedger
-    from llmhost.scaling.guardrails import CapacityGuard
+    from llmhost.scaling.capacity_guard import CapacityGuard
 
     reg = registry()
     settings = _from_env(CapacitySettings)

@@ -28,7 +28,7 @@ from llmhost.lifecycle.ownership import (
 from llmhost.lifecycle.record import DeploymentRecord
 
 if TYPE_CHECKING:
-    from llmhost.scaling.guardrails import CapacityGuard
+    from llmhost.scaling.capacity_guard import CapacityGuard
 
 # How SageMaker words "not now, the resource is in a transitional state".
 _BUSY = re.compile(

@@ -30,7 +30,8 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from llmhost.lifecycle.registry import INTERNAL_PREFIX, Registry
-from llmhost.scaling.guardrails import CapacityGuard, Holding, Usage, lease_for
+from llmhost.scaling.capacity_guard import CapacityGuard
+from llmhost.scaling.leases import Holding, Usage, lease_for
 from llmhost.specs import DeploymentSpec
 
 STATE_KEY = f"{INTERNAL_PREFIX}budget#state"

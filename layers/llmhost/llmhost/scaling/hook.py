@@ -4,11 +4,11 @@ AWS acts alone on target tracking and on the scale-from-zero step policy. llmhos
 AWS cannot: an idle deployment goes to sleep (a dedicated endpoint cannot scale below one
 instance), a refused request wakes a sleeping model at once, sleep/wake schedules run, a
 request for a zero-copy component gets a copy without waiting for the alarm's evaluation,
-and the cost guardrails (``guardrails``: the GPU cap; ``budget``: the daily budget) grant or
-refuse capacity. Every decision is recorded in the deployment's history, with what was done,
-why, and capacity before -> after. Alarm decisions are pure (``decide``); ``ScalingHook``
-applies them to the registry (and, through the guard, to Application Auto Scaling and
-SageMaker), and the reconciler does the rest.
+and the cost guardrails (``leases`` and ``capacity_guard``: the GPU cap; ``budget``: the
+daily budget) grant or refuse capacity. Every decision is recorded in the deployment's
+history, with what was done, why, and capacity before -> after. Alarm decisions are pure
+(``decide``); ``ScalingHook`` applies them to the registry (and, through the guard, to
+Application Auto Scaling and SageMaker), and the reconciler does the rest.
 
 Events (``parse_event``): llmhost's alarms ("CloudWatch Alarm State Change",
 ``llmhost-<name>-idle|no-capacity|overload|underload``); target tracking's
@@ -41,7 +41,8 @@ from llmhost.lifecycle.triggers import is_deployment_name
 
 if TYPE_CHECKING:
     from llmhost.scaling.budget import BudgetKeeper
-    from llmhost.scaling.guardrails import Capacity, CapacityGuard, Grant
+    from llmhost.scaling.capacity_guard import Capacity, CapacityGuard
+    from llmhost.scaling.leases import Grant
     from llmhost.scaling.policy import ScalingPolicy
 
 KINDS: tuple[AlarmKind, ...] = ALARM_KINDS
@@ -549,7 +550,7 @@ class ScalingHook:
     def _guard_capacity_alarm(self, record: DeploymentRecord, decision: Decision) -> Decision:
         assert self._guard is not None
         if decision.event == "CapacityWake":
-            from llmhost.scaling.guardrails import required_units
+            from llmhost.scaling.leases import required_units
 
             units = required_units(record.spec)[0]
             grant = self._guard.admit_wake(record.name, units)
@@ -810,7 +811,7 @@ class ScalingHook:
         return [Outcome(record.name, decision)] if self._record(record.name, decision) else []
 
     def _wake(self, record: DeploymentRecord, event: str, why: str) -> Decision:
-        from llmhost.scaling.guardrails import required_units
+        from llmhost.scaling.leases import required_units
 
         units = required_units(record.spec)[0]
         if self._guard is None:
