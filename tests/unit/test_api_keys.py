@@ -50,6 +50,22 @@ def test_keys_are_read_once_per_cache_period() -> None:
     assert secret.reads == 2
 
 
+def test_a_cached_check_never_reads_the_secret_and_says_when_a_read_is_due() -> None:
+    clock, secret = Clock(), Secret({"team": hash_key("llmh-a")})
+    auth = ApiKeyAuth(secret, clock=clock)
+    # Before the first read, and once the cache period is over: None, and nothing read
+    assert auth.authenticate_cached("Bearer llmh-a") is None
+    assert secret.reads == 0
+    auth.authenticate("Bearer llmh-a")
+    # While the hashes are fresh: the same answers as authenticate, without a read
+    assert auth.authenticate_cached("Bearer llmh-a") == auth.authenticate("Bearer llmh-a")
+    with pytest.raises(Unauthorized):
+        auth.authenticate_cached("Bearer llmh-wrong")
+    clock.now += CACHE_SECONDS + 1
+    assert auth.authenticate_cached("Bearer llmh-a") is None
+    assert secret.reads == 1
+
+
 def test_an_empty_secret_is_not_read_again_on_every_request() -> None:
     # Given the secret the stack creates, which holds no keys yet
     clock, secret = Clock(), Secret({})

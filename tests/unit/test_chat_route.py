@@ -324,3 +324,14 @@ def test_a_rag_prompt_the_engine_finds_too_long_is_rebuilt_and_sent_to_chat_agai
         assert all("messages" in p for p in engine.payloads)
         assert len(second) < len(first)
         assert "wild yeast" in text
+
+
+def test_a_stream_says_which_chunks_are_ready_before_the_next_model_event() -> None:
+    # Given a stream whose first engine event carried text
+    stream = _service(_zephyr("tgi"), Engine(LocalEngine())).chat_stream(_request(stream=True))
+    # Then the role announcement and that text are ready (a server sends them at once)
+    assert stream.ready == 2
+    role, text = next(stream), next(stream)
+    assert role["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert text["choices"][0]["delta"]["content"]
+    stream.close()

@@ -103,6 +103,14 @@ class ApiKeyAuth:
                 return Principal(key_name=name)
         raise Unauthorized("incorrect API key provided")
 
+    def authenticate_cached(self, authorization: str | None) -> Principal | None:
+        """``authenticate`` without I/O: None when the key hashes are due to be read (call
+        ``authenticate`` then, off the event loop), else its result or its error."""
+        with self._lock:
+            if self._clock() >= self._next_load:
+                return None
+        return self.authenticate(authorization)
+
     def _current(self) -> dict[str, str]:
         with self._lock:
             now = self._clock()

@@ -157,9 +157,12 @@ class ServingHttpApp:
 
                 return _json(200, openai_api_document())
             if self._auth is not None:
-                principal = await run_in_threadpool(
-                    self._auth.authenticate, request.headers.get("authorization")
-                )
+                header = request.headers.get("authorization")
+                # A key checked against cached hashes needs no thread; only a due read of
+                # the key secret goes to a worker thread.
+                principal = self._auth.authenticate_cached(header)
+                if principal is None:
+                    principal = await run_in_threadpool(self._auth.authenticate, header)
                 if self._limiter is not None:
                     self._limiter.take(principal.key_name)
             allowed = ROUTES.get(path)
@@ -170,16 +173,16 @@ class ServingHttpApp:
                 )
             if method not in allowed:
                 raise MethodNotAllowed(f"{path} takes {' or '.join(allowed)}, not {method}")
-            service = await run_in_threadpool(self._service)
+            # The service is fetched on the worker thread that calls it: one hop a request.
             if path == "/v1/models":
-                return _json(200, await run_in_threadpool(service.models))
+                return _json(200, await run_in_threadpool(lambda: self._service().models()))
             if path == "/v1/rag":
                 rag = await _read_body(request, RagRequest)
-                return _json(200, await run_in_threadpool(service.rag, rag))
+                return _json(200, await run_in_threadpool(lambda: self._service().rag(rag)))
             chat = await _read_body(request, ChatCompletionRequest)
             if chat.stream:
-                return await self._stream(service, chat)
-            return _json(200, await run_in_threadpool(service.chat, chat))
+                return await self._stream(chat)
+            return _json(200, await run_in_threadpool(lambda: self._service().chat(chat)))
         except ValidationError as error:
             return _invalid(error)
         except PydanticCustomError as error:
@@ -191,17 +194,25 @@ class ServingHttpApp:
             logger.exception("unhandled error", extra={"path": path, "method": method})
             return _json(500, openai_error(500, "internal_error", "llmhost hit an internal error"))
 
-    async def _stream(self, service: Any, request: ChatCompletionRequest) -> Response:
+    async def _stream(self, request: ChatCompletionRequest) -> Response:
         # The service routes, retrieves, calls the model and reads its first event before
         # returning; taking the first chunk here too means any error so far keeps its status.
-        def start() -> tuple[Iterator[Any], Any]:
-            chunks = service.chat_stream(request)
-            return chunks, next(chunks, None)
+        # The chunks it says are ready (the engine's first text, read already) are taken on
+        # the same thread, so they leave without waiting for the relay's own thread.
+        def start() -> tuple[Iterator[Any], list[Any]]:
+            chunks = self._service().chat_stream(request)
+            first = next(chunks, None)
+            if first is None:
+                return chunks, []
+            ready = [first]
+            for _ in range(getattr(chunks, "ready", 1) - 1):
+                ready.append(next(chunks))
+            return chunks, ready
 
-        chunks, first = await run_in_threadpool(start)
+        chunks, ready = await run_in_threadpool(start)
         relay = _StreamRelay(chunks, asyncio.get_running_loop())
         return StreamingResponse(
-            relay.events(first),
+            relay.events(ready),
             media_type="text/event-stream; charset=utf-8",
             headers={
                 "Cache-Control": "no-cache",
@@ -238,9 +249,12 @@ class _StreamRelay:
         except Exception as error:  # reported to the client as an error event
             self._put(("error", error))
         finally:
-            close = getattr(self._chunks, "close", None)
-            if close is not None:
-                close()
+            self._close()
+
+    def _close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
 
     def _put(self, item: tuple[str, Any]) -> bool:
         while not self._stop.is_set():
@@ -261,11 +275,17 @@ class _StreamRelay:
                 await self._ready.wait()
                 self._ready.clear()
 
-    async def events(self, first: Any) -> AsyncIterator[bytes]:
-        threading.Thread(target=self._read, name="stream-relay", daemon=True).start()
+    async def events(self, ready: list[Any]) -> AsyncIterator[bytes]:
+        """The SSE body: the chunks taken already (``ready``), then the ones this relay's
+        thread reads, then the end. No ready chunk means the stream had none at all."""
+        reading = False
         try:
-            if first is not None:
-                yield _sse(first)
+            if ready:
+                for chunk in ready:
+                    yield _sse(chunk)
+                # Started once the ready chunks are out: they do not wait for it.
+                threading.Thread(target=self._read, name="stream-relay", daemon=True).start()
+                reading = True
                 while True:
                     kind, value = await self._next()
                     if kind == "end":
@@ -277,6 +297,8 @@ class _StreamRelay:
             yield b"data: [DONE]\n\n"
         finally:
             self._stop.set()
+            if not reading:  # no thread took the stream over (or none was needed)
+                self._close()
 
     def _error_event(self, error: Exception) -> dict[str, Any]:
         if isinstance(error, LlmhostError):

@@ -67,6 +67,22 @@ def engine_applies_template(
     return params.repetition_penalty is None or codec.chat_repetition_penalty
 
 
+class ChatStream(Iterator[dict[str, Any]]):
+    """A streamed answer's ``chat.completion.chunk`` objects. The first ``ready`` of them are
+    at hand: taking them waits for nothing (the model's first event was read already), so a
+    server can send them before it hands the rest to a reader of its own."""
+
+    def __init__(self, chunks: Iterator[dict[str, Any]], ready: int) -> None:
+        self._chunks = chunks
+        self.ready = ready
+
+    def __next__(self) -> dict[str, Any]:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        _close(self._chunks)
+
+
 @dataclass
 class Prepared:
     """Everything decided before the model is called."""
@@ -183,19 +199,21 @@ class ServingService:
         }
         return reply
 
-    def chat_stream(self, request: ChatCompletionRequest) -> Iterator[dict[str, Any]]:
+    def chat_stream(self, request: ChatCompletionRequest) -> ChatStream:
         """OpenAI ``chat.completion.chunk`` objects, each yielded as the engine produces it.
 
         Routing, retrieval, the SageMaker call and the engine's first event all happen before
         this returns, so a request that cannot be served (a sleeping model, a prompt the
         engine refuses in its first event, as TGI does) raises with its HTTP status instead
         of breaking a stream that has started. A RAG prompt the engine finds too long is
-        rebuilt smaller and sent once more, as for a plain answer.
+        rebuilt smaller and sent once more, as for a plain answer. The role announcement, and
+        the engine's first text when its first event had some, are ready at once.
         """
         prepared = self._prepare_chat(request, stream=True)
         chunks, deltas, first = self._call(prepared, self._open_stream)
         self._directory.answered(prepared.route.name)
-        return self._chunks(request, prepared, chunks, deltas, first)
+        ready = 2 if first is not None and first.text else 1
+        return ChatStream(self._chunks(request, prepared, chunks, deltas, first), ready)
 
     def _open_stream(
         self, prepared: Prepared
@@ -422,7 +440,7 @@ def _rebuild(
     return payload
 
 
-def _close(chunks: Iterator[bytes]) -> None:
+def _close(chunks: Iterator[Any]) -> None:
     close = getattr(chunks, "close", None)
     if close:
         close()
