@@ -82,6 +82,24 @@ def test_before_snapshot_builds_the_rag_stack_and_reads_nothing(
     assert calls == []
 
 
+@pytest.mark.filterwarnings("ignore:Api key is used with an insecure connection")
+def test_with_a_qdrant_server_only_its_key_is_read_and_read_again_after_a_restore(
+    hooks: tuple[list[Any], list[Any]], rag_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _calls()
+    arn = aws.client("secretsmanager").create_secret(Name="qdrant", SecretString="k")["ARN"]
+    monkeypatch.setenv("QDRANT_URL", "http://127.0.0.1:9")  # no connection at construction
+    monkeypatch.setenv("QDRANT_API_KEY_SECRET_ARN", arn)
+    load_handler("serve", "llmhost-serve")
+    calls.clear()
+    _run(hooks[0], reverse=True)
+    assert calls == ["secretsmanager:GetSecretValue"]
+    store = runtime.store()
+    _run(hooks[1])
+    assert calls == ["secretsmanager:GetSecretValue"] * 2
+    assert runtime.store() is not store
+
+
 def test_after_restore_gives_the_environment_its_own_clients_credentials_and_randomness(
     hooks: tuple[list[Any], list[Any]], rag_env: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

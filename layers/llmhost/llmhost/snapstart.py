@@ -8,8 +8,10 @@ snapshot holds is shared by every environment restored from it.
 
 ``before_snapshot`` builds what a first request would: the imports, the ONNX session (with
 one inference, so its buffers are allocated), the Qdrant client and the AWS clients. It reads
-no registry record, no secret and no API key: nothing that could be stale by the time an
-environment is restored (the stream function's key hashes are read on its first request).
+no registry record and no API key hashes (the stream function reads those on its first
+request), nothing that could be stale by the time an environment is restored; the one read
+is the Qdrant API key's secret, when one is set, to build the server client, and that client
+is built again, key read again, after each restore.
 
 ``after_restore`` refreshes what must not be shared between restored environments
 (https://docs.aws.amazon.com/lambda/latest/dg/snapstart-uniqueness.html): Python's ``random``
