@@ -105,3 +105,29 @@ def test_the_model_directorys_view_of_the_registry_ages_with_the_clock(clock, re
     now[0] += 1.0
     directory.route("zero")
     assert registry.reads == reads
+
+
+@pytest.mark.parametrize(
+    "after_wake",
+    [
+        [],
+        [(timedelta(seconds=1), "WakeAdmitted", "SLEEPING")],
+        [
+            (timedelta(seconds=1), "WakeAdmitted", "SLEEPING"),
+            (timedelta(seconds=2), "Creating", "CREATING"),
+        ],
+    ],
+    ids=["requested", "admitted", "being-recreated"],
+)
+def test_a_model_being_woken_says_so_until_it_serves(after_wake: list[Any]) -> None:
+    # A slept model a request woke: whatever the hook and reconciler recorded since, the
+    # client is told the model is waking, not that it is being created for the first time
+    woken = record((timedelta(0), "WakeRequested", "SLEEPING"), *after_wake, status="CREATING")
+    with pytest.raises(ModelNotReady) as waking:
+        check_ready(woken, LOCAL)
+    assert "waking up" in waking.value.message
+    assert "being created" not in waking.value.message
+    # while a model that was never woken is still being created
+    with pytest.raises(ModelNotReady) as created:
+        check_ready(record((timedelta(0), "Created", "CREATING"), status="CREATING"), LOCAL)
+    assert "being created" in created.value.message

@@ -213,9 +213,9 @@ def check_ready(record: DeploymentRecord, clock: CloudClock = REAL) -> None:
             retry_after=wake,
         )
     if status in {"PENDING", "CREATING"}:
-        if (record.history and record.history[-1].event == "WakeRequested") or (
-            "waking" in record.status_reason
-        ):
+        # A wake is under way until the model serves again, whatever the scaling hook and
+        # the reconciler recorded after the request that asked for it.
+        if pending_wake(record) is not None or "waking" in record.status_reason:
             raise ModelNotReady(f"model '{record.name}' is waking up", retry_after=wake)
         raise ModelNotReady(
             f"model '{record.name}' is still being created; SageMaker takes 10-30 minutes",
