@@ -35,6 +35,8 @@ from llmhost.specs import parse_spec
 
 FAULTS = ["throttled", "5xx", "timeout", "unreachable"]
 STATUS = {"throttled": 429, "5xx": 503, "timeout": 504, "unreachable": 503}
+# A throttled registry is llmhost's table being busy, not the caller sending too much: 503.
+REGISTRY_STATUS = {**STATUS, "throttled": 503}
 MODEL = {"name": "faulty", "model": {"model_id": "HuggingFaceH4/zephyr-7b-beta"}}
 
 # The error each service answers, per fault: (HTTP status, error code).
@@ -202,8 +204,10 @@ def sagemaker_embedder(fault: str) -> tuple[SageMakerEmbedder, Injected]:
     return SageMakerEmbedder("embedder", client, REPO_MODEL_DIR), injected
 
 
-def assert_documented(status: int, body: Any, headers: dict[str, str], fault: str) -> None:
-    assert status == STATUS[fault], body
+def assert_documented(
+    status: int, body: Any, headers: dict[str, str], fault: str, expected: dict[str, int] = STATUS
+) -> None:
+    assert status == expected[fault], body
     assert set(body) == {"error"} and body["error"]["code"] and body["error"]["message"]
     assert "Traceback" not in json.dumps(body)
     if status in (429, 503):
@@ -256,7 +260,8 @@ def test_a_failing_call_on_the_serving_path_gets_a_documented_status(
     # Given the call fails (the others work); When a client asks
     status, body, headers = SERVING_CALLS[call](stack, fault, monkeypatch)
     # Then it gets 429/503/504 by kind, Retry-After where waiting helps, and no internals
-    assert_documented(status, body, headers, fault)
+    expected = REGISTRY_STATUS if call.startswith("dynamodb-registry") else STATUS
+    assert_documented(status, body, headers, fault, expected)
 
 
 @pytest.mark.parametrize("fault", FAULTS)
@@ -438,14 +443,50 @@ def test_the_ingest_function_fails_the_event_for_a_retry_and_the_retry_converges
 
 
 @pytest.mark.parametrize("fault", FAULTS)
-def test_an_aws_fault_no_adapter_typed_still_gets_a_documented_status(
+def test_the_deployment_api_over_a_failing_registry_gets_a_documented_status(
     moto_aws: None, fault: str
 ) -> None:
-    # Given the deployment API, whose registry calls raise botocore's errors as they are
+    # Given the deployment API
     api = load_handler("api", "llmhost-api")
     Injected(aws.client("dynamodb"), "dynamodb", fault)
     event = load_event("api-list-deployments.json")
     # When DynamoDB fails under it
+    response = api.handler(event, LambdaContext("llmhost-api"))
+    headers = {k: v[0] for k, v in (response.get("multiValueHeaders") or {}).items()}
+    # Then the registry's typed error answers by kind (throttled: busy, 503), not with a 500
+    body = json.loads(response["body"])
+    assert_documented(response["statusCode"], body, headers, fault, REGISTRY_STATUS)
+
+
+class _UntypedRegistry:
+    """A registry whose reads raise botocore's error as it is, as an adapter that does not
+    type its errors would."""
+
+    def __init__(self, fault: str) -> None:
+        self.fault = fault
+
+    def deployments(self, include_deleted: bool = False) -> Any:
+        from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+
+        if self.fault == "timeout":
+            raise ReadTimeoutError(endpoint_url="https://dynamodb.test")
+        if self.fault == "unreachable":
+            raise EndpointConnectionError(endpoint_url="https://dynamodb.test")
+        status, code = AWS_ERRORS["dynamodb"][self.fault]
+        raise ClientError(
+            {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "Scan"
+        )
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_an_aws_fault_no_adapter_typed_still_gets_a_documented_status(
+    moto_aws: None, fault: str
+) -> None:
+    # Given the deployment API over a dependency that lets botocore's errors through
+    api = load_handler("api", "llmhost-api")
+    runtime.override(registry=_UntypedRegistry(fault))
+    event = load_event("api-list-deployments.json")
+    # When it fails
     response = api.handler(event, LambdaContext("llmhost-api"))
     headers = {k: v[0] for k, v in (response.get("multiValueHeaders") or {}).items()}
     # Then the one error mapping answers by kind, not with a 500

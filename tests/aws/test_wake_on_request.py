@@ -403,10 +403,20 @@ class ThrottledRegistry:
     def save(self, record: DeploymentRecord) -> DeploymentRecord:
         from botocore.exceptions import ClientError
 
+        from llmhost.lifecycle.registry import registry_error
+
         if self.throttled:
-            raise ClientError(
-                {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow"}},
-                "PutItem",
+            # What the registry raises for DynamoDB's refusal (its adapter types it)
+            raise registry_error(
+                ClientError(
+                    {
+                        "Error": {
+                            "Code": "ProvisionedThroughputExceededException",
+                            "Message": "slow",
+                        }
+                    },
+                    "PutItem",
+                )
             )
         return self._registry.save(record)
 

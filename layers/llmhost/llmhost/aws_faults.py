@@ -108,7 +108,7 @@ def classify(error: BaseException) -> Fault | None:
 class ServiceFault(LlmhostError):
     """An AWS service llmhost depends on failed in a way retrying later can get past."""
 
-    def __init__(self, what: str, fault: Fault, detail: str = "") -> None:
+    def __init__(self, what: str, fault: Fault, log_detail: str = "") -> None:
         verb = {
             "throttled": "is throttling llmhost's requests",
             "timed out": "did not answer in time",
@@ -123,7 +123,7 @@ class ServiceFault(LlmhostError):
         self.status = fault.status
         self.retry_after = fault.retry_after
         self.fault = fault
-        self.detail = detail
+        self.log_detail = log_detail
 
 
 def fault_error(error: BaseException, what: str) -> ServiceFault | None:
@@ -132,4 +132,4 @@ def fault_error(error: BaseException, what: str) -> ServiceFault | None:
     fault = classify(error)
     if fault is None:
         return None
-    return ServiceFault(what, fault, detail=f"{type(error).__name__}: {error}")
+    return ServiceFault(what, fault, log_detail=f"{type(error).__name__}: {error}")

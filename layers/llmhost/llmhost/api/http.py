@@ -135,6 +135,9 @@ def install_error_handlers(app: APIGatewayRestResolver, logger: Any = None) -> N
 
     @app.exception_handler(LlmhostError)
     def domain_error(error: LlmhostError) -> Response:
+        if error.status >= 500 and error.log_detail and logger is not None:
+            # The client's message names no internals; the operator's log says what failed.
+            logger.warning(error.message, extra={"code": error.code, "detail": error.log_detail})
         return error_response(
             error.status, error.code, error.message, retry_after=getattr(error, "retry_after", None)
         )
@@ -153,7 +156,7 @@ def install_error_handlers(app: APIGatewayRestResolver, logger: Any = None) -> N
         fault = fault_error(error, "an AWS service llmhost uses")
         if fault is not None:
             if logger is not None:
-                logger.warning("AWS fault", extra={"detail": fault.detail})
+                logger.warning("AWS fault", extra={"detail": fault.log_detail})
             return error_response(
                 fault.status, fault.code, fault.message, retry_after=fault.retry_after
             )

@@ -86,15 +86,16 @@ _STATUSES: dict[int, tuple[str, dict[str, Any], dict[str, Any]]] = {
         {},
     ),
     429: (
-        "Throttled, by API Gateway, SageMaker or a backing service (DynamoDB, Qdrant, the "
-        "embedding endpoint); retry after Retry-After seconds.",
+        "Throttled, by API Gateway, SageMaker or a backing service (Qdrant, the embedding "
+        "endpoint); retry after Retry-After seconds.",
         {"anyOf": [_ERROR, _GATEWAY]},
         _RETRY_AFTER,
     ),
     502: ("The model failed or answered something llmhost could not read.", _ERROR, {}),
     503: (
-        "The model is asleep, scaling from zero or starting (it is being woken), or a "
-        "backing service is unavailable; retry after Retry-After seconds.",
+        "The model is asleep, scaling from zero or starting (it is being woken), the "
+        "deployment registry is busy (DynamoDB throttled it), or a backing service is "
+        "unavailable; retry after Retry-After seconds.",
         _ERROR,
         _RETRY_AFTER,
     ),
@@ -107,7 +108,7 @@ _STATUSES: dict[int, tuple[str, dict[str, Any], dict[str, Any]]] = {
 }
 
 # Every route answers 400 (an HTTP request API Gateway cannot read), 403 (IAM), 429 and 503
-# (a throttled or failing backing service, such as the registry), and 504 (API Gateway's
+# (a throttled or failing backing service; the registry busy is 503), and 504 (API Gateway's
 # integration timeout, or a backing service's); routes with a body 413, 415 and 422 too;
 # routes with a path parameter 404 and 422.
 _ALWAYS = (400, 403, 429, 503, 504)

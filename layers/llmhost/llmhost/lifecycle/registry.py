@@ -13,12 +13,21 @@ ledger). Their keys start with ``INTERNAL_PREFIX``, which no deployment name can
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
-from llmhost.errors import ConcurrentModification, DeploymentExists, DeploymentNotFound
+from llmhost.errors import (
+    ConcurrentModification,
+    DeploymentExists,
+    DeploymentNotFound,
+    RegistryBusy,
+    RegistryError,
+    RegistryUnavailable,
+)
 from llmhost.lifecycle.record import DeploymentRecord
 from llmhost.specs import STORED
 
@@ -53,9 +62,10 @@ class Registry:
         return record
 
     def find(self, name: str) -> DeploymentRecord | None:
-        item = self._ddb.get_item(
-            TableName=self._table, Key={"name": {"S": name}}, ConsistentRead=True
-        ).get("Item")
+        with table_errors():
+            item = self._ddb.get_item(
+                TableName=self._table, Key={"name": {"S": name}}, ConsistentRead=True
+            ).get("Item")
         return _decode(item) if item else None
 
     def deployments(self, include_deleted: bool = False) -> list[DeploymentRecord]:
@@ -63,7 +73,8 @@ class Registry:
         records: list[DeploymentRecord] = []
         kwargs: dict[str, Any] = {"TableName": self._table, "ConsistentRead": True}
         while True:
-            page = self._ddb.scan(**kwargs)
+            with table_errors():
+                page = self._ddb.scan(**kwargs)
             records.extend(
                 _decode(item)
                 for item in page.get("Items", [])
@@ -86,7 +97,7 @@ class Registry:
         Raises DeploymentExists when a live deployment has the name.
         """
         saved = record.trimmed(self.history_limit).model_copy(update={"version": 1})
-        try:
+        with table_errors(), _on_condition_failure(DeploymentExists(record.name)):
             self._ddb.put_item(
                 TableName=self._table,
                 Item=_encode(saved),
@@ -94,10 +105,6 @@ class Registry:
                 ExpressionAttributeNames={"#n": "name", "#s": "status"},
                 ExpressionAttributeValues={":deleted": {"S": "DELETED"}},
             )
-        except ClientError as error:
-            if _is_condition_failure(error):
-                raise DeploymentExists(record.name) from None
-            raise
         return saved
 
     def save(self, record: DeploymentRecord) -> DeploymentRecord:
@@ -108,7 +115,7 @@ class Registry:
         saved = record.trimmed(self.history_limit).model_copy(
             update={"version": record.version + 1}
         )
-        try:
+        with table_errors(), _on_condition_failure(ConcurrentModification(record.name)):
             self._ddb.put_item(
                 TableName=self._table,
                 Item=_encode(saved),
@@ -116,14 +123,59 @@ class Registry:
                 ExpressionAttributeNames={"#v": "version"},
                 ExpressionAttributeValues={":v": {"N": str(record.version)}},
             )
-        except ClientError as error:
-            if _is_condition_failure(error):
-                raise ConcurrentModification(record.name) from None
-            raise
         return saved
 
 
-def _is_condition_failure(error: ClientError) -> bool:
+REGISTRY = "the deployment registry (DynamoDB)"
+
+
+@contextlib.contextmanager
+def table_errors() -> Iterator[None]:
+    """Turn any botocore error of a call to the registry's table (records, the capacity
+    lock, the budget ledger) into a typed error: throttling that outlasted botocore's
+    retries is RegistryBusy (503), a 5xx, timeout or unreachable DynamoDB RegistryUnavailable
+    (503/504), both with Retry-After; anything else (access denied, no such table) is a
+    RegistryError (500). A caller that expects a condition to fail catches it inside."""
+    try:
+        yield
+    except (ClientError, BotoCoreError) as error:
+        raise registry_error(error) from None
+
+
+def registry_error(error: ClientError | BotoCoreError) -> RegistryError:
+    """The typed error for a botocore error of a registry-table call."""
+    from llmhost.aws_faults import classify
+
+    detail = f"{type(error).__name__}: {error}"  # for the operator's log
+    fault = classify(error)
+    if fault is None:
+        code = (
+            error.response.get("Error", {}).get("Code", "")
+            if isinstance(error, ClientError)
+            else ""
+        )
+        return RegistryError(
+            f"{REGISTRY} refused llmhost's request ({code or type(error).__name__}); "
+            "the operator's logs say why",
+            detail,
+        )
+    if fault.kind == "throttled":
+        return RegistryBusy(fault, detail)
+    return RegistryUnavailable(fault, detail)
+
+
+@contextlib.contextmanager
+def _on_condition_failure(raised: Exception) -> Iterator[None]:
+    try:
+        yield
+    except ClientError as error:
+        if is_condition_failure(error):
+            raise raised from None
+        raise
+
+
+def is_condition_failure(error: ClientError) -> bool:
+    """A conditional write's condition did not hold (the outcome such a write may expect)."""
     return error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
 
 

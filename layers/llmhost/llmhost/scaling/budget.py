@@ -29,7 +29,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from llmhost.lifecycle.registry import INTERNAL_PREFIX, Registry
+from llmhost.lifecycle.registry import INTERNAL_PREFIX, Registry, is_condition_failure, table_errors
 from llmhost.scaling.capacity_guard import CapacityGuard
 from llmhost.scaling.leases import Holding, Usage, lease_for
 from llmhost.specs import DeploymentSpec
@@ -100,9 +100,10 @@ class BudgetLedger:
         self._table = registry.table_name
 
     def state(self) -> BudgetState:
-        item = self._ddb.get_item(
-            TableName=self._table, Key={"name": {"S": STATE_KEY}}, ConsistentRead=True
-        ).get("Item", {})
+        with table_errors():
+            item = self._ddb.get_item(
+                TableName=self._table, Key={"name": {"S": STATE_KEY}}, ConsistentRead=True
+            ).get("Item", {})
         return BudgetState(
             last_tick=float(item["last_tick"]["N"]) if "last_tick" in item else None,
             exceeded_day=item["exceeded_day"]["S"] if "exceeded_day" in item else None,
@@ -117,9 +118,10 @@ class BudgetLedger:
         return None
 
     def spent(self, day: date) -> float:
-        item = self._ddb.get_item(
-            TableName=self._table, Key={"name": {"S": day_key(day)}}, ConsistentRead=True
-        ).get("Item", {})
+        with table_errors():
+            item = self._ddb.get_item(
+                TableName=self._table, Key={"name": {"S": day_key(day)}}, ConsistentRead=True
+            ).get("Item", {})
         return float(item["spent_usd"]["N"]) if "spent_usd" in item else 0.0
 
     def bill(self, previous: float | None, now: float, day: date, usd: float) -> float | None:
@@ -137,24 +139,25 @@ class BudgetLedger:
         else:
             clock["ConditionExpression"] = "last_tick = :prev"
             clock["ExpressionAttributeValues"][":prev"] = {"N": repr(previous)}
-        try:
-            self._ddb.transact_write_items(
-                TransactItems=[
-                    {"Update": clock},
-                    {
-                        "Update": {
-                            "TableName": self._table,
-                            "Key": {"name": {"S": day_key(day)}},
-                            "UpdateExpression": "ADD spent_usd :usd",
-                            "ExpressionAttributeValues": {":usd": {"N": f"{usd:.6f}"}},
-                        }
-                    },
-                ]
-            )
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") == "TransactionCanceledException":
-                return None
-            raise
+        with table_errors():
+            try:
+                self._ddb.transact_write_items(
+                    TransactItems=[
+                        {"Update": clock},
+                        {
+                            "Update": {
+                                "TableName": self._table,
+                                "Key": {"name": {"S": day_key(day)}},
+                                "UpdateExpression": "ADD spent_usd :usd",
+                                "ExpressionAttributeValues": {":usd": {"N": f"{usd:.6f}"}},
+                            }
+                        },
+                    ]
+                )
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") == "TransactionCanceledException":
+                    return None
+                raise
         return self.spent(day)
 
     def mark_exceeded(self, day: date, reason: str) -> bool:
@@ -174,18 +177,19 @@ class BudgetLedger:
         )
 
     def _conditional(self, update: str, condition: str, values: dict[str, Any]) -> bool:
-        try:
-            self._ddb.update_item(
-                TableName=self._table,
-                Key={"name": {"S": STATE_KEY}},
-                UpdateExpression=update,
-                ConditionExpression=condition,
-                ExpressionAttributeValues=values,
-            )
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                return False
-            raise
+        with table_errors():
+            try:
+                self._ddb.update_item(
+                    TableName=self._table,
+                    Key={"name": {"S": STATE_KEY}},
+                    UpdateExpression=update,
+                    ConditionExpression=condition,
+                    ExpressionAttributeValues=values,
+                )
+            except ClientError as error:
+                if is_condition_failure(error):
+                    return False
+                raise
         return True
 
 

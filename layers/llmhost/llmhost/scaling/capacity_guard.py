@@ -15,10 +15,10 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from llmhost.errors import SageMakerBusy
-from llmhost.lifecycle.registry import INTERNAL_PREFIX, Registry
+from llmhost.lifecycle.registry import INTERNAL_PREFIX, Registry, is_condition_failure, table_errors
 from llmhost.scaling.leases import (
     Grant,
     Holding,
@@ -43,10 +43,6 @@ LOCK_KEY = f"{INTERNAL_PREFIX}capacity#lock"
 class CapacityBusy(SageMakerBusy):
     """Another scaling decision holds the capacity lock; retry (the reconciler and Lambda's
     async retries do)."""
-
-
-def _is_condition_failure(error: ClientError) -> bool:
-    return error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
 
 
 def _is_missing(error: ClientError) -> bool:
@@ -77,11 +73,36 @@ class CapacityLock:
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
-        """Hold the capacity lock. Raises CapacityBusy when it stays taken."""
+        """Hold the capacity lock. Raises CapacityBusy when it stays taken, and the registry's
+        typed errors (RegistryBusy...) when DynamoDB fails."""
         ddb, table = self._registry.client, self._registry.table_name
         owner = uuid.uuid4().hex
         for attempt in range(self._lock_attempts):
-            now = self._clock()
+            if self._take(ddb, table, owner):
+                break
+            if attempt + 1 == self._lock_attempts:
+                raise CapacityBusy(
+                    "another scaling decision holds the GPU capacity lock; retry shortly"
+                )
+            self._sleep(0.2)
+        try:
+            yield
+        finally:
+            # A release that fails leaves the lock to expire (ttl_s); it must not replace the
+            # outcome of what was done under it.
+            with contextlib.suppress(ClientError, BotoCoreError):
+                ddb.delete_item(
+                    TableName=table,
+                    Key={"name": {"S": LOCK_KEY}},
+                    ConditionExpression="#o = :me",
+                    ExpressionAttributeNames={"#o": "owner"},
+                    ExpressionAttributeValues={":me": {"S": owner}},
+                )
+
+    def _take(self, ddb: Any, table: str, owner: str) -> bool:
+        """Put the lock item for ``owner``; False while someone else holds it."""
+        now = self._clock()
+        with table_errors():
             try:
                 ddb.put_item(
                     TableName=table,
@@ -94,26 +115,11 @@ class CapacityLock:
                     ExpressionAttributeNames={"#n": "name"},
                     ExpressionAttributeValues={":now": {"N": str(now)}},
                 )
-                break
             except ClientError as error:
-                if not _is_condition_failure(error):
-                    raise
-                if attempt + 1 == self._lock_attempts:
-                    raise CapacityBusy(
-                        "another scaling decision holds the GPU capacity lock; retry shortly"
-                    ) from None
-                self._sleep(0.2)
-        try:
-            yield
-        finally:
-            with contextlib.suppress(ClientError):
-                ddb.delete_item(
-                    TableName=table,
-                    Key={"name": {"S": LOCK_KEY}},
-                    ConditionExpression="#o = :me",
-                    ExpressionAttributeNames={"#o": "owner"},
-                    ExpressionAttributeValues={":me": {"S": owner}},
-                )
+                if is_condition_failure(error):
+                    return False
+                raise
+        return True
 
 
 @contextlib.contextmanager

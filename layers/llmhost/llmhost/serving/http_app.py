@@ -36,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from llmhost.api.body import check_content_type, parse_json_body
+from llmhost.api.body import InvalidBody, check_content_type, parse_json_body
 from llmhost.errors import LlmhostError
 from llmhost.serving.auth import ApiKeyAuth
 from llmhost.serving.ratelimit import KeyRateLimiter
@@ -76,11 +76,6 @@ def openai_error(status: int, code: str, message: str, **extra: Any) -> dict[str
             **extra,
         }
     }
-
-
-class BodyInvalid(LlmhostError):
-    code = "invalid_body"
-    status = 400
 
 
 class BodyTooLarge(LlmhostError):
@@ -189,6 +184,11 @@ class ServingHttpApp:
             # A request model's own check outside validation (its content, read by the service)
             return _error_response(RequestInvalid(error.message(), param="messages"))
         except LlmhostError as error:
+            if error.status >= 500 and error.log_detail:
+                # The client's message names no internals; the operator's log says what failed.
+                logger.warning(
+                    error.message, extra={"code": error.code, "detail": error.log_detail}
+                )
             return _error_response(error)
         except Exception:  # no stack trace reaches the client; the log has it
             logger.exception("unhandled error", extra={"path": path, "method": method})
@@ -334,10 +334,10 @@ def _too_large(size: int) -> BodyTooLarge:
 
 
 def parse_body(raw: bytes, model: type[M]) -> M:
-    """Decode, parse and validate a request body. Raises BodyInvalid (400) for bytes that are
+    """Decode, parse and validate a request body. Raises InvalidBody (400) for bytes that are
     not UTF-8 JSON of sane depth, RequestInvalid (422) for JSON that is not this request."""
     if not raw.strip():
-        raise BodyInvalid("the body is empty: send a JSON object")
+        raise InvalidBody("the body is empty: send a JSON object")
     # The same parser as the control API: UTF-8, strict JSON, line and column on errors.
     data = parse_json_body(raw)
     _check_values(data)
@@ -388,8 +388,8 @@ def _check_values(data: Any) -> None:
                 stack.append((item, depth + 1, child))
 
 
-def _too_deep() -> BodyInvalid:
-    return BodyInvalid(f"the body is nested too deeply (at most {MAX_JSON_DEPTH} levels)")
+def _too_deep() -> InvalidBody:
+    return InvalidBody(f"the body is nested too deeply (at most {MAX_JSON_DEPTH} levels)")
 
 
 # --------------------------------------------------------------------------- responses

@@ -289,9 +289,7 @@ class ModelDirectory:
         to the scaling function (contract event 4). A failed hand-over is logged and left to
         AWS's no-capacity alarm; the wake counts as stale after a while and is asked again.
         """
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        from llmhost.errors import ConcurrentModification
+        from llmhost.errors import ConcurrentModification, RegistryError
 
         with self._lock:
             self._waking.add(model)
@@ -314,14 +312,14 @@ class ModelDirectory:
                 read = record
                 try:
                     record = self._registry().find(model)
-                except (ClientError, BotoCoreError) as error:
-                    logger.warning("wake of %s not re-read: %s", model, error)
+                except RegistryError as error:
+                    logger.warning("wake of %s not re-read: %s", model, error.log_detail)
                     return wake_estimate_s(read, self._cloud)  # someone's wake just started
                 continue
-            except (ClientError, BotoCoreError) as error:
+            except RegistryError as error:
                 # The client still gets its 503 (not a 500): no wake is recorded, so AWS's
                 # no-capacity alarm adds the copy and the next refused request asks again.
-                logger.warning("wake of %s not recorded: %s", model, error)
+                logger.warning("wake of %s not recorded: %s", model, error.log_detail)
                 return capacity_retry_after_s(record, now, self._cloud)
             self._remember(saved)
             self._dispatch(saved)
@@ -334,16 +332,16 @@ class ModelDirectory:
         what ``wake_estimate_s`` measures. Costs nothing unless a wake is pending here."""
         if model not in self._waking:
             return
-        from botocore.exceptions import BotoCoreError, ClientError
+        from llmhost.errors import RegistryError
 
         try:
             self._record_woken(model)
-        except (ClientError, BotoCoreError) as error:
+        except RegistryError as error:
             # The client has its answer: bookkeeping must not turn it into a 500. The wake
             # stays pending, and the next answered request records its end.
             with self._lock:
                 self._waking.add(model)
-            logger.warning("end of the wake of %s not recorded: %s", model, error)
+            logger.warning("end of the wake of %s not recorded: %s", model, error.log_detail)
 
     def _record_woken(self, model: str) -> None:
         from llmhost.errors import ConcurrentModification
@@ -446,20 +444,15 @@ class ModelDirectory:
                 self._records = {**self._records, record.name: record}
 
     def _read_registry(self) -> list[DeploymentRecord]:
-        """Every deployment record; a throttled, slow or failing DynamoDB is a ServiceFault
-        (429/503/504 with Retry-After), not a botocore error."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        from llmhost.aws_faults import fault_error
+        """Every deployment record; a throttled, slow or failing DynamoDB is the registry's
+        typed error (503/504 with Retry-After), logged here with botocore's detail."""
+        from llmhost.errors import RegistryError
 
         try:
             return self._registry().deployments()
-        except (ClientError, BotoCoreError) as error:
-            fault = fault_error(error, "the model registry (DynamoDB)")
-            if fault is None:
-                raise
-            logger.warning("registry read failed: %s", fault.detail)
-            raise fault from None
+        except RegistryError as error:
+            logger.warning("registry read failed: %s", error.log_detail)
+            raise
 
     def _records_now(self, refresh: bool = False) -> dict[str, DeploymentRecord]:
         with self._lock:
