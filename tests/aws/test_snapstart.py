@@ -210,3 +210,13 @@ def test_a_failing_hook_fails_the_phase(monkeypatch: pytest.MonkeyPatch) -> None
     routes = lambda_http.SnapStartRoutes.from_env(app, env)
     client = TestClient(routes, raise_server_exceptions=False)
     assert client.post("/_llmhost/snapstart/before").status_code == 500
+
+
+def test_the_secrets_provider_is_built_again_on_the_new_client(moto_aws: None) -> None:
+    # Powertools Parameters reads secrets through llmhost.aws's own Secrets Manager client
+    provider = aws.secrets_provider()
+    assert provider.client is aws.client("secretsmanager")  # type: ignore[attr-defined]
+    aws.refresh()
+    # a restored environment reads with its own client, not the snapshot's
+    assert aws.secrets_provider() is not provider
+    assert aws.secrets_provider().client is aws.client("secretsmanager")  # type: ignore[attr-defined]

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
+from aws_lambda_powertools.utilities.parameters import base
+from aws_lambda_powertools.utilities.parameters.base import BaseProvider
 
 from llmhost.serving.auth import (
     CACHE_SECONDS,
     FAILED_LOAD_RETRY_SECONDS,
     ApiKeyAuth,
     KeysUnavailable,
+    SecretKeys,
     Unauthorized,
     hash_key,
 )
@@ -25,23 +31,46 @@ class Clock:
         return self.now
 
 
-class Secret:
-    """A key secret that counts its reads; ``value`` None makes a read fail."""
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[Clock]:
+    """One clock for the keys' checks and for Powertools Parameters' cache ages."""
+    current = Clock()
 
-    def __init__(self, value: Mapping[str, str] | None) -> None:
+    class FollowingClock(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Any:
+            return datetime.fromtimestamp(current.now, tz or UTC).replace(tzinfo=None)
+
+    monkeypatch.setattr(base, "datetime", FollowingClock)
+    yield current
+
+
+class Secret(BaseProvider):
+    """A key secret behind Powertools Parameters that counts its reads; ``value`` None makes
+    a read fail."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__()
         self.value = value
         self.reads = 0
 
-    def __call__(self) -> Mapping[str, str]:
+    def _get(self, name: str, **sdk_options: Any) -> str:
         self.reads += 1
         if self.value is None:
             raise ConnectionError("Secrets Manager timed out")
-        return self.value
+        return json.dumps(self.value)
+
+    def _get_multiple(self, path: str, **sdk_options: Any) -> dict[str, str]:
+        raise NotImplementedError
 
 
-def test_keys_are_read_once_per_cache_period() -> None:
-    clock, secret = Clock(), Secret({"team": hash_key("llmh-a")})
-    auth = ApiKeyAuth(secret, clock=clock)
+def keys(secret: Secret, clock: Clock) -> ApiKeyAuth:
+    return ApiKeyAuth(SecretKeys("keys", provider=secret, clock=clock), clock=clock)
+
+
+def test_keys_are_read_once_per_cache_period(clock: Clock) -> None:
+    secret = Secret({"team": hash_key("llmh-a")})
+    auth = keys(secret, clock)
     for _ in range(50):
         assert auth.authenticate("Bearer llmh-a").key_name == "team"
     assert secret.reads == 1
@@ -50,9 +79,9 @@ def test_keys_are_read_once_per_cache_period() -> None:
     assert secret.reads == 2
 
 
-def test_a_cached_check_never_reads_the_secret_and_says_when_a_read_is_due() -> None:
-    clock, secret = Clock(), Secret({"team": hash_key("llmh-a")})
-    auth = ApiKeyAuth(secret, clock=clock)
+def test_a_cached_check_never_reads_the_secret_and_says_when_a_read_is_due(clock: Clock) -> None:
+    secret = Secret({"team": hash_key("llmh-a")})
+    auth = keys(secret, clock)
     # Before the first read, and once the cache period is over: None, and nothing read
     assert auth.authenticate_cached("Bearer llmh-a") is None
     assert secret.reads == 0
@@ -66,10 +95,10 @@ def test_a_cached_check_never_reads_the_secret_and_says_when_a_read_is_due() -> 
     assert secret.reads == 1
 
 
-def test_an_empty_secret_is_not_read_again_on_every_request() -> None:
+def test_an_empty_secret_is_not_read_again_on_every_request(clock: Clock) -> None:
     # Given the secret the stack creates, which holds no keys yet
-    clock, secret = Clock(), Secret({})
-    auth = ApiKeyAuth(secret, clock=clock)
+    secret = Secret({})
+    auth = keys(secret, clock)
     # When many requests arrive
     for _ in range(50):
         with pytest.raises(Unauthorized) as refused:
@@ -83,10 +112,10 @@ def test_an_empty_secret_is_not_read_again_on_every_request() -> None:
     assert auth.authenticate("Bearer llmh-a").key_name == "team"
 
 
-def test_a_failing_secret_answers_503_and_is_retried_at_a_bounded_rate() -> None:
+def test_a_failing_secret_answers_503_and_is_retried_at_a_bounded_rate(clock: Clock) -> None:
     # Given a secret that cannot be read
-    clock, secret = Clock(), Secret(None)
-    auth = ApiKeyAuth(secret, clock=clock)
+    secret = Secret(None)
+    auth = keys(secret, clock)
     # When many requests arrive, each gets a 503 with Retry-After, not a 500
     for _ in range(50):
         with pytest.raises(KeysUnavailable) as unavailable:
@@ -102,9 +131,9 @@ def test_a_failing_secret_answers_503_and_is_retried_at_a_bounded_rate() -> None
     assert secret.reads == 2
 
 
-def test_a_failed_refresh_keeps_the_keys_it_had() -> None:
-    clock, secret = Clock(), Secret({"team": hash_key("llmh-a")})
-    auth = ApiKeyAuth(secret, clock=clock)
+def test_a_failed_refresh_keeps_the_keys_it_had(clock: Clock) -> None:
+    secret = Secret({"team": hash_key("llmh-a")})
+    auth = keys(secret, clock)
     auth.authenticate("Bearer llmh-a")
     secret.value = None
     clock.now += CACHE_SECONDS + 1
@@ -113,8 +142,8 @@ def test_a_failed_refresh_keeps_the_keys_it_had() -> None:
     assert secret.reads == 2  # one failed refresh, then the old keys until the retry period
 
 
-def test_a_secret_in_the_wrong_shape_is_unavailable_not_unauthorized() -> None:
-    auth = ApiKeyAuth(Secret(["not", "an", "object"]), clock=Clock())  # type: ignore[arg-type]
+def test_a_secret_in_the_wrong_shape_is_unavailable_not_unauthorized(clock: Clock) -> None:
+    auth = keys(Secret(["not", "an", "object"]), clock)
     with pytest.raises(KeysUnavailable):
         auth.authenticate("Bearer llmh-a")
 

@@ -97,3 +97,15 @@ def test_make_test_type_checks_the_library() -> None:
     assert re.search(
         r"^typecheck: .*\n\t\$\(VENV\)/bin/mypy layers/llmhost/llmhost$", makefile, re.M
     )
+
+
+def test_secrets_are_read_through_powertools_parameters() -> None:
+    # llmhost.aws.secret: Powertools Parameters with a cache age, over llmhost.aws's client
+    offenders = [
+        f"{relative}:{node.lineno}"
+        for relative, tree in _modules()
+        if relative != "aws.py"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and node.attr == "get_secret_value"
+    ]
+    assert offenders == []

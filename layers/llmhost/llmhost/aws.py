@@ -6,7 +6,8 @@ retries are set explicitly, never left to SDK defaults. ``LLMHOST_AWS_ENDPOINT_U
 every client at an emulator (the local runner's moto server), and
 ``LLMHOST_AWS_ENDPOINT_URL_<SERVICE>`` one service (``..._SAGEMAKER_RUNTIME``);
 ``add_customizer`` lets the local runner and the tests attach the SageMaker stand-in to the
-clients that need it.
+clients that need it. Secrets are read through Powertools Parameters (``secret``), over this
+module's own Secrets Manager client, so its limits, endpoint and customizers apply there too.
 """
 
 from __future__ import annotations
@@ -14,11 +15,15 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.parameters.base import BaseProvider
 
 _lock = threading.Lock()
 _clients: dict[tuple[str, float, float, int], Any] = {}
 _session: Any = None
+_secrets: BaseProvider | None = None
 _customizers: list[Callable[[str, Any], None]] = []
 
 CONNECT_TIMEOUT_S = 3
@@ -62,26 +67,76 @@ def add_customizer(customize: Callable[[str, Any], None]) -> None:
 
 
 def reset() -> None:
-    """Forget every client and customizer (tests and the local runner start clean)."""
-    global _session
+    """Forget every client, customizer and cached secret (tests and the local runner start
+    clean)."""
+    global _session, _secrets
     with _lock:
         _clients.clear()
         _customizers.clear()
         _session = None
+        _secrets = None
+
+
+def secrets_provider() -> BaseProvider:
+    """The process's Powertools Parameters provider for Secrets Manager (created on first
+    call), built on ``client("secretsmanager")``; it keeps each value for the ``max_age`` its
+    reader asks for."""
+    global _secrets
+    if _secrets is None:
+        from aws_lambda_powertools.utilities.parameters import SecretsProvider
+
+        built = SecretsProvider(boto3_client=client("secretsmanager"))
+        with _lock:
+            if _secrets is None:
+                _secrets = built
+    return _secrets
+
+
+def secret(
+    secret_id: str,
+    *,
+    max_age: int,
+    transform: Literal["json"] | None = None,
+    force_fetch: bool = False,
+    provider: BaseProvider | None = None,
+) -> Any:
+    """A secret's value, read through Powertools Parameters and kept ``max_age`` seconds
+    (``force_fetch`` reads it now). ``transform="json"`` parses it (ValueError when it is not
+    JSON). A read that fails raises botocore's own error, as any AWS call here does (Parameters
+    wraps it in GetParameterError), so callers type it like the rest of their AWS errors.
+    ``provider`` replaces the process's (``secrets_provider()``), for tests."""
+    from aws_lambda_powertools.utilities.parameters.exceptions import (
+        GetParameterError,
+        TransformParameterError,
+    )
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    source = provider if provider is not None else secrets_provider()
+    try:
+        return source.get(secret_id, max_age=max_age, transform=transform, force_fetch=force_fetch)
+    except GetParameterError as error:
+        cause = error.__context__
+        if isinstance(cause, ClientError | BotoCoreError):
+            raise cause from None
+        raise
+    except TransformParameterError as error:
+        raise ValueError(f"the secret {secret_id} is not JSON: {error}") from None
 
 
 def refresh() -> None:
     """Build every client again, from a new session, on its next use (after a SnapStart
     restore: ``llmhost.snapstart``). The new session resolves credentials afresh and the new
     clients open their own connections; customizers stay, and so do the service models the
-    old session already read from disk (reading them again is most of a client's cost)."""
-    global _session
+    old session already read from disk (reading them again is most of a client's cost). The
+    secrets provider goes too: it holds the old Secrets Manager client."""
+    global _session, _secrets
     with _lock:
         loader = _session._session.get_component("data_loader") if _session is not None else None
         for built in _clients.values():
             built.close()  # its connection pool: sockets a snapshot may have captured
         _clients.clear()
         _session = _new_session(loader)
+        _secrets = None
 
 
 def max_pool_connections() -> int:

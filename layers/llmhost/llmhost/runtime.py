@@ -196,14 +196,21 @@ def reconciler() -> Reconciler:
     return overridden or _reconciler()
 
 
+# How long a model's token secret is reused (Powertools Parameters' max_age): the reconciler
+# creating several models in one batch reads it once, and a rotated token reaches the next
+# model created a minute later at most.
+TOKEN_MAX_AGE_S = 60
+
+
 def read_secret(arn: str) -> str:
-    """The string value of a Secrets Manager secret. Raises SageMakerRejected if unreadable."""
+    """The string value of a Secrets Manager secret (kept TOKEN_MAX_AGE_S). Raises
+    SageMakerRejected if unreadable."""
     from botocore.exceptions import ClientError
 
     from llmhost.errors import SageMakerRejected
 
     try:
-        return aws.client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"]
+        return str(aws.secret(arn, max_age=TOKEN_MAX_AGE_S))
     except ClientError as error:
         code = error.response.get("Error", {}).get("Code", "")
         raise SageMakerRejected(

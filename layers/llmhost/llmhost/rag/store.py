@@ -66,6 +66,8 @@ DEFAULT_WEIGHTS = (1.0, 1.0)  # (dense, bm25), for RRF only: DBSF takes no weigh
 # document's chunks often rank next to each other, so a few per document is enough.
 CHUNKS_PER_DOCUMENT = 3
 UPSERT_BATCH = 128
+# How long the Qdrant API key is kept (Powertools Parameters' max_age).
+QDRANT_KEY_MAX_AGE_S = 300
 
 COLLECTION_NAME_RULE = (
     "1-63 characters: letters, digits, '-' or '_', starting with a letter or digit"
@@ -764,7 +766,9 @@ def _read_api_key(secret_arn: str) -> str:
     from llmhost.aws_faults import fault_error
 
     try:
-        value = aws.client("secretsmanager").get_secret_value(SecretId=secret_arn)["SecretString"]
+        # Read once per process (the store is built once); the age bounds a rotated key's reach
+        # in a process that builds another store.
+        value = aws.secret(secret_arn, max_age=QDRANT_KEY_MAX_AGE_S)
     except (ClientError, BotoCoreError) as error:
         fault = fault_error(error, "Secrets Manager (reading the Qdrant API key)")
         if fault is not None:

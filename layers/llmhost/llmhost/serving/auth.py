@@ -19,13 +19,19 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aws_lambda_powertools import Logger
 
 from llmhost.errors import LlmhostError
 
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.parameters.base import BaseProvider
+
 KEY_PREFIX = "llmh-"
-CACHE_SECONDS = 300  # how old the key hashes may get: a revoked key works at most this long
+# How old the key hashes may get (Powertools Parameters' max_age): a revoked key works at most
+# this long.
+CACHE_SECONDS = 300
 FAILED_LOAD_RETRY_SECONDS = 30  # after a failed read, and while the secret holds no keys
 
 logger = Logger(child=True)
@@ -64,13 +70,13 @@ def new_key() -> str:
 
 
 class ApiKeyAuth:
-    """Checks bearer keys against hashed keys, loaded lazily and kept for a bounded time.
+    """Checks bearer keys against the hashes ``load_hashes`` returns, asked on every request.
 
-    The hashes are read at most once per CACHE_SECONDS (a revoked key stops working within
-    that time). A secret without keys, or a read that fails, is tried again after
-    FAILED_LOAD_RETRY_SECONDS, never on every request: a failing Secrets Manager must not
-    see one call per request, and its callers get 503 with Retry-After, not a 500. A failed
-    refresh keeps the keys read before.
+    ``load_hashes`` keeps the hashes for a bounded time itself (``SecretKeys``: Powertools
+    Parameters' cache, CACHE_SECONDS, so a revoked key stops working within that time). A
+    read that fails is not tried again for FAILED_LOAD_RETRY_SECONDS: a failing Secrets
+    Manager must not see one call per request, and its callers get 503 with Retry-After, not
+    a 500. A failed refresh keeps the keys read before.
     """
 
     def __init__(
@@ -80,8 +86,9 @@ class ApiKeyAuth:
     ) -> None:
         self._load = load_hashes
         self._clock = clock
+        self._loaded: Mapping[str, str] | None = None  # as read, to skip re-normalising it
         self._hashes: dict[str, str] | None = None  # None: never read successfully
-        self._next_load = float("-inf")
+        self._retry_at = float("-inf")  # after a failed read, not before this
         self._lock = threading.Lock()
 
     def authenticate(self, authorization: str | None) -> Principal:
@@ -91,7 +98,26 @@ class ApiKeyAuth:
             raise Unauthorized(
                 "missing API key: send 'Authorization: Bearer <key>' (OpenAI clients: api_key=...)"
             )
-        hashes = self._current()
+        return self._check(authorization, self._current(self._load))
+
+    def authenticate_cached(self, authorization: str | None) -> Principal | None:
+        """``authenticate`` without I/O: None when the key hashes are not at hand without a
+        read (call ``authenticate`` then, off the event loop), else its result or its error.
+        Hashes are at hand while a failed read is not retried yet, or when the loader has a
+        ``cached()`` that returns them (``SecretKeys``: Parameters' cache, not expired)."""
+        with self._lock:
+            backing_off = self._clock() < self._retry_at
+        if backing_off:
+            return self.authenticate(authorization)
+        cached = getattr(self._load, "cached", None)
+        hashes = cached() if cached is not None else None
+        if hashes is None:
+            return None
+        if not authorization or not authorization.lower().startswith("bearer "):
+            return self.authenticate(authorization)  # refused before any read
+        return self._check(authorization, self._current(lambda: hashes))
+
+    def _check(self, authorization: str, hashes: dict[str, str]) -> Principal:
         if not hashes:
             raise Unauthorized(
                 "no API keys are configured yet: mint one with `python -m llmhost.serving.auth "
@@ -103,51 +129,95 @@ class ApiKeyAuth:
                 return Principal(key_name=name)
         raise Unauthorized("incorrect API key provided")
 
-    def authenticate_cached(self, authorization: str | None) -> Principal | None:
-        """``authenticate`` without I/O: None when the key hashes are due to be read (call
-        ``authenticate`` then, off the event loop), else its result or its error."""
-        with self._lock:
-            if self._clock() >= self._next_load:
-                return None
-        return self.authenticate(authorization)
-
-    def _current(self) -> dict[str, str]:
+    def _current(self, load: Callable[[], Mapping[str, str]]) -> dict[str, str]:
         with self._lock:
             now = self._clock()
-            if now >= self._next_load:
+            if now >= self._retry_at:
                 try:
-                    loaded = self._load()
+                    loaded = load()
                     if not isinstance(loaded, Mapping):
                         raise TypeError(
                             "the API key secret must be a JSON object of name -> sha256"
                         )
-                    self._hashes = {str(k): str(v).lower() for k, v in loaded.items()}
-                    wait = CACHE_SECONDS if self._hashes else FAILED_LOAD_RETRY_SECONDS
+                    if loaded is not self._loaded:
+                        self._hashes = {str(k): str(v).lower() for k, v in loaded.items()}
+                        self._loaded = loaded
                 except Exception as error:  # any failure: keep what we had, retry later
                     logger.warning(
                         "reading the API key secret failed: %s: %s", type(error).__name__, error
                     )
-                    wait = FAILED_LOAD_RETRY_SECONDS
-                self._next_load = now + wait
+                    self._retry_at = now + FAILED_LOAD_RETRY_SECONDS
             if self._hashes is None:
                 raise KeysUnavailable(retry_after=FAILED_LOAD_RETRY_SECONDS)
             return self._hashes
 
 
-def hashes_from_secret(secret_arn: str) -> Callable[[], Mapping[str, str]]:
-    """A loader reading ``{"name": "sha256"}`` from Secrets Manager (raises on any failure,
-    including a value that is not a JSON object)."""
+class SecretKeys:
+    """The ``{"name": "sha256"}`` hashes in a Secrets Manager secret, read through Powertools
+    Parameters (``llmhost.aws.secret``) and kept CACHE_SECONDS. A secret without keys yet (as
+    the stack creates it) is read again after FAILED_LOAD_RETRY_SECONDS, so a key added to it
+    works within that time. Raises on any failure, including a value that is not a JSON
+    object. ``provider`` replaces the process's Parameters provider, for tests."""
 
-    def load() -> Mapping[str, str]:
+    def __init__(
+        self,
+        secret_id: str,
+        *,
+        provider: BaseProvider | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._id = secret_id
+        self._provider = provider
+        self._clock = clock
+        self._empty_since: float | None = None
+
+    def cached(self) -> Mapping[str, str] | None:
+        """The hashes if Parameters holds them unexpired and no re-read of an empty secret is
+        due, else None; never reads the secret."""
         from llmhost import aws
 
-        value = aws.client("secretsmanager").get_secret_value(SecretId=secret_arn)["SecretString"]
-        data = json.loads(value)
+        provider = self._provider if self._provider is not None else aws.secrets_provider()
+        # Parameters' own cache key for this read (a Powertools without it makes this None, and
+        # the caller reads as usual)
+        build_key = getattr(provider, "_build_cache_key", None)
+        if build_key is None:
+            return None
+        key = build_key(name=self._id, transform="json")
+        if not provider.has_not_expired_in_cache(key):
+            return None
+        data = provider.fetch_from_cache(key)
+        if not isinstance(data, dict):
+            return None
+        due = self._empty_since is not None and (
+            self._clock() - self._empty_since >= FAILED_LOAD_RETRY_SECONDS
+        )
+        return None if not data and due else data
+
+    def __call__(self) -> Mapping[str, str]:
+        from llmhost import aws
+
+        now = self._clock()
+        empty_for = None if self._empty_since is None else now - self._empty_since
+        refresh = empty_for is not None and empty_for >= FAILED_LOAD_RETRY_SECONDS
+        data = aws.secret(
+            self._id,
+            max_age=CACHE_SECONDS,
+            transform="json",
+            force_fetch=refresh,
+            provider=self._provider,
+        )
         if not isinstance(data, dict):
             raise TypeError("the API key secret must be a JSON object of name -> sha256")
+        if data and self._empty_since is not None:
+            self._empty_since = None
+        elif not data and (self._empty_since is None or refresh):
+            self._empty_since = now
         return data
 
-    return load
+
+def hashes_from_secret(secret_arn: str) -> SecretKeys:
+    """The key hashes of the secret ``secret_arn`` (see ``SecretKeys``)."""
+    return SecretKeys(secret_arn)
 
 
 def main(argv: list[str]) -> int:
