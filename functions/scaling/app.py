@@ -7,7 +7,7 @@ from aws_lambda_powertools import Logger, single_metric
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
 from llmhost import runtime
-from llmhost.scaling.hook import parse_event
+from llmhost.scaling.hook_events import parse_event
 
 logger = Logger()
 # This function's own metrics: Powertools' Metrics share one set with every Metrics of the

@@ -12,7 +12,7 @@ from llmhost import aws, runtime
 from llmhost.lifecycle.record import DeploymentRecord
 from llmhost.local.events import LambdaContext
 from llmhost.local.runner import load_handler
-from llmhost.scaling.hook import BudgetTick
+from llmhost.scaling.hook_events import BudgetTick
 from llmhost.specs import parse_spec
 
 IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch-tgi-inference:2.4"

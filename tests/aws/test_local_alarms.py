@@ -52,7 +52,7 @@ def setup(moto_aws: None, clock: Any) -> tuple[AlarmEvaluator, InvocationLog, li
 def test_the_idle_alarm_fires_after_its_compressed_window_and_clears_on_a_request(
     setup: Any, clock: Any
 ) -> None:
-    from llmhost.scaling.hook import parse_alarm_event
+    from llmhost.scaling.hook_events import parse_alarm_event
 
     evaluator, log, delivered = setup
     put_alarms()

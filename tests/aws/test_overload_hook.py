@@ -24,7 +24,8 @@ from llmhost import aws, runtime
 from llmhost.local.events import LambdaContext
 from llmhost.local.runner import load_handler
 from llmhost.scaling.capacity_guard import Capacity
-from llmhost.scaling.hook import Datapoint, parse_alarm_event, plan_overload
+from llmhost.scaling.hook import plan_overload
+from llmhost.scaling.hook_events import Datapoint, parse_alarm_event
 from llmhost.scaling.policy import TARGET_UTILIZATION, policy_from_spec
 from llmhost.specs import Scaling
 
@@ -267,7 +268,7 @@ SHAPED = st.dictionaries(KEYS, JSON, max_size=4)
 @settings(max_examples=300, deadline=None)
 @given(st.one_of(JSON, SHAPED).map(json.dumps) | st.text(max_size=60) | JSON)
 def test_any_reason_data_gives_a_finite_datapoint_or_a_reason_never_an_error(data: Any) -> None:
-    from llmhost.scaling.hook import read_datapoint
+    from llmhost.scaling.hook_events import read_datapoint
 
     datapoint, why = read_datapoint({"state": {"reasonData": data}})
     if datapoint is None:
@@ -395,7 +396,7 @@ def test_the_release_never_undoes_a_budget_cut(
     harness: Harness, clock: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from llmhost.scaling.budget import BudgetLedger
-    from llmhost.scaling.hook import BudgetTick
+    from llmhost.scaling.hook_events import BudgetTick
 
     # Given a $1 daily budget, and copies the overload asked for now serving under the hold
     monkeypatch.setenv("DAILY_BUDGET_USD", "1")
@@ -423,7 +424,7 @@ def test_a_hold_released_while_the_budget_is_spent_gives_back_the_minimum(
     harness: Harness, clock: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from llmhost.scaling.budget import BudgetLedger
-    from llmhost.scaling.hook import BudgetTick
+    from llmhost.scaling.hook_events import BudgetTick
 
     # Given a hold at 3, the copies serving, and today's budget marked spent by a tick that
     # has not lowered zephyr's MaxCapacity

@@ -13,7 +13,8 @@ from llmhost import runtime
 from llmhost.lifecycle.record import DeploymentRecord
 from llmhost.local.events import LambdaContext
 from llmhost.local.runner import load_handler
-from llmhost.scaling.hook import decide, parse_alarm_event
+from llmhost.scaling.hook import decide
+from llmhost.scaling.hook_events import parse_alarm_event
 from llmhost.specs import parse_spec
 
 DEDICATED = {
@@ -205,7 +206,7 @@ def test_request_wake_gives_a_zero_copy_component_one_copy_once(standin: Any, cl
 
 
 def test_every_sample_event_is_recognised() -> None:
-    from llmhost.scaling.hook import (
+    from llmhost.scaling.hook_events import (
         BudgetTick,
         RequestWake,
         ScheduleFired,

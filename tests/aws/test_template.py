@@ -1390,7 +1390,7 @@ def test_alarm_rule_sends_llmhost_alarms_to_the_hook_and_nothing_else(
     template: dict[str, Any],
 ) -> None:
     from llmhost.lifecycle.ownership import alarm_prefix
-    from llmhost.scaling.hook import KINDS, parse_alarm_event, parse_target_alarm
+    from llmhost.scaling.hook_events import KINDS, parse_alarm_event, parse_target_alarm
 
     pattern = _scaling_rule(template)["Pattern"]
     # Given the alarm samples: llmhost's four, and target tracking's scale-out alarm

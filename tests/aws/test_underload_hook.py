@@ -26,7 +26,8 @@ from llmhost.local.events import LambdaContext
 from llmhost.local.runner import load_handler
 from llmhost.scaling import policy as aas
 from llmhost.scaling.capacity_guard import Capacity
-from llmhost.scaling.hook import Datapoint, parse_alarm_event, plan_underload, read_peak
+from llmhost.scaling.hook import plan_underload
+from llmhost.scaling.hook_events import Datapoint, parse_alarm_event, read_peak
 from llmhost.scaling.policy import TARGET_UTILIZATION, policy_from_spec
 from llmhost.specs import Scaling
 

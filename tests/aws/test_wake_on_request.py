@@ -383,7 +383,7 @@ def test_the_lambda_dispatcher_sends_an_async_invoke_with_the_event() -> None:
 
 def test_the_wake_event_is_the_one_the_scaling_hook_reads() -> None:
     from conftest import load_event
-    from llmhost.scaling.hook import parse_event
+    from llmhost.scaling.hook_events import parse_event
     from llmhost.serving.wake import wake_event
 
     # Given the contract's sample of event 4, serving sends exactly that shape
@@ -468,7 +468,8 @@ class RefusingGuard:
 def test_with_a_scaling_function_a_sleeping_model_is_woken_through_the_cap(
     moto_aws: None, guard: Any
 ) -> None:
-    from llmhost.scaling.hook import ScalingHook, parse_event
+    from llmhost.scaling.hook import ScalingHook
+    from llmhost.scaling.hook_events import parse_event
 
     registry = runtime.registry()
     registry.create(sleeping())

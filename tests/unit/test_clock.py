@@ -11,7 +11,8 @@ import pytest
 from conftest import load_event
 from llmhost.clock import REAL, CloudClock
 from llmhost.lifecycle.record import DeploymentRecord, HistoryEntry
-from llmhost.scaling.hook import decide, parse_alarm_event
+from llmhost.scaling.hook import decide
+from llmhost.scaling.hook_events import parse_alarm_event
 from llmhost.serving.routing import (
     ModelDirectory,
     ModelNotReady,

@@ -4,6 +4,6 @@
 plus the decisions Application Auto Scaling takes with it. ``simulator`` replays request
 traces against that same policy; ``traces`` reads the public trace formats.
 
-Nothing is imported here: the scaling and API functions import ``guardrails`` or ``hook``
+Nothing is imported here: the scaling and API functions import ``capacity_guard`` or ``hook``
 at cold start, and ``policy`` only when a decision needs it.
 """
