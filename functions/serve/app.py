@@ -15,8 +15,7 @@ tracer = Tracer(patch_modules=["botocore"])
 metrics = EphemeralMetrics()
 app = build_serving_app(
     runtime.serving_service,
-    runtime.store,
-    runtime.embedder,
+    runtime.collections,
     logger=logger,
     stream_url=lambda: runtime.serving_settings().stream_url,
 )

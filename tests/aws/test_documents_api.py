@@ -125,3 +125,29 @@ def test_an_id_part_with_an_empty_segment_is_a_404_not_a_500(serve: Any) -> None
     assert add(serve, "docs", [{"id": "a/b", "text": "Dormice hibernate."}])[0] == 200
     status, body = delete(serve, "docs", "a//b", parameter="a//b")
     assert status == 404, body
+
+
+def test_errors_of_the_document_routes_keep_their_codes_and_bodies(serve: Any) -> None:
+    # A document id over the limit is a 422 naming doc_id; an unknown one a 404
+    assert add(serve, "docs", [{"id": "a", "text": "Dormice hibernate."}])[0] == 200
+    status, body = delete(serve, "docs", "x" * 257)
+    assert status == 422 and body == {
+        "error": {
+            "code": "invalid_request",
+            "message": "doc_id: is 257 characters; ids have at most 256",
+        }
+    }
+    status, body = delete(serve, "docs", "missing")
+    assert status == 404 and body["error"]["code"] == "document_not_found"
+
+
+def test_a_stream_request_to_the_gateway_says_where_to_stream(
+    serve: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    event = load_event("api-chat-completions.json")
+    event["body"] = json.dumps(
+        {"model": "demo", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    )
+    status, body, _ = call(serve, event)
+    assert status == 400 and body["error"]["code"] == "stream_not_supported_here"
+    assert "the StreamUrl stack output" in body["error"]["message"]

@@ -686,7 +686,7 @@ def test_serving_routes_are_exactly_what_the_serving_app_routes(template: dict[s
     from llmhost.api.serving import build_serving_app
 
     # Given the serving app as functions/serve builds it (its routes need no dependencies)
-    app = build_serving_app(lambda: None, lambda: None, lambda: None)  # type: ignore[arg-type,return-value]
+    app = build_serving_app(lambda: None, lambda: None)  # type: ignore[arg-type,return-value]
     paths = app.get_openapi_schema().paths or {}
     routed = {
         (method.upper(), path)

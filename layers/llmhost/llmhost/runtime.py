@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from llmhost.lifecycle.desired import DesiredResources
     from llmhost.lifecycle.reconciler import Reconciler
     from llmhost.lifecycle.registry import Registry
+    from llmhost.rag.collections import Collections
     from llmhost.rag.embeddings import Embedder
     from llmhost.rag.store import VectorStore
     from llmhost.scaling.capacity_guard import CapacityGuard
@@ -303,6 +304,17 @@ def _store() -> VectorStore:
 def store() -> VectorStore:
     overridden: VectorStore | None = _overrides.get("store")
     return overridden or _store()
+
+
+def collections() -> Collections:
+    """The collection and document operations over the function's store and embedder (each
+    built when an operation first needs it)."""
+    overridden: Collections | None = _overrides.get("collections")
+    if overridden is not None:
+        return overridden
+    from llmhost.rag.collections import Collections
+
+    return Collections(store, embedder)
 
 
 def warm_rag() -> None:

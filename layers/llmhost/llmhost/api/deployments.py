@@ -127,7 +127,7 @@ def whole_openapi(app: APIGatewayRestResolver) -> dict[str, Any]:
     def unused() -> Any:
         raise RuntimeError("documentation only")
 
-    serving = build_serving_app(unused, unused, unused)
+    serving = build_serving_app(unused, unused)
     doc = json.loads(app.get_openapi_json_schema(title=API_TITLE, version=API_VERSION))
     extra = json.loads(serving.get_openapi_json_schema(title=API_TITLE, version=API_VERSION))
     doc["paths"].update(extra.get("paths", {}))

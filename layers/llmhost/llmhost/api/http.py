@@ -95,12 +95,21 @@ def json_response(status: int, body: Any, headers: dict[str, str] | None = None)
     )
 
 
-def error_response(status: int, code: str, message: str, **extra: Any) -> Response:
-    headers = None
-    retry_after = extra.pop("retry_after", None)
-    if retry_after:
-        headers = {"Retry-After": str(int(retry_after))}
-    return json_response(status, {"error": {"code": code, "message": message, **extra}}, headers)
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    retry_after: float | None = None,
+    answer: dict[str, Any] | None = None,
+    **extra: Any,
+) -> Response:
+    """llmhost's error body, ``{"error": {code, message, **extra}}``, after ``answer``'s keys
+    when the failure still reports on each item it was given; ``retry_after`` seconds become
+    the Retry-After header."""
+    headers = {"Retry-After": str(int(retry_after))} if retry_after else None
+    body = {**(answer or {}), "error": {"code": code, "message": message, **extra}}
+    return json_response(status, body, headers)
 
 
 def invalid_response(issues: list[FieldIssue]) -> Response:
@@ -138,8 +147,18 @@ def install_error_handlers(app: APIGatewayRestResolver, logger: Any = None) -> N
         if error.status >= 500 and error.log_detail and logger is not None:
             # The client's message names no internals; the operator's log says what failed.
             logger.warning(error.message, extra={"code": error.code, "detail": error.log_detail})
+        # An operation that failed as a whole may still report on each item it was given (a
+        # batch of documents none of which landed): its ``answer`` comes with the error, and
+        # its ``issues`` are the error's fields.
+        issues: list[FieldIssue] | None = getattr(error, "issues", None)
+        extra = {"fields": [i.as_dict() for i in issues]} if issues is not None else {}
         return error_response(
-            error.status, error.code, error.message, retry_after=getattr(error, "retry_after", None)
+            error.status,
+            error.code,
+            error.message,
+            retry_after=getattr(error, "retry_after", None),
+            answer=getattr(error, "answer", None),
+            **extra,
         )
 
     @app.exception_handler(ValidationError)

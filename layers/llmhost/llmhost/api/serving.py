@@ -1,7 +1,10 @@
 """The serving API behind API Gateway (IAM auth): RAG, chat, models, collections, documents.
 
-Streaming chat lives on the stream function's URL (API Gateway's REST integration buffers
-responses); a ``stream: true`` request here gets a 400 that says where to go instead.
+Each route parses a request, calls one operation (chat and RAG: ``llmhost.serving.service``;
+collections and documents: ``llmhost.rag.collections``) and shapes its answer; typed errors
+become HTTP in ``llmhost.api.http``. Streaming chat lives on the stream function's URL (API
+Gateway's REST integration buffers responses); a ``stream: true`` request here gets a 400
+that says where to go instead.
 """
 
 from __future__ import annotations
@@ -18,16 +21,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llmhost.api.http import (
     OwnEventResolver,
-    error_response,
     install_error_handlers,
     json_api,
     json_response,
 )
+from llmhost.errors import LlmhostError
 from llmhost.serving.requests import ChatCompletionRequest, RagRequest
 
 if TYPE_CHECKING:
-    from llmhost.rag.embeddings import Embedder
-    from llmhost.rag.store import VectorStore
+    from llmhost.rag.collections import Collections
     from llmhost.serving.service import ServingService
 
 MAX_DOCUMENTS_PER_REQUEST = 100
@@ -68,14 +70,29 @@ class DocumentsBody(BaseModel):
     )
 
 
+class StreamNotSupportedHere(LlmhostError):
+    """A ``stream: true`` request reached API Gateway, which buffers responses."""
+
+    code = "stream_not_supported_here"
+    status = 400
+
+    def __init__(self, where: str) -> None:
+        super().__init__(
+            f"API Gateway buffers responses; send stream: true requests to {where} "
+            "(an OpenAI client with base_url set to it streams for real)"
+        )
+
+
 def build_serving_app(
     service: Callable[[], ServingService],
-    store: Callable[[], VectorStore],
-    embedder: Callable[[], Embedder],
+    collections: Callable[[], Collections],
     *,
     logger: Any = None,
     stream_url: Callable[[], str | None] = lambda: None,
 ) -> APIGatewayRestResolver:
+    """Create the resolver with every serving route; ``service`` (chat and RAG,
+    ``llmhost.serving.service``) and ``collections`` (``llmhost.rag.collections``) are
+    called lazily per request."""
     app = json_api(DocumentIdResolver)
 
     @app.post("/v1/rag", summary="Answer a question from a collection, with sources")
@@ -85,13 +102,7 @@ def build_serving_app(
     @app.post("/v1/chat/completions", summary="OpenAI-compatible chat (not streamed here)")
     def chat(request: ChatCompletionRequest):
         if request.stream:
-            where = stream_url() or "the StreamUrl stack output"
-            return error_response(
-                HTTPStatus.BAD_REQUEST,
-                "stream_not_supported_here",
-                f"API Gateway buffers responses; send stream: true requests to {where} "
-                "(an OpenAI client with base_url set to it streams for real)",
-            )
+            raise StreamNotSupportedHere(stream_url() or "the StreamUrl stack output")
         return json_response(HTTPStatus.OK, service().chat(request))
 
     @app.get("/v1/models", summary="Deployments, as OpenAI models")
@@ -100,21 +111,20 @@ def build_serving_app(
 
     @app.get("/v1/collections", summary="List collections")
     def list_collections():
-        names = store().collections()
+        names = collections().list()
         return json_response(HTTPStatus.OK, {"collections": names, "count": len(names)})
 
     @app.post("/v1/collections", summary="Create a collection")
     def create_collection(body: CreateCollection):
-        info = store().create_collection(body.name, embedder().dimension)
-        return json_response(HTTPStatus.CREATED, _collection(info))
+        return json_response(HTTPStatus.CREATED, _collection(collections().create(body.name)))
 
     @app.get("/v1/collections/<name>", summary="A collection's size")
     def get_collection(name: CollectionPath):
-        return json_response(HTTPStatus.OK, _collection(store().collection(name)))
+        return json_response(HTTPStatus.OK, _collection(collections().get(name)))
 
     @app.delete("/v1/collections/<name>", summary="Delete a collection and its documents")
     def delete_collection(name: CollectionPath):
-        store().delete_collection(name)
+        collections().delete(name)
         return json_response(HTTPStatus.OK, {"deleted": name})
 
     @app.post(
@@ -122,48 +132,13 @@ def build_serving_app(
         summary="Add or replace documents (the collection is created on first use)",
     )
     def add_documents(name: CollectionPath, body: DocumentsBody):
-        from llmhost.rag.ingest import ingest_documents
-
-        # The collection is made only once a document is about to land: a batch that is
-        # all rejected leaves nothing behind.
-        report = ingest_documents(name, body.documents, embedder(), store(), create=True)
-        answer = report.as_dict()
-        answer["collection"] = name
-        answer["created_collection"] = report.created_collection
-        if report.indexed or not report.rejected:
-            return json_response(HTTPStatus.OK, answer)
-        if report.failed:
-            # Nothing landed and a service failed: the documents marked retryable may be
-            # sent again after Retry-After (the body lists each one).
-            retry = report.retry_after or 5
-            answer["error"] = _no_document_indexed(answer["rejected"], retryable=True)
-            return json_response(
-                HTTPStatus.SERVICE_UNAVAILABLE, answer, headers={"Retry-After": str(retry)}
-            )
-        # Nothing indexed: an error like any other, still carrying the whole report.
-        answer["error"] = _no_document_indexed(answer["rejected"])
-        return json_response(HTTPStatus.UNPROCESSABLE_ENTITY, answer)
+        added = collections().add_documents(name, body.documents)
+        return json_response(HTTPStatus.OK, added.as_dict())
 
     @app.delete("/v1/collections/<name>/documents/<doc_id>", summary="Delete a document")
     def delete_document(name: CollectionPath, doc_id: DocumentPath):
-        from llmhost.rag.ingest import IngestLimits
-        from llmhost.rag.ingest import delete_document as remove
-
         doc_id = unquote(doc_id)
-        limit = IngestLimits().max_id_chars
-        if len(doc_id) > limit:
-            return error_response(
-                HTTPStatus.UNPROCESSABLE_ENTITY,
-                "invalid_request",
-                f"doc_id: is {len(doc_id)} characters; ids have at most {limit}",
-            )
-        removed = remove(name, doc_id, store())
-        if removed == 0:
-            return error_response(
-                HTTPStatus.NOT_FOUND,
-                "document_not_found",
-                f"collection '{name}' has no document '{doc_id}'",
-            )
+        removed = collections().delete_document(name, doc_id)
         return json_response(HTTPStatus.OK, {"deleted": doc_id, "chunks": removed})
 
     install_error_handlers(app, logger)
@@ -197,18 +172,6 @@ class DocumentIdResolver(OwnEventResolver):
         for name, mark in marks.items():
             pattern = pattern.replace(mark, f"(?P<{name}>[^/].*)")
         return re.compile(pattern)
-
-
-def _no_document_indexed(
-    rejected: list[dict[str, Any]], *, retryable: bool = False
-) -> dict[str, Any]:
-    return {
-        "code": "ingest_unavailable" if retryable else "no_document_indexed",
-        "message": f"none of the {len(rejected)} documents could be indexed; each is listed "
-        "with the reason in fields (and in rejected)"
-        + ("; send the retryable ones again after Retry-After" if retryable else ""),
-        "fields": [{"field": r["field"], "message": r["reason"]} for r in rejected],
-    }
 
 
 def _collection(info: Any) -> dict[str, Any]:
