@@ -11,6 +11,7 @@ import pytest
 from llmhost import catalog, instances
 from llmhost.errors import SpecInvalid
 from llmhost.sizing import fit
+from llmhost.sizing.issues import check_capacity
 from llmhost.sizing.plan import Plan
 from llmhost.sizing.plan import plan as plan_for
 from llmhost.specs import DeploymentSpec, parse_spec
@@ -40,7 +41,7 @@ def make_spec(
 def issues_of(data: dict[str, Any]) -> dict[str, str]:
     """field -> message of every issue; {} when the spec is valid."""
     try:
-        parse_spec(data)
+        check_capacity(parse_spec(data))
     except SpecInvalid as error:
         return {issue.field: issue.message for issue in error.issues}
     return {}

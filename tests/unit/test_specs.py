@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import ast
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import llmhost.specs
 from llmhost.errors import FieldIssue, SpecInvalid
+from llmhost.sizing.issues import check_capacity
 from llmhost.specs import (
     DedicatedHosting,
     DeploymentPatch,
@@ -26,8 +32,9 @@ def spec(**sections: Any) -> dict[str, Any]:
 
 
 def issues(data: Any) -> list[FieldIssue]:
+    """The issues of a spec being written: its own rules, then whether it can run."""
     with pytest.raises(SpecInvalid) as caught:
-        parse_spec(data)
+        check_capacity(parse_spec(data))
     return caught.value.issues
 
 
@@ -312,9 +319,9 @@ def test_patch_is_revalidated_against_the_whole_spec() -> None:
     patch = DeploymentPatch.model_validate(
         {"hosting": {"kind": "dedicated", "instance_type": "ml.g5.2xlarge"}}
     )
-    # Then the patched spec is rejected for the memory it lacks
+    # Then the patched spec, checked as a written one is, is rejected for the memory it lacks
     with pytest.raises(SpecInvalid) as caught:
-        patch.apply_to(current)
+        check_capacity(patch.apply_to(current))
     assert caught.value.issues[0].field == "hosting.instance_type"
 
 
@@ -424,3 +431,50 @@ def test_scale_schedule_on_fixed_capacity_is_rejected_sleep_wake_are_not() -> No
     # ... while sleep and wake windows are the classic use of a fixed endpoint
     parsed = parse_spec(spec(hosting=hosting, scaling={"schedules": rules[:1]}))
     assert parsed.scaling.schedules[0].action == "sleep"
+
+
+# ------------------------------------------------------------------ what specs depend on
+
+
+def test_specs_import_nothing_from_sizing_or_the_price_list() -> None:
+    # Given every import statement of llmhost.specs, at module level or inside a function
+    tree = ast.parse(Path(llmhost.specs.__file__).read_text())
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+    # Then none of them names sizing (which imports specs: a cycle), the catalog or the
+    # price list (tables a later release changes, which a stored spec must not depend on)
+    tables = ("llmhost.sizing", "llmhost.instances", "llmhost.catalog")
+    assert not {m for m in imported if m.startswith(tables)}, imported
+
+
+def test_a_spec_validates_in_a_process_where_sizing_cannot_be_imported() -> None:
+    # Given a fresh interpreter in which importing llmhost.sizing fails
+    code = """
+import sys
+sys.modules["llmhost.sizing"] = None
+from llmhost.specs import parse_spec
+spec = parse_spec({
+    "name": "llama3-8b",
+    "model": {"kind": "hub", "model_id": "meta-llama/Llama-3.1-8B-Instruct"},
+    "hosting": {"kind": "dedicated", "instance_type": "ml.g5.2xlarge"},
+})
+loaded = sorted(m for m in sys.modules if m.startswith(("llmhost.instances", "llmhost.catalog")))
+print(spec.name, loaded)
+"""
+    package_root = Path(llmhost.specs.__file__).parents[1]
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(package_root), "PATH": ""},
+        timeout=60,
+        check=False,
+    )
+    # When a spec is validated there, Then it parses, and neither the catalog nor the price
+    # list was loaded on the way
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "llama3-8b []"

@@ -99,6 +99,7 @@ def pin_pool_instance(records: list[DeploymentRecord], spec: DeploymentSpec) -> 
     hosting = spec.hosting
     if hosting.kind != "shared" or hosting.instance_type:
         return spec
+    from llmhost.sizing.issues import check_capacity
     from llmhost.sizing.plan import plan
     from llmhost.specs import parse_spec
 
@@ -110,7 +111,9 @@ def pin_pool_instance(records: list[DeploymentRecord], spec: DeploymentSpec) -> 
     chosen = pool_types[0] if pool_types else plan(spec).instance_type
     data = spec.model_dump(mode="json")
     data["hosting"]["instance_type"] = chosen
-    return parse_spec(data)
+    pinned = parse_spec(data)
+    check_capacity(pinned)  # the pool's instance type may be smaller than the cheapest fit
+    return pinned
 
 
 def check_names_free(records: list[DeploymentRecord], spec: DeploymentSpec) -> None:
@@ -245,10 +248,12 @@ class Deployments:
         return self.registry.deployments(include_deleted=include_deleted)
 
     def plan(self, spec: DeploymentSpec) -> Plan:
-        """Sizing and cost of ``spec``; nothing is read or created. Raises SpecInvalid (its
-        engine image is not listed for the stack's region)."""
+        """Sizing and cost of ``spec``; nothing is read or created. Raises SpecInvalid (it
+        cannot run as written, or its engine image is not listed for the stack's region)."""
+        from llmhost.sizing.issues import check_capacity
         from llmhost.sizing.plan import plan
 
+        check_capacity(spec)
         self._check_region(spec)
         return plan(spec)
 
@@ -268,12 +273,14 @@ class Deployments:
     def create(self, spec: DeploymentSpec) -> DeploymentRecord:
         """Register a new deployment (PENDING, for the reconciler to build).
 
-        Raises SpecInvalid (an engine image the stack's region lacks, a token secret
-        llmhost may not read), NameInUse, GpuCapacityExceeded, EndpointNotOwned,
-        DeploymentExists, CapacityBusy.
+        Raises SpecInvalid (a spec that cannot run as written, an engine image the stack's
+        region lacks, a token secret llmhost may not read), NameInUse, GpuCapacityExceeded,
+        EndpointNotOwned, DeploymentExists, CapacityBusy.
         """
         from llmhost.scaling.capacity_guard import admission
+        from llmhost.sizing.issues import check_capacity
 
+        check_capacity(spec)
         self._check_region(spec)
         self._check_token_secret(spec)
         records = self.registry.deployments()
@@ -297,11 +304,13 @@ class Deployments:
         """
         from llmhost.scaling.capacity_guard import admission
         from llmhost.scaling.leases import required_units
+        from llmhost.sizing.issues import check_capacity
 
         record = self._live(name)
         if record.desired_state == "deleted":
             raise DeploymentDeleting(name, "; it cannot change now")
         spec = patch.apply_to(record.spec)
+        check_capacity(spec)
         check_immutable(record.spec, spec)
         if spec == record.spec:
             return Change(record, changed=False)

@@ -51,7 +51,7 @@ def issues_from_validation_error(error: Any) -> list[FieldIssue]:
             issues.extend(FieldIssue(i["field"], i["message"]) for i in ctx["issues"])
             continue
         issues.append(FieldIssue(_field(item), plain_message(item)))
-    return _merge(issues)
+    return one_per_field(issues)
 
 
 def _field(item: dict[str, Any]) -> str:
@@ -155,8 +155,9 @@ def _shown(value: Any) -> str:
     return type(value).__name__
 
 
-def _merge(issues: list[FieldIssue]) -> list[FieldIssue]:
-    """A union reports each member's error; the client sees one line per field."""
+def one_per_field(issues: list[FieldIssue]) -> list[FieldIssue]:
+    """The issues with one line per field (a union reports each member's error; two rules
+    may name the same field), messages joined by "; or "."""
     merged: dict[str, list[str]] = {}
     for issue in issues:
         messages = merged.setdefault(issue.field, [])

@@ -2,8 +2,14 @@
 
 ``DeploymentSpec`` is the body of ``POST /v1/deployments`` and the desired state the
 reconciler drives SageMaker towards. Field-level rules live on the fields; rules that
-relate several fields (an engine that cannot run on a hosting kind, a model that does not
-fit its GPU) live in ``_cross_checks`` and report the dotted path of the field to change.
+relate several fields (an engine that cannot run on a hosting kind, a minimum above a
+maximum) live in ``_cross_checks`` and report the dotted path of the field to change.
+
+Whether the model fits the hardware it names, at the catalog's sizes and the price list's
+instances, is not the model's to check: those tables change between releases, and a stored
+spec is read back as written. Every place that writes a spec also calls
+``llmhost.sizing.issues.check_capacity`` (``llmhost.deployments``: create, update, plan); this
+module imports neither the sizing package nor the price list.
 """
 
 from __future__ import annotations
@@ -429,7 +435,9 @@ class DeploymentSpec(_Strict):
 
 
 def cross_field_issues(spec: DeploymentSpec) -> list[FieldIssue]:
-    """Rules that relate several fields; each issue names the field a user should change."""
+    """Rules that relate several fields; each issue names the field a user should change.
+
+    Capacity (does the model fit, on which instance) is ``llmhost.sizing.issues``'s."""
     issues: list[FieldIssue] = []
     hosting, engine, scaling = spec.hosting, spec.engine, spec.scaling
     opts = engine.options
@@ -532,10 +540,6 @@ def cross_field_issues(spec: DeploymentSpec) -> list[FieldIssue]:
             )
         )
     issues.extend(limits.spec_issues(spec))
-    if not issues:
-        from llmhost.sizing.issues import capacity_issues
-
-        issues.extend(capacity_issues(spec))
     return issues
 
 
@@ -638,7 +642,8 @@ class DeploymentPatch(_Strict):
     tags: dict[str, str] | None = None
 
     def apply_to(self, spec: DeploymentSpec) -> DeploymentSpec:
-        """Return the spec with this patch applied, re-validated as a whole."""
+        """Return the spec with this patch applied, re-validated as a whole (capacity aside:
+        the writer follows with ``llmhost.sizing.issues.check_capacity``)."""
         if self.name is not None and self.name != spec.name:
             raise SpecInvalid(
                 [
@@ -658,7 +663,10 @@ class DeploymentPatch(_Strict):
 
 
 def parse_spec(data: Any) -> DeploymentSpec:
-    """Validate a spec from JSON-like data. Raises SpecInvalid naming every bad field."""
+    """Validate a spec from JSON-like data. Raises SpecInvalid naming every bad field.
+
+    Capacity is not checked here: a spec about to be written also goes through
+    ``llmhost.sizing.issues.check_capacity``."""
     try:
         return DeploymentSpec.model_validate(data)
     except ValidationError as error:

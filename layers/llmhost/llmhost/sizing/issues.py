@@ -11,7 +11,8 @@ import math
 
 from llmhost import catalog, engines, instances
 from llmhost.catalog import CatalogModel
-from llmhost.errors import FieldIssue
+from llmhost.errors import FieldIssue, SpecInvalid
+from llmhost.field_errors import one_per_field
 from llmhost.instances import InstanceType
 from llmhost.sizing.fit import (
     CPU_RUNTIME_GIB,
@@ -39,12 +40,24 @@ from llmhost.specs import (
 )
 
 
+def check_capacity(spec: DeploymentSpec) -> None:
+    """Refuse a spec about to be written that cannot run as written (``capacity_issues``).
+
+    Called wherever a spec is written: create, update and plan a deployment. Never on a
+    stored spec read back: it was checked when written, and a later release's catalog or
+    price list must not make it unreadable. Raises SpecInvalid, one issue per field.
+    """
+    issues = capacity_issues(spec)
+    if issues:
+        raise SpecInvalid(one_per_field(issues))
+
+
 def capacity_issues(spec: DeploymentSpec) -> list[FieldIssue]:
     """Reasons the spec cannot run as written on the hardware it names (or on any).
 
     Covers engine support for the options and model, instance types, GPU counts, context
     length, GPU and serverless memory, and shared-pool capacity. Each issue names the
-    field to change and a concrete fix. Pure; called from ``specs.cross_field_issues``.
+    field to change and a concrete fix. Pure; see ``check_capacity`` for who calls it.
     """
     model = catalog.lookup(spec.catalog_id)
     issues = _image_issues(spec) + engines.option_issues(spec, model)
