@@ -16,7 +16,8 @@ import time
 
 from qdrant_client import QdrantClient
 
-from llmhost.rag.embeddings import REPO_MODEL_DIR, OnnxEmbedder
+from llmhost.rag.embeddings.artifact import REPO_MODEL_DIR
+from llmhost.rag.embeddings.onnx import OnnxEmbedder
 from llmhost.rag.ingest import ingest_documents
 from llmhost.rag.store import VectorStore
 

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(sys.argv[1:] if argv is None else argv)
     from qdrant_client import QdrantClient
 
-    from llmhost.rag.embeddings import OnnxEmbedder
+    from llmhost.rag.embeddings.onnx import OnnxEmbedder
     from llmhost.rag.ingest import ingest_documents
     from llmhost.rag.retrieve import retrieve
     from llmhost.rag.store import VectorStore

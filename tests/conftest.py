@@ -188,7 +188,8 @@ def embedder() -> Any:
     """The real all-MiniLM-L6-v2 artifact, loaded once for the whole session."""
     import os
 
-    from llmhost.rag.embeddings import REPO_MODEL_DIR, OnnxEmbedder
+    from llmhost.rag.embeddings.artifact import REPO_MODEL_DIR
+    from llmhost.rag.embeddings.onnx import OnnxEmbedder
 
     model_dir = Path(os.environ.get("EMBEDDING_MODEL_DIR") or REPO_MODEL_DIR)
     if not (model_dir / "model.onnx").is_file():

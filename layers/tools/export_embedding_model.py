@@ -22,7 +22,7 @@ the 809 train queries):
 - ``fp32``: 90 MB; equal to sentence-transformers to 3e-7. nDCG@10 0.6602.
 - ``int8``: dynamic quantisation of the linear layers. 23 MB, about twice as fast
   (18.5 vs 9.8 passages of 256 tokens a second), nDCG@10 0.6576, recall@100 0.9306 vs
-  0.9324; the runtime then embeds one text per run (see llmhost.rag.embeddings).
+  0.9324; the runtime then embeds one text per run (see llmhost.rag.embeddings.onnx).
 
 Idempotent: when ``--out`` already holds an artifact built by this script from the same
 weights with the same options and its files still match their recorded sha256, it exits

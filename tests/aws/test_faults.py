@@ -25,7 +25,8 @@ from llmhost.errors import LlmhostError
 from llmhost.lifecycle.record import DeploymentRecord
 from llmhost.local.events import LambdaContext
 from llmhost.local.runner import load_handler
-from llmhost.rag.embeddings import REPO_MODEL_DIR, SageMakerEmbedder
+from llmhost.rag.embeddings.artifact import REPO_MODEL_DIR
+from llmhost.rag.embeddings.sagemaker import SageMakerEmbedder
 from llmhost.rag.store import VectorStore
 from llmhost.serving.invoke import ModelInvoker, build_runtime_client
 from llmhost.serving.requests import ChatCompletionRequest

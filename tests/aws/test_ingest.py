@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient
 
-from llmhost.rag.embeddings import OnnxEmbedder
+from llmhost.rag.embeddings.onnx import OnnxEmbedder
 from llmhost.rag.ingest import (
     IngestLimits,
     delete_document,

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import pytest
 from qdrant_client import QdrantClient
 
-from llmhost.rag.embeddings import OnnxEmbedder
+from llmhost.rag.embeddings.onnx import OnnxEmbedder
 from llmhost.rag.ingest import IngestLimits, ingest_documents
 from llmhost.rag.retrieve import InvalidQuery, retrieve
 from llmhost.rag.store import (

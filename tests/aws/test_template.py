@@ -1129,7 +1129,7 @@ def _resolve(value: Any, parameters: dict[str, str]) -> str:
 
 
 def test_serving_settings_accept_what_the_template_sets(template: dict[str, Any]) -> None:
-    from llmhost.rag.embeddings import EmbeddingSettings
+    from llmhost.rag.embeddings.settings import EmbeddingSettings
     from llmhost.runtime import ServingSettings
 
     defaults = {name: str(p.get("Default", "")) for name, p in template["Parameters"].items()}

@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from llmhost.rag.chunking import Chunk, chunk_document
-from llmhost.rag.embeddings import OnnxEmbedder
+from llmhost.rag.embeddings.onnx import OnnxEmbedder
 
 
 def chunks_of(embedder: OnnxEmbedder, text: str, max_tokens: int, overlap: int) -> list[Chunk]:

@@ -23,19 +23,17 @@ import pytest
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
+import llmhost
 from llmhost.rag.embeddings import (
-    REPO_MODEL_DIR,
     Embedder,
     EmbeddingMisconfigured,
     EmbeddingRejected,
     EmbeddingUnavailable,
-    OnnxEmbedder,
-    SageMakerEmbedder,
-    embedder_from_env,
-    next_batch_end,
-    plan_batches,
-    pool_reply,
 )
+from llmhost.rag.embeddings.artifact import REPO_MODEL_DIR
+from llmhost.rag.embeddings.onnx import OnnxEmbedder, plan_batches
+from llmhost.rag.embeddings.sagemaker import SageMakerEmbedder, next_batch_end, pool_reply
+from llmhost.rag.embeddings.settings import embedder_from_env
 
 MODEL_DIR = REPO_MODEL_DIR
 ENDPOINT = "llmhost-embeddings"
@@ -434,11 +432,12 @@ def test_nothing_heavy_loads_at_import_or_construction() -> None:
     # Given a fresh interpreter that imports the module and builds an embedder
     code = (
         "import sys\n"
-        "from llmhost.rag.embeddings import OnnxEmbedder\n"
+        "from llmhost.rag.embeddings.onnx import OnnxEmbedder\n"
         f"OnnxEmbedder({str(MODEL_DIR)!r})\n"
         "print(sorted(m for m in ('onnxruntime', 'tokenizers', 'boto3') if m in sys.modules))"
     )
-    env = {**os.environ, "PYTHONPATH": ""}
+    # (the llmhost this test imported, whichever checkout that is)
+    env = {**os.environ, "PYTHONPATH": str(Path(llmhost.__file__).parents[1])}
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
     )

@@ -284,7 +284,7 @@ def serving_service() -> ServingService:
 
 @cache
 def _embedder() -> Embedder:
-    from llmhost.rag.embeddings import embedder_from_env
+    from llmhost.rag.embeddings.settings import embedder_from_env
 
     return embedder_from_env()
 
