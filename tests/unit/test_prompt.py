@@ -8,25 +8,29 @@ import string
 import pytest
 
 from llmhost import catalog
-from llmhost.engines.codecs import ChatMessage
-from llmhost.rag.prompt import (
-    CONSERVATIVE_COUNTER,
-    LLAMA3_COUNTER,
+from llmhost.engines.chat_templates import (
     TEMPLATES,
     ChatMessagesInvalid,
-    ContextChunk,
-    HeuristicTokenCounter,
-    PromptBudgetExceeded,
     UnknownChatTemplate,
+    render_prompt,
+)
+from llmhost.engines.codecs import ChatMessage
+from llmhost.rag.prompt import (
+    ContextChunk,
+    PromptBudgetExceeded,
     budget_after_rejection,
     build_rag_messages,
     build_rag_prompt,
     format_sources,
     pack_context,
-    render_prompt,
-    token_counter_for,
 )
 from llmhost.serving.errors import TokenLimits
+from llmhost.token_counting import (
+    CONSERVATIVE_COUNTER,
+    LLAMA3_COUNTER,
+    HeuristicTokenCounter,
+    token_counter_for,
+)
 
 SYS = ChatMessage("system", "You are helpful.")
 U1 = ChatMessage("user", "What is RAG?")

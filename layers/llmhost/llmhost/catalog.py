@@ -18,8 +18,8 @@ engine's generate API: Flan-T5 (a seq2seq instruction follower without chat toke
 Falcon 7B/40B instruct (TII published only a "User:/Assistant:" convention in the model
 page's discussion; a template was proposed on the Hub, refs/pr/91 of falcon-40b-instruct,
 not in the released tokenizer). ``chat_template`` names llmhost's own rendering of each
-format (``llmhost.rag.prompt``): the prompt itself for those two, and for every model the
-text whose tokens llmhost counts to fit a RAG context into the model's input budget.
+format (``llmhost.engines.chat_templates``): the prompt itself for those two, and for every
+model the text whose tokens llmhost counts to fit a RAG context into the model's input budget.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Its text-generation and text2text-generation pipelines take ``{"inputs", "parame
 with transformers' ``generate`` keyword arguments and answer ``[{"generated_text"}]``. It
 has no chat API, no streaming and no token counts; ``stop`` is not supported by the
 pipeline, so a request with stop sequences is refused rather than silently ignored.
-Prompts must be rendered by llmhost (``llmhost.rag.prompt.render_prompt``).
+Prompts must be rendered by llmhost (``llmhost.engines.chat_templates.render_prompt``).
 """
 
 from __future__ import annotations

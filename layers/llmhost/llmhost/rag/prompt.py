@@ -1,23 +1,17 @@
-"""Prompts: per-model chat templates, RAG messages with numbered sources, token budgets.
+"""The RAG prompt: the question over numbered sources, packed into the model's token budget.
 
-Three jobs, all pure:
+Pure:
 
-1. ``render_prompt`` writes chat messages in the exact text format a model was trained on,
-   chosen by the catalog's ``chat_template`` name (Llama 3 headers, Llama 2 ``[INST]`` with
-   ``<<SYS>>``, Mistral ``[INST]``, Zephyr, ChatML, SOLAR, Code Llama 70B, Falcon, Flan-T5).
-   Engines apply a model's own template through their chat API; this rendering is what is
-   sent only for models without one (Falcon, Flan-T5) or engines without a chat API
-   (hf-inference), and otherwise the text whose tokens are counted to budget a prompt.
-2. ``build_rag_messages`` asks the question over numbered sources [1]..[n] and tells the
+1. ``build_rag_messages`` asks the question over numbered sources [1]..[n] and tells the
    model to cite them.
-3. ``pack_context`` / ``build_rag_prompt`` fit the retrieved chunks into the model's input
+2. ``pack_context`` / ``build_rag_prompt`` fit the retrieved chunks into the model's input
    budget: most relevant first, the last one trimmed at a sentence or word boundary when
    that keeps something useful, the rest dropped and reported; never over the budget.
 
-Token counts come from a ``TokenCounter``. No model tokenizer is available offline, so the
-default is ``HeuristicTokenCounter``, calibrated to over-count (see its docstring); when an
-engine still finds the prompt too long it says by how much (``PromptTooLong``) and
-``budget_after_rejection`` gives the budget for one retry.
+Messages are rendered with ``llmhost.engines.chat_templates`` and counted with a
+``llmhost.token_counting.TokenCounter``; when an engine still finds the prompt too long it
+says by how much (``PromptTooLong``) and ``budget_after_rejection`` gives the budget for one
+retry.
 """
 
 from __future__ import annotations
@@ -26,36 +20,15 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
+from llmhost.engines.chat_templates import render_prompt
 from llmhost.engines.codecs import ChatMessage
 from llmhost.errors import LlmhostError
+from llmhost.token_counting import TokenCounter
 
 if TYPE_CHECKING:
     from llmhost.serving.errors import TokenLimits
-
-# ------------------------------------------------------------------------------ errors
-
-
-class UnknownChatTemplate(LlmhostError):
-    code = "unknown_chat_template"
-    status = 422
-
-    def __init__(self, name: str) -> None:
-        super().__init__(
-            f"no chat template named '{name}'; known templates: {', '.join(TEMPLATES)}"
-        )
-        self.name = name
-
-
-class ChatMessagesInvalid(LlmhostError):
-    """The messages cannot be rendered for this model (order of roles, empty turns)."""
-
-    code = "invalid_messages"
-    status = 422
-
-    def __init__(self, message: str) -> None:
-        super().__init__(f"messages: {message}")
 
 
 class PromptBudgetExceeded(LlmhostError):
@@ -72,252 +45,6 @@ class PromptBudgetExceeded(LlmhostError):
         )
         self.needed = needed
         self.limit = limit
-
-
-# ---------------------------------------------------------------------- chat templates
-
-
-def _turns(messages: Sequence[ChatMessage]) -> tuple[str | None, list[ChatMessage]]:
-    """(system text or None, user/assistant turns) after checking the conversation's shape.
-
-    Leading system messages are joined; after them roles must alternate user, assistant,
-    user... and end with a user turn, the shape every template here requires.
-    """
-    systems: list[str] = []
-    index = 0
-    while index < len(messages) and messages[index].role == "system":
-        systems.append(messages[index].content)
-        index += 1
-    turns = list(messages[index:])
-    if not turns:
-        raise ChatMessagesInvalid("at least one user message is required")
-    for position, message in enumerate(turns):
-        expected = "user" if position % 2 == 0 else "assistant"
-        if message.role != expected:
-            raise ChatMessagesInvalid(
-                f"message {index + position} has role '{message.role}' where '{expected}' "
-                "was expected: system messages come first, then user and assistant alternate"
-            )
-    if turns[-1].role != "user":
-        raise ChatMessagesInvalid("the last message must come from the user")
-    return ("\n\n".join(systems) if systems else None), turns
-
-
-def _llama3(system: str | None, turns: list[ChatMessage]) -> tuple[str, str]:
-    parts = []
-    if system is not None:
-        parts.append(f"<|start_header_id|>system<|end_header_id|>\n\n{system.strip()}<|eot_id|>")
-    for m in turns:
-        parts.append(
-            f"<|start_header_id|>{m.role}<|end_header_id|>\n\n{m.content.strip()}<|eot_id|>"
-        )
-    parts.append("<|start_header_id|>assistant<|end_header_id|>\n\n")
-    return "<|begin_of_text|>", "".join(parts)
-
-
-def _llama2(system: str | None, turns: list[ChatMessage]) -> tuple[str, str]:
-    # Llama 2 chat and Code Llama instruct (7B-34B): every user turn opens with BOS.
-    text = ""
-    for position, m in enumerate(turns):
-        content = m.content
-        if position == 0 and system is not None:
-            content = f"<<SYS>>\n{system}\n<</SYS>>\n\n{content}"
-        if m.role == "user":
-            text += f"<s>[INST] {content.strip()} [/INST]"
-        else:
-            text += f" {content.strip()} </s>"
-    return "<s>", text.removeprefix("<s>")
-
-
-def _codellama70b(system: str | None, turns: list[ChatMessage]) -> tuple[str, str]:
-    parts = [f"Source: system\n\n {system.strip()} <step> "] if system is not None else []
-    parts += [f"Source: {m.role}\n\n {m.content.strip()} <step> " for m in turns]
-    parts.append("Source: assistant\nDestination: user\n\n ")
-    return "<s>", "".join(parts)
-
-
-def _mistral(system: str | None, turns: list[ChatMessage]) -> tuple[str, str]:
-    # Mistral's templates have no system role: it goes in front of the first user turn.
-    text = ""
-    for position, m in enumerate(turns):
-        content = m.content
-        if position == 0 and system is not None:
-            content = f"{system}\n\n{content}"
-        text += f"[INST] {content} [/INST]" if m.role == "user" else f"{content}</s>"
-    return "<s>", text
-
-
-def _zephyr(system: str | None, turns: list[ChatMessage]) -> tuple[str, str]:
-    parts = [f"<|system|>\n{system}</s>\n"] if system is not None else []
-    parts += [f"<|{m.role}|>\n{m.content}</s>\n" for m in turns]
-    parts.append("<|assistant|>\n")
-    return "", "".join(parts)
-
-
-def _chatml(system: str | None, turns: list[ChatMessage]) -> tuple[str, str]:
-    parts = [f"<|im_start|>system\n{system}<|im_end|>\n"] if system is not None else []
-    parts += [f"<|im_start|>{m.role}\n{m.content}<|im_end|>\n" for m in turns]
-    parts.append("<|im_start|>assistant\n")
-    return "", "".join(parts)
-
-
-def _solar(system: str | None, turns: list[ChatMessage]) -> tuple[str, str]:
-    parts = [f"### System:\n{system}\n\n"] if system else []
-    for m in turns:
-        parts.append(
-            f"### User:\n{m.content}\n\n" if m.role == "user" else f"### Assistant:\n{m.content}"
-        )
-    parts.append("### Assistant:\n")
-    return "", "".join(parts)
-
-
-def _falcon(system: str | None, turns: list[ChatMessage]) -> tuple[str, str]:
-    # Falcon-instruct has no official template; this is the "User:"/"Assistant:" format
-    # TII pointed to on the falcon-7b-instruct model page discussion.
-    lines = [system.strip()] if system else []
-    lines += [f"{'User' if m.role == 'user' else 'Assistant'}: {m.content.strip()}" for m in turns]
-    lines.append("Assistant:")
-    return "", "\n".join(lines)
-
-
-def _flan_t5(system: str | None, turns: list[ChatMessage]) -> tuple[str, str]:
-    # Flan-T5 is an instruction follower without chat tokens: plain paragraphs.
-    head = [system.strip()] if system else []
-    if len(turns) == 1:
-        return "", "\n\n".join([*head, turns[0].content.strip()])
-    lines = [f"{'User' if m.role == 'user' else 'Assistant'}: {m.content.strip()}" for m in turns]
-    return "", "\n\n".join([*head, "\n".join(lines), "Assistant:"])
-
-
-_Renderer = Callable[[str | None, list[ChatMessage]], tuple[str, str]]
-
-TEMPLATES: Mapping[str, _Renderer] = {
-    "llama3": _llama3,
-    "llama2": _llama2,
-    "codellama-70b": _codellama70b,
-    "mistral": _mistral,
-    "zephyr": _zephyr,
-    "chatml": _chatml,
-    "solar": _solar,
-    "falcon": _falcon,
-    "flan-t5": _flan_t5,
-}
-
-
-def render_prompt(template: str, messages: Sequence[ChatMessage], *, bos: bool = False) -> str:
-    """``messages`` as one prompt string in the model's format, ending where the model
-    should start answering.
-
-    With ``bos=True`` the text is exactly what the model's Hugging Face chat template
-    renders with ``add_generation_prompt=True``. The default leaves out the leading BOS
-    token because TGI's generate route, vLLM's completions and LMI tokenize the prompt with
-    special tokens and add BOS themselves; sending it too would double it. Raises
-    ``UnknownChatTemplate`` and ``ChatMessagesInvalid`` (422).
-    """
-    renderer = TEMPLATES.get(template)
-    if renderer is None:
-        raise UnknownChatTemplate(template)
-    system, turns = _turns(messages)
-    bos_token, body = renderer(system, turns)
-    return bos_token + body if bos else body
-
-
-# ------------------------------------------------------------------------ token counting
-
-
-class TokenCounter(Protocol):
-    """Counts the tokens a text costs; must not under-count for budgets to hold."""
-
-    def __call__(self, text: str) -> int: ...
-
-
-_PIECES = re.compile(
-    r"(?P<glue> (?=[A-Za-z]))"  # one space before a word: part of the word's token
-    r"|(?P<upper>[A-Z]{2,}(?![a-z]))"  # acronyms, split more finely than words
-    r"|(?P<word>[A-Z]?[a-z]+|[A-Z])"  # words and camelCase parts
-    r"|(?P<digits>[0-9]+)"
-    r"|(?P<newlines>\n+)"
-    r"|(?P<blank>[ \t]+)"
-    r"|(?P<other>[^\x00-\x7f]+)"
-    r"|(?P<symbol>[\x00-\x7f])",
-    re.DOTALL,
-)
-_VOWELS = "aeiouyAEIOUY"
-_NOT_VOWELS = str.maketrans("", "", "".join(chr(c) for c in range(128) if chr(c) not in _VOWELS))
-
-
-@dataclass(frozen=True)
-class HeuristicTokenCounter:
-    """An estimate of tokens that over-counts on ordinary text, for tokenizers we lack.
-
-    Text is cut into pieces and each piece costs: a word of n letters ``1 + (n-1) //
-    letters_per_token`` (2 letters per token for acronyms and vowel-poor runs such as
-    identifiers), a digit run ``ceil(n / digits_per_token)``, each newline and each ASCII
-    symbol 1, a run of blanks 1 (0 for the single space before a word), and a non-ASCII
-    character its UTF-8 byte count (byte fallback, the worst case of byte-level BPE).
-
-    Calibration against the real Llama 2 (32k SentencePiece, the same family as Mistral,
-    Code Llama, Zephyr and SOLAR) and Llama 3 (128k byte-level BPE) tokenizers, as
-    estimate / real count per document (min, mean):
-
-    ========================  ===============  ===============
-    default (3 letters, 1)    Llama 2          Llama 3
-    ========================  ===============  ===============
-    SciFact abstracts (5183)  1.13, 1.49       1.37, 1.80
-    Python source (1442)      1.00, 1.52       1.19, 1.96
-    JSON                      1.13, 1.14       1.84, 1.90
-    number lists              1.00, 1.00       1.92, 1.99
-    markdown                  1.45, 1.56       1.72, 1.83
-    10 languages, 6 scripts   1.23, 2.45       1.40, 3.97
-    random hex/base64         0.81, 0.85       0.96, 1.02
-    ========================  ===============  ===============
-
-    So it is an upper bound on prose, code, JSON, numbers and non-Latin text for both
-    families, at the price of budget (about a third of the context unused on English).
-    Random-looking strings (hashes, base64 blobs) are the known exception: the engine then
-    refuses the prompt with its own count, and the caller retries with a smaller budget.
-    ``LLAMA3_COUNTER`` (5 letters, 3 digits per token) is tighter for Llama 3 models:
-    SciFact 1.05/1.33, Python 1.01/1.64, JSON 1.22, numbers 1.00; it under-counts Llama 2.
-    """
-
-    letters_per_token: int = 3
-    digits_per_token: int = 1
-
-    def __call__(self, text: str) -> int:
-        total = 0
-        k = self.letters_per_token
-        d = self.digits_per_token
-        for match in _PIECES.finditer(text):
-            kind = match.lastgroup
-            piece = match.group()
-            if kind == "word":
-                n = len(piece)
-                step = 2 if n > 2 and len(piece.translate(_NOT_VOWELS)) * 5 < n else k
-                total += 1 + (n - 1) // step
-            elif kind == "upper":
-                total += 1 + (len(piece) - 1) // 2
-            elif kind == "glue":
-                continue
-            elif kind == "digits":
-                total += -(-len(piece) // d)
-            elif kind == "newlines":
-                total += len(piece)
-            elif kind == "blank":
-                total += 1 + len(piece) // 8
-            elif kind == "other":
-                total += len(piece.encode("utf-8"))
-            else:
-                total += 1
-        return total
-
-
-CONSERVATIVE_COUNTER = HeuristicTokenCounter()
-LLAMA3_COUNTER = HeuristicTokenCounter(letters_per_token=5, digits_per_token=3)
-
-
-def token_counter_for(chat_template: str | None) -> TokenCounter:
-    """The estimator for a catalog model's template name (conservative when unknown)."""
-    return LLAMA3_COUNTER if chat_template == "llama3" else CONSERVATIVE_COUNTER
 
 
 # ---------------------------------------------------------------------- RAG messages

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from llmhost.engines.chat_templates import render_prompt
 from llmhost.engines.codecs import (
     ChatMessage,
     Completion,
@@ -30,13 +31,12 @@ from llmhost.rag.prompt import (
     RagPrompt,
     budget_after_rejection,
     build_rag_prompt,
-    render_prompt,
-    token_counter_for,
 )
 from llmhost.serving.errors import ModelUnavailable, PromptTooLong
 from llmhost.serving.invoke import InvocationTarget, ModelInvoker
 from llmhost.serving.requests import ChatCompletionRequest, RagRequest, RetrievalOptions
 from llmhost.serving.routing import ModelDirectory, ModelRoute
+from llmhost.token_counting import token_counter_for
 
 if TYPE_CHECKING:
     from llmhost.rag.embeddings import Embedder
@@ -51,7 +51,7 @@ def engine_applies_template(
 ) -> bool:
     """Whether a request goes to the engine's chat API, which renders the conversation with
     the model's own chat template, rather than to its generate API with a prompt llmhost
-    renders itself (``llmhost.rag.prompt.render_prompt``).
+    renders itself (``llmhost.engines.chat_templates.render_prompt``).
 
     The chat API whenever the model's tokenizer ships a template and the engine has one.
     llmhost renders the prompt only for models without a template (Flan-T5, Falcon
