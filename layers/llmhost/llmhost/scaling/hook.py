@@ -301,16 +301,7 @@ class ScalingHook:
     def _guard_capacity_alarm(self, record: DeploymentRecord, decision: Decision) -> Decision:
         assert self._guard is not None
         if decision.event == "CapacityWake":
-            from llmhost.scaling.leases import required_units
-
-            units = required_units(record.spec)[0]
-            grant = self._guard.admit_wake(record.name, units)
-            return _grant_decision(
-                grant,
-                "CapacityWake",
-                "a request found no capacity; waking",
-                desired_state="in_service",
-            )
+            return self._wake(record, "CapacityWake", "a request found no capacity; waking")
         if record.desired_state != "in_service" or record.spec.hosting.kind != "shared":
             return decision
         # The step policy adds a copy from zero, but only up to MaxCapacity: a lease
