@@ -14,67 +14,32 @@ aws/aws-lambda-web-adapter#837, #871).
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
+import sam_template as sam
 from llmhost.serving import lambda_http
 
-ROOT = Path(__file__).resolve().parents[2]
-TEMPLATE = ROOT / "template.yaml"
-SAM_PYTHON = ROOT / ".venv-sam" / "bin" / "python"
+SAM_PYTHON = sam.ROOT / ".venv-sam" / "bin" / "python"
 
 SNAPSTART = {"ServeFunction", "StreamFunction", "IngestFunction"}
 UNSUPPORTED_REGIONS = {"ap-east-2", "ap-southeast-6"}  # Taipei, New Zealand
 
 
-class _CfnLoader(yaml.SafeLoader):
-    """SafeLoader that turns CloudFormation short tags (!Ref, !Sub, ...) into long form."""
-
-
-def _cfn_tag(loader: _CfnLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
-    if isinstance(node, yaml.ScalarNode):
-        value: Any = loader.construct_scalar(node)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
-    if suffix == "Ref":
-        return {"Ref": value}
-    if suffix == "GetAtt" and isinstance(value, str):
-        return {"Fn::GetAtt": value.split(".", 1)}
-    return {f"Fn::{suffix}": value}
-
-
-_CfnLoader.add_multi_constructor("!", _cfn_tag)
-
-
 @pytest.fixture(scope="module")
 def template() -> dict[str, Any]:
-    return yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)
-
-
-def _functions(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each function's properties with the Globals it inherits (scalars only: enough here)."""
-    defaults = template.get("Globals", {}).get("Function", {})
-    return {
-        name: {**copy.deepcopy(defaults), **resource["Properties"]}
-        for name, resource in template["Resources"].items()
-        if resource["Type"] == "AWS::Serverless::Function"
-    }
+    return sam.load()
 
 
 def test_serving_and_ingest_functions_restore_from_published_versions(
     template: dict[str, Any],
 ) -> None:
-    functions = _functions(template)
+    functions = sam.functions(template)
     for name in SNAPSTART:
         properties = functions[name]
         assert properties.get("SnapStart") == {"ApplyOn": "PublishedVersions"}, name
@@ -87,7 +52,7 @@ def test_serving_and_ingest_functions_restore_from_published_versions(
 
 
 def test_snapstart_functions_stay_within_the_documented_limits(template: dict[str, Any]) -> None:
-    functions = _functions(template)
+    functions = sam.functions(template)
     for name in SNAPSTART:
         properties = functions[name]
         runtime = properties["Runtime"]
@@ -114,7 +79,7 @@ def test_the_stack_refuses_regions_without_snapstart(template: dict[str, Any]) -
 
 
 def test_the_stream_server_gets_the_hooks_from_the_web_adapter(template: dict[str, Any]) -> None:
-    stream = _functions(template)["StreamFunction"]
+    stream = sam.functions(template)["StreamFunction"]
     variables = stream["Environment"]["Variables"]
     # The adapter runs the server as its own process: the runtime's hooks never reach it,
     # the adapter relays them to these routes (llmhost.serving.lambda_http serves them).
@@ -132,9 +97,9 @@ def test_the_stream_server_gets_the_hooks_from_the_web_adapter(template: dict[st
 
 def test_the_runtime_provides_the_hook_library_and_the_layer_leaves_it_out() -> None:
     # A copy in the layer would come first on sys.path and shadow the runtime's own.
-    requirements = (ROOT / "layers" / "llmhost" / "requirements.txt").read_text()
+    requirements = (sam.ROOT / "layers" / "llmhost" / "requirements.txt").read_text()
     assert "snapshot-restore-py" not in requirements and "snapshot_restore_py" not in requirements
-    assert "snapshot-restore-py" in (ROOT / "pyproject.toml").read_text()  # for local runs
+    assert "snapshot-restore-py" in (sam.ROOT / "pyproject.toml").read_text()  # for local runs
 
 
 # ------------------------------------------------------------------ after the SAM transform
@@ -168,7 +133,7 @@ def transformed() -> dict[str, Any]:
         pytest.fail(f"no {SAM_PYTHON}: run `make .venv-sam/.installed` (make test does)")
     env = {**os.environ, "AWS_DEFAULT_REGION": "us-east-1"}
     result = subprocess.run(
-        [str(SAM_PYTHON), "-c", TRANSFORM, str(TEMPLATE)],
+        [str(SAM_PYTHON), "-c", TRANSFORM, str(sam.TEMPLATE)],
         capture_output=True,
         text=True,
         env=env,
