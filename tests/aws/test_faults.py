@@ -30,7 +30,7 @@ from llmhost.rag.embeddings.sagemaker import SageMakerEmbedder
 from llmhost.rag.store import VectorStore
 from llmhost.serving.invoke import ModelInvoker, build_runtime_client
 from llmhost.serving.requests import ChatCompletionRequest
-from llmhost.serving.routing import ModelDirectory
+from llmhost.serving.routing import ModelDirectory, pending_wake
 from llmhost.serving.service import ServingService
 from llmhost.specs import parse_spec
 
@@ -52,6 +52,7 @@ AWS_ERRORS = {
         "5xx": (500, "InternalServiceError"),
     },
     "s3": {"throttled": (503, "SlowDown"), "5xx": (500, "InternalError")},
+    "lambda": {"throttled": (429, "TooManyRequestsException"), "5xx": (500, "ServiceException")},
 }
 
 
@@ -64,13 +65,15 @@ class _Raw:
 
 
 class Injected:
-    """Makes every request of ``client`` fail with ``fault`` until ``heal()``; counts sends."""
+    """Makes every request of ``client`` (or only its ``operation``) fail with ``fault`` until
+    ``heal()``; counts sends."""
 
-    def __init__(self, client: Any, service: str, fault: str) -> None:
+    def __init__(self, client: Any, service: str, fault: str, operation: str = "") -> None:
         self.client, self.service, self.fault = client, service, fault
         self.sent = 0
         self.healed = False
-        client.meta.events.register_first("before-send", self._send)
+        event = f"before-send.{service}.{operation}" if operation else "before-send"
+        client.meta.events.register_first(event, self._send)
 
     def heal(self) -> None:
         self.healed = True
@@ -300,6 +303,149 @@ def test_secrets_manager_failing_is_a_typed_error_for_api_keys_and_the_qdrant_ke
     with pytest.raises(LlmhostError) as caught:
         store_from_env()
     assert caught.value.status == STATUS[fault]
+
+
+# ------------------------------------------------------------------------ the wake path
+
+WAKE_MODELS = {
+    # a shared component Application Auto Scaling took to zero copies: SageMaker refuses
+    "zero-copy": {
+        "name": "cold",
+        "model": {"model_id": "HuggingFaceH4/zephyr-7b-beta"},
+        "hosting": {"kind": "shared", "pool": "gpu-pool", "instance_type": "ml.g5.12xlarge"},
+        "scaling": {"min_capacity": 0, "max_capacity": 2, "scale_to_zero": True},
+    },
+    # a deployment put to sleep: serving refuses before invoking anything
+    "sleeping": {"name": "sleepy", "model": {"model_id": "HuggingFaceH4/zephyr-7b-beta"}},
+}
+NO_CAPACITY = (
+    "Inference Component has no capacity to process this request. ApplicationAutoScaling may "
+    "be in-progress (if configured) or try to increase the capacity by invoking "
+    "UpdateInferenceComponentRuntimeConfig API."
+)
+
+
+class WakeStack:
+    """The serve function for one cold model, whose wakes go to the scaling function through
+    an asynchronous Lambda invoke, on a clock the test moves."""
+
+    def __init__(self, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        from datetime import UTC, datetime
+
+        from llmhost.lifecycle import record as records
+        from llmhost.serving.wake import LambdaWakeDispatcher, lambda_client
+
+        self.kind = kind
+        self.name = WAKE_MODELS[kind]["name"]
+        self.now = datetime(2026, 1, 3, 9, 0, tzinfo=UTC)
+        monkeypatch.setattr(records, "utc_now", lambda: self.now.isoformat().replace("+00:00", "Z"))
+        record = DeploymentRecord(name=self.name, spec=parse_spec(WAKE_MODELS[kind]))
+        update: dict[str, Any] = {"status": "IN_SERVICE"}
+        if kind == "sleeping":
+            update = {"status": "SLEEPING", "desired_state": "sleeping"}
+        runtime.registry().create(record.model_copy(update=update))
+        # Lambda queues each async invoke (202) unless a fault is injected first
+        self.lambda_client = lambda_client()
+        self.dispatched: list[dict[str, Any]] = []
+        self.lambda_client.meta.events.register("before-send.lambda.Invoke", self._queued)
+        self.lambda_client.meta.events.register("after-call.lambda.Invoke", self._accepted)
+        self._sending: list[dict[str, Any]] = []
+        runtime_client = build_runtime_client(read_timeout_s=5, max_attempts=1)
+        runtime_client.meta.events.register_first(
+            "before-send.sagemaker-runtime.InvokeEndpoint", self._no_capacity
+        )
+        directory = ModelDirectory(
+            runtime.registry,
+            ttl_s=0,  # every request reads the registry: what it holds is what is tested
+            wake=lambda: LambdaWakeDispatcher(lambda: self.lambda_client, "llmhost-scaling"),
+            now=lambda: self.now,
+        )
+        invoker = ModelInvoker(runtime_client, timeout_s=5, max_attempts=1)
+        unused = lambda: pytest.fail("a chat needs no embedder or store")  # noqa: E731
+        runtime.override(serving_service=ServingService(directory, lambda: invoker, unused, unused))
+        self.serve = load_handler("serve", "llmhost-serve")
+
+    def _queued(self, request: Any, **_: Any) -> Any:
+        from botocore.awsrequest import AWSResponse
+
+        self._sending.append(json.loads(request.body))
+        return AWSResponse(request.url, 202, {}, _Raw(b""))
+
+    def _accepted(self, http_response: Any, **_: Any) -> None:
+        # every handler sees each send, even one a fault answered: count the queued ones
+        if http_response.status_code == 202:
+            self.dispatched.append(self._sending[-1])
+
+    def _no_capacity(self, request: Any, **_: Any) -> Any:
+        from botocore.awsrequest import AWSResponse
+
+        body = json.dumps({"__type": "ValidationError", "message": NO_CAPACITY}).encode()
+        headers = {"Content-Type": "application/json", "x-amzn-ErrorType": "ValidationError"}
+        return AWSResponse(request.url, 400, headers, _Raw(body))
+
+    def chat(self) -> tuple[int, Any, dict[str, str]]:
+        event = load_event("api-rag.json")
+        body = {"model": self.name, "messages": [{"role": "user", "content": "Hi"}]}
+        event.update(httpMethod="POST", path="/v1/chat/completions", body=json.dumps(body))
+        response = self.serve.handler(event, LambdaContext("llmhost-serve"))
+        headers = {k: v[0] for k, v in (response.get("multiValueHeaders") or {}).items()}
+        return response["statusCode"], json.loads(response["body"]), headers
+
+    def record(self) -> DeploymentRecord:
+        return runtime.registry().get(self.name)
+
+    def wakes(self) -> int:
+        return [h.event for h in self.record().history].count("WakeRequested")
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("call", ["lambda-invoke", "dynamodb-wake-write"])
+@pytest.mark.parametrize("kind", sorted(WAKE_MODELS))
+def test_a_failing_wake_still_answers_503_and_a_later_request_asks_again(
+    moto_aws: None, kind: str, call: str, fault: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import timedelta
+
+    stack = WakeStack(kind, monkeypatch)
+    if call == "lambda-invoke":
+        injected = Injected(stack.lambda_client, "lambda", fault, "Invoke")
+    else:
+        injected = Injected(aws.client("dynamodb"), "dynamodb", fault, "PutItem")
+    # When a request finds the model cold while the call fails
+    status, body, headers = stack.chat()
+    # Then the client gets the model's 503 with Retry-After, never a 500
+    assert injected.sent > 0
+    assert_documented(status, body, headers, "5xx")
+    if call == "lambda-invoke":
+        assert stack.dispatched == []
+    # When the service is back and the next request arrives
+    injected.heal()
+    status, body, headers = stack.chat()
+    assert_documented(status, body, headers, "5xx")
+    if call == "dynamodb-wake-write":
+        # Then one wake is asked for and handed over, whether the failed write never arrived
+        # (timed out, unreachable: the next request writes it) or landed though its answer
+        # was an error (throttled, 5xx: moto applies the write before the injected answer,
+        # as DynamoDB may before a 5xx), which the failed request itself then hands over
+        # rather than taking its own wake for another request's
+        assert stack.wakes() == 1 and len(stack.dispatched) == 1, stack.record().history
+        assert stack.dispatched[0]["requested_at"] == pending_wake(stack.record())
+        return
+    if kind == "sleeping":
+        # Then the wake under way is serving's own: a sleeping model whose hand-over failed
+        # is woken by the request (there is no alarm to wake it)
+        assert stack.wakes() >= 1 and stack.record().desired_state == "in_service"
+        return
+    # A zero-copy wake recorded but not handed over is left to AWS's no-capacity alarm for
+    # a while: the next request does not ask again at once
+    assert (stack.wakes(), stack.dispatched) == (1, [])
+    # And once it has gone unanswered for three wake times it is presumed lost: the next
+    # refused request records a new wake and hands it to the scaling function
+    stack.now += timedelta(seconds=3 * 300 + 1)
+    status, body, headers = stack.chat()
+    assert_documented(status, body, headers, "5xx")
+    assert stack.wakes() == 2 and len(stack.dispatched) == 1
+    assert stack.dispatched[0]["requested_at"] == "2026-01-03T09:15:01Z"
 
 
 # ----------------------------------------------------------------------------- ingestion

@@ -543,3 +543,45 @@ def test_a_wake_survives_an_unrelated_write_between_read_and_save(
     history = [h.event for h in registry.get("sleepy").history]
     assert history.count("WakeRequested") == 1
     assert len(dispatcher.events) == 1
+
+
+class LostAnswerRegistry:
+    """The registry, where the first save lands but its answer is lost: botocore's retry of
+    it then fails the version condition (ConcurrentModification)."""
+
+    def __init__(self, registry: Any) -> None:
+        self._registry = registry
+        self.lost = 0
+
+    def save(self, record: DeploymentRecord) -> DeploymentRecord:
+        from llmhost.errors import ConcurrentModification
+
+        self._registry.save(record)
+        if not self.lost:
+            self.lost += 1
+            raise ConcurrentModification(record.name)
+        return record
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._registry, name)
+
+
+@pytest.mark.parametrize("kind", ["zero-copy", "sleeping"])
+def test_a_wake_whose_write_landed_but_answered_a_conflict_is_still_handed_over(
+    moto_aws: None, kind: str
+) -> None:
+    record = zero_copies() if kind == "zero-copy" else sleeping()
+    runtime.registry().create(record)
+    registry = LostAnswerRegistry(runtime.registry())
+    dispatcher = RecordingDispatcher()
+    directory = ModelDirectory(lambda: registry, wake=lambda: dispatcher)
+    # When a refused request's wake write lands, and the retry of it reports a conflict
+    if kind == "zero-copy":
+        assert directory.refused_for_capacity(record.name) > 0
+    else:
+        with pytest.raises(ModelNotReady):
+            directory.route(record.name)
+    # Then the request knows the wake as its own: recorded once and handed over
+    history = [h.event for h in runtime.registry().get(record.name).history]
+    assert registry.lost == 1 and history.count("WakeRequested") == 1
+    assert len(dispatcher.events) == 1

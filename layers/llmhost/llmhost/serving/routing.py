@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -198,6 +199,23 @@ def _seconds_between(start: str, end: str) -> float:
     return (_parse(end) - _parse(start)).total_seconds()
 
 
+def _ask_tag() -> str:
+    """Tells one request's WakeRequested entry from another's written in the same second."""
+    return f" (ask {secrets.token_hex(4)})"
+
+
+def _is_write_of(stored: DeploymentRecord | None, written: DeploymentRecord) -> bool:
+    """Whether ``stored`` is what saving ``written`` stored (its version, its own newest
+    entry): a write whose answer was lost may have landed, and botocore's retry of it then
+    fails its version condition, so its writer would otherwise take its own wake for another
+    request's and hand it to no one."""
+    return (
+        stored is not None
+        and stored.version == written.version + 1
+        and stored.history[-1:] == written.history[-1:]
+    )
+
+
 def check_ready(record: DeploymentRecord, clock: CloudClock = REAL) -> None:
     """Raise ModelNotReady (with Retry-After) unless the deployment can take requests."""
     status = record.status
@@ -302,7 +320,7 @@ class ModelDirectory:
                 return capacity_retry_after_s(record, now, self._cloud)
             woken = record.with_event(
                 WAKE_REQUESTED,
-                reason="a request found no copy; asking the scaling hook for one",
+                reason=f"a request found no copy; asking the scaling hook for one{_ask_tag()}",
                 repeat=True,  # asked again: the wake's clock restarts
             )
             try:
@@ -315,12 +333,18 @@ class ModelDirectory:
                 except RegistryError as error:
                     logger.warning("wake of %s not re-read: %s", model, error.log_detail)
                     return wake_estimate_s(read, self._cloud)  # someone's wake just started
-                continue
+                if record is None or not _is_write_of(record, woken):
+                    continue
+                saved = record  # ours after all: hand it over, no one else will
             except RegistryError as error:
-                # The client still gets its 503 (not a 500): no wake is recorded, so AWS's
-                # no-capacity alarm adds the copy and the next refused request asks again.
-                logger.warning("wake of %s not recorded: %s", model, error.log_detail)
-                return capacity_retry_after_s(record, now, self._cloud)
+                landed = self._landed(woken)
+                if landed is None:
+                    # The client still gets its 503 (not a 500): no wake is recorded, so
+                    # AWS's no-capacity alarm adds the copy and the next refused request
+                    # asks again.
+                    logger.warning("wake of %s not recorded: %s", model, error.log_detail)
+                    return capacity_retry_after_s(record, now, self._cloud)
+                saved = landed
             self._remember(saved)
             self._dispatch(saved)
             return wake_estimate_s(saved, self._cloud)  # the wake starts now: all of it is left
@@ -384,7 +408,7 @@ class ModelDirectory:
         the GPU cap (or records WakeRefused) and sets the desired state. Without one, or if
         handing it over fails, the request wakes the model itself.
         """
-        from llmhost.errors import ConcurrentModification
+        from llmhost.errors import ConcurrentModification, RegistryError
         from llmhost.serving.wake import NoWakeDispatch, WakeDispatchFailed, wake_event
 
         if record.desired_state != "sleeping":
@@ -400,7 +424,7 @@ class ModelDirectory:
                         return  # asked already; the hook is deciding
                     asked = record.with_event(
                         WAKE_REQUESTED,
-                        reason="a request arrived while asleep; asking to wake",
+                        reason=f"a request arrived while asleep; asking to wake{_ask_tag()}",
                         repeat=True,  # asked again: the wake's clock restarts
                     )
                     try:
@@ -410,6 +434,14 @@ class ModelDirectory:
                         # Someone asked first, or changed something else (the reconciler):
                         # read it again, so a write unrelated to waking never loses the wake.
                         record = self._registry().get(record.name)
+                        if _is_write_of(record, asked):
+                            saved = record  # ours after all: hand it over
+                            break
+                    except RegistryError:
+                        saved = self._landed(asked)
+                        if saved is None:
+                            raise
+                        break
                 if saved is None:
                     return
                 try:
@@ -432,6 +464,18 @@ class ModelDirectory:
         finally:
             with self._lock:
                 self._loaded_at = float("-inf")  # re-read: the next request sees it waking
+
+    def _landed(self, asked: DeploymentRecord) -> DeploymentRecord | None:
+        """The stored record if the wake write ``asked``, which failed, landed after all (a
+        5xx or a timeout may come after DynamoDB applied it), else None (also when the
+        registry cannot be read)."""
+        from llmhost.errors import RegistryError
+
+        try:
+            stored = self._registry().find(asked.name)
+        except RegistryError:
+            return None
+        return stored if stored is not None and _is_write_of(stored, asked) else None
 
     def records(self) -> list[DeploymentRecord]:
         return sorted(self._records_now().values(), key=lambda r: r.name)
