@@ -231,6 +231,9 @@ class ServingSettings(BaseModel):
     # The scaling function a request for a zero-copy model wakes (async invoke); unset: the
     # registry's WakeRequested entry only, and AWS's no-capacity alarm adds the copy.
     scaling_function_name: str | None = None
+    # How long (cloud seconds) a process serves from its view of the registry before reading
+    # it again: a warm environment reads it at most once per this, not once per request.
+    route_cache_s: float = Field(default=10.0, gt=0, le=86400)
 
 
 def serving_settings() -> ServingSettings:
@@ -272,7 +275,9 @@ def _serving_service() -> ServingService:
             timeout_s=settings.serving_timeout_s, max_attempts=settings.serving_max_attempts
         )
     )
-    directory = ModelDirectory(registry, wake=wake_dispatcher, cloud_clock=clock())
+    directory = ModelDirectory(
+        registry, ttl_s=settings.route_cache_s, wake=wake_dispatcher, cloud_clock=clock()
+    )
     return ServingService(directory, invoker, embedder, store)
 
 
