@@ -113,6 +113,29 @@ def test_json_nested_3000_deep_is_400(handlers: dict[str, Any], route) -> None:
     assert (status, code) == (400, "invalid_json") and "nested" in message
 
 
+def _nested_unknown_field(levels: int) -> str:
+    """A valid chat whose unknown field is an object nested ``levels`` deep in all."""
+    return json.dumps(CHAT)[:-1] + ', "extra": ' + '{"x": ' * (levels - 1) + "1" + "}" * levels
+
+
+@pytest.mark.parametrize("route", [("api", "/v1/deployments"), ("serve", "/v1/chat/completions")])
+def test_an_unknown_field_nested_past_the_limit_is_400_as_on_the_openai_server(
+    handlers: dict[str, Any], route
+) -> None:
+    from llmhost.api.body import MAX_JSON_DEPTH
+
+    module, path = route
+    # An unknown field 190 deep is refused, as the OpenAI-compatible server refuses it
+    status, body, _ = send(handlers[module], "POST", path, _nested_unknown_field(190))
+    status, code, message = error_of(status, body)
+    assert (status, code) == (400, "invalid_json"), message
+    assert f"at most {MAX_JSON_DEPTH} levels" in message
+    if module == "serve":
+        # and one within the limit is ignored like any unknown field
+        status, body, _ = send(handlers[module], "POST", path, _nested_unknown_field(60))
+        assert (status, body) == (200, {"texts": ["hi"]})
+
+
 def test_deep_json_inside_a_valid_spec_is_400(handlers: dict[str, Any]) -> None:
     deep = json.dumps({**SPEC, "tags": {"a": "b"}}).replace('"b"', "[" * 3000 + "]" * 3000)
     status, body, _ = send(handlers["api"], "POST", "/v1/deployments", deep)

@@ -304,6 +304,13 @@ CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
         (json.dumps(CHAT).encode(), "multipart/form-data", 415, "application/json"),
         (json.dumps(CHAT).encode(), "application/json; charset=latin-1", 415, "utf-8"),
         (b'{"model": "m", "messages": ' + b"[" * 3000, "application/json", 400, "nested"),
+        # an unknown field past the nesting limit: as on the control API (test_bad_input)
+        (
+            json.dumps(CHAT)[:-1].encode() + b', "x": ' + b'{"x": ' * 189 + b"1" + b"}" * 190,
+            "application/json",
+            400,
+            "at most 64 levels",
+        ),
         (json.dumps({"model": "m"}).encode(), "application/json", 422, "messages"),
         (b'"just a string"', "application/json", 422, "object"),
     ],
@@ -326,6 +333,8 @@ def test_a_body_that_cannot_be_read_gets_a_4xx_in_openai_shape(
     error = _body(received)["error"]
     assert says.lower() in error["message"].lower()
     assert {"message", "type", "code"} <= set(error)
+    if "levels" in says:
+        assert error["code"] == "invalid_json"  # the control API's code for the same body
     assert service.calls == []
 
 

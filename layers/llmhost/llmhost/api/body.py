@@ -16,11 +16,15 @@ from pydantic_core import from_json
 
 from llmhost.errors import LlmhostError
 
+# Nesting a body may have, on every route of both APIs: far above any real request, and
+# checked before the data reaches a model or validator (jiter itself stops near 200).
+MAX_JSON_DEPTH = 64
+_TOO_DEEP = f"the JSON is nested too deeply (at most {MAX_JSON_DEPTH} levels)"
 _JSON_TYPE = re.compile(r"^application/(?:[\w.+-]+\+)?json$")
 _POSITION = re.compile(r"^(?P<what>.*) at line (?P<line>\d+) column (?P<column>\d+)$")
 # What pydantic's JSON parser (jiter) says, in words a client can act on.
 _JSON_PROBLEMS = {
-    "recursion limit exceeded": "the JSON is nested too deeply (at most about 200 levels)",
+    "recursion limit exceeded": _TOO_DEEP,
     "lone leading surrogate in hex escape": "a \\ud800-\\udbff escape is not followed by "
     "its low surrogate; a lone UTF-16 surrogate is not text: send the character itself or "
     "its full surrogate pair",
@@ -96,16 +100,35 @@ def parse_json_body(body: bytes | str | None, content_type: str | None = None) -
     """Parse a request body as strict JSON (no NaN or Infinity); ``None`` when empty.
 
     Raises UnsupportedMediaType (415) for a non-JSON Content-Type, InvalidBody (400) for a
-    body that is not UTF-8 text and InvalidJson (400) for bad JSON, with line and column.
+    body that is not UTF-8 text and InvalidJson (400) for bad JSON, with line and column, or
+    JSON nested deeper than MAX_JSON_DEPTH.
     """
     check_content_type(content_type)
     if body is None or not body.strip():
         return None
     data = _utf8(body)
     try:
-        return from_json(data, allow_inf_nan=False)
+        parsed = from_json(data, allow_inf_nan=False)
     except ValueError as error:
         raise InvalidJson(_json_problem(str(error))) from None
+    _check_depth(parsed)
+    return parsed
+
+
+def too_deep() -> InvalidJson:
+    return InvalidJson(_TOO_DEEP)
+
+
+def _check_depth(data: Any) -> None:
+    """Refuse nesting deeper than MAX_JSON_DEPTH anywhere, known fields or not."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise too_deep()
+            items = value.values() if isinstance(value, dict) else value
+            stack.extend((item, depth + 1) for item in items)
 
 
 def _utf8(body: bytes | str) -> bytes:

@@ -36,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from llmhost.api.body import InvalidBody, check_content_type, parse_json_body
+from llmhost.api.body import InvalidBody, check_content_type, parse_json_body, too_deep
 from llmhost.errors import LlmhostError
 from llmhost.serving.auth import ApiKeyAuth
 from llmhost.serving.ratelimit import KeyRateLimiter
@@ -44,7 +44,6 @@ from llmhost.serving.requests import ChatCompletionRequest, RagRequest
 from llmhost.specs import issues_from_validation_error
 
 MAX_BODY_BYTES = 1_048_576
-MAX_JSON_DEPTH = 64  # far above any real request; stops deep nesting before it reaches code
 LISTEN_BACKLOG = 2048
 
 M = TypeVar("M", bound=BaseModel)
@@ -334,11 +333,13 @@ def _too_large(size: int) -> BodyTooLarge:
 
 
 def parse_body(raw: bytes, model: type[M]) -> M:
-    """Decode, parse and validate a request body. Raises InvalidBody (400) for bytes that are
-    not UTF-8 JSON of sane depth, RequestInvalid (422) for JSON that is not this request."""
+    """Decode, parse and validate a request body. Raises InvalidBody or InvalidJson (400) for
+    bytes that are not UTF-8 JSON of sane depth, RequestInvalid (422) for JSON that is not
+    this request."""
     if not raw.strip():
         raise InvalidBody("the body is empty: send a JSON object")
-    # The same parser as the control API: UTF-8, strict JSON, line and column on errors.
+    # The same parser as the control API: UTF-8, strict JSON, line and column on errors, the
+    # same nesting limit.
     data = parse_json_body(raw)
     _check_values(data)
     if not isinstance(data, dict):
@@ -355,17 +356,17 @@ def parse_body(raw: bytes, model: type[M]) -> M:
             fields=[i.as_dict() for i in issues],
         ) from None
     except RecursionError:
-        raise _too_deep() from None
+        raise too_deep() from None
     except (ValueError, TypeError) as error:  # a validator that raised something plain
         raise RequestInvalid(f"the body is invalid: {error}", param="body") from None
 
 
 def _check_values(data: Any) -> None:
-    """Refuse nesting deeper than MAX_JSON_DEPTH and strings that are not valid Unicode (a
-    lone surrogate such as "\\ud800" parses, then fails wherever the text is encoded)."""
-    stack: list[tuple[Any, int, str]] = [(data, 1, "")]
+    """Refuse strings that are not valid Unicode (a lone surrogate such as "\\ud800" parses,
+    then fails wherever the text is encoded); the parser has checked the nesting."""
+    stack: list[tuple[Any, str]] = [(data, "")]
     while stack:
-        value, depth, path = stack.pop()
+        value, path = stack.pop()
         if isinstance(value, str):
             if not value.isascii():
                 try:
@@ -378,18 +379,12 @@ def _check_values(data: Any) -> None:
                     ) from None
             continue
         if isinstance(value, dict | list):
-            if depth > MAX_JSON_DEPTH:
-                raise _too_deep()
             items = value.items() if isinstance(value, dict) else enumerate(value)
             for key, item in items:
                 child = f"{path}.{key}" if path else str(key)
                 if isinstance(key, str):
-                    stack.append((key, depth, child))
-                stack.append((item, depth + 1, child))
-
-
-def _too_deep() -> InvalidBody:
-    return InvalidBody(f"the body is nested too deeply (at most {MAX_JSON_DEPTH} levels)")
+                    stack.append((key, child))
+                stack.append((item, child))
 
 
 # --------------------------------------------------------------------------- responses
