@@ -204,7 +204,12 @@ def test_curl_signed_requests_are_accepted(api: Api, method: str, path: str, dat
 def test_the_banners_ingest_command_works_as_printed(api: Api) -> None:
     # Given the banner of a stack on a port other than 8080
     text = runner.banner(
-        api.url, "http://127.0.0.1:1", moto="-", speed=600, data=runner.project_root(), engine="-"
+        api.url,
+        "http://127.0.0.1:1",
+        moto="-",
+        speed=600,
+        documents=runner.project_root(),
+        engine="-",
     )
     command = next(line.strip() for line in text.splitlines() if "ingest_folder" in line)
     assert f"--api {api.url}" in command

@@ -117,6 +117,8 @@ class LocalCloud:
         self.external_runtime_url = runtime_url
         self.moto_port = moto_port
         self.data_dir = project_root() / ".llmhost"
+        # Embedded Qdrant's folder: QDRANT_PATH when set, as in the serve and ingest functions.
+        self.qdrant_path = Path(os.environ.get("QDRANT_PATH") or self.data_dir / "qdrant")
         self.engine_url = engine_url
         self.engine_latency_ms = engine_latency_ms
         self.token_interval_ms = token_interval_ms
@@ -175,7 +177,7 @@ class LocalCloud:
                 "POWERTOOLS_TRACE_DISABLED": "true",
                 "POWERTOOLS_METRICS_DISABLED": "true",
                 "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "WARNING"),
-                "QDRANT_PATH": os.environ.get("QDRANT_PATH", str(self.data_dir / "qdrant")),
+                "QDRANT_PATH": str(self.qdrant_path),
                 # A local request may wait longer than API Gateway's 29 s would allow.
                 "SERVING_TIMEOUT_S": os.environ.get("SERVING_TIMEOUT_S", "60"),
                 "SERVING_MAX_ATTEMPTS": "1",
@@ -531,8 +533,11 @@ llmhost is running locally (no AWS account needed).
   moto server   {moto}   (DynamoDB, IAM, Secrets Manager, ...)
   SageMaker     stand-in, {speed:g}x faster than real (endpoint creation ~{create:g}s)
   model engine  {engine}
-  documents     {data}/qdrant (embedded Qdrant, kept between runs)
-
+  documents     {documents} (embedded Qdrant, kept between runs)
+{try_}
+Ctrl-C stops everything; state lives in memory only.
+"""
+BANNER_DEMO = """
 A deployment named "demo" is being created; it is IN_SERVICE in ~{create:g}s.
 Try:
   AUTH=(--aws-sigv4 aws:amz:us-east-1:execute-api --user {key}:{secret})
@@ -548,8 +553,13 @@ request ({speed:g}x its 5 idle minutes); the console shows each step. Then ask i
        -H 'Content-Type: application/json' \\
        -d '{{"model": "zero-demo", "messages": [{{"role": "user", "content": "hi"}}]}}'
 The first answer is 503 with Retry-After and wakes it; ask again a few seconds later.
-
-Ctrl-C stops everything; state lives in memory only.
+"""
+BANNER_NO_DEMO = """
+No deployment is being created (--no-demo): POST one to {api}/v1/deployments.
+Try:
+  AUTH=(--aws-sigv4 aws:amz:us-east-1:execute-api --user {key}:{secret})
+  curl -s "${{AUTH[@]}}" {api}/v1/deployments
+  {ingest}
 """
 DEFAULT_API = "http://127.0.0.1:8080"
 
@@ -570,22 +580,34 @@ def ingest_command(api: str) -> str:
     return command if api == DEFAULT_API else f"{command} --api {api}"
 
 
-def banner(api: str, openai: str, *, moto: str, speed: float, data: Path, engine: str) -> str:
-    """What ``make run`` prints once the stack is up (``api``, ``openai``: bound URLs)."""
-    return BANNER.format(
-        api=api,
-        openai=openai,
-        ingest=ingest_command(api),
-        key=ACCESS_KEY,
-        secret=SECRET_KEY,
-        moto=moto,
-        speed=speed,
-        create=600 / speed,
-        api_key=LOCAL_API_KEY,
-        engine=engine,
-        data=data,
-        idle=300 / speed,
-    )
+def banner(
+    api: str,
+    openai: str,
+    *,
+    moto: str,
+    speed: float,
+    documents: Path,
+    engine: str,
+    demo: bool = True,
+) -> str:
+    """What ``make run`` prints once the stack is up (``api``, ``openai``: bound URLs;
+    ``documents``: embedded Qdrant's folder; ``demo``: the demo deployments are created)."""
+    values = {
+        "api": api,
+        "openai": openai,
+        "ingest": ingest_command(api),
+        "key": ACCESS_KEY,
+        "secret": SECRET_KEY,
+        "moto": moto,
+        "speed": speed,
+        "create": 600 / speed,
+        "api_key": LOCAL_API_KEY,
+        "engine": engine,
+        "documents": documents,
+        "idle": 300 / speed,
+    }
+    try_ = (BANNER_DEMO if demo else BANNER_NO_DEMO).format(**values)
+    return BANNER.format(**values, try_=try_)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -644,8 +666,9 @@ def main(argv: list[str] | None = None) -> int:
         url_of(openai_server),
         moto=cloud.moto_url,
         speed=cloud.speed,
-        data=cloud.data_dir,
+        documents=cloud.qdrant_path,
         engine=engine,
+        demo=not args.no_demo,
     )
     print(text, flush=True)
     try:

@@ -1,0 +1,62 @@
+"""The local runner's startup banner says what the runner really did."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmhost.local import runner
+
+
+class _Server:
+    server_address = ("127.0.0.1", 8080)
+
+    def shutdown(self) -> None:
+        return None
+
+
+def _banner_of(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: Any) -> str:
+    """What ``make run`` prints with ``argv``, with no server started."""
+    created: list[str] = []
+    monkeypatch.setattr(runner.LocalCloud, "start", lambda self: setattr(self, "moto_url", "-"))
+    monkeypatch.setattr(runner.LocalCloud, "stop", lambda self: None)
+    monkeypatch.setattr(runner.LocalCloud, "start_openai_server", lambda self, port: _Server())
+    monkeypatch.setattr(runner.LocalCloud, "create_demo", lambda self: created.append("demo"))
+    monkeypatch.setattr(runner, "serve", lambda port, cloud: _Server())
+
+    def stop(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner.time, "sleep", stop)
+    assert runner.main(argv) == 0
+    text = capsys.readouterr().out
+    assert ("demo" in created) == ("--no-demo" not in argv)
+    return text
+
+
+def test_with_no_demo_the_banner_says_no_deployment_is_being_created(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = _banner_of(["--no-demo"], monkeypatch, capsys)
+    assert '"demo"' not in text and "zero-demo" not in text
+    assert "No deployment is being created (--no-demo)" in text
+    # and by default it announces the demo deployments it creates
+    text = _banner_of([], monkeypatch, capsys)
+    assert 'A deployment named "demo" is being created' in text and "zero-demo" in text
+
+
+def test_the_banner_names_the_qdrant_folder_in_use(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Given QDRANT_PATH points away from .llmhost/qdrant
+    monkeypatch.setenv("QDRANT_PATH", str(tmp_path / "elsewhere"))
+    text = _banner_of(["--no-demo"], monkeypatch, capsys)
+    # Then the banner names that folder, not the default
+    (line,) = [line for line in text.splitlines() if line.strip().startswith("documents")]
+    assert str(tmp_path / "elsewhere") in line and ".llmhost" not in line
+    # And without it, the default under the project
+    monkeypatch.delenv("QDRANT_PATH")
+    text = _banner_of(["--no-demo"], monkeypatch, capsys)
+    assert str(runner.project_root() / ".llmhost" / "qdrant") in text
