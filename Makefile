@@ -22,10 +22,11 @@ SAM_ENV := AWS_DEFAULT_REGION=us-east-1 SAM_CLI_TELEMETRY=0 PATH="$(PY313_DIR):$
 .PHONY: run test check lint typecheck unit checkov sam-validate sam-build build images embedding-model \
 	bench-coldstart bench-retrieval bench-serving bench-scaling bench-load clean
 
-$(VENV)/.installed: pyproject.toml
+# The product (llmhost, with the test tools) and local/'s emulated AWS and trace replay.
+$(VENV)/.installed: pyproject.toml local/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e ".[dev]"
+	$(VENV)/bin/pip install --quiet -e ".[dev]" -e ./local
 	touch $@
 
 $(SAM_VENV)/.installed:
@@ -54,7 +55,7 @@ embedding-model: $(EXPORT_VENV)/.installed
 
 ## run: the API, reconciler and emulated AWS on http://127.0.0.1:8080 (PORT=, SPEED=)
 run: $(VENV)/.installed embedding-model
-	$(PY) -m llmhost.local
+	$(PY) -m llmhost_local
 
 ## test: lint, mypy, unit + AWS-emulated tests, checkov, sam validate --lint and sam build
 test: lint typecheck unit checkov sam-validate sam-build
@@ -63,9 +64,9 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-## typecheck: mypy with the pydantic plugin on the library (pyproject.toml's [tool.mypy])
+## typecheck: mypy with the pydantic plugin on the library and local/ (pyproject.toml's [tool.mypy])
 typecheck: $(VENV)/.installed
-	$(VENV)/bin/mypy layers/llmhost/llmhost
+	$(VENV)/bin/mypy layers/llmhost/llmhost local/llmhost_local
 
 # The SAM virtualenv too: the SnapStart tests read the template after SAM's transform.
 unit: $(VENV)/.installed $(SAM_VENV)/.installed embedding-model

@@ -90,7 +90,7 @@ module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
 from snapshot_restore_py import get_after_restore, get_before_snapshot
 from llmhost import runtime, snapstart
-from llmhost.local.events import LambdaContext
+from llmhost_local.events import LambdaContext
 {before}
 reader, writer = os.pipe()
 t0 = time.perf_counter()
@@ -152,7 +152,7 @@ RAG_BODY = {
 PREPARE = f"""
 import importlib.util, json
 from llmhost import aws
-from llmhost.local.events import LambdaContext
+from llmhost_local.events import LambdaContext
 s3 = aws.client("s3")
 s3.create_bucket(Bucket={BUCKET!r})
 s3.put_object(Bucket={BUCKET!r}, Key={KEY!r}, Body={DOCUMENT.encode()!r})
@@ -246,7 +246,7 @@ class LocalStack:
         )  # fmt: skip
         self.stack = subprocess.Popen(
             [
-                sys.executable, "-m", "llmhost.local",
+                sys.executable, "-m", "llmhost_local",
                 "--port", str(api_port), "--openai-port", str(self.openai_port),
                 "--moto-port", str(moto_port), "--speed", "600", "--drift-seconds", "3600",
                 "--runtime-url", f"http://127.0.0.1:{front_port}",
@@ -267,7 +267,7 @@ class LocalStack:
 
     def wait_ready(self, timeout: float = 180) -> None:
         """Until the demo model answers a chat through the stack's OpenAI server."""
-        from llmhost.local.runner import LOCAL_API_KEY
+        from llmhost_local.runner import LOCAL_API_KEY
 
         deadline = time.monotonic() + timeout
         chat = {"model": "demo", "messages": [{"role": "user", "content": "ready?"}]}
@@ -293,8 +293,8 @@ class LocalStack:
 
 def serve_engine_process(engine_port: int, front_port: int) -> None:
     """The "SageMaker" side: the engine, and a runtime front routing every endpoint to it."""
-    from llmhost.local.engine import LocalEngine, serve_engine
-    from llmhost.local.runtime_front import RouteTarget, RuntimeFront, serve_front
+    from llmhost_local.engine import LocalEngine, serve_engine
+    from llmhost_local.runtime_front import RouteTarget, RuntimeFront, serve_front
 
     engine = LocalEngine()
     serve_engine(engine, port=engine_port)

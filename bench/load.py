@@ -1,6 +1,6 @@
 """Load benchmark: mixed traffic from many concurrent clients against the local stack.
 
-The stack runs as ``make run`` runs it, in its own process (``python -m llmhost.local``,
+The stack runs as ``make run`` runs it, in its own process (``python -m llmhost_local``,
 SageMaker time compressed ``--speed`` times, documents in a temporary Qdrant), unless
 ``--api`` points at one already running. Each client keeps one keep-alive connection to the
 control API (API Gateway in AWS) and signs every request with SigV4, as an AWS SDK would.
@@ -191,7 +191,7 @@ def start_stack(speed: float, data_dir: str, log: Path) -> tuple[subprocess.Pope
     command = [
         sys.executable,
         "-m",
-        "llmhost.local",
+        "llmhost_local",
         "--port",
         str(port),
         "--openai-port",

@@ -1,6 +1,6 @@
 """Scaling-policy benchmark: replay real request traces against scaling policies.
 
-For each trace, four policies run through the same simulator (llmhost.scaling.simulator),
+For each trace, four policies run through the same simulator (llmhost_local.replay.simulator),
 with the benchmark's fixed world (16 concurrent requests per copy; ContextTokens/4000 s +
 GeneratedTokens/40 s per request; +120 s to add a copy, 480 s from zero; delayed = waited
 more than 1 s):
@@ -27,7 +27,7 @@ making requests wait). ``refused`` counts requests an engine turned away with it
 (they also count as delayed).
 
 Traces: the files in ../shared/data/traces (Azure CSV, JSON lines, ServeGen windows) and the
-synthetic scenarios of ``llmhost.scaling.scenarios`` (step, bursts, diurnal), which need no
+synthetic scenarios of ``llmhost_local.replay.scenarios`` (step, bursts, diurnal), which need no
 data file.
 
 Usage: ``python bench/scaling.py [TRACE] [--traces DIR] [--start S] [--hours H]
@@ -52,9 +52,9 @@ from typing import Any
 import numpy as np
 
 from llmhost.scaling import policy as aas
-from llmhost.scaling import scenarios, simulator, traces
 from llmhost.scaling.policy import ScalingPolicy, policy_from_spec
 from llmhost.specs import Scaling
+from llmhost_local.replay import scenarios, simulator, traces
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACES = ROOT.parent / "shared" / "data" / "traces"

@@ -91,7 +91,7 @@ def _has_text(data: bytes) -> bool:
 def measure(args: argparse.Namespace) -> tuple[float, float]:
     import boto3
 
-    from llmhost.local.runner import LOCAL_API_KEY
+    from llmhost_local.runner import LOCAL_API_KEY
 
     engine_port, front_port, api_port, openai_port, moto_port = (free_port() for _ in range(5))
     env = {**os.environ, "PYDANTIC_DISABLE_PLUGINS": "__all__"}
@@ -107,7 +107,7 @@ def measure(args: argparse.Namespace) -> tuple[float, float]:
     # llmhost: the local stack, calling that runtime as it would call SageMaker.
     stack = subprocess.Popen(
         [
-            sys.executable, "-m", "llmhost.local",
+            sys.executable, "-m", "llmhost_local",
             "--port", str(api_port), "--openai-port", str(openai_port),
             "--moto-port", str(moto_port), "--speed", "600", "--drift-seconds", "3600",
             "--runtime-url", f"http://127.0.0.1:{front_port}",
@@ -270,8 +270,8 @@ def function_sizes(skip_build: bool) -> float:
 
 def serve_engine_process(engine_port: int, front_port: int) -> None:
     """The "SageMaker" side: the engine, and a runtime front routing every endpoint to it."""
-    from llmhost.local.engine import LocalEngine, serve_engine
-    from llmhost.local.runtime_front import RouteTarget, RuntimeFront, serve_front
+    from llmhost_local.engine import LocalEngine, serve_engine
+    from llmhost_local.runtime_front import RouteTarget, RuntimeFront, serve_front
 
     engine = LocalEngine(latency_ms=50, token_interval_ms=20)
     serve_engine(engine, port=engine_port)

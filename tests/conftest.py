@@ -157,7 +157,7 @@ def attach_standins(fake: Any, clock: Any) -> Any:
     """Route llmhost's sagemaker clients, and the autoscaling requests moto cannot serve, to
     the stand-ins. Returns the Application Auto Scaling stand-in."""
     from llmhost import aws
-    from llmhost.local.standin import AutoScalingStandIn
+    from llmhost_local.standin import AutoScalingStandIn
 
     scaling = AutoScalingStandIn(sagemaker=fake, clock=clock, region="us-east-1")
 
@@ -175,7 +175,7 @@ def attach_standins(fake: Any, clock: Any) -> Any:
 def standin(moto_aws: None, clock: ManualClock) -> Any:
     """The SageMaker stand-in attached to every sagemaker client llmhost builds (and the
     Application Auto Scaling stand-in to the autoscaling ones)."""
-    from llmhost.local.standin import SageMakerStandIn
+    from llmhost_local.standin import SageMakerStandIn
 
     fake = SageMakerStandIn(clock=clock, region="us-east-1")
     # Kept on the SageMaker stand-in for the tests that look at scalable targets.
@@ -242,8 +242,8 @@ ApiCall = Callable[..., tuple[int, dict[str, Any]]]
 def api_function() -> ApiCall:
     """One API function instance (its own module, as in its own Lambda container), called
     with the proxy events API Gateway sends: ``call(method, path, body=None)``."""
-    from llmhost.local.events import LambdaContext, api_gateway_event
-    from llmhost.local.runner import load_handler
+    from llmhost_local.events import LambdaContext, api_gateway_event
+    from llmhost_local.runner import load_handler
 
     module = load_handler("api", "llmhost-api")
 
@@ -260,7 +260,7 @@ def api_function() -> ApiCall:
 class RunningStack:
     """``make run`` in this process: the emulated cloud and the URLs of its servers."""
 
-    cloud: Any  # llmhost.local.runner.LocalCloud
+    cloud: Any  # llmhost_local.runner.LocalCloud
     api: str  # the control API (SigV4), as API Gateway serves it
     openai: str  # the OpenAI-compatible server's base URL, without /v1 ("" when not started)
 
@@ -276,7 +276,7 @@ def local_stack(
     """Start the local stack on free ports (``options`` go to LocalCloud), and on exit stop
     it and give the process back its environment and fresh client caches."""
     from llmhost import aws, runtime
-    from llmhost.local import runner
+    from llmhost_local import runner
 
     saved = dict(os.environ)
     os.environ["QDRANT_PATH"] = str(qdrant_path)

@@ -10,7 +10,7 @@ import pytest
 from botocore.exceptions import ClientError, ParamValidationError
 from moto import mock_aws
 
-from llmhost.local.standin import AutoScalingStandIn, SageMakerStandIn, manual_clock
+from llmhost_local.standin import AutoScalingStandIn, SageMakerStandIn, manual_clock
 
 ROLE = "arn:aws:iam::123456789012:role/sagemaker-execution"
 IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch-tgi-inference:2.4"

@@ -23,8 +23,6 @@ from conftest import load_event
 from llmhost import aws, runtime
 from llmhost.errors import LlmhostError
 from llmhost.lifecycle.record import DeploymentRecord
-from llmhost.local.events import LambdaContext
-from llmhost.local.runner import load_handler
 from llmhost.rag.embeddings.artifact import REPO_MODEL_DIR
 from llmhost.rag.embeddings.sagemaker import SageMakerEmbedder
 from llmhost.rag.store import VectorStore
@@ -33,6 +31,8 @@ from llmhost.serving.requests import ChatCompletionRequest
 from llmhost.serving.routing import ModelDirectory, pending_wake
 from llmhost.serving.service import ServingService
 from llmhost.specs import parse_spec
+from llmhost_local.events import LambdaContext
+from llmhost_local.runner import load_handler
 
 FAULTS = ["throttled", "5xx", "timeout", "unreachable"]
 STATUS = {"throttled": 429, "5xx": 503, "timeout": 504, "unreachable": 503}

@@ -13,10 +13,10 @@ from conftest import load_event
 from llmhost import runtime
 from llmhost.errors import LlmhostError
 from llmhost.lifecycle.record import DeploymentRecord
-from llmhost.local.events import LambdaContext, api_gateway_event
-from llmhost.local.runner import load_handler
 from llmhost.serving.routing import ModelDirectory
 from llmhost.specs import parse_spec
+from llmhost_local.events import LambdaContext, api_gateway_event
+from llmhost_local.runner import load_handler
 
 LIMIT = 5  # HistoryLimit's smallest value
 SPEC = {

@@ -11,10 +11,10 @@ import pytest
 from qdrant_client import QdrantClient
 
 from llmhost import runtime
-from llmhost.local import ingest_folder
-from llmhost.local.events import LambdaContext, api_gateway_event
-from llmhost.local.runner import load_handler
 from llmhost.rag.store import VectorStore
+from llmhost_local import ingest_folder
+from llmhost_local.events import LambdaContext, api_gateway_event
+from llmhost_local.runner import load_handler
 
 
 @pytest.fixture

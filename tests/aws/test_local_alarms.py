@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from llmhost import aws
-from llmhost.local.alarms import AlarmEvaluator
-from llmhost.local.runtime_front import InvocationLog
 from llmhost.scaling.policy import policy_from_spec
 from llmhost.specs import Scaling
+from llmhost_local.alarms import AlarmEvaluator
+from llmhost_local.runtime_front import InvocationLog
 
 SPEED = 60.0  # one minute lasts one second
 

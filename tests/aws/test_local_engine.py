@@ -16,7 +16,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, EventStreamError
 
 from conftest import StreamGate
-from llmhost.local.engine import (
+from llmhost_local.engine import (
     NOTE,
     LocalEngine,
     StreamingHandler,
@@ -25,7 +25,7 @@ from llmhost.local.engine import (
     read_turns,
     serve_engine,
 )
-from llmhost.local.runtime_front import RouteTarget, RuntimeFront, serve_front
+from llmhost_local.runtime_front import RouteTarget, RuntimeFront, serve_front
 
 PASSAGES = (
     "Answer with the context.\n\nContext:\n"

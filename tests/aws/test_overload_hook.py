@@ -21,13 +21,13 @@ from test_lifecycle import Harness
 
 from conftest import load_event
 from llmhost import aws, runtime
-from llmhost.local.events import LambdaContext
-from llmhost.local.runner import load_handler
 from llmhost.scaling.capacity_guard import Capacity
 from llmhost.scaling.hook import plan_overload
 from llmhost.scaling.hook_events import Datapoint, parse_alarm_event
 from llmhost.scaling.policy import TARGET_UTILIZATION, policy_from_spec
 from llmhost.specs import Scaling
+from llmhost_local.events import LambdaContext
+from llmhost_local.runner import load_handler
 
 SHARED: dict[str, Any] = {
     "name": "zephyr",
@@ -291,10 +291,12 @@ def max_capacity() -> int:
 
 def tracking_after(desired: int, metric: float) -> int:
     """What target tracking sets desired copies to, within the registered scalable target's
-    bounds, for ``metric`` (as the replay computes it: llmhost.scaling.policy.scale_out)."""
+    bounds, for ``metric`` (as the replay computes it: llmhost_local.replay.autoscaling's
+    scale_out)."""
     from dataclasses import replace
 
     from llmhost.scaling import policy as aas
+    from llmhost_local.replay import autoscaling
 
     (target,) = aws.client("application-autoscaling").describe_scalable_targets(
         ServiceNamespace="sagemaker", ResourceIds=["inference-component/zephyr"]
@@ -305,7 +307,7 @@ def tracking_after(desired: int, metric: float) -> int:
         min_capacity=int(target["MinCapacity"]),
         max_capacity=int(target["MaxCapacity"]),
     )
-    return aas.scale_out(bounds, aas.ScalingState(desired=desired), 0.0, metric).desired
+    return autoscaling.scale_out(bounds, aas.ScalingState(desired=desired), 0.0, metric).desired
 
 
 def held_overload(harness: Harness, clock: Any) -> int:

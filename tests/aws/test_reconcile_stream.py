@@ -17,11 +17,11 @@ from moto.events.models import EventPattern
 
 from conftest import ROOT, TABLE, load_event
 from llmhost import aws, runtime
-from llmhost.local.events import LambdaContext
-from llmhost.local.runner import load_handler
-from llmhost.local.streams import lambda_record, stream_source
 from llmhost.scaling.budget import BudgetLedger
 from llmhost.scaling.capacity_guard import CapacityGuard
+from llmhost_local.events import LambdaContext
+from llmhost_local.runner import load_handler
+from llmhost_local.streams import lambda_record, stream_source
 
 Records = list[dict[str, Any]]
 

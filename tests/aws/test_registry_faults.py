@@ -19,11 +19,11 @@ import pytest
 from llmhost import aws, runtime
 from llmhost.errors import RegistryBusy, RegistryError, RegistryUnavailable
 from llmhost.lifecycle.record import DeploymentRecord
-from llmhost.local.events import LambdaContext, api_gateway_event
-from llmhost.local.runner import load_handler
 from llmhost.scaling.budget import BudgetLedger
 from llmhost.scaling.capacity_guard import CapacityLock
 from llmhost.specs import parse_spec
+from llmhost_local.events import LambdaContext, api_gateway_event
+from llmhost_local.runner import load_handler
 
 THROTTLING = [
     "ProvisionedThroughputExceededException",

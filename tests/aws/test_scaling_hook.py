@@ -11,11 +11,11 @@ import pytest
 from conftest import load_event
 from llmhost import runtime
 from llmhost.lifecycle.record import DeploymentRecord
-from llmhost.local.events import LambdaContext
-from llmhost.local.runner import load_handler
 from llmhost.scaling.hook import decide
 from llmhost.scaling.hook_events import parse_alarm_event
 from llmhost.specs import parse_spec
+from llmhost_local.events import LambdaContext
+from llmhost_local.runner import load_handler
 
 DEDICATED = {
     "name": "llama3-8b",

@@ -197,7 +197,7 @@ class RecordingHarness(Harness):
 
 
 def _fresh_harness(clock: Any) -> RecordingHarness:
-    from llmhost.local.standin import SageMakerStandIn
+    from llmhost_local.standin import SageMakerStandIn
 
     aws.reset()
     runtime.reset()

@@ -15,8 +15,8 @@ import snapshot_restore_py
 from starlette.testclient import TestClient
 
 from llmhost import aws, runtime, snapstart
-from llmhost.local.runner import load_handler
 from llmhost.serving import lambda_http
+from llmhost_local.runner import load_handler
 
 
 @pytest.fixture

@@ -113,7 +113,7 @@ def test_serving_routes_are_exactly_what_the_serving_app_routes(template: dict[s
 def test_the_local_gateway_routes_to_the_serve_function_as_the_template_does(
     template: dict[str, Any],
 ) -> None:
-    from llmhost.local import gateway
+    from llmhost_local import gateway
 
     # The local API Gateway's resource table is the template's ServeFunction routes
     local = {(method, resource) for resource, ms in gateway.SERVE_RESOURCES for method in ms}

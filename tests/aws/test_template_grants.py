@@ -119,9 +119,9 @@ def test_each_control_plane_role_grants_every_call_its_code_makes(
 
     from llmhost import runtime
     from llmhost.lifecycle.record import DeploymentRecord
-    from llmhost.local.events import LambdaContext, api_gateway_event
-    from llmhost.local.runner import load_handler
     from llmhost.specs import parse_spec
+    from llmhost_local.events import LambdaContext, api_gateway_event
+    from llmhost_local.runner import load_handler
 
     for key, value in {
         "SCHEDULE_GROUP": "llmhost-schedules",

@@ -28,7 +28,7 @@ from schemathesis.core.failures import FailureGroup
 from schemathesis.specs.openapi import checks
 
 from conftest import local_stack
-from llmhost.local import runner
+from llmhost_local import runner
 
 pytestmark = pytest.mark.e2e
 

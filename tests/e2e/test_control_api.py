@@ -23,7 +23,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from conftest import local_stack
-from llmhost.local import runner
+from llmhost_local import runner
 
 pytestmark = pytest.mark.e2e
 

@@ -22,7 +22,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from conftest import StreamGate, local_stack
-from llmhost.local import runner
+from llmhost_local import runner
 
 pytestmark = pytest.mark.e2e
 
@@ -248,7 +248,7 @@ def test_a_sleeping_model_answers_503_with_retry_after_through_the_control_api(
 
 
 def test_ingest_folder_cli(local: Local, tmp_path: Path) -> None:
-    from llmhost.local import ingest_folder
+    from llmhost_local import ingest_folder
 
     (tmp_path / "a.md").write_text("# Tides\nTides are caused by the Moon's gravity.")
     (tmp_path / "b.jsonl").write_text(
@@ -263,7 +263,7 @@ def test_ingest_folder_cli(local: Local, tmp_path: Path) -> None:
 def test_the_ingest_cli_names_files_by_their_folder_path_and_they_delete_by_it(
     local: Local, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from llmhost.local import ingest_folder
+    from llmhost_local import ingest_folder
 
     # Given a folder with a nested file, ingested with the CLI over real HTTP
     (tmp_path / "guides").mkdir()

@@ -17,8 +17,8 @@ import pytest
 from moto.events.models import EventPattern
 
 from conftest import local_stack
-from llmhost.local import runner
-from llmhost.local.streams import stream_source
+from llmhost_local import runner
+from llmhost_local.streams import stream_source
 
 pytestmark = pytest.mark.e2e
 

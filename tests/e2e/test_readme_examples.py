@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import local_stack
-from llmhost.local import runner
+from llmhost_local import runner
 
 pytestmark = pytest.mark.e2e
 
@@ -63,7 +63,7 @@ def test_ingest_then_stream_with_sources_as_the_readme_shows(stack: tuple[str, s
         line
         for block in _blocks("bash")
         for line in block.splitlines()
-        if line.startswith(".venv/bin/python -m llmhost.local.ingest_folder")
+        if line.startswith(".venv/bin/python -m llmhost_local.ingest_folder")
     ]
     argv = shlex.split(ingest)
     argv[0] = sys.executable  # the same interpreter as .venv/bin/python when run by make

@@ -17,13 +17,13 @@ from llmhost.engines.chat_templates import render_prompt
 from llmhost.engines.codecs import ChatMessage
 from llmhost.errors import LlmhostError
 from llmhost.lifecycle.record import DeploymentRecord
-from llmhost.local.engine import LocalEngine, count_tokens
 from llmhost.serving.errors import engine_error
 from llmhost.serving.requests import ChatCompletionRequest
 from llmhost.serving.routing import ModelRoute, route_for
 from llmhost.serving.service import ServingService
 from llmhost.specs import parse_spec
 from llmhost.token_counting import token_counter_for
+from llmhost_local.engine import LocalEngine, count_tokens
 
 ENGINES = ("tgi", "vllm", "lmi", "hf-inference")
 QUESTION = "How is sourdough bread leavened?"

@@ -12,7 +12,7 @@ from botocore.eventstream import ChecksumMismatch, EventStreamBuffer
 from botocore.exceptions import EventStreamError
 from botocore.parsers import create_parser
 
-from llmhost.local import eventstream
+from llmhost_local import eventstream
 
 
 def decode(data: bytes, chunk_sizes: list[int] | None = None) -> list[object]:

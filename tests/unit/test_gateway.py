@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from llmhost.local import events, gateway
+from llmhost_local import events, gateway
 
 
 def test_the_event_keeps_every_value_of_repeated_headers_and_query_parameters() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from llmhost.local import runner
+from llmhost_local import runner
 
 
 class _Server:

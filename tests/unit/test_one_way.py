@@ -1,4 +1,4 @@
-"""One way to do each thing, in the product (the Lambda layer's code, not its local emulation).
+"""One way to do each thing, in the product (the Lambda layer's code).
 
 Logging goes through Powertools Logger (a library module's logger is a child of its
 function's); AWS clients come from ``llmhost.aws``; the product makes no HTTP calls of its
@@ -13,8 +13,6 @@ import re
 from pathlib import Path
 
 PRODUCT = Path(__file__).resolve().parents[2] / "layers" / "llmhost" / "llmhost"
-# Local emulation: it never runs in AWS and is not the product.
-EMULATION = {"local"}
 # Modules that make HTTP requests themselves.
 HTTP_CLIENTS = {"urllib.request", "http.client", "requests", "aiohttp", "httpx", "urllib3"}
 # qdrant-client's transport is httpx; the store reads its exception types to type errors.
@@ -26,8 +24,6 @@ def _modules() -> list[tuple[str, ast.Module]]:
     found = []
     for path in sorted(PRODUCT.rglob("*.py")):
         relative = path.relative_to(PRODUCT).as_posix()
-        if relative.split("/")[0] in EMULATION:
-            continue
         found.append((relative, ast.parse(path.read_text(), filename=str(path))))
     return found
 
@@ -95,7 +91,9 @@ def test_make_test_type_checks_the_library() -> None:
     makefile = (PRODUCT.parents[2] / "Makefile").read_text()
     assert re.search(r"^test: .*\btypecheck\b", makefile, re.M)
     assert re.search(
-        r"^typecheck: .*\n\t\$\(VENV\)/bin/mypy layers/llmhost/llmhost$", makefile, re.M
+        r"^typecheck: .*\n\t\$\(VENV\)/bin/mypy layers/llmhost/llmhost local/llmhost_local$",
+        makefile,
+        re.M,
     )
 
 

@@ -1,5 +1,6 @@
 """Scaling policy: what a spec's Scaling block deploys as, and what Application Auto Scaling
-decides with it (target tracking formula, cooldowns, bounds, step policy, alarms)."""
+decides with it (target tracking formula, cooldowns, bounds, step policy, alarms: the replay's
+``llmhost_local.replay.autoscaling``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from botocore.validate import validate_parameters
 from llmhost.scaling import policy as aas
 from llmhost.scaling.policy import ScalingState, policy_from_spec
 from llmhost.specs import Scaling
+from llmhost_local.replay import autoscaling
 
 COMPONENT = "inference-component/llama3-8b-ic"
 HIGH_RES_PER_COPY = "SageMakerInferenceComponentConcurrentRequestsPerCopyHighResolution"
@@ -263,10 +265,10 @@ def policy_for(**fields: Any) -> aas.ScalingPolicy:
 
 
 def test_target_tracking_formula_rounds_up_but_ignores_float_noise() -> None:
-    assert aas.target_tracking_capacity(2, 15, 10) == 3
-    assert aas.target_tracking_capacity(3, 4.0000000001, 4) == 3
-    assert aas.target_tracking_capacity(3, 0, 4) == 0
-    assert aas.target_tracking_capacity(0, 50, 4) == 0
+    assert autoscaling.target_tracking_capacity(2, 15, 10) == 3
+    assert autoscaling.target_tracking_capacity(3, 4.0000000001, 4) == 3
+    assert autoscaling.target_tracking_capacity(3, 0, 4) == 0
+    assert autoscaling.target_tracking_capacity(0, 50, 4) == 0
 
 
 def test_scale_out_is_proportional_and_cooldown_prevents_double_counting() -> None:
@@ -274,23 +276,23 @@ def test_scale_out_is_proportional_and_cooldown_prevents_double_counting() -> No
     policy = policy_for()
     state = ScalingState(desired=2)
     # When the high alarm fires
-    state = aas.scale_out(policy, state, now=0, metric=20)
+    state = autoscaling.scale_out(policy, state, now=0, metric=20)
     # Then capacity doubles at once and a cooldown starts
     assert state.desired == 4 and state.scale_out_until == 180
     # When it fires again before the new copies serve (metric unchanged)
-    again = aas.scale_out(policy, state, now=60, metric=20)
+    again = autoscaling.scale_out(policy, state, now=60, metric=20)
     # Then nothing is added: the copies still starting are counted
     assert again.desired == 4
     # But a rising load within the cooldown still scales out, from the pre-activity base
-    assert aas.scale_out(policy, state, now=60, metric=30).desired == 6
+    assert autoscaling.scale_out(policy, state, now=60, metric=30).desired == 6
 
 
 def test_scale_out_after_a_cooldown_shorter_than_startup_overshoots() -> None:
     # Given a cooldown that ends before the added copies serve (the metric still reads high)
     policy = policy_for(scale_out_cooldown_s=60)
-    state = aas.scale_out(policy, ScalingState(desired=2), now=0, metric=20)
+    state = autoscaling.scale_out(policy, ScalingState(desired=2), now=0, metric=20)
     # When the alarm fires again after the cooldown but before the copies are ready
-    state = aas.scale_out(policy, state, now=90, metric=20)
+    state = autoscaling.scale_out(policy, state, now=90, metric=20)
     # Then AWS compounds: 4 x 20 / 10 = 8 copies for a load that needs 4. This is why the
     # scale-out cooldown must outlast the 120 s it takes to add a copy.
     assert state.desired == 8
@@ -298,7 +300,7 @@ def test_scale_out_after_a_cooldown_shorter_than_startup_overshoots() -> None:
 
 def test_scale_out_is_clamped_to_max_capacity() -> None:
     policy = policy_for(max_capacity=3)
-    state = aas.scale_out(policy, ScalingState(desired=2), now=0, metric=100)
+    state = autoscaling.scale_out(policy, ScalingState(desired=2), now=0, metric=100)
     assert state.desired == 3
     assert state.activities[-1] == aas.Activity(0, 2, 3, "target-tracking-out")
 
@@ -311,22 +313,22 @@ def test_scale_in_keeps_the_metric_under_target_respects_min_and_cooldowns() -> 
     policy = replace(base, target_tracking=replace(base.target_tracking, disable_scale_in=False))
     state = ScalingState(desired=6)
     # When the low alarm fires
-    state = aas.scale_in(policy, state, now=1000, metric=3)
+    state = autoscaling.scale_in(policy, state, now=1000, metric=3)
     # Then capacity falls to what keeps the metric at or under target: ceil(6*3/10) = 2
     assert state.desired == 2 and state.scale_in_until == 1300
     # And a second scale-in waits for the scale-in cooldown
-    assert aas.scale_in(policy, state, now=1100, metric=0.5).desired == 2
+    assert autoscaling.scale_in(policy, state, now=1100, metric=0.5).desired == 2
     # After it, it may reach the minimum but never go below
-    assert aas.scale_in(policy, state, now=1400, metric=0).desired == 1
+    assert autoscaling.scale_in(policy, state, now=1400, metric=0).desired == 1
 
 
 def test_no_scale_in_while_a_scale_out_settles_or_when_disabled() -> None:
     policy = policy_for()
-    state = aas.scale_out(policy, ScalingState(desired=2), now=0, metric=20)
-    assert aas.scale_in(policy, state, now=100, metric=1).desired == 4
+    state = autoscaling.scale_out(policy, ScalingState(desired=2), now=0, metric=20)
+    assert autoscaling.scale_in(policy, state, now=100, metric=1).desired == 4
     base = policy_for()
     frozen = replace(base, target_tracking=replace(base.target_tracking, disable_scale_in=True))
-    assert aas.scale_in(frozen, ScalingState(desired=5), now=0, metric=1).desired == 5
+    assert autoscaling.scale_in(frozen, ScalingState(desired=5), now=0, metric=1).desired == 5
 
 
 def test_step_policy_wakes_one_copy_and_cooldown_holds_it_while_it_starts() -> None:
@@ -334,23 +336,23 @@ def test_step_policy_wakes_one_copy_and_cooldown_holds_it_while_it_starts() -> N
     policy = policy_for(min_capacity=0, scale_to_zero=True)
     state = ScalingState(desired=0)
     # When the NoCapacityInvocationFailures alarm fires
-    state = aas.step(policy, state, now=60, metric=3)
+    state = autoscaling.step(policy, state, now=60, metric=3)
     # Then one copy is asked for
     assert state.desired == 1
     # And failures that keep arriving while it starts do not add more
-    assert aas.step(policy, state, now=120, metric=5).desired == 1
-    assert aas.step(policy, state, now=60 + aas.WAKE_COOLDOWN_S, metric=5).desired == 2
+    assert autoscaling.step(policy, state, now=120, metric=5).desired == 1
+    assert autoscaling.step(policy, state, now=60 + aas.WAKE_COOLDOWN_S, metric=5).desired == 2
 
 
 def test_idle_and_wake_hooks() -> None:
     policy = policy_for(min_capacity=0, scale_to_zero=True)
-    asleep = aas.idle(policy, ScalingState(desired=3), now=10)
+    asleep = autoscaling.idle(policy, ScalingState(desired=3), now=10)
     assert asleep.desired == 0 and asleep.activities[-1].cause == "idle"
-    awake = aas.wake(policy, asleep, now=20)
+    awake = autoscaling.wake(policy, asleep, now=20)
     assert awake.desired == 1 and awake.activities[-1] == aas.Activity(20, 0, 1, "wake")
-    assert aas.wake(policy, awake, now=30) is awake  # already waking: one wake, not two
+    assert autoscaling.wake(policy, awake, now=30) is awake  # already waking: one wake, not two
     # A policy without scale to zero never idles
-    assert aas.idle(policy_for(), ScalingState(desired=2), now=0).desired == 2
+    assert autoscaling.idle(policy_for(), ScalingState(desired=2), now=0).desired == 2
 
 
 def test_scaling_state_starts_without_cooldowns() -> None:

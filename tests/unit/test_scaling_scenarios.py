@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from llmhost.scaling import policy as aas
-from llmhost.scaling import scenarios, simulator
 from llmhost.scaling.policy import ScalingPolicy, policy_from_spec
-from llmhost.scaling.traces import RequestBatch, Trace, TraceUnreadable
 from llmhost.specs import Scaling
+from llmhost_local.replay import scenarios, simulator
+from llmhost_local.replay.traces import RequestBatch, Trace, TraceUnreadable
 
 WORLD = simulator.CapacityModel()
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "scaling.py"

@@ -14,7 +14,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from llmhost.local import sigv4
+from llmhost_local import sigv4
 
 KEY, SECRET = "llmhost-local", "llmhost-local-secret"
 HOST = "127.0.0.1:8080"

@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from llmhost.scaling import simulator as sim
-from llmhost.scaling import traces
 from llmhost.scaling.policy import policy_from_spec
-from llmhost.scaling.traces import RequestBatch, TraceUnreadable
 from llmhost.specs import Scaling
+from llmhost_local.replay import simulator as sim
+from llmhost_local.replay import traces
+from llmhost_local.replay.traces import RequestBatch, TraceUnreadable
 
 SERVICE_TOKENS = 10_000  # 2.5 s per request
 

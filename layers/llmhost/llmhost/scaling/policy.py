@@ -7,10 +7,11 @@ and manages itself), and for scale to zero a step scaling policy with its
 ``*_request`` methods give the bodies of the AWS calls that deploy it (the caller adds resource
 ids, names and ARNs).
 
-The second half of the module is what Application Auto Scaling does with such a policy when an
-alarm fires: the target tracking formula, cooldowns, min/max clamping and the step adjustments.
-The trace replay (``llmhost.scaling.simulator``) calls these same functions, so the policy that
-is benchmarked is the policy that is deployed. Everything here is pure: values in, values out.
+The last part is the state of a scalable target (``ScalingState``) and the decisions llmhost's
+scaling hook takes on its overload and underload alarms. The trace replay
+(``llmhost_local.replay``, with what Application Auto Scaling itself does with the policy when an
+alarm fires) calls these same functions and policies, so the policy that is benchmarked is the
+policy that is deployed. Everything here is pure: values in, values out.
 
 Sources for AWS's behaviour:
 - target tracking: https://docs.aws.amazon.com/autoscaling/application/userguide/target-tracking-scaling-policy-overview.html
@@ -448,7 +449,7 @@ def copy_capacity(
     return CopyCapacity(concurrency, queue)
 
 
-# The benchmark's fixed world (llmhost.scaling.simulator.CapacityModel): 16 requests at once.
+# The benchmark's fixed world (llmhost_local.replay.simulator.CapacityModel): 16 requests at once.
 BENCHMARK_COPY = CopyCapacity(concurrency=16, queue_limit=math.ceil(16 * QUEUE_BATCHES))
 
 # Overload: when engines refuse requests (their queues are full), the demand ratio r (a
@@ -641,7 +642,7 @@ def policy_from_spec(scaling: Scaling, copy: CopyCapacity = BENCHMARK_COPY) -> S
     )
 
 
-# ------------------------------------------------- what Application Auto Scaling does with it
+# --------------------------------------- the state of a scalable target, and the hook's decisions
 
 
 @dataclass(frozen=True)
@@ -661,6 +662,12 @@ class ScalingState:
     step_base: int = 0
     woken_at: float = -math.inf  # last time a wake (hook or step policy) left zero
     activities: tuple[Activity, ...] = field(default=(), repr=False)
+
+    def changed(self, now: float, desired: int, cause: Any, **changes: Any) -> ScalingState:
+        """This state after an activity at ``now`` set desired capacity to ``desired``:
+        the activity (``cause``: the policy or hook behind it) is recorded, ``changes`` set."""
+        activity = Activity(now, self.desired, desired, cause)
+        return replace(self, desired=desired, activities=(*self.activities, activity), **changes)
 
 
 @dataclass(frozen=True)
@@ -682,112 +689,6 @@ class Activity:
     ]
 
 
-def target_tracking_capacity(capacity: int, metric: float, target: float) -> int:
-    """ceil(capacity x metric / target): the capacity that brings the metric to the target.
-
-    A tiny tolerance keeps float noise (4.0000000001) from adding a whole copy.
-    """
-    if capacity <= 0 or metric <= 0:
-        return 0
-    return math.ceil(capacity * metric / target - 1e-9)
-
-
-def _set(state: ScalingState, now: float, after: int, cause: Any, **changes: Any) -> ScalingState:
-    activity = Activity(now, state.desired, after, cause)
-    return replace(state, desired=after, activities=(*state.activities, activity), **changes)
-
-
-def scale_out(
-    policy: ScalingPolicy,
-    state: ScalingState,
-    now: float,
-    metric: float,
-    in_service: int | None = None,
-) -> ScalingState:
-    """The target tracking policy's high alarm is in ALARM with ``metric`` as its datapoint.
-
-    Capacity only grows. Outside a cooldown the new capacity is computed from the current
-    desired capacity; inside one, from the capacity before the initiating scale-out, and it
-    applies only if larger than what that activity already asked for. With ``in_service``
-    (the metric's own denominator) the capacity is computed from the copies in service
-    instead: AWS does not document which of the two its formula uses, so the replay can run
-    either (``Mechanics.tracking_capacity``).
-    """
-    tracking = policy.target_tracking
-    cooling = now < state.scale_out_until
-    base = state.scale_out_base if cooling else state.desired
-    if in_service is not None:
-        base = in_service
-    wanted = policy.clamp(target_tracking_capacity(base, metric, tracking.target_value))
-    if wanted <= state.desired:
-        return state
-    if cooling:
-        return _set(state, now, wanted, "target-tracking-out")
-    return _set(
-        state,
-        now,
-        wanted,
-        "target-tracking-out",
-        scale_out_until=now + tracking.scale_out_cooldown_s,
-        scale_out_base=state.desired,
-    )
-
-
-def scale_in(policy: ScalingPolicy, state: ScalingState, now: float, metric: float) -> ScalingState:
-    """The low alarm is in ALARM (the metric stayed well below target for the whole window).
-
-    Removes only what keeps the metric at or under the target, never below min_capacity, and
-    not during either cooldown (a scale-out still settling is not undone).
-    """
-    tracking = policy.target_tracking
-    if tracking.disable_scale_in or now < state.scale_in_until or now < state.scale_out_until:
-        return state
-    wanted = policy.clamp(target_tracking_capacity(state.desired, metric, tracking.target_value))
-    if wanted >= state.desired:
-        return state
-    return _set(
-        state,
-        now,
-        wanted,
-        "target-tracking-in",
-        scale_in_until=now + tracking.scale_in_cooldown_s,
-    )
-
-
-def step(policy: ScalingPolicy, state: ScalingState, now: float, metric: float) -> ScalingState:
-    """The scale-from-zero step policy's alarm is in ALARM with ``metric`` aggregated.
-
-    Scale-out only. Inside the policy's cooldown the adjustment applies to the capacity
-    before the activity that started it, and only if that asks for more (capacity still
-    starting is not asked for twice)."""
-    wake = policy.scale_from_zero
-    if wake is None:
-        return state
-    adjustment = wake.adjustment_for(metric)
-    if adjustment is None:
-        return state
-    if wake.adjustment_type == "ExactCapacity":
-        wanted = policy.clamp(adjustment)
-        return state if wanted == state.desired else _set(state, now, wanted, "step")
-    cooling = now < state.step_until
-    base = state.step_base if cooling else state.desired
-    wanted = policy.clamp(base + adjustment)
-    if wanted <= state.desired:
-        return state
-    woken = {"woken_at": now} if state.desired == 0 else {}
-    if cooling:
-        return _set(state, now, wanted, "step", **woken)
-    return _set(
-        state,
-        now,
-        wanted,
-        "step",
-        step_until=now + wake.cooldown_s,
-        step_base=state.desired,
-        **woken,
-    )
-
-
 # After the overload hook raised capacity it holds MaxCapacity until those copies serve and
 # this long has passed since capacity last changed: a minute of the concurrency metric measured
 # on the new copies (target tracking's datapoints from before they served would ask again).
@@ -805,7 +706,7 @@ def overload(
     wanted = policy.clamp(policy.overload.wanted(in_service, ratio))
     if wanted <= state.desired:
         return state
-    return _set(state, now, wanted, "overload")
+    return state.changed(now, wanted, "overload")
 
 
 def underload(
@@ -823,34 +724,4 @@ def underload(
     if wanted >= state.desired:
         return state
     cooldown = policy.target_tracking.scale_in_cooldown_s
-    return _set(state, now, wanted, "scale-in", scale_in_until=now + cooldown)
-
-
-def floor(policy: ScalingPolicy, state: ScalingState, now: float) -> ScalingState:
-    """A scheduled action raised MinCapacity above desired capacity: AWS scales to it."""
-    if state.desired >= policy.min_capacity:
-        return state
-    return _set(state, now, policy.min_capacity, "scheduled")
-
-
-def idle(policy: ScalingPolicy, state: ScalingState, now: float) -> ScalingState:
-    """The idle alarm fired: llmhost's hook takes the deployment to zero (or to sleep).
-
-    Ignored while a wake is under way and for the idle window after it: the request that
-    woke the model is often the only one for minutes, and the copy serving it takes longer
-    to start than the shortest idle window, so without this the hook would put the model
-    back to sleep before it ever answered.
-    """
-    alarm = policy.idle_alarm
-    if alarm is None or state.desired == 0:
-        return state
-    if now < state.woken_at + WAKE_COOLDOWN_S + alarm.period_s * alarm.evaluation_periods:
-        return state
-    return _set(state, now, 0, "idle")
-
-
-def wake(policy: ScalingPolicy, state: ScalingState, now: float) -> ScalingState:
-    """A request found no copy: llmhost's hook asks for one at once, without the alarm's delay."""
-    if state.desired > 0:
-        return state
-    return _set(state, now, max(1, policy.min_capacity), "wake", woken_at=now)
+    return state.changed(now, wanted, "scale-in", scale_in_until=now + cooldown)

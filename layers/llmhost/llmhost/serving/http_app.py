@@ -448,8 +448,8 @@ class AsgiServer:
     def __init__(self, app: Any, host: str, port: int) -> None:
         import uvicorn
 
-        # The local runner's h11 protocol with a JSON 400 (ours in OpenAI's shape).
-        from llmhost.local.http_server import h11_with_json_400
+        # uvicorn's h11 protocol with a JSON 400 (ours in OpenAI's shape).
+        from llmhost.serving.h11_protocol import h11_with_json_400
 
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from llmhost.scaling.simulator import CapacityModel
-from llmhost.scaling.traces import DEFAULT_SEED, RequestBatch, Trace, TraceUnreadable
+from llmhost_local.replay.simulator import CapacityModel
+from llmhost_local.replay.traces import DEFAULT_SEED, RequestBatch, Trace, TraceUnreadable
 
 # Requests are generated and streamed in chunks of this many seconds.
 CHUNK_S = 600

@@ -8,12 +8,12 @@
 - The wiring AWS does is done here: the registry table has its stream enabled as
   template.yaml says, and a poller reads it through moto's DynamoDB Streams and delivers the
   records to the reconcile handler as Lambda's event source mapping does (batch size, filter
-  criteria and partial batch failures from the template; ``llmhost.local.streams``), so every
+  criteria and partial batch failures from the template; ``llmhost_local.streams``), so every
   registry write - the API's, the scaling hook's, serving's wakes, the reconciler's own -
   reaches the reconciler as in AWS. A SageMaker status change arrives as an EventBridge
   event, and the drift-repair schedule fires every few seconds. The reconcile handler runs
   one invocation at a time, the way a Lambda with reserved concurrency 1 would.
-- Scale to zero, time-compressed: a local CloudWatch (``llmhost.local.alarms``) evaluates
+- Scale to zero, time-compressed: a local CloudWatch (``llmhost_local.alarms``) evaluates
   llmhost's alarms against the runtime front's invocation log and delivers their state
   changes to the scaling function, as do serving's wake requests for a model with no copy
   ("zero-demo" shows it: idle, zero copies, a request answered 503 + Retry-After, awake).
@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 from llmhost.clock import CloudClock
 from llmhost.lifecycle.ownership import LOCAL_STACK
-from llmhost.local import events
-from llmhost.local.http_server import BackgroundServer
+from llmhost_local import events
+from llmhost_local.http_server import BackgroundServer
 
 if TYPE_CHECKING:
     from llmhost.serving.http_app import AsgiServer
@@ -78,7 +78,7 @@ SCALE_TO_ZERO_DEPLOYMENT = {
 
 
 def project_root() -> Path:
-    """The checkout holding functions/ (this file lives in layers/llmhost/llmhost/local/)."""
+    """The checkout holding functions/ (this file lives in local/llmhost_local/)."""
     here = Path(__file__).resolve()
     for parent in [Path.cwd(), *here.parents]:
         if (parent / "functions").is_dir() and (parent / "template.yaml").exists():
@@ -152,7 +152,7 @@ class LocalCloud:
         from moto.moto_api._internal import moto_api_backend
 
         from llmhost import aws, runtime
-        from llmhost.local.standin import AutoScalingStandIn, SageMakerStandIn
+        from llmhost_local.standin import AutoScalingStandIn, SageMakerStandIn
 
         # moto keeps its state per process: a second cloud in one process (tests) starts clean.
         moto_api_backend.reset()
@@ -223,8 +223,8 @@ class LocalCloud:
     def _wire_scaling(self) -> None:
         """Serving's wakes and the local CloudWatch's alarm events go to the scaling function."""
         from llmhost import aws, runtime
-        from llmhost.local.alarms import AlarmEvaluator
         from llmhost.serving.wake import CallbackWakeDispatcher
+        from llmhost_local.alarms import AlarmEvaluator
 
         def wake(event: dict[str, Any]) -> None:
             self.log(f"  {event['deployment']}: a request found no copy; waking it")
@@ -242,8 +242,8 @@ class LocalCloud:
 
     def _start_data_plane(self) -> None:
         """A SageMaker runtime front whose endpoints answer as the stand-in says they exist."""
-        from llmhost.local.engine import LocalEngine
-        from llmhost.local.runtime_front import RuntimeFront, serve_front
+        from llmhost_local.engine import LocalEngine
+        from llmhost_local.runtime_front import RuntimeFront, serve_front
 
         self.engine = LocalEngine(
             latency_ms=self.engine_latency_ms, token_interval_ms=self.token_interval_ms
@@ -258,7 +258,7 @@ class LocalCloud:
 
     def _route(self, endpoint: str, component: str | None) -> Any:
         """Where the runtime front sends a request: the engine, or AWS's refusal."""
-        from llmhost.local.runtime_front import RouteTarget
+        from llmhost_local.runtime_front import RouteTarget
 
         described = self.standin.describe("endpoint", endpoint)
         if described is None:
@@ -284,7 +284,7 @@ class LocalCloud:
     def _provision(self) -> None:
         """What `sam deploy` creates: the registry table, the execution role, a demo secret."""
         from llmhost import aws
-        from llmhost.local.streams import StreamPoller, stream_source
+        from llmhost_local.streams import StreamPoller, stream_source
 
         source = stream_source(project_root() / "template.yaml")
         table = aws.client("dynamodb").create_table(
@@ -495,7 +495,7 @@ def _service_role(name: str, service: str) -> str:
 
 def serve(port: int, cloud: LocalCloud) -> BackgroundServer:
     """The control API (API Gateway in front of the api and serve functions) on ``port``."""
-    from llmhost.local.gateway import LocalApiGateway
+    from llmhost_local.gateway import LocalApiGateway
 
     def answered(method: str, path: str, body: bytes, status: int) -> None:
         cloud.log(f"{method} {path} -> {status}")
@@ -576,7 +576,7 @@ def ingest_command(api: str) -> str:
     )
     if "/" not in python:
         python = f"./{python}"
-    command = f"{python} -m llmhost.local.ingest_folder README.md --collection docs"
+    command = f"{python} -m llmhost_local.ingest_folder README.md --collection docs"
     return command if api == DEFAULT_API else f"{command} --api {api}"
 
 
@@ -653,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     cloud.start()
     if args.engine_port is not None:
-        from llmhost.local.engine import serve_engine
+        from llmhost_local.engine import serve_engine
 
         serve_engine(cloud.engine, port=args.engine_port)
     server = serve(args.port, cloud)

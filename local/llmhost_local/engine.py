@@ -23,7 +23,7 @@ Timing knobs make it a stand-in for benchmarks: ``latency_ms`` (the total time o
 non-streamed reply), ``token_interval_ms`` (the wait before each streamed token, including
 the first) and ``first_token_ms`` (extra wait before the first token).
 
-Run it alone: ``python -m llmhost.local.engine --port 8081 --latency-ms 50``.
+Run it alone: ``python -m llmhost_local.engine --port 8081 --latency-ms 50``.
 """
 
 from __future__ import annotations
@@ -935,9 +935,9 @@ def serve_engine(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m llmhost.local.engine``: serve the extractive engine until interrupted."""
+    """``python -m llmhost_local.engine``: serve the extractive engine until interrupted."""
     parser = argparse.ArgumentParser(
-        prog="python -m llmhost.local.engine",
+        prog="python -m llmhost_local.engine",
         description="A TGI-compatible extractive engine (not an LLM) for local runs and benchmarks",
     )
     parser.add_argument("--host", default="127.0.0.1")

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from llmhost.local.standin.errors import AwsServiceError, page_offset, page_token
+from llmhost_local.standin.errors import AwsServiceError, page_offset, page_token
 
 Clock = Callable[[], float]
 # SageMakerStandIn.describe: (kind, name) -> the Describe* result, or None if it does not exist.

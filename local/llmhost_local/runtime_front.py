@@ -68,8 +68,8 @@ from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from llmhost.errors import LlmhostError
-from llmhost.local import eventstream
-from llmhost.local.engine import EngineReply, LocalEngine, StreamingHandler
+from llmhost_local import eventstream
+from llmhost_local.engine import EngineReply, LocalEngine, StreamingHandler
 
 INVOKE = "InvokeEndpoint"
 INVOKE_STREAM = "InvokeEndpointWithResponseStream"

@@ -25,8 +25,8 @@ from typing import Any, TypeVar, cast
 
 from botocore.client import BaseClient
 
-from llmhost.local.standin.autoscaling_state import AutoScalingControlPlane, AutoScalingError
-from llmhost.local.standin.sagemaker_state import (
+from llmhost_local.standin.autoscaling_state import AutoScalingControlPlane, AutoScalingError
+from llmhost_local.standin.sagemaker_state import (
     Clock,
     Durations,
     EventSink,
@@ -35,7 +35,7 @@ from llmhost.local.standin.sagemaker_state import (
     SageMakerControlPlane,
     SageMakerError,
 )
-from llmhost.local.standin.wire import (
+from llmhost_local.standin.wire import (
     AUTOSCALING_OPERATIONS,
     OPERATIONS,
     AutoScalingWire,

@@ -1,6 +1,6 @@
 """Ingest files or folders (.txt, .md, .jsonl) into a collection through the API.
 
-    .venv/bin/python -m llmhost.local.ingest_folder ./docs --collection docs \\
+    .venv/bin/python -m llmhost_local.ingest_folder ./docs --collection docs \\
         [--api http://127.0.0.1:8080]
 
 Files are read with the same rules as objects dropped in the documents bucket (a .txt/.md
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         session = boto3.Session()
         credentials, region = session.get_credentials(), session.region_name or "us-east-1"
     else:
-        from llmhost.local.runner import ACCESS_KEY, REGION, SECRET_KEY
+        from llmhost_local.runner import ACCESS_KEY, REGION, SECRET_KEY
 
         credentials, region = Credentials(ACCESS_KEY, SECRET_KEY), REGION
 

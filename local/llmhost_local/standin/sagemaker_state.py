@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from llmhost.local.standin.errors import AwsServiceError, page_offset, page_token
+from llmhost_local.standin.errors import AwsServiceError, page_offset, page_token
 
 Clock = Callable[[], float]
 EventSink = Callable[[dict[str, Any]], None]

@@ -6,7 +6,7 @@ What API Gateway does for ``template.yaml``'s API, this does too:
   their path parameters, a greedy ``{name+}`` last one taking every remaining segment) go to
   the serve function, every other path to the api function's ``/{proxy+}``;
 - IAM auth: a request not signed with the local key pair is refused with 403, API Gateway's
-  message and its ``x-amzn-ErrorType`` (``llmhost.local.sigv4``);
+  message and its ``x-amzn-ErrorType`` (``llmhost_local.sigv4``);
 - the 10 MB payload limit (413);
 - the Lambda proxy integration (payload 1.0): the event as ``events.api_gateway_event``
   builds it, and the function's answer as API Gateway returns it: ``statusCode``,
@@ -15,7 +15,7 @@ What API Gateway does for ``template.yaml``'s API, this does too:
   none, a base64 body decoded. A function that raises or answers without a status is
   API Gateway's 502 ``{"message": "Internal server error"}``.
 
-HTTP itself is uvicorn's (``llmhost.local.http_server``). Functions run as Lambda runs them:
+HTTP itself is uvicorn's (``llmhost_local.http_server``). Functions run as Lambda runs them:
 each invocation in an execution environment of its own (a freshly imported handler module,
 started cold when all are busy) that handles one event at a time, since a handler's module
 state is not made for concurrent events; at most ``concurrency`` at a time (as a Lambda
@@ -48,7 +48,7 @@ from urllib.parse import unquote
 import anyio
 import anyio.to_thread
 
-from llmhost.local import events, sigv4
+from llmhost_local import events, sigv4
 
 logger = logging.getLogger(__name__)
 

@@ -47,7 +47,8 @@ import numpy as np
 
 from llmhost.scaling import policy as aas
 from llmhost.scaling.policy import AlarmSpec, ScalingPolicy, ScalingState
-from llmhost.scaling.traces import RequestBatch
+from llmhost_local.replay import autoscaling
+from llmhost_local.replay.traces import RequestBatch
 
 # A replay whose queue can never drain (no copy, nothing to wake one) stops this long after
 # the trace; its waiting requests count as waiting until then.
@@ -511,11 +512,11 @@ def replay(
                 if capacity_changed_at <= t - window_s:
                     state = aas.underload(policy, state, t, alarm.value("Maximum"), in_service)
             elif alarm is idle_alarm:
-                state = aas.idle(policy, state, t)
+                state = autoscaling.idle(policy, state, t)
             elif alarm is low:
-                state = aas.scale_in(policy, state, t, alarm.value(tracking_aggregation))
+                state = autoscaling.scale_in(policy, state, t, alarm.value(tracking_aggregation))
             elif alarm is high:
-                state = aas.scale_out(
+                state = autoscaling.scale_out(
                     policy,
                     state,
                     t,
@@ -524,12 +525,12 @@ def replay(
                 )
             elif policy.scale_from_zero is not None:
                 aggregation = policy.scale_from_zero.metric_aggregation
-                state = aas.step(policy, state, t, alarm.value(aggregation))
+                state = autoscaling.step(policy, state, t, alarm.value(aggregation))
         while pending_floors and pending_floors[0][0] <= t:
             _, minimum = pending_floors.pop(0)
             policy = replace(policy, min_capacity=min(max(0, minimum), policy.max_capacity))
             if state.desired < policy.min_capacity:
-                state = aas.floor(policy, state, t)
+                state = autoscaling.floor(policy, state, t)
         reconcile()
         timeline.append(in_service + len(starting))
 
@@ -571,7 +572,7 @@ def replay(
             else:
                 failures += 1
                 if wake_on_request and state.desired == 0:
-                    state = aas.wake(policy, state, t)
+                    state = autoscaling.wake(policy, state, t)
                     reconcile()
             if in_service and len(ends) + len(waiting) >= queue_limit * in_service:
                 refused += 1  # the engines' queues are full: 429 at once

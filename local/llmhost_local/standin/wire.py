@@ -43,9 +43,9 @@ from botocore.parsers import ResponseParserFactory
 from botocore.utils import parse_timestamp
 from botocore.validate import ParamValidator
 
-from llmhost.local.standin.autoscaling_state import AutoScalingControlPlane, AutoScalingError
-from llmhost.local.standin.autoscaling_state import route as autoscaling_route
-from llmhost.local.standin.sagemaker_state import SageMakerControlPlane, SageMakerError
+from llmhost_local.standin.autoscaling_state import AutoScalingControlPlane, AutoScalingError
+from llmhost_local.standin.autoscaling_state import route as autoscaling_route
+from llmhost_local.standin.sagemaker_state import SageMakerControlPlane, SageMakerError
 
 Route = Literal["serve", "pass", "merge"]
 Router = Callable[[str, dict[str, Any]], Route]

@@ -1,3 +1,0 @@
-from llmhost.local.runner import main
-
-raise SystemExit(main())

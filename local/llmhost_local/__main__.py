@@ -1,0 +1,3 @@
+from llmhost_local.runner import main
+
+raise SystemExit(main())
