@@ -267,7 +267,7 @@ class LocalStack:
 
     def wait_ready(self, timeout: float = 180) -> None:
         """Until the demo model answers a chat through the stack's OpenAI server."""
-        from llmhost_local.runner import LOCAL_API_KEY
+        from llmhost_local.cloud import LOCAL_API_KEY
 
         deadline = time.monotonic() + timeout
         chat = {"model": "demo", "messages": [{"role": "user", "content": "ready?"}]}
@@ -293,8 +293,10 @@ class LocalStack:
 
 def serve_engine_process(engine_port: int, front_port: int) -> None:
     """The "SageMaker" side: the engine, and a runtime front routing every endpoint to it."""
-    from llmhost_local.engine import LocalEngine, serve_engine
-    from llmhost_local.runtime_front import RouteTarget, RuntimeFront, serve_front
+    from llmhost_local.engine import LocalEngine
+    from llmhost_local.engine_server import serve_engine
+    from llmhost_local.runtime_front import RuntimeFront, serve_front
+    from llmhost_local.runtime_state import RouteTarget
 
     engine = LocalEngine()
     serve_engine(engine, port=engine_port)

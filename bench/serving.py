@@ -91,7 +91,7 @@ def _has_text(data: bytes) -> bool:
 def measure(args: argparse.Namespace) -> tuple[float, float]:
     import boto3
 
-    from llmhost_local.runner import LOCAL_API_KEY
+    from llmhost_local.cloud import LOCAL_API_KEY
 
     engine_port, front_port, api_port, openai_port, moto_port = (free_port() for _ in range(5))
     env = {**os.environ, "PYDANTIC_DISABLE_PLUGINS": "__all__"}
@@ -270,8 +270,10 @@ def function_sizes(skip_build: bool) -> float:
 
 def serve_engine_process(engine_port: int, front_port: int) -> None:
     """The "SageMaker" side: the engine, and a runtime front routing every endpoint to it."""
-    from llmhost_local.engine import LocalEngine, serve_engine
-    from llmhost_local.runtime_front import RouteTarget, RuntimeFront, serve_front
+    from llmhost_local.engine import LocalEngine
+    from llmhost_local.engine_server import serve_engine
+    from llmhost_local.runtime_front import RuntimeFront, serve_front
+    from llmhost_local.runtime_state import RouteTarget
 
     engine = LocalEngine(latency_ms=50, token_interval_ms=20)
     serve_engine(engine, port=engine_port)

@@ -242,8 +242,8 @@ ApiCall = Callable[..., tuple[int, dict[str, Any]]]
 def api_function() -> ApiCall:
     """One API function instance (its own module, as in its own Lambda container), called
     with the proxy events API Gateway sends: ``call(method, path, body=None)``."""
+    from llmhost_local.cloud import load_handler
     from llmhost_local.events import LambdaContext, api_gateway_event
-    from llmhost_local.runner import load_handler
 
     module = load_handler("api", "llmhost-api")
 
@@ -260,7 +260,7 @@ def api_function() -> ApiCall:
 class RunningStack:
     """``make run`` in this process: the emulated cloud and the URLs of its servers."""
 
-    cloud: Any  # llmhost_local.runner.LocalCloud
+    cloud: Any  # llmhost_local.cloud.LocalCloud
     api: str  # the control API (SigV4), as API Gateway serves it
     openai: str  # the OpenAI-compatible server's base URL, without /v1 ("" when not started)
 
@@ -277,10 +277,11 @@ def local_stack(
     it and give the process back its environment and fresh client caches."""
     from llmhost import aws, runtime
     from llmhost_local import runner
+    from llmhost_local.cloud import LocalCloud
 
     saved = dict(os.environ)
     os.environ["QDRANT_PATH"] = str(qdrant_path)
-    cloud = runner.LocalCloud(moto_port=0, **options)
+    cloud = LocalCloud(moto_port=0, **options)
     cloud.log = log or (lambda line: None)
     cloud.start()
     servers: list[Any] = []

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from llmhost_local.runtime_front import InvocationLog, Outcome
+from llmhost_local.runtime_state import InvocationLog, Outcome
 
 PREFIX = "llmhost-"
 # The metric each of llmhost's alarms watches, as the invocation log records it.

@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         session = boto3.Session()
         credentials, region = session.get_credentials(), session.region_name or "us-east-1"
     else:
-        from llmhost_local.runner import ACCESS_KEY, REGION, SECRET_KEY
+        from llmhost_local.cloud import ACCESS_KEY, REGION, SECRET_KEY
 
         credentials, region = Credentials(ACCESS_KEY, SECRET_KEY), REGION
 

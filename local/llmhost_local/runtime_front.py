@@ -9,17 +9,19 @@ What it does, as SageMaker does it:
   ``X-Amzn-SageMaker-Accept``), checked against the constraints of botocore's own service
   model (lengths, patterns, the 6 MB body) and refused with AWS's ``ValidationError`` wording.
 - A ``routes(endpoint_name, inference_component_name)`` callable decides where a request
-  goes: a ``LocalEngine`` in this process, a TGI/vLLM server's ``/invocations`` (the runner
-  uses this for ``LLMHOST_ENGINE_URL``), or a refusal AWS would give (no such endpoint, a
-  component scaled to zero, a model not ready, throttling).
+  goes (a ``RouteTarget``, ``llmhost_local.runtime_state``): a ``LocalEngine`` in this
+  process, a TGI/vLLM server's ``/invocations`` (the runner uses this for
+  ``LLMHOST_ENGINE_URL``), or a refusal AWS would give (no such endpoint, a component scaled
+  to zero, a model not ready, throttling).
 - The container's reply comes back as ``InvokeEndpoint``'s body, or, streamed, as
   ``PayloadPart`` events in AWS event-stream framing over HTTP chunked transfer, one event
   per piece the container produced, or re-cut every ``split_bytes`` bytes to stress clients.
 - Container errors become ``ModelError`` (424) with ``OriginalStatusCode``/``OriginalMessage``;
   a failure after streaming began becomes a ``ModelStreamError`` event.
 - Every request that reaches a container, and every one refused for want of a copy, is
-  counted in ``RuntimeFront.invocations`` (an ``InvocationLog``): the ``Invocations`` and
-  ``NoCapacityInvocationFailures`` metrics the local alarm evaluator reads.
+  counted in ``RuntimeFront.invocations`` (an ``InvocationLog``, ``llmhost_local.runtime_state``):
+  the ``Invocations`` and ``NoCapacityInvocationFailures`` metrics the local alarm evaluator
+  reads.
 
 Errors use the REST-JSON shape (``x-amzn-ErrorType`` header, JSON body with ``Message``) so
 botocore raises its modeled exceptions: ``client.exceptions.ValidationError``, ``ModelError``,
@@ -56,20 +58,20 @@ import http.client
 import json
 import re
 import threading
-import time
 import uuid
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import closing
 from dataclasses import dataclass
 from functools import lru_cache
 from http.server import ThreadingHTTPServer
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from llmhost.errors import LlmhostError
 from llmhost_local import eventstream
-from llmhost_local.engine import EngineReply, LocalEngine, StreamingHandler
+from llmhost_local.engine import EngineReply
+from llmhost_local.engine_server import StreamingHandler
+from llmhost_local.runtime_state import InvocationLog, Routes, RouteTarget
 
 INVOKE = "InvokeEndpoint"
 INVOKE_STREAM = "InvokeEndpointWithResponseStream"
@@ -96,127 +98,6 @@ TIMEOUT_MESSAGE = (
     "the latency metrics for each container in Amazon CloudWatch, resolve the issue, and try "
     "again."
 )
-
-RouteKind = Literal[
-    "engine",
-    "upstream",
-    "no_capacity",
-    "not_ready",
-    "component_required",
-    "component_not_found",
-    "throttled",
-]
-
-
-@dataclass(frozen=True)
-class RouteTarget:
-    """Where one invocation goes. Build it with the class methods:
-
-    - ``local(engine)``: an in-process ``LocalEngine``;
-    - ``upstream(url)``: a TGI/vLLM/LMI server (its ``/invocations``), waiting at most
-      ``timeout_s`` seconds for each read (SageMaker allows a container 60 s);
-    - ``no_capacity()``: an inference component scaled to zero (ValidationError, AWS's text);
-    - ``not_ready()``: a model still loading (ModelNotReadyException, HTTP 429);
-    - ``component_required()``: an endpoint with components invoked without naming one;
-    - ``component_not_found()``: no such component on the endpoint (ValidationError; this
-      wording is llmhost's guess, AWS's was not found in public sources);
-    - ``throttled()``: ``ThrottlingException`` (botocore's retry mode will retry it).
-    """
-
-    kind: RouteKind
-    engine: LocalEngine | None = None
-    url: str | None = None
-    timeout_s: float = 60.0
-    variant: str = "AllTraffic"
-
-    @classmethod
-    def local(cls, engine: LocalEngine, variant: str = "AllTraffic") -> RouteTarget:
-        return cls("engine", engine=engine, variant=variant)
-
-    @classmethod
-    def upstream(
-        cls, url: str, timeout_s: float = 60.0, variant: str = "AllTraffic"
-    ) -> RouteTarget:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(
-                f"upstream engine URL {url!r} must look like http://host:port (for example "
-                "LLMHOST_ENGINE_URL=http://127.0.0.1:8080 for a local TGI server)"
-            )
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be positive seconds, got {timeout_s}")
-        return cls("upstream", url=url.rstrip("/"), timeout_s=timeout_s, variant=variant)
-
-    @classmethod
-    def no_capacity(cls) -> RouteTarget:
-        return cls("no_capacity")
-
-    @classmethod
-    def not_ready(cls) -> RouteTarget:
-        return cls("not_ready")
-
-    @classmethod
-    def component_required(cls) -> RouteTarget:
-        return cls("component_required")
-
-    @classmethod
-    def component_not_found(cls) -> RouteTarget:
-        return cls("component_not_found")
-
-    @classmethod
-    def throttled(cls) -> RouteTarget:
-        return cls("throttled")
-
-
-Routes = Callable[[str, str | None], RouteTarget | None]
-Outcome = Literal["invoked", "no_capacity"]
-
-
-class InvocationLog:
-    """What CloudWatch counts for llmhost's alarms, per metric dimension: requests that
-    reached a container (``Invocations``) and requests refused for want of a copy
-    (``NoCapacityInvocationFailures``), with their ``clock`` times (seconds).
-
-    Each request is filed under ``("EndpointName", endpoint)`` and, when it names one,
-    ``("InferenceComponentName", component)``: the dimensions llmhost's alarms use. Entries
-    older than ``keep_s`` are dropped. Thread-safe.
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic, keep_s: float = 3600) -> None:
-        self._clock = clock
-        self._keep_s = keep_s
-        self._entries: dict[tuple[str, str], deque[tuple[float, Outcome]]] = {}
-        self._lock = threading.Lock()
-
-    def record(self, endpoint: str, component: str | None, outcome: Outcome) -> None:
-        now = self._clock()
-        keys = [("EndpointName", endpoint)]
-        if component:
-            keys.append(("InferenceComponentName", component))
-        with self._lock:
-            for key in keys:
-                entries = self._entries.setdefault(key, deque())
-                entries.append((now, outcome))
-                while entries and entries[0][0] < now - self._keep_s:
-                    entries.popleft()
-
-    def count(self, dimensions: Mapping[str, str], outcome: Outcome, since: float) -> int:
-        """Requests with ``outcome`` at or after ``since`` (clock seconds) for the metric with
-        these dimensions (an alarm's; ``InferenceComponentName`` wins over ``EndpointName``)."""
-        key = _log_key(dimensions)
-        if key is None:
-            return 0
-        with self._lock:
-            return sum(
-                1 for at, seen in self._entries.get(key, ()) if seen == outcome and at >= since
-            )
-
-
-def _log_key(dimensions: Mapping[str, str]) -> tuple[str, str] | None:
-    for name in ("InferenceComponentName", "EndpointName"):
-        if name in dimensions:
-            return name, dimensions[name]
-    return None
 
 
 class RuntimeApiError(LlmhostError):
@@ -602,9 +483,6 @@ def serve_front(
 
 __all__ = [
     "FrontReply",
-    "InvocationLog",
-    "RouteTarget",
-    "Routes",
     "RuntimeApiError",
     "RuntimeFront",
     "serve_front",

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from llmhost import runtime
+from llmhost_local.cloud import load_handler
 from llmhost_local.events import LambdaContext, api_gateway_event
-from llmhost_local.runner import load_handler
 
 SPEC = {
     "name": "llama3-8b",

@@ -12,8 +12,8 @@ from llmhost import aws, runtime
 from llmhost.lifecycle.record import DeploymentRecord
 from llmhost.scaling.hook_events import BudgetTick
 from llmhost.specs import parse_spec
+from llmhost_local.cloud import load_handler
 from llmhost_local.events import LambdaContext
-from llmhost_local.runner import load_handler
 
 IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch-tgi-inference:2.4"
 COPIES = "sagemaker:inference-component:DesiredCopyCount"

@@ -31,8 +31,8 @@ from llmhost.serving.requests import ChatCompletionRequest
 from llmhost.serving.routing import ModelDirectory, pending_wake
 from llmhost.serving.service import ServingService
 from llmhost.specs import parse_spec
+from llmhost_local.cloud import load_handler
 from llmhost_local.events import LambdaContext
-from llmhost_local.runner import load_handler
 
 FAULTS = ["throttled", "5xx", "timeout", "unreachable"]
 STATUS = {"throttled": 429, "5xx": 503, "timeout": 504, "unreachable": 503}

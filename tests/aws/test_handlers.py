@@ -10,8 +10,8 @@ import pytest
 
 from conftest import EVENTS, load_event
 from llmhost import runtime
+from llmhost_local.cloud import load_handler
 from llmhost_local.events import LambdaContext
-from llmhost_local.runner import load_handler
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from llmhost.errors import LlmhostError
 from llmhost.lifecycle.record import DeploymentRecord
 from llmhost.serving.routing import ModelDirectory
 from llmhost.specs import parse_spec
+from llmhost_local.cloud import load_handler
 from llmhost_local.events import LambdaContext, api_gateway_event
-from llmhost_local.runner import load_handler
 
 LIMIT = 5  # HistoryLimit's smallest value
 SPEC = {

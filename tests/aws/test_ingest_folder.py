@@ -13,8 +13,8 @@ from qdrant_client import QdrantClient
 from llmhost import runtime
 from llmhost.rag.store import VectorStore
 from llmhost_local import ingest_folder
+from llmhost_local.cloud import load_handler
 from llmhost_local.events import LambdaContext, api_gateway_event
-from llmhost_local.runner import load_handler
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import pytest
 
 from conftest import load_event
 from llmhost import aws, runtime
+from llmhost_local.cloud import load_handler
 from llmhost_local.events import LambdaContext
-from llmhost_local.runner import load_handler
 
 GUIDE = b"# Guide\n\nThe reconciler never waits for an endpoint inside a Lambda.\n"
 

@@ -488,8 +488,8 @@ def test_dedicated_scaling_follows_the_spec(harness: Harness) -> None:
 
 
 def test_scaling_view_shows_capacity_policies_alarms_and_activity(harness: Harness) -> None:
+    from llmhost_local.cloud import load_handler
     from llmhost_local.events import LambdaContext, api_gateway_event
-    from llmhost_local.runner import load_handler
 
     spec = copy.deepcopy(SPECS["shared"])
     spec["scaling"] = {"min_capacity": 0, "max_capacity": 4, "scale_to_zero": True}

@@ -11,7 +11,7 @@ from llmhost import aws
 from llmhost.scaling.policy import policy_from_spec
 from llmhost.specs import Scaling
 from llmhost_local.alarms import AlarmEvaluator
-from llmhost_local.runtime_front import InvocationLog
+from llmhost_local.runtime_state import InvocationLog
 
 SPEED = 60.0  # one minute lasts one second
 

@@ -16,16 +16,11 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, EventStreamError
 
 from conftest import StreamGate
-from llmhost_local.engine import (
-    NOTE,
-    LocalEngine,
-    StreamingHandler,
-    compose_answer,
-    parse_prompt,
-    read_turns,
-    serve_engine,
-)
-from llmhost_local.runtime_front import RouteTarget, RuntimeFront, serve_front
+from llmhost_local.engine import LocalEngine
+from llmhost_local.engine_server import StreamingHandler, serve_engine
+from llmhost_local.extractive import NOTE, compose_answer, parse_prompt, read_turns
+from llmhost_local.runtime_front import RuntimeFront, serve_front
+from llmhost_local.runtime_state import RouteTarget
 
 PASSAGES = (
     "Answer with the context.\n\nContext:\n"

@@ -35,8 +35,8 @@ from hypothesis import strategies as st
 
 from conftest import EVENTS, load_event
 from llmhost import aws
+from llmhost_local.cloud import load_handler
 from llmhost_local.events import LambdaContext
-from llmhost_local.runner import load_handler
 
 SAMPLES = {p.name: json.loads(p.read_text()) for p in sorted(Path(EVENTS).glob("*.json"))}
 

@@ -26,8 +26,8 @@ from llmhost.scaling.hook import plan_overload
 from llmhost.scaling.hook_events import Datapoint, parse_alarm_event
 from llmhost.scaling.policy import TARGET_UTILIZATION, policy_from_spec
 from llmhost.specs import Scaling
+from llmhost_local.cloud import load_handler
 from llmhost_local.events import LambdaContext
-from llmhost_local.runner import load_handler
 
 SHARED: dict[str, Any] = {
     "name": "zephyr",

@@ -19,8 +19,8 @@ from conftest import ROOT, TABLE, load_event
 from llmhost import aws, runtime
 from llmhost.scaling.budget import BudgetLedger
 from llmhost.scaling.capacity_guard import CapacityGuard
+from llmhost_local.cloud import load_handler
 from llmhost_local.events import LambdaContext
-from llmhost_local.runner import load_handler
 from llmhost_local.streams import lambda_record, stream_source
 
 Records = list[dict[str, Any]]

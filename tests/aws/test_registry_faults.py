@@ -22,8 +22,8 @@ from llmhost.lifecycle.record import DeploymentRecord
 from llmhost.scaling.budget import BudgetLedger
 from llmhost.scaling.capacity_guard import CapacityLock
 from llmhost.specs import parse_spec
+from llmhost_local.cloud import load_handler
 from llmhost_local.events import LambdaContext, api_gateway_event
-from llmhost_local.runner import load_handler
 
 THROTTLING = [
     "ProvisionedThroughputExceededException",

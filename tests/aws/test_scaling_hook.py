@@ -14,8 +14,8 @@ from llmhost.lifecycle.record import DeploymentRecord
 from llmhost.scaling.hook import decide
 from llmhost.scaling.hook_events import parse_alarm_event
 from llmhost.specs import parse_spec
+from llmhost_local.cloud import load_handler
 from llmhost_local.events import LambdaContext
-from llmhost_local.runner import load_handler
 
 DEDICATED = {
     "name": "llama3-8b",

@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 
 from llmhost import aws, runtime, snapstart
 from llmhost.serving import lambda_http
-from llmhost_local.runner import load_handler
+from llmhost_local.cloud import load_handler
 
 
 @pytest.fixture

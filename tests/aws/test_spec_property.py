@@ -31,8 +31,8 @@ from llmhost.lifecycle.applier import SageMakerApplier
 from llmhost.lifecycle.desired import DesiredResources, ScheduleTarget
 from llmhost.lifecycle.reconciler import resolve_desired
 from llmhost.lifecycle.record import DeploymentRecord
+from llmhost_local.cloud import load_handler
 from llmhost_local.events import LambdaContext, api_gateway_event
-from llmhost_local.runner import load_handler
 from llmhost_local.standin.wire import constraint_violations
 
 ROLE_ARN = "arn:aws:iam::123456789012:role/llmhost-sagemaker-execution"

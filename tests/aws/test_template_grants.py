@@ -120,8 +120,8 @@ def test_each_control_plane_role_grants_every_call_its_code_makes(
     from llmhost import runtime
     from llmhost.lifecycle.record import DeploymentRecord
     from llmhost.specs import parse_spec
+    from llmhost_local.cloud import load_handler
     from llmhost_local.events import LambdaContext, api_gateway_event
-    from llmhost_local.runner import load_handler
 
     for key, value in {
         "SCHEDULE_GROUP": "llmhost-schedules",

@@ -28,8 +28,8 @@ from llmhost.scaling.hook import plan_underload
 from llmhost.scaling.hook_events import Datapoint, parse_alarm_event, read_peak
 from llmhost.scaling.policy import TARGET_UTILIZATION, policy_from_spec
 from llmhost.specs import Scaling
+from llmhost_local.cloud import load_handler
 from llmhost_local.events import LambdaContext
-from llmhost_local.runner import load_handler
 
 # zephyr on ml.g6.xlarge: 21 requests at once per copy, so the default target is 0.7 x 21
 TARGET = round(TARGET_UTILIZATION * 21, 2)

@@ -28,7 +28,7 @@ from schemathesis.core.failures import FailureGroup
 from schemathesis.specs.openapi import checks
 
 from conftest import local_stack
-from llmhost_local import runner
+from llmhost_local.cloud import ACCESS_KEY, REGION, SECRET_KEY
 
 pytestmark = pytest.mark.e2e
 
@@ -43,7 +43,7 @@ class SigV4(requests.auth.AuthBase):
     """Sign each request as API Gateway's IAM auth expects, counting what was sent."""
 
     def __init__(self) -> None:
-        self.credentials = Credentials(runner.ACCESS_KEY, runner.SECRET_KEY)
+        self.credentials = Credentials(ACCESS_KEY, SECRET_KEY)
         self.sent = 0
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
@@ -51,7 +51,7 @@ class SigV4(requests.auth.AuthBase):
         signed = AWSRequest(method=request.method, url=request.url, data=body, headers={})
         if request.headers.get("Content-Type"):
             signed.headers["Content-Type"] = request.headers["Content-Type"]
-        SigV4Auth(self.credentials, "execute-api", runner.REGION).add_auth(signed)
+        SigV4Auth(self.credentials, "execute-api", REGION).add_auth(signed)
         for key in ("Authorization", "X-Amz-Date"):
             request.headers[key] = signed.headers[key]
         self.sent += 1

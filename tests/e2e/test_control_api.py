@@ -24,6 +24,7 @@ from botocore.credentials import Credentials
 
 from conftest import local_stack
 from llmhost_local import runner
+from llmhost_local.cloud import ACCESS_KEY, REGION, SECRET_KEY, project_root
 
 pytestmark = pytest.mark.e2e
 
@@ -44,9 +45,7 @@ class Api:
             data=body,
             headers={"Content-Type": "application/json"},
         )
-        SigV4Auth(
-            Credentials(runner.ACCESS_KEY, runner.SECRET_KEY), "execute-api", runner.REGION
-        ).add_auth(request)
+        SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), "execute-api", REGION).add_auth(request)
         return dict(request.headers.items())
 
     def call(self, method: str, path: str, body: bytes = b"") -> tuple[int, Any, Any]:
@@ -187,7 +186,7 @@ def test_curl_signed_requests_are_accepted(api: Api, method: str, path: str, dat
         "--aws-sigv4",
         "aws:amz:us-east-1:execute-api",
         "--user",
-        f"{runner.ACCESS_KEY}:{runner.SECRET_KEY}",
+        f"{ACCESS_KEY}:{SECRET_KEY}",
         "-X",
         method,
         api.url + path,
@@ -208,14 +207,14 @@ def test_the_banners_ingest_command_works_as_printed(api: Api) -> None:
         "http://127.0.0.1:1",
         moto="-",
         speed=600,
-        documents=runner.project_root(),
+        documents=project_root(),
         engine="-",
     )
     command = next(line.strip() for line in text.splitlines() if "ingest_folder" in line)
     assert f"--api {api.url}" in command
     # When it is run, as printed, from the project root
     done = subprocess.run(
-        command, shell=True, cwd=runner.project_root(), capture_output=True, text=True, timeout=180
+        command, shell=True, cwd=project_root(), capture_output=True, text=True, timeout=180
     )
     # Then README.md lands in the "docs" collection of that stack
     assert done.returncode == 0, done.stdout + done.stderr
@@ -226,7 +225,7 @@ def test_the_banners_ingest_command_works_as_printed(api: Api) -> None:
 def _curl_delete(api: Api, path: str) -> tuple[int, Any]:
     command = ["curl", "-s", "-o", "-", "-w", "\n%{http_code}", "-X", "DELETE"]
     command += ["--aws-sigv4", "aws:amz:us-east-1:execute-api"]
-    command += ["--user", f"{runner.ACCESS_KEY}:{runner.SECRET_KEY}", api.url + path]
+    command += ["--user", f"{ACCESS_KEY}:{SECRET_KEY}", api.url + path]
     out = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
     body, _, code = out.rpartition("\n")
     return int(code), json.loads(body)

@@ -22,7 +22,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from conftest import StreamGate, local_stack
-from llmhost_local import runner
+from llmhost_local.cloud import ACCESS_KEY, LOCAL_API_KEY, REGION, SECRET_KEY, LocalCloud
 
 pytestmark = pytest.mark.e2e
 
@@ -44,7 +44,7 @@ DOCS = [
 
 
 class Local:
-    def __init__(self, cloud: runner.LocalCloud, api: str, openai: str) -> None:
+    def __init__(self, cloud: LocalCloud, api: str, openai: str) -> None:
         self.cloud, self.api, self.openai = cloud, api, openai
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -53,8 +53,8 @@ class Local:
         request = AWSRequest(
             method=method, url=url, data=data, headers={"Content-Type": "application/json"}
         )
-        creds = Credentials(runner.ACCESS_KEY, runner.SECRET_KEY)
-        SigV4Auth(creds, "execute-api", runner.REGION).add_auth(request)
+        creds = Credentials(ACCESS_KEY, SECRET_KEY)
+        SigV4Auth(creds, "execute-api", REGION).add_auth(request)
         http = urllib.request.Request(
             url, data=data or None, headers=dict(request.headers), method=method
         )
@@ -130,7 +130,7 @@ def test_the_whole_path(local: Local) -> None:
     assert code == 200 and {s["id"] for s in filtered["sources"]} == {"bread"}
 
     # And the openai package works unchanged: models, chat, and a stream that really streams
-    client = OpenAI(base_url=local.openai, api_key=runner.LOCAL_API_KEY)
+    client = OpenAI(base_url=local.openai, api_key=LOCAL_API_KEY)
     assert "zephyr" in [m.id for m in client.models.list()]
     reply = client.chat.completions.create(
         model="zephyr",
@@ -198,7 +198,7 @@ def test_a_sleeping_model_answers_503_with_retry_after(local: Local) -> None:
             {"model": "sleepy", "messages": [{"role": "user", "content": "hi"}]}
         ).encode(),
         headers={
-            "Authorization": f"Bearer {runner.LOCAL_API_KEY}",
+            "Authorization": f"Bearer {LOCAL_API_KEY}",
             "Content-Type": "application/json",
         },
         method="POST",
@@ -232,8 +232,8 @@ def test_a_sleeping_model_answers_503_with_retry_after_through_the_control_api(
     signed = AWSRequest(
         method="POST", url=url, data=data.encode(), headers={"Content-Type": "application/json"}
     )
-    creds = Credentials(runner.ACCESS_KEY, runner.SECRET_KEY)
-    SigV4Auth(creds, "execute-api", runner.REGION).add_auth(signed)
+    creds = Credentials(ACCESS_KEY, SECRET_KEY)
+    SigV4Auth(creds, "execute-api", REGION).add_auth(signed)
     request = urllib.request.Request(
         url, data=data.encode(), headers=dict(signed.headers), method="POST"
     )

@@ -17,7 +17,7 @@ import pytest
 from moto.events.models import EventPattern
 
 from conftest import local_stack
-from llmhost_local import runner
+from llmhost_local.cloud import DEMO_DEPLOYMENT, REGION, TABLE, LocalCloud, project_root
 from llmhost_local.streams import stream_source
 
 pytestmark = pytest.mark.e2e
@@ -56,7 +56,7 @@ class Spy:
 
 
 @pytest.fixture(scope="module")
-def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[runner.LocalCloud]:
+def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCloud]:
     with local_stack(
         tmp_path_factory.mktemp("qdrant"), openai=False, speed=600, drift_seconds=3600
     ) as stack:
@@ -64,7 +64,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[runner.LocalClou
 
 
 def test_internal_items_never_reach_the_reconciler_and_deployments_do_as_moto_sent_them(
-    cloud: runner.LocalCloud,
+    cloud: LocalCloud,
 ) -> None:
     from llmhost import aws, runtime
     from llmhost.scaling.budget import BudgetLedger
@@ -82,12 +82,12 @@ def test_internal_items_never_reach_the_reconciler_and_deployments_do_as_moto_se
     with CapacityGuard(registry, aws.client("sagemaker"), None, cap=4).locked():
         pass
     # When a deployment is created, and the budget ledger written again after it
-    cloud.create_deployment(runner.DEMO_DEPLOYMENT)
+    cloud.create_deployment(DEMO_DEPLOYMENT)
     ledger.bill(time.time() - 60, time.time(), today, 0.5)
     # Then the deployment's INSERT reaches the reconciler, and then its MODIFYs
     inserted = spy.wait_for("demo", "INSERT")
     modified = spy.wait_for("demo", "MODIFY")
-    cloud.create_deployment({**runner.DEMO_DEPLOYMENT, "name": "after-the-ledger"})
+    cloud.create_deployment({**DEMO_DEPLOYMENT, "name": "after-the-ledger"})
     spy.wait_for("after-the-ledger", "INSERT")
     # and no internal item ever did
     keys = [r["dynamodb"]["Keys"]["name"]["S"] for r in spy.stream_records()]
@@ -95,7 +95,7 @@ def test_internal_items_never_reach_the_reconciler_and_deployments_do_as_moto_se
 
     # The records are moto's, in the shape Lambda delivers: read the stream directly
     streams = aws.client("dynamodbstreams")
-    arn = aws.client("dynamodb").describe_table(TableName=runner.TABLE)["Table"]["LatestStreamArn"]
+    arn = aws.client("dynamodb").describe_table(TableName=TABLE)["Table"]["LatestStreamArn"]
     (shard,) = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]
     iterator = streams.get_shard_iterator(
         StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
@@ -106,7 +106,7 @@ def test_internal_items_never_reach_the_reconciler_and_deployments_do_as_moto_se
     }
     internal = [r for r in raw.values() if r["dynamodb"]["Keys"]["name"]["S"].startswith("#")]
     assert internal, "the internal items were written to the stream"
-    source = stream_source(runner.project_root() / "template.yaml")
+    source = stream_source(project_root() / "template.yaml")
     for record in (inserted, modified):
         original = raw[record["dynamodb"]["SequenceNumber"]]
         assert record["eventSourceARN"] == arn
@@ -121,7 +121,7 @@ def test_internal_items_never_reach_the_reconciler_and_deployments_do_as_moto_se
     from moto.core import DEFAULT_ACCOUNT_ID
     from moto.dynamodbstreams.models import dynamodbstreams_backends
 
-    kept = dynamodbstreams_backends[DEFAULT_ACCOUNT_ID][runner.REGION].shard_iterators
+    kept = dynamodbstreams_backends[DEFAULT_ACCOUNT_ID][REGION].shard_iterators
     assert len(kept) < 10
     # Batches are at most the event source's size, and every record passed its filter
     patterns = [EventPattern.load(p) for p in source.filters]

@@ -21,7 +21,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from conftest import local_stack
-from llmhost_local import runner
+from llmhost_local.cloud import ACCESS_KEY, LOCAL_API_KEY, REGION, SECRET_KEY
 
 pytestmark = pytest.mark.e2e
 
@@ -46,9 +46,7 @@ def _signed(api: str, method: str, path: str, body: Any = None) -> tuple[int, An
     request = AWSRequest(
         method=method, url=api + path, data=data, headers={"Content-Type": "application/json"}
     )
-    SigV4Auth(
-        Credentials(runner.ACCESS_KEY, runner.SECRET_KEY), "execute-api", runner.REGION
-    ).add_auth(request)
+    SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), "execute-api", REGION).add_auth(request)
     http = urllib.request.Request(
         api + path, data=data or None, headers=dict(request.headers), method=method
     )
@@ -71,7 +69,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
             time.sleep(0.2)
         code, _ = _signed(stack.api, "POST", "/v1/collections/kb/documents", {"documents": DOCS})
         assert code == 200
-        yield OpenAI(base_url=stack.openai + "/v1", api_key=runner.LOCAL_API_KEY, max_retries=0)
+        yield OpenAI(base_url=stack.openai + "/v1", api_key=LOCAL_API_KEY, max_retries=0)
 
 
 def _streamed_usage(client: Any, **request: Any) -> tuple[str, dict[str, int]]:
@@ -154,7 +152,7 @@ def test_the_openai_api_answers_every_generated_request_as_its_document_says(
     from schemathesis.specs.openapi import checks
 
     base = str(client.base_url).rstrip("/").removesuffix("/v1")
-    headers = {"Authorization": f"Bearer {runner.LOCAL_API_KEY}"}
+    headers = {"Authorization": f"Bearer {LOCAL_API_KEY}"}
     # Given the OpenAPI document the running server serves (no key needed for it)
     served = requests.get(f"{base}/v1/openapi.json", timeout=30)
     assert served.status_code == 200

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import local_stack
-from llmhost_local import runner
+from llmhost_local.cloud import LOCAL_API_KEY
 
 pytestmark = pytest.mark.e2e
 
@@ -41,7 +41,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]
 def _wait_for_demo(openai_url: str) -> None:
     from openai import OpenAI
 
-    client = OpenAI(base_url=openai_url + "/v1", api_key=runner.LOCAL_API_KEY)
+    client = OpenAI(base_url=openai_url + "/v1", api_key=LOCAL_API_KEY)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         models = {m.id: m for m in client.models.list()}

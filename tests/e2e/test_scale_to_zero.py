@@ -25,17 +25,24 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from conftest import local_stack
-from llmhost_local import runner
+from llmhost_local.cloud import (
+    ACCESS_KEY,
+    LOCAL_API_KEY,
+    REGION,
+    SCALE_TO_ZERO_DEPLOYMENT,
+    SECRET_KEY,
+    LocalCloud,
+)
 
 pytestmark = pytest.mark.e2e
 
 # 600x: a 5-minute idle window lasts half a second, an endpoint is created in one.
 SPEED = 600
-NAME = runner.SCALE_TO_ZERO_DEPLOYMENT["name"]
+NAME = SCALE_TO_ZERO_DEPLOYMENT["name"]
 
 
 class Stack:
-    def __init__(self, cloud: runner.LocalCloud, api: str, openai: str) -> None:
+    def __init__(self, cloud: LocalCloud, api: str, openai: str) -> None:
         self.cloud, self.api, self.openai = cloud, api, openai
         self.lines: list[str] = []
 
@@ -52,9 +59,7 @@ class Stack:
         request = AWSRequest(
             method=method, url=url, data=data, headers={"Content-Type": "application/json"}
         )
-        SigV4Auth(
-            Credentials(runner.ACCESS_KEY, runner.SECRET_KEY), "execute-api", runner.REGION
-        ).add_auth(request)
+        SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), "execute-api", REGION).add_auth(request)
         http = urllib.request.Request(
             url, data=data or None, headers=dict(request.headers), method=method
         )
@@ -71,7 +76,7 @@ class Stack:
             data=json.dumps(body).encode(),
             headers={
                 "Content-Type": "application/json",
-                "Authorization": f"Bearer {runner.LOCAL_API_KEY}",
+                "Authorization": f"Bearer {LOCAL_API_KEY}",
             },
             method="POST",
         )
@@ -114,7 +119,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 def test_an_idle_model_goes_to_zero_and_a_request_wakes_it(stack: Stack) -> None:
     # Given a shared model with scale to zero after 5 idle minutes, created through the API
-    code, created = stack.call("POST", "/v1/deployments", runner.SCALE_TO_ZERO_DEPLOYMENT)
+    code, created = stack.call("POST", "/v1/deployments", SCALE_TO_ZERO_DEPLOYMENT)
     assert code == 201, created
     stack.until(
         "IN_SERVICE",

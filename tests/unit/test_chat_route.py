@@ -23,7 +23,8 @@ from llmhost.serving.routing import ModelRoute, route_for
 from llmhost.serving.service import ServingService
 from llmhost.specs import parse_spec
 from llmhost.token_counting import token_counter_for
-from llmhost_local.engine import LocalEngine, count_tokens
+from llmhost_local.engine import LocalEngine
+from llmhost_local.extractive import count_tokens
 
 ENGINES = ("tgi", "vllm", "lmi", "hf-inference")
 QUESTION = "How is sourdough bread leavened?"

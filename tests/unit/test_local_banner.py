@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from llmhost_local import runner
+from llmhost_local.cloud import LocalCloud, project_root
 
 
 class _Server:
@@ -20,10 +21,10 @@ class _Server:
 def _banner_of(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: Any) -> str:
     """What ``make run`` prints with ``argv``, with no server started."""
     created: list[str] = []
-    monkeypatch.setattr(runner.LocalCloud, "start", lambda self: setattr(self, "moto_url", "-"))
-    monkeypatch.setattr(runner.LocalCloud, "stop", lambda self: None)
-    monkeypatch.setattr(runner.LocalCloud, "start_openai_server", lambda self, port: _Server())
-    monkeypatch.setattr(runner.LocalCloud, "create_demo", lambda self: created.append("demo"))
+    monkeypatch.setattr(LocalCloud, "start", lambda self: setattr(self, "moto_url", "-"))
+    monkeypatch.setattr(LocalCloud, "stop", lambda self: None)
+    monkeypatch.setattr(LocalCloud, "start_openai_server", lambda self, port: _Server())
+    monkeypatch.setattr(LocalCloud, "create_demo", lambda self: created.append("demo"))
     monkeypatch.setattr(runner, "serve", lambda port, cloud: _Server())
 
     def stop(seconds: float) -> None:
@@ -59,4 +60,4 @@ def test_the_banner_names_the_qdrant_folder_in_use(
     # And without it, the default under the project
     monkeypatch.delenv("QDRANT_PATH")
     text = _banner_of(["--no-demo"], monkeypatch, capsys)
-    assert str(runner.project_root() / ".llmhost" / "qdrant") in text
+    assert str(project_root() / ".llmhost" / "qdrant") in text
