@@ -252,7 +252,8 @@ def function_sizes(skip_build: bool) -> float:
         if resource["Type"] != "AWS::Serverless::Function":
             continue
         total = size(build_dir / name)
-        layers = resource["Properties"].get("Layers") or globals_layers
+        # SAM appends a function's own Layers to the Globals' (it does not replace them).
+        layers = [*globals_layers, *(resource["Properties"].get("Layers") or [])]
         external = 0.0
         for layer in layers:
             ref = layer.get("Ref") if isinstance(layer, dict) else None
