@@ -198,3 +198,20 @@ def test_rate_zero_turns_limits_off_and_bad_settings_are_refused() -> None:
     ):
         with pytest.raises(ValueError, match="API_KEY_REQUESTS_PER_MINUTE"):
             RateLimits.from_env(bad)
+
+
+def test_a_cache_peek_the_parameters_library_does_not_support_falls_back_to_a_read(
+    clock: Clock,
+) -> None:
+    # Given keys read once through Powertools Parameters
+    secret = Secret({"team": hash_key("llmh-a")})
+    auth = keys(secret, clock)
+    assert auth.authenticate("Bearer llmh-a").key_name == "team"
+
+    # When the Parameters library's private cache API is not what the peek expects
+    def other_signature(*args: Any, **kwargs: Any) -> str:
+        raise TypeError("unexpected keyword argument 'transform'")
+
+    secret._build_cache_key = other_signature  # type: ignore[method-assign]
+    # Then the cached check says "read as usual" (None) instead of failing the request
+    assert auth.authenticate_cached("Bearer llmh-a") is None

@@ -177,15 +177,15 @@ class SecretKeys:
         from llmhost import aws
 
         provider = self._provider if self._provider is not None else aws.secrets_provider()
-        # Parameters' own cache key for this read (a Powertools without it makes this None, and
-        # the caller reads as usual)
-        build_key = getattr(provider, "_build_cache_key", None)
-        if build_key is None:
+        # A peek at Parameters' cache through its private key builder: a Powertools whose
+        # cache API differs in any way makes this None, and the caller reads as usual.
+        try:
+            key = provider._build_cache_key(name=self._id, transform="json")
+            if not provider.has_not_expired_in_cache(key):
+                return None
+            data = provider.fetch_from_cache(key)
+        except Exception:
             return None
-        key = build_key(name=self._id, transform="json")
-        if not provider.has_not_expired_in_cache(key):
-            return None
-        data = provider.fetch_from_cache(key)
         if not isinstance(data, dict):
             return None
         due = self._empty_since is not None and (
