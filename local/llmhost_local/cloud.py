@@ -17,6 +17,8 @@
   llmhost's alarms against the runtime front's invocation log and delivers their state
   changes to the scaling function, as do serving's wake requests for a model with no copy
   ("zero-demo" shows it: idle, zero copies, a request answered 503 + Retry-After, awake).
+- Jobs: the jobs table, bucket, queue and dead-letter queue are made as template.yaml makes
+  them (``llmhost_local.queues``), their durations compressed like every other.
 
 ``load_handler`` imports a function's handler as Lambda would. ``llmhost_local.runner`` serves
 the result over HTTP.
@@ -319,6 +321,22 @@ class LocalCloud:
             Name=API_KEYS_SECRET, SecretString=json.dumps({"local": hash_key(LOCAL_API_KEY)})
         )
         os.environ["API_KEYS_SECRET_ARN"] = keys["ARN"]
+        self._provision_jobs()
+
+    def _provision_jobs(self) -> None:
+        """The jobs table, bucket, queue and dead-letter queue (``llmhost_local.queues``)."""
+        from llmhost import aws
+        from llmhost_local.queues import jobs_source, provision_jobs
+
+        self.jobs_source = jobs_source(project_root() / "template.yaml")
+        self.jobs = provision_jobs(
+            aws.client("dynamodb"),
+            aws.client("s3"),
+            aws.client("sqs"),
+            self.jobs_source,
+            speed=self.clock.speed,
+        )
+        os.environ.update(self.jobs.environment(self.jobs_source.max_receive_count))
 
     def create_demo(self, scale_to_zero: bool = True) -> None:
         """A deployment to talk to right away (served by the local engine) and, unless told

@@ -259,6 +259,7 @@ def test_environment_variables_the_code_reads(template: dict[str, Any]) -> None:
         "SERVING_TIMEOUT_S": "12",
         "SERVING_MAX_ATTEMPTS": "2",
         "STREAM_URL": {"Fn::Sub": "${StreamFunctionUrl.FunctionUrl}v1"},
+        **JOBS_ENV,
     }
     assert functions["StreamFunction"]["Environment"]["Variables"] == {
         **common,
@@ -285,6 +286,14 @@ def test_environment_variables_the_code_reads(template: dict[str, Any]) -> None:
         "POWERTOOLS_SERVICE_NAME": "llmhost-ingest",
     }
 
+
+# The Jobs API's table, bucket and queue (llmhost.runtime.JobsSettings).
+JOBS_ENV = {
+    "JOBS_TABLE": {"Ref": "JobsTable"},
+    "JOBS_BUCKET": {"Ref": "JobsBucket"},
+    "JOBS_QUEUE_URL": {"Ref": "JobsQueue"},
+    "JOB_RETENTION_DAYS": {"Ref": "JobRetentionDays"},
+}
 
 # Lambda Web Adapter 1.x names (the unprefixed READINESS_CHECK_PATH is deprecated); it reads
 # AWS_LWA_PORT and falls back to PORT, which llmhost.serving.lambda_http reads too.
@@ -318,6 +327,9 @@ def test_serving_settings_accept_what_the_template_sets(template: dict[str, Any]
         "AWS::StackName": "llmhost",
         "QdrantUrl": "https://xyz.eu-central-1-0.aws.cloud.qdrant.io:6333",
         "ScalingFunction": "llmhost-ScalingFunction-1ABC",
+        "JobsTable": "llmhost-JobsTable-1ABC",
+        "JobsBucket": "llmhost-jobsbucket-1abc",
+        "JobsQueue": "https://sqs.us-east-1.amazonaws.com/123456789012/llmhost-JobsQueue-1ABC",
     }
     functions = sam.functions(template)
     for name in sam.DATA_PLANE:

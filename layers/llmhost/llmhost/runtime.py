@@ -17,6 +17,7 @@ from llmhost import aws
 if TYPE_CHECKING:
     from llmhost.clock import CloudClock
     from llmhost.deployments import Deployments
+    from llmhost.jobs.store import JobStore
     from llmhost.lifecycle.desired import DesiredResources
     from llmhost.lifecycle.reconciler import Reconciler
     from llmhost.lifecycle.registry import Registry
@@ -420,3 +421,34 @@ def scaling_hook() -> ScalingHook:
         clock=clock(),
         cloudwatch=lambda: aws.client("cloudwatch"),
     )
+
+
+class JobsSettings(BaseModel):
+    """The jobs' table, bucket and queue (template.yaml: JobsTable, JobsBucket, JobsQueue)."""
+
+    jobs_table: str = Field(min_length=3, max_length=255)
+    jobs_bucket: str = Field(min_length=3, max_length=63)
+    jobs_queue_url: str = Field(pattern=r"^https?://\S+$")
+    # JobsQueue's maxReceiveCount: the receive on which a failing job is marked FAILED.
+    jobs_max_receive_count: int = Field(default=3, ge=1, le=1000)
+    # JobRetentionDays: how long a job is kept (its item's TTL).
+    job_retention_days: int = Field(default=7, ge=1, le=365)
+    # How long a worker owns a job it claimed: the jobs function's timeout (a worker past it
+    # is dead), within the queue's visibility timeout so a redelivery can take over.
+    jobs_lease_s: float = Field(default=900.0, gt=0, le=43200)
+
+
+def jobs_settings() -> JobsSettings:
+    overridden: JobsSettings | None = _overrides.get("jobs_settings")
+    return overridden or _from_env(JobsSettings)
+
+
+def jobs_store() -> JobStore:
+    """The jobs table's adapter (cheap to build: its client is cached)."""
+    overridden: JobStore | None = _overrides.get("jobs_store")
+    if overridden is not None:
+        return overridden
+    from llmhost.jobs.store import JobStore
+
+    return JobStore(aws.client("dynamodb"), jobs_settings().jobs_table)
+
