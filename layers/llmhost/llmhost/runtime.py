@@ -451,4 +451,3 @@ def jobs_store() -> JobStore:
     from llmhost.jobs.store import JobStore
 
     return JobStore(aws.client("dynamodb"), jobs_settings().jobs_table)
-

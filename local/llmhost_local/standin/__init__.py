@@ -8,6 +8,11 @@ moves resources through ``Creating``/``Updating``/``Deleting`` on a clock the ca
     standin = SageMakerStandIn(clock=lambda: now[0], on_event=events.append)
     sagemaker = standin.attach(boto3.client("sagemaker", region_name="us-east-1", ...))
 
+With ``s3`` (a function returning an S3 client: moto's) and ``invoke_model`` (plays a
+model's container: ``(model name, body) -> (status, body)``), it also runs Batch Transform
+jobs (``transform_jobs``): ``InProgress`` until ``transform_start_seconds`` pass, then every
+record through the container and the ``.out`` files written as SageMaker writes them.
+
 ``AutoScalingStandIn`` covers what moto's Application Auto Scaling refuses: the inference
 component and provisioned-concurrency dimensions. Every other request goes on to moto:
 
@@ -35,6 +40,7 @@ from llmhost_local.standin.sagemaker_state import (
     SageMakerControlPlane,
     SageMakerError,
 )
+from llmhost_local.standin.transform_jobs import Invoke, TransformJobs
 from llmhost_local.standin.wire import (
     AUTOSCALING_OPERATIONS,
     OPERATIONS,
@@ -81,6 +87,9 @@ class SageMakerStandIn:
         ic_delete_seconds: float = 60.0,
         instance_quotas: Mapping[str, int] | None = None,
         on_event: EventSink | None = None,
+        transform_start_seconds: float = 300.0,
+        s3: Callable[[], Any] | None = None,
+        invoke_model: Invoke | None = None,
     ) -> None:
         self.region = region
         self.account_id = account_id
@@ -99,6 +108,17 @@ class SageMakerStandIn:
             instance_quotas=instance_quotas,
             on_event=on_event,
         )
+        self.transforms = TransformJobs(
+            clock=clock,
+            region=region,
+            account_id=account_id,
+            start_seconds=transform_start_seconds,
+            model_exists=self._plane.model_exists,
+            s3=s3,
+            invoke=invoke_model,
+            on_event=on_event,
+        )
+        self._plane.transforms = self.transforms
 
     def attach(self, client: ClientT) -> ClientT:
         """Serve this ``sagemaker`` client's calls from the stand-in; no request reaches HTTP.
@@ -117,8 +137,15 @@ class SageMakerStandIn:
         return client
 
     def tick(self) -> list[dict[str, Any]]:
-        """Settle every resource whose transitional state has elapsed; return (and emit) events."""
-        return self._plane.tick()
+        """Settle every resource whose transitional state has elapsed, and run the transform
+        jobs whose instances are up; return (and emit) events."""
+        return self._plane.tick() + self.transforms.tick()
+
+    def fail_transform_records(self, job_name: str, records: set[int]) -> None:
+        """Make the container answer 500 to these records (0-based, over the job's whole
+        input in key order) of the transform job ``job_name``, created now or later: the
+        input objects holding them get no ``.out`` and the job ends ``Failed``."""
+        self.transforms.fail_records(job_name, records)
 
     def fail_next(self, kind: FailureKind, name: str, reason: str) -> None:
         """Make the next create/update of that endpoint or inference component fail with reason.

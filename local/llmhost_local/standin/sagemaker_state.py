@@ -167,6 +167,7 @@ class SageMakerControlPlane:
         durations: Durations,
         instance_quotas: Mapping[str, int] | None = None,
         on_event: EventSink | None = None,
+        transforms: Any = None,
     ) -> None:
         self._clock = clock
         self._region = region
@@ -178,6 +179,31 @@ class SageMakerControlPlane:
         self._state = _Collections()
         self._failures: dict[tuple[str, str], str] = {}
         self._outbox: list[dict[str, Any]] = []
+        # Batch Transform jobs (``transform_jobs.TransformJobs``): their own rules and lock.
+        self.transforms = transforms
+
+    # ---- transform jobs (rules in transform_jobs) -------------------------------------
+
+    def create_transform_job(self, request: Request) -> Result:
+        return dict(self._transform_jobs().create_transform_job(request))
+
+    def describe_transform_job(self, request: Request) -> Result:
+        return dict(self._transform_jobs().describe_transform_job(request))
+
+    def stop_transform_job(self, request: Request) -> Result:
+        return dict(self._transform_jobs().stop_transform_job(request))
+
+    def list_transform_jobs(self, request: Request) -> Result:
+        return dict(self._transform_jobs().list_transform_jobs(request))
+
+    def model_exists(self, name: str) -> bool:
+        with self._transaction():
+            return name.lower() in self._state.models
+
+    def _transform_jobs(self) -> Any:
+        if self.transforms is None:
+            raise NotImplementedError("this control plane was built without transform jobs")
+        return self.transforms
 
     # ---- test and runner controls -------------------------------------------------
 
@@ -899,6 +925,9 @@ class SageMakerControlPlane:
         for resource in taggable:
             if resource.arn == arn:
                 return resource.tags
+        transform_tags = self.transforms.tags_of(arn) if self.transforms is not None else None
+        if transform_tags is not None:
+            return transform_tags  # live: AddTags and DeleteTags change them
         kind = arn.split(":", 5)[-1].split("/", 1)[0]
         label = {"endpoint-config": "endpoint configuration"}.get(kind, kind.replace("-", " "))
         raise _invalid(_NOT_FOUND.format(kind=label, arn=arn))

@@ -146,16 +146,10 @@ class ServingService:
         options = RetrievalOptions(
             collection=request.collection, k=request.k, filters=request.filters
         )
-        params_overrides = {
-            "max_new_tokens": request.max_new_tokens,
-            "temperature": request.temperature,
-            "top_p": request.top_p,
-            "stop": tuple(request.stop) if request.stop else None,
-        }
         prepared = self._prepare(
             request.model,
             [ChatMessage("user", request.query)],
-            params_overrides,
+            _rag_overrides(request),
             options,
             system=request.system,
             stream=False,
@@ -296,7 +290,30 @@ class ServingService:
 
     # -------------------------------------------------------------------------- internals
 
-    def _prepare_chat(self, request: ChatCompletionRequest, stream: bool) -> Prepared:
+    def prepare_offline(
+        self, route: ModelRoute, request: ChatCompletionRequest | RagRequest
+    ) -> Prepared:
+        """The plain (not streamed) payload the real-time route would send for ``request``,
+        for work that runs on capacity of its own (a batch transform job): same chat
+        template, token budget and retrieval, decided for ``route`` without asking whether
+        the model is up. Raises what the real-time route raises for a bad request."""
+        if isinstance(request, RagRequest):
+            return self._prepare(
+                request.model,
+                [ChatMessage("user", request.query)],
+                _rag_overrides(request),
+                RetrievalOptions(
+                    collection=request.collection, k=request.k, filters=request.filters
+                ),
+                system=request.system,
+                stream=False,
+                route=route,
+            )
+        return self._prepare_chat(request, stream=False, route=route)
+
+    def _prepare_chat(
+        self, request: ChatCompletionRequest, stream: bool, route: ModelRoute | None = None
+    ) -> Prepared:
         messages = [
             ChatMessage("system" if m.role == "developer" else m.role, m.text())
             for m in request.messages
@@ -308,7 +325,9 @@ class ServingService:
             "stop": tuple(request.stop) if request.stop else None,
             "seed": request.seed,
         }
-        return self._prepare(request.model, messages, overrides, request.rag, None, stream)
+        return self._prepare(
+            request.model, messages, overrides, request.rag, None, stream, route=route
+        )
 
     def _prepare(
         self,
@@ -318,8 +337,9 @@ class ServingService:
         retrieval: RetrievalOptions | None,
         system: str | None,
         stream: bool,
+        route: ModelRoute | None = None,
     ) -> Prepared:
-        route = self._directory.route(model)
+        route = route or self._directory.route(model)
         codec = codec_for(route.engine, seq2seq=route.chat_template == "flan-t5")
         params = GenerationParams.from_defaults(
             route.defaults, **{k: v for k, v in overrides.items() if v is not None}
@@ -440,6 +460,15 @@ def _rebuild(
     return payload
 
 
+def _rag_overrides(request: RagRequest) -> dict[str, Any]:
+    return {
+        "max_new_tokens": request.max_new_tokens,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "stop": tuple(request.stop) if request.stop else None,
+    }
+
+
 def _close(chunks: Iterator[Any]) -> None:
     close = getattr(chunks, "close", None)
     if close:
@@ -455,6 +484,11 @@ def _openai_finish(reason: str) -> str:
 
 
 def _sources(rag: RagPrompt | None) -> list[dict[str, Any]]:
+    return sources_of(rag)
+
+
+def sources_of(rag: RagPrompt | None) -> list[dict[str, Any]]:
+    """The sources of a RAG answer as the API shows them (none for a plain chat)."""
     if rag is None:
         return []
     sources = []
@@ -476,17 +510,27 @@ def _sources(rag: RagPrompt | None) -> list[dict[str, Any]]:
 
 
 def _usage(completion: Completion, prepared: Prepared) -> dict[str, int]:
+    return usage_of(
+        completion,
+        estimated_prompt_tokens=prepared.prompt_tokens(),
+        engine_counts_prompt=prepared.chat and prepared.codec.chat_stream_usage,
+    )
+
+
+def usage_of(
+    completion: Completion, *, estimated_prompt_tokens: int, engine_counts_prompt: bool
+) -> dict[str, int]:
     """OpenAI's usage, the same for a plain and a streamed answer to the same request.
 
     The chat APIs of TGI and vLLM count the prompt in both kinds of reply (a stream in its
-    include_usage chunk), so their count is used. LMI's chat counts it only in a plain
-    reply, and the generate APIs (TGI, LMI) only in a stream's last event, so those answers
-    report llmhost's count of the prompt it sent (conservative: it errs high), never 0.
+    include_usage chunk), so their count is used (``engine_counts_prompt``). LMI's chat
+    counts it only in a plain reply, and the generate APIs (TGI, LMI) only in a stream's
+    last event, so those answers report llmhost's count of the prompt it sent
+    (``estimated_prompt_tokens``: conservative, it errs high), never 0.
     """
     prompt_tokens = completion.prompt_tokens
-    engine_counts = prepared.chat and prepared.codec.chat_stream_usage
-    if not engine_counts or prompt_tokens is None:
-        prompt_tokens = prepared.prompt_tokens()
+    if not engine_counts_prompt or prompt_tokens is None:
+        prompt_tokens = estimated_prompt_tokens
     completion_tokens = completion.completion_tokens
     if completion_tokens is None:
         completion_tokens = len(completion.text.split())
