@@ -132,6 +132,8 @@ class LocalCloud:
         self.reconcile_module: ModuleType | None = None
         self.api_module: ModuleType | None = None
         self.serve_module: ModuleType | None = None
+        self.batch_module: ModuleType | None = None
+        self._batch_lock = threading.Lock()  # the batch function, one invocation at a time
         self.log = lambda line: print(line, flush=True)
 
     # ----------------------------------------------------------------------------- start
@@ -193,7 +195,12 @@ class LocalCloud:
             # Waking a component from zero copies is an update of its copy count.
             ic_update_seconds=seconds(180),
             ic_delete_seconds=seconds(60),
-            on_event=lambda event: self._queue.put(("sagemaker", event)),
+            on_event=self._sagemaker_event,
+            # Batch Transform: instances start in minutes, the records go to the local
+            # engine, input and output live in moto's S3.
+            transform_start_seconds=seconds(300),
+            s3=lambda: aws.client("s3"),
+            invoke_model=self._transform_container,
         )
         self.autoscaling = AutoScalingStandIn(sagemaker=self.standin, region=REGION)
         self._start_data_plane()
@@ -269,6 +276,51 @@ class LocalCloud:
         if self.engine_url:
             return RouteTarget.upstream(self.engine_url)
         return RouteTarget.local(self.engine)
+
+    def _transform_container(self, model: str, body: bytes) -> tuple[int, bytes]:
+        """A transform job's record, posted to the model's container: the local engine."""
+        if self.engine_url:
+            import urllib.error
+            import urllib.request
+
+            request = urllib.request.Request(
+                self.engine_url.rstrip("/") + "/invocations",
+                data=body,
+                headers={"Content-Type": "application/json"},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=600) as reply:
+                    return int(reply.status), reply.read()
+            except urllib.error.HTTPError as error:
+                return int(error.code), error.read()
+        answer = self.engine.handle("POST", "/invocations", body)
+        return answer.status, answer.body
+
+    def _sagemaker_event(self, event: dict[str, Any]) -> None:
+        """EventBridge's rules: endpoint state changes to the reconciler, a transform job's
+        end to the batch function (as ``{"batch_id": ...}``, what it advances)."""
+        from llmhost.batches.transform import STATE_CHANGE, batch_of_state_change
+
+        if event.get("detail-type") != STATE_CHANGE:
+            self._queue.put(("sagemaker", event))
+            return
+        batch_id = batch_of_state_change(event, LOCAL_STACK)
+        if batch_id is None or not (project_root() / "functions" / "batch" / "app.py").exists():
+            return
+        threading.Thread(
+            target=self._advance_batch, args=(batch_id,), name="batch-event", daemon=True
+        ).start()
+
+    def _advance_batch(self, batch_id: str) -> None:
+        with self._batch_lock:
+            if self.batch_module is None:
+                self.batch_module = load_handler("batch", "llmhost-batch")
+            try:
+                self.batch_module.handler(
+                    {"batch_id": batch_id}, events.LambdaContext("llmhost-batch")
+                )
+            except Exception as error:  # EventBridge retries; the batch schedule polls too
+                self.log(f"  batch {batch_id}: advancing after its transform job failed: {error}")
 
     def _attach(self, service: str, client: Any) -> None:
         if service == "sagemaker":

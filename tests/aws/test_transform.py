@@ -274,3 +274,19 @@ def test_transform_job_names_are_valid_deterministic_and_distinct() -> None:
     assert transform_job_name("batch_a", 1) == transform_job_name("batch_a", 1)
     for name in names:
         assert len(name) <= 63 and re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", name), name
+
+
+def test_the_state_change_of_an_ended_job_names_its_batch(world: Any) -> None:
+    from llmhost.batches.transform import batch_of_state_change
+
+    # Given a batch's job, through to its end
+    batch, lines = _batch("batch_event"), [_line(1)]
+    world.runner.start(batch, lines)
+    _run_job(world)
+    started, ended = world.events[0], world.events[-1]
+    # Then only the event of its end names the batch, and only for this stack
+    assert batch_of_state_change(started, STACK) is None  # InProgress
+    assert batch_of_state_change(ended, STACK) == "batch_event"
+    assert batch_of_state_change(ended, "another-stack") is None
+    endpoint_event = {**ended, "detail-type": "SageMaker Endpoint State Change"}
+    assert batch_of_state_change(endpoint_event, STACK) is None

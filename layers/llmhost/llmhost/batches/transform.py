@@ -187,6 +187,29 @@ def transform_tags(stack: str, deployment: str, batch_id: str) -> dict[str, str]
     return {**deployment_tags(stack, deployment), BATCH_TAG: batch_id}
 
 
+STATE_CHANGE = "SageMaker Transform Job State Change"
+
+
+def batch_of_state_change(event: Any, stack: str) -> str | None:
+    """The batch whose job a "SageMaker Transform Job State Change" event is about, when the
+    job has ended and is this stack's; else None (another stack's or someone else's job, a
+    job still running, any other event). The job's tags travel in the event's detail."""
+    if not isinstance(event, Mapping) or event.get("source") != "aws.sagemaker":
+        return None
+    detail = event.get("detail")
+    if event.get("detail-type") != STATE_CHANGE or not isinstance(detail, Mapping):
+        return None
+    tags = detail.get("Tags")
+    if not isinstance(tags, Mapping) or detail.get("TransformJobStatus") not in ENDED:
+        return None
+    from llmhost.lifecycle.ownership import STACK_TAG
+
+    batch = tags.get(BATCH_TAG)
+    if tags.get(STACK_TAG) != stack or not isinstance(batch, str) or not batch:
+        return None
+    return batch
+
+
 def transform_request(
     *,
     name: str,
