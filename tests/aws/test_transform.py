@@ -290,3 +290,15 @@ def test_the_state_change_of_an_ended_job_names_its_batch(world: Any) -> None:
     assert batch_of_state_change(ended, "another-stack") is None
     endpoint_event = {**ended, "detail-type": "SageMaker Endpoint State Change"}
     assert batch_of_state_change(endpoint_event, STACK) is None
+
+
+def test_concurrency_and_payload_stay_within_aws_limits() -> None:
+    from llmhost.batches.transform import payload_limit_mb, transform_concurrency
+
+    # An engine without continuous batching takes one record at a time
+    assert transform_concurrency(16, continuous_batching=False) == 1
+    # and the product of payload and concurrency never passes AWS's 100 MB
+    for copy in (1, 16, 17, 100, 128):
+        concurrency = transform_concurrency(copy, continuous_batching=True)
+        assert 1 <= concurrency <= copy
+        assert payload_limit_mb(concurrency) * concurrency <= 100, copy

@@ -143,6 +143,15 @@ def transform_job_name(batch_id: str, group: int) -> str:
     return f"{NAME_PREFIX}{slug}{suffix}"
 
 
+def transform_concurrency(copy_concurrency: int, continuous_batching: bool) -> int:
+    """MaxConcurrentTransforms: the requests one copy of the engine runs together (sizing),
+    one for an engine without continuous batching, and at most what leaves each record the
+    1 MB AWS's payload x concurrency cap allows."""
+    if not continuous_batching:
+        return 1
+    return max(1, min(copy_concurrency, PAYLOAD_TIMES_CONCURRENCY_MB))
+
+
 def payload_limit_mb(concurrency: int) -> int:
     """MaxPayloadInMB for ``concurrency`` records at once (AWS: their product <= 100 MB)."""
     return max(1, min(DEFAULT_PAYLOAD_MB, PAYLOAD_TIMES_CONCURRENCY_MB // max(1, concurrency)))

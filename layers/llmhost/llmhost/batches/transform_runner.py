@@ -41,6 +41,7 @@ from llmhost.batches.transform import (
     payload_bytes,
     payload_limit_mb,
     rejected_outcomes,
+    transform_concurrency,
     transform_instance,
     transform_job_name,
     transform_request,
@@ -157,7 +158,10 @@ class TransformRunner:
             )
         plan = plan_of(record)
         instance = transform_instance(record.spec.hosting.kind, plan.instance_type)
-        concurrency = engines.copy_capacity_of(record.spec, plan).concurrency
+        concurrency = transform_concurrency(
+            engines.copy_capacity_of(record.spec, plan).concurrency,
+            engines.traits(record.spec.engine.name).continuous_batching,
+        )
         route = route_for(record)
         records, rejected = self._records(route, lines, payload_limit_mb(concurrency))
         split = parts(records)
