@@ -91,6 +91,10 @@ def offline_aws(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
         "SAGEMAKER_EXECUTION_ROLE_ARN": ROLE_ARN,
         "LLMHOST_STACK_NAME": STACK,
         "SECRETS_PREFIX": "llmhost/",
+        # Where async endpoints put results and announce them (the stack's bucket, topics).
+        "JOBS_BUCKET": "llmhost-jobs",
+        "ASYNC_SUCCESS_TOPIC_ARN": "arn:aws:sns:us-east-1:123456789012:llmhost-async-success",
+        "ASYNC_ERROR_TOPIC_ARN": "arn:aws:sns:us-east-1:123456789012:llmhost-async-error",
     }.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("LLMHOST_AWS_ENDPOINT_URL", raising=False)

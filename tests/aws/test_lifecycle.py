@@ -36,6 +36,12 @@ SPECS: dict[str, dict[str, Any]] = {
         "engine": {"name": "hf-inference"},
         "hosting": {"kind": "serverless", "memory_mb": 4096},
     },
+    "async": {
+        "name": "mistral-jobs",
+        "model": {"kind": "hub", "model_id": "mistralai/Mistral-7B-Instruct-v0.2"},
+        "hosting": {"kind": "async", "instance_type": "ml.g5.2xlarge"},
+        "scaling": {"min_capacity": 0, "max_capacity": 2},
+    },
 }
 PATCHES: dict[str, dict[str, Any]] = {
     "dedicated": {"hosting": {"kind": "dedicated", "instance_type": "ml.g5.4xlarge"}},
@@ -48,6 +54,7 @@ PATCHES: dict[str, dict[str, Any]] = {
         }
     },
     "serverless": {"hosting": {"kind": "serverless", "memory_mb": 6144}},
+    "async": {"hosting": {"kind": "async", "instance_type": "ml.g5.4xlarge"}},
 }
 
 
@@ -142,7 +149,7 @@ EMPTY = {
 }
 
 
-@pytest.mark.parametrize("kind", ["dedicated", "shared", "serverless"])
+@pytest.mark.parametrize("kind", ["dedicated", "shared", "serverless", "async"])
 def test_create_update_delete(harness: Harness, kind: str) -> None:
     spec = SPECS[kind]
     # Given a new deployment, when the reconciler runs, it reaches IN_SERVICE
@@ -199,7 +206,7 @@ def _converge_with_crash(
 
 @pytest.mark.parametrize("after", [True, False], ids=["crash-after-call", "crash-before-call"])
 @pytest.mark.parametrize("phase", ["create", "update", "delete"])
-@pytest.mark.parametrize("kind", ["dedicated", "shared", "serverless"])
+@pytest.mark.parametrize("kind", ["dedicated", "shared", "serverless", "async"])
 def test_converges_despite_a_crash_between_any_two_steps(
     moto_aws: None, clock: Any, kind: str, phase: str, after: bool
 ) -> None:
@@ -603,4 +610,52 @@ def test_serverless_provisioned_concurrency_is_autoscaled_and_removed(harness: H
     harness.set_desired("flan", "deleted")
     assert harness.settle("flan").status == "DELETED"
     assert _scaling_view("flan") == ([], [], {})
+    assert existing(harness) == EMPTY
+
+
+def test_async_endpoint_gets_its_queue_config_and_scale_from_zero_and_delete_removes_them(
+    harness: Harness,
+) -> None:
+    from llmhost import aws
+
+    spec = SPECS["async"]
+    name = spec["name"]
+    # Given an async deployment with min 0, when it is in service
+    harness.create(spec)
+    record = harness.settle(name)
+    assert record.status == "IN_SERVICE" and record.scaling_applied
+    # Then its endpoint writes results to the jobs bucket and announces them on the topics
+    described = harness.standin.describe("endpoint", name)
+    output = described["AsyncInferenceConfig"]["OutputConfig"]
+    assert output["S3OutputPath"] == "s3://llmhost-jobs/async/output/"
+    assert output["S3FailurePath"] == "s3://llmhost-jobs/async/failure/"
+    assert output["NotificationConfig"]["SuccessTopic"].endswith(":llmhost-async-success")
+    assert output["NotificationConfig"]["ErrorTopic"].endswith(":llmhost-async-error")
+    client = described["AsyncInferenceConfig"]["ClientConfig"]
+    assert client["MaxConcurrentInvocationsPerInstance"] >= 1
+    # And AWS's scale-to-zero for async endpoints is in place: instances 0-2, target
+    # tracking on the backlog, a step policy whose alarm watches HasBacklogWithoutCapacity
+    targets, policies, alarms = _scaling_view(name)
+    variant = f"endpoint/{name}/variant/AllTraffic"
+    assert [(t["ResourceId"], t["MinCapacity"], t["MaxCapacity"]) for t in targets] == [
+        (variant, 0, 2)
+    ]
+    by_name = {p["PolicyName"]: p for p in policies}
+    tracking = by_name[f"llmhost-{name}-target"]["TargetTrackingScalingPolicyConfiguration"]
+    assert tracking["CustomizedMetricSpecification"]["MetricName"] == (
+        "ApproximateBacklogSizePerInstance"
+    )
+    assert tracking["TargetValue"] == client["MaxConcurrentInvocationsPerInstance"]
+    wake = alarms[f"llmhost-{name}-no-capacity"]
+    assert wake["MetricName"] == "HasBacklogWithoutCapacity"
+    assert wake["Dimensions"] == [{"Name": "EndpointName", "Value": name}]
+    assert wake["AlarmActions"] == [by_name[f"llmhost-{name}-wake"]["PolicyARN"]]
+    assert set(alarms) == {f"llmhost-{name}-no-capacity"}
+    # And the alarm carries the ownership tags the reconciler's role is scoped by
+    tags = aws.client("cloudwatch").list_tags_for_resource(ResourceARN=wake["AlarmArn"])["Tags"]
+    assert {"Key": "llmhost:deployment", "Value": name} in tags
+    # When deleted, nothing of it is left
+    harness.set_desired(name, "deleted")
+    assert harness.settle(name).status == "DELETED"
+    assert _scaling_view(name) == ([], [], {})
     assert existing(harness) == EMPTY

@@ -728,3 +728,97 @@ def test_instance_counts_change_through_update_endpoint_weights_and_capacities(s
     assert unknown[0] == "ValidationException" and "Other" in unknown[1]
     with pytest.raises(ParamValidationError):
         sm.client.update_endpoint_weights_and_capacities(EndpointName="e1")
+
+
+ASYNC_CONFIG = {
+    "ClientConfig": {"MaxConcurrentInvocationsPerInstance": 4},
+    "OutputConfig": {
+        "S3OutputPath": "s3://llmhost-jobs/async/output/",
+        "S3FailurePath": "s3://llmhost-jobs/async/failure/",
+        "NotificationConfig": {
+            "SuccessTopic": "arn:aws:sns:us-east-1:123456789012:llmhost-async-success",
+            "ErrorTopic": "arn:aws:sns:us-east-1:123456789012:llmhost-async-error",
+            "IncludeInferenceResponseIn": [
+                "SUCCESS_NOTIFICATION_TOPIC",
+                "ERROR_NOTIFICATION_TOPIC",
+            ],
+        },
+    },
+}
+
+
+def _async_config(sm: Harness, name: str = "async-c1", **changes: Any) -> None:
+    sm.client.create_endpoint_config(
+        EndpointConfigName=name,
+        ProductionVariants=[
+            {
+                "VariantName": "AllTraffic",
+                "ModelName": "m1",
+                "InstanceType": "ml.g5.2xlarge",
+                "InitialInstanceCount": 1,
+            }
+        ],
+        AsyncInferenceConfig={**ASYNC_CONFIG, **changes},
+    )
+
+
+def test_an_async_endpoint_shows_its_config_and_alone_scales_to_zero_instances(sm: Harness):
+    # Given an async endpoint config and a real-time one
+    sm.model()
+    _async_config(sm)
+    sm.classic_config()
+    # When both endpoints are in service
+    sm.endpoint_in_service("jobs", "async-c1")
+    sm.endpoint_in_service("e1", "c1")
+    # Then the async one describes its AsyncInferenceConfig, the real-time one none
+    assert sm.client.describe_endpoint(EndpointName="jobs")["AsyncInferenceConfig"] == ASYNC_CONFIG
+    assert "AsyncInferenceConfig" not in sm.client.describe_endpoint(EndpointName="e1")
+    # And only the async endpoint's variant may go to zero instances
+    zero = [{"VariantName": "AllTraffic", "DesiredInstanceCount": 0}]
+    sm.client.update_endpoint_weights_and_capacities(
+        EndpointName="jobs", DesiredWeightsAndCapacities=zero
+    )
+    sm.advance(300)
+    (variant,) = sm.client.describe_endpoint(EndpointName="jobs")["ProductionVariants"]
+    assert variant["CurrentInstanceCount"] == 0
+    refused = _error(
+        lambda: sm.client.update_endpoint_weights_and_capacities(
+            EndpointName="e1", DesiredWeightsAndCapacities=zero
+        )
+    )
+    assert refused[0] == "ValidationException" and "only asynchronous" in refused[1]
+
+
+def test_async_configs_are_checked_like_sagemaker_checks_them(sm: Harness):
+    sm.model()
+    # A response included in a topic the config does not name is refused
+    no_error_topic = {
+        "S3OutputPath": "s3://llmhost-jobs/async/output/",
+        "NotificationConfig": {
+            "SuccessTopic": "arn:aws:sns:us-east-1:123456789012:s",
+            "IncludeInferenceResponseIn": ["ERROR_NOTIFICATION_TOPIC"],
+        },
+    }
+    code, message = _error(lambda: _async_config(sm, OutputConfig=no_error_topic))
+    assert code == "ValidationException" and "ErrorTopic" in message
+    # A topic that is no SNS ARN breaks the service model's pattern, as AWS words it
+    bad_arn = {**ASYNC_CONFIG["OutputConfig"], "NotificationConfig": {"SuccessTopic": "topic"}}
+    code, message = _error(lambda: _async_config(sm, "async-c2", OutputConfig=bad_arn))
+    assert code == "ValidationException"
+    assert "asyncInferenceConfig.outputConfig.notificationConfig.successTopic" in message
+    # A serverless variant cannot be async
+    refused = _error(
+        lambda: sm.client.create_endpoint_config(
+            EndpointConfigName="async-c3",
+            ProductionVariants=[
+                {
+                    "VariantName": "AllTraffic",
+                    "ModelName": "m1",
+                    "ServerlessConfig": {"MemorySizeInMB": 2048, "MaxConcurrency": 1},
+                }
+            ],
+            AsyncInferenceConfig=ASYNC_CONFIG,
+        )
+    )
+    assert refused[0] == "ValidationException" and "instance-based" in refused[1]
+    assert sm.standin.resources()["endpoint_configs"] == set()

@@ -7,7 +7,12 @@ from dataclasses import replace
 import pytest
 
 from llmhost.lifecycle import planner as p
-from llmhost.lifecycle.desired import DesiredResources, ScheduleTarget, SleepWakeSchedule
+from llmhost.lifecycle.desired import (
+    AsyncTarget,
+    DesiredResources,
+    ScheduleTarget,
+    SleepWakeSchedule,
+)
 from llmhost.lifecycle.observed import Observed, ObservedComponent, ObservedEndpoint
 from llmhost.lifecycle.record import Attempt, DeploymentRecord
 from llmhost.specs import parse_spec
@@ -567,3 +572,110 @@ def test_a_wake_landing_while_the_sleep_was_under_way_still_adds_a_copy():
     # And once it has been back IN_SERVICE, a later zero is autoscaling's again
     back = rec.with_event("Settle zephyr", status="IN_SERVICE")
     assert isinstance(p.plan_next_action(back, d, observed).action, p.Settle)
+
+
+# ------------------------------------------------------------- asynchronous endpoints
+
+ASYNC = {
+    "name": "llama",
+    "model": {"kind": "hub", "model_id": "meta-llama/Meta-Llama-3-8B-Instruct"},
+    "hosting": {"kind": "async", "instance_type": "ml.g5.2xlarge"},
+    "scaling": {"min_capacity": 0, "max_capacity": 2},
+}
+ASYNC_TARGET = AsyncTarget(
+    bucket="llmhost-jobs",
+    success_topic="arn:aws:sns:us-east-1:123456789012:llmhost-async-success",
+    error_topic="arn:aws:sns:us-east-1:123456789012:llmhost-async-error",
+)
+
+
+def async_desired(target: AsyncTarget = ASYNC_TARGET) -> DesiredResources:
+    from llmhost.scaling.policy import async_policy
+    from llmhost.specs import Scaling
+
+    policy = async_policy(Scaling(min_capacity=0, max_capacity=2), concurrency=4)
+    return dedicated(kind="async", async_target=target, scaling=policy)
+
+
+ASYNC_SCALING = {
+    "scalable_targets": frozenset({"endpoint/llama/variant/AllTraffic"}),
+    "scaling_policies": frozenset(
+        ("endpoint/llama/variant/AllTraffic", f"llmhost-llama-{name}")
+        for name in ("target", "wake")
+    ),
+    "alarms": frozenset({"llmhost-llama-no-capacity"}),
+}
+
+
+@pytest.mark.parametrize(
+    ("rec", "observed", "action", "target", "status"),
+    [
+        # The same order as a dedicated endpoint: model, config, endpoint.
+        (record(ASYNC), Observed(), p.CreateModel, "llama-aaaaaaaa", "CREATING"),
+        (
+            record(ASYNC),
+            Observed(models=BOTH[0]),
+            p.CreateEndpointConfig,
+            "llama-cccccccc",
+            "CREATING",
+        ),
+        (record(ASYNC), Observed(*BOTH), p.CreateEndpoint, "llama", "CREATING"),
+        # In service: the backlog autoscaling (min 0) is applied once.
+        (
+            record(ASYNC, status="IN_SERVICE"),
+            Observed(*BOTH, endpoint=endpoint()),
+            p.ApplyScaling,
+            "endpoint/llama/variant/AllTraffic",
+            "IN_SERVICE",
+        ),
+        # Sleep deletes the endpoint like any other.
+        (
+            record(ASYNC, desired_state="sleeping"),
+            Observed(*BOTH, endpoint=endpoint()),
+            p.DeleteEndpoint,
+            "llama",
+            "SLEEPING",
+        ),
+        # Delete: scaling pieces first, then the endpoint.
+        (
+            record(ASYNC, desired_state="deleted"),
+            Observed(*BOTH, endpoint=endpoint(), **ASYNC_SCALING),
+            p.DeleteScalingPolicy,
+            "llmhost-llama-target",
+            "DELETING",
+        ),
+    ],
+)
+def test_async_plan(rec, observed, action, target, status):
+    step = p.plan_next_action(rec, async_desired(), observed)
+    assert type(step.action) is action
+    assert step.action.target == target
+    assert step.status == status
+
+
+def test_async_with_its_scaling_in_place_settles_even_at_zero_instances():
+    # Given the backlog autoscaling applied (the endpoint may be at zero instances: the
+    # planner never reads the count, so it does not fight the scale-in)
+    d = async_desired()
+    rec = record(ASYNC, status="IN_SERVICE", scaling_applied=d.scaling_hash)
+    step = p.plan_next_action(rec, d, Observed(*BOTH, endpoint=endpoint(), **ASYNC_SCALING))
+    assert isinstance(step.action, p.Settle) and step.status == "IN_SERVICE"
+    # And a lost no-capacity alarm (the one that brings the first instance up) is restored
+    lost = {**ASYNC_SCALING, "alarms": frozenset()}
+    step = p.plan_next_action(rec, d, Observed(*BOTH, endpoint=endpoint(), **lost))
+    assert isinstance(step.action, p.ApplyScaling)
+    assert step.reason.endswith("restoring llmhost-llama-no-capacity")
+
+
+def test_async_without_its_settings_names_them_and_creates_nothing():
+    # Given a reconcile function without the topics (the stack's template sets them)
+    d = async_desired(AsyncTarget(bucket="llmhost-jobs"))
+    step = p.plan_next_action(record(ASYNC), d, Observed())
+    # Then nothing is created and the status says what to set; not a failed generation
+    assert isinstance(step.action, p.Settle) and not step.action.failed
+    assert step.status == "FAILED"
+    assert "ASYNC_SUCCESS_TOPIC_ARN, ASYNC_ERROR_TOPIC_ARN" in step.reason
+    assert "JOBS_BUCKET" not in step.reason
+    # And a delete still goes ahead without them
+    gone = p.plan_next_action(record(ASYNC, desired_state="deleted"), d, Observed(*BOTH))
+    assert isinstance(gone.action, p.DeleteEndpointConfig)

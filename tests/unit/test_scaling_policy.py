@@ -499,3 +499,70 @@ def test_underload_waits_out_a_scale_out_and_its_own_cooldown() -> None:
     # 300 s (the scale-in cooldown) later, not before
     assert aas.underload(policy, once, 3700.0, 2.0, 3).desired == 3
     assert aas.underload(policy, once, 3900.0, 2.0, 3).desired == 1
+
+
+# ------------------------------------------------------------------ asynchronous endpoints
+
+
+ASYNC_VARIANT = "endpoint/llama-jobs/variant/AllTraffic"
+
+
+def test_async_endpoint_scales_on_its_backlog_down_to_zero_as_aws_documents() -> None:
+    # Given an async deployment that may scale to zero, 4 requests per instance at once
+    policy = aas.async_policy(Scaling(min_capacity=0, max_capacity=3), concurrency=4)
+    # Then the variant's instances scale between 0 and 3
+    target = policy.register_scalable_target_request(ASYNC_VARIANT)
+    assert (target["ScalableDimension"], target["MinCapacity"], target["MaxCapacity"]) == (
+        "sagemaker:variant:DesiredInstanceCount",
+        0,
+        3,
+    )
+    # And target tracking keeps the endpoint's backlog per instance at what an instance runs
+    tracking = policy.target_tracking_request(ASYNC_VARIANT, "llmhost-llama-jobs-target")
+    config = tracking["TargetTrackingScalingPolicyConfiguration"]
+    assert config["TargetValue"] == 4.0
+    assert config["CustomizedMetricSpecification"] == {
+        "MetricName": "ApproximateBacklogSizePerInstance",
+        "Namespace": "AWS/SageMaker",
+        "Dimensions": [{"Name": "EndpointName", "Value": "llama-jobs"}],
+        "Statistic": "Average",
+    }
+    assert "PredefinedMetricSpecification" not in config
+    # And a +1 step policy acts on HasBacklogWithoutCapacity, so a request queued at zero
+    # instances brings one up (target tracking alone never leaves zero)
+    wake = policy.scale_from_zero
+    assert wake is not None
+    assert wake.configuration()["StepAdjustments"] == [
+        {"ScalingAdjustment": 1, "MetricIntervalLowerBound": 0}
+    ]
+    alarm = wake.alarm.put_metric_alarm_request(
+        "llmhost-llama-jobs-no-capacity", {"EndpointName": "llama-jobs"}, ["arn:policy"]
+    )
+    assert (alarm["MetricName"], alarm["Threshold"], alarm["ComparisonOperator"]) == (
+        "HasBacklogWithoutCapacity",
+        1,
+        "GreaterThanOrEqualToThreshold",
+    )
+    assert alarm["AlarmActions"] == ["arn:policy"]
+    assert wake.alarm.in_alarm([1.0, 1.0]) and not wake.alarm.in_alarm([0.0, 1.0])
+    # And no llmhost hook alarm: AWS's policies do all of it
+    assert (policy.idle_alarm, policy.overload, policy.underload) == (None, None, None)
+    # And botocore's models accept every body
+    assert_valid("application-autoscaling", "RegisterScalableTarget", target)
+    assert_valid("application-autoscaling", "PutScalingPolicy", tracking)
+    step = policy.step_scaling_request(ASYNC_VARIANT, "llmhost-llama-jobs-wake")
+    assert_valid("application-autoscaling", "PutScalingPolicy", step)
+    assert_valid("cloudwatch", "PutMetricAlarm", alarm)
+
+
+def test_async_endpoint_above_zero_has_no_step_policy_and_takes_the_specs_target() -> None:
+    policy = aas.async_policy(
+        Scaling(min_capacity=1, max_capacity=4, target_value=2.5), concurrency=16
+    )
+    assert policy.scale_from_zero is None and policy.min_capacity == 1
+    assert policy.target_tracking.target_value == 2.5
+    with pytest.raises(ValueError, match="scale_to_zero is off"):
+        policy.step_scaling_request(ASYNC_VARIANT, "wake")
+    # The customized metric is per endpoint: a resource id without one cannot carry it
+    with pytest.raises(ValueError, match="per endpoint"):
+        policy.target_tracking_request("inference-component/x", "t")

@@ -478,3 +478,65 @@ print(spec.name, loaded)
     # list was loaded on the way
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "llama3-8b []"
+
+
+# ------------------------------------------------------------------ asynchronous endpoints
+
+
+def test_valid_async_spec_scales_to_zero_by_its_minimum_alone() -> None:
+    # Given an async deployment with min 0 (no scale_to_zero flag: the queue decides)
+    parsed = parse_spec(
+        spec(
+            hosting={"kind": "async", "instance_type": "ml.g5.2xlarge"},
+            scaling={"min_capacity": 0, "max_capacity": 2},
+        )
+    )
+    check_capacity(parsed)
+    assert parsed.hosting.kind == "async"
+    # And its plan costs nothing at zero instances, and says the first job waits
+    from llmhost.sizing.plan import async_concurrency, plan
+
+    sized = plan(parsed)
+    assert sized.kind == "async" and sized.cost.hourly_min == 0 and sized.cost.hourly_max > 0
+    assert any("first queued request" in note for note in sized.notes)
+    # And MaxConcurrentInvocationsPerInstance comes from the engine's token budget
+    assert 1 <= async_concurrency(parsed, sized) <= 1000
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "fragment"),
+    [
+        (
+            {"scaling": {"min_capacity": 0, "max_capacity": 2, "scale_to_zero": True}},
+            "scaling.scale_to_zero",
+            "scaling.min_capacity to 0",
+        ),
+        (
+            {"scaling": {"target_metric": "invocations-per-instance", "max_capacity": 2}},
+            "scaling.target_metric",
+            "ApproximateBacklogSizePerInstance",
+        ),
+        (
+            {"hosting": {"kind": "async", "instance_count": 3}},
+            "hosting.instance_count",
+            "scaling.max_capacity",
+        ),
+        (
+            {"hosting": {"kind": "async", "max_concurrent_invocations_per_instance": 1001}},
+            "hosting.max_concurrent_invocations_per_instance",
+            "1000",
+        ),
+        (
+            {"hosting": {"kind": "async", "instance_type": "ml.g5.2xlarge", "num_gpus": 4}},
+            "hosting.num_gpus",
+            "ml.g5.2xlarge has 1 GPU",
+        ),
+    ],
+)
+def test_async_rules_name_the_field_and_the_fix(
+    changes: dict[str, Any], field: str, fragment: str
+) -> None:
+    data = spec(**{"hosting": {"kind": "async"}, **changes})
+    found = {i.field: i.message for i in issues(data)}
+    assert field in found, found
+    assert fragment in found[field]

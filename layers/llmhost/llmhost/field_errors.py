@@ -30,6 +30,7 @@ UNION_TAGS = frozenset(
         "dedicated",
         "shared",
         "serverless",
+        "async",
         "string-content",
         "content-parts",
     }

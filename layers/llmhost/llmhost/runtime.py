@@ -77,6 +77,11 @@ class ReconcileSettings(BaseModel):
     scaling_function_arn: str | None = None
     scheduler_role_arn: str | None = None
     schedule_dead_letter_arn: str | None = None
+    # Asynchronous endpoints: the jobs bucket (results) and the two SNS topics. Unset: an
+    # async deployment fails with the missing settings named.
+    jobs_bucket: str | None = None
+    async_success_topic_arn: str | None = None
+    async_error_topic_arn: str | None = None
 
 
 def _from_env(model: type[Settings]) -> Settings:
@@ -149,7 +154,7 @@ def deployments() -> Deployments:
 @cache
 def _reconciler() -> Reconciler:
     from llmhost.lifecycle.applier import SageMakerApplier
-    from llmhost.lifecycle.desired import ScheduleTarget
+    from llmhost.lifecycle.desired import AsyncTarget, ScheduleTarget
     from llmhost.lifecycle.observer import SageMakerObserver
     from llmhost.lifecycle.reconciler import Reconciler, resolve_desired
 
@@ -165,8 +170,14 @@ def _reconciler() -> Reconciler:
         dead_letter_arn=settings.schedule_dead_letter_arn or "",
     )
 
+    async_target = AsyncTarget(
+        bucket=settings.jobs_bucket or "",
+        success_topic=settings.async_success_topic_arn or "",
+        error_topic=settings.async_error_topic_arn or "",
+    )
+
     def resolve(spec: DeploymentSpec, plan: Plan | None = None) -> DesiredResources:
-        return resolve_desired(spec, region, role, schedules, plan)
+        return resolve_desired(spec, region, role, schedules, plan, async_target)
 
     return Reconciler(
         registry=registry(),

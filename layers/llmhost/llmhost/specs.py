@@ -264,10 +264,38 @@ class ServerlessHosting(_Strict):
         return value
 
 
+class AsyncHosting(_Strict):
+    """A SageMaker asynchronous inference endpoint: requests queue (input and output in S3,
+    completion announced on SNS), long generations finish, and instances scale to zero on an
+    empty queue (``scaling.min_capacity`` 0)."""
+
+    kind: Literal["async"]
+    instance_type: str | None = Field(
+        default=None,
+        pattern=r"^ml\.[a-z0-9-]+\.[a-z0-9]+$",
+        description="SageMaker instance type; omitted means the cheapest one the model fits on.",
+    )
+    instance_count: int = Field(
+        default=1, ge=1, le=64, description="Instances the endpoint starts with (at least 1)."
+    )
+    num_gpus: int | None = Field(
+        default=None, ge=1, le=16, description="SM_NUM_GPUS; defaults to every GPU of the instance."
+    )
+    # SageMaker's ClientConfig.MaxConcurrentInvocationsPerInstance: 1 to 1000.
+    max_concurrent_invocations_per_instance: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="Queued requests SageMaker hands one instance at once. Omitted: what one "
+        "instance runs together, from its engine's token budget (the sizing plan).",
+    )
+
+
 Hosting = Annotated[
     Annotated[DedicatedHosting, Tag("dedicated")]
     | Annotated[SharedHosting, Tag("shared")]
-    | Annotated[ServerlessHosting, Tag("serverless")],
+    | Annotated[ServerlessHosting, Tag("serverless")]
+    | Annotated[AsyncHosting, Tag("async")],
     _kind_or("dedicated"),
 ]
 
@@ -450,7 +478,11 @@ def cross_field_issues(spec: DeploymentSpec) -> list[FieldIssue]:
                 f"({scaling.max_capacity}); lower it or raise scaling.max_capacity",
             )
         )
-    if scaling.min_capacity == 0 and not scaling.scale_to_zero:
+    if (
+        scaling.min_capacity == 0
+        and not scaling.scale_to_zero
+        and not isinstance(hosting, AsyncHosting)
+    ):
         issues.append(
             FieldIssue(
                 "scaling.min_capacity",
@@ -522,6 +554,7 @@ def cross_field_issues(spec: DeploymentSpec) -> list[FieldIssue]:
                 )
             )
     issues.extend(_scaling_issues(spec))
+    issues.extend(_async_issues(spec))
     if (
         isinstance(hosting, SharedHosting)
         and hosting.pool_min_instances > hosting.pool_max_instances
@@ -540,6 +573,41 @@ def cross_field_issues(spec: DeploymentSpec) -> list[FieldIssue]:
             )
         )
     issues.extend(limits.spec_issues(spec))
+    return issues
+
+
+def _async_issues(spec: DeploymentSpec) -> list[FieldIssue]:
+    """An async endpoint scales on its queue: one metric, and zero by its minimum alone."""
+    hosting, scaling = spec.hosting, spec.scaling
+    if not isinstance(hosting, AsyncHosting):
+        return []
+    issues: list[FieldIssue] = []
+    # The default metric stands for "the queue" (a stored spec spells every default out).
+    if scaling.target_metric != Scaling.model_fields["target_metric"].default:
+        issues.append(
+            FieldIssue(
+                "scaling.target_metric",
+                f"an async endpoint scales on its queue (ApproximateBacklogSizePerInstance), "
+                f"not '{scaling.target_metric}'; remove scaling.target_metric (scaling."
+                "target_value sets the queued requests per instance to keep)",
+            )
+        )
+    if scaling.scale_to_zero:
+        issues.append(
+            FieldIssue(
+                "scaling.scale_to_zero",
+                "an async endpoint scales to zero instances on an empty queue by itself; "
+                "remove scaling.scale_to_zero and set scaling.min_capacity to 0",
+            )
+        )
+    if hosting.instance_count > scaling.max_capacity:
+        issues.append(
+            FieldIssue(
+                "hosting.instance_count",
+                f"{hosting.instance_count} is above scaling.max_capacity "
+                f"({scaling.max_capacity}); lower it or raise scaling.max_capacity",
+            )
+        )
     return issues
 
 

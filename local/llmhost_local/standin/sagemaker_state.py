@@ -85,6 +85,10 @@ class _EndpointConfig:
         return list(self.request["ProductionVariants"])
 
     @property
+    def is_async(self) -> bool:
+        return "AsyncInferenceConfig" in self.request
+
+    @property
     def hosts_inference_components(self) -> bool:
         return all("ModelName" not in v for v in self.variants)
 
@@ -417,6 +421,13 @@ class SageMakerControlPlane:
                     raise _invalid(
                         f'Variant "{name}" is serverless: it has no instance count to set.'
                     )
+                if wanted.get("DesiredInstanceCount") == 0 and not endpoint.config.is_async:
+                    # Only asynchronous endpoints scale their instances to zero
+                    # (docs.aws.amazon.com/sagemaker/latest/dg/async-inference-autoscale.html).
+                    raise _invalid(
+                        f'Variant "{name}" of endpoint "{endpoint.arn}" cannot have 0 '
+                        "instances: only asynchronous inference endpoints scale to zero."
+                    )
                 if "DesiredInstanceCount" in wanted:
                     counts[name] = wanted["DesiredInstanceCount"]
             endpoint.pending_counts = counts
@@ -672,6 +683,8 @@ class SageMakerControlPlane:
                         "whose variants host inference components (no ModelName)."
                     )
             _check_managed_scaling(where, variant)
+        if "AsyncInferenceConfig" in request:
+            _check_async(request)
 
     def _deployable_config(self, config_name: str) -> _EndpointConfig:
         config = self._config(config_name)
@@ -947,6 +960,10 @@ class SageMakerControlPlane:
         }
         if endpoint.failure_reason:
             result["FailureReason"] = endpoint.failure_reason
+        if endpoint.config.is_async:
+            result["AsyncInferenceConfig"] = copy.deepcopy(
+                endpoint.config.request["AsyncInferenceConfig"]
+            )
         if endpoint.pending_config is not None and endpoint.pending_since is not None:
             result["PendingDeploymentSummary"] = {
                 "EndpointConfigName": endpoint.pending_config.name,
@@ -1061,6 +1078,36 @@ def _desired(variant: dict[str, Any]) -> dict[str, Any]:
         "DesiredWeight": float(variant.get("InitialVariantWeight", 1.0)),
         "DesiredInstanceCount": variant["InitialInstanceCount"],
     }
+
+
+def _check_async(request: Request) -> None:
+    """An asynchronous endpoint's config: instance variants that name a model (async
+    inference runs neither on serverless variants nor inference components:
+    docs.aws.amazon.com/sagemaker/latest/dg/async-inference.html), a result path, and
+    the response included only in a topic that exists. The messages are ours; the
+    conditions SageMaker's."""
+    config = request["AsyncInferenceConfig"]
+    for i, variant in enumerate(request["ProductionVariants"]):
+        if "ServerlessConfig" in variant or "ModelName" not in variant:
+            raise _invalid(
+                f"ProductionVariants[{i}] ({variant['VariantName']}): AsyncInferenceConfig "
+                "needs instance-based variants that name a model (no ServerlessConfig, no "
+                "inference components)."
+            )
+    output = config.get("OutputConfig") or {}
+    if not output.get("S3OutputPath"):
+        raise _invalid("AsyncInferenceConfig.OutputConfig.S3OutputPath is required.")
+    notification = output.get("NotificationConfig") or {}
+    topics = {
+        "SUCCESS_NOTIFICATION_TOPIC": "SuccessTopic",
+        "ERROR_NOTIFICATION_TOPIC": "ErrorTopic",
+    }
+    for included in notification.get("IncludeInferenceResponseIn", []):
+        if not notification.get(topics[included]):
+            raise _invalid(
+                f"IncludeInferenceResponseIn names {included} but NotificationConfig has no "
+                f"{topics[included]}."
+            )
 
 
 def _check_managed_scaling(where: str, variant: dict[str, Any]) -> None:

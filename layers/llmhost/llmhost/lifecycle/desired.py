@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from llmhost.specs import (
+    AsyncHosting,
     DedicatedHosting,
     DeploymentSpec,
     HubSource,
@@ -65,7 +66,17 @@ def wanted_scaling(spec: DeploymentSpec, plan: Plan | None = None) -> ScalingPol
     if scaling.min_capacity == scaling.max_capacity and not scaling.scale_to_zero:
         return None
     from llmhost import engines
-    from llmhost.scaling.policy import BENCHMARK_COPY, policy_from_spec
+    from llmhost.scaling.policy import BENCHMARK_COPY, async_policy, policy_from_spec
+
+    if isinstance(spec.hosting, AsyncHosting):
+        from llmhost.sizing.plan import async_concurrency
+
+        concurrency = (
+            spec.hosting.max_concurrent_invocations_per_instance or BENCHMARK_COPY.concurrency
+            if plan is None
+            else async_concurrency(spec, plan)
+        )
+        return async_policy(scaling, concurrency)
 
     copy = BENCHMARK_COPY if plan is None else engines.copy_capacity_of(spec, plan)
     if isinstance(spec.hosting, ServerlessHosting):
@@ -177,7 +188,53 @@ VARIANT = "AllTraffic"
 DOWNLOAD_TIMEOUT_S = 1800
 STARTUP_TIMEOUT_S = 1800
 
-HostingKind = Literal["dedicated", "shared", "serverless"]
+HostingKind = Literal["dedicated", "shared", "serverless", "async"]
+
+
+@dataclass(frozen=True)
+class AsyncTarget:
+    """Where asynchronous endpoints put results and announce them (the reconcile function's
+    settings; an empty field is not configured): the stack's jobs bucket and its two SNS
+    topics."""
+
+    bucket: str = ""
+    success_topic: str = ""
+    error_topic: str = ""
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """The environment variables still needed before an async endpoint can be created."""
+        settings = {
+            "JOBS_BUCKET": self.bucket,
+            "ASYNC_SUCCESS_TOPIC_ARN": self.success_topic,
+            "ASYNC_ERROR_TOPIC_ARN": self.error_topic,
+        }
+        return tuple(name for name, value in settings.items() if not value)
+
+    def inference_config(self, max_concurrent: int) -> dict[str, Any]:
+        """CreateEndpointConfig's AsyncInferenceConfig: results under ``async/output/``,
+        failures under ``async/failure/``, each announced on its topic with the response
+        inline (SageMaker includes it up to 128 KB: most chat answers need no S3 read)."""
+        return {
+            "ClientConfig": {"MaxConcurrentInvocationsPerInstance": max_concurrent},
+            "OutputConfig": {
+                "S3OutputPath": f"s3://{self.bucket}/{ASYNC_OUTPUT_PREFIX}",
+                "S3FailurePath": f"s3://{self.bucket}/{ASYNC_FAILURE_PREFIX}",
+                "NotificationConfig": {
+                    "SuccessTopic": self.success_topic,
+                    "ErrorTopic": self.error_topic,
+                    "IncludeInferenceResponseIn": [
+                        "SUCCESS_NOTIFICATION_TOPIC",
+                        "ERROR_NOTIFICATION_TOPIC",
+                    ],
+                },
+            },
+        }
+
+
+ASYNC_INPUT_PREFIX = "async/input/"
+ASYNC_OUTPUT_PREFIX = "async/output/"
+ASYNC_FAILURE_PREFIX = "async/failure/"
 
 
 def short_hash(value: Any) -> str:
@@ -212,6 +269,8 @@ class DesiredResources:
     # EventBridge Scheduler schedules for sleep/wake rules, and where they go.
     sleep_wake: tuple[SleepWakeSchedule, ...] = ()
     schedule_target: ScheduleTarget = field(default_factory=ScheduleTarget)
+    # Asynchronous endpoints only: where results go (settings missing: nothing is created).
+    async_target: AsyncTarget = field(default_factory=AsyncTarget)
 
     @property
     def scaling_hash(self) -> str | None:
@@ -224,6 +283,9 @@ class DesiredResources:
         """CloudWatch dimensions of this deployment's SageMaker metrics."""
         if self.component_name:
             return {"InferenceComponentName": self.component_name}
+        if self.kind == "async":
+            # SageMaker's async metrics (the backlog ones) carry the endpoint only.
+            return {"EndpointName": self.endpoint_name}
         return {"EndpointName": self.endpoint_name, "VariantName": VARIANT}
 
     @property
@@ -253,12 +315,14 @@ def desired_resources(
     role_arn: str,
     container: dict[str, Any],
     schedule_target: ScheduleTarget | None = None,
+    async_target: AsyncTarget | None = None,
 ) -> DesiredResources:
     """Derive names and bodies from a spec and its sizing plan.
 
     ``container`` is the CreateModel PrimaryContainer without secrets: the token is read
     from Secrets Manager only when the model is created, and never hashed or stored.
-    ``schedule_target`` says where sleep/wake schedules go (None: not configured).
+    ``schedule_target`` says where sleep/wake schedules go (None: not configured);
+    ``async_target`` where an async endpoint's results go (None: not configured).
     """
     sleep_wake, target = wanted_sleep_wake(spec), schedule_target or ScheduleTarget()
     name = spec.name
@@ -329,6 +393,16 @@ def desired_resources(
             "ServerlessConfig": serverless,
         }
         kind: HostingKind = "serverless"
+    elif isinstance(hosting, AsyncHosting):
+        variant = {
+            "VariantName": VARIANT,
+            "ModelName": model_name,
+            "InstanceType": plan.instance_type,
+            "InitialInstanceCount": hosting.instance_count,
+            "ModelDataDownloadTimeoutInSeconds": DOWNLOAD_TIMEOUT_S,
+            "ContainerStartupHealthCheckTimeoutInSeconds": STARTUP_TIMEOUT_S,
+        }
+        kind = "async"
     else:
         variant = {
             "VariantName": VARIANT,
@@ -339,26 +413,36 @@ def desired_resources(
             "ContainerStartupHealthCheckTimeoutInSeconds": STARTUP_TIMEOUT_S,
         }
         kind = "dedicated"
-    config_name = f"{name}-{short_hash(variant)}"
+    config_body: dict[str, Any] = {"ProductionVariants": [variant]}
+    if kind == "async":
+        from llmhost.sizing.plan import async_concurrency
+
+        config_body["AsyncInferenceConfig"] = (async_target or AsyncTarget()).inference_config(
+            async_concurrency(spec, plan)
+        )
+        config_name = f"{name}-{short_hash(config_body)}"
+    else:
+        config_name = f"{name}-{short_hash(variant)}"
     return DesiredResources(
         deployment=name,
         kind=kind,
         model_name=model_name,
         container=container,
         config_name=config_name,
-        config_body={"EndpointConfigName": config_name, "ProductionVariants": [variant]},
+        config_body={"EndpointConfigName": config_name, **config_body},
         endpoint_name=name,
         token_secret_arn=token_arn,
         scaling=wanted_scaling(spec, plan),
         schedules=wanted_schedules(spec),
         sleep_wake=sleep_wake,
         schedule_target=target,
+        async_target=async_target or AsyncTarget(),
     )
 
 
 def teardown_resources(
     name: str,
-    hosting: DedicatedHosting | SharedHosting | ServerlessHosting,
+    hosting: DedicatedHosting | SharedHosting | ServerlessHosting | AsyncHosting,
     schedule_target: ScheduleTarget | None = None,
 ) -> DesiredResources:
     """What a delete needs to find and remove a deployment's resources: names only.

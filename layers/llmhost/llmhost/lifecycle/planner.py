@@ -179,6 +179,14 @@ def _plan_endpoint(record: DeploymentRecord, d: DesiredResources, o: Observed) -
     asleep = record.desired_state == "sleeping"
     if record.failed_generation == record.generation and not asleep:
         return Step(Settle(d.endpoint_name, failed=True), "FAILED", record.status_reason)
+    if d.kind == "async" and d.async_target.missing:
+        # Not a failed generation: once the stack provides them, the next reconcile goes on.
+        reason = (
+            f"an async endpoint needs the reconcile function's {', '.join(d.async_target.missing)} "
+            "setting(s) (where results go and how they are announced); deploy the stack's "
+            "template, which sets them"
+        )
+        return Step(Settle(d.endpoint_name), "FAILED", reason)
     if d.model_name not in o.models:
         return Step(CreateModel(d.model_name), _progress(record), "creating the SageMaker model")
     if d.config_name not in o.configs:

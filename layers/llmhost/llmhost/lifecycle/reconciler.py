@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from llmhost.errors import ConcurrentModification, LlmhostError, SageMakerBusy
 from llmhost.lifecycle.applier import SageMakerApplier
 from llmhost.lifecycle.desired import (
+    AsyncTarget,
     DesiredResources,
     ScheduleTarget,
     desired_resources,
@@ -55,18 +56,20 @@ def resolve_desired(
     role_arn: str,
     schedule_target: ScheduleTarget | None = None,
     plan: Plan | None = None,
+    async_target: AsyncTarget | None = None,
 ) -> DesiredResources:
     """Size the spec (unless ``plan`` is given), build its container (no secrets) and derive
     resource names.
 
-    ``schedule_target``: where sleep/wake schedules go (None: Scheduler not configured).
+    ``schedule_target``: where sleep/wake schedules go (None: Scheduler not configured);
+    ``async_target``: where async endpoints' results go (None: not configured).
     """
     from llmhost.engines.containers import container_definition
     from llmhost.sizing.plan import plan as plan_for
 
     plan = plan or plan_for(spec)
     container = container_definition(spec, plan, region, hf_token=None)
-    return desired_resources(spec, plan, role_arn, container, schedule_target)
+    return desired_resources(spec, plan, role_arn, container, schedule_target, async_target)
 
 
 def record_step(record: DeploymentRecord, step: Step) -> DeploymentRecord:

@@ -342,12 +342,13 @@ def required_units(spec: DeploymentSpec) -> tuple[int, str]:
     if hosting.kind == "serverless":
         return 0, ""
     initial, field = (
-        (hosting.instance_count, "hosting.instance_count")
-        if hosting.kind == "dedicated"
-        else (hosting.copies, "hosting.copies")
+        (hosting.copies, "hosting.copies")
+        if hosting.kind == "shared"
+        else (hosting.instance_count, "hosting.instance_count")
     )
     if wanted_scaling(spec) is None:
         return initial, field
+    # A dedicated variant never goes below one instance; copies and async instances reach 0.
     floor = max(1, scaling.min_capacity) if hosting.kind == "dedicated" else scaling.min_capacity
     if scaling.min_capacity >= initial and floor >= initial:
         return floor, "scaling.min_capacity"

@@ -21,7 +21,12 @@ Sources for AWS's behaviour:
   (MinCapacity 0, target tracking, a step scaling policy and a NoCapacityInvocationFailures
   alarm);
 - the 10 s metrics: https://aws.amazon.com/blogs/machine-learning/amazon-sagemaker-inference-launches-faster-auto-scaling-for-generative-ai-models/
-  (scale-out detection "up to 6x faster" than with one-minute metrics, i.e. 3 x 10 s).
+  (scale-out detection "up to 6x faster" than with one-minute metrics, i.e. 3 x 10 s);
+- asynchronous endpoints: https://docs.aws.amazon.com/sagemaker/latest/dg/async-inference-autoscale.html
+  (MinCapacity 0; target tracking on the customized metric ApproximateBacklogSizePerInstance,
+  dimension EndpointName, statistic Average; a ChangeInCapacity +1 step policy whose alarm
+  watches HasBacklogWithoutCapacity >= 1 for two one-minute datapoints, so the first queued
+  request brings an instance up: target tracking alone never leaves zero).
 What AWS does not document is modelled and marked as such below: the scale-in window of the
 10 s metrics and which datapoint value target tracking acts on.
 """
@@ -76,6 +81,8 @@ MetricKind = Literal[
     "utilization",
     "demand_ratio",
     "concurrency_peak",
+    "backlog",
+    "backlog_without_capacity",
 ]
 
 
@@ -83,7 +90,7 @@ MetricKind = Literal[
 class MetricInfo:
     """What a spec's ``target_metric`` names in AWS, and how it is measured."""
 
-    predefined_type: str  # PredefinedMetricType for the target tracking policy
+    predefined_type: str  # PredefinedMetricType for the target tracking policy ("": customized)
     cloudwatch_name: str  # the metric behind it, in AWS/SageMaker
     dimension: str  # the scalable dimension it scales
     period_s: int  # 10 for the high-resolution metrics, 60 otherwise
@@ -316,11 +323,29 @@ class TargetTrackingPolicy:
     low_alarm: AlarmSpec
     disable_scale_in: bool = False
 
-    def configuration(self) -> dict[str, Any]:
-        """PutScalingPolicy's TargetTrackingScalingPolicyConfiguration."""
+    def configuration(self, endpoint: str | None = None) -> dict[str, Any]:
+        """PutScalingPolicy's TargetTrackingScalingPolicyConfiguration. A customized metric
+        (no predefined type: the async backlog) is the ``endpoint``'s own."""
+        if self.metric.predefined_type:
+            metric: dict[str, Any] = {
+                "PredefinedMetricSpecification": {
+                    "PredefinedMetricType": self.metric.predefined_type
+                }
+            }
+        else:
+            if endpoint is None:
+                raise ValueError(f"{self.metric.cloudwatch_name} is per endpoint: name it")
+            metric = {
+                "CustomizedMetricSpecification": {
+                    "MetricName": self.metric.cloudwatch_name,
+                    "Namespace": METRIC_NAMESPACE,
+                    "Dimensions": [{"Name": "EndpointName", "Value": endpoint}],
+                    "Statistic": self.metric.statistic,
+                }
+            }
         return {
             "TargetValue": self.target_value,
-            "PredefinedMetricSpecification": {"PredefinedMetricType": self.metric.predefined_type},
+            **metric,
             "ScaleInCooldown": self.scale_in_cooldown_s,
             "ScaleOutCooldown": self.scale_out_cooldown_s,
             "DisableScaleIn": self.disable_scale_in,
@@ -372,7 +397,9 @@ class ScalingPolicy:
             "ResourceId": resource_id,
             "ScalableDimension": self.dimension,
             "PolicyType": "TargetTrackingScaling",
-            "TargetTrackingScalingPolicyConfiguration": self.target_tracking.configuration(),
+            "TargetTrackingScalingPolicyConfiguration": self.target_tracking.configuration(
+                _endpoint_of(resource_id)
+            ),
         }
 
     def step_scaling_request(self, resource_id: str, policy_name: str) -> dict[str, Any]:
@@ -392,6 +419,12 @@ class ScalingPolicy:
             "PolicyType": "StepScaling",
             "StepScalingPolicyConfiguration": policy.configuration(),
         }
+
+
+def _endpoint_of(resource_id: str) -> str | None:
+    """The endpoint of a variant's resource id (``endpoint/<name>/variant/<variant>``)."""
+    parts = resource_id.split("/")
+    return parts[1] if len(parts) == 4 and parts[0] == "endpoint" else None
 
 
 @dataclass(frozen=True)
@@ -725,3 +758,90 @@ def underload(
         return state
     cooldown = policy.target_tracking.scale_in_cooldown_s
     return state.changed(now, wanted, "scale-in", scale_in_until=now + cooldown)
+
+
+# ------------------------------------------------------------------ asynchronous endpoints
+
+# Queued requests (those being processed included) per instance, from SageMaker's async
+# metrics, which carry the EndpointName dimension only.
+ASYNC_BACKLOG = MetricInfo(
+    "",
+    "ApproximateBacklogSizePerInstance",
+    INSTANCE_DIMENSION,
+    STANDARD_PERIOD_S,
+    "Average",
+    "backlog",
+)
+# AWS's example: the step policy's cooldown and alarm (2 of 2 one-minute datapoints >= 1).
+ASYNC_WAKE_COOLDOWN_S = 300
+ASYNC_WAKE_DATAPOINTS = 2
+ASYNC_MAX_CONCURRENT_INVOCATIONS = 1000  # ClientConfig.MaxConcurrentInvocationsPerInstance
+
+
+def async_policy(scaling: Scaling, concurrency: int) -> ScalingPolicy:
+    """The ScalingPolicy of an asynchronous endpoint's variant (instances).
+
+    ``concurrency``: the requests SageMaker hands one instance at once
+    (MaxConcurrentInvocationsPerInstance). The default target keeps that many queued per
+    instance: a backlog above what the instances run together asks for more of them. With
+    ``min_capacity`` 0 target tracking may scale in to zero on an empty queue, and the step
+    policy on ``HasBacklogWithoutCapacity`` brings the first instance back.
+    The spec is already validated (min <= max; no other metric for async).
+    """
+    target = scaling.target_value
+    if target is None:
+        target = float(max(1, min(ASYNC_MAX_CONCURRENT_INVOCATIONS, concurrency)))
+    high = AlarmSpec(
+        metric_name=ASYNC_BACKLOG.cloudwatch_name,
+        statistic=ASYNC_BACKLOG.statistic,
+        period_s=ASYNC_BACKLOG.period_s,
+        evaluation_periods=SCALE_OUT_DATAPOINTS,
+        datapoints_to_alarm=SCALE_OUT_DATAPOINTS,
+        threshold=target,
+        comparison="GreaterThanThreshold",
+        kind="backlog",
+        managed=True,
+    )
+    low_datapoints = SCALE_IN_WINDOW_S // ASYNC_BACKLOG.period_s
+    low = replace(
+        high,
+        evaluation_periods=low_datapoints,
+        datapoints_to_alarm=low_datapoints,
+        threshold=target * SCALE_IN_THRESHOLD_FACTOR,
+        comparison="LessThanThreshold",
+    )
+    tracking = TargetTrackingPolicy(
+        metric=ASYNC_BACKLOG,
+        target_value=target,
+        scale_in_cooldown_s=scaling.scale_in_cooldown_s,
+        scale_out_cooldown_s=scaling.scale_out_cooldown_s,
+        high_alarm=high,
+        low_alarm=low,
+    )
+    wake = None
+    if scaling.min_capacity == 0:
+        wake = StepScalingPolicy(
+            adjustment_type="ChangeInCapacity",
+            steps=(StepAdjustment(lower=0, upper=None, adjustment=1),),
+            cooldown_s=ASYNC_WAKE_COOLDOWN_S,
+            metric_aggregation="Average",
+            alarm=AlarmSpec(
+                metric_name="HasBacklogWithoutCapacity",
+                statistic="Average",
+                period_s=STANDARD_PERIOD_S,
+                evaluation_periods=ASYNC_WAKE_DATAPOINTS,
+                datapoints_to_alarm=ASYNC_WAKE_DATAPOINTS,
+                threshold=1,
+                comparison="GreaterThanOrEqualToThreshold",
+                kind="backlog_without_capacity",
+                # SageMaker publishes the metric while the endpoint exists; a gap is unknown.
+                treat_missing_data="missing",
+            ),
+        )
+    return ScalingPolicy(
+        dimension=INSTANCE_DIMENSION,
+        min_capacity=scaling.min_capacity,
+        max_capacity=max(scaling.min_capacity, scaling.max_capacity),
+        target_tracking=tracking,
+        scale_from_zero=wake,
+    )

@@ -37,7 +37,7 @@ CACHE_SECONDS = 10.0
 FALLBACK_INPUT_TOKENS = 2048
 FALLBACK_TOTAL_TOKENS = 4096
 # Until a deployment has recorded wake times, the typical SageMaker startup durations.
-DEFAULT_WAKE_SECONDS = {"dedicated": 600, "shared": 300, "serverless": 30}
+DEFAULT_WAKE_SECONDS = {"dedicated": 600, "shared": 300, "serverless": 30, "async": 600}
 # History events that open and close a wake (names fixed by the scaling contract).
 WAKE_REQUESTED = "WakeRequested"
 WOKEN = "Woken"

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from llmhost import engines, instances
 from llmhost.catalog import CatalogModel
 from llmhost.instances import InstanceType
-from llmhost.specs import DedicatedHosting, DeploymentSpec, SharedHosting
+from llmhost.specs import AsyncHosting, DedicatedHosting, DeploymentSpec, SharedHosting
 
 GIB = 1024**3
 
@@ -362,7 +362,7 @@ def largest_gpu_instance() -> InstanceType:
     return max(instances.gpu_instances(), key=lambda t: (t.total_gpu_memory_gib, -t.price_per_hour))
 
 
-def requested_degree(hosting: DedicatedHosting | SharedHosting) -> int | None:
+def requested_degree(hosting: DedicatedHosting | SharedHosting | AsyncHosting) -> int | None:
     """GPUs per replica the spec fixes (None: the default for the instance)."""
     if isinstance(hosting, SharedHosting):
         return hosting.accelerators

@@ -32,6 +32,7 @@ from llmhost.sizing.fit import (
     valid_parallel_degree,
 )
 from llmhost.specs import (
+    AsyncHosting,
     DedicatedHosting,
     DeploymentSpec,
     ModelPackageSource,
@@ -90,7 +91,9 @@ def capacity_issues(spec: DeploymentSpec) -> list[FieldIssue]:
     issues += _context_issues(spec, model)
     if degree is not None and not valid_parallel_degree(model, degree):
         field = (
-            "hosting.num_gpus" if isinstance(hosting, DedicatedHosting) else "hosting.accelerators"
+            "hosting.num_gpus"
+            if isinstance(hosting, DedicatedHosting | AsyncHosting)
+            else "hosting.accelerators"
         )
         issues.append(
             FieldIssue(
@@ -174,7 +177,11 @@ def _hardware_issues(
     issues: list[FieldIssue] = []
     if instance is None:
         return issues
-    if isinstance(hosting, DedicatedHosting) and degree is not None and degree > instance.gpu_count:
+    if (
+        isinstance(hosting, DedicatedHosting | AsyncHosting)
+        and degree is not None
+        and degree > instance.gpu_count
+    ):
         issues.append(
             FieldIssue(
                 "hosting.num_gpus",
@@ -283,7 +290,7 @@ def _memory_issues_on(
     field = "hosting.instance_type"
     fixes: list[str] = []
     if (
-        isinstance(spec.hosting, DedicatedHosting)
+        isinstance(spec.hosting, DedicatedHosting | AsyncHosting)
         and degree is not None
         and degree < instance.gpu_count
     ):

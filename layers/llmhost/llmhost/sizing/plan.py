@@ -29,6 +29,7 @@ from llmhost.sizing.fit import (
     sizing_of,
 )
 from llmhost.specs import (
+    AsyncHosting,
     DedicatedHosting,
     DeploymentSpec,
     HubSource,
@@ -47,7 +48,7 @@ SERVERLESS_PROVISIONED_PRICE_PER_GB_SECOND = 0.0000048
 # Used when the model's size is unknown and the spec names no instance type.
 DEFAULT_UNKNOWN_INSTANCE = "ml.g5.2xlarge"
 
-HostingKind = Literal["dedicated", "shared", "serverless"]
+HostingKind = Literal["dedicated", "shared", "serverless", "async"]
 Device = Literal["gpu", "cpu", "serverless"]
 
 
@@ -287,6 +288,16 @@ def _instance_cost(
             f"{instances.PRICE_REGION} on-demand prices; the pool's own minimum of "
             f"{hosting.pool_min_instances} instance(s) is shared by all its deployments"
         )
+    elif isinstance(hosting, AsyncHosting):
+        count = hosting.instance_count
+        low = scaling.min_capacity
+        high = max(scaling.max_capacity, hosting.instance_count)
+        basis = f"{instances.PRICE_REGION} on-demand asynchronous inference prices"
+        if low == 0:
+            notes.append(
+                "at zero instances the endpoint keeps its queue and costs nothing; the first "
+                "queued request brings an instance up (minutes), so jobs wait that long"
+            )
     else:
         assert isinstance(hosting, DedicatedHosting)
         count = hosting.instance_count
@@ -399,3 +410,13 @@ def _token_notes(spec: DeploymentSpec, limits: TokenLimits) -> list[str]:
             "full-length prompt; answers to the longest prompts will be cut short"
         ]
     return []
+
+
+def async_concurrency(spec: DeploymentSpec, plan: Plan) -> int:
+    """MaxConcurrentInvocationsPerInstance of an async deployment: the spec's, or what one
+    instance runs together from its engine's token budget (1 to 1000, SageMaker's bounds)."""
+    hosting = spec.hosting
+    assert isinstance(hosting, AsyncHosting)
+    if hosting.max_concurrent_invocations_per_instance is not None:
+        return hosting.max_concurrent_invocations_per_instance
+    return max(1, min(1000, engines.copy_capacity_of(spec, plan).concurrency))
