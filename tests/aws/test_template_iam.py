@@ -289,7 +289,26 @@ def test_sagemaker_execution_role(template: dict[str, Any]) -> None:
     by_sid = {s["Sid"]: s for s in statements}
     # Model weights: only when a bucket is given (both branches of the Fn::If are walked).
     s3 = [s for s in statements if any(a.startswith("s3:") for a in sam.as_list(s["Action"]))]
-    assert {s["Sid"] for s in s3} == {"ModelArtifactsRead", "ModelArtifactsList"}
+    assert {s["Sid"] for s in s3} == {
+        "ModelArtifactsRead",
+        "ModelArtifactsList",
+        "BatchTransformInput",
+        "BatchTransformOutput",
+        "BatchTransformList",
+    }
+    # Batch Transform: the input parts read, the .out files written, nothing else of the bucket
+    transform = {s["Sid"]: s for s in s3 if s["Sid"].startswith("BatchTransform")}
+    assert transform["BatchTransformInput"]["Action"] == "s3:GetObject"
+    assert transform["BatchTransformInput"]["Resource"] == {
+        "Fn::Sub": "${JobsBucket.Arn}/batches/*/transform/*/input/*"
+    }
+    assert transform["BatchTransformOutput"]["Action"] == "s3:PutObject"
+    assert transform["BatchTransformOutput"]["Resource"] == {
+        "Fn::Sub": "${JobsBucket.Arn}/batches/*/transform/*/output/*"
+    }
+    assert transform["BatchTransformList"]["Condition"] == {
+        "StringLike": {"s3:prefix": "batches/*/transform/*/input/*"}
+    }
     raw = json.dumps(role["Policies"])
     assert raw.count('"HasModelArtifactBucket"') == 2
     # No secrets: the reconciler passes a model's token in its environment (HF_TOKEN), and no
