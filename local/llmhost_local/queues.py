@@ -77,9 +77,8 @@ def jobs_source(template: Path) -> JobsSource:
     resources = yaml.load(template.read_text(), Loader=_CfnLoader)["Resources"]
     table = resources[TABLE_RESOURCE]["Properties"]
     queue = resources[QUEUE_RESOURCE]["Properties"]
-    function = resources.get(FUNCTION_RESOURCE, {}).get("Properties", {"Timeout": 900})
-    events = function.get("Events", {}).values()
-    (event,) = [e["Properties"] for e in events if e["Type"] == "SQS"] or [{}]
+    function = resources[FUNCTION_RESOURCE]["Properties"]
+    (event,) = [e["Properties"] for e in function["Events"].values() if e["Type"] == "SQS"]
     return JobsSource(
         attribute_definitions=table["AttributeDefinitions"],
         key_schema=table["KeySchema"],

@@ -64,6 +64,8 @@ def test_every_function_runs_python313_arm64_with_the_layer(template: dict[str, 
         "ServeFunction": (2048, 29),
         "StreamFunction": (2048, {"Ref": "StreamTimeout"}),
         "IngestFunction": (2048, 300),
+        # Lambda's longest: the jobs worker runs generations API Gateway would cut at 29 s.
+        "JobsFunction": (2048, 900),
     }
 
 
@@ -75,6 +77,7 @@ def test_only_the_functions_that_embed_carry_the_embedding_runtime(
     data_plane = [{"Ref": "LlmhostLayer"}, {"Ref": "EmbeddingLayer"}, {"Ref": "RetrievalLayer"}]
     assert layers["ServeFunction"] == data_plane
     assert layers["IngestFunction"] == data_plane
+    assert layers["JobsFunction"] == data_plane
     assert layers["StreamFunction"] == [*data_plane, {"Fn::Sub": LWA_LAYER}]
     for name in sam.CONTROL_PLANE:
         # 13 MB instead of 160: the control plane starts fast and never imports them.
@@ -285,6 +288,16 @@ def test_environment_variables_the_code_reads(template: dict[str, Any]) -> None:
         **retrieval,
         "POWERTOOLS_SERVICE_NAME": "llmhost-ingest",
     }
+    assert functions["JobsFunction"]["Environment"]["Variables"] == {
+        **common,
+        **retrieval,
+        **wake,
+        **JOBS_ENV,
+        "POWERTOOLS_SERVICE_NAME": "llmhost-jobs",
+        "SERVING_TIMEOUT_S": "840",
+        "SERVING_MAX_ATTEMPTS": "1",
+        "JOBS_MAX_RECEIVE_COUNT": "3",
+    }
 
 
 # The Jobs API's table, bucket and queue (llmhost.runtime.JobsSettings).
@@ -353,7 +366,8 @@ def test_serving_settings_accept_what_the_template_sets(template: dict[str, Any]
                 if key.lower() in ServingSettings.model_fields
             }
         )
-        assert settings.serving_timeout_s == (12.0 if name == "ServeFunction" else 120.0)
+        timeouts = {"ServeFunction": 12.0, "StreamFunction": 120.0, "JobsFunction": 840.0}
+        assert settings.serving_timeout_s == timeouts[name]
     # Two serve attempts fit in API Gateway's 29 s with room for retrieval.
     serve = functions["ServeFunction"]["Environment"]["Variables"]
     assert float(serve["SERVING_TIMEOUT_S"]) * int(serve["SERVING_MAX_ATTEMPTS"]) < 29

@@ -132,10 +132,11 @@ def test_serving_roles_read_the_registry_and_invoke_models_only(template: dict[s
         ], role
         sagemaker = {a for a in sam.actions(statements) if a.startswith("sagemaker:")}
         assert sagemaker == SAGEMAKER_RUNTIME, role
-        # S3: only reading the jobs' results (the serve function presigns their URLs)
+        # S3: only the jobs' objects (large inputs; large results' presigned URLs)
         s3 = {a: s["Resource"] for s in statements for a in sam.as_list(s["Action"]) if "s3:" in a}
         if role == "ServeFunctionRole":
-            assert s3 == {"s3:GetObject": {"Fn::Sub": "${JobsBucket.Arn}/jobs/*"}}
+            jobs = {"Fn::Sub": "${JobsBucket.Arn}/jobs/*"}
+            assert s3 == {"s3:GetObject": jobs, "s3:PutObject": jobs}
         else:
             assert not s3
         assert "iam:PassRole" not in sam.actions(statements)
@@ -163,11 +164,12 @@ def test_secrets_are_read_only_where_needed(template: dict[str, Any]) -> None:
         "Fn::If": ["CreateApiKeysSecret", {"Ref": "ApiKeysSecret"}, {"Ref": "ApiKeysSecretArn"}]
     }
     qdrant = {"Ref": "QdrantApiKeySecretArn"}
-    # Only the stream function reads the API key hashes; all three reach Qdrant.
+    # Only the stream function reads the API key hashes; all of them reach Qdrant.
     assert secret_reads == {
         "StreamFunction": [api_keys, qdrant],
         "ServeFunction": [qdrant],
         "IngestFunction": [qdrant],
+        "JobsFunction": [qdrant],
     }
     # The Qdrant grant exists only when a secret is configured (an Fn::If on the condition).
     for role in sam.DATA_PLANE:

@@ -17,6 +17,7 @@ from llmhost import aws
 if TYPE_CHECKING:
     from llmhost.clock import CloudClock
     from llmhost.deployments import Deployments
+    from llmhost.jobs.service import Jobs
     from llmhost.jobs.store import JobStore
     from llmhost.lifecycle.desired import DesiredResources
     from llmhost.lifecycle.reconciler import Reconciler
@@ -277,11 +278,16 @@ def wake_dispatcher() -> WakeDispatcher:
 
 @cache
 def _serving_service() -> ServingService:
+    return build_serving_service(serving_settings())
+
+
+def build_serving_service(settings: ServingSettings) -> ServingService:
+    """A serving service with these settings, over the process's registry, embedder and
+    store (each built on first use)."""
     from llmhost.serving.invoke import ModelInvoker
     from llmhost.serving.routing import ModelDirectory
     from llmhost.serving.service import ServingService
 
-    settings = serving_settings()
     invoker = cache(
         lambda: ModelInvoker.create(
             timeout_s=settings.serving_timeout_s, max_attempts=settings.serving_max_attempts
@@ -447,6 +453,9 @@ class JobsSettings(BaseModel):
     # How long a worker owns a job it claimed: the jobs function's timeout (a worker past it
     # is dead), within the queue's visibility timeout so a redelivery can take over.
     jobs_lease_s: float = Field(default=900.0, gt=0, le=43200)
+    # How long a failed job's message waits before its next receive (instead of the queue's
+    # visibility timeout, six times the worker's timeout).
+    jobs_retry_delay_s: int = Field(default=60, ge=0, le=43200)
 
 
 def jobs_settings() -> JobsSettings:
@@ -462,3 +471,21 @@ def jobs_store() -> JobStore:
     from llmhost.jobs.store import JobStore
 
     return JobStore(aws.client("dynamodb"), jobs_settings().jobs_table)
+
+
+def jobs() -> Jobs:
+    """The job operations (submit, get, list, cancel) and the worker's (run, complete)."""
+    overridden: Jobs | None = _overrides.get("jobs")
+    if overridden is not None:
+        return overridden
+    from llmhost.jobs.service import Jobs
+
+    return Jobs.from_runtime()
+
+
+def worker_serving_service() -> ServingService:
+    """The serving service the jobs worker calls: the function's own (its SERVING_TIMEOUT_S
+    is the worker's long one), unless overridden (the local runner, whose functions share
+    one process and one environment, gives the worker a service with the worker's timeout)."""
+    overridden: ServingService | None = _overrides.get("worker_serving_service")
+    return overridden or serving_service()

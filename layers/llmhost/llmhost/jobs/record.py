@@ -85,6 +85,8 @@ class Job(BaseModel):
     kind: Kind
     model: str
     request: dict[str, Any]
+    # A request too large for the table is kept in the bucket: ``request`` is then {}.
+    request_key: str | None = None
     status: Status = "QUEUED"
     created_at: str
     started_at: str | None = None
@@ -100,6 +102,9 @@ class Job(BaseModel):
     expires_at: int
     # Epoch seconds until which the worker that claimed it owns it (RUNNING only).
     lease_until: float | None = None
+    # When its Job Completed event was put (an ended job whose event is not yet out gets it
+    # on the next delivery of its message).
+    notified_at: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -107,7 +112,7 @@ class Job(BaseModel):
 
     def public(self) -> dict[str, Any]:
         """What GET /v1/jobs/{id} shows (the lease is the worker's business)."""
-        return self.model_dump(mode="json", exclude={"lease_until"})
+        return self.model_dump(mode="json", exclude={"lease_until", "request_key", "notified_at"})
 
 
 class JobNotFound(LlmhostError):

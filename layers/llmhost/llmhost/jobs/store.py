@@ -42,7 +42,16 @@ _TOKEN_KEYS = {
     BY_BATCH: {"id", "batch_id"},
     "": {"id"},
 }
-_IMMUTABLE = ("kind", "model", "request", "route", "batch_id", "custom_id", "created_at")
+_IMMUTABLE = (
+    "kind",
+    "model",
+    "request",
+    "request_key",
+    "route",
+    "batch_id",
+    "custom_id",
+    "created_at",
+)
 
 
 class JobsTableError(LlmhostError):
@@ -268,6 +277,20 @@ class JobStore:
         )
         return updated is not None
 
+    def mark_notified(self, job_id: str, *, now_iso: str) -> None:
+        """Record that an ended job's Job Completed event was put."""
+        self._update(
+            job_id,
+            "SET notified_at = :now",
+            "#s IN (:succeeded, :failed, :cancelled)",
+            {
+                ":now": {"S": now_iso},
+                ":succeeded": {"S": "SUCCEEDED"},
+                ":failed": {"S": "FAILED"},
+                ":cancelled": {"S": "CANCELLED"},
+            },
+        )
+
     def cancel(self, job_id: str, *, now_iso: str) -> Job:
         """QUEUED -> CANCELLED. Raises JobNotFound, or JobAlreadyStarted for any other status."""
         updated = self._update(
@@ -327,7 +350,7 @@ def encode(job: Job) -> dict[str, Any]:
     }
     if job.batch_id is not None:
         item["batch_id"] = {"S": job.batch_id}
-    for name in ("started_at", "finished_at", "result_key"):
+    for name in ("started_at", "finished_at", "result_key", "notified_at"):
         value = getattr(job, name)
         if value is not None:
             item[name] = {"S": value}
@@ -345,7 +368,7 @@ def decode(item: dict[str, Any]) -> Job:
     fields.update(
         id=item["id"]["S"], status=item["status"]["S"], attempts=int(item["attempts"]["N"])
     )
-    for name in ("started_at", "finished_at", "result_key"):
+    for name in ("started_at", "finished_at", "result_key", "notified_at"):
         if name in item:
             fields[name] = item[name]["S"]
     for name in ("result", "error"):
