@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
-import logging
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
+from aws_lambda_powertools import Logger
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ValidationError
 
@@ -43,7 +43,7 @@ from llmhost.serving.requests import ChatCompletionRequest, RagRequest
 if TYPE_CHECKING:
     from llmhost.serving.service import ServingService
 
-logger = logging.getLogger(__name__)
+logger = Logger(child=True)
 
 # A result up to this size is kept in the job's item (DynamoDB items hold 400 KB); a larger
 # one goes to the bucket and GET answers with a presigned URL. The same for requests.

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import logging
 from typing import TYPE_CHECKING, Any
+
+from aws_lambda_powertools import Logger
 
 from llmhost.jobs.record import JobError
 
 if TYPE_CHECKING:
     from llmhost.jobs.service import Jobs, Outcome
 
-logger = logging.getLogger(__name__)
+logger = Logger(child=True)
 
 
 def handle_records(records: list[dict[str, Any]], jobs: Jobs) -> dict[str, Any]:
