@@ -302,3 +302,36 @@ def test_concurrency_and_payload_stay_within_aws_limits() -> None:
         concurrency = transform_concurrency(copy, continuous_batching=True)
         assert 1 <= concurrency <= copy
         assert payload_limit_mb(concurrency) * concurrency <= 100, copy
+
+
+def test_a_rag_line_sends_the_retrieved_context_and_answers_with_its_sources(
+    world: Any, embedder: Any, tmp_path: Any
+) -> None:
+    from qdrant_client import QdrantClient
+
+    from llmhost.rag.ingest import ingest_documents
+    from llmhost.rag.store import VectorStore
+    from llmhost.serving.service import ServingService
+
+    # Given a collection, and a batch line asking about it with the RAG extension
+    client = QdrantClient(path=str(tmp_path / "qdrant"))
+    store = VectorStore(client)
+    store.create_collection("kb", embedder.dimension)
+    docs = [{"id": "bikes", "text": "To fix a flat tyre, patch the inner tube and pump it."}]
+    assert not ingest_documents("kb", docs, embedder, store).rejected
+    service = ServingService(None, None, lambda: embedder, lambda: store)  # type: ignore[arg-type]
+    runner = _runner(world.sagemaker, world.registry, service)
+    batch = _batch("batch_rag")
+    body = {**_line(1, "how do I fix a flat tyre?").body, "rag": {"collection": "kb", "k": 1}}
+    lines = [BatchLine(1, "rag-1", body)]
+    # When it runs on Batch Transform
+    runner.start(batch, lines)
+    key = "batches/batch_rag/transform/1/input/part-00000.jsonl"
+    record = json.loads(world.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    _run_job(world)
+    outcome = runner.outcomes(batch, lines)[1]
+    client.close()
+    # Then the record carries the retrieved passage, and the answer names its source
+    assert "inner tube" in json.dumps(record)
+    assert outcome.succeeded
+    assert [s["id"] for s in outcome.body["llmhost"]["sources"]] == ["bikes"]

@@ -249,7 +249,8 @@ class TransformRunner:
                 continue
             record = LineRecord(
                 line=line.line,
-                kind="rag" if request.rag is not None else "chat",
+                # A chat line answers with a chat.completion, its RAG sources included.
+                kind="chat",
                 payload=prepared.payload,
                 estimated_prompt_tokens=prepared.prompt_tokens(),
                 engine_counts_prompt=prepared.chat and prepared.codec.chat_stream_usage,
