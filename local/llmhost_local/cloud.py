@@ -201,6 +201,7 @@ class LocalCloud:
             transform_start_seconds=seconds(300),
             s3=lambda: aws.client("s3"),
             invoke_model=self._transform_container,
+            transform_in_background=True,  # the clock thread keeps settling endpoints
         )
         self.autoscaling = AutoScalingStandIn(sagemaker=self.standin, region=REGION)
         self._start_data_plane()

@@ -50,9 +50,11 @@ def world(moto_aws: None, clock: Any) -> Any:
     events: list[dict[str, Any]] = []
 
     calls = [0]
+    sent: set[bytes] = set()
 
     def invoke(model: str, body: bytes) -> tuple[int, bytes]:
         calls[0] += 1
+        sent.add(body)
         reply = engine.handle("POST", "/invocations", body)
         return reply.status, reply.body
 
@@ -92,6 +94,7 @@ def world(moto_aws: None, clock: Any) -> Any:
     w.standin, w.sagemaker, w.events = standin, sagemaker, events
     w.registry, w.clock, w.engine = registry, clock, engine
     type(w).engine_calls = property(lambda _: calls[0])
+    type(w).distinct_records = property(lambda _: len(sent))
     w.runner = _runner(sagemaker, registry, service)
     w.s3 = aws.client("s3")
     return w
@@ -179,8 +182,8 @@ def test_a_job_that_fails_half_way_loses_no_line_and_runs_none_twice(world: Any)
     assert failed == set(range(101, 201))
     error = outcomes[150].error
     assert error["code"] == "transform_failed" and job["FailureReason"] in error["message"]
-    # (part 2 stopped at its failed record: 100 + 30 + 50 records reached the engine)
-    assert world.engine_calls == 180
+    # and no record reached the engine twice (the injected failure never reached it)
+    assert world.engine_calls == world.distinct_records <= 249
 
 
 def test_a_start_that_crashed_after_creating_the_job_adopts_it(world: Any) -> None:
@@ -335,3 +338,70 @@ def test_a_rag_line_sends_the_retrieved_context_and_answers_with_its_sources(
     assert "inner tube" in json.dumps(record)
     assert outcome.succeeded
     assert [s["id"] for s in outcome.body["llmhost"]["sources"]] == ["bikes"]
+
+
+def test_a_job_stopped_while_its_records_run_ends_once(moto_aws: None) -> None:
+    import threading
+
+    import boto3
+
+    from llmhost import aws
+    from llmhost_local.standin import SageMakerStandIn
+
+    # Given a job whose records run in the background, held inside the container
+    inside, release = threading.Event(), threading.Event()
+    ended: list[str] = []
+    done = threading.Event()
+
+    def container(model: str, body: bytes) -> tuple[int, bytes]:
+        inside.set()
+        release.wait(30)
+        return 200, b"{}"
+
+    def on_event(event: dict[str, Any]) -> None:
+        status = event["detail"].get("TransformJobStatus")
+        if status in ("Completed", "Failed", "Stopped"):
+            ended.append(status)
+            done.set()
+
+    now = [0.0]
+    standin = SageMakerStandIn(
+        clock=lambda: now[0],
+        on_event=on_event,
+        s3=lambda: aws.client("s3"),
+        invoke_model=container,
+        transform_in_background=True,
+    )
+    sagemaker = standin.attach(boto3.client("sagemaker", region_name="us-east-1"))
+    sagemaker.create_model(
+        ModelName="m",
+        ExecutionRoleArn="arn:aws:iam::123456789012:role/x",
+        PrimaryContainer={"Image": "tgi"},
+    )
+    aws.client("s3").create_bucket(Bucket=BUCKET)
+    aws.client("s3").put_object(Bucket=BUCKET, Key="in/a.jsonl", Body=b'{"inputs": "x"}\n')
+    sagemaker.create_transform_job(
+        TransformJobName="llmhost-stop",
+        ModelName="m",
+        TransformInput={
+            "DataSource": {
+                "S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": f"s3://{BUCKET}/in/"}
+            },
+            "SplitType": "Line",
+        },
+        TransformOutput={"S3OutputPath": f"s3://{BUCKET}/out/", "AssembleWith": "Line"},
+        TransformResources={"InstanceType": "ml.g5.2xlarge", "InstanceCount": 1},
+    )
+    now[0] += 600
+    standin.tick()
+    assert inside.wait(30)
+    # When it is stopped while a record runs, and the clock ticks meanwhile
+    sagemaker.stop_transform_job(TransformJobName="llmhost-stop")
+    standin.tick()
+    assert ended == []  # still running: not ended under the records' feet
+    release.set()
+    # Then it ends once, Stopped
+    assert done.wait(30)
+    standin.tick()
+    described = sagemaker.describe_transform_job(TransformJobName="llmhost-stop")
+    assert described["TransformJobStatus"] == "Stopped" and ended == ["Stopped"]

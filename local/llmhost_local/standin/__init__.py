@@ -90,6 +90,7 @@ class SageMakerStandIn:
         transform_start_seconds: float = 300.0,
         s3: Callable[[], Any] | None = None,
         invoke_model: Invoke | None = None,
+        transform_in_background: bool = False,
     ) -> None:
         self.region = region
         self.account_id = account_id
@@ -117,6 +118,7 @@ class SageMakerStandIn:
             s3=s3,
             invoke=invoke_model,
             on_event=on_event,
+            background=transform_in_background,
         )
         self._plane.transforms = self.transforms
 

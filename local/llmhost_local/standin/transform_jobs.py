@@ -22,8 +22,9 @@ What is modelled, and where AWS says so (SageMaker API reference and developer g
   detail is the job's description (times in epoch milliseconds) with its ``Tags``, as the
   endpoint events carry them.
 
-A run happens outside any lock, in ``tick``: the container calls take as long as the engine
-does. Messages are ours where AWS's exact wording is not known; codes and conditions match.
+A run happens outside any lock, ``MaxConcurrentTransforms`` records at a time: the container
+calls take as long as the engine does. Messages are ours where AWS's exact wording is not
+known; codes and conditions match.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import copy
 import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -77,7 +79,9 @@ class TransformJobs:
 
     ``model_exists`` says whether a SageMaker model exists (the control plane's models);
     ``s3`` returns the S3 client the job reads and writes through (moto's); ``invoke`` plays
-    the model's container. ``on_event`` receives each state-change event.
+    the model's container. ``on_event`` receives each state-change event. ``background``:
+    a job's records run in a thread of their own, so ``tick`` (the caller's clock) never
+    waits for them; otherwise ``tick`` returns once the due jobs have ended (tests).
     """
 
     def __init__(
@@ -91,8 +95,10 @@ class TransformJobs:
         s3: Callable[[], Any] | None = None,
         invoke: Invoke | None = None,
         on_event: EventSink | None = None,
+        background: bool = False,
     ) -> None:
         self._clock = clock
+        self._background = background
         self._region = region
         self._account = account_id
         self._start_seconds = start_seconds
@@ -116,27 +122,39 @@ class TransformJobs:
                 job.failing_records = set(records)
 
     def tick(self) -> list[dict[str, Any]]:
-        """Run every job whose instances are up, settle stops; return (and emit) events."""
+        """Run every job whose instances are up, settle stops; return (and emit) the events
+        of what ended here (a job run in the background emits its end when it ends)."""
         events: list[dict[str, Any]] = []
         with self._lock:
             now = self._clock()
             due = []
             for job in self._jobs.values():
-                if job.status == "Stopping":
+                if job.status == "Stopping" and not job.running:
                     self._end(job, "Stopped", None, now, events)
                 elif job.status == "InProgress" and not job.running and job.deadline <= now:
                     job.running = True
                     job.started = now
                     due.append(job)
+        self._deliver(events)
         for job in due:
-            failure = self._run(job)
-            with self._lock:
-                job.running = False
-                if job.stop_requested:
-                    self._end(job, "Stopped", None, self._clock(), events)
-                else:
-                    status = "Failed" if failure else "Completed"
-                    self._end(job, status, failure, self._clock(), events)
+            if self._background:
+                threading.Thread(
+                    target=self._finish_run, args=(job,), name=f"transform-{job.name}", daemon=True
+                ).start()
+            else:
+                events += self._finish_run(job)
+        return events
+
+    def _finish_run(self, job: _Job) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        failure = self._run(job)
+        with self._lock:
+            job.running = False
+            if job.stop_requested:
+                self._end(job, "Stopped", None, self._clock(), events)
+            else:
+                status = "Failed" if failure else "Completed"
+                self._end(job, status, failure, self._clock(), events)
         self._deliver(events)
         return events
 
@@ -267,6 +285,7 @@ class TransformJobs:
         split = request["TransformInput"].get("SplitType", "None")
         assemble = request["TransformOutput"].get("AssembleWith", "None")
         retries = int(request.get("ModelClientConfig", {}).get("InvocationsMaxRetries", 3))
+        concurrency = int(request.get("MaxConcurrentTransforms") or 1)
         failure: str | None = None
         record_number = 0
         for key in keys:
@@ -274,18 +293,21 @@ class TransformJobs:
                 break
             data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
             records = [r for r in data.split(b"\n") if r.strip()] if split == "Line" else [data]
-            answers: list[bytes] = []
-            ok = True
-            for record in records:
-                status, body = self._answer(job, record_number, record, retries)
-                record_number += 1
-                if status != 200:
-                    ok = False
-                    failure = RECORD_FAILURE
-                    break
-                answers.append(body)
-            if not ok:
+            first = record_number
+            record_number += len(records)
+            # MaxConcurrentTransforms records at once, each answer kept in its record's place.
+            workers = max(1, min(concurrency, len(records)))
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                replies = list(
+                    pool.map(
+                        lambda item: self._answer(job, item[0], item[1], retries),
+                        enumerate(records, start=first),
+                    )
+                )
+            if any(status != 200 for status, _ in replies):
+                failure = RECORD_FAILURE
                 continue  # no .out for an object with a failed record
+            answers = [body for _, body in replies]
             joiner = b"\n" if assemble == "Line" else b""
             output = joiner.join(answers) + (joiner if answers else b"")
             relative = key[len(prefix) :].lstrip("/") if key.startswith(prefix) else key
