@@ -158,6 +158,14 @@ def _new_session(loader: Any = None) -> Any:
     return boto3.session.Session(botocore_session=core)
 
 
+def service_model(service: str) -> Any:
+    """botocore's model of ``service`` (its shapes and enums), from the shared session."""
+    global _session
+    if _session is None:
+        _session = _new_session()
+    return _session._session.get_service_model(service)
+
+
 def _build(service: str, read_timeout: float, connect_timeout: float, max_attempts: int) -> Any:
     global _session
     from botocore.config import Config

@@ -175,13 +175,9 @@ def transform_instance(hosting_kind: str, instance_type: str | None) -> str:
 
 
 def _transform_instance_types() -> frozenset[str]:
-    import botocore.session
+    from llmhost import aws
 
-    shape = (
-        botocore.session.get_session()
-        .get_service_model("sagemaker")
-        .shape_for("TransformInstanceType")
-    )
+    shape = aws.service_model("sagemaker").shape_for("TransformInstanceType")
     return frozenset(getattr(shape, "enum", []) or [])
 
 
