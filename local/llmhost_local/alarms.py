@@ -16,8 +16,20 @@ runner's default 60x an idle alarm of 5 minutes fires after 5 s without a reques
 What CloudWatch does and this does too: M-of-N datapoints, ``TreatMissingData`` (a period
 without requests has no datapoint, as a Sum of nothing is missing in CloudWatch), no
 verdict before the alarm has been watched for its whole window, and events only on a change
-of state. Not emulated: alarm actions (Application Auto Scaling's step policy never runs
-locally; llmhost's own wake path adds the copy), metric math, and statistics other than Sum.
+of state. Not emulated: metric math, and statistics other than Sum (counts) and Average
+(the gauges).
+
+Gauges: an async endpoint's backlog metrics (``HasBacklogWithoutCapacity``,
+``ApproximateBacklogSize[PerInstance]``) come from ``gauge`` (``AsyncInference.gauge``:
+each period's Average of its samples; a period without one is a missing datapoint).
+
+Alarm actions that are Application Auto Scaling policies (ARNs ``arn:aws:autoscaling:``)
+are handed to ``act`` (``llmhost_local.scaling_actions``) when the alarm enters ALARM and
+again every period while it stays there, as CloudWatch does for Auto Scaling actions
+("continue to be invoked once per minute while the alarm remains in the ALARM state",
+docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/alarm-evaluation.html). Only the
+async endpoints' step policy is acted on this way; for inference components llmhost's own
+wake path adds the copy.
 """
 
 from __future__ import annotations
@@ -30,6 +42,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from llmhost_local.runtime_state import InvocationLog, Outcome
+
+# A gauge metric's value over [start, end) for these dimensions (None: no datapoint).
+Gauge = Callable[[Mapping[str, str], str, float, float], float | None]
+GAUGE_METRICS = frozenset(
+    {"HasBacklogWithoutCapacity", "ApproximateBacklogSize", "ApproximateBacklogSizePerInstance"}
+)
+AUTOSCALING_ACTION = "arn:aws:autoscaling:"
 
 PREFIX = "llmhost-"
 # The metric each of llmhost's alarms watches, as the invocation log records it.
@@ -59,13 +78,16 @@ def evaluate(
     now: float,
     watched_since: float,
     speed: float,
+    gauge: Gauge | None = None,
 ) -> Verdict | None:
     """The state of one metric alarm at ``now`` (clock seconds), or None while it has not
     been watched for its whole window (CloudWatch would still say INSUFFICIENT_DATA).
 
-    Raises KeyError for an alarm on a metric the invocation log does not count.
+    Raises KeyError for an alarm on a metric neither the invocation log counts nor
+    ``gauge`` measures.
     """
-    outcome = METRIC_OUTCOMES[alarm["MetricName"]]
+    metric = alarm["MetricName"]
+    outcome = None if metric in GAUGE_METRICS and gauge else METRIC_OUTCOMES[metric]
     period = float(alarm["Period"]) / speed
     periods = int(alarm["EvaluationPeriods"])
     needed = int(alarm.get("DatapointsToAlarm") or periods)
@@ -75,6 +97,10 @@ def evaluate(
     values: list[float | None] = []
     for i in range(periods, 0, -1):  # oldest first
         start = now - i * period
+        if outcome is None:
+            assert gauge is not None
+            values.append(gauge(dimensions, metric, start, start + period))
+            continue
         count = log.count(dimensions, outcome, start) - log.count(
             dimensions, outcome, start + period
         )
@@ -185,6 +211,8 @@ class AlarmEvaluator:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
         region: str = "us-east-1",
+        gauge: Gauge | None = None,
+        act: Callable[[Mapping[str, Any]], object] | None = None,
     ) -> None:
         if speed <= 0:
             raise ValueError(f"speed must be a positive factor, got {speed}")
@@ -195,6 +223,9 @@ class AlarmEvaluator:
         self._clock = clock
         self._wall = wall
         self._region = region
+        self._gauge = gauge
+        self._act = act
+        self._acted: dict[str, float] = {}  # alarm name -> when its actions last ran
         # (alarm name, configuration time) -> when this evaluator first saw that alarm: a
         # re-put alarm starts its window again, as CloudWatch's does.
         self._watched: dict[tuple[str, str], float] = {}
@@ -205,11 +236,18 @@ class AlarmEvaluator:
         delivered: list[dict[str, Any]] = []
         client = self._cloudwatch()
         for alarm in self._alarms(client):
-            if alarm.get("MetricName") not in METRIC_OUTCOMES:
+            metric = alarm.get("MetricName")
+            gauged = self._gauge is not None and metric in GAUGE_METRICS
+            if metric not in METRIC_OUTCOMES and not gauged:
                 continue
             key = (alarm["AlarmName"], str(alarm.get("AlarmConfigurationUpdatedTimestamp", "")))
             watched_since = self._watched.setdefault(key, now)
-            verdict = evaluate(alarm, self._log, now, watched_since, self._speed)
+            verdict = evaluate(alarm, self._log, now, watched_since, self._speed, self._gauge)
+            state = verdict.state if verdict is not None else alarm.get("StateValue")
+            if state == "ALARM":
+                self._run_actions(alarm, now)
+            else:
+                self._acted.pop(alarm["AlarmName"], None)
             if verdict is None or verdict.state == alarm.get("StateValue"):
                 continue
             client.set_alarm_state(
@@ -219,6 +257,18 @@ class AlarmEvaluator:
             self._deliver(event)
             delivered.append(event)
         return delivered
+
+    def _run_actions(self, alarm: Mapping[str, Any], now: float) -> None:
+        """Invoke the alarm's Auto Scaling actions on entering ALARM, then once a period."""
+        if self._act is None:
+            return
+        if not any(a.startswith(AUTOSCALING_ACTION) for a in alarm.get("AlarmActions", [])):
+            return
+        last = self._acted.get(alarm["AlarmName"])
+        if last is not None and now - last < float(alarm["Period"]) / self._speed:
+            return
+        self._acted[alarm["AlarmName"]] = now
+        self._act(alarm)
 
     @staticmethod
     def _alarms(client: Any) -> list[dict[str, Any]]:

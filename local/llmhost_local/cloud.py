@@ -17,6 +17,12 @@
   llmhost's alarms against the runtime front's invocation log and delivers their state
   changes to the scaling function, as do serving's wake requests for a model with no copy
   ("zero-demo" shows it: idle, zero copies, a request answered 503 + Retry-After, awake).
+- Asynchronous inference (``llmhost_local.async_inference``): the runtime front queues
+  InvokeEndpointAsync requests, the async endpoints' instances step the queue, results go
+  to moto's S3 and notifications to the two topics in moto's SNS, which delivers them to the
+  jobs queue. The backlog metrics feed the local CloudWatch, and an alarm whose action is
+  an async endpoint's step policy scales its variant (``llmhost_local.scaling_actions``), so
+  a request queued at zero instances brings one up.
 - Jobs: the jobs table, bucket, queue and dead-letter queue are made as template.yaml makes
   them (``llmhost_local.queues``), their durations compressed like every other.
 
@@ -53,6 +59,8 @@ TOKEN_SECRET = "llmhost/hf-token"
 API_KEYS_SECRET = "llmhost/api-keys"
 LOCAL_API_KEY = "llmhost-local-key"
 SCHEDULE_GROUP = "llmhost"
+ASYNC_SUCCESS_TOPIC = "llmhost-async-success"
+ASYNC_ERROR_TOPIC = "llmhost-async-error"
 SCHEDULER_ROLE_NAME = "llmhost-scheduler"
 # Invocations the local API Gateway runs at once (a Lambda concurrency limit; others wait).
 API_CONCURRENCY = 64
@@ -123,6 +131,7 @@ class LocalCloud:
         self._queue: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
         self._scaling_queue: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
         self.front: Any = None
+        self.async_inference: Any = None
         self.alarms: Any = None
         self.scaling_module: ModuleType | None = None
         self._stop = threading.Event()
@@ -219,6 +228,7 @@ class LocalCloud:
             ),
             threading.Thread(target=self._deliver_scaling, name="scaling-worker", daemon=True),
             threading.Thread(target=self._clock, name="sagemaker-clock", daemon=True),
+            threading.Thread(target=self._async_instances, name="async-inference", daemon=True),
         ]
         for worker in self._workers:
             worker.start()
@@ -235,12 +245,23 @@ class LocalCloud:
 
         runtime.override(wake_dispatcher=CallbackWakeDispatcher(wake))
         if self.front is not None:  # an external runtime keeps its own invocation counts
+            from llmhost_local.scaling_actions import StepScalingActions
+
+            # An alarm whose action is an async endpoint's step policy scales its variant.
+            actions = StepScalingActions(
+                aws.lazy("application-autoscaling"),
+                aws.lazy("sagemaker"),
+                speed=self.clock.speed,
+                log=self.log,
+            )
             self.alarms = AlarmEvaluator(
                 aws.lazy("cloudwatch"),
                 self.front.invocations,
                 lambda event: self._scaling_queue.put(("alarm", event)),
                 speed=self.clock.speed,
                 region=REGION,
+                gauge=self.async_inference.gauge,
+                act=actions.run,
             )
 
     def _start_data_plane(self) -> None:
@@ -255,7 +276,20 @@ class LocalCloud:
             # Someone else plays SageMaker's runtime (a benchmark's separate process).
             self._front_server, self.runtime_url = None, self.external_runtime_url
         else:
-            self.front = RuntimeFront(self._route, split_bytes=None)
+            from llmhost import aws
+            from llmhost_local.async_inference import AsyncInference
+
+            # Async endpoints: their queue, S3 and SNS from moto, the engine as container.
+            self.async_inference = AsyncInference(
+                lambda endpoint: self.standin.describe("endpoint", endpoint),
+                aws.lazy("s3"),
+                aws.lazy("sns"),
+                self._async_container,
+                region=REGION,
+            )
+            self.front = RuntimeFront(
+                self._route, split_bytes=None, async_inference=self.async_inference
+            )
             self._front_server, self.runtime_url = serve_front(self.front, port=0)
         os.environ["LLMHOST_AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME"] = self.runtime_url
 
@@ -296,6 +330,23 @@ class LocalCloud:
                 return int(error.code), error.read()
         answer = self.engine.handle("POST", "/invocations", body)
         return answer.status, answer.body
+
+    def _async_container(
+        self, endpoint: str, body: bytes, content_type: str, accept: str
+    ) -> tuple[int, str, bytes]:
+        """An async endpoint's instance answering one queued request: the local engine."""
+        status, reply = self._transform_container(endpoint, body)
+        return status, "application/json", reply
+
+    def _async_instances(self) -> None:
+        """The async endpoints' instances take queued requests while they run."""
+        while not self._stop.wait(0.25):
+            if self.async_inference is None:
+                continue
+            try:
+                self.async_inference.step()
+            except Exception as error:  # moto stopping under us, say: try next tick
+                self.log(f"  async inference failed: {error}")
 
     def _sagemaker_event(self, event: dict[str, Any]) -> None:
         """EventBridge's rules: endpoint state changes to the reconciler, a transform job's
@@ -390,6 +441,23 @@ class LocalCloud:
             speed=self.clock.speed,
         )
         os.environ.update(self.jobs.environment(self.jobs_source.max_receive_count))
+        self._provision_async_topics()
+
+    def _provision_async_topics(self) -> None:
+        """AsyncSuccessTopic and AsyncErrorTopic, each subscribed by the jobs queue with raw
+        delivery off (the worker reads SNS's envelope), as template.yaml makes them."""
+        from llmhost import aws
+
+        sns = aws.client("sns")
+        topics = {}
+        for name, setting in (
+            (ASYNC_SUCCESS_TOPIC, "ASYNC_SUCCESS_TOPIC_ARN"),
+            (ASYNC_ERROR_TOPIC, "ASYNC_ERROR_TOPIC_ARN"),
+        ):
+            arn = sns.create_topic(Name=name)["TopicArn"]
+            sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=self.jobs.queue_arn)
+            topics[setting] = arn
+        os.environ.update(topics)
 
     def create_demo(self, scale_to_zero: bool = True) -> None:
         """A deployment to talk to right away (served by the local engine) and, unless told

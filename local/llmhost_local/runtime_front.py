@@ -49,7 +49,12 @@ botocore raises its modeled exceptions: ``client.exceptions.ValidationError``, `
   aws/sagemaker-python-sdk#4271, seen on serverless endpoints; real-time endpoints once
   answered a bare HTTP 413)
 
-Not emulated: SigV4 verification (any credentials work), ``InvokeEndpointAsync``, sessions.
+``InvokeEndpointAsync`` (``POST /endpoints/{EndpointName}/async-invocations``) is checked
+the same way and handed to an ``AsyncInference`` (``llmhost_local.async_inference``: the
+queue, the instances stepping it, S3 and SNS); its answer is HTTP 202 with ``InferenceId``
+and the output and failure locations, as SageMaker's.
+
+Not emulated: SigV4 verification (any credentials work), sessions.
 """
 
 from __future__ import annotations
@@ -69,14 +74,22 @@ from urllib.parse import unquote, urlsplit
 
 from llmhost.errors import LlmhostError
 from llmhost_local import eventstream
+from llmhost_local.async_inference import AsyncInference, AsyncRequestInvalid
 from llmhost_local.engine import EngineReply
 from llmhost_local.engine_server import StreamingHandler
 from llmhost_local.runtime_state import InvocationLog, Routes, RouteTarget
 
 INVOKE = "InvokeEndpoint"
 INVOKE_STREAM = "InvokeEndpointWithResponseStream"
-_PATH = re.compile(r"^/endpoints/([^/]+)/(invocations|invocations-response-stream)$")
-_OPERATIONS = {"invocations": INVOKE, "invocations-response-stream": INVOKE_STREAM}
+INVOKE_ASYNC = "InvokeEndpointAsync"
+_PATH = re.compile(
+    r"^/endpoints/([^/]+)/(invocations|invocations-response-stream|async-invocations)$"
+)
+_OPERATIONS = {
+    "invocations": INVOKE,
+    "invocations-response-stream": INVOKE_STREAM,
+    "async-invocations": INVOKE_ASYNC,
+}
 
 NO_CAPACITY_MESSAGE = (
     "Inference Component has no capacity to process this request. ApplicationAutoScaling may "
@@ -151,6 +164,7 @@ class RuntimeFront:
         split_bytes: int | None = None,
         region: str = "us-east-1",
         invocations: InvocationLog | None = None,
+        async_inference: AsyncInference | None = None,
     ) -> None:
         if split_bytes is not None and split_bytes <= 0:
             raise ValueError(
@@ -161,6 +175,7 @@ class RuntimeFront:
         self.split_bytes = split_bytes
         self.region = region
         self.invocations = invocations or InvocationLog()
+        self.async_inference = async_inference
 
     def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> FrontReply:
         """Serve one runtime API request; every failure becomes AWS's error reply."""
@@ -182,8 +197,9 @@ class RuntimeFront:
                 "UnknownOperationException",
                 404,
                 f"{method} {urlsplit(path).path} is not a SageMaker runtime operation; this "
-                "front serves POST /endpoints/{name}/invocations and "
-                "/endpoints/{name}/invocations-response-stream",
+                "front serves POST /endpoints/{name}/invocations, "
+                "/endpoints/{name}/invocations-response-stream and "
+                "/endpoints/{name}/async-invocations",
             )
         operation = _OPERATIONS[match[2]]
         lowered = {k.lower(): v for k, v in headers.items()}
@@ -200,6 +216,8 @@ class RuntimeFront:
     # -- routing
 
     def _invoke(self, call: _Invocation) -> FrontReply:
+        if call.operation == INVOKE_ASYNC:
+            return self._queue(call)
         target = self.routes(call.endpoint, call.component)
         if target is None:
             raise _validation(f"Endpoint {call.endpoint} of account {self.account_id} not found.")
@@ -238,6 +256,36 @@ class RuntimeFront:
             "X-Amzn-SageMaker-Content-Type": reply.content_type,
         }
         return FrontReply(200, stream, events=self._events(reply))
+
+    def _queue(self, call: _Invocation) -> FrontReply:
+        """InvokeEndpointAsync: queued, answered 202 with where the result will be."""
+        if self.async_inference is None:
+            raise RuntimeApiError(
+                "UnknownOperationException",
+                404,
+                "this runtime front has no asynchronous inference (give it an AsyncInference)",
+            )
+        headers = call.headers
+        try:
+            queued = self.async_inference.submit(
+                call.endpoint,
+                body=call.body or None,
+                input_location=headers.get("x-amzn-sagemaker-inputlocation"),
+                inference_id=headers.get("x-amzn-sagemaker-inference-id"),
+                content_type=headers.get("x-amzn-sagemaker-content-type"),
+                accept=headers.get("x-amzn-sagemaker-accept"),
+            )
+        except AsyncRequestInvalid as error:
+            raise _validation(str(error)) from None
+        locations = {"X-Amzn-SageMaker-OutputLocation": queued["OutputLocation"]}
+        if "FailureLocation" in queued:
+            locations["X-Amzn-SageMaker-FailureLocation"] = queued["FailureLocation"]
+        body = json.dumps({"InferenceId": queued["InferenceId"]}).encode()
+        return FrontReply(
+            202,
+            {"x-amzn-RequestId": call.request_id, "Content-Type": "application/json", **locations},
+            body,
+        )
 
     def _container(self, target: RouteTarget, call: _Invocation) -> EngineReply:
         if target.kind == "engine":
@@ -408,6 +456,15 @@ def _violations(operation: str, endpoint: str, headers: Mapping[str, str]) -> li
             continue
         meta = member.metadata
         path = name[:1].lower() + name[1:]
+        if member.type_name == "integer":
+            if not value.isdigit() or not meta.get("min", 0) <= int(value) <= meta.get(
+                "max", 2**31
+            ):
+                found.append(
+                    f"Value '{value}' at '{path}' failed to satisfy constraint: Member must "
+                    f"have value between {meta.get('min', 0)} and {meta.get('max', 2**31)}"
+                )
+            continue
         if "min" in meta and len(value) < meta["min"]:
             found.append(
                 f"Value '{value}' at '{path}' failed to satisfy constraint: Member must have "

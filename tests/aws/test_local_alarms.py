@@ -175,3 +175,58 @@ def test_the_underload_alarm_is_left_to_cloudwatch_and_never_stops_the_others(
     assert [e["detail"]["alarmName"] for e in events] == ["llmhost-zero-idle"]
     assert all(e["detail"]["alarmName"] != "llmhost-zero-underload" for e in delivered)
     assert state("llmhost-zero-underload") == "OK"
+
+
+def test_an_async_backlog_without_capacity_runs_the_alarms_scaling_action_each_period(
+    moto_aws: None, clock: Any
+) -> None:
+    from llmhost.scaling.policy import async_policy
+
+    # Given an async endpoint's no-capacity alarm, whose action is its step policy, and a
+    # gauge that reports a request waiting with no instance from t=1 on
+    policy = async_policy(Scaling(min_capacity=0, max_capacity=1), concurrency=2)
+    assert policy.scale_from_zero is not None
+    action = "arn:aws:autoscaling:us-east-1:123456789012:scalingPolicy:x:resource/sagemaker/wake"
+    aws.client("cloudwatch").put_metric_alarm(
+        **policy.scale_from_zero.alarm.put_metric_alarm_request(
+            "llmhost-jobs-no-capacity", {"EndpointName": "jobs"}, [action]
+        )
+    )
+    waiting = [False]
+
+    def gauge(dims: Any, metric: str, begin: float, end: float) -> float | None:
+        assert (dims, metric) == ({"EndpointName": "jobs"}, "HasBacklogWithoutCapacity")
+        return 1.0 if waiting[0] else 0.0
+
+    acted: list[str] = []
+    evaluator = AlarmEvaluator(
+        lambda: aws.client("cloudwatch"),
+        InvocationLog(clock=clock),
+        lambda event: None,
+        speed=SPEED,
+        clock=clock,
+        gauge=gauge,
+        act=lambda alarm: acted.append(alarm["AlarmName"]),
+    )
+    evaluator.tick()
+    clock.advance(2.5)
+    evaluator.tick()
+    assert state("llmhost-jobs-no-capacity") == "OK" and acted == []
+    # When requests wait without capacity for its two periods (two compressed minutes)
+    waiting[0] = True
+    clock.advance(2.0)
+    evaluator.tick()
+    # Then it is in ALARM and its action ran once
+    assert state("llmhost-jobs-no-capacity") == "ALARM" and acted == ["llmhost-jobs-no-capacity"]
+    # And not again within the period, but again after it while still in ALARM
+    clock.advance(0.5)
+    evaluator.tick()
+    assert len(acted) == 1
+    clock.advance(0.6)
+    evaluator.tick()
+    assert len(acted) == 2
+    # And once capacity runs, it clears and acts no more
+    waiting[0] = False
+    clock.advance(2.1)
+    evaluator.tick()
+    assert state("llmhost-jobs-no-capacity") == "OK" and len(acted) == 2

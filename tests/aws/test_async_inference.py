@@ -1,0 +1,244 @@
+"""Local asynchronous inference: InvokeEndpointAsync over the real runtime API, the queue
+held at zero instances, results in moto's S3, notifications through moto's SNS to SQS, the
+backlog metrics, and the step policy an alarm runs to bring an instance up."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from llmhost_local.async_inference import AsyncInference
+from llmhost_local.runtime_front import RuntimeFront, serve_front
+from llmhost_local.scaling_actions import StepScalingActions
+
+BUCKET = "llmhost-jobs"
+CONFIG = {
+    "ClientConfig": {"MaxConcurrentInvocationsPerInstance": 2},
+    "OutputConfig": {
+        "S3OutputPath": f"s3://{BUCKET}/async/output/",
+        "S3FailurePath": f"s3://{BUCKET}/async/failure/",
+        "NotificationConfig": {},
+        # topics filled in by the fixture
+    },
+}
+
+
+class World:
+    """One async endpoint ("jobs") and one real-time endpoint ("rt"), their instance counts
+    set by the test, a container whose answer the test sets, and an SQS inbox per topic."""
+
+    def __init__(self) -> None:
+        self.instances = {"jobs": 0, "rt": 1}
+        self.answer: tuple[int, str, bytes] = (200, "application/json", b'{"ok": true}')
+        self.seen: list[bytes] = []
+        self.now = 0.0
+        self.sqs = boto3.client("sqs", region_name="us-east-1")
+        self.s3 = boto3.client("s3", region_name="us-east-1")
+        self.s3.create_bucket(Bucket=BUCKET)
+        sns = boto3.client("sns", region_name="us-east-1")
+        self.inbox: dict[str, str] = {}
+        topics = {}
+        for kind in ("success", "error"):
+            arn = sns.create_topic(Name=f"llmhost-async-{kind}")["TopicArn"]
+            url = self.sqs.create_queue(QueueName=f"inbox-{kind}")["QueueUrl"]
+            queue = self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+            sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=queue["Attributes"]["QueueArn"])
+            self.inbox[kind], topics[kind] = url, arn
+        self.config = json.loads(json.dumps(CONFIG))
+        self.config["OutputConfig"]["NotificationConfig"] = {
+            "SuccessTopic": topics["success"],
+            "ErrorTopic": topics["error"],
+            "IncludeInferenceResponseIn": ["SUCCESS_NOTIFICATION_TOPIC"],
+        }
+        self.plane = AsyncInference(
+            self.describe,
+            lambda: self.s3,
+            lambda: sns,
+            self.container,
+            clock=lambda: self.now,
+        )
+
+    def describe(self, endpoint: str) -> dict[str, Any] | None:
+        if endpoint not in self.instances:
+            return None
+        described: dict[str, Any] = {
+            "EndpointName": endpoint,
+            "EndpointStatus": "InService",
+            "ProductionVariants": [
+                {"VariantName": "AllTraffic", "CurrentInstanceCount": self.instances[endpoint]}
+            ],
+        }
+        if endpoint == "jobs":
+            described["AsyncInferenceConfig"] = self.config
+        return described
+
+    def container(
+        self, endpoint: str, body: bytes, content_type: str, accept: str
+    ) -> tuple[int, str, bytes]:
+        self.seen.append(body)
+        return self.answer
+
+    def notifications(self, kind: str) -> list[dict[str, Any]]:
+        messages = self.sqs.receive_message(QueueUrl=self.inbox[kind], MaxNumberOfMessages=10).get(
+            "Messages", []
+        )
+        return [json.loads(json.loads(m["Body"])["Message"]) for m in messages]
+
+
+@pytest.fixture
+def world(moto_aws: None) -> World:
+    return World()
+
+
+@pytest.fixture
+def runtime_client(world: World) -> Iterator[Any]:
+    front = RuntimeFront(lambda endpoint, component: None, async_inference=world.plane)
+    server, url = serve_front(front)
+    try:
+        yield boto3.client(
+            "sagemaker-runtime",
+            region_name="us-east-1",
+            endpoint_url=url,
+            # The front checks what botocore would: a client that does not check reaches it.
+            config=Config(retries={"max_attempts": 1}, parameter_validation=False),
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_request_waits_at_zero_instances_and_is_answered_once_one_runs(
+    world: World, runtime_client: Any
+) -> None:
+    # Given an async endpoint at zero instances
+    # When a request is queued with InvokeEndpointAsync (inline body, our inference id)
+    reply = runtime_client.invoke_endpoint_async(
+        EndpointName="jobs",
+        Body=b'{"inputs": "hi"}',
+        ContentType="application/json",
+        InferenceId="job-1",
+    )
+    # Then SageMaker's answer says where the result will be, and nothing ran yet
+    assert reply["ResponseMetadata"]["HTTPStatusCode"] == 202
+    assert reply["InferenceId"] == "job-1"
+    assert reply["OutputLocation"].startswith(f"s3://{BUCKET}/async/output/")
+    assert reply["OutputLocation"].endswith(".out")
+    assert reply["FailureLocation"].startswith(f"s3://{BUCKET}/async/failure/")
+    assert world.plane.step() == 0 and world.seen == []
+    # And the backlog metrics say a request waits without capacity
+    dims = {"EndpointName": "jobs"}
+    assert world.plane.gauge(dims, "HasBacklogWithoutCapacity", 0, 1) == 1.0
+    assert world.plane.gauge(dims, "ApproximateBacklogSize", 0, 1) == 1.0
+    # When an instance runs
+    world.instances["jobs"] = 1
+    world.now = 5.0
+    assert world.plane.step() == 1
+    # Then the container got the body, the output is in S3, and the success topic said so,
+    # with the response included
+    assert world.seen == [b'{"inputs": "hi"}']
+    bucket, key = reply["OutputLocation"].removeprefix("s3://").split("/", 1)
+    assert world.s3.get_object(Bucket=bucket, Key=key)["Body"].read() == b'{"ok": true}'
+    (notice,) = world.notifications("success")
+    assert notice["invocationStatus"] == "Completed" and notice["inferenceId"] == "job-1"
+    assert notice["responseParameters"]["outputLocation"] == reply["OutputLocation"]
+    assert notice["responseBody"]["content"] == '{"ok": true}'
+    assert world.notifications("error") == []
+    # And the backlog is empty again
+    assert world.plane.gauge(dims, "HasBacklogWithoutCapacity", 5, 6) == 0.0
+
+
+def test_an_input_in_s3_is_read_and_a_container_error_goes_to_the_error_topic(
+    world: World, runtime_client: Any
+) -> None:
+    # Given an instance, an input in S3, and a container that fails
+    world.instances["jobs"] = 1
+    world.s3.put_object(Bucket=BUCKET, Key="async/input/job-2.json", Body=b'{"inputs": "big"}')
+    world.answer = (500, "text/plain", b"CUDA out of memory")
+    reply = runtime_client.invoke_endpoint_async(
+        EndpointName="jobs", InputLocation=f"s3://{BUCKET}/async/input/job-2.json"
+    )
+    world.plane.step()
+    # Then the input was read from S3, and the failure is written and announced
+    assert world.seen == [b'{"inputs": "big"}']
+    (notice,) = world.notifications("error")
+    assert notice["invocationStatus"] == "Failed"
+    assert "Received server error (500)" in notice["failureReason"]
+    assert notice["responseParameters"]["failureLocation"] == reply["FailureLocation"]
+    bucket, key = reply["FailureLocation"].removeprefix("s3://").split("/", 1)
+    assert world.s3.get_object(Bucket=bucket, Key=key)["Body"].read() == b"CUDA out of memory"
+    # (the error topic does not include the response: only SUCCESS_NOTIFICATION_TOPIC does)
+    assert "responseBody" not in notice
+
+
+@pytest.mark.parametrize(
+    ("call", "fragment"),
+    [
+        ({"EndpointName": "rt", "Body": b"{}"}, "not an asynchronous inference endpoint"),
+        ({"EndpointName": "nope", "Body": b"{}"}, "Endpoint nope of account"),
+        (
+            {"EndpointName": "jobs", "Body": b"{}", "InputLocation": "s3://b/k"},
+            "mutually exclusive",
+        ),
+        ({"EndpointName": "jobs"}, "Either Body or InputLocation"),
+        (
+            {"EndpointName": "jobs", "Body": b"{}", "RequestTTLSeconds": 30},
+            "requestTTLSeconds",
+        ),
+    ],
+)
+def test_requests_sagemaker_refuses_get_its_validation_error(
+    world: World, runtime_client: Any, call: dict[str, Any], fragment: str
+) -> None:
+    with pytest.raises(runtime_client.exceptions.ValidationError, match=fragment):
+        runtime_client.invoke_endpoint_async(**call)
+    assert world.plane.backlog("jobs") == 0
+
+
+def test_the_no_capacity_alarms_step_policy_adds_an_instance_within_the_targets_bounds(
+    moto_aws: None,
+) -> None:
+    from llmhost.scaling.policy import async_policy
+    from llmhost.specs import Scaling
+
+    # Given an async variant at zero instances with its scalable target and step policy
+    class Endpoint:
+        count = 0
+        updates: list[int] = []
+
+        def describe_endpoint(self, EndpointName: str) -> dict[str, Any]:
+            return {
+                "EndpointStatus": "InService",
+                "ProductionVariants": [
+                    {"VariantName": "AllTraffic", "DesiredInstanceCount": self.count}
+                ],
+            }
+
+        def update_endpoint_weights_and_capacities(self, **request: Any) -> None:
+            (wanted,) = request["DesiredWeightsAndCapacities"]
+            self.updates.append(wanted["DesiredInstanceCount"])
+            self.count = wanted["DesiredInstanceCount"]
+
+    endpoint = Endpoint()
+    aas = boto3.client("application-autoscaling", region_name="us-east-1")
+    policy = async_policy(Scaling(min_capacity=0, max_capacity=1), concurrency=2)
+    rid = "endpoint/jobs/variant/AllTraffic"
+    aas.register_scalable_target(**policy.register_scalable_target_request(rid))
+    arn = aas.put_scaling_policy(**policy.step_scaling_request(rid, "llmhost-jobs-wake"))[
+        "PolicyARN"
+    ]
+    now = [0.0]
+    actions = StepScalingActions(lambda: aas, lambda: endpoint, clock=lambda: now[0])
+    alarm = {"AlarmName": "llmhost-jobs-no-capacity", "AlarmActions": [arn]}
+    # When the alarm invokes it: one instance
+    assert actions.run(alarm) == ["jobs 0 -> 1"]
+    # And again (the alarm is still in ALARM a period later): never past MaxCapacity
+    now[0] = 1000.0
+    assert actions.run(alarm) == []
+    assert endpoint.updates == [1]
+    # And an alarm without scaling actions changes nothing
+    assert actions.run({"AlarmName": "other", "AlarmActions": []}) == []
