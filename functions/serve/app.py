@@ -18,6 +18,8 @@ app = build_serving_app(
     runtime.collections,
     logger=logger,
     stream_url=lambda: runtime.serving_settings().stream_url,
+    holds=runtime.hold_policy,
+    jobs=runtime.jobs,
 )
 # SnapStart: the RAG stack is built before the snapshot, clients are rebuilt after a restore.
 snapstart.register(snapstart.warm_serving)

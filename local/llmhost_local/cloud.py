@@ -486,7 +486,13 @@ class LocalCloud:
 
         auth = ApiKeyAuth(hashes_from_secret(os.environ["API_KEYS_SECRET_ARN"]))
         limiter = KeyRateLimiter(RateLimits.from_env(default_rate=0))
-        app = ServingHttpApp(runtime.serving_service, auth, log=self.log, limiter=limiter)
+        app = ServingHttpApp(
+            runtime.serving_service,
+            auth,
+            log=self.log,
+            limiter=limiter,
+            holds=runtime.hold_policy,
+        )
         server = serve_openai(app, port=port)
         threading.Thread(target=server.serve_forever, name="openai", daemon=True).start()
         return server

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from llmhost.rag.store import VectorStore
     from llmhost.scaling.capacity_guard import CapacityGuard
     from llmhost.scaling.hook import ScalingHook
+    from llmhost.serving.hold import HoldPolicy
     from llmhost.serving.service import ServingService
     from llmhost.serving.wake import WakeDispatcher
     from llmhost.sizing.plan import Plan
@@ -247,11 +248,30 @@ class ServingSettings(BaseModel):
     # How long (cloud seconds) a process serves from its view of the registry before reading
     # it again: a warm environment reads it at most once per this, not once per request.
     route_cache_s: float = Field(default=10.0, gt=0, le=86400)
+    # The longest the stream function may hold a request for a cold model (with time kept
+    # for the answer: ``llmhost.serving.hold``) when the Lambda Web Adapter's context header
+    # does not say when the invocation ends (a local run); StreamTimeout's default.
+    stream_timeout_s: float = Field(default=300.0, ge=1, le=900)
+    # Seconds between the SSE comments a held stream sends while the model wakes.
+    hold_keepalive_s: float = Field(default=10.0, gt=0, le=60)
 
 
 def serving_settings() -> ServingSettings:
     overridden: ServingSettings | None = _overrides.get("serving_settings")
     return overridden or _from_env(ServingSettings)
+
+
+def hold_policy() -> HoldPolicy:
+    """How serving holds a request for a cold model (``Prefer: wait``, a streaming chat)."""
+    from llmhost.serving.hold import HoldPolicy
+
+    settings = serving_settings()
+    return HoldPolicy(
+        answer_s=settings.serving_timeout_s,
+        clock=clock(),
+        keepalive_s=settings.hold_keepalive_s,
+        request_limit_s=settings.stream_timeout_s,
+    )
 
 
 def clock() -> CloudClock:

@@ -146,6 +146,38 @@ ROUTES: dict[tuple[str, str], tuple[int, str, tuple[int, ...]]] = {
 }
 
 
+# Routes that hold a request for a cold model when asked (``llmhost.serving.hold``): they
+# take the Prefer header, say which preference they applied, and answer 202 for a wait longer
+# than API Gateway's 29 s.
+_HOLDING = {("post", "/v1/rag"), ("post", "/v1/chat/completions")}
+PREFER_PARAMETER = {
+    "name": "Prefer",
+    "in": "header",
+    "required": False,
+    "description": "RFC 7240. `wait=<seconds>` (0 to 900; more counts as 900): a request for "
+    "a model that is asleep or scaled to zero is held while it wakes instead of answered 503, "
+    "and answered when it is up. A wait API Gateway's 29 s cannot hold becomes a job: 202 "
+    "with `Location: /v1/jobs/{id}`. Other preferences are ignored; a `wait` that is not a "
+    "whole number of seconds is a 400 (`invalid_prefer`).",
+    "schema": {"type": "string", "examples": ["wait=20"]},
+}
+_PREFERENCE_APPLIED = {
+    "Preference-Applied": {
+        "description": "`wait=<seconds>`: the wait applied, when the request sent one.",
+        "schema": {"type": "string"},
+    }
+}
+_JOB_ACCEPTED = {
+    "description": "The request asked to wait longer than API Gateway's 29 s for a model that "
+    "is waking: it became a job. Poll the Location (GET /v1/jobs/{id}) for its result.",
+    "headers": {
+        "Location": {"description": "/v1/jobs/{id}", "schema": {"type": "string"}},
+        **_PREFERENCE_APPLIED,
+    },
+    "content": {"application/json": {"schema": {"type": "object"}}},
+}
+
+
 def _object(required: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "required": sorted(required), "properties": required}
 
@@ -231,6 +263,10 @@ def document_responses(doc: dict[str, Any]) -> dict[str, Any]:
                     "content": {"application/json": {"schema": body}},
                 }
             }
+            if (method, path) in _HOLDING:
+                operation.setdefault("parameters", []).append(PREFER_PARAMETER)
+                responses[str(success)]["headers"] = _PREFERENCE_APPLIED
+                responses["202"] = _JOB_ACCEPTED
             for status in sorted(statuses):
                 text, schema, headers = _STATUSES[status]
                 response: dict[str, Any] = {

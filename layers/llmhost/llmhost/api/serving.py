@@ -5,6 +5,10 @@ collections and documents: ``llmhost.rag.collections``) and shapes its answer; t
 become HTTP in ``llmhost.api.http``. Streaming chat lives on the stream function's URL (API
 Gateway's REST integration buffers responses); a ``stream: true`` request here gets a 400
 that says where to go instead.
+
+Chat and RAG take ``Prefer: wait=<seconds>`` (``llmhost.serving.hold``): a request for a cold
+model is then held while it wakes, within API Gateway's 29 s, and a wait longer than that
+becomes a job (202, ``Location: /v1/jobs/{id}``) when the function has jobs.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from llmhost.api.http import (
     json_response,
 )
 from llmhost.errors import LlmhostError
+from llmhost.serving.hold import Hold, HoldOutlastsRequest, HoldPolicy, wait_preference
 from llmhost.serving.requests import ChatCompletionRequest, RagRequest
 
 if TYPE_CHECKING:
@@ -33,6 +38,8 @@ if TYPE_CHECKING:
     from llmhost.serving.service import ServingService
 
 MAX_DOCUMENTS_PER_REQUEST = 100
+# API Gateway's integration timeout: no answer comes later than this, whatever Lambda allows.
+GATEWAY_TIMEOUT_S = 29.0
 
 CollectionPath = Annotated[
     str, Path(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,62}$", description="A collection name.")
@@ -89,21 +96,63 @@ def build_serving_app(
     *,
     logger: Any = None,
     stream_url: Callable[[], str | None] = lambda: None,
+    holds: Callable[[], HoldPolicy] | None = None,
+    jobs: Callable[[], Any] | None = None,
 ) -> APIGatewayRestResolver:
     """Create the resolver with every serving route; ``service`` (chat and RAG,
     ``llmhost.serving.service``) and ``collections`` (``llmhost.rag.collections``) are
-    called lazily per request."""
+    called lazily per request. ``holds``: how requests with ``Prefer: wait`` are held
+    (without it the preference is ignored, as RFC 7240 lets a server do); ``jobs``: the
+    job operations a wait longer than API Gateway's becomes."""
     app = json_api(DocumentIdResolver)
+
+    def requested_hold() -> tuple[Hold, int] | None:
+        """The hold the request asks for (``Prefer: wait``) and the wait applied, if any."""
+        if holds is None:
+            return None
+        wait = wait_preference(_header_values(app.current_event, "prefer"))
+        if wait is None:
+            return None
+        left = GATEWAY_TIMEOUT_S
+        remaining = getattr(app.lambda_context, "get_remaining_time_in_millis", None)
+        if callable(remaining):
+            left = min(left, remaining() / 1000)
+        return holds().hold(wait, left, as_job=jobs is not None), wait
+
+    def answer(
+        kind: str, request: Any, plain: Callable[[], Any], ask: Callable[[Hold], Any]
+    ) -> Any:
+        held = requested_hold()
+        if held is None:
+            return json_response(HTTPStatus.OK, plain())
+        hold, wait = held
+        applied = {"Preference-Applied": f"wait={wait}"}
+        try:
+            return json_response(HTTPStatus.OK, ask(hold), applied)
+        except HoldOutlastsRequest as outlasting:
+            if jobs is None:
+                raise outlasting.refusal from None
+            return _job_response(jobs(), kind, request, applied)
 
     @app.post("/v1/rag", summary="Answer a question from a collection, with sources")
     def rag(request: RagRequest):
-        return json_response(HTTPStatus.OK, service().rag(request))
+        return answer(
+            "rag",
+            request,
+            lambda: service().rag(request),
+            lambda hold: service().rag(request, hold=hold),
+        )
 
     @app.post("/v1/chat/completions", summary="OpenAI-compatible chat (not streamed here)")
     def chat(request: ChatCompletionRequest):
         if request.stream:
             raise StreamNotSupportedHere(stream_url() or "the StreamUrl stack output")
-        return json_response(HTTPStatus.OK, service().chat(request))
+        return answer(
+            "chat",
+            request,
+            lambda: service().chat(request),
+            lambda hold: service().chat(request, hold=hold),
+        )
 
     @app.get("/v1/models", summary="Deployments, as OpenAI models")
     def models():
@@ -172,6 +221,22 @@ class DocumentIdResolver(OwnEventResolver):
         for name, mark in marks.items():
             pattern = pattern.replace(mark, f"(?P<{name}>[^/].*)")
         return re.compile(pattern)
+
+
+def _header_values(event: Any, name: str) -> list[str]:
+    """Every value of the request header ``name`` (case-insensitive), repeats included."""
+    multi = event.multi_value_headers or {}
+    values = [v for key, vs in multi.items() if key.lower() == name for v in vs or []]
+    if values:
+        return values
+    return [v for key, v in (event.headers or {}).items() if key.lower() == name and v]
+
+
+def _job_response(jobs: Any, kind: str, request: Any, headers: dict[str, str]) -> Any:
+    """202 for a held request that became a job, with where to poll it."""
+    job = jobs.submit(kind, request)
+    location = f"/v1/jobs/{job.id}"
+    return json_response(HTTPStatus.ACCEPTED, jobs.view(job), {**headers, "Location": location})
 
 
 def _collection(info: Any) -> dict[str, Any]:

@@ -13,6 +13,12 @@ time: a slow stream never holds up another request. A streamed request learns it
 (routing, the model accepting the prompt) before the headers go out, so a refused stream
 keeps its 4xx/5xx status; a failure after that ends the stream with an OpenAI error event
 and a proper end of the body.
+
+A request for a cold model may wait for it (``llmhost.serving.hold``): chat and RAG with
+``Prefer: wait=<seconds>``, and every streaming chat unless it sends ``Prefer: wait=0``. A
+held stream answers 200 at once and sends an SSE comment (``: waiting for <model>
+(<state>)``) every few seconds until the model answers; a hold that ends without an answer
+ends the stream with an error event. The stream function holds within its own timeout.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from starlette.types import Receive, Scope, Send
 from llmhost.api.body import InvalidBody, check_content_type, parse_json_body, too_deep
 from llmhost.errors import LlmhostError
 from llmhost.serving.auth import ApiKeyAuth
+from llmhost.serving.hold import MAX_WAIT_S, Hold, HoldPolicy, Wait, wait_preference, waitable
 from llmhost.serving.ratelimit import KeyRateLimiter
 from llmhost.serving.requests import ChatCompletionRequest, RagRequest
 from llmhost.specs import issues_from_validation_error
@@ -120,11 +127,15 @@ class ServingHttpApp:
         auth: ApiKeyAuth | None,
         log: Callable[[str], None] = lambda _: None,
         limiter: KeyRateLimiter | None = None,
+        holds: Callable[[], HoldPolicy] | None = None,
     ) -> None:
+        """``holds``: how requests for a cold model are held; without it none is (the
+        Prefer header is ignored, as RFC 7240 lets a server do)."""
         self._service = service
         self._auth = auth
         self._log = log
         self._limiter = limiter
+        self._holds = holds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan is off; no websockets
@@ -172,11 +183,21 @@ class ServingHttpApp:
                 return _json(200, await run_in_threadpool(lambda: self._service().models()))
             if path == "/v1/rag":
                 rag = await _read_body(request, RagRequest)
-                return _json(200, await run_in_threadpool(lambda: self._service().rag(rag)))
+                held = self._hold(request, stream=False)
+                if held is None:
+                    return _json(200, await run_in_threadpool(lambda: self._service().rag(rag)))
+                hold, applied = held
+                answer = await run_in_threadpool(lambda: self._service().rag(rag, hold=hold))
+                return _json(200, answer, applied)
             chat = await _read_body(request, ChatCompletionRequest)
+            held = self._hold(request, stream=chat.stream)
             if chat.stream:
-                return await self._stream(chat)
-            return _json(200, await run_in_threadpool(lambda: self._service().chat(chat)))
+                return await self._stream(chat, held)
+            if held is None:
+                return _json(200, await run_in_threadpool(lambda: self._service().chat(chat)))
+            hold, applied = held
+            answer = await run_in_threadpool(lambda: self._service().chat(chat, hold=hold))
+            return _json(200, answer, applied)
         except ValidationError as error:
             return _invalid(error)
         except PydanticCustomError as error:
@@ -193,13 +214,31 @@ class ServingHttpApp:
             logger.exception("unhandled error", extra={"path": path, "method": method})
             return _json(500, openai_error(500, "internal_error", "llmhost hit an internal error"))
 
-    async def _stream(self, request: ChatCompletionRequest) -> Response:
+    def _hold(self, request: Request, stream: bool) -> tuple[Hold, dict[str, str]] | None:
+        """The hold this request asks for, with its Preference-Applied header (none for a
+        stream's default hold), or None. Raises PreferInvalid for a malformed wait."""
+        if self._holds is None:
+            return None
+        wait = wait_preference(request.headers.getlist("prefer"))
+        if wait is None and not stream:
+            return None
+        policy = self._holds()
+        left = _time_left(request.headers.get("x-amzn-lambda-context"), policy.request_limit_s)
+        hold = policy.hold(MAX_WAIT_S if wait is None else wait, left)
+        return hold, {} if wait is None else {"Preference-Applied": f"wait={wait}"}
+
+    async def _stream(
+        self, request: ChatCompletionRequest, held: tuple[Hold, dict[str, str]] | None
+    ) -> Response:
         # The service routes, retrieves, calls the model and reads its first event before
         # returning; taking the first chunk here too means any error so far keeps its status.
         # The chunks it says are ready (the engine's first text, read already) are taken on
         # the same thread, so they leave without waiting for the relay's own thread.
-        def start() -> tuple[Iterator[Any], list[Any]]:
-            chunks = self._service().chat_stream(request)
+        def start(hold: Hold | None = None) -> tuple[Iterator[Any], list[Any]]:
+            service = self._service()
+            chunks = (
+                service.chat_stream(request, hold=hold) if hold else service.chat_stream(request)
+            )
             first = next(chunks, None)
             if first is None:
                 return chunks, []
@@ -208,17 +247,114 @@ class ServingHttpApp:
                 ready.append(next(chunks))
             return chunks, ready
 
-        chunks, ready = await run_in_threadpool(start)
+        applied = held[1] if held else {}
+        try:
+            chunks, ready = await run_in_threadpool(start)
+        except LlmhostError as refused:
+            if held is None or not waitable(refused):
+                raise
+            hold = held[0]
+            # Raises the refusal (its status and Retry-After) when waiting cannot help.
+            step = hold.next(refused)
+            return _event_stream(
+                _HeldStream(hold, step, lambda: start(hold)).events(request.model), applied
+            )
         relay = _StreamRelay(chunks, asyncio.get_running_loop())
-        return StreamingResponse(
-            relay.events(ready),
-            media_type="text/event-stream; charset=utf-8",
-            headers={
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",
-                "x-request-id": uuid.uuid4().hex,
-            },
-        )
+        return _event_stream(relay.events(ready), applied)
+
+
+def _event_stream(events: AsyncIterator[bytes], headers: dict[str, str]) -> StreamingResponse:
+    return StreamingResponse(
+        events,
+        media_type="text/event-stream; charset=utf-8",
+        headers={
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+            "x-request-id": uuid.uuid4().hex,
+            **headers,
+        },
+    )
+
+
+def _time_left(lambda_context: str | None, limit_s: float) -> float:
+    """Seconds this request has left: the invocation's deadline, as the Lambda Web Adapter
+    passes it (``x-amzn-lambda-context``, its ``deadline`` in epoch milliseconds), never more
+    than ``limit_s`` (the function's timeout), which is all there is without it."""
+    if not lambda_context:
+        return limit_s
+    try:
+        deadline = json.loads(lambda_context).get("deadline")
+        if isinstance(deadline, int | float) and not isinstance(deadline, bool):
+            return max(0.0, min(limit_s, deadline / 1000 - time.time()))
+    except (ValueError, AttributeError):
+        pass  # not the adapter's JSON: the function's timeout bounds the hold
+    return limit_s
+
+
+class _HeldStream:
+    """A streaming request held while its model wakes: 200 at once, an SSE comment every
+    ``keepalive`` seconds, then the answer's events (or an error event).
+
+    The hold runs on a thread of its own, not the server's pool: a burst of held streams
+    must not starve the requests that can be answered. A client that goes away cancels the
+    hold, and a stream the model opened meanwhile is closed.
+    """
+
+    def __init__(
+        self, hold: Hold, first: Wait, start: Callable[[], tuple[Iterator[Any], list[Any]]]
+    ) -> None:
+        self._hold = hold
+        self._first = first
+        self._start = start
+
+    def _run(self, loop: asyncio.AbstractEventLoop, outcome: asyncio.Future[Any]) -> None:
+        def settle(result: Any, error: BaseException | None) -> None:
+            if outcome.done():  # the client left: nobody reads this stream
+                if error is None:
+                    _close_chunks(result[0])
+            elif error is not None:
+                outcome.set_exception(error)
+            else:
+                outcome.set_result(result)
+
+        try:
+            self._hold.sleep(self._first)
+            result, error = self._start(), None
+        except BaseException as failure:  # handed to the event loop, which reports it
+            result, error = None, failure
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop is closed: the server stopped
+            if error is None and result is not None:
+                _close_chunks(result[0])
+
+    async def events(self, model: str) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[Any] = loop.create_future()
+        threading.Thread(target=self._run, args=(loop, outcome), name="held-stream").start()
+        keepalive = self._hold.keepalive_s
+        try:
+            while not outcome.done():
+                yield f": waiting for {model} ({self._hold.state})\n\n".encode()
+                await asyncio.wait({outcome}, timeout=keepalive)
+            try:
+                chunks, ready = outcome.result()
+            except Exception as error:
+                yield _sse(_error_event(error))
+                yield b"data: [DONE]\n\n"
+                return
+        finally:
+            if not outcome.done():
+                self._hold.cancel()
+                outcome.cancel()
+        async for part in _StreamRelay(chunks, loop).events(ready):
+            yield part
+
+
+def _close_chunks(chunks: Any) -> None:
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        close()
 
 
 class _StreamRelay:
@@ -300,11 +436,16 @@ class _StreamRelay:
                 self._close()
 
     def _error_event(self, error: Exception) -> dict[str, Any]:
-        if isinstance(error, LlmhostError):
-            # Mid-stream failure: OpenAI clients raise an APIError for an "error" event.
-            return openai_error(error.status, error.code, error.message)
-        logger.error("stream failed", exc_info=error)
-        return openai_error(500, "internal_error", "llmhost hit an internal error")
+        return _error_event(error)
+
+
+def _error_event(error: BaseException) -> dict[str, Any]:
+    """The SSE event for a failure after a stream's 200 went out."""
+    if isinstance(error, LlmhostError):
+        # Mid-stream failure: OpenAI clients raise an APIError for an "error" event.
+        return openai_error(error.status, error.code, error.message)
+    logger.error("stream failed", exc_info=error)
+    return openai_error(500, "internal_error", "llmhost hit an internal error")
 
 
 # ------------------------------------------------------------------------------ bodies

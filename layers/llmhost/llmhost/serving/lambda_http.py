@@ -75,6 +75,7 @@ def main() -> int:
         auth,
         log=logger.info,
         limiter=KeyRateLimiter(RateLimits.from_env()),
+        holds=runtime.hold_policy,
     )
     server = AsgiServer(
         SnapStartRoutes.from_env(app), host="127.0.0.1", port=int(os.environ.get("PORT", "8080"))

@@ -132,7 +132,8 @@ _RETRY_AFTER = {
 }
 
 _ERRORS: dict[int, str] = {
-    400: "The body is not UTF-8 JSON, or is nested too deeply.",
+    400: "The body is not UTF-8 JSON, or is nested too deeply; or the Prefer header's "
+    "wait is not a whole number of seconds.",
     401: "The API key is missing or wrong.",
     404: "No such route, or no such model (deployment) or collection.",
     405: "The route does not take this method.",
@@ -157,6 +158,26 @@ def _error(status: int) -> dict[str, Any]:
     if status in {429, 503}:
         response["headers"] = _RETRY_AFTER
     return response
+
+
+PREFER = {
+    "name": "Prefer",
+    "in": "header",
+    "required": False,
+    "description": "RFC 7240. `wait=<seconds>` (0 to 900; more counts as 900): a request for "
+    "a model that is asleep or scaled to zero is held while it wakes, within this function's "
+    "timeout, instead of answered 503 with Retry-After. A streaming chat is held without "
+    "asking (`wait=0` opts out): its 200 comes at once, with an SSE comment "
+    "(`: waiting for <model> (<state>)`) every few seconds until the answer's events. Other "
+    "preferences are ignored; a `wait` that is not a whole number of seconds is a 400.",
+    "schema": {"type": "string", "examples": ["wait=60"]},
+}
+_PREFERENCE_APPLIED = {
+    "Preference-Applied": {
+        "description": "`wait=<seconds>`: the wait applied, when the request sent one.",
+        "schema": {"type": "string"},
+    }
+}
 
 
 def _json(model: str, description: str) -> dict[str, Any]:
@@ -228,6 +249,7 @@ def openai_api_document() -> dict[str, Any]:
                     "summary": "Chat; streams with `stream: true`; `rag` answers from a "
                     "collection's passages.",
                     "security": secured,
+                    "parameters": [PREFER],
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -238,7 +260,9 @@ def openai_api_document() -> dict[str, Any]:
                     },
                     "responses": {
                         "200": {
-                            "description": "The answer; a stream of chunks with stream: true.",
+                            "description": "The answer; a stream of chunks with stream: true "
+                            "(after SSE comments while a cold model wakes).",
+                            "headers": _PREFERENCE_APPLIED,
                             "content": {
                                 "application/json": {
                                     "schema": {"$ref": REF.format(model="ChatCompletion")}
@@ -255,6 +279,7 @@ def openai_api_document() -> dict[str, Any]:
                     "operationId": "rag",
                     "summary": "Retrieve from a collection, then answer with the sources.",
                     "security": secured,
+                    "parameters": [PREFER],
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -262,7 +287,10 @@ def openai_api_document() -> dict[str, Any]:
                         },
                     },
                     "responses": {
-                        "200": _json("RagAnswer", "The answer, its sources and usage."),
+                        "200": {
+                            **_json("RagAnswer", "The answer, its sources and usage."),
+                            "headers": _PREFERENCE_APPLIED,
+                        },
                         **statuses(*served, *body),
                     },
                 }

@@ -41,6 +41,7 @@ DEFAULT_WAKE_SECONDS = {"dedicated": 600, "shared": 300, "serverless": 30, "asyn
 # History events that open and close a wake (names fixed by the scaling contract).
 WAKE_REQUESTED = "WakeRequested"
 WOKEN = "Woken"
+WAKE_REFUSED = "WakeRefused"
 # Retry-After once a wake has outlived its estimate: poll, but not hard.
 LATE_WAKE_POLL_S = 15
 # A wake still unanswered after this many estimated wake times (and at least this many
@@ -60,13 +61,19 @@ class ModelNotReady(LlmhostError):
     code = "model_not_ready"
     status = 503
 
-    def __init__(self, message: str, retry_after: int) -> None:
+    def __init__(self, message: str, retry_after: int, state: str = "waking up") -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.state = state  # what it is doing, in a few words (a held stream's keep-alives)
 
 
 class ModelAsleep(ModelNotReady):
     """Asleep: the request that finds it so wakes it (see ``ModelDirectory.route``)."""
+
+
+class ModelWillNotWake(ModelNotReady):
+    """Waiting will not bring it up: it failed to deploy, or its wake was refused (the GPU
+    cap). Still 503 with Retry-After: an operator or freed capacity may change that."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +182,19 @@ def capacity_retry_after_s(
     return max(1, min(estimate, math.ceil(clock.seconds(LATE_WAKE_POLL_S))))
 
 
+def refused_wake(record: DeploymentRecord) -> str | None:
+    """Why the scaling hook refused the wake still under way (its WakeRefused entry after
+    the wake's WakeRequested), or None (pure)."""
+    if pending_wake(record) is None:
+        return None
+    for entry in reversed(record.history):
+        if entry.event == WAKE_REFUSED:
+            return entry.reason or "refused by the scaling hook"
+        if entry.event == WAKE_REQUESTED:
+            return None
+    return None
+
+
 def wake_is_recent(record: DeploymentRecord, now: datetime, clock: CloudClock = REAL) -> bool:
     """Whether a wake is under way and young enough to wait for (pure).
 
@@ -189,6 +209,22 @@ def wake_is_recent(record: DeploymentRecord, now: datetime, clock: CloudClock = 
         clock.seconds(STALE_WAKE_MIN_S), STALE_WAKE_FACTOR * wake_estimate_s(record, clock)
     )
     return (now - _parse(requested)).total_seconds() < stale_after
+
+
+def wake_just_ended(record: DeploymentRecord, now: datetime, clock: CloudClock = REAL) -> bool:
+    """Whether the last wake ended (the copy answered, or the model is back in service)
+    less than STALE_WAKE_MIN_S ago (pure).
+
+    A request SageMaker refused for want of a copy in that moment raced the copy (a burst of
+    held requests polls right across it); asking again would be a second wake for one
+    burst. A model cannot be idle again that soon (idle_minutes is at least 5).
+    """
+    ends = [end for _, end in _wakes(record) if end]
+    if not ends:
+        return False
+    # The history's times are whole seconds (cut down): up to one more may have passed.
+    window = clock.seconds(STALE_WAKE_MIN_S) + 1
+    return (now - _parse(ends[-1])).total_seconds() < window
 
 
 def _parse(value: str) -> datetime:
@@ -229,6 +265,7 @@ def check_ready(record: DeploymentRecord, clock: CloudClock = REAL) -> None:
             f"model '{record.name}' is asleep and is being woken by this request; retry in "
             f"about {wake} s",
             retry_after=wake,
+            state="asleep, waking up",
         )
     if status in {"PENDING", "CREATING"}:
         # A wake is under way until the model serves again, whatever the scaling hook and
@@ -238,9 +275,10 @@ def check_ready(record: DeploymentRecord, clock: CloudClock = REAL) -> None:
         raise ModelNotReady(
             f"model '{record.name}' is still being created; SageMaker takes 10-30 minutes",
             retry_after=wake,
+            state="being created",
         )
     if status == "FAILED":
-        raise ModelNotReady(
+        raise ModelWillNotWake(
             f"model '{record.name}' failed to deploy: {record.status_reason}", retry_after=wake
         )
     raise ModelNotFound(f"model '{record.name}' is being deleted")
@@ -274,16 +312,27 @@ class ModelDirectory:
         self._loaded_at = float("-inf")
         self._lock = threading.Lock()
 
-    def route(self, model: str) -> ModelRoute:
-        """Where to send a request for ``model``. Raises ModelNotFound or ModelNotReady."""
-        record = self._records_now().get(model)
-        if record is None:
+    def route(self, model: str, fresh: bool = False) -> ModelRoute:
+        """Where to send a request for ``model``. Raises ModelNotFound or ModelNotReady.
+
+        ``fresh``: read this model's record now (one GetItem), not the process's view of
+        the registry: a held request polling for its wake. A wake the scaling hook refused
+        is then ModelWillNotWake, and a deployment deleted meanwhile ModelNotFound.
+        """
+        record = self._fresh(model) if fresh else self._records_now().get(model)
+        if record is None and not fresh:
             # A deployment created seconds ago: look again before saying no.
             record = self._records_now(refresh=True).get(model)
         if record is None:
             names = ", ".join(sorted(self._records_now())) or "none yet"
             raise ModelNotFound(
                 f"no model named '{model}'; GET /v1/models lists them (available: {names})"
+            )
+        if fresh and (refused := refused_wake(record)) is not None:
+            raise ModelWillNotWake(
+                f"model '{model}' could not be woken: {refused}",
+                retry_after=wake_estimate_s(record, self._cloud),
+                state="wake refused",
             )
         try:
             check_ready(record, self._cloud)
@@ -318,6 +367,8 @@ class ModelDirectory:
             now = self._now()
             if wake_is_recent(record, now, self._cloud):
                 return capacity_retry_after_s(record, now, self._cloud)
+            if wake_just_ended(record, now, self._cloud):
+                return 1  # the copy is there: retry at once
             woken = record.with_event(
                 WAKE_REQUESTED,
                 reason=f"a request found no copy; asking the scaling hook for one{_ask_tag()}",
@@ -476,6 +527,19 @@ class ModelDirectory:
         except RegistryError:
             return None
         return stored if stored is not None and _is_write_of(stored, asked) else None
+
+    def _fresh(self, model: str) -> DeploymentRecord | None:
+        """``model``'s record as the registry holds it now (also cached), or None."""
+        from llmhost.errors import RegistryError
+
+        try:
+            record = self._registry().find(model)
+        except RegistryError as error:
+            logger.warning("registry read failed: %s", error.log_detail)
+            raise
+        if record is not None and record.status != "DELETED":
+            self._remember(record)
+        return record
 
     def records(self) -> list[DeploymentRecord]:
         return sorted(self._records_now().values(), key=lambda r: r.name)

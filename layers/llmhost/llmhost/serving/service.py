@@ -33,9 +33,10 @@ from llmhost.rag.prompt import (
     build_rag_prompt,
 )
 from llmhost.serving.errors import ModelUnavailable, PromptTooLong
+from llmhost.serving.hold import Hold, waitable
 from llmhost.serving.invoke import InvocationTarget, ModelInvoker
 from llmhost.serving.requests import ChatCompletionRequest, RagRequest, RetrievalOptions
-from llmhost.serving.routing import ModelDirectory, ModelRoute
+from llmhost.serving.routing import ModelDirectory, ModelNotReady, ModelRoute
 from llmhost.token_counting import token_counter_for
 
 if TYPE_CHECKING:
@@ -140,21 +141,25 @@ class ServingService:
 
     # ------------------------------------------------------------------------------- rag
 
-    def rag(self, request: RagRequest) -> dict[str, Any]:
-        """Answer ``request.query`` from ``request.collection`` with its sources."""
+    def rag(self, request: RagRequest, hold: Hold | None = None) -> dict[str, Any]:
+        """Answer ``request.query`` from ``request.collection`` with its sources; with a
+        ``hold``, a cold model is waited for (see ``llmhost.serving.hold``)."""
         started = time.perf_counter()
         options = RetrievalOptions(
             collection=request.collection, k=request.k, filters=request.filters
         )
-        prepared = self._prepare(
-            request.model,
-            [ChatMessage("user", request.query)],
-            _rag_overrides(request),
-            options,
-            system=request.system,
-            stream=False,
-        )
-        completion = self._complete(prepared)
+
+        def prepare() -> Prepared:
+            return self._prepare(
+                request.model,
+                [ChatMessage("user", request.query)],
+                _rag_overrides(request),
+                options,
+                system=request.system,
+                stream=False,
+            )
+
+        prepared, completion = self._held(request.model, hold, prepare, self._complete)
         timings = {**prepared.timings_ms, "total": _ms(started)}
         return {
             "answer": completion.text,
@@ -167,11 +172,13 @@ class ServingService:
 
     # ------------------------------------------------------------------------------ chat
 
-    def chat(self, request: ChatCompletionRequest) -> dict[str, Any]:
-        """An OpenAI ``chat.completion`` object."""
+    def chat(self, request: ChatCompletionRequest, hold: Hold | None = None) -> dict[str, Any]:
+        """An OpenAI ``chat.completion`` object; with a ``hold``, a cold model is waited
+        for (see ``llmhost.serving.hold``)."""
         started = time.perf_counter()
-        prepared = self._prepare_chat(request, stream=False)
-        completion = self._complete(prepared)
+        prepared, completion = self._held(
+            request.model, hold, lambda: self._prepare_chat(request, stream=False), self._complete
+        )
         reply: dict[str, Any] = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",
@@ -193,7 +200,7 @@ class ServingService:
         }
         return reply
 
-    def chat_stream(self, request: ChatCompletionRequest) -> ChatStream:
+    def chat_stream(self, request: ChatCompletionRequest, hold: Hold | None = None) -> ChatStream:
         """OpenAI ``chat.completion.chunk`` objects, each yielded as the engine produces it.
 
         Routing, retrieval, the SageMaker call and the engine's first event all happen before
@@ -201,10 +208,15 @@ class ServingService:
         engine refuses in its first event, as TGI does) raises with its HTTP status instead
         of breaking a stream that has started. A RAG prompt the engine finds too long is
         rebuilt smaller and sent once more, as for a plain answer. The role announcement, and
-        the engine's first text when its first event had some, are ready at once.
+        the engine's first text when its first event had some, are ready at once. With a
+        ``hold``, a cold model is waited for before any of this returns.
         """
-        prepared = self._prepare_chat(request, stream=True)
-        chunks, deltas, first = self._call(prepared, self._open_stream)
+        prepared, (chunks, deltas, first) = self._held(
+            request.model,
+            hold,
+            lambda: self._prepare_chat(request, stream=True),
+            lambda p: self._call(p, self._open_stream),
+        )
         self._directory.answered(prepared.route.name)
         ready = 2 if first is not None and first.text else 1
         return ChatStream(self._chunks(request, prepared, chunks, deltas, first), ready)
@@ -289,6 +301,32 @@ class ServingService:
             }
 
     # -------------------------------------------------------------------------- internals
+
+    def _held(
+        self,
+        model: str,
+        hold: Hold | None,
+        prepare: Callable[[], Prepared],
+        call: Callable[[Prepared], T],
+    ) -> tuple[Prepared, T]:
+        """``call(prepare())``; with a ``hold``, a refusal a cold model's wake will end is
+        waited out: after each pause the model's record is read again (a failed or refused
+        wake, or a deletion, ends the hold with its error) and the request is prepared again
+        only if its route changed (a RAG request's retrieval is not redone per poll)."""
+        prepared: Prepared | None = None
+        while True:
+            try:
+                if hold is not None and hold.polls:
+                    route = self._directory.route(model, fresh=True)
+                    if prepared is None or route != prepared.route:
+                        prepared = prepare()
+                elif prepared is None:
+                    prepared = prepare()
+                return prepared, call(prepared)
+            except (ModelNotReady, ModelUnavailable) as refused:
+                if hold is None or not waitable(refused):
+                    raise
+                hold.pause(refused)
 
     def prepare_offline(
         self, route: ModelRoute, request: ChatCompletionRequest | RagRequest
