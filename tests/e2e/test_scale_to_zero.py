@@ -173,13 +173,21 @@ def test_an_idle_model_goes_to_zero_and_a_request_wakes_it(stack: Stack) -> None
 
 
 def first_wake_seconds(history: list[dict[str, Any]]) -> int:
-    """How long the first recorded wake took: from WakeRequested to Woken, in whole seconds
-    rounded up (the history's timestamps are to the second)."""
+    """How long the first recorded wake took, measured as serving measures one for its
+    Retry-After (``llmhost.serving.routing.wake_estimate_s``): from WakeRequested to the
+    first later entry that is Woken (a zero-copy component's first answer) or brings the
+    status back to IN_SERVICE (this stack's zero-demo goes SLEEPING when idle, and records
+    no Woken), in whole seconds rounded up (the history's timestamps are to the second)."""
     from datetime import datetime
 
-    at = {}
-    for entry in history:
-        at.setdefault(entry["event"], datetime.fromisoformat(entry["at"].replace("Z", "+00:00")))
-    if "Woken" not in at:  # no wake measured: the default estimate, one second locally
-        return 1
-    return math.ceil((at["Woken"] - at["WakeRequested"]).total_seconds())
+    def at(entry: dict[str, Any]) -> datetime:
+        return datetime.fromisoformat(entry["at"].replace("Z", "+00:00"))
+
+    start = next(i for i, entry in enumerate(history) if entry["event"] == "WakeRequested")
+    previous = history[start]["status"]
+    for entry in history[start + 1 :]:
+        back = entry["status"] == "IN_SERVICE" and previous != "IN_SERVICE"
+        if entry["event"] == "Woken" or back:
+            return math.ceil((at(entry) - at(history[start])).total_seconds())
+        previous = entry["status"]
+    return 1  # no wake measured: the default estimate, one second locally
