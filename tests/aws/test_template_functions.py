@@ -280,6 +280,7 @@ def test_environment_variables_the_code_reads(template: dict[str, Any]) -> None:
         },
         "SERVING_TIMEOUT_S": "120",
         "SERVING_MAX_ATTEMPTS": "1",
+        "STREAM_TIMEOUT_S": {"Ref": "StreamTimeout"},
         "API_KEY_REQUESTS_PER_MINUTE": {"Ref": "StreamRequestsPerMinutePerKey"},
         "API_KEY_BURST": {"Ref": "StreamBurstPerKey"},
     }

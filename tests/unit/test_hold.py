@@ -143,3 +143,20 @@ def test_a_hold_raises_the_refusal_or_a_job_and_counts_its_polls() -> None:
     with pytest.raises(HoldOutlastsRequest) as outlasting:
         hold.next(ModelNotReady("model 'm' is waking up", retry_after=5))
     assert outlasting.value.retry_after == 5
+
+
+def test_the_stream_function_holds_within_its_invocations_deadline() -> None:
+    import json
+    import time
+
+    from llmhost.serving.http_app import _time_left
+
+    # The Lambda Web Adapter's context header: the invocation ends in 100 s
+    header = json.dumps({"request_id": "r", "deadline": (time.time() + 100) * 1000})
+    assert 90 < _time_left(header, 300) <= 100
+    # Never more than the function's timeout (a client may send the header itself)
+    far = json.dumps({"deadline": (time.time() + 10_000) * 1000})
+    assert _time_left(far, 300) == 300
+    # Without it, or unreadable, the function's timeout is all there is
+    for unreadable in (None, "", "not json", "[1]", '{"deadline": "soon"}', '{"deadline": true}'):
+        assert _time_left(unreadable, 300) == 300

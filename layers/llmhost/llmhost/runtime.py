@@ -248,9 +248,9 @@ class ServingSettings(BaseModel):
     # How long (cloud seconds) a process serves from its view of the registry before reading
     # it again: a warm environment reads it at most once per this, not once per request.
     route_cache_s: float = Field(default=10.0, gt=0, le=86400)
-    # The longest the stream function may hold a request for a cold model (with time kept
-    # for the answer: ``llmhost.serving.hold``) when the Lambda Web Adapter's context header
-    # does not say when the invocation ends (a local run); StreamTimeout's default.
+    # The stream function's timeout (template: StreamTimeout): the longest it holds a request
+    # for a cold model (with time kept for the answer: ``llmhost.serving.hold``), sooner when
+    # the Lambda Web Adapter's context header says the invocation ends sooner.
     stream_timeout_s: float = Field(default=300.0, ge=1, le=900)
     # Seconds between the SSE comments a held stream sends while the model wakes.
     hold_keepalive_s: float = Field(default=10.0, gt=0, le=60)
