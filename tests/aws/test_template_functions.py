@@ -238,6 +238,10 @@ def test_environment_variables_the_code_reads(template: dict[str, Any]) -> None:
         "SCHEDULER_ROLE_ARN": {"Fn::GetAtt": ["SchedulerInvokeRole", "Arn"]},
         "SCHEDULE_DEAD_LETTER_ARN": sam.SCALING_DLQ_ARN,
         "DAILY_BUDGET_USD": {"Ref": "DailyBudgetUsd"},
+        # where async endpoints put results and announce them
+        "JOBS_BUCKET": {"Ref": "JobsBucket"},
+        "ASYNC_SUCCESS_TOPIC_ARN": {"Ref": "AsyncSuccessTopic"},
+        "ASYNC_ERROR_TOPIC_ARN": {"Ref": "AsyncErrorTopic"},
     }
     assert functions["ScalingFunction"]["Environment"]["Variables"] == {
         **common,

@@ -97,6 +97,14 @@ DEDICATED_SPEC = {
 }
 
 
+ASYNC_SPEC = {
+    "name": "mistral-jobs",
+    "model": {"kind": "hub", "model_id": "mistralai/Mistral-7B-Instruct-v0.2"},
+    "hosting": {"kind": "async", "instance_type": "ml.g5.2xlarge"},
+    "scaling": {"min_capacity": 0, "max_capacity": 2},
+}
+
+
 def _settle(standin: Any, clock: Any, name: str, done: Callable[[Any], bool]) -> Any:
     """Reconcile, letting SageMaker time pass, until ``done(record)``."""
     from llmhost import runtime
@@ -140,6 +148,12 @@ def test_each_control_plane_role_grants_every_call_its_code_makes(
     # target, target tracking and step policies, the no-capacity and idle alarms)
     registry.create(DeploymentRecord(name="zephyr", spec=parse_spec(SHARED_SPEC)))
     _settle(standin, clock, "zephyr", lambda r: r.status == "IN_SERVICE" and r.scaling_applied)
+    # and an async one at min 0 (AsyncInferenceConfig, backlog target tracking, the step
+    # policy and its HasBacklogWithoutCapacity alarm)
+    registry.create(DeploymentRecord(name="mistral-jobs", spec=parse_spec(ASYNC_SPEC)))
+    _settle(
+        standin, clock, "mistral-jobs", lambda r: r.status == "IN_SERVICE" and r.scaling_applied
+    )
     # and a dedicated one the registry shows in service. (The reconciler is not run on it:
     # moto answers a delete of an absent variant policy with ValidationException where AWS
     # says ObjectNotFoundException, so it would fail here and not in AWS.)

@@ -131,12 +131,25 @@ def test_serving_roles_read_the_registry_and_invoke_models_only(template: dict[s
             sam.ACCOUNT_ARN + "inference-component/*",
         ], role
         sagemaker = {a for a in sam.actions(statements) if a.startswith("sagemaker:")}
-        assert sagemaker == SAGEMAKER_RUNTIME, role
-        # S3: only the jobs' objects (large inputs; large results' presigned URLs)
-        s3 = {a: s["Resource"] for s in statements for a in sam.as_list(s["Action"]) if "s3:" in a}
+        # (the Jobs API queues a job on an async endpoint: InvokeEndpointAsync, endpoints only)
+        submits = {"sagemaker:InvokeEndpointAsync"} if role == "ServeFunctionRole" else set()
+        assert sagemaker == SAGEMAKER_RUNTIME | submits, role
+        if submits:
+            assert by_sid["InvokeAsyncEndpoints"]["Resource"] == {
+                "Fn::Sub": sam.ACCOUNT_ARN + "endpoint/*"
+            }
+        # S3: only the jobs' objects (large inputs; large results' presigned URLs) and an
+        # async job's input
+        s3 = sorted(
+            (a, json.dumps(s["Resource"]))
+            for s in statements
+            for a in sam.as_list(s["Action"])
+            if "s3:" in a
+        )
         if role == "ServeFunctionRole":
-            jobs = {"Fn::Sub": "${JobsBucket.Arn}/jobs/*"}
-            assert s3 == {"s3:GetObject": jobs, "s3:PutObject": jobs}
+            jobs = json.dumps({"Fn::Sub": "${JobsBucket.Arn}/jobs/*"})
+            inputs = json.dumps({"Fn::Sub": "${JobsBucket.Arn}/async/input/*"})
+            assert s3 == [("s3:GetObject", jobs), ("s3:PutObject", inputs), ("s3:PutObject", jobs)]
         else:
             assert not s3
         assert "iam:PassRole" not in sam.actions(statements)
@@ -297,7 +310,26 @@ def test_sagemaker_execution_role(template: dict[str, Any]) -> None:
         "BatchTransformInput",
         "BatchTransformOutput",
         "BatchTransformList",
+        "AsyncInferenceInput",
+        "AsyncInferenceOutput",
     }
+    # Async endpoints: a job's input read, its output or failure written, announced on the
+    # stack's two topics only
+    assert by_sid["AsyncInferenceInput"]["Action"] == "s3:GetObject"
+    assert by_sid["AsyncInferenceInput"]["Resource"] == {
+        "Fn::Sub": "${JobsBucket.Arn}/async/input/*"
+    }
+    assert by_sid["AsyncInferenceOutput"]["Action"] == "s3:PutObject"
+    assert by_sid["AsyncInferenceOutput"]["Resource"] == [
+        {"Fn::Sub": "${JobsBucket.Arn}/async/output/*"},
+        {"Fn::Sub": "${JobsBucket.Arn}/async/failure/*"},
+    ]
+    assert by_sid["AsyncInferenceNotifications"]["Action"] == "sns:Publish"
+    assert by_sid["AsyncInferenceNotifications"]["Resource"] == [
+        {"Ref": "AsyncSuccessTopic"},
+        {"Ref": "AsyncErrorTopic"},
+    ]
+    assert {a for a in sam.actions(statements) if a.startswith("sns:")} == {"sns:Publish"}
     # Batch Transform: the input parts read, the .out files written, nothing else of the bucket
     transform = {s["Sid"]: s for s in s3 if s["Sid"].startswith("BatchTransform")}
     assert transform["BatchTransformInput"]["Action"] == "s3:GetObject"
