@@ -113,34 +113,39 @@ def held(time: FakeTime, wait_s: float, time_left_s: float = 300, as_job: bool =
     return policy.hold(wait_s, time_left_s, as_job=as_job, monotonic=time.monotonic, wait=time.wait)
 
 
+@pytest.mark.parametrize("wake_s", [42, 300])
 def test_a_held_request_on_a_zero_copy_model_is_answered_after_the_wake(
-    moto_aws: None, fake_time: FakeTime
+    moto_aws: None, fake_time: FakeTime, wake_s: int
 ) -> None:
-    # Given a component at zero copies whose recorded wakes took 60 s, and a scaling
-    # function that adds a copy 42 s after it is asked
+    # Given a component at zero copies whose last wake took about as long as this one will,
+    # and a scaling function that adds a copy ``wake_s`` after it is asked
+    woken = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=wake_s + 10)
     history = [
         entry("2026-01-01T00:00:00Z", "WakeRequested"),
-        entry("2026-01-01T00:01:00Z", "Woken"),
+        entry(woken.isoformat().replace("+00:00", "Z"), "Woken"),
     ]
     runtime.registry().create(zero_copies(history))
     registry = CountingRegistry(runtime.registry())
     sagemaker = ScaledToZeroRuntime()
-    dispatcher = WakingDispatcher(fake_time, sagemaker, seconds=42)
+    dispatcher = WakingDispatcher(fake_time, sagemaker, seconds=wake_s)
     directory = ModelDirectory(lambda: registry, wake=lambda: dispatcher, now=fake_time.wall)
     service = chat_service(directory, sagemaker)
-    # When a request that may wait two minutes arrives
-    hold = held(fake_time, wait_s=120)
+    # When a request that may wait ten minutes arrives (on the stream function: 15 minutes)
+    hold = held(fake_time, 600, time_left_s=900)
     answer = chat_with(service, hold)
     # Then it is answered by the woken model, once the copy is up and within one poll of it
     assert answer["choices"][0]["message"]["content"] == "awake"
-    assert 42 <= fake_time.now <= 42 + 15
+    assert wake_s <= fake_time.now <= wake_s + 15
     # And exactly one wake was asked for and handed over, and its end recorded
     assert len(dispatcher.events) == 1
     events = [h.event for h in runtime.registry().get("cold").history]
     assert events.count("WakeRequested") == 2 and events.count("Woken") == 2
     # And the registry was read once per poll, plus the first view and the wake's end
     polls = len(fake_time.slept)
-    print(f"held {fake_time.now:.0f} s for a 42 s wake: polls={polls} reads={registry.reads}")
+    print(
+        f"held {fake_time.now:.0f} s for a {wake_s} s wake: polls={polls} "
+        f"registry reads={registry.reads}"
+    )
     assert registry.reads <= polls + 2
 
 
@@ -472,3 +477,53 @@ def test_a_wait_api_gateway_cannot_hold_becomes_a_job_the_worker_answers(
     world.deliver_until(lambda: world.status(body["id"]) == "SUCCEEDED")
     result = world.store.get(body["id"]).result
     assert result is not None and result["choices"][0]["message"]["content"] == "awake"
+
+
+class CountingEmbedder:
+    """The real embedder, counting the queries it embeds (one per retrieval)."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+        self.queries = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def embed(self, texts: Any) -> Any:
+        self.queries += 1
+        return self._real.embed(texts)
+
+
+def test_a_held_rag_request_retrieves_once_however_many_polls_it_waits(
+    moto_aws: None, fake_time: FakeTime, embedder: Any, tmp_path: Any
+) -> None:
+    from qdrant_client import QdrantClient
+
+    from llmhost.rag.collections import Collections
+    from llmhost.rag.store import VectorStore
+    from llmhost.serving.invoke import ModelInvoker
+    from llmhost.serving.requests import RagRequest
+    from llmhost.serving.service import ServingService
+
+    # Given a collection, and a component at zero copies that a copy reaches 40 s later
+    client = QdrantClient(path=str(tmp_path / "qdrant"))
+    store = VectorStore(client)
+    counting = CountingEmbedder(embedder)
+    Collections(lambda: store, lambda: embedder).add_documents(
+        "kb", [{"id": "etna", "text": "Mount Etna is an active volcano on Sicily."}]
+    )
+    runtime.registry().create(zero_copies())
+    sagemaker = ScaledToZeroRuntime()
+    dispatcher = WakingDispatcher(fake_time, sagemaker, seconds=40)
+    directory = ModelDirectory(runtime.registry, wake=lambda: dispatcher, now=fake_time.wall)
+    invoker = ModelInvoker(sagemaker, timeout_s=5, max_attempts=1)
+    service = ServingService(directory, lambda: invoker, lambda: counting, lambda: store)
+    # When a RAG request that may wait ten minutes arrives
+    request = RagRequest.model_validate({"model": "cold", "collection": "kb", "query": "Etna?"})
+    try:
+        answer = service.rag(request, hold=held(fake_time, 600, time_left_s=900))
+    finally:
+        client.close()
+    # Then it is answered with its sources after the wake, having retrieved them once
+    assert answer["answer"] == "awake" and answer["sources"][0]["id"] == "etna"
+    assert len(fake_time.slept) > 1 and counting.queries == 1
