@@ -68,6 +68,9 @@ API_CONCURRENCY = 64
 # control API's invocations, the OpenAI server's thread pool (anyio's default, 40 threads)
 # and the pollers and workers (a few). Each client keeps that many connections open.
 AWS_POOL_CONNECTIONS = API_CONCURRENCY + 40 + 8
+# Concurrent pollers of the jobs queue (the event source mapping's MaximumConcurrency, capped:
+# each holds a long poll open on the local moto).
+JOBS_POLLERS = 4
 SCALING_FUNCTION_ARN = f"arn:aws:lambda:{REGION}:123456789012:function:llmhost-scaling"
 DEMO_DEPLOYMENT = {
     "name": "demo",
@@ -230,8 +233,53 @@ class LocalCloud:
             threading.Thread(target=self._clock, name="sagemaker-clock", daemon=True),
             threading.Thread(target=self._async_instances, name="async-inference", daemon=True),
         ]
+        self._workers += self._jobs_pollers()
         for worker in self._workers:
             worker.start()
+
+    def _jobs_pollers(self) -> list[threading.Thread]:
+        """The jobs function on the jobs queue: pollers as Lambda's event source mapping
+        runs them (``llmhost_local.queues``), each invoking its own copy of the handler (an
+        execution environment), and the worker's serving service with the jobs function's
+        timeout from template.yaml (here every function shares one environment)."""
+        from llmhost import aws, runtime
+        from llmhost.runtime import build_serving_service
+        from llmhost_local.queues import QueuePoller
+
+        worker = self.jobs_source.serving_environment
+        runtime.override(
+            worker_serving_service=build_serving_service(
+                runtime.serving_settings().model_copy(
+                    update={
+                        "serving_timeout_s": float(worker["SERVING_TIMEOUT_S"]),
+                        "serving_max_attempts": int(worker["SERVING_MAX_ATTEMPTS"]),
+                    }
+                )
+            )
+        )
+        threads = []
+        for index in range(min(self.jobs_source.max_concurrency, JOBS_POLLERS)):
+            module = load_handler("jobs", "llmhost-jobs")
+
+            def invoke(event: dict[str, Any], module: ModuleType = module) -> dict[str, Any]:
+                answer: dict[str, Any] = module.handler(event, events.LambdaContext("llmhost-jobs"))
+                return answer
+
+            poller = QueuePoller(
+                aws.client("sqs"),
+                self.jobs.queue_url,
+                self.jobs.queue_arn,
+                self.jobs_source,
+                invoke,
+                region=REGION,
+                log=lambda line: self.log(line),
+            )
+            threads.append(
+                threading.Thread(
+                    target=poller.run, args=(self._stop,), name=f"jobs-{index}", daemon=True
+                )
+            )
+        return threads
 
     def _wire_scaling(self) -> None:
         """Serving's wakes and the local CloudWatch's alarm events go to the scaling function."""
@@ -441,6 +489,7 @@ class LocalCloud:
             speed=self.clock.speed,
         )
         os.environ.update(self.jobs.environment(self.jobs_source.max_receive_count))
+        self.log(f"  jobs queue: {self.jobs.queue_url} (dead letters: {self.jobs.dlq_url})")
         self._provision_async_topics()
 
     def _provision_async_topics(self) -> None:

@@ -63,9 +63,11 @@ SERVE_RESOURCES: tuple[tuple[str, frozenset[str]], ...] = (
     ("/v1/collections/{name}", frozenset({"GET", "DELETE"})),
     ("/v1/collections/{name}/documents", frozenset({"POST"})),
     ("/v1/collections/{name}/documents/{doc_id+}", frozenset({"DELETE"})),
+    ("/v1/jobs", frozenset({"GET", "POST"})),
+    ("/v1/jobs/{job_id}", frozenset({"GET", "DELETE"})),
 )
 # Paths the serve function answers even for a method it lacks (its router says 404/405).
-SERVING_PREFIXES = ("/v1/rag", "/v1/chat/", "/v1/models", "/v1/collections")
+SERVING_PREFIXES = ("/v1/rag", "/v1/chat/", "/v1/models", "/v1/collections", "/v1/jobs")
 # Hop-by-hop and framing headers API Gateway sets itself, whatever the function says.
 _OWN_HEADERS = frozenset({"content-length", "connection", "transfer-encoding", "keep-alive"})
 

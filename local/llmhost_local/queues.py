@@ -71,6 +71,8 @@ class JobsSource:
     max_concurrency: int
     report_item_failures: bool
     function_timeout_s: int
+    # The function's serving settings (SERVING_TIMEOUT_S, SERVING_MAX_ATTEMPTS).
+    serving_environment: dict[str, str]
 
 
 def jobs_source(template: Path) -> JobsSource:
@@ -91,6 +93,11 @@ def jobs_source(template: Path) -> JobsSource:
         max_concurrency=int(event.get("ScalingConfig", {}).get("MaximumConcurrency", 2)),
         report_item_failures="ReportBatchItemFailures" in event.get("FunctionResponseTypes", []),
         function_timeout_s=int(function["Timeout"]),
+        serving_environment={
+            key: str(value)
+            for key, value in function["Environment"]["Variables"].items()
+            if key.startswith("SERVING_")
+        },
     )
 
 
@@ -103,6 +110,7 @@ class JobsResources:
     dlq_url: str
     visibility_timeout_s: int
     lease_s: float
+    retry_delay_s: int
 
     def environment(self, max_receive_count: int) -> dict[str, str]:
         """The functions' JOBS_* variables (template.yaml sets the same)."""
@@ -112,6 +120,7 @@ class JobsResources:
             "JOBS_QUEUE_URL": self.queue_url,
             "JOBS_MAX_RECEIVE_COUNT": str(max_receive_count),
             "JOBS_LEASE_S": repr(self.lease_s),
+            "JOBS_RETRY_DELAY_S": str(self.retry_delay_s),
         }
 
 
@@ -158,6 +167,8 @@ def provision_jobs(
         visibility_timeout_s=visibility,
         # A worker owns a job for its function's timeout, as in AWS (then it is dead).
         lease_s=source.function_timeout_s / speed,
+        # llmhost.runtime.JobsSettings.jobs_retry_delay_s's 60 s, compressed.
+        retry_delay_s=math.ceil(60 / speed),
     )
 
 

@@ -47,6 +47,10 @@ SERVING_ROUTES = {
     ("POST", "/v1/collections/{name}/documents"),
     # Greedy: an id whose '/' API Gateway decodes spans several segments (issue 8).
     ("DELETE", "/v1/collections/{name}/documents/{doc_id+}"),
+    ("POST", "/v1/jobs"),
+    ("GET", "/v1/jobs"),
+    ("GET", "/v1/jobs/{job_id}"),
+    ("DELETE", "/v1/jobs/{job_id}"),
 }
 
 
@@ -121,6 +125,7 @@ def test_the_local_gateway_routes_to_the_serve_function_as_the_template_does(
     # And it picks each resource for a path API Gateway would send there
     for method, resource in SERVING_ROUTES:
         path = resource.replace("{name}", "docs").replace("{doc_id+}", "guides/sleep.md")
+        path = path.replace("{job_id}", "job-01abc")
         integration = gateway.integration_for(method, path)
         assert (integration.function, integration.resource) == ("serve", resource)
         assert integration.path_parameters == _path_parameters(resource, path)

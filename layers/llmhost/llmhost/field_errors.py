@@ -20,6 +20,10 @@ PATTERN_HINTS = {
     "characters, starting with a letter or digit (e.g. 'docs')",
     r"^ml\.[a-z0-9-]+\.[a-z0-9]+$": "must be a SageMaker instance type such as 'ml.g5.2xlarge'",
     r"^\d+(\.\d+){0,2}$": "must be a version number such as '3.0' or '2.4.0'",
+    # llmhost.jobs.record.ID_PATTERN; the Jobs API's next_token
+    r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$": "must be a job id as POST /v1/jobs returned it "
+    "(e.g. 'job-01jbz3kq8w5n6m7p9r0s1t2v3x')",
+    r"^[A-Za-z0-9_-]{1,4096}$": "must be the next_token of the previous page, unchanged",
 }
 # Tags of llmhost's discriminated unions: pydantic puts them in the path; clients never do.
 UNION_TAGS = frozenset(

@@ -69,7 +69,7 @@ _STATUSES: dict[int, tuple[str, dict[str, Any], dict[str, Any]]] = {
         _GATEWAY,
         {},
     ),
-    404: ("No such deployment, collection, document or route.", _ERROR, {}),
+    404: ("No such deployment, model, collection, document, job or route.", _ERROR, {}),
     409: (
         "The request conflicts with the current state (the name exists, a deletion is "
         "under way, the GPU capacity cap is reached, a pool name is taken, or the endpoint "
@@ -143,6 +143,12 @@ ROUTES: dict[tuple[str, str], tuple[int, str, tuple[int, ...]]] = {
         (503,),
     ),
     ("delete", "/v1/collections/{name}/documents/{doc_id}"): (200, "Deleted", _STORE),
+    # 404: the body's model does not exist; 503: the jobs table or queue is busy.
+    ("post", "/v1/jobs"): (202, "Accepted: the job, QUEUED; Location names it", (404, 503)),
+    # 400: a next_token this listing did not return.
+    ("get", "/v1/jobs"): (200, "A page of jobs, and the next page's token", (422, 503)),
+    ("get", "/v1/jobs/{job_id}"): (200, "The job: status, timings, result or result_url", _STORE),
+    ("delete", "/v1/jobs/{job_id}"): (200, "Cancelled: the job", (409, *_STORE)),
 }
 
 

@@ -29,11 +29,13 @@ from llmhost.api.http import (
     json_api,
     json_response,
 )
+from llmhost.api.jobs import mount_job_routes
 from llmhost.errors import LlmhostError
 from llmhost.serving.hold import Hold, HoldOutlastsRequest, HoldPolicy, wait_preference
 from llmhost.serving.requests import ChatCompletionRequest, RagRequest
 
 if TYPE_CHECKING:
+    from llmhost.jobs.service import Jobs
     from llmhost.rag.collections import Collections
     from llmhost.serving.service import ServingService
 
@@ -97,7 +99,7 @@ def build_serving_app(
     logger: Any = None,
     stream_url: Callable[[], str | None] = lambda: None,
     holds: Callable[[], HoldPolicy] | None = None,
-    jobs: Callable[[], Any] | None = None,
+    jobs: Callable[[], Jobs] | None = None,
 ) -> APIGatewayRestResolver:
     """Create the resolver with every serving route; ``service`` (chat and RAG,
     ``llmhost.serving.service``) and ``collections`` (``llmhost.rag.collections``) are
@@ -190,8 +192,13 @@ def build_serving_app(
         removed = collections().delete_document(name, doc_id)
         return json_response(HTTPStatus.OK, {"deleted": doc_id, "chunks": removed})
 
+    mount_job_routes(app, jobs or _no_jobs)
     install_error_handlers(app, logger)
     return app
+
+
+def _no_jobs() -> Jobs:
+    raise RuntimeError("this serving app was built without the Jobs API's operations")
 
 
 class DocumentIdResolver(OwnEventResolver):

@@ -83,13 +83,7 @@ def request_model(kind: Kind, body: Any) -> RequestModel:
     try:
         parsed = model.model_validate(body)
     except ValidationError as error:
-        from llmhost.specs import issues_from_validation_error
-
-        issues = [
-            FieldIssue(f"body.{i.field}" if i.field else "body", i.message)
-            for i in issues_from_validation_error(error)
-        ]
-        raise SpecInvalid(issues) from None
+        raise SpecInvalid(_body_issues(error)) from None
     if isinstance(parsed, ChatCompletionRequest) and parsed.stream:
         raise SpecInvalid(
             [FieldIssue("body.stream", "a job's answer is kept whole: omit stream (or false)")]
@@ -407,6 +401,25 @@ class Jobs:
 
     def _iso(self) -> str:
         return iso(datetime.fromtimestamp(self._now(), UTC))
+
+
+class _InBody:
+    """A validation error of the body, located as a route's would be (under "body")."""
+
+    def __init__(self, error: ValidationError) -> None:
+        self._error = error
+
+    def errors(self) -> list[Any]:
+        return [{**e, "loc": ("body", *e["loc"])} for e in self._error.errors()]
+
+
+def _body_issues(error: ValidationError) -> list[FieldIssue]:
+    from llmhost.field_errors import issues_from_validation_error
+
+    return [
+        FieldIssue("body" if i.field == "body" else f"body.{i.field}", i.message)
+        for i in issues_from_validation_error(_InBody(error))
+    ]
 
 
 def _as_body(request: Any) -> Any:
