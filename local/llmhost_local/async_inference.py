@@ -148,7 +148,7 @@ class AsyncInference:
         )
         with self._lock:
             self._queue.append(queued)
-        self._sample(endpoint)
+        self.sample(endpoint)
         result = {"InferenceId": inference_id, "OutputLocation": queued.output_location}
         if queued.failure_location:
             result["FailureLocation"] = queued.failure_location
@@ -169,7 +169,7 @@ class AsyncInference:
                 self._answer(item)
                 done += 1
             for endpoint in self._endpoints():
-                self._sample(endpoint)
+                self.sample(endpoint)
         return done
 
     def backlog(self, endpoint: str) -> int:
@@ -218,7 +218,8 @@ class AsyncInference:
         with self._lock:
             return {q.endpoint for q in self._queue} | set(self._samples)
 
-    def _sample(self, endpoint: str) -> None:
+    def sample(self, endpoint: str) -> None:
+        """Record the endpoint's backlog and instances now (one sample of each metric)."""
         now = self._clock()
         backlog, instances = self.backlog(endpoint), self._instances(endpoint)
         with self._lock:

@@ -135,6 +135,7 @@ class LocalCloud:
         self._scaling_queue: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
         self.front: Any = None
         self.async_inference: Any = None
+        self.backlog_tracking: Any = None
         self.alarms: Any = None
         self.scaling_module: ModuleType | None = None
         self._stop = threading.Event()
@@ -293,7 +294,7 @@ class LocalCloud:
 
         runtime.override(wake_dispatcher=CallbackWakeDispatcher(wake))
         if self.front is not None:  # an external runtime keeps its own invocation counts
-            from llmhost_local.scaling_actions import StepScalingActions
+            from llmhost_local.scaling_actions import BacklogTargetTracking, StepScalingActions
 
             # An alarm whose action is an async endpoint's step policy scales its variant.
             actions = StepScalingActions(
@@ -310,6 +311,15 @@ class LocalCloud:
                 region=REGION,
                 gauge=self.async_inference.gauge,
                 act=actions.run,
+            )
+            # Target tracking on an async endpoint's backlog: to zero on an empty queue.
+            self.backlog_tracking = BacklogTargetTracking(
+                aws.lazy("application-autoscaling"),
+                aws.lazy("sagemaker"),
+                self.async_inference.gauge,
+                self.async_inference.sample,
+                speed=self.clock.speed,
+                log=self.log,
             )
 
     def _start_data_plane(self) -> None:
@@ -573,6 +583,11 @@ class LocalCloud:
                     self.alarms.tick()  # queues alarm state changes for the scaling function
                 except Exception as error:  # moto stopping under us, say: try next tick
                     self.log(f"  alarm evaluation failed: {error}")
+            if self.backlog_tracking is not None:
+                try:
+                    self.backlog_tracking.tick()
+                except Exception as error:  # an endpoint deleted under us, say: next tick
+                    self.log(f"  backlog target tracking failed: {error}")
             if time.monotonic() - last_sweep >= self.drift_seconds:
                 last_sweep = time.monotonic()
                 self._queue.put(("schedule", events.schedule_event()))

@@ -19,6 +19,7 @@ This is how a request queued on an async endpoint at zero instances brings one u
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -119,3 +120,134 @@ def adjustment_for(config: Mapping[str, Any], breach: float) -> int | None:
         if (lower is None or breach >= lower) and (upper is None or breach < upper):
             return int(step["ScalingAdjustment"])
     return None
+
+
+BACKLOG_METRIC = "ApproximateBacklogSizePerInstance"
+# Application Auto Scaling's target tracking alarms (llmhost.scaling.policy): scale out after
+# three periods above the target, scale in after fifteen minutes below 90 % of it.
+SCALE_OUT_PERIODS = 3
+SCALE_IN_PERIODS = 15
+SCALE_IN_FACTOR = 0.9
+PERIOD_S = 60.0
+
+
+class BacklogTargetTracking:
+    """Target tracking on an async endpoint's ``ApproximateBacklogSizePerInstance``: moto
+    stores the policy (a customized metric) and never runs it.
+
+    As Application Auto Scaling does (docs.aws.amazon.com/autoscaling/application/userguide/
+    target-tracking-scaling-policy-overview.html; for async endpoints
+    docs.aws.amazon.com/sagemaker/latest/dg/async-inference-autoscale.html): after three
+    one-minute periods above the target it scales out to the instances that bring the
+    backlog per instance to the target; after fifteen minutes below 90 % of it, scales in to
+    them (zero on an empty queue, when MinCapacity is 0), each outside its cooldown. From
+    zero instances the step policy on HasBacklogWithoutCapacity acts first
+    (``StepScalingActions``). ``gauge`` is ``AsyncInference.gauge``, ``sample`` its
+    ``sample``; periods and cooldowns pass ``speed`` times faster.
+    """
+
+    def __init__(
+        self,
+        autoscaling: Callable[[], Any],
+        sagemaker: Callable[[], Any],
+        gauge: Callable[[Mapping[str, str], str, float, float], float | None],
+        sample: Callable[[str], None],
+        *,
+        speed: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        log: Callable[[str], None] = lambda line: None,
+    ) -> None:
+        self._autoscaling = autoscaling
+        self._sagemaker = sagemaker
+        self._gauge = gauge
+        self._sample = sample
+        self._speed = speed
+        self._clock = clock
+        self._log = log
+        self._changed: dict[str, tuple[float, str]] = {}  # policy ARN -> (when, "out"|"in")
+        self._watched: dict[str, float] = {}  # policy ARN -> when first evaluated
+        self._last_tick = float("-inf")
+
+    def tick(self) -> list[str]:
+        """Evaluate every backlog target tracking policy once a period; the activities."""
+        now = self._clock()
+        period = PERIOD_S / self._speed
+        if now - self._last_tick < period:
+            return []
+        self._last_tick = now
+        client = self._autoscaling()
+        started: list[str] = []
+        for policy in client.describe_scaling_policies(ServiceNamespace="sagemaker").get(
+            "ScalingPolicies", []
+        ):
+            config = policy.get("TargetTrackingScalingPolicyConfiguration") or {}
+            metric = config.get("CustomizedMetricSpecification") or {}
+            if metric.get("MetricName") != BACKLOG_METRIC:
+                continue
+            activity = self._track(client, policy, config, now, period)
+            if activity:
+                started.append(activity)
+        return started
+
+    def _track(
+        self,
+        client: Any,
+        policy: Mapping[str, Any],
+        config: Mapping[str, Any],
+        now: float,
+        period: float,
+    ) -> str:
+        _, endpoint, _, variant = policy["ResourceId"].split("/")
+        self._sample(endpoint)
+        dims = {"EndpointName": endpoint}
+        values = [
+            self._gauge(dims, BACKLOG_METRIC, now - i * period, now - (i - 1) * period)
+            for i in range(SCALE_IN_PERIODS, 0, -1)
+        ]
+        # Like its alarms, the policy has no verdict before it has watched its window.
+        watched = now - self._watched.setdefault(policy["PolicyARN"], now)
+        target = float(config["TargetValue"])
+        recent = values[-SCALE_OUT_PERIODS:]
+        out = watched >= SCALE_OUT_PERIODS * period and all(
+            v is not None and v > target for v in recent
+        )
+        scale_in = watched >= SCALE_IN_PERIODS * period and all(
+            v is not None and v < target * SCALE_IN_FACTOR for v in values
+        )
+        if not (out or scale_in):
+            return ""
+        direction = "out" if out else "in"
+        cooldown = float(config.get(f"Scale{direction.title()}Cooldown", 0)) / self._speed
+        last = self._changed.get(policy["PolicyARN"])
+        if last is not None and last[1] == direction and now - last[0] < cooldown:
+            return ""
+        sagemaker = self._sagemaker()
+        described = sagemaker.describe_endpoint(EndpointName=endpoint)
+        if described["EndpointStatus"] != "InService":
+            return ""
+        (current,) = [
+            v.get("DesiredInstanceCount", 0)
+            for v in described["ProductionVariants"]
+            if v["VariantName"] == variant
+        ]
+        backlog = self._gauge(dims, "ApproximateBacklogSize", now - period, now) or 0.0
+        wanted = math.ceil(backlog / target) if target > 0 else current
+        targets = client.describe_scalable_targets(
+            ServiceNamespace="sagemaker",
+            ResourceIds=[policy["ResourceId"]],
+            ScalableDimension=INSTANCES,
+        )["ScalableTargets"]
+        if not targets:
+            return ""
+        low, high = targets[0]["MinCapacity"], targets[0]["MaxCapacity"]
+        wanted = max(low, min(high, wanted))
+        if (out and wanted <= current) or (scale_in and wanted >= current):
+            return ""
+        sagemaker.update_endpoint_weights_and_capacities(
+            EndpointName=endpoint,
+            DesiredWeightsAndCapacities=[{"VariantName": variant, "DesiredInstanceCount": wanted}],
+        )
+        self._changed[policy["PolicyARN"]] = (now, direction)
+        activity = f"{endpoint} {current} -> {wanted}"
+        self._log(f"  {endpoint}: backlog target tracking scaled {direction}: {activity}")
+        return activity

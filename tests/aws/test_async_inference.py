@@ -242,3 +242,70 @@ def test_the_no_capacity_alarms_step_policy_adds_an_instance_within_the_targets_
     assert endpoint.updates == [1]
     # And an alarm without scaling actions changes nothing
     assert actions.run({"AlarmName": "other", "AlarmActions": []}) == []
+
+
+def test_backlog_target_tracking_scales_in_to_zero_on_an_empty_queue_and_out_on_a_long_one(
+    moto_aws: None,
+) -> None:
+    from llmhost.scaling.policy import async_policy
+    from llmhost.specs import Scaling
+    from llmhost_local.scaling_actions import BacklogTargetTracking
+
+    # Given an async variant with one instance, 0-3 instances, 2 queued requests per
+    # instance as the target, and a backlog the test sets
+    count = [1]
+    now = [0.0]
+
+    class Endpoint:
+        def describe_endpoint(self, EndpointName: str) -> dict[str, Any]:
+            return {
+                "EndpointStatus": "InService",
+                "ProductionVariants": [
+                    {"VariantName": "AllTraffic", "DesiredInstanceCount": count[0]}
+                ],
+            }
+
+        def update_endpoint_weights_and_capacities(self, **request: Any) -> None:
+            count[0] = request["DesiredWeightsAndCapacities"][0]["DesiredInstanceCount"]
+
+    queued_since: list[tuple[float, float]] = [(0.0, 0.0)]  # (since, requests queued)
+
+    def gauge(dims: Any, metric: str, start: float, end: float) -> float | None:
+        # what was queued during the period (a change counts from the period it fell in)
+        known = [q for since, q in queued_since if since < end]
+        if not known:
+            return None  # before the first sample: a missing datapoint
+        queued = known[-1]
+        if metric == "ApproximateBacklogSize":
+            return queued
+        return queued / count[0] if count[0] else queued
+
+    aas = boto3.client("application-autoscaling", region_name="us-east-1")
+    policy = async_policy(
+        Scaling(min_capacity=0, max_capacity=3, scale_in_cooldown_s=0, scale_out_cooldown_s=0),
+        concurrency=2,
+    )
+    rid = "endpoint/jobs/variant/AllTraffic"
+    aas.register_scalable_target(**policy.register_scalable_target_request(rid))
+    aas.put_scaling_policy(**policy.target_tracking_request(rid, "llmhost-jobs-target"))
+    tracking = BacklogTargetTracking(
+        lambda: aas, Endpoint, gauge, lambda endpoint: None, clock=lambda: now[0]
+    )
+    # When the queue stays empty for fewer than fifteen minutes, nothing changes
+    assert tracking.tick() == []
+    for _ in range(14):
+        now[0] += 60
+        assert tracking.tick() == []
+    # Then after fifteen, target tracking scales in to zero
+    now[0] += 60
+    assert tracking.tick() == ["jobs 1 -> 0"]
+    # When 5 requests wait on one instance (2.5 per instance, above 2) for three minutes
+    count[0] = 1
+    queued_since.append((now[0], 5.0))
+    now[0] += 60
+    assert tracking.tick() == []
+    now[0] += 60
+    assert tracking.tick() == []
+    now[0] += 60
+    # Then it scales out to what holds the backlog at the target: ceil(5 / 2) = 3
+    assert tracking.tick() == ["jobs 1 -> 3"]

@@ -2,8 +2,8 @@
 
 The product's own path: the API creates an ``async`` deployment with min 0, the reconciler
 brings up its endpoint (AsyncInferenceConfig: results to the jobs bucket, notifications to
-the two topics) and applies AWS's scale-from-zero for async endpoints. With the variant at
-zero instances (where target tracking leaves an endpoint with an empty queue), a job is
+the two topics) and applies AWS's scale-to-zero for async endpoints. Target tracking on
+the empty queue takes the variant to zero instances; then a job is
 submitted (``Jobs.submit``: InvokeEndpointAsync); the local CloudWatch sees
 HasBacklogWithoutCapacity, the alarm's step policy adds an instance, the instance answers,
 SageMaker's notification goes through moto's SNS to an SQS subscription, and the jobs
@@ -109,6 +109,13 @@ def test_a_job_on_an_async_endpoint_at_zero_instances_brings_one_up_and_complete
         "IN_SERVICE",
         lambda: stack.call("GET", f"/v1/deployments/{NAME}")[1]["status"] == "IN_SERVICE",
     )
+    # And a synchronous request for it is refused naming the jobs route (SageMaker would
+    # refuse InvokeEndpoint on an asynchronous endpoint)
+    chat = {"model": NAME, "messages": [{"role": "user", "content": "hi"}]}
+    code, refused = stack.call("POST", "/v1/chat/completions", chat)
+    assert code == 409, refused
+    assert refused["error"]["code"] == "model_answers_jobs_only"
+    assert "POST /v1/jobs" in refused["error"]["message"]
     cloudwatch = aws.client("cloudwatch")
     stack.until(
         "the no-capacity alarm",
@@ -116,12 +123,11 @@ def test_a_job_on_an_async_endpoint_at_zero_instances_brings_one_up_and_complete
             "MetricAlarms"
         ],
     )
-    # And its variant at zero instances, where target tracking leaves an idle async endpoint
-    aws.client("sagemaker").update_endpoint_weights_and_capacities(
-        EndpointName=NAME,
-        DesiredWeightsAndCapacities=[{"VariantName": "AllTraffic", "DesiredInstanceCount": 0}],
-    )
+    # When its queue stays empty, target tracking on the backlog scales it in to zero
     stack.until("zero instances", lambda: stack.instances() == 0)
+    assert any(
+        f"{NAME}: backlog target tracking scaled in: {NAME} 1 -> 0" in line for line in stack.lines
+    ), stack.lines
     # And a queue of our own subscribed to the success topic (SNS delivers to each)
     sqs, sns = aws.client("sqs"), aws.client("sns")
     inbox = sqs.create_queue(QueueName="async-e2e-inbox")["QueueUrl"]

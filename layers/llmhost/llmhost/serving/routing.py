@@ -55,6 +55,21 @@ class ModelNotFound(LlmhostError):
     status = 404
 
 
+class AsyncOnlyModel(LlmhostError):
+    """A synchronous request for an async deployment, whose endpoint answers queued jobs only
+    (SageMaker refuses InvokeEndpoint on an asynchronous endpoint)."""
+
+    code = "model_answers_jobs_only"
+    status = 409
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            f"model '{model}' is an async deployment (hosting.kind 'async'): it answers jobs, "
+            "not synchronous requests; submit this body as a job with POST /v1/jobs and read "
+            "the answer from GET /v1/jobs/{id}"
+        )
+
+
 class ModelNotReady(LlmhostError):
     """The model exists but cannot serve now; ``retry_after`` seconds is a fair wait."""
 
@@ -328,6 +343,8 @@ class ModelDirectory:
             raise ModelNotFound(
                 f"no model named '{model}'; GET /v1/models lists them (available: {names})"
             )
+        if record.spec.hosting.kind == "async":
+            raise AsyncOnlyModel(model)
         if fresh and (refused := refused_wake(record)) is not None:
             raise ModelWillNotWake(
                 f"model '{model}' could not be woken: {refused}",
