@@ -398,3 +398,44 @@ def test_a_queue_failure_on_submit_fails_the_job_and_says_retry(
     assert raised.value.status == 503 and raised.value.retry_after
     (failed,) = world.store.list().jobs
     assert failed.status == "FAILED" and failed.error.code == "service_unavailable"  # type: ignore[union-attr]
+
+
+def test_a_job_the_async_endpoint_refuses_ends_failed_with_that_error(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmhost.jobs import async_endpoint
+    from llmhost.serving.errors import ModelInputRejected
+
+    # Given an async deployment whose endpoint refuses the request
+    world.hosting["slow"] = "async"
+
+    def refused(job: Any) -> None:
+        raise ModelInputRejected("the prompt is too long for this model")
+
+    monkeypatch.setattr(async_endpoint, "submit_async", refused)
+    # When a job is submitted
+    with pytest.raises(ModelInputRejected):
+        world.jobs.submit("chat", {**CHAT, "model": "slow"})
+    # Then the job is not left QUEUED forever: it ended with the error the caller got
+    (failed,) = world.store.list(model="slow").jobs
+    assert failed.route == "async" and failed.status == "FAILED"
+    assert failed.error is not None and "too long" in failed.error.message
+
+
+def test_cancelling_an_async_job_publishes_its_ending(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmhost.jobs import async_endpoint
+
+    world.hosting["slow"] = "async"
+    submitted: list[str] = []
+    monkeypatch.setattr(async_endpoint, "submit_async", lambda job: submitted.append(job.id))
+    job = world.jobs.submit("chat", {**CHAT, "model": "slow"})
+    assert submitted == [job.id] and world.queue_depth(world.resources.queue_url) == 0
+    # When it is cancelled, then its ending is published (there is no queue message of its own)
+    world.jobs.cancel(job.id)
+    world.deliver_until(lambda: world.queue_depth(world.resources.queue_url) == 0)
+    assert [e["detail"]["status"] for e in world.published()] == ["CANCELLED"]
+    # And the endpoint's late answer changes nothing
+    assert world.jobs.complete(job.id, result={"answer": "late"}) is False
+    assert world.status(job.id) == "CANCELLED" and world.serving.calls == []

@@ -192,9 +192,12 @@ class Jobs:
             return stored
         try:
             self._dispatch(stored)
-        except JobsUnavailable as error:
+        except LlmhostError as error:
+            # Not queued, so never run: the job ends here with the error the caller gets
+            # (no event: the caller is told now, and this function may not put events).
             if created:
-                self._end(stored.id, error=JobError(code=error.code, message=error.message))
+                failed = JobError(code=error.code, message=error.message)
+                self.store.complete(stored.id, now_iso=self._iso(), error=failed)
             raise
         return stored
 
@@ -231,9 +234,14 @@ class Jobs:
         return self.store.list(model=model, status=status, limit=limit, next_token=next_token)
 
     def cancel(self, job_id: str) -> Job:
-        """QUEUED -> CANCELLED (its message, when delivered, is dropped). Raises JobNotFound
-        or JobAlreadyStarted (409)."""
-        return self.store.cancel(job_id, now_iso=self._iso())
+        """QUEUED -> CANCELLED. Its message, when delivered, is dropped and the ending
+        published; a job on an asynchronous endpoint has no message of its own, so one is
+        sent for that (the endpoint's answer, when it comes, changes nothing). Raises
+        JobNotFound or JobAlreadyStarted (409)."""
+        cancelled = self.store.cancel(job_id, now_iso=self._iso())
+        if cancelled.route == "async":
+            self._send({"job_id": job_id})
+        return cancelled
 
     # ----------------------------------------------------------------------- the worker
 
