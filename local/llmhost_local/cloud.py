@@ -71,6 +71,8 @@ AWS_POOL_CONNECTIONS = API_CONCURRENCY + 40 + 8
 # Concurrent pollers of the jobs queue (the event source mapping's MaximumConcurrency, capped:
 # each holds a long poll open on the local moto).
 JOBS_POLLERS = 4
+# The batch function's schedule (template.yaml: BatchSweep).
+BATCH_SWEEP_S = 300
 SCALING_FUNCTION_ARN = f"arn:aws:lambda:{REGION}:123456789012:function:llmhost-scaling"
 DEMO_DEPLOYMENT = {
     "name": "demo",
@@ -198,6 +200,8 @@ class LocalCloud:
         # One compressed clock for the stand-ins, the local CloudWatch, the scaling hook and
         # serving: every AWS duration passes ``speed`` times faster for all of them.
         runtime.override(clock=self.clock)
+        # A batch is handed to the batch function as the asynchronous invoke would.
+        runtime.override(batch_kick=self._kick_batch)
         seconds = self.clock.seconds
         self.standin = SageMakerStandIn(
             region=REGION,
@@ -233,6 +237,7 @@ class LocalCloud:
             threading.Thread(target=self._deliver_scaling, name="scaling-worker", daemon=True),
             threading.Thread(target=self._clock, name="sagemaker-clock", daemon=True),
             threading.Thread(target=self._async_instances, name="async-inference", daemon=True),
+            threading.Thread(target=self._sweep_batches, name="batch-sweep", daemon=True),
         ]
         self._workers += self._jobs_pollers()
         for worker in self._workers:
@@ -417,8 +422,12 @@ class LocalCloud:
         batch_id = batch_of_state_change(event, LOCAL_STACK)
         if batch_id is None or not (project_root() / "functions" / "batch" / "app.py").exists():
             return
+        self._kick_batch(batch_id)
+
+    def _kick_batch(self, batch_id: str) -> None:
+        """The batch function, invoked asynchronously with ``{"batch_id"}``."""
         threading.Thread(
-            target=self._advance_batch, args=(batch_id,), name="batch-event", daemon=True
+            target=self._advance_batch, args=(batch_id,), name="batch-kick", daemon=True
         ).start()
 
     def _advance_batch(self, batch_id: str) -> None:
@@ -429,8 +438,8 @@ class LocalCloud:
                 self.batch_module.handler(
                     {"batch_id": batch_id}, events.LambdaContext("llmhost-batch")
                 )
-            except Exception as error:  # EventBridge retries; the batch schedule polls too
-                self.log(f"  batch {batch_id}: advancing after its transform job failed: {error}")
+            except Exception as error:  # Lambda retries; the batch schedule sweeps too
+                self.log(f"  batch {batch_id}: advancing it failed: {error}")
 
     def _attach(self, service: str, client: Any) -> None:
         if service == "sagemaker":
@@ -551,6 +560,7 @@ class LocalCloud:
             log=self.log,
             limiter=limiter,
             holds=runtime.hold_policy,
+            batches=runtime.batches,
         )
         server = serve_openai(app, port=port)
         threading.Thread(target=server.serve_forever, name="openai", daemon=True).start()
@@ -591,6 +601,18 @@ class LocalCloud:
             if time.monotonic() - last_sweep >= self.drift_seconds:
                 last_sweep = time.monotonic()
                 self._queue.put(("schedule", events.schedule_event()))
+
+    def _sweep_batches(self) -> None:
+        """The batch function's schedule (every 5 minutes in AWS, compressed here): every
+        open batch is advanced, so one a crash left behind finishes."""
+        while not self._stop.wait(max(self.clock.seconds(BATCH_SWEEP_S), 0.5)):
+            with self._batch_lock:
+                if self.batch_module is None:
+                    self.batch_module = load_handler("batch", "llmhost-batch")
+                try:
+                    self.batch_module.handler({}, events.LambdaContext("llmhost-batch"))
+                except Exception as error:  # moto stopping under us, say: try next time
+                    self.log(f"  batch sweep failed: {error}")
 
     def _deliver(self) -> None:
         assert self.reconcile_module is not None

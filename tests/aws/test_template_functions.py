@@ -173,8 +173,15 @@ def test_layer_builds_the_llmhost_package_for_arm64(template: dict[str, Any]) ->
         for line in requirements.splitlines()
         if line and line[0] != "#"
     }
-    # boto3 is in the Lambda runtime; shipping it would only grow the layer.
-    assert names == {"aws-lambda-powertools", "pydantic", "starlette", "uvicorn"}
+    # boto3 is in the Lambda runtime; shipping it would only grow the layer. python-multipart
+    # is Starlette's form parser (OpenAI's file uploads).
+    assert names == {
+        "aws-lambda-powertools",
+        "pydantic",
+        "starlette",
+        "uvicorn",
+        "python-multipart",
+    }
     assert layer["Properties"]["CompatibleArchitectures"] == ["arm64"]
     assert layer["Properties"]["CompatibleRuntimes"] == ["python3.13"]
 

@@ -7,6 +7,7 @@ and the local runner replace the defaults with ``override``.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from functools import cache
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -15,6 +16,8 @@ from pydantic import BaseModel, Field, ValidationError
 from llmhost import aws
 
 if TYPE_CHECKING:
+    from llmhost.batches.runners import ModelState
+    from llmhost.batches.service import Batches
     from llmhost.clock import CloudClock
     from llmhost.deployments import Deployments
     from llmhost.jobs.service import Jobs
@@ -509,3 +512,59 @@ def worker_serving_service() -> ServingService:
     one process and one environment, gives the worker a service with the worker's timeout)."""
     overridden: ServingService | None = _overrides.get("worker_serving_service")
     return overridden or serving_service()
+
+
+def batches() -> Batches:
+    """OpenAI's Batch API operations over the jobs' table and bucket (built per call: its
+    clients are cached)."""
+    overridden: Batches | None = _overrides.get("batches")
+    if overridden is not None:
+        return overridden
+    import time
+
+    from llmhost.batches.service import Batches
+    from llmhost.batches.store import BatchStore
+
+    settings = jobs_settings()
+    store = BatchStore(
+        aws.client("dynamodb"), aws.client("s3"), settings.jobs_table, settings.jobs_bucket
+    )
+    return Batches(
+        store, now=lambda: int(time.time()), model_state=batch_model_state, kick=batch_kick()
+    )
+
+
+class BatchSettings(BaseModel):
+    """The batch function (template.yaml: BatchFunction), which the OpenAI-compatible server
+    and the jobs worker invoke to move a batch on; unset, a batch is advanced in-process."""
+
+    batch_function_name: str | None = None
+
+
+def batch_kick() -> Callable[[str], None]:
+    """How a batch is handed to the batch function: the ``batch_kick`` override, an
+    asynchronous invoke of BATCH_FUNCTION_NAME, or an in-process ``advance``."""
+    overridden: Callable[[str], None] | None = _overrides.get("batch_kick")
+    if overridden is not None:
+        return overridden
+    name = _from_env(BatchSettings).batch_function_name
+    if not name:
+
+        def advance(batch_id: str) -> None:
+            batches().advance(batch_id)
+
+        return advance
+    from llmhost.batches.kick import LambdaBatchKick
+
+    return LambdaBatchKick(lambda: aws.client("lambda"), name)
+
+
+def batch_model_state(models: set[str]) -> ModelState:
+    """Whether every model of a batch is a deployment serving now (for the runner choice)."""
+    from llmhost.batches.runners import ModelState
+
+    records = [registry().find(name) for name in models]
+    return ModelState(
+        live=all(r is not None and r.status == "IN_SERVICE" for r in records),
+        known=all(r is not None for r in records),
+    )

@@ -32,7 +32,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aws_lambda_powertools import Logger
 from pydantic import BaseModel, ValidationError
@@ -45,10 +45,14 @@ from starlette.types import Receive, Scope, Send
 from llmhost.api.body import InvalidBody, check_content_type, parse_json_body, too_deep
 from llmhost.errors import LlmhostError
 from llmhost.serving.auth import ApiKeyAuth
+from llmhost.serving.batch_routes import BatchRoutes
 from llmhost.serving.hold import MAX_WAIT_S, Hold, HoldPolicy, Wait, wait_preference, waitable
 from llmhost.serving.ratelimit import KeyRateLimiter
 from llmhost.serving.requests import ChatCompletionRequest, RagRequest
 from llmhost.specs import issues_from_validation_error
+
+if TYPE_CHECKING:
+    from llmhost.batches.service import Batches
 
 MAX_BODY_BYTES = 1_048_576
 LISTEN_BACKLOG = 2048
@@ -64,6 +68,7 @@ ERROR_TYPES = {
     401: "authentication_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    409: "invalid_request_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
     422: "invalid_request_error",
@@ -110,6 +115,10 @@ class MethodNotAllowed(LlmhostError):
     code = "method_not_allowed"
     status = 405
 
+    def __init__(self, message: str, allowed: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.allowed = allowed
+
 
 ROUTES: dict[str, tuple[str, ...]] = {
     "/v1/models": ("GET",),
@@ -128,6 +137,7 @@ class ServingHttpApp:
         log: Callable[[str], None] = lambda _: None,
         limiter: KeyRateLimiter | None = None,
         holds: Callable[[], HoldPolicy] | None = None,
+        batches: Callable[[], Batches] | None = None,
     ) -> None:
         """``holds``: how requests for a cold model are held; without it none is (the
         Prefer header is ignored, as RFC 7240 lets a server do)."""
@@ -136,6 +146,8 @@ class ServingHttpApp:
         self._log = log
         self._limiter = limiter
         self._holds = holds
+        # OpenAI's Files and Batches routes, where the function has the jobs' table.
+        self._batch_routes = BatchRoutes(batches) if batches is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan is off; no websockets
@@ -170,26 +182,44 @@ class ServingHttpApp:
                     principal = await run_in_threadpool(self._auth.authenticate, header)
                 if self._limiter is not None:
                     self._limiter.take(principal.key_name)
+            if self._batch_routes is not None and (batch := BatchRoutes.allowed(path)):
+                if method not in batch:
+                    takes = " or ".join(batch)
+                    raise MethodNotAllowed(f"{path} takes {takes}, not {method}", batch)
+                status, answer = await self._batch_routes.respond(request, path)
+                if isinstance(answer, bytes):
+                    return Response(
+                        answer,
+                        status_code=status,
+                        media_type="application/octet-stream",
+                        headers={"x-request-id": uuid.uuid4().hex},
+                    )
+                return _json(status, answer)
             allowed = ROUTES.get(path)
             if allowed is None:
+                served = [f"{m} {p}" for p, ms in ROUTES.items() for m in ms]
+                if self._batch_routes is not None:
+                    served.append("/v1/files and /v1/batches (OpenAI's Batch API)")
                 raise RouteNotFound(
                     f"no route for {method} {path}: the OpenAI-compatible API serves "
-                    + ", ".join(f"{m} {p}" for p, ms in ROUTES.items() for m in ms)
+                    + ", ".join(served)
                 )
             if method not in allowed:
-                raise MethodNotAllowed(f"{path} takes {' or '.join(allowed)}, not {method}")
+                raise MethodNotAllowed(
+                    f"{path} takes {' or '.join(allowed)}, not {method}", allowed
+                )
             # The service is fetched on the worker thread that calls it: one hop a request.
             if path == "/v1/models":
                 return _json(200, await run_in_threadpool(lambda: self._service().models()))
             if path == "/v1/rag":
-                rag = await _read_body(request, RagRequest)
+                rag = await read_body(request, RagRequest)
                 held = self._hold(request, stream=False)
                 if held is None:
                     return _json(200, await run_in_threadpool(lambda: self._service().rag(rag)))
                 hold, applied = held
                 answer = await run_in_threadpool(lambda: self._service().rag(rag, hold=hold))
                 return _json(200, answer, applied)
-            chat = await _read_body(request, ChatCompletionRequest)
+            chat = await read_body(request, ChatCompletionRequest)
             held = self._hold(request, stream=chat.stream)
             if chat.stream:
                 return await self._stream(chat, held)
@@ -451,7 +481,7 @@ def _error_event(error: BaseException) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ bodies
 
 
-async def _read_body(request: Request, model: type[M]) -> M:
+async def read_body(request: Request, model: type[M]) -> M:
     """The body as ``model``. Every way a body can be unreadable is a 4xx naming the fix."""
     content_type = request.headers.get("content-type")
     if content_type is not None:
@@ -546,10 +576,10 @@ def _error_response(error: LlmhostError) -> Response:
     if retry_after:
         headers["Retry-After"] = str(int(retry_after))
     if isinstance(error, MethodNotAllowed):
-        headers["Allow"] = ", ".join(m for ms in ROUTES.values() for m in ms)
-    extra: dict[str, Any] = {}
+        headers["Allow"] = ", ".join(error.allowed)
+    extra: dict[str, Any] = {"param": getattr(error, "param", None)}
     if isinstance(error, RequestInvalid):
-        extra = {"param": error.param, "fields": error.fields}
+        extra["fields"] = error.fields
     return _json(
         error.status, openai_error(error.status, error.code, error.message, **extra), headers
     )

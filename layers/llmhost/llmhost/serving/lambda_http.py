@@ -76,6 +76,8 @@ def main() -> int:
         log=logger.info,
         limiter=KeyRateLimiter(RateLimits.from_env()),
         holds=runtime.hold_policy,
+        # OpenAI's Files and Batches, on the jobs' table, bucket and queue (template.yaml).
+        batches=runtime.batches,
     )
     server = AsgiServer(
         SnapStartRoutes.from_env(app), host="127.0.0.1", port=int(os.environ.get("PORT", "8080"))

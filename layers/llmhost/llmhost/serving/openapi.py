@@ -14,6 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
+from llmhost.batches.record import Batch, FileObject
+from llmhost.serving.batch_routes import CreateBatch
 from llmhost.serving.requests import ChatCompletionRequest, RagRequest
 
 REF = "#/components/schemas/{model}"
@@ -124,6 +126,31 @@ class RagAnswer(BaseModel):
     latency_ms: dict[str, float]
 
 
+class BatchExtras(BaseModel):
+    runner: str | None = Field(description="How the lines run: fanout or transform.")
+
+
+class BatchObject(Batch):
+    """OpenAI's batch object, plus ``llmhost``."""
+
+    runner: str | None = Field(default=None, exclude=True)
+    llmhost: BatchExtras
+
+
+class BatchList(BaseModel):
+    object: Literal["list"]
+    data: list[BatchObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class FileDeleted(BaseModel):
+    id: str
+    object: Literal["file"]
+    deleted: Literal[True]
+
+
 _RETRY_AFTER = {
     "Retry-After": {
         "description": "Seconds to wait before trying again.",
@@ -135,10 +162,12 @@ _ERRORS: dict[int, str] = {
     400: "The body is not UTF-8 JSON, or is nested too deeply; or the Prefer header's "
     "wait is not a whole number of seconds.",
     401: "The API key is missing or wrong.",
-    404: "No such route, or no such model (deployment) or collection.",
+    404: "No such route, or no such model (deployment), collection, file or batch.",
     405: "The route does not take this method.",
-    413: "The body is larger than 1 MiB.",
-    415: "The body is not declared as JSON (send Content-Type: application/json).",
+    409: "The batch has ended: it cannot be cancelled.",
+    413: "The body is larger than 1 MiB (an uploaded file: 5 MiB).",
+    415: "The body is not declared as JSON (send Content-Type: application/json), or an "
+    "upload as multipart/form-data.",
     422: "The request is not valid: `param` and `fields` name what to change. Also a prompt "
     "the model refuses (too long for it).",
     429: "This API key is over its request rate, or the model is throttled.",
@@ -199,6 +228,11 @@ def openai_api_document() -> dict[str, Any]:
             (ModelList, "serialization"),
             (ChatCompletion, "serialization"),
             (RagAnswer, "serialization"),
+            (CreateBatch, "validation"),
+            (FileObject, "serialization"),
+            (FileDeleted, "serialization"),
+            (BatchObject, "serialization"),
+            (BatchList, "serialization"),
         ],
         ref_template=REF,
     )
@@ -295,6 +329,7 @@ def openai_api_document() -> dict[str, Any]:
                     },
                 }
             },
+            **_batch_paths(secured, statuses, served),
             "/v1/openapi.json": {
                 "get": {
                     "operationId": "openapi",
@@ -307,5 +342,150 @@ def openai_api_document() -> dict[str, Any]:
                     },
                 }
             },
+        },
+    }
+
+
+def _batch_paths(
+    secured: list[dict[str, list[str]]], statuses: Any, served: list[int]
+) -> dict[str, Any]:
+    """OpenAI's Files and Batches routes (``llmhost.serving.batch_routes``)."""
+
+    def path_id(name: str, prefix: str) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "pattern": f"^{prefix}[A-Za-z0-9_-]{{1,64}}$"},
+            }
+        ]
+
+    def json_body(model: str) -> dict[str, Any]:
+        return {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": REF.format(model=model)}}},
+        }
+
+    file_id, batch_id = path_id("file_id", "file-"), path_id("batch_id", "batch_")
+    return {
+        "/v1/files": {
+            "post": {
+                "operationId": "createFile",
+                "summary": "Upload a batch input file (JSONL, purpose=batch).",
+                "security": secured,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["purpose", "file"],
+                                "properties": {
+                                    "purpose": {"type": "string", "enum": ["batch"]},
+                                    "file": {"type": "string", "format": "binary"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json("FileObject", "The stored file."),
+                    **statuses(*served, 400, 405, 413, 415),
+                },
+            }
+        },
+        "/v1/files/{file_id}": {
+            "get": {
+                "operationId": "retrieveFile",
+                "summary": "A file's record.",
+                "security": secured,
+                "parameters": file_id,
+                "responses": {
+                    "200": _json("FileObject", "The file."),
+                    **statuses(*served, 404, 405),
+                },
+            },
+            "delete": {
+                "operationId": "deleteFile",
+                "summary": "Delete a file (a batch keeps its own copy of its input).",
+                "security": secured,
+                "parameters": file_id,
+                "responses": {
+                    "200": _json("FileDeleted", "Deleted."),
+                    **statuses(*served, 404, 405),
+                },
+            },
+        },
+        "/v1/files/{file_id}/content": {
+            "get": {
+                "operationId": "retrieveFileContent",
+                "summary": "A file's bytes (an output or error file: JSONL).",
+                "security": secured,
+                "parameters": file_id,
+                "responses": {
+                    "200": {
+                        "description": "The content.",
+                        "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+                    },
+                    **statuses(*served, 404, 405),
+                },
+            }
+        },
+        "/v1/batches": {
+            "post": {
+                "operationId": "createBatch",
+                "summary": "Create a batch over an uploaded file; metadata.llmhost_runner "
+                "(auto, fanout, transform) picks how it runs.",
+                "security": secured,
+                "requestBody": json_body("CreateBatch"),
+                "responses": {
+                    "200": _json(
+                        "BatchObject", "The batch (failed, with errors, if a line cannot run)."
+                    ),
+                    **statuses(*served, 400, 404, 405, 413, 415, 422),
+                },
+            },
+            "get": {
+                "operationId": "listBatches",
+                "summary": "Batches, newest first.",
+                "security": secured,
+                "parameters": [
+                    {"name": "after", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                    },
+                ],
+                "responses": {
+                    "200": _json("BatchList", "A page of batches."),
+                    **statuses(*served, 400, 404, 405),
+                },
+            },
+        },
+        "/v1/batches/{batch_id}": {
+            "get": {
+                "operationId": "retrieveBatch",
+                "summary": "A batch: status, request counts, output and error files.",
+                "security": secured,
+                "parameters": batch_id,
+                "responses": {
+                    "200": _json("BatchObject", "The batch."),
+                    **statuses(*served, 404, 405),
+                },
+            }
+        },
+        "/v1/batches/{batch_id}/cancel": {
+            "post": {
+                "operationId": "cancelBatch",
+                "summary": "Cancel the lines not started; finished ones are kept.",
+                "security": secured,
+                "parameters": batch_id,
+                "responses": {
+                    "200": _json("BatchObject", "The batch, cancelling or cancelled."),
+                    **statuses(*served, 404, 405, 409),
+                },
+            }
         },
     }
