@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from llmhost.aws_faults import ServiceFault, classify
+from llmhost.aws_faults import classify
 from llmhost.errors import LlmhostError
 from llmhost.jobs.record import JobError
 from llmhost.lifecycle.desired import ASYNC_INPUT_PREFIX
@@ -57,9 +57,19 @@ class NotAnAsyncNotification(LlmhostError):
     status = 400
 
 
-class AsyncContextMissing(LlmhostError):
-    code = "async_context_missing"
-    status = 500
+class AsyncModelNotInService(LlmhostError):
+    """An async deployment takes jobs only while its endpoint exists (not asleep, not being
+    created or deleted): SageMaker queues requests, not endpoints."""
+
+    code = "model_not_ready"
+    status = 409
+
+    def __init__(self, model: str, status: str) -> None:
+        super().__init__(
+            f"model '{model}' is {status}: an async deployment takes jobs while IN_SERVICE; "
+            f"wake it with POST /v1/deployments/{model}/wake (or wait until it is created) "
+            "and submit the job again"
+        )
 
 
 @dataclass(frozen=True)
@@ -121,12 +131,41 @@ def submit_async(
     s3: Any = None,
     bucket: str | None = None,
     service: Any = None,
+    store: Any = None,
 ) -> None:
     """Queue ``job`` on its deployment's async endpoint (``InferenceId`` = the job id).
 
-    Raises what the real-time route raises for a bad request (a 4xx naming the field), and
-    ``ServiceFault`` when SageMaker or S3 fails in a way a retry can get past. The clients,
-    bucket and serving service default to the runtime's."""
+    Raises ``JobsUnavailable`` when SageMaker or S3 fails in a way a retry can get past (the
+    caller ends the job FAILED with it); any other refusal (the deployment not in service,
+    a request the real-time route would refuse, SageMaker refusing for good) ends the job
+    FAILED here with its code and message, and is raised. The clients, bucket, serving
+    service and job store default to the runtime's."""
+    from llmhost.jobs.service import JobsUnavailable
+
+    try:
+        _submit(job, sagemaker_runtime, s3, bucket, service)
+    except JobsUnavailable:
+        raise
+    except LlmhostError as error:
+        _end_failed(job, error, store)
+        raise
+
+
+def _end_failed(job: Job, error: LlmhostError, store: Any) -> None:
+    from datetime import UTC, datetime
+
+    from llmhost import runtime
+    from llmhost.jobs.record import iso
+
+    store = store or runtime.jobs_store()
+    store.complete(
+        job.id,
+        now_iso=iso(datetime.now(UTC)),
+        error=JobError(code=error.code, message=error.message),
+    )
+
+
+def _submit(job: Job, sagemaker_runtime: Any, s3: Any, bucket: str | None, service: Any) -> None:
     from llmhost import aws, runtime
     from llmhost.serving.requests import ChatCompletionRequest, RagRequest
     from llmhost.serving.routing import route_for
@@ -142,6 +181,8 @@ def submit_async(
         body_source
     )
     record = runtime.registry().get(job.model)
+    if record.status not in {"IN_SERVICE", "UPDATING"} or record.desired_state != "in_service":
+        raise AsyncModelNotInService(record.name, record.status)
     route = route_for(record)
     prepared = service.prepare_offline(route, request)
     from llmhost.serving.service import sources_of
@@ -241,7 +282,7 @@ def notification_outcome(
     """The job id and its outcome from an SNS envelope of an async endpoint's topic.
 
     Reads the output from S3 when SageMaker did not include it, and the job's context.
-    Raises NotAnAsyncNotification for anything else, ServiceFault when S3 fails."""
+    Raises NotAnAsyncNotification for anything else, JobsUnavailable when S3 fails."""
     from llmhost import aws, runtime
 
     raw = envelope.get("Message") if isinstance(envelope, dict) else None
@@ -295,15 +336,17 @@ def _read(s3: Any, bucket: str, key: str) -> bytes:
 
 @contextlib.contextmanager
 def _aws(what: str) -> Iterator[None]:
-    """Turn a botocore error of a call to ``what`` into ServiceFault (retrying can get past
+    """Turn a botocore error of a call to ``what`` into JobsUnavailable (retrying can get past
     it) or AsyncEndpointRefused naming it."""
     try:
         yield
     except (ClientError, BotoCoreError) as error:
+        from llmhost.jobs.service import JobsUnavailable
+
         fault = classify(error)
         detail = f"{type(error).__name__}: {error}"
         if fault is not None:
-            raise ServiceFault(what, fault, log_detail=detail) from error
+            raise JobsUnavailable(what, fault, log_detail=detail) from error
         raise AsyncEndpointRefused(what, detail) from error
 
 
