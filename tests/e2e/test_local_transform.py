@@ -1,13 +1,16 @@
 """End to end in the local stack: a batch runs on Batch Transform for a sleeping deployment.
 
 The product's own path: the reconciler creates the deployment and puts it to sleep (endpoint
-deleted, model kept), the transform runner starts a job on the kept model, the SageMaker
-stand-in runs it (time-compressed) against the local engine through moto's S3, and the
-runner reads every line's answer back, while the endpoint stays asleep.
+deleted, model kept); the openai package uploads a batch file and creates the batch on the
+OpenAI-compatible server; the batch function chooses Batch Transform (the model is asleep)
+and starts a job on the kept model; the SageMaker stand-in runs it (time-compressed) against
+the local engine through moto's S3; the job's state-change event has the batch function
+finalise the batch; the output file has every line's answer. The endpoint stays asleep.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,45 +43,59 @@ def _until(what: str, check: Callable[[], Any], timeout: float = 120) -> Any:
 
 
 def test_a_batch_on_a_sleeping_deployment_runs_on_batch_transform(tmp_path: Path) -> None:
-    from llmhost import runtime
-    from llmhost.batches.lines import BatchLine
-    from llmhost.batches.record import Batch
-    from llmhost.batches.transform_runner import TransformRunner
-    from llmhost.specs import parse_spec
+    from openai import OpenAI
 
-    with local_stack(tmp_path / "qdrant", openai=False, speed=SPEED) as stack:
+    from llmhost import runtime
+    from llmhost.specs import parse_spec
+    from llmhost_local.cloud import LOCAL_API_KEY
+
+    with local_stack(tmp_path / "qdrant", speed=SPEED) as stack:
         # Given a deployment brought into service and put to sleep by the reconciler
         runtime.deployments().create(parse_spec(SPEC))
         _until("IN_SERVICE", lambda: runtime.registry().get(NAME).status == "IN_SERVICE")
         runtime.deployments().sleep(NAME)
         _until("SLEEPING", lambda: runtime.registry().get(NAME).status == "SLEEPING")
-        _until(
-            "the endpoint deleted", lambda: stack.cloud.standin.describe("endpoint", NAME) is None
-        )
-        # When a batch of 120 lines runs on Batch Transform
-        batch = Batch(
-            id="batch_nightly", endpoint="/v1/chat/completions", input_file_id="f", created_at=0
-        )
+        _until("no endpoint", lambda: stack.cloud.standin.describe("endpoint", NAME) is None)
+        # When a batch of 120 lines is created for it with the openai package
+        client = OpenAI(base_url=stack.openai + "/v1", api_key=LOCAL_API_KEY, max_retries=0)
         lines = [
-            BatchLine(
-                n,
-                f"doc-{n}",
-                {
+            {
+                "custom_id": f"doc-{n}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {
                     "model": NAME,
                     "messages": [{"role": "user", "content": f"summarise document {n}"}],
                 },
-            )
+            }
             for n in range(1, 121)
         ]
-        runner = TransformRunner.from_runtime()
-        runner.start(batch, lines)
-        outcomes = _until("every line's outcome", lambda: runner.outcomes(batch, lines) or None)
-        # Then every line is answered from the job's output, and the deployment slept through
-        assert sorted(outcomes) == list(range(1, 121))
-        assert all(o.succeeded for o in outcomes.values()), [
-            o for o in outcomes.values() if not o.succeeded
-        ][:1]
-        assert outcomes[1].body["choices"][0]["message"]["content"]
-        assert runner.status(batch.id) == "Completed"
+        content = "".join(json.dumps(line) + "\n" for line in lines).encode()
+        uploaded = client.files.create(file=("night.jsonl", content), purpose="batch")
+        batch = client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        done = _until(
+            "the batch to end",
+            lambda: (
+                (b := client.batches.retrieve(batch.id)).status
+                in {"completed", "failed", "expired", "cancelled"}
+                and b
+            ),
+        )
+        # Then it ran on Batch Transform and completed, every line answered, in order
+        assert done.status == "completed", done
+        assert (done.model_extra or {}).get("llmhost", {}).get("runner") == "transform"
+        assert done.request_counts.completed == 120 and done.request_counts.failed == 0
+        output = [
+            json.loads(row) for row in client.files.content(done.output_file_id).text.splitlines()
+        ]
+        assert [row["custom_id"] for row in output] == [f"doc-{n}" for n in range(1, 121)]
+        answer = output[0]["response"]["body"]
+        assert output[0]["response"]["status_code"] == 200
+        assert answer["object"] == "chat.completion" and answer["choices"][0]["message"]["content"]
+        jobs = stack.cloud.standin.transforms.list_transform_jobs({})["TransformJobSummaries"]
+        assert [j["TransformJobStatus"] for j in jobs] == ["Completed"]
+        # and the deployment slept throughout
         assert runtime.registry().get(NAME).status == "SLEEPING"
         assert stack.cloud.standin.describe("endpoint", NAME) is None
