@@ -49,12 +49,19 @@ SPECS: dict[str, dict[str, Any]] = {
         },
         "scaling": {"min_capacity": 1, "max_capacity": 4},
     },
+    "async": {
+        "name": "mistral-jobs",
+        "model": {"kind": "hub", "model_id": "mistralai/Mistral-7B-Instruct-v0.2"},
+        "hosting": {"kind": "async", "instance_type": "ml.g5.2xlarge"},
+        "scaling": {"min_capacity": 0, "max_capacity": 2},
+    },
 }
 # A change that makes SageMaker roll the deployment (a new config or component spec).
 ROLLS: dict[str, dict[str, Any]] = {
     "dedicated": {"hosting": {"kind": "dedicated", "instance_type": "ml.g5.4xlarge"}},
     "shared": {"hosting": {**SPECS["shared"]["hosting"], "memory_mb": 16384}},
     "serverless": {"hosting": {**SPECS["serverless"]["hosting"], "memory_mb": 6144}},
+    "async": {"hosting": {"kind": "async", "instance_type": "ml.g5.4xlarge"}},
 }
 
 
@@ -101,7 +108,7 @@ def left_in_aws(harness: Harness) -> dict[str, Any]:
 NOTHING = {**EMPTY, "scalable_targets": [], "scaling_policies": [], "alarms": []}
 
 
-@pytest.mark.parametrize("kind", ["dedicated", "shared", "serverless"])
+@pytest.mark.parametrize("kind", ["dedicated", "shared", "serverless", "async"])
 def test_delete_finishes_when_the_spec_can_no_longer_be_built(
     harness: Harness, api: Any, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
@@ -175,7 +182,7 @@ STATES = {
 # (SageMaker scales it), so it has no SLEEPING case.
 KIND_STATES = [
     (kind, state)
-    for kind in ("dedicated", "shared", "serverless")
+    for kind in ("dedicated", "shared", "serverless", "async")
     for state in STATES
     if not (kind == "serverless" and state == "SLEEPING")
 ]

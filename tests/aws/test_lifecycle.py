@@ -269,7 +269,7 @@ def test_failed_update_rolls_back_and_keeps_serving(harness: Harness) -> None:
     assert old_config in existing(harness)["endpoint_configs"]
 
 
-@pytest.mark.parametrize("kind", ["dedicated", "shared"])
+@pytest.mark.parametrize("kind", ["dedicated", "shared", "async"])
 def test_sleep_and_wake(harness: Harness, kind: str) -> None:
     spec = SPECS[kind]
     name = spec["name"]
@@ -279,7 +279,7 @@ def test_sleep_and_wake(harness: Harness, kind: str) -> None:
     harness.set_desired(name, "sleeping")
     record = harness.settle(name)
     assert record.status == "SLEEPING"
-    if kind == "dedicated":
+    if kind in {"dedicated", "async"}:
         # the endpoint is gone but its config and model stay for a fast wake
         assert existing(harness)["endpoints"] == set()
         assert (
@@ -298,6 +298,10 @@ def test_sleep_and_wake(harness: Harness, kind: str) -> None:
     record = harness.settle(name)
     assert record.status == "IN_SERVICE"
     assert existing(harness) == expected_resources(harness, name)
+    if kind == "async":
+        # (the woken endpoint announces results again, on the same config)
+        described = harness.standin.describe("endpoint", name)
+        assert described["AsyncInferenceConfig"]["OutputConfig"]["NotificationConfig"]
 
 
 def test_pool_survives_while_another_model_uses_it(harness: Harness) -> None:
