@@ -73,6 +73,9 @@ AWS_POOL_CONNECTIONS = API_CONCURRENCY + 40 + 8
 JOBS_POLLERS = 4
 # The batch function's schedule (template.yaml: BatchSweep).
 BATCH_SWEEP_S = 300
+# The batch schedule (template.yaml: BatchSchedule, nightly by default): every 15 minutes of
+# the compressed clock here, so a file dropped under scheduled/ runs within seconds.
+BATCH_SCHEDULE_S = 900
 SCALING_FUNCTION_ARN = f"arn:aws:lambda:{REGION}:123456789012:function:llmhost-scaling"
 DEMO_DEPLOYMENT = {
     "name": "demo",
@@ -149,6 +152,7 @@ class LocalCloud:
         self.serve_module: ModuleType | None = None
         self.batch_module: ModuleType | None = None
         self._batch_lock = threading.Lock()  # the batch function, one invocation at a time
+        self.batch_schedule_runs = 0  # runs of the batch schedule so far
         self.log = lambda line: print(line, flush=True)
 
     # ----------------------------------------------------------------------------- start
@@ -603,16 +607,28 @@ class LocalCloud:
                 self._queue.put(("schedule", events.schedule_event()))
 
     def _sweep_batches(self) -> None:
-        """The batch function's schedule (every 5 minutes in AWS, compressed here): every
-        open batch is advanced, so one a crash left behind finishes."""
+        """The batch function's schedules (compressed): the sweep (every 5 minutes in AWS)
+        advances every open batch, so one a crash left behind finishes; the batch schedule
+        (nightly in AWS, every ``BATCH_SCHEDULE_S`` here) starts a batch for each new file
+        under ``scheduled/`` in the jobs bucket."""
+        last_schedule = time.monotonic()
         while not self._stop.wait(max(self.clock.seconds(BATCH_SWEEP_S), 0.5)):
+            event: dict[str, Any] = {}
+            if time.monotonic() - last_schedule >= self.clock.seconds(BATCH_SCHEDULE_S):
+                last_schedule = time.monotonic()
+                event = {"source": "llmhost.batch-schedule", "action": "start-scheduled"}
             with self._batch_lock:
                 if self.batch_module is None:
                     self.batch_module = load_handler("batch", "llmhost-batch")
                 try:
-                    self.batch_module.handler({}, events.LambdaContext("llmhost-batch"))
+                    result = self.batch_module.handler(event, events.LambdaContext("llmhost-batch"))
                 except Exception as error:  # moto stopping under us, say: try next time
                     self.log(f"  batch sweep failed: {error}")
+                    continue
+            if event:
+                self.batch_schedule_runs += 1
+            for key, batch_id in result.get("scheduled", {}).get("started", {}).items():
+                self.log(f"  batch schedule: {key} started as {batch_id}")
 
     def _deliver(self) -> None:
         assert self.reconcile_module is not None
