@@ -361,7 +361,9 @@ class _HeldStream:
     async def events(self, model: str) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
         outcome: asyncio.Future[Any] = loop.create_future()
-        threading.Thread(target=self._run, args=(loop, outcome), name="held-stream").start()
+        threading.Thread(
+            target=self._run, args=(loop, outcome), name="held-stream", daemon=True
+        ).start()
         keepalive = self._hold.keepalive_s
         try:
             while not outcome.done():
