@@ -527,3 +527,57 @@ def test_a_held_rag_request_retrieves_once_however_many_polls_it_waits(
     # Then it is answered with its sources after the wake, having retrieved them once
     assert answer["answer"] == "awake" and answer["sources"][0]["id"] == "etna"
     assert len(fake_time.slept) > 1 and counting.queries == 1
+
+
+class RecordingJobs:
+    """The job operations, recording what is submitted (the queue is not this test's)."""
+
+    def __init__(self) -> None:
+        self.submitted: list[tuple[str, Any]] = []
+
+    def submit(self, kind: str, request: Any) -> Any:
+        from types import SimpleNamespace
+
+        self.submitted.append((kind, request))
+        return SimpleNamespace(id=f"job-{len(self.submitted):026d}")
+
+    def view(self, job: Any) -> dict[str, Any]:
+        return {"id": job.id, "status": "QUEUED"}
+
+
+def test_a_caller_who_waits_for_an_async_deployment_is_given_a_job(moto_aws: None) -> None:
+    from llmhost.specs import parse_spec
+    from llmhost_local.cloud import load_handler
+
+    # Given an async deployment (its endpoint answers queued requests only)
+    spec = {
+        "name": "slow",
+        "model": {"model_id": "HuggingFaceH4/zephyr-7b-beta"},
+        "hosting": {"kind": "async"},
+    }
+    record = DeploymentRecord(name="slow", spec=parse_spec(spec))
+    runtime.registry().create(record.model_copy(update={"status": "IN_SERVICE"}))
+    jobs = RecordingJobs()
+    runtime.override(
+        serving_service=chat_service(ModelDirectory(runtime.registry), ScaledToZeroRuntime()),
+        jobs=jobs,
+    )
+    module = load_handler("serve", "llmhost-serve")
+    body = {**CHAT, "model": "slow"}
+    # When a client asks it synchronously: 409, naming the jobs route, as before
+    status, _, refused = serve_call(module, body, {})
+    assert status == 409 and refused["error"]["code"] == "model_answers_jobs_only"
+    assert jobs.submitted == []
+    # When it prefers to wait: the request becomes a job
+    status, headers, accepted = serve_call(module, body, {"Prefer": "wait=60"})
+    assert status == 202, accepted
+    assert headers["Location"] == f"/v1/jobs/{accepted['id']}"
+    assert [(kind, r.model) for kind, r in jobs.submitted] == [("chat", "slow")]
+
+
+def test_the_api_document_lists_the_409_of_an_async_deployment(moto_aws: None) -> None:
+    from conftest import api_function
+
+    _, document = api_function()("GET", "/v1/openapi.json")
+    for path in ("/v1/chat/completions", "/v1/rag"):
+        assert "409" in document["paths"][path]["post"]["responses"]

@@ -72,8 +72,9 @@ _STATUSES: dict[int, tuple[str, dict[str, Any], dict[str, Any]]] = {
     404: ("No such deployment, model, collection, document, job or route.", _ERROR, {}),
     409: (
         "The request conflicts with the current state (the name exists, a deletion is "
-        "under way, the GPU capacity cap is reached, a pool name is taken, or the endpoint "
-        "or pool name is a SageMaker endpoint llmhost did not create).",
+        "under way, the GPU capacity cap is reached, a pool name is taken, the endpoint "
+        "or pool name is a SageMaker endpoint llmhost did not create, or a synchronous "
+        "request names an async deployment, which answers only jobs).",
         _ERROR,
         {},
     ),
@@ -130,8 +131,13 @@ ROUTES: dict[tuple[str, str], tuple[int, str, tuple[int, ...]]] = {
     ("get", "/v1/deployments/{name}/scaling"): (200, "Scaling in force", ()),
     ("post", "/v1/plan"): (200, "The plan", ()),
     ("get", "/v1/openapi.json"): (200, "This document", ()),
-    ("post", "/v1/rag"): (200, "The answer with its sources", _MODEL_CALL + _STORE),
-    ("post", "/v1/chat/completions"): (200, "An OpenAI chat completion", _MODEL_CALL + _STORE),
+    # 409: an async deployment answers only jobs (POST /v1/jobs, or Prefer: wait).
+    ("post", "/v1/rag"): (200, "The answer with its sources", (409, *_MODEL_CALL, *_STORE)),
+    ("post", "/v1/chat/completions"): (
+        200,
+        "An OpenAI chat completion",
+        (409, *_MODEL_CALL, *_STORE),
+    ),
     ("get", "/v1/models"): (200, "Deployments as OpenAI models", ()),
     ("get", "/v1/collections"): (200, "The collections", _STORE),
     ("post", "/v1/collections"): (201, "Created", (409, *_STORE)),
@@ -175,7 +181,8 @@ _PREFERENCE_APPLIED = {
 }
 _JOB_ACCEPTED = {
     "description": "The request asked to wait longer than API Gateway's 29 s for a model that "
-    "is waking: it became a job. Poll the Location (GET /v1/jobs/{id}) for its result.",
+    "is waking, or to wait for an async deployment (which answers only jobs): it became a "
+    "job. Poll the Location (GET /v1/jobs/{id}) for its result.",
     "headers": {
         "Location": {"description": "/v1/jobs/{id}", "schema": {"type": "string"}},
         **_PREFERENCE_APPLIED,

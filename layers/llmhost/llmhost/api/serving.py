@@ -33,6 +33,7 @@ from llmhost.api.jobs import mount_job_routes
 from llmhost.errors import LlmhostError
 from llmhost.serving.hold import Hold, HoldOutlastsRequest, HoldPolicy, wait_preference
 from llmhost.serving.requests import ChatCompletionRequest, RagRequest
+from llmhost.serving.routing import AsyncOnlyModel
 
 if TYPE_CHECKING:
     from llmhost.jobs.service import Jobs
@@ -134,6 +135,11 @@ def build_serving_app(
         except HoldOutlastsRequest as outlasting:
             if jobs is None:
                 raise outlasting.refusal from None
+            return _job_response(jobs(), kind, request, applied)
+        except AsyncOnlyModel:
+            # An async deployment answers only jobs: a caller who waits is given one.
+            if jobs is None:
+                raise
             return _job_response(jobs(), kind, request, applied)
 
     @app.post("/v1/rag", summary="Answer a question from a collection, with sources")
