@@ -187,9 +187,11 @@ def test_a_burst_of_held_requests_wakes_the_model_once_and_all_are_answered(
     moto_aws: None,
 ) -> None:
     # Given a component at zero copies, four containers' directories on a compressed clock,
-    # and a scaling function that adds a copy a moment after it is asked
+    # and a scaling function that adds a copy a moment after it is asked. (6x: a minute of
+    # cloud time, after which serving counts a wake as lost or over, lasts 10 s, far longer
+    # than any thread of a loaded machine takes between a refusal and its handling.)
     runtime.registry().create(zero_copies())
-    clock = CloudClock(speed=600)
+    clock = CloudClock(speed=6)
     sagemaker = ScaledToZeroRuntime()
     dispatcher = RecordingDispatcher()
     woken = threading.Event()
