@@ -20,7 +20,7 @@ TEMPLATE = ROOT / "template.yaml"
 EVENTS = ROOT / "events"
 
 # The functions that embed or retrieve, and so carry the embedding and retrieval layers.
-DATA_PLANE = {"ServeFunction", "StreamFunction", "IngestFunction", "JobsFunction"}
+DATA_PLANE = {"ServeFunction", "StreamFunction", "IngestFunction", "JobsFunction", "BatchFunction"}
 CONTROL_PLANE = {"ApiFunction", "ReconcileFunction", "ScalingFunction"}
 
 SCALING_DLQ_ARN = {"Fn::GetAtt": ["ScalingDeadLetterQueue", "Arn"]}

@@ -66,6 +66,7 @@ def test_every_function_runs_python313_arm64_with_the_layer(template: dict[str, 
         "IngestFunction": (2048, 300),
         # Lambda's longest: the jobs worker runs generations API Gateway would cut at 29 s.
         "JobsFunction": (2048, 900),
+        "BatchFunction": (1024, 900),
     }
 
 
@@ -78,6 +79,7 @@ def test_only_the_functions_that_embed_carry_the_embedding_runtime(
     assert layers["ServeFunction"] == data_plane
     assert layers["IngestFunction"] == data_plane
     assert layers["JobsFunction"] == data_plane
+    assert layers["BatchFunction"] == data_plane
     assert layers["StreamFunction"] == [*data_plane, {"Fn::Sub": LWA_LAYER}]
     for name in sam.CONTROL_PLANE:
         # 13 MB instead of 160: the control plane starts fast and never imports them.
@@ -294,6 +296,9 @@ def test_environment_variables_the_code_reads(template: dict[str, Any]) -> None:
         "STREAM_TIMEOUT_S": {"Ref": "StreamTimeout"},
         "API_KEY_REQUESTS_PER_MINUTE": {"Ref": "StreamRequestsPerMinutePerKey"},
         "API_KEY_BURST": {"Ref": "StreamBurstPerKey"},
+        # OpenAI's Files and Batches
+        **{k: v for k, v in JOBS_ENV.items() if k != "JOB_RETENTION_DAYS"},
+        "BATCH_FUNCTION_NAME": {"Ref": "BatchFunction"},
     }
     assert functions["IngestFunction"]["Environment"]["Variables"] == {
         **common,
@@ -309,6 +314,13 @@ def test_environment_variables_the_code_reads(template: dict[str, Any]) -> None:
         "SERVING_TIMEOUT_S": "840",
         "SERVING_MAX_ATTEMPTS": "1",
         "JOBS_MAX_RECEIVE_COUNT": "3",
+        "BATCH_FUNCTION_NAME": {"Ref": "BatchFunction"},
+    }
+    assert functions["BatchFunction"]["Environment"]["Variables"] == {
+        **common,
+        **retrieval,
+        **JOBS_ENV,
+        "POWERTOOLS_SERVICE_NAME": "llmhost-batch",
     }
 
 
@@ -355,6 +367,7 @@ def test_serving_settings_accept_what_the_template_sets(template: dict[str, Any]
         "JobsTable": "llmhost-JobsTable-1ABC",
         "JobsBucket": "llmhost-jobsbucket-1abc",
         "JobsQueue": "https://sqs.us-east-1.amazonaws.com/123456789012/llmhost-JobsQueue-1ABC",
+        "BatchFunction": "llmhost-BatchFunction-1ABC",
     }
     functions = sam.functions(template)
     for name in sam.DATA_PLANE:
@@ -368,7 +381,7 @@ def test_serving_settings_accept_what_the_template_sets(template: dict[str, Any]
         embedding = EmbeddingSettings.from_env(env)
         assert embedding.embedding_backend == "onnx", name
         assert str(embedding.model_dir(env)) == "/opt/llmhost-embedding", name
-        if name == "IngestFunction":
+        if name in {"IngestFunction", "BatchFunction"}:
             continue
         # ... and so do the serving settings, with the timeouts each path needs.
         settings = ServingSettings.model_validate(

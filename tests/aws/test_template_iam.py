@@ -151,7 +151,23 @@ def test_serving_roles_read_the_registry_and_invoke_models_only(template: dict[s
             inputs = json.dumps({"Fn::Sub": "${JobsBucket.Arn}/async/input/*"})
             assert s3 == [("s3:GetObject", jobs), ("s3:PutObject", inputs), ("s3:PutObject", jobs)]
         else:
-            assert not s3
+            # OpenAI's Files and Batches: uploads and output files, a batch's copy of its
+            # input and its listing markers; listing only the batches' index
+            batch_objects = json.dumps(
+                [
+                    {"Fn::Sub": "${JobsBucket.Arn}/files/*"},
+                    {"Fn::Sub": "${JobsBucket.Arn}/batches/*"},
+                ]
+            )
+            assert s3 == [
+                ("s3:DeleteObject", batch_objects),
+                ("s3:GetObject", batch_objects),
+                ("s3:ListBucket", json.dumps({"Fn::GetAtt": ["JobsBucket", "Arn"]})),
+                ("s3:PutObject", batch_objects),
+            ]
+            assert by_sid["BatchListing"]["Condition"] == {
+                "StringLike": {"s3:prefix": "batches/index/*"}
+            }
         assert "iam:PassRole" not in sam.actions(statements)
 
 
@@ -183,6 +199,7 @@ def test_secrets_are_read_only_where_needed(template: dict[str, Any]) -> None:
         "ServeFunction": [qdrant],
         "IngestFunction": [qdrant],
         "JobsFunction": [qdrant],
+        "BatchFunction": [qdrant],
     }
     # The Qdrant grant exists only when a secret is configured (an Fn::If on the condition).
     for role in sam.DATA_PLANE:

@@ -44,6 +44,11 @@ SAGEMAKER_CHANGES = {
 }
 
 
+# A batch's Batch Transform jobs (the batch function).
+TRANSFORM_CREATES = {"sagemaker:CreateTransformJob"}
+TRANSFORM_CHANGES = {"sagemaker:StopTransformJob"}
+
+
 CREATE_CONDITION = {
     "StringEquals": {"aws:RequestTag/llmhost:stack": {"Ref": "AWS::StackName"}},
     "ForAnyValue:StringEquals": {"aws:TagKeys": ["llmhost:stack"]},
@@ -66,11 +71,19 @@ def test_sagemaker_changes_are_scoped_to_resources_tagged_for_this_stack(
             writes.setdefault(role, set()).update(changes)
             where, condition = f"{role}/{statement['Sid']}", statement.get("Condition")
             # Then updates and deletes need the resource's llmhost:stack tag to be this stack
-            if changes <= SAGEMAKER_CHANGES:
+            if changes <= SAGEMAKER_CHANGES | TRANSFORM_CHANGES:
                 assert condition == OWN_RESOURCES_ONLY, where
             # creates must put that tag on what they create
-            elif changes <= SAGEMAKER_CREATES:
+            elif changes <= SAGEMAKER_CREATES | TRANSFORM_CREATES:
                 assert condition == CREATE_CONDITION, where
+            elif role == "BatchFunctionRole":
+                assert changes == {"sagemaker:AddTags"}, f"{where} mixes kinds: {changes}"
+                assert condition == {
+                    "StringEquals": {
+                        "sagemaker:TaggingAction": ["CreateTransformJob"],
+                        "aws:RequestTag/llmhost:stack": {"Ref": "AWS::StackName"},
+                    }
+                }, where
             # and tags are added only by those creates, never to an existing resource
             else:
                 assert changes == {"sagemaker:AddTags"}, f"{where} mixes kinds: {changes}"
@@ -92,6 +105,8 @@ def test_sagemaker_changes_are_scoped_to_resources_tagged_for_this_stack(
             "sagemaker:UpdateInferenceComponentRuntimeConfig",
             "sagemaker:UpdateEndpointWeightsAndCapacities",
         },
+        # and the batch function runs a batch's transform jobs
+        "BatchFunctionRole": TRANSFORM_CREATES | TRANSFORM_CHANGES | {"sagemaker:AddTags"},
     }
 
 
