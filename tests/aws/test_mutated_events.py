@@ -33,10 +33,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import EVENTS, load_event
+from conftest import EVENTS, ROOT, load_event
 from llmhost import aws
 from llmhost_local.cloud import load_handler
 from llmhost_local.events import LambdaContext
+from llmhost_local.queues import jobs_source, provision_jobs
 
 SAMPLES = {p.name: json.loads(p.read_text()) for p in sorted(Path(EVENTS).glob("*.json"))}
 
@@ -159,6 +160,11 @@ def handlers(standin: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> d
     """Every function's handler against moto and the SageMaker stand-in, with a deployment,
     the sample bucket and its object in place so the samples reach deep."""
     monkeypatch.setenv("QDRANT_PATH", str(tmp_path / "qdrant"))
+    # The jobs' table, bucket and queue, for the serve function's Jobs API samples.
+    source = jobs_source(ROOT / "template.yaml")
+    jobs = provision_jobs(aws.client("dynamodb"), aws.client("s3"), aws.client("sqs"), source)
+    for key, value in jobs.environment(source.max_receive_count).items():
+        monkeypatch.setenv(key, value)
     loaded = {
         function: load_handler(function, f"llmhost-{function}")
         for function in ("api", "serve", "reconcile", "scaling", "ingest")
