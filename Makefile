@@ -20,7 +20,7 @@ PY313_DIR := $(if $(PY313),$(patsubst %/,%,$(dir $(PY313))),)
 SAM_ENV := AWS_DEFAULT_REGION=us-east-1 SAM_CLI_TELEMETRY=0 PATH="$(PY313_DIR):$$PATH"
 
 .PHONY: run test check lint typecheck unit checkov sam-validate sam-build build images embedding-model \
-	bench-coldstart bench-retrieval bench-serving bench-scaling bench-load clean
+	bench-coldstart bench-retrieval bench-serving bench-scaling bench-load bench-batch clean
 
 # The product (llmhost, with the test tools) and local/'s emulated AWS and trace replay.
 $(VENV)/.installed: pyproject.toml local/pyproject.toml
@@ -108,6 +108,11 @@ bench-scaling: $(VENV)/.installed
 ## bench-serving: llmhost overhead and time to first token vs the bare engine, function sizes
 bench-serving: $(VENV)/.installed $(SAM_VENV)/.installed embedding-model
 	$(SAM_ENV) $(PY) bench/serving.py
+
+## bench-batch: 1,000 OpenAI batch lines through the local stack with one worker crash injected:
+## lines done, lost, duplicated, throughput, overhead over the engine called directly
+bench-batch: $(VENV)/.installed
+	$(PY) bench/batch.py $(if $(LINES),--lines $(LINES)) $(if $(RUNS),--runs $(RUNS))
 
 ## bench-load: mixed deployment/chat/RAG/ingest traffic from concurrent clients against a
 ## local stack (CLIENTS=200, REQUESTS=2000, DURATION=120 s: whichever ends first)

@@ -73,6 +73,7 @@ AWS_POOL_CONNECTIONS = API_CONCURRENCY + 40 + 8
 JOBS_POLLERS = 4
 # The batch function's schedule (template.yaml: BatchSweep).
 BATCH_SWEEP_S = 300
+BATCH_SWEEP_MIN_S = 5.0
 # The batch schedule (template.yaml: BatchSchedule, nightly by default): every 15 minutes of
 # the compressed clock here, so a file dropped under scheduled/ runs within seconds.
 BATCH_SCHEDULE_S = 900
@@ -612,7 +613,9 @@ class LocalCloud:
         (nightly in AWS, every ``BATCH_SCHEDULE_S`` here) starts a batch for each new file
         under ``scheduled/`` in the jobs bucket."""
         last_schedule = time.monotonic()
-        while not self._stop.wait(max(self.clock.seconds(BATCH_SWEEP_S), 0.5)):
+        # At least BATCH_SWEEP_MIN_S apart: a sweep reads every open batch's lines and jobs,
+        # and at 600x one every 0.5 s would take the CPU the jobs worker needs.
+        while not self._stop.wait(max(self.clock.seconds(BATCH_SWEEP_S), BATCH_SWEEP_MIN_S)):
             event: dict[str, Any] = {}
             if time.monotonic() - last_schedule >= self.clock.seconds(BATCH_SCHEDULE_S):
                 last_schedule = time.monotonic()

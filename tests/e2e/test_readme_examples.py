@@ -73,7 +73,8 @@ def test_ingest_then_stream_with_sources_as_the_readme_shows(stack: tuple[str, s
     assert done.returncode == 0, done.stdout + done.stderr
 
     # When the README's openai snippet runs (only its port changed)
-    [snippet] = [b for b in _blocks("python") if "from openai import OpenAI" in b]
+    # (the quick start's: the one asking for RAG; other sections have snippets of their own)
+    [snippet] = [b for b in _blocks("python") if "from openai import OpenAI" in b and '"rag"' in b]
     assert "http://127.0.0.1:8081/v1" in snippet
     code = snippet.replace("http://127.0.0.1:8081", openai_url)
     printed = io.StringIO()
