@@ -5,7 +5,6 @@ backlog metrics, and the step policy an alarm runs to bring an instance up."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +17,12 @@ from llmhost_local.runtime_front import RuntimeFront, serve_front
 from llmhost_local.scaling_actions import StepScalingActions
 
 BUCKET = "llmhost-jobs"
+ASYNC_SPEC = {
+    "name": "jobs",
+    "model": {"kind": "hub", "model_id": "HuggingFaceH4/zephyr-7b-beta"},
+    "hosting": {"kind": "async", "instance_type": "ml.g5.2xlarge"},
+    "scaling": {"min_capacity": 0, "max_capacity": 1},
+}
 CONFIG = {
     "ClientConfig": {"MaxConcurrentInvocationsPerInstance": 2},
     "OutputConfig": {
@@ -313,58 +318,42 @@ def test_backlog_target_tracking_scales_in_to_zero_on_an_empty_queue_and_out_on_
 
 
 def test_a_job_for_an_async_deployment_that_is_not_in_service_ends_failed_saying_why(
-    moto_aws: None,
+    moto_aws: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from datetime import UTC, datetime
     from pathlib import Path
 
     from llmhost import aws, runtime
-    from llmhost.jobs.async_endpoint import AsyncModelNotInService, submit_async
-    from llmhost.jobs.record import Job, iso, new_job_id
-    from llmhost.jobs.store import JobStore
+    from llmhost.jobs.async_endpoint import AsyncModelNotInService
+    from llmhost.jobs.service import Jobs
     from llmhost.lifecycle.record import DeploymentRecord
     from llmhost.specs import parse_spec
     from llmhost_local.queues import jobs_source, provision_jobs
 
-    # Given an async deployment that sleeps, and a job for it in the jobs table
+    # Given an async deployment that sleeps
     jobs = provision_jobs(
         aws.client("dynamodb"),
         aws.client("s3"),
         aws.client("sqs"),
         jobs_source(Path(__file__).resolve().parents[2] / "template.yaml"),
     )
-    spec = {
-        "name": "jobs",
-        "model": {"kind": "hub", "model_id": "HuggingFaceH4/zephyr-7b-beta"},
-        "hosting": {"kind": "async", "instance_type": "ml.g5.2xlarge"},
-        "scaling": {"min_capacity": 0, "max_capacity": 1},
-    }
-    record = DeploymentRecord(name="jobs", spec=parse_spec(spec))
+    for name, value in jobs.environment(3).items():
+        monkeypatch.setenv(name, value)
+    record = DeploymentRecord(name="jobs", spec=parse_spec(ASYNC_SPEC))
     runtime.registry().create(record.model_copy(update={"status": "SLEEPING"}))
-    store = JobStore(aws.client("dynamodb"), jobs.table)
-    job = Job(
-        id=new_job_id(),
-        kind="chat",
-        model="jobs",
-        request={"model": "jobs", "messages": [{"role": "user", "content": "hi"}]},
-        created_at=iso(datetime.now(UTC)),
-        expires_at=2_000_000_000,
-        route="async",
-    )
-    store.create(job)
-    # When it is submitted
+    # When a job is submitted for it
+    service = Jobs.from_runtime()
     with pytest.raises(AsyncModelNotInService) as refused:
-        submit_async(job, store=store, bucket=jobs.bucket)
+        service.submit("chat", {"model": "jobs", "messages": [{"role": "user", "content": "hi"}]})
     # Then nothing was sent, the caller gets a 409 that says how to go on, and the job ended
     # FAILED with the same words (it will never run)
     assert refused.value.status == 409 and "/v1/deployments/jobs/wake" in refused.value.message
-    ended = store.get(job.id)
+    (ended,) = service.store.list(model="jobs").jobs
     assert ended.status == "FAILED" and ended.error is not None
     assert ended.error.code == "model_not_ready" and "SLEEPING" in ended.error.message
 
 
 def test_a_throttled_submission_is_the_jobs_retryable_fault_and_its_job_ends_failed(
-    moto_aws: None,
+    moto_aws: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from pathlib import Path
 
@@ -384,14 +373,8 @@ def test_a_throttled_submission_is_the_jobs_retryable_fault_and_its_job_ends_fai
         jobs_source(Path(__file__).resolve().parents[2] / "template.yaml"),
     )
     for name, value in jobs.environment(3).items():
-        os.environ[name] = value
-    spec = {
-        "name": "jobs",
-        "model": {"kind": "hub", "model_id": "HuggingFaceH4/zephyr-7b-beta"},
-        "hosting": {"kind": "async", "instance_type": "ml.g5.2xlarge"},
-        "scaling": {"min_capacity": 0, "max_capacity": 1},
-    }
-    record = DeploymentRecord(name="jobs", spec=parse_spec(spec))
+        monkeypatch.setenv(name, value)
+    record = DeploymentRecord(name="jobs", spec=parse_spec(ASYNC_SPEC))
     runtime.registry().create(record.model_copy(update={"status": "IN_SERVICE"}))
     throttled = aws.client("sagemaker-runtime")
     stubber = Stubber(throttled)

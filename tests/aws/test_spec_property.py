@@ -28,7 +28,7 @@ from pydantic.fields import FieldInfo
 from llmhost import catalog, instances, limits, specs
 from llmhost.lifecycle import planner as p
 from llmhost.lifecycle.applier import SageMakerApplier
-from llmhost.lifecycle.desired import DesiredResources, ScheduleTarget
+from llmhost.lifecycle.desired import AsyncTarget, DesiredResources, ScheduleTarget
 from llmhost.lifecycle.reconciler import resolve_desired
 from llmhost.lifecycle.record import DeploymentRecord
 from llmhost_local.cloud import load_handler
@@ -41,6 +41,12 @@ SCHEDULES = ScheduleTarget(
     function_arn="arn:aws:lambda:us-east-1:123456789012:function:llmhost-scaling",
     role_arn="arn:aws:iam::123456789012:role/llmhost-scheduler",
     dead_letter_arn="arn:aws:sqs:us-east-1:123456789012:llmhost-scaling-dlq",
+)
+# The stack's settings for async endpoints (the reconciler refuses to create one without).
+ASYNC = AsyncTarget(
+    bucket="llmhost-jobs-123456789012",
+    success_topic="arn:aws:sns:us-east-1:123456789012:llmhost-AsyncSuccessTopic-1A2B3C",
+    error_topic="arn:aws:sns:us-east-1:123456789012:llmhost-AsyncErrorTopic-4D5E6F",
 )
 MISSING = object()
 
@@ -237,7 +243,7 @@ def creation_actions(d: DesiredResources) -> list[p.Action]:
 
 def request_problems(spec: specs.DeploymentSpec) -> list[str]:
     """What AWS would refuse among the requests that deploy ``spec``."""
-    desired = resolve_desired(spec, "us-east-1", ROLE_ARN, SCHEDULES)
+    desired = resolve_desired(spec, "us-east-1", ROLE_ARN, SCHEDULES, async_target=ASYNC)
     recorder = Recorder()
     applier = SageMakerApplier(
         recorder.client("sagemaker"),

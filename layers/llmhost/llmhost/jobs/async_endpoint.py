@@ -131,38 +131,14 @@ def submit_async(
     s3: Any = None,
     bucket: str | None = None,
     service: Any = None,
-    store: Any = None,
 ) -> None:
     """Queue ``job`` on its deployment's async endpoint (``InferenceId`` = the job id).
 
-    Raises ``JobsUnavailable`` when SageMaker or S3 fails in a way a retry can get past (the
-    caller ends the job FAILED with it); any other refusal (the deployment not in service,
-    a request the real-time route would refuse, SageMaker refusing for good) ends the job
-    FAILED here with its code and message, and is raised. The clients, bucket, serving
-    service and job store default to the runtime's."""
-    from llmhost.jobs.service import JobsUnavailable
-
-    try:
-        _submit(job, sagemaker_runtime, s3, bucket, service)
-    except JobsUnavailable:
-        raise
-    except LlmhostError as error:
-        _end_failed(job, error, store)
-        raise
-
-
-def _end_failed(job: Job, error: LlmhostError, store: Any) -> None:
-    from datetime import UTC, datetime
-
-    from llmhost import runtime
-    from llmhost.jobs.record import iso
-
-    store = store or runtime.jobs_store()
-    store.complete(
-        job.id,
-        now_iso=iso(datetime.now(UTC)),
-        error=JobError(code=error.code, message=error.message),
-    )
+    Raises ``JobsUnavailable`` when SageMaker or S3 fails in a way a retry can get past, and
+    a typed 4xx for anything else (the deployment not in service, a request the real-time
+    route would refuse, SageMaker refusing for good): ``Jobs.submit`` ends the job FAILED
+    with either. The clients, bucket and serving service default to the runtime's."""
+    _submit(job, sagemaker_runtime, s3, bucket, service)
 
 
 def _submit(job: Job, sagemaker_runtime: Any, s3: Any, bucket: str | None, service: Any) -> None:
