@@ -154,7 +154,11 @@ def test_a_transform_job_answers_every_line_of_a_sleeping_deployment_once(world:
     assert result["object"] == "chat.completion" and result["model"] == MODEL
     assert result["choices"][0]["message"]["content"]
     assert result["usage"]["completion_tokens"] > 0
-    # and the poll after the event (or a duplicate event) reads the same answers
+    # and the poll after the event (or a duplicate event), even a while later, reads the
+    # same answers, so a batch finalised twice writes the same files
+    ended = world.sagemaker.describe_transform_job(TransformJobName=name)["TransformEndTime"]
+    assert result["created"] == int(ended.timestamp())
+    world.clock.advance(5)
     assert world.runner.outcomes(batch, lines) == outcomes
 
 

@@ -324,7 +324,8 @@ def decode_part(
         except ModelInvocationError as error:
             outcomes[meta["line"]] = LineOutcome.refused(error.status, error.code, error.message)
             continue
-        result = line_result(meta, str(manifest_["model"]), completion)
+        created = int(manifest_.get("ended_at") or 0)
+        result = line_result(meta, str(manifest_["model"]), completion, created)
         outcomes[meta["line"]] = LineOutcome.answered(result)
     return outcomes
 
@@ -351,8 +352,13 @@ def _missing(failure: str, manifest_: Mapping[str, Any]) -> tuple[str, str]:
     return failure, message
 
 
-def line_result(meta: Mapping[str, Any], model: str, completion: Completion) -> dict[str, Any]:
-    """The job's result: the body the synchronous route answers (chat.completion or RAG)."""
+def line_result(
+    meta: Mapping[str, Any], model: str, completion: Completion, created: int | None = None
+) -> dict[str, Any]:
+    """A line's answer: the body the synchronous route answers (chat.completion or RAG).
+
+    ``created`` (Unix seconds; now when None): a transform job's end, so every reading of
+    the same output gives the same body and a batch finalised twice writes the same files."""
     from llmhost.serving.service import usage_of
 
     usage = usage_of(
@@ -375,7 +381,7 @@ def line_result(meta: Mapping[str, Any], model: str, completion: Completion) -> 
     return {
         "id": f"chatcmpl-{digest[:32]}",
         "object": "chat.completion",
-        "created": int(time.time()),
+        "created": int(time.time()) if created is None else created,
         "model": model,
         "choices": [
             {

@@ -305,6 +305,8 @@ class TransformRunner:
             return found
         status = str(described["TransformJobStatus"])
         document["failure_reason"] = described.get("FailureReason", "")
+        ended = described.get("TransformEndTime")
+        document["ended_at"] = int(ended.timestamp()) if ended is not None else 0
         outputs = self._outputs(layout)
         for number in range(len(document["parts"])):
             key = outputs.get(part_name(number) + ".out")
