@@ -439,3 +439,17 @@ def test_cancelling_an_async_job_publishes_its_ending(
     # And the endpoint's late answer changes nothing
     assert world.jobs.complete(job.id, result={"answer": "late"}) is False
     assert world.status(job.id) == "CANCELLED" and world.serving.calls == []
+
+
+def test_a_job_message_for_a_running_async_job_never_runs_it_again(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmhost.jobs import async_endpoint
+
+    world.hosting["slow"] = "async"
+    monkeypatch.setattr(async_endpoint, "submit_async", lambda job: None)
+    job = world.jobs.submit("chat", {**CHAT, "model": "slow"})
+    # When a message naming it is delivered (its endpoint has it: only its notification ends it)
+    assert world.jobs.run(job.id) == "done"
+    # Then the worker does not call the model through the real-time path
+    assert world.serving.calls == [] and world.status(job.id) == "QUEUED"

@@ -256,6 +256,8 @@ class Jobs:
             if job.notified_at is None:
                 self._notify(job)  # ended (cancelled, or its event failed to go out)
             return "done"
+        if job.route == "async":
+            return "done"  # its endpoint runs it; the endpoint's notification completes it
         claimed = self.store.claim(
             job_id, now_s=self._now(), now_iso=self._iso(), lease_s=self.config.lease_s
         )
