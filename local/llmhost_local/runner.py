@@ -91,7 +91,14 @@ request ({speed:g}x its 5 idle minutes); the console shows each step. Then ask i
   curl -si "${{AUTH[@]}}" -X POST {api}/v1/chat/completions \\
        -H 'Content-Type: application/json' \\
        -d '{{"model": "zero-demo", "messages": [{{"role": "user", "content": "hi"}}]}}'
-The first answer is 503 with Retry-After and wakes it; ask again a few seconds later.
+The first answer is 503 with Retry-After and wakes it; ask again a few seconds later, or
+add -H 'Prefer: wait=30' to be held until it is up and answered then.
+
+Work that may outlast a request (a job: 202 and a Location to poll):
+  curl -si "${{AUTH[@]}}" -X POST {api}/v1/jobs -H 'Content-Type: application/json' \\
+       -d '{{"type": "chat", "body": {{"model": "demo",
+            "messages": [{{"role": "user", "content": "hi"}}]}}}}'
+Many requests at once: OpenAI's Batch API on {openai}/v1 (README, "Batch").
 """
 BANNER_NO_DEMO = """
 No deployment is being created (--no-demo): POST one to {api}/v1/deployments.
