@@ -97,16 +97,17 @@ def test_cancel_through_the_client(
 
     # Given a running batch and one that failed validation
     uploaded = client.files.create(file=("in.jsonl", _rows("a")), purpose="batch")
+    not_jsonl = client.files.create(file=("bad.jsonl", b"not json"), purpose="batch")
 
-    def create(runner: str) -> Any:
+    def create(file_id: str) -> Any:
         return client.batches.create(
-            input_file_id=uploaded.id,
+            input_file_id=file_id,
             endpoint="/v1/chat/completions",
             completion_window="24h",
-            metadata={"llmhost_runner": runner},
+            metadata={"llmhost_runner": "scripted"},
         )
 
-    running, failed = create("scripted"), create("no-such-runner")
+    running, failed = create(uploaded.id), create(not_jsonl.id)
     assert failed.status == "failed"
     # When both are cancelled
     # Then the running one is (its one queued line never ran), the ended one refuses
@@ -140,6 +141,20 @@ def test_cancel_through_the_client(
             },
             404,
             "file_id",
+        ),
+        (
+            "POST",
+            "/v1/batches",
+            {
+                "json": {
+                    "input_file_id": "file-missing",
+                    "endpoint": "/v1/chat/completions",
+                    "completion_window": "24h",
+                    "metadata": {"llmhost_runner": "carrier-pigeon"},
+                }
+            },
+            400,
+            "metadata.llmhost_runner",
         ),
         ("POST", "/v1/files", {"json": {"purpose": "batch"}}, 415, None),
         ("POST", "/v1/files", {"files": {"file": ("a.jsonl", b"{}")}}, 400, "purpose"),

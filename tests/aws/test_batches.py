@@ -12,6 +12,7 @@ import pytest
 from llmhost.batches import runners
 from llmhost.batches.lines import BatchLine, LineOutcome
 from llmhost.batches.record import Batch
+from llmhost.batches.runners import UnknownRunner
 from llmhost.batches.service import Batches, BatchNotCancellable, BatchRequestInvalid
 from llmhost.batches.store import BatchNotFound, BatchStore, FileNotFound
 
@@ -272,11 +273,15 @@ def test_a_request_this_server_cannot_take_names_its_field(
     assert refused.value.param == param
 
 
-def test_an_unknown_runner_fails_the_batch_naming_the_choices(batches: Batches) -> None:
-    batch = _create(batches, [_line("a")], runner="carrier-pigeon")
-    assert batch.status == "failed"
-    assert batch.errors is not None
-    assert "fanout" in batch.errors.data[0].message
+def test_an_unknown_runner_is_refused_at_create_naming_the_choices(batches: Batches) -> None:
+    # Given a file, When a batch names a runner this server does not have
+    upload = batches.upload("input.jsonl", "batch", _line("a").encode())
+    with pytest.raises(UnknownRunner) as refused:
+        batches.create(upload.id, ENDPOINT, "24h", {"llmhost_runner": "carrier-pigeon"})
+    # Then the request is refused naming the field and the choices, and no batch is left
+    assert refused.value.param == "metadata.llmhost_runner"
+    assert "fanout" in refused.value.message
+    assert batches.page(None, 100) == ([], False)
 
 
 def test_a_named_start_runs_once_per_id(batches: Batches) -> None:

@@ -135,7 +135,8 @@ class Batches:
         started by ``advance``; invalid lines fail it, with ``errors`` naming them).
 
         Raises BatchRequestInvalid (400) for an endpoint, window or metadata this server
-        does not take, FileNotFound (404) for an unknown input file.
+        does not take, UnknownRunner (400) for a ``metadata.llmhost_runner`` it does not
+        have, FileNotFound (404) for an unknown input file.
         """
         if endpoint not in ENDPOINTS:
             raise BatchRequestInvalid(
@@ -148,6 +149,11 @@ class Batches:
                 "completion_window",
             )
         _check_metadata(metadata)
+        # Refused here rather than when the batch starts: a runner this server does not
+        # have would otherwise leave a batch that answered 200 and then failed.
+        asked = (metadata or {}).get(RUNNER_KEY)
+        if asked and asked != "auto" and asked not in runners.registered():
+            raise runners.UnknownRunner(asked)
         source = self.store.get_file(input_file_id)
         if source.purpose != "batch":
             raise BatchRequestInvalid(
