@@ -94,7 +94,15 @@ class World:
             serving=lambda: self.serving,  # type: ignore[arg-type,return-value]
             hosting_of=self.hosting.get,
         )
-        runtime.override(jobs=self.jobs)
+        # A batch line's job is counted on its batch (none here: the count finds no batch).
+        runtime.override(
+            jobs=self.jobs,
+            jobs_settings=runtime.JobsSettings(
+                jobs_table=self.resources.table,
+                jobs_bucket=self.resources.bucket,
+                jobs_queue_url=self.resources.queue_url,
+            ),
+        )
         handler = load_handler("jobs", "llmhost-jobs").handler
         self.answers: list[dict[str, Any]] = []
 

@@ -22,6 +22,8 @@ ACTIONS = {
     "s3:HeadObject": ["s3:GetObject"],
     "s3:CopyObject": ["s3:GetObject", "s3:PutObject"],
     "lambda:Invoke": ["lambda:InvokeFunction"],
+    # SQS authorizes a batch call by its single action's name.
+    "sqs:SendMessageBatch": ["sqs:SendMessage"],
 }
 RESOURCES = {TABLE: "JobsTable", "llmhost-registry-test": "RegistryTable"}
 
@@ -63,6 +65,15 @@ def _granted(template: dict[str, Any], role: str, calls: list[tuple[str, dict[st
     grants = sam.grants(template, role)
     assert calls, "nothing was recorded"
     for call, params in calls:
+        if call == "dynamodb:TransactWriteItems":
+            # IAM authorizes each item of a transaction by its own action, on its table.
+            for item in params["TransactItems"]:
+                ((kind, action_params),) = item.items()
+                action = f"dynamodb:{kind}Item"  # Put, Update, Delete, ConditionCheck
+                assert action in grants, f"{role} lacks {action} (in a transaction)"
+                table = action_params["TableName"]
+                assert RESOURCES[table] in json.dumps(grants[action]), (role, action, table)
+            continue
         for action in ACTIONS.get(call, [call]):
             assert action in grants, f"{role} lacks {action} ({call})"
             resources = json.dumps(grants[action])
@@ -136,6 +147,8 @@ def test_batch_calls_are_granted_to_the_function_that_makes_them(
     # When the batch function advances it: validates, starts its lines (one refused)
     del aws_calls[:]
     batches.advance(batch.id)
+    assert "dynamodb:TransactWriteItems" in {call for call, _ in aws_calls}
+    assert "sqs:SendMessageBatch" in {call for call, _ in aws_calls}
     _granted(template, "BatchFunctionRole", aws_calls)
     # And the jobs worker ends its remaining line and counts it (handing the batch over)
     jobs = runtime.jobs()

@@ -28,6 +28,8 @@ _GET_BATCH = 100
 
 # Lines submitted at once: each is a few requests (the model's record, the job, the queue).
 SUBMIT_THREADS = 8
+# New lines submitted together: the jobs' store creates this many in one transaction.
+SUBMIT_GROUP = 25
 
 
 class FanOutRunner:
@@ -41,8 +43,12 @@ class FanOutRunner:
         s3: Any,
         table: str,
         bucket: str,
+        submit_many: Callable[[Batch, Sequence[BatchLine]], list[BatchLine]] | None = None,
     ) -> None:
+        """``submit_many(batch, lines)`` submits new lines together and returns those left
+        for ``submit``; None: every line goes through ``submit``."""
         self._submit = submit
+        self._submit_many = submit_many
         self._cancel_job = cancel_job
         self._ddb = dynamodb
         self._s3 = s3
@@ -60,7 +66,7 @@ class FanOutRunner:
             jobs = runtime.jobs()
             job_id = line_job_id(batch.id, line.line)
             try:
-                jobs.submit(
+                stored = jobs.submit(
                     "chat", line.body, job_id=job_id, batch_id=batch.id, custom_id=line.custom_id
                 )
             except LlmhostError as refused:
@@ -69,6 +75,21 @@ class FanOutRunner:
                 # The line's own fault (no such model): its job ends FAILED at once, so the
                 # error file has it and a resumed batch finds it ended.
                 refuse_line(jobs.store, batch, line, refused)
+                return
+            settle_line(jobs.store, batch.id, stored)
+
+        def submit_many(batch: Batch, lines: Sequence[BatchLine]) -> list[BatchLine]:
+            from llmhost.jobs.service import Submission
+
+            by_id = {line_job_id(batch.id, line.line): line for line in lines}
+            left = runtime.jobs().submit_new(
+                "chat",
+                [
+                    Submission(job_id, line.body, batch_id=batch.id, custom_id=line.custom_id)
+                    for job_id, line in by_id.items()
+                ],
+            )
+            return [by_id[submission.job_id] for submission in left]
 
         def cancel_job(job_id: str) -> None:
             # Running or ended: it is kept; never submitted: there is nothing to stop.
@@ -82,14 +103,34 @@ class FanOutRunner:
             aws.client("s3"),
             settings.jobs_table,
             settings.jobs_bucket,
+            submit_many=submit_many,
         )
 
     def start(self, batch: Batch, lines: Sequence[BatchLine]) -> None:
         """Submit every line's job; a line already submitted is found, not redone. Raises
-        the first failure after every line was tried (the next advance tries again)."""
+        the first failure after every line was tried (the next advance tries again).
+
+        New lines go SUBMIT_GROUP at a time (a transaction creating their jobs only if none
+        exists, then their messages in batches); the lines a group leaves (one of its jobs
+        existed: a resumed batch; a line that cannot go with others) go one by one."""
+        groups = [lines[n : n + SUBMIT_GROUP] for n in range(0, len(lines), SUBMIT_GROUP)]
         with ThreadPoolExecutor(SUBMIT_THREADS, thread_name_prefix="batch-submit") as pool:
-            for future in [pool.submit(self._submit, batch, line) for line in lines]:
-                future.result()
+            if self._submit_many is not None:
+                submit_many = self._submit_many
+                grouped = [pool.submit(submit_many, batch, group) for group in groups]
+                failure: BaseException | None = None
+                single: list[BatchLine] = []
+                for future in grouped:
+                    try:
+                        single.extend(future.result())
+                    except LlmhostError as error:
+                        failure = failure or error
+                if failure is not None:
+                    raise failure
+            else:
+                single = list(lines)
+            for each in [pool.submit(self._submit, batch, line) for line in single]:
+                each.result()
 
     def cancel(self, batch: Batch, lines: Sequence[BatchLine]) -> None:
         """Cancel the lines whose jobs are still queued."""
@@ -155,7 +196,7 @@ class FanOutRunner:
 
 def refuse_line(store: Any, batch: Batch, line: BatchLine, refused: LlmhostError) -> None:
     """Store the line's job as FAILED with ``refused`` (the route's error for its body), and
-    count it, once: a second call finds the job and counts nothing."""
+    count it (``settle_line``): a second call finds the job told and counts nothing."""
     from llmhost import runtime
     from llmhost.jobs.record import Job, JobError, iso
 
@@ -173,11 +214,22 @@ def refuse_line(store: Any, batch: Batch, line: BatchLine, refused: LlmhostError
         custom_id=line.custom_id,
         expires_at=int(now.timestamp()) + runtime.jobs_settings().job_retention_days * 86400,
     )
-    _, created = store.create(job)
-    if created:
-        from llmhost.batches.progress import line_finished
+    stored, _ = store.create(job)
+    settle_line(store, batch.id, stored)
 
-        line_finished(batch.id, "FAILED")
+
+def settle_line(store: Any, batch_id: str, job: Any) -> None:
+    """Count a line whose job ended without being told (refused at submission, or a resume
+    found it so), then mark it told: a crash between the two counts it again on the next
+    resume (an over-count, which only makes the batch look at its lines early), never
+    leaves it uncounted. A job still queued or running, or already told, is left."""
+    from llmhost.batches.progress import line_finished
+    from llmhost.jobs.record import iso
+
+    if not job.terminal or job.notified_at is not None:
+        return
+    line_finished(batch_id, job.status)
+    store.mark_notified(job.id, now_iso=iso(datetime.now(UTC)))
 
 
 def status_of(code: str) -> int:

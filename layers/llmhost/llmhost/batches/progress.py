@@ -20,8 +20,15 @@ def line_finished(batch_id: str, status: str) -> None:
     finalise the batch on its last line. Raises the store's typed errors; a batch whose last
     line's call failed is finished by the schedule's ``advance``."""
     from llmhost import runtime
+    from llmhost.batches.store import BatchNotFound
 
-    batch = runtime.batches().store.count_line(batch_id, status == "SUCCEEDED")
+    try:
+        batch = runtime.batches().store.count_line(batch_id, status == "SUCCEEDED")
+    except BatchNotFound:
+        # No batch to count on (deleted, or a job given a batch id by hand): nothing waits
+        # for this count, and retrying the message would not make one appear.
+        logger.warning("a batch line's job names no batch", extra={"batch_id": batch_id})
+        return
     counts = batch.request_counts
     # A batch still starting checks its lines itself once they are all submitted.
     if batch.status in {"in_progress", "cancelling"} and (

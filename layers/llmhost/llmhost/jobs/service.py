@@ -25,7 +25,7 @@ import importlib.util
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -58,12 +58,26 @@ MAX_REQUEUES = 48
 EVENT_SOURCE = "llmhost"
 EVENT_DETAIL_TYPE = "Job Completed"
 
+# SendMessageBatch takes up to 10 entries (and 256 KB in all; a job's message is its id).
+SEND_BATCH_LIMIT = 10
+
 Outcome = Literal["done", "retry"]
 RequestModel = ChatCompletionRequest | RagRequest
 
 
 class JobsUnavailable(ServiceFault):
     """The queue, the bucket or the event bus failed in a way retrying can get past."""
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A job to submit with others (``Jobs.submit_new``): its id and request, as ``submit``
+    takes them."""
+
+    job_id: str
+    request: Any
+    batch_id: str | None = None
+    custom_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -201,6 +215,54 @@ class Jobs:
             raise
         return stored
 
+    def submit_new(self, kind: Kind, submissions: Sequence[Submission]) -> list[Submission]:
+        """Queue many jobs in a few calls (a batch's lines): created CREATE_MANY_LIMIT a
+        transaction, each only if its id is new, and their messages sent 10 a call.
+
+        Returns the submissions left for ``submit``, one by one: a body the route refuses, a
+        model missing or on an asynchronous endpoint, a request kept in the bucket, and every
+        one of a transaction that found a job of its id already there (a resumed batch:
+        ``submit`` finds it, and sends it again if it is still QUEUED). Raises
+        JobsTableError, JobsUnavailable (the queue): the jobs created and not yet sent stay
+        QUEUED, and ``submit`` of the same ids sends them."""
+        from llmhost.jobs.store import CREATE_MANY_LIMIT
+
+        now = self._now()
+        hosting: dict[str, str | None] = {}
+        ready: list[tuple[Submission, Job]] = []
+        left: list[Submission] = []
+        for submission in submissions:
+            try:
+                parsed = request_model(kind, _as_body(submission.request))
+            except LlmhostError:
+                left.append(submission)
+                continue
+            if parsed.model not in hosting:
+                hosting[parsed.model] = self._hosting_of(parsed.model)
+            job = Job(
+                id=submission.job_id,
+                kind=kind,
+                model=parsed.model,
+                request=parsed.model_dump(mode="json", exclude_unset=True),
+                created_at=iso(datetime.fromtimestamp(now, UTC)),
+                expires_at=int(now) + self.config.retention_days * 86400,
+                route="queue",
+                batch_id=submission.batch_id,
+                custom_id=submission.custom_id,
+            )
+            encoded = json.dumps(job.request, separators=(",", ":")).encode()
+            if hosting[parsed.model] in {None, "async"} or len(encoded) > INLINE_REQUEST_BYTES:
+                left.append(submission)
+                continue
+            ready.append((submission, job))
+        for start in range(0, len(ready), CREATE_MANY_LIMIT):
+            chunk = ready[start : start + CREATE_MANY_LIMIT]
+            if not self.store.create_new([job for _, job in chunk]):
+                left.extend(submission for submission, _ in chunk)
+                continue
+            self._send_many([job.id for _, job in chunk])
+        return left
+
     def _dispatch(self, job: Job) -> None:
         if job.route == "async":
             from llmhost.jobs.async_endpoint import (  # type: ignore[import-not-found,unused-ignore]
@@ -298,9 +360,10 @@ class Jobs:
         return self._end(job_id, result_key=key)
 
     def _end(self, job_id: str, **outcome: Any) -> bool:
-        if not self.store.complete(job_id, now_iso=self._iso(), **outcome):
+        ended = self.store.finish(job_id, now_iso=self._iso(), **outcome)
+        if ended is None:
             return False
-        self._notify(self.store.get(job_id))
+        self._notify(ended)
         return True
 
     def _answer(self, job: Job) -> dict[str, Any]:
@@ -364,11 +427,15 @@ class Jobs:
             raise JobsUnavailable(
                 "the event bus (EventBridge)", _fault_of(code), log_detail=str(answer)
             )
-        self.store.mark_notified(job.id, now_iso=self._iso())
+        # A batch line is counted before the job is marked notified: a crash between the two
+        # counts it again on the message's next delivery (an over-count only makes the batch
+        # look at its lines early), where the other order could leave it never counted and
+        # its batch waiting on a count that never comes.
         if job.batch_id is not None and importlib.util.find_spec("llmhost.batches.progress"):
             from llmhost.batches import progress  # type: ignore[attr-defined,unused-ignore]
 
             progress.line_finished(job.batch_id, job.status)
+        self.store.mark_notified(job.id, now_iso=self._iso())
 
     def _send(self, message: dict[str, Any], delay_s: int = 0) -> None:
         with _aws("the jobs queue (SQS)"):
@@ -377,6 +444,28 @@ class Jobs:
                 MessageBody=json.dumps(message),
                 DelaySeconds=delay_s,
             )
+
+    def _send_many(self, job_ids: Sequence[str]) -> None:
+        """Send each job's message, SEND_BATCH_LIMIT a SendMessageBatch. Raises
+        JobsUnavailable if any entry failed (the call's others are sent)."""
+        for start in range(0, len(job_ids), SEND_BATCH_LIMIT):
+            entries = [
+                {"Id": str(n), "MessageBody": json.dumps({"job_id": job_id})}
+                for n, job_id in enumerate(job_ids[start : start + SEND_BATCH_LIMIT])
+            ]
+            with _aws("the jobs queue (SQS)"):
+                answer = self._sqs().send_message_batch(
+                    QueueUrl=self.config.queue_url, Entries=entries
+                )
+            failed = answer.get("Failed") or []
+            if failed:
+                sender = any(entry.get("SenderFault") for entry in failed)
+                raise JobsUnavailable(
+                    "the jobs queue (SQS)",
+                    _fault_of(str(failed[0].get("Code", ""))),
+                    log_detail=f"{len(failed)} of {len(entries)} messages not sent "
+                    f"(sender's fault: {sender}): {failed[:3]}",
+                )
 
     def _delay_retry(self, receipt: str) -> None:
         """Deliver a failed message again after ``retry_delay_s``, not the queue's (long)
@@ -468,4 +557,11 @@ def _aws(what: str) -> Iterator[None]:
         raise failed from None
 
 
-__all__ = ["INLINE_RESULT_BYTES", "JobNotFound", "Jobs", "JobsConfig", "request_model"]
+__all__ = [
+    "INLINE_RESULT_BYTES",
+    "JobNotFound",
+    "Jobs",
+    "JobsConfig",
+    "Submission",
+    "request_model",
+]

@@ -20,7 +20,7 @@ import base64
 import binascii
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,11 @@ BY_MODEL = "by-model"
 BY_STATUS = "by-status"
 BY_BATCH = "by-batch"
 MAX_PAGE = 100
+# Jobs created in one transaction. DynamoDB takes up to 100 actions and 4 MB a transaction;
+# a job's item is at most INLINE_REQUEST_BYTES (64 KB) of request and a few hundred bytes
+# more, so 25 stay under 4 MB whatever they carry, and a transaction that finds one job
+# already there (a resumed batch) sends only 25 back to be created one by one.
+CREATE_MANY_LIMIT = 25
 # The attributes each listing's LastEvaluatedKey holds: a token must carry exactly these.
 _TOKEN_KEYS = {
     BY_MODEL: {"id", "model", "created_key"},
@@ -202,6 +207,32 @@ class JobStore:
             return self.get(job.id), False
         return job, True
 
+    def create_new(self, jobs: Sequence[Job]) -> bool:
+        """Store up to CREATE_MANY_LIMIT new jobs in one transaction, each only if no job of
+        its id exists: all are created (True), or, when any one exists already, none is and
+        the caller creates them one by one (False). Raises JobsTableError."""
+        if not 1 <= len(jobs) <= CREATE_MANY_LIMIT:
+            raise ValueError(f"1 to {CREATE_MANY_LIMIT} jobs a transaction, not {len(jobs)}")
+        items = [
+            {
+                "Put": {
+                    "TableName": self._table,
+                    "Item": encode(job),
+                    "ConditionExpression": "attribute_not_exists(id)",
+                }
+            }
+            for job in jobs
+        ]
+        with table_errors():
+            try:
+                self._ddb.transact_write_items(TransactItems=items)
+            except ClientError as error:
+                reasons = error.response.get("CancellationReasons") or []
+                if any(r.get("Code") == "ConditionalCheckFailed" for r in reasons):
+                    return False
+                raise
+        return True
+
     def claim(self, job_id: str, *, now_s: float, now_iso: str, lease_s: float) -> Job | None:
         """QUEUED -> RUNNING, or RUNNING whose lease ran out -> RUNNING (its worker died):
         attempts + 1, leased until ``now_s + lease_s``. None when the job is not claimable
@@ -247,6 +278,22 @@ class JobStore:
         """End a QUEUED or RUNNING job: SUCCEEDED with its result (inline or its S3 key), or
         FAILED with ``error``. False when the job had already ended (a duplicate delivery or
         notification) or does not exist: nothing is written then."""
+        return (
+            self.finish(job_id, now_iso=now_iso, result=result, result_key=result_key, error=error)
+            is not None
+        )
+
+    def finish(
+        self,
+        job_id: str,
+        *,
+        now_iso: str,
+        result: dict[str, Any] | None = None,
+        result_key: str | None = None,
+        error: JobError | None = None,
+    ) -> Job | None:
+        """``complete``, returning the ended job as written (one write, no read after it),
+        or None when nothing was written."""
         values: dict[str, Any] = {
             ":now": {"S": now_iso},
             ":queued": {"S": "QUEUED"},
@@ -268,14 +315,13 @@ class JobStore:
                 values[":result"] = {"S": json.dumps(result or {}, separators=(",", ":"))}
                 sets.append("#r = :result")
                 names["#r"] = "result"
-        updated = self._update(
+        return self._update(
             job_id,
             f"SET {', '.join(sets)} REMOVE lease_until",
             "#s IN (:queued, :running)",
             values,
             names=names,
         )
-        return updated is not None
 
     def mark_notified(self, job_id: str, *, now_iso: str) -> None:
         """Record that an ended job's Job Completed event was put."""
@@ -400,4 +446,12 @@ def _decode_token(token: str, index: str) -> dict[str, Any]:
     return {name: {"S": value} for name, value in plain.items()}
 
 
-__all__ = ["JobAlreadyStarted", "JobNotFound", "JobStore", "JobsTableError", "Page", "encode"]
+__all__ = [
+    "CREATE_MANY_LIMIT",
+    "JobAlreadyStarted",
+    "JobNotFound",
+    "JobStore",
+    "JobsTableError",
+    "Page",
+    "encode",
+]
