@@ -68,9 +68,14 @@ API_CONCURRENCY = 64
 # control API's invocations, the OpenAI server's thread pool (anyio's default, 40 threads)
 # and the pollers and workers (a few). Each client keeps that many connections open.
 AWS_POOL_CONNECTIONS = API_CONCURRENCY + 40 + 8
-# Concurrent pollers of the jobs queue (the event source mapping's MaximumConcurrency, capped:
-# each holds a long poll open on the local moto).
-JOBS_POLLERS = 4
+# Concurrent pollers of the jobs queue, each one invocation at a time. Lambda's SQS event
+# source mapping starts with five concurrent batches (invocations) once messages are there
+# and adds up to 300 a minute while the backlog lasts, up to the mapping's
+# MaximumConcurrency (template.yaml: 10) ("Configuring scaling behavior for SQS event source
+# mappings", AWS Lambda Developer Guide). Here: its starting five, capped by
+# MaximumConcurrency; the scaled-up ten would only contend for this machine's two cores
+# (every poller, worker, moto and the engine share one process).
+JOBS_POLLERS = 5
 # The batch function's schedule (template.yaml: BatchSweep).
 BATCH_SWEEP_S = 300
 BATCH_SWEEP_MIN_S = 5.0
