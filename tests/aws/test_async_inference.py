@@ -317,7 +317,7 @@ def test_backlog_target_tracking_scales_in_to_zero_on_an_empty_queue_and_out_on_
     assert tracking.tick() == ["jobs 1 -> 3"]
 
 
-def test_a_job_for_an_async_deployment_that_is_not_in_service_ends_failed_saying_why(
+def test_a_job_refused_for_an_async_deployment_not_in_service_leaves_no_job_behind(
     moto_aws: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from pathlib import Path
@@ -344,12 +344,12 @@ def test_a_job_for_an_async_deployment_that_is_not_in_service_ends_failed_saying
     service = Jobs.from_runtime()
     with pytest.raises(AsyncModelNotInService) as refused:
         service.submit("chat", {"model": "jobs", "messages": [{"role": "user", "content": "hi"}]})
-    # Then nothing was sent, the caller gets a 409 that says how to go on, and the job ended
-    # FAILED with the same words (it will never run)
+    # Then nothing was sent, the caller gets a 409 that says how to go on, and no job is
+    # left behind: the caller never learned its id, and submitting again after the wake
+    # is the whole of what it has to do
     assert refused.value.status == 409 and "/v1/deployments/jobs/wake" in refused.value.message
-    (ended,) = service.store.list(model="jobs").jobs
-    assert ended.status == "FAILED" and ended.error is not None
-    assert ended.error.code == "model_not_ready" and "SLEEPING" in ended.error.message
+    assert "SLEEPING" in refused.value.message
+    assert service.store.list(model="jobs").jobs == []
 
 
 def test_a_throttled_submission_is_the_jobs_retryable_fault_and_its_job_ends_failed(

@@ -66,3 +66,15 @@ def test_jobs_queue_redrives_to_its_dead_letter_queue(template: dict[str, Any]) 
     assert queue["VisibilityTimeout"] >= 6 * 900
     for name in ("JobsQueue", "JobsDeadLetterQueue"):
         assert template["Resources"][name]["Properties"]["SqsManagedSseEnabled"] is True
+
+
+def test_the_serve_role_may_delete_a_job_whose_submission_was_refused(
+    template: dict[str, Any],
+) -> None:
+    # The serving API deletes a job it stored when the submission is refused before dispatch
+    # (JobStore.discard): without DeleteItem, every such refusal would be a 500.
+    role = template["Resources"]["ServeFunctionRole"]["Properties"]
+    statements = [s for policy in role["Policies"] for s in policy["PolicyDocument"]["Statement"]]
+    (jobs,) = [s for s in statements if s.get("Sid") == "Jobs"]
+    assert "dynamodb:DeleteItem" in jobs["Action"]
+    assert {"Fn::GetAtt": ["JobsTable", "Arn"]} in jobs["Resource"]

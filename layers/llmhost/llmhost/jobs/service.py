@@ -207,9 +207,15 @@ class Jobs:
         try:
             self._dispatch(stored)
         except LlmhostError as error:
-            # Not queued, so never run: the job ends here with the error the caller gets
-            # (no event: the caller is told now, and this function may not put events).
-            if created:
+            # Not queued, so never run. A request refused for good (4xx) that is not a batch's
+            # line leaves nothing behind: the caller is told now and never saw the job's id.
+            # Otherwise the job ends here with the error the caller gets (a batch's line needs
+            # its outcome; a passing fault's job shows why it did not run). No event: the
+            # caller is told now, and this function may not put events.
+            refused = error.status < 500 and not isinstance(error, ServiceFault)
+            if created and refused and stored.batch_id is None:
+                self.store.discard(stored.id)
+            elif created:
                 failed = JobError(code=error.code, message=error.message)
                 self.store.complete(stored.id, now_iso=self._iso(), error=failed)
             raise

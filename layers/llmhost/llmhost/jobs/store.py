@@ -350,6 +350,22 @@ class JobStore:
         current = self.get(job_id)
         raise JobAlreadyStarted(job_id, current.status)
 
+    def discard(self, job_id: str) -> None:
+        """Delete a QUEUED job that was never dispatched (its submission was refused); a job
+        in any other status, or none, is left as it is."""
+        with table_errors():
+            try:
+                self._ddb.delete_item(
+                    TableName=self._table,
+                    Key={"id": {"S": job_id}},
+                    ConditionExpression="#s = :queued",
+                    ExpressionAttributeNames={"#s": "status"},
+                    ExpressionAttributeValues={":queued": {"S": "QUEUED"}},
+                )
+            except ClientError as error:
+                if not _condition_failed(error):
+                    raise
+
     def _update(
         self,
         job_id: str,
