@@ -126,7 +126,8 @@ def test_cancel_through_the_client(
         ("GET", "/v1/batches/batch_missing", {}, 404, "batch_id"),
         ("POST", "/v1/batches/" + "x" * 3000 + "/cancel", {}, 404, "batch_id"),
         ("GET", "/v1/batches?limit=0", {}, 400, "limit"),
-        ("GET", "/v1/batches?after=batch_missing", {}, 404, "batch_id"),
+        ("GET", "/v1/batches?after=batch_missing", {}, 404, "after"),
+        ("GET", "/v1/batches?after=not-a-batch-id", {}, 404, "after"),
         ("PUT", "/v1/batches", {}, 405, None),
         ("POST", "/v1/batches", {"json": {"input_file_id": "file-x"}}, 422, "endpoint"),
         (
@@ -140,7 +141,20 @@ def test_cancel_through_the_client(
                 }
             },
             404,
-            "file_id",
+            "input_file_id",
+        ),
+        (
+            "POST",
+            "/v1/batches",
+            {
+                "json": {
+                    "input_file_id": "../not-a-file-id",
+                    "endpoint": "/v1/chat/completions",
+                    "completion_window": "24h",
+                }
+            },
+            404,
+            "input_file_id",
         ),
         (
             "POST",

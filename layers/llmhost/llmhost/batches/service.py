@@ -37,7 +37,7 @@ from llmhost.batches.record import (
     result_file_id,
 )
 from llmhost.batches.schedule import SOURCE_KEY
-from llmhost.batches.store import BatchChanged, BatchNotFound, BatchStore
+from llmhost.batches.store import BatchChanged, BatchNotFound, BatchStore, FileNotFound
 from llmhost.errors import LlmhostError
 
 logger = Logger(child=True)
@@ -154,7 +154,11 @@ class Batches:
         asked = (metadata or {}).get(RUNNER_KEY)
         if asked and asked != "auto" and asked not in runners.registered():
             raise runners.UnknownRunner(asked)
-        source = self.store.get_file(input_file_id)
+        try:
+            source = self.store.get_file(input_file_id)
+        except FileNotFound as missing:
+            missing.param = "input_file_id"  # the field the client sent, not the path's
+            raise
         if source.purpose != "batch":
             raise BatchRequestInvalid(
                 f"file {input_file_id} has purpose {source.purpose}; upload the input with "

@@ -127,9 +127,15 @@ class BatchRoutes:
         raw_limit = request.query_params.get("limit", "20")
         if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIST:
             raise BatchRequestInvalid(f"limit must be an integer from 1 to {MAX_LIST}", "limit")
-        if after is not None and not _BATCH_ID.match(after):
-            raise BatchNotFound(after)
-        batches, more = await run_in_threadpool(lambda: self._batches().page(after, int(raw_limit)))
+        try:
+            if after is not None and not _BATCH_ID.match(after):
+                raise BatchNotFound(after)
+            batches, more = await run_in_threadpool(
+                lambda: self._batches().page(after, int(raw_limit))
+            )
+        except BatchNotFound as missing:
+            missing.param = "after"  # the query parameter the client sent
+            raise
         data = [batch.public() for batch in batches]
         return 200, {
             "object": "list",
