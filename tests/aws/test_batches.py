@@ -195,6 +195,30 @@ def test_cancel_stops_queued_lines_and_keeps_finished_ones(
         batches.cancel(done.id)
 
 
+def test_a_cancel_that_races_the_batchs_own_step_reads_again_and_cancels(
+    batches: Batches, scripted: ScriptedRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a running batch, and another writer (the batch function's step) saving it
+    # between the cancel's read and its write
+    batch = _create(batches, [_line("a"), _line("b")])
+    save = batches.store.save_batch
+    raced: list[str] = []
+
+    def step_first(after: Batch, version: int) -> int:
+        if not raced:
+            raced.append(after.id)
+            save(batches.store.read_batch(after.id)[0], version)
+        return save(after, version)
+
+    monkeypatch.setattr(batches.store, "save_batch", step_first)
+    # When the client cancels it
+    cancelling = batches.cancel(batch.id)
+    # Then the cancel read the batch again and went through, rather than a 409 to retry
+    assert raced == [batch.id]
+    assert cancelling.status in {"cancelling", "cancelled"}
+    assert scripted.cancelled == [1, 2]
+
+
 def test_line_counts_add_up_across_workers_and_show_while_in_progress(
     batches: Batches, scripted: ScriptedRunner
 ) -> None:

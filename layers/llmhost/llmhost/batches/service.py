@@ -222,13 +222,22 @@ class Batches:
 
     def cancel(self, batch_id: str) -> Batch:
         """Stop a batch: lines not started are cancelled, finished ones kept; the batch is
-        ``cancelling`` until no line runs, then ``cancelled`` with its files."""
-        batch, version = self.store.read_batch(batch_id)
-        if batch.status in {"cancelling", "cancelled"}:
-            return batch
-        if batch.terminal or batch.status == "finalizing":
-            raise BatchNotCancellable(batch)
-        self._save(batch, batch.moved("cancelling", self._now()), version)
+        ``cancelling`` until no line runs, then ``cancelled`` with its files. A batch that
+        the batch function moves on meanwhile is read again, as ``advance`` does; BatchChanged
+        (409) only if it keeps moving."""
+        for attempt in range(5):
+            batch, version = self.store.read_batch(batch_id)
+            if batch.status in {"cancelling", "cancelled"}:
+                return batch
+            if batch.terminal or batch.status == "finalizing":
+                raise BatchNotCancellable(batch)
+            try:
+                self._save(batch, batch.moved("cancelling", self._now()), version)
+            except BatchChanged:
+                if attempt == 4:
+                    raise
+                continue
+            break
         self._kick(batch_id)
         return self.store.get_batch(batch_id)
 
