@@ -178,6 +178,7 @@ class LocalCloud:
 
         # moto keeps its state per process: a second cloud in one process (tests) starts clean.
         moto_api_backend.reset()
+        _serialize_dynamodb_writes()
         self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=self.moto_port, verbose=False)
         self._moto.start()
         host, port = self._moto.get_host_and_port()
@@ -739,3 +740,26 @@ def _service_role(name: str, service: str) -> str:
     }
     role = aws.client("iam").create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))
     return str(role["Role"]["Arn"])
+
+
+_DYNAMODB_WRITES = threading.RLock()
+
+
+def _serialize_dynamodb_writes() -> None:
+    """One DynamoDB write at a time in moto (once per process). moto's TransactWriteItems
+    deep-copies every table to roll back, and a write from another thread during that copy
+    fails the transaction with a 500 ("dictionary changed size during iteration"); DynamoDB
+    itself isolates them."""
+    from moto.dynamodb.models import DynamoDBBackend
+
+    for name in ("put_item", "update_item", "delete_item", "transact_write_items"):
+        method = getattr(DynamoDBBackend, name)
+        if getattr(method, "_llmhost_serialized", False):
+            continue
+
+        def serialized(*args: Any, _method: Any = method, **kwargs: Any) -> Any:
+            with _DYNAMODB_WRITES:
+                return _method(*args, **kwargs)
+
+        serialized._llmhost_serialized = True  # type: ignore[attr-defined]
+        setattr(DynamoDBBackend, name, serialized)
