@@ -212,6 +212,9 @@ def test_cancel_before_it_starts_and_409_after(stack: dict[str, Any]) -> None:
     _, queued, _ = call(stack, "POST", "/v1/jobs", {"type": "chat", "body": CHAT})
     status, cancelled, _ = call(stack, "DELETE", f"/v1/jobs/{queued['id']}")
     assert status == 200 and cancelled["status"] == "CANCELLED"
+    # A DELETE sent again (a client's retry after a lost answer) finds it cancelled: 200
+    status, again, _ = call(stack, "DELETE", f"/v1/jobs/{queued['id']}")
+    assert status == 200 and again == cancelled
     _, ran, _ = call(stack, "POST", "/v1/jobs", {"type": "chat", "body": CHAT})
     deliver(stack)
     status, refused, _ = call(stack, "DELETE", f"/v1/jobs/{ran['id']}")

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ValidationError
 
 from llmhost.aws_faults import ServiceFault, classify
 from llmhost.errors import FieldIssue, LlmhostError, SpecInvalid
-from llmhost.jobs.record import Job, JobError, JobNotFound, Kind, iso, new_job_id
+from llmhost.jobs.record import Job, JobAlreadyStarted, JobError, JobNotFound, Kind, iso, new_job_id
 from llmhost.jobs.store import JobStore, Page
 from llmhost.serving.requests import ChatCompletionRequest, RagRequest
 
@@ -305,8 +305,14 @@ class Jobs:
         """QUEUED -> CANCELLED. Its message, when delivered, is dropped and the ending
         published; a job on an asynchronous endpoint has no message of its own, so one is
         sent for that (the endpoint's answer, when it comes, changes nothing). Raises
-        JobNotFound or JobAlreadyStarted (409)."""
-        cancelled = self.store.cancel(job_id, now_iso=self._iso())
+        JobNotFound or JobAlreadyStarted (409). Cancelling a CANCELLED job again returns it
+        unchanged (DELETE is idempotent: a retry after a lost answer is not a conflict)."""
+        try:
+            cancelled = self.store.cancel(job_id, now_iso=self._iso())
+        except JobAlreadyStarted as started:
+            if started.job_status == "CANCELLED":
+                return self.store.get(job_id)
+            raise
         if cancelled.route == "async":
             self._send({"job_id": job_id})
         return cancelled
