@@ -593,25 +593,7 @@ def policy_from_spec(scaling: Scaling, copy: CopyCapacity = BENCHMARK_COPY) -> S
         target = (
             copy.default_target if metric.kind == "concurrency" else DEFAULT_TARGETS[metric.kind]
         )
-    high = AlarmSpec(
-        metric_name=metric.cloudwatch_name,
-        statistic=metric.statistic,
-        period_s=metric.period_s,
-        evaluation_periods=SCALE_OUT_DATAPOINTS,
-        datapoints_to_alarm=SCALE_OUT_DATAPOINTS,
-        threshold=target,
-        comparison="GreaterThanThreshold",
-        kind=metric.kind,
-        managed=True,
-    )
-    low_datapoints = SCALE_IN_WINDOW_S // metric.period_s
-    low = replace(
-        high,
-        evaluation_periods=low_datapoints,
-        datapoints_to_alarm=low_datapoints,
-        threshold=target * SCALE_IN_THRESHOLD_FACTOR,
-        comparison="LessThanThreshold",
-    )
+    high, low = tracking_alarms(metric, target)
     # On the concurrency metrics llmhost's hook scales in on the window's peak instead.
     underload = underload_alarm(metric, target) if metric.kind == "concurrency" else None
     tracking = TargetTrackingPolicy(
@@ -778,6 +760,32 @@ ASYNC_WAKE_DATAPOINTS = 2
 ASYNC_MAX_CONCURRENT_INVOCATIONS = 1000  # ClientConfig.MaxConcurrentInvocationsPerInstance
 
 
+def tracking_alarms(metric: MetricInfo, target: float) -> tuple[AlarmSpec, AlarmSpec]:
+    """The high and low alarms Application Auto Scaling manages for target tracking on
+    ``metric`` at ``target``: out after SCALE_OUT_DATAPOINTS periods above it, in after
+    SCALE_IN_WINDOW_S below SCALE_IN_THRESHOLD_FACTOR of it."""
+    high = AlarmSpec(
+        metric_name=metric.cloudwatch_name,
+        statistic=metric.statistic,
+        period_s=metric.period_s,
+        evaluation_periods=SCALE_OUT_DATAPOINTS,
+        datapoints_to_alarm=SCALE_OUT_DATAPOINTS,
+        threshold=target,
+        comparison="GreaterThanThreshold",
+        kind=metric.kind,
+        managed=True,
+    )
+    low_datapoints = SCALE_IN_WINDOW_S // metric.period_s
+    low = replace(
+        high,
+        evaluation_periods=low_datapoints,
+        datapoints_to_alarm=low_datapoints,
+        threshold=target * SCALE_IN_THRESHOLD_FACTOR,
+        comparison="LessThanThreshold",
+    )
+    return high, low
+
+
 def async_policy(scaling: Scaling, concurrency: int) -> ScalingPolicy:
     """The ScalingPolicy of an asynchronous endpoint's variant (instances).
 
@@ -791,25 +799,7 @@ def async_policy(scaling: Scaling, concurrency: int) -> ScalingPolicy:
     target = scaling.target_value
     if target is None:
         target = float(max(1, min(ASYNC_MAX_CONCURRENT_INVOCATIONS, concurrency)))
-    high = AlarmSpec(
-        metric_name=ASYNC_BACKLOG.cloudwatch_name,
-        statistic=ASYNC_BACKLOG.statistic,
-        period_s=ASYNC_BACKLOG.period_s,
-        evaluation_periods=SCALE_OUT_DATAPOINTS,
-        datapoints_to_alarm=SCALE_OUT_DATAPOINTS,
-        threshold=target,
-        comparison="GreaterThanThreshold",
-        kind="backlog",
-        managed=True,
-    )
-    low_datapoints = SCALE_IN_WINDOW_S // ASYNC_BACKLOG.period_s
-    low = replace(
-        high,
-        evaluation_periods=low_datapoints,
-        datapoints_to_alarm=low_datapoints,
-        threshold=target * SCALE_IN_THRESHOLD_FACTOR,
-        comparison="LessThanThreshold",
-    )
+    high, low = tracking_alarms(ASYNC_BACKLOG, target)
     tracking = TargetTrackingPolicy(
         metric=ASYNC_BACKLOG,
         target_value=target,
