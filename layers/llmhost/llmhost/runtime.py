@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from llmhost.lifecycle.desired import DesiredResources
     from llmhost.lifecycle.reconciler import Reconciler
     from llmhost.lifecycle.registry import Registry
+    from llmhost.observe import RequestObserver
     from llmhost.rag.collections import Collections
     from llmhost.rag.embeddings import Embedder
     from llmhost.rag.store import VectorStore
@@ -568,3 +569,22 @@ def batch_model_state(models: set[str]) -> ModelState:
         live=all(r is not None and r.status == "IN_SERVICE" for r in records),
         known=all(r is not None for r in records),
     )
+
+
+def request_observers() -> list[RequestObserver]:
+    """Everyone who watches each answered request (``llmhost.observe``): the trace recorder,
+    the usage counters and the request metrics, each built from this function's settings."""
+    overridden: list[RequestObserver] | None = _overrides.get("request_observers")
+    if overridden is not None:
+        return overridden
+    return [*trace_observers(), *usage_observers()]
+
+
+def trace_observers() -> list[RequestObserver]:
+    """The trace recorder, when this function records traces (``llmhost.traces``)."""
+    return []
+
+
+def usage_observers() -> list[RequestObserver]:
+    """The usage counters and request metrics (``llmhost.usage``)."""
+    return []
