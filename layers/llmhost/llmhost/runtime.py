@@ -11,7 +11,7 @@ from collections.abc import Callable
 from functools import cache
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from llmhost import aws
 
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from llmhost.serving.wake import WakeDispatcher
     from llmhost.sizing.plan import Plan
     from llmhost.specs import DeploymentSpec
+    from llmhost.traces.export import StreamTraceExporter
 
 Settings = TypeVar("Settings", bound=BaseModel)
 
@@ -236,6 +237,47 @@ def read_secret(arn: str) -> str:
             f"cannot read the token secret {arn} ({code}); check that it exists and that "
             "its name starts with the stack's SecretsPrefix"
         ) from None
+
+
+class TraceExportSettings(BaseModel):
+    """The trace export function's environment (template: OtlpEndpoint, OtlpHeadersSecretArn).
+
+    ``otlp_endpoint`` is the full OTLP/HTTP traces URL (https://host/v1/traces); the headers
+    secret, when set, holds a JSON object of request headers (an Authorization, an API key)."""
+
+    otlp_endpoint: str = Field(pattern=r"^https?://[^\s/?#]+\S*$", max_length=2048)
+    otlp_headers_secret_arn: str | None = None
+    # Each export request's budget, the exporter's own retries of 429/502/503/504 included.
+    otlp_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    llmhost_stack_name: str | None = None
+
+    @field_validator("otlp_headers_secret_arn", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return value or None
+
+
+def trace_exporter() -> StreamTraceExporter:
+    """The trace export function's exporter, built from its settings: the headers secret is
+    read here, once per call (the function keeps what this returns for its environment)."""
+    overridden: StreamTraceExporter | None = _overrides.get("trace_exporter")
+    if overridden is not None:
+        return overridden
+    from llmhost.traces.export import headers_from_secret, stream_trace_exporter
+    from llmhost.traces.store import view_from_item
+
+    settings = _from_env(TraceExportSettings)
+    headers: dict[str, str] = {}
+    if settings.otlp_headers_secret_arn:
+        arn = settings.otlp_headers_secret_arn
+        headers = headers_from_secret(aws.secret(arn, max_age=3600, transform="json"), arn)
+    return stream_trace_exporter(
+        settings.otlp_endpoint,
+        headers,
+        stack=settings.llmhost_stack_name,
+        timeout_s=settings.otlp_timeout_s,
+        view_from_item=view_from_item,
+    )
 
 
 class ServingSettings(BaseModel):
