@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from functools import cache
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from llmhost.sizing.plan import Plan
     from llmhost.specs import DeploymentSpec
     from llmhost.traces.export import StreamTraceExporter
+    from llmhost.traces.recorder import TraceRecorder
+    from llmhost.traces.store import TraceStore
 
 Settings = TypeVar("Settings", bound=BaseModel)
 
@@ -112,7 +114,7 @@ def override(**deps: Any) -> None:
 
 def reset() -> None:
     _overrides.clear()
-    for cached in (_registry, _reconciler, _serving_service, _embedder, _store):
+    for cached in (_registry, _reconciler, _serving_service, _embedder, _store, _trace_recorder):
         cached.cache_clear()
 
 
@@ -122,7 +124,7 @@ def refresh() -> None:
     ``llmhost.snapstart``). Kept: overrides, an embedder that runs a local model (no
     connection: the ONNX session the snapshot is for), and Qdrant's embedded local mode (no
     server; its folder stays open)."""
-    for cached in (_registry, _reconciler, _serving_service):
+    for cached in (_registry, _reconciler, _serving_service, _trace_recorder):
         cached.cache_clear()
     if _embedder.cache_info().currsize and getattr(_embedder(), "load", None) is None:
         _embedder.cache_clear()  # an endpoint's embedder holds a sagemaker-runtime client
@@ -622,9 +624,72 @@ def request_observers() -> list[RequestObserver]:
     return [*trace_observers(), *usage_observers()]
 
 
+class TraceSettings(BaseModel):
+    """The traces table and what is kept (template.yaml: TracesTable, TraceSampleRate,
+    TraceContent, TraceRetentionDays). No table: the function records no traces."""
+
+    traces_table: str | None = Field(default=None, max_length=255)
+    trace_sample_rate: float = Field(default=1.0, ge=0, le=1)
+    trace_content: Literal["full", "redacted", "none"] = "redacted"
+    trace_retention_days: int = Field(default=30, ge=1, le=3650)
+
+
+# A trace write gives up quickly: the answer it follows is complete and waits on it.
+TRACE_WRITE_TIMEOUT_S = 2.0
+TRACE_WRITE_ATTEMPTS = 2
+
+
+def trace_settings() -> TraceSettings:
+    overridden: TraceSettings | None = _overrides.get("trace_settings")
+    return overridden or _from_env(TraceSettings)
+
+
+def trace_store() -> TraceStore:
+    """The traces table's adapter. Raises SettingsError when TRACES_TABLE is unset."""
+    overridden: TraceStore | None = _overrides.get("trace_store")
+    if overridden is not None:
+        return overridden
+    from llmhost.traces.store import TraceStore
+
+    table = trace_settings().traces_table
+    if not table:
+        raise SettingsError("the function's environment is invalid: TRACES_TABLE")
+    return TraceStore(aws.client("dynamodb"), table)
+
+
+@cache
+def _trace_recorder() -> TraceRecorder | None:
+    settings = trace_settings()
+    if not settings.traces_table and "trace_store" not in _overrides:
+        return None
+    from llmhost.traces.recorder import TraceRecorder
+    from llmhost.traces.store import TraceStore
+
+    store = _overrides.get("trace_store") or TraceStore(
+        aws.client(
+            "dynamodb",
+            read_timeout=TRACE_WRITE_TIMEOUT_S,
+            connect_timeout=TRACE_WRITE_TIMEOUT_S,
+            max_attempts=TRACE_WRITE_ATTEMPTS,
+        ),
+        settings.traces_table or "",
+    )
+    return TraceRecorder(
+        store,
+        sample_rate=settings.trace_sample_rate,
+        content=settings.trace_content,
+        retention_days=settings.trace_retention_days,
+    )
+
+
 def trace_observers() -> list[RequestObserver]:
-    """The trace recorder, when this function records traces (``llmhost.traces``)."""
-    return []
+    """The trace recorder, when this function records traces (``llmhost.traces``): its
+    environment names TRACES_TABLE. Built once per process."""
+    overridden: list[RequestObserver] | None = _overrides.get("trace_observers")
+    if overridden is not None:
+        return overridden
+    recorder = _trace_recorder()
+    return [recorder] if recorder is not None else []
 
 
 def usage_observers() -> list[RequestObserver]:
