@@ -66,7 +66,7 @@ lint: $(VENV)/.installed
 
 ## typecheck: mypy with the pydantic plugin on the library and local/ (pyproject.toml's [tool.mypy])
 typecheck: $(VENV)/.installed
-	$(VENV)/bin/mypy layers/llmhost/llmhost local/llmhost_local
+	$(VENV)/bin/mypy layers/llmhost/llmhost layers/llmhost/llmhost_cli local/llmhost_local
 
 # The SAM virtualenv too: the SnapStart tests read the template after SAM's transform.
 unit: $(VENV)/.installed $(SAM_VENV)/.installed embedding-model

@@ -9,11 +9,15 @@ does it), the OpenAI-compatible server, the banner, and ``main`` (``python -m ll
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import shlex
+import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,7 @@ from llmhost_local.cloud import (
     ACCESS_KEY,
     API_CONCURRENCY,
     LOCAL_API_KEY,
+    REGION,
     SECRET_KEY,
     LocalCloud,
     load_handler,
@@ -108,6 +113,44 @@ Try:
   {ingest}
 """
 DEFAULT_API = "http://127.0.0.1:8080"
+
+
+# Where ``make run`` announces itself to the ``llmhost`` command (and the console, the tests):
+# its URLs and local keys, in the project root's .llmhost/ (next to embedded Qdrant).
+LOCAL_FILE = Path(".llmhost") / "local.json"
+
+
+def announcement(api: str, openai: str, console: str) -> dict[str, Any]:
+    """What ``.llmhost/local.json`` holds for a stack serving these URLs from this process."""
+    return {
+        "api": api,
+        "openai": openai,
+        "console": console,
+        "access_key": ACCESS_KEY,
+        "secret_key": SECRET_KEY,
+        "api_key": LOCAL_API_KEY,
+        "region": REGION,
+        "pid": os.getpid(),
+    }
+
+
+@contextlib.contextmanager
+def announced(root: Path, info: dict[str, Any]) -> Iterator[Path]:
+    """Write ``info`` to ``root/.llmhost/local.json`` while the block runs, then remove it
+    (unless another stack has announced itself there since: the newest one owns it)."""
+    path = root / LOCAL_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    draft = path.with_name(f".local.json.{os.getpid()}")
+    # The keys are the local stack's published ones, but the file is still the user's own.
+    draft.write_text(json.dumps(info, indent=2) + "\n")
+    draft.chmod(0o600)
+    draft.replace(path)
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(path.read_text()).get("pid") == info.get("pid"):
+                path.unlink()
 
 
 def ingest_command(api: str) -> str:
@@ -216,10 +259,15 @@ def main(argv: list[str] | None = None) -> int:
         engine=engine,
         demo=not args.no_demo,
     )
+    console_port = int(os.environ.get("CONSOLE_PORT") or args.port + 3)
+    info = announcement(url_of(server), url_of(openai_server), f"http://127.0.0.1:{console_port}")
     print(text, flush=True)
+    # `kill` (SIGTERM) stops it as Ctrl-C does: the servers close, the announcement goes.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        while True:
-            time.sleep(3600)
+        with announced(project_root(), info):
+            while True:
+                time.sleep(3600)
     except KeyboardInterrupt:
         print("\nstopping", file=sys.stderr)
     finally:
@@ -227,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
         openai_server.shutdown()
         cloud.stop()
     return 0
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

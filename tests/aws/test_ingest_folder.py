@@ -1,4 +1,6 @@
-"""The ingest CLI against the serving function (its API Gateway events, embedded Qdrant)."""
+"""Ingesting a folder (``llmhost ingest``'s rules, through ``python -m
+llmhost_local.ingest_folder``'s lines) against the serving function (its API Gateway events,
+embedded Qdrant)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from qdrant_client import QdrantClient
 
 from llmhost import runtime
 from llmhost.rag.store import VectorStore
+from llmhost_cli import ingest as rules
+from llmhost_cli.client import Reply
 from llmhost_local import ingest_folder
 from llmhost_local.cloud import load_handler
 from llmhost_local.events import LambdaContext, api_gateway_event
@@ -27,16 +31,16 @@ def api(
     serve = load_handler("serve", "llmhost-serve")
     sent: list[dict[str, Any]] = []
 
-    def post(url: str, body: dict[str, Any], credentials: Any, region: str, timeout_s: float):
-        path = "/" + url.split("/", 3)[3]
-        raw = json.dumps(body).encode()
-        sent.append({"path": path, "documents": body["documents"], "timeout_s": timeout_s})
+    def post(client: Any, collection: str, batch: rules.Batch, timeout_s: float) -> Reply:
+        path = f"/v1/collections/{collection}/documents"
+        raw = json.dumps({"documents": batch.documents}).encode()
+        sent.append({"path": path, "documents": batch.documents, "timeout_s": timeout_s})
         event = api_gateway_event("POST", path, {"Content-Type": "application/json"}, raw, "me")
         response = serve.handler(event, LambdaContext("llmhost-serve"))
         headers = {k: v[0] for k, v in (response.get("multiValueHeaders") or {}).items()}
-        return response["statusCode"], json.loads(response["body"]), headers
+        return Reply(response["statusCode"], json.loads(response["body"]), headers)
 
-    monkeypatch.setattr(ingest_folder, "signed_post", post)
+    monkeypatch.setattr(rules, "post_batch", post)
     yield sent
     client.close()
 
@@ -89,7 +93,7 @@ def test_batches_are_cut_by_bytes_and_big_ones_get_time(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setattr(ingest_folder, "MAX_BATCH_BYTES", 300)
+    monkeypatch.setattr(rules, "MAX_BATCH_BYTES", 300)
     # Given small files, and one ten times larger than a batch may carry
     files = {f"s{i}.txt": f"Short note {i} on rivers and their deltas. " * 2 for i in range(6)}
     files["big.txt"] = "Rivers carve valleys. " * 150  # ~3 KB
@@ -103,7 +107,7 @@ def test_batches_are_cut_by_bytes_and_big_ones_get_time(
     # And each request's timeout grows with the text it carries
     big = next(r for r in api if r["documents"][0]["id"] == "big.txt")
     small = next(r for r in api if r["documents"][0]["id"] != "big.txt")
-    assert big["timeout_s"] > small["timeout_s"] >= ingest_folder.BASE_TIMEOUT_S
+    assert big["timeout_s"] > small["timeout_s"] >= rules.BASE_TIMEOUT_S
     # And before the big one is sent (it may take minutes), a line says it is on its way
     out = capsys.readouterr().out
     sending = "sending big.txt (3 KB) alone; embedding it takes a while (waiting up to "
@@ -113,7 +117,7 @@ def test_batches_are_cut_by_bytes_and_big_ones_get_time(
 
 def test_the_largest_document_the_api_accepts_gets_more_than_two_minutes() -> None:
     # 950 KB took 126 s to embed and store on a laptop CPU, and 530 s on two busy cores
-    batch = ingest_folder.Batch()
+    batch = rules.Batch()
     batch.add({"id": "big", "text": "x"}, "big.txt", "big.txt", 950_000)
     assert batch.timeout_s >= 1.5 * 530
 

@@ -18,8 +18,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCT = ROOT / "layers" / "llmhost" / "llmhost"
 LOCAL = ROOT / "local" / "llmhost_local"
-# What only runs on a developer's machine.
-NOT_THE_PRODUCT = {"llmhost_local", "moto"}
+# What only runs on a developer's machine (and the llmhost command, shipped with the package
+# but never in the layer).
+NOT_THE_PRODUCT = {"llmhost_local", "moto", "llmhost_cli"}
 
 # Stands in for the layer's python3.13 in `-m pip install ... --target DIR ...`: creates the
 # target folder and installs nothing (the tests run offline; the requirements are not ours).
@@ -100,6 +101,7 @@ def test_a_built_layer_holds_no_emulator(tmp_path: Path) -> None:
     assert len([p for p in shipped if p.suffix == ".py"]) == len(list(PRODUCT.rglob("*.py")))
     # ... and nothing of local/: no package of that name, no copy of any of its modules
     assert not list(site.rglob("llmhost_local"))
+    assert not list(site.rglob("llmhost_cli"))
     assert not (site / "llmhost" / "local").exists()
     emulation = {_digest(path) for path in LOCAL.rglob("*.py") if path.stat().st_size}
     assert [p for p in shipped if _digest(p) in emulation] == []

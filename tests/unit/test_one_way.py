@@ -91,7 +91,8 @@ def test_make_test_type_checks_the_library() -> None:
     makefile = (PRODUCT.parents[2] / "Makefile").read_text()
     assert re.search(r"^test: .*\btypecheck\b", makefile, re.M)
     assert re.search(
-        r"^typecheck: .*\n\t\$\(VENV\)/bin/mypy layers/llmhost/llmhost local/llmhost_local$",
+        r"^typecheck: .*\n\t\$\(VENV\)/bin/mypy layers/llmhost/llmhost layers/llmhost/llmhost_cli "
+        r"local/llmhost_local$",
         makefile,
         re.M,
     )

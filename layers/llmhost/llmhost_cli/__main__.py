@@ -1,0 +1,3 @@
+from llmhost_cli.commands import main
+
+raise SystemExit(main())

@@ -1,0 +1,206 @@
+"""The ``llmhost`` command, installed with the package, run as a user runs it: a subprocess
+against one local stack that announces itself in ``.llmhost/local.json`` as ``make run``
+does, found from the working directory without any option.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import local_stack
+from llmhost_local import runner
+
+pytestmark = pytest.mark.e2e
+
+SPEC = """\
+# a deployment spec in YAML, as a user writes one
+name: cli-demo
+model:
+  model_id: HuggingFaceH4/zephyr-7b-beta
+hosting:
+  kind: dedicated
+  instance_type: ml.g5.2xlarge
+"""
+
+
+def llmhost_command() -> str:
+    """The installed ``llmhost`` script, next to this interpreter (``make test`` installs it
+    with the package)."""
+    found = shutil.which(
+        "llmhost", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+    )
+    if found is None:
+        pytest.fail("the llmhost command is not installed: `pip install -e .` (make test does)")
+    return found
+
+
+@dataclass
+class Cli:
+    root: Path  # where .llmhost/local.json is: the commands run from here
+    api: str
+
+    def __call__(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMHOST_")}
+        env["COLUMNS"] = "200"  # tables unwrapped, as on a wide terminal
+        return subprocess.run(
+            [llmhost_command(), *args],
+            cwd=cwd or self.root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+
+    def json(self, *args: str) -> Any:
+        done = self(*args, "--json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
+    root = tmp_path_factory.mktemp("project")
+    # 600x: an endpoint is created in about a second
+    with local_stack(root / "qdrant", speed=600, drift_seconds=0.5) as stack:
+        info = runner.announcement(stack.api, stack.openai, "http://127.0.0.1:9")
+        with runner.announced(root, info):
+            yield Cli(root, stack.api)
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_up_waits_showing_the_reconcilers_steps_until_in_service(cli: Cli) -> None:
+    # Given a spec file in YAML
+    (cli.root / "demo.yaml").write_text(SPEC)
+    # When it is brought up with --wait
+    done = cli("up", "demo.yaml", "--wait")
+    # Then the command follows the reconciler's steps and ends when the model serves
+    assert done.returncode == 0, done.stderr
+    assert "cli-demo: created (generation 1, PENDING)" in done.stderr
+    assert "CreateEndpoint" in done.stderr and "CreateModel" in done.stderr
+    assert done.stderr.rstrip().splitlines()[-1].startswith("cli-demo: IN_SERVICE after ")
+    # And bringing up the same spec again changes nothing
+    again = cli("up", "demo.yaml")
+    assert again.returncode == 0 and "cli-demo: unchanged" in again.stderr, again.stderr
+
+
+def test_ls_and_status_show_the_deployment(cli: Cli) -> None:
+    listed = cli.json("ls")
+    assert {d["name"]: d["status"] for d in listed["deployments"]}["cli-demo"] == "IN_SERVICE"
+    table = cli("ls")
+    assert table.returncode == 0
+    [row] = [line for line in table.stdout.splitlines() if line.startswith("cli-demo ")]
+    assert "IN_SERVICE" in row and "HuggingFaceH4/zephyr-7b-beta" in row
+    status = cli("status", "cli-demo")
+    assert status.returncode == 0
+    assert status.stdout.startswith("cli-demo  IN_SERVICE")
+    assert "history:" in status.stdout and "CreateEndpoint" in status.stdout
+
+
+def test_ingest_reports_each_rejected_document_and_asks_answer_from_the_rest(cli: Cli) -> None:
+    # Given a folder with two good documents and a .jsonl file whose second line is empty
+    docs = cli.root / "docs"
+    (docs / "geo").mkdir(parents=True)
+    (docs / "geo" / "etna.md").write_text(
+        "Mount Etna is an active stratovolcano on the east coast of Sicily."
+    )
+    (docs / "bread.txt").write_text("Sourdough is leavened by wild yeast and lactic bacteria.")
+    (docs / "notes.jsonl").write_text(
+        json.dumps({"id": "tide", "text": "Tides follow the moon."})
+        + "\n"
+        + json.dumps({"id": "blank", "text": "   "})
+        + "\n"
+    )
+    # When it is ingested
+    done = cli("ingest", "docs", "--collection", "kb")
+    # Then the rejected document gets a line saying where and why, the others land
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "rejected notes.jsonl line 2 (text): is empty" in done.stderr
+    assert "indexed 3 documents" in done.stdout and "1 problems above" in done.stdout
+
+    # And the model answers from them, with the source it used
+    plain = cli("ask", "cli-demo", "Where is Mount Etna?", "--collection", "kb", "-k", "2")
+    assert plain.returncode == 0, plain.stderr
+    assert "Sicily" in plain.stdout
+    assert plain.stdout.strip().splitlines()[-2].startswith("[geo/etna.md] score ")
+
+    # And streamed, through the OpenAI-compatible server with the local API key
+    streamed = cli("ask", "cli-demo", "How is sourdough leavened?", "-c", "kb", "--stream")
+    assert streamed.returncode == 0, streamed.stderr
+    assert "wild yeast" in streamed.stdout
+    assert "[bread.txt] score " in streamed.stdout
+
+
+def test_sleep_and_wake_follow_the_deployment(cli: Cli) -> None:
+    asleep = cli("sleep", "cli-demo", "--wait")
+    assert asleep.returncode == 0, asleep.stderr
+    assert "cli-demo: SLEEPING after " in asleep.stderr
+    awake = cli("wake", "cli-demo", "--wait")
+    assert awake.returncode == 0, awake.stderr
+    assert "cli-demo: IN_SERVICE after " in awake.stderr
+
+
+def test_an_api_refusal_prints_its_message_and_field(cli: Cli) -> None:
+    # Given a spec the API refuses (a JSON one this time): no such instance type
+    bad = {"name": "cli-bad", "model": {"model_id": "x/y"}, "hosting": {"instance_type": "big"}}
+    (cli.root / "bad.json").write_text(json.dumps(bad))
+    done = cli("up", "bad.json")
+    # Then the API's message and the field it names are printed, without a traceback
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: 422 invalid_request: the request is invalid: ")
+    assert "field hosting" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    # And an unknown deployment is the API's 404, also exit 1
+    missing = cli("status", "nobody-here")
+    assert missing.returncode == 1 and "error: 404" in missing.stderr
+
+
+def test_usage_errors_exit_2(cli: Cli) -> None:
+    for args in (["ask", "cli-demo"], ["rm"], ["ls", "--bogus"], ["ask", "m", "q", "-k", "3"]):
+        done = cli(*args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert "Usage: llmhost" in done.stderr or "Error:" in done.stderr
+
+
+def test_an_unreachable_stack_says_where_and_how_to_start_it(cli: Cli, tmp_path: Path) -> None:
+    port = closed_port()
+    # Given a URL nothing listens on
+    done = cli("--url", f"http://127.0.0.1:{port}", "ls")
+    assert done.returncode == 3
+    assert f"no llmhost answered at http://127.0.0.1:{port}/v1/deployments" in done.stderr
+    assert "make run" in done.stderr and "Traceback" not in done.stderr
+    # And a local stack that announced itself and is gone (a stale .llmhost/local.json)
+    stale = runner.announcement(f"http://127.0.0.1:{port}", "http://127.0.0.1:1", "-")
+    (tmp_path / ".llmhost").mkdir()
+    (tmp_path / ".llmhost" / "local.json").write_text(json.dumps(stale))
+    gone = cli("ls", cwd=tmp_path)
+    assert gone.returncode == 3
+    assert str(tmp_path / ".llmhost" / "local.json") in gone.stderr
+    assert "it may have stopped: start it with `make run`" in gone.stderr
+
+
+def test_jobs_lists_them(cli: Cli) -> None:
+    listed = cli.json("jobs", "--model", "cli-demo")
+    assert listed["jobs"] == [] and listed["count"] == 0
+
+
+def test_rm_waits_until_deleted(cli: Cli) -> None:
+    done = cli("rm", "cli-demo", "--wait")
+    assert done.returncode == 0, done.stderr
+    assert "cli-demo: DELETED after " in done.stderr
+    assert cli.json("status", "cli-demo")["status"] == "DELETED"
