@@ -20,7 +20,8 @@ PY313_DIR := $(if $(PY313),$(patsubst %/,%,$(dir $(PY313))),)
 SAM_ENV := AWS_DEFAULT_REGION=us-east-1 SAM_CLI_TELEMETRY=0 PATH="$(PY313_DIR):$$PATH"
 
 .PHONY: run test check lint typecheck unit checkov sam-validate sam-build build images embedding-model \
-	bench-coldstart bench-retrieval bench-serving bench-scaling bench-load bench-batch clean
+	bench-coldstart bench-retrieval bench-serving bench-scaling bench-load bench-batch clean \
+	test-console
 
 # The product (llmhost, with the test tools) and local/'s emulated AWS and trace replay.
 $(VENV)/.installed: pyproject.toml local/pyproject.toml
@@ -73,6 +74,20 @@ unit: $(VENV)/.installed $(SAM_VENV)/.installed embedding-model
 	$(VENV)/bin/pytest
 
 check: test
+
+# The browser test's tools: Debian's Chromium and its WebDriver, Selenium from PyPI.
+SELENIUM := selenium>=4.20,<5
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+## test-console: the console in headless Chromium (tests/browser): load it, create a deployment,
+## watch it reach IN_SERVICE, chat, open a trace. Installs chromium, chromium-driver and
+## selenium when missing. Not part of `make test`, which needs no browser.
+test-console: $(VENV)/.installed embedding-model
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; }
+	@$(PY) -c 'import selenium' 2>/dev/null || $(VENV)/bin/pip install --quiet "$(SELENIUM)"
+	$(VENV)/bin/pytest tests/browser -m browser
 
 ## checkov: static security checks of template.yaml; every skipped check says why, inline
 checkov: $(CHECKOV_VENV)/.installed

@@ -31,6 +31,7 @@ from llmhost_local.cloud import (
     load_handler,
     project_root,
 )
+from llmhost_local.console import Upstreams, serve_console
 from llmhost_local.http_server import BackgroundServer
 
 # load_handler sets the process's POWERTOOLS_SERVICE_NAME: one load at a time.
@@ -74,7 +75,7 @@ llmhost is running locally (no AWS account needed).
 
   API           {api}   (SigV4, key {key} / {secret})
   OpenAI API    {openai}/v1   (api_key={api_key}; streams)
-  moto server   {moto}   (DynamoDB, IAM, Secrets Manager, ...)
+{console_line}  moto server   {moto}   (DynamoDB, IAM, Secrets Manager, ...)
   SageMaker     stand-in, {speed:g}x faster than real (endpoint creation ~{create:g}s)
   model engine  {engine}
   documents     {documents} (embedded Qdrant, kept between runs)
@@ -178,10 +179,16 @@ def banner(
     documents: Path,
     engine: str,
     demo: bool = True,
+    console: str = "",
 ) -> str:
-    """What ``make run`` prints once the stack is up (``api``, ``openai``: bound URLs;
-    ``documents``: embedded Qdrant's folder; ``demo``: the demo deployments are created)."""
+    """What ``make run`` prints once the stack is up (``api``, ``openai``, ``console``: bound
+    URLs; ``documents``: embedded Qdrant's folder; ``demo``: the demo deployments are created)."""
     values = {
+        "console_line": (
+            f"  console       {console}   (deployments, copies, traces, chat, in a browser)\n"
+            if console
+            else ""
+        ),
         "api": api,
         "openai": openai,
         "ingest": ingest_command(api),
@@ -208,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
         "--engine-url",
         default=os.environ.get("LLMHOST_ENGINE_URL") or None,
         help="a real TGI or vLLM server to answer instead of the local extractive engine",
+    )
+    parser.add_argument(
+        "--console-port",
+        type=int,
+        default=int(os.environ["CONSOLE_PORT"]) if os.environ.get("CONSOLE_PORT") else None,
+        help="the web console's port (default: --port + 3)",
     )
     parser.add_argument("--no-demo", action="store_true", help="do not create the demo model")
     parser.add_argument(
@@ -247,6 +260,19 @@ def main(argv: list[str] | None = None) -> int:
         serve_engine(cloud.engine, port=args.engine_port)
     server = serve(args.port, cloud)
     openai_server = cloud.start_openai_server(args.openai_port)
+    console_port = args.console_port if args.console_port is not None else args.port + 3
+    console_server = serve_console(
+        console_port,
+        Upstreams(
+            api=url_of(server),
+            openai=url_of(openai_server),
+            access_key=ACCESS_KEY,
+            secret_key=SECRET_KEY,
+            api_key=LOCAL_API_KEY,
+            region=REGION,
+        ),
+        log=cloud.log,
+    )
     if not args.no_demo:
         cloud.create_demo()
     engine = args.engine_url or "local extractive engine (not an LLM; cites passages)"
@@ -258,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         documents=cloud.qdrant_path,
         engine=engine,
         demo=not args.no_demo,
+        console=url_of(console_server),
     )
     console_port = int(os.environ.get("CONSOLE_PORT") or args.port + 3)
     info = announcement(url_of(server), url_of(openai_server), f"http://127.0.0.1:{console_port}")
@@ -271,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nstopping", file=sys.stderr)
     finally:
+        console_server.shutdown()
         server.shutdown()
         openai_server.shutdown()
         cloud.stop()
