@@ -286,8 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         demo=not args.no_demo,
         console=url_of(console_server),
     )
-    console_port = int(os.environ.get("CONSOLE_PORT") or args.port + 3)
-    info = announcement(url_of(server), url_of(openai_server), f"http://127.0.0.1:{console_port}")
+    info = announcement(url_of(server), url_of(openai_server), url_of(console_server))
     print(text, flush=True)
     # `kill` (SIGTERM) stops it as Ctrl-C does: the servers close, the announcement goes.
     signal.signal(signal.SIGTERM, _interrupt)
