@@ -21,6 +21,7 @@ from llmhost_local.cloud import ACCESS_KEY, LOCAL_API_KEY, REGION, SECRET_KEY
 from llmhost_local.console import Upstreams, serve_console
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="make test-console installs it")
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
@@ -87,7 +88,18 @@ def browser() -> Iterator[Any]:
 
 
 def _wait(driver: Any, condition: Any, timeout: float = 60, message: str = "") -> Any:
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition, message)
+    # The page redraws its tables as it polls: an element found may be replaced at once.
+    return WebDriverWait(
+        driver, timeout, poll_frequency=0.1, ignored_exceptions=[StaleElementReferenceException]
+    ).until(condition, message)
+
+
+def _click(driver: Any, selector: str) -> None:
+    def clicked(d: Any) -> bool:
+        d.find_element(By.CSS_SELECTOR, selector).click()
+        return True
+
+    _wait(driver, clicked, message=f"could not click {selector}")
 
 
 def _proxy(console: str, method: str, path: str, body: Any = None) -> httpx.Response:
@@ -198,11 +210,50 @@ def test_a_trace_of_the_chat_opens_with_its_prompt_sources_and_answer(
     browser.find_element(By.ID, "traces-refresh").click()
     rows = "#traces tbody tr[data-id]"
     _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, rows), message="no trace listed")
-    browser.find_element(By.CSS_SELECTOR, rows).click()
+    _click(browser, rows)
     # Then its prompt, sources and answer are shown
     _wait(browser, lambda d: d.find_element(By.ID, "trace").is_displayed())
     trace = browser.find_element(By.ID, "trace")
     assert trace.find_element(By.CSS_SELECTOR, ".trace-prompt").text
     assert trace.find_element(By.CSS_SELECTOR, ".trace-answer").text
     assert "console.md" in trace.find_element(By.CSS_SELECTOR, ".trace-sources").text
+    assert _errors(browser) == []
+
+
+def test_a_refused_spec_shows_the_apis_message_naming_the_field(console: str, browser: Any) -> None:
+    textarea = browser.find_element(By.ID, "spec")
+    textarea.clear()
+    textarea.send_keys(json.dumps({"name": "no-model-id", "model": {"kind": "hub"}}))
+    browser.find_element(By.ID, "create-button").click()
+    _wait(
+        browser,
+        lambda d: "model.model_id" in d.find_element(By.ID, "create-result").text,
+        message="the refusal did not name the field",
+    )
+    assert browser.find_element(By.ID, "create-result").text.startswith("422: ")
+
+
+def test_sleep_wake_and_delete_from_the_buttons(console: str, browser: Any) -> None:
+    row = f'#deployments tbody tr[data-name="{DEPLOYMENT}"]'
+    _click(browser, row)
+
+    def reads(status: str) -> Any:
+        return lambda d: d.find_element(By.CSS_SELECTOR, row).get_attribute("data-status") == status
+
+    # When Sleep is pressed, the deployment goes to sleep; when Wake is, it serves again
+    browser.find_element(By.ID, "sleep-button").click()
+    _wait(browser, reads("SLEEPING"), message="never SLEEPING")
+    browser.find_element(By.ID, "wake-button").click()
+    _wait(browser, reads("IN_SERVICE"), message="never back IN_SERVICE")
+    # And Delete (confirmed) removes it
+    browser.find_element(By.ID, "delete-button").click()
+    _wait(browser, lambda d: d.switch_to.alert).accept()
+    _wait(
+        browser,
+        lambda d: (
+            d.find_element(By.CSS_SELECTOR, row).get_attribute("data-status")
+            in {"DELETING", "DELETED"}
+        ),
+        message="never DELETING",
+    )
     assert _errors(browser) == []
