@@ -74,10 +74,19 @@ async function refreshDeployments() {
     row.addEventListener("click", () => select(d.name));
     return row;
   }));
-  const chosen = $("#chat-model").value;
-  $("#chat-model").replaceChildren(...list.filter((d) => d.status !== "DELETED")
-    .map((d) => el("option", { value: d.name, text: `${d.name} (${d.status})` })));
-  if (list.some((d) => d.name === chosen)) $("#chat-model").value = chosen;
+  setOptions($("#chat-model"), list.filter((d) => d.status !== "DELETED").map((d) => [d.name, `${d.name} (${d.status})`]));
+  setOptions($("#traces-model"), [["", "(all)"], ...list.map((d) => [d.name, d.name])]);
+}
+
+// Options [value, label] for a select, keeping its choice; untouched if nothing changed
+// (so a list the user has open is not redrawn under the pointer).
+function setOptions(select, options) {
+  const signature = JSON.stringify(options);
+  if (select.dataset.options === signature) return;
+  const chosen = select.value;
+  select.replaceChildren(...options.map(([value, text]) => el("option", { value, text })));
+  if (options.some(([value]) => value === chosen)) select.value = chosen;
+  select.dataset.options = signature;
 }
 
 function select(name) {
@@ -140,22 +149,24 @@ async function create() {
 
 async function capacityOf(name, deployment) {
   const from = new Date(Date.now() - 3600e3).toISOString();
+  let recorded = null;
   if (state.capacityRoute) {
     try {
-      return await call("GET", `/v1/deployments/${encodeURIComponent(name)}/capacity?from=${encodeURIComponent(from)}`);
+      recorded = await call("GET", `/v1/deployments/${encodeURIComponent(name)}/capacity?from=${encodeURIComponent(from)}`);
     } catch (error) {
       if (error.code !== "route_not_found" && error.status !== 405) throw error;
       state.capacityRoute = false;
     }
   }
-  // Without the capacity route: sample the scaling view's copies each time this page polls,
-  // and mark the scaling activity and the deployment's history as decisions.
+  if (recorded && recorded.points.length) return recorded;
+  // Nothing recorded yet (or no capacity route on this stack): sample the scaling view's
+  // copies each time this page polls, and mark its scaling activity and the history.
   const scaling = await call("GET", `/v1/deployments/${encodeURIComponent(name)}/scaling`);
   const samples = (state.samples[name] ||= []);
   samples.push({ at: new Date().toISOString(), desired: scaling.capacity?.desired ?? 0,
     in_service: scaling.capacity?.current ?? 0 });
   if (samples.length > 1800) samples.shift();
-  const decisions = [
+  const decisions = recorded ? recorded.decisions : [
     ...(scaling.recent_activity || []).map((a) => ({ at: a.at, reason: `${a.what}: ${a.cause || a.status}` })),
     ...(deployment.history || []).map((h) => ({ at: h.at, reason: `${h.event} → ${h.status}${h.reason ? `: ${h.reason}` : ""}` })),
   ];
@@ -210,11 +221,12 @@ function drawChart(svg, points, decisions) {
   for (const decision of decisions) {
     const t = Date.parse(decision.at);
     if (!Number.isFinite(t)) continue;
-    const change = decision.from != null ? `${decision.from} → ${decision.to}: ` : "";
+    const change = decision.from != null ? `${decision.from} → ${decision.to} ` : "";
+    const what = decision.event ? `${decision.event}: ` : "";
     const mark = node("g", { class: "decision-mark" });
     mark.append(node("line", { class: "decision", x1: x(t), x2: x(t), y1: top, y2: H - bottom }),
       node("circle", { class: "decision-dot", cx: x(t), cy: top + 3, r: 3 }),
-      node("title", {}, `${new Date(t).toLocaleTimeString()} ${change}${decision.reason || ""}`));
+      node("title", {}, `${new Date(t).toLocaleTimeString()} ${change}${what}${decision.reason || ""}`));
     children.push(mark);
   }
   svg.replaceChildren(...children);
@@ -225,10 +237,7 @@ function drawChart(svg, points, decisions) {
 async function refreshCollections() {
   let names = [];
   try { names = (await call("GET", "/v1/collections")).collections || []; } catch { return; }
-  const chosen = $("#chat-collection").value;
-  $("#chat-collection").replaceChildren(el("option", { value: "", text: "(none)" }),
-    ...names.map((n) => el("option", { value: n, text: n })));
-  if (names.includes(chosen)) $("#chat-collection").value = chosen;
+  setOptions($("#chat-collection"), [["", "(none)"], ...names.map((n) => [n, n])]);
 }
 
 function addMessage(role, text) {
@@ -313,7 +322,10 @@ async function readStream(stream, answer) {
 
 async function refreshTraces() {
   let page;
-  try { page = await call("GET", "/v1/traces?limit=20"); } catch (error) {
+  const query = new URLSearchParams({ limit: "20" });
+  if ($("#traces-model").value) query.set("model", $("#traces-model").value);
+  if ($("#traces-status").value) query.set("status", $("#traces-status").value);
+  try { page = await call("GET", `/v1/traces?${query}`); } catch (error) {
     $("#traces-note").textContent = error.code === "route_not_found"
       ? "this stack records no traces yet (GET /v1/traces is missing)" : `traces: ${error.message}`;
     return;
@@ -394,6 +406,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#chat-input").addEventListener("keydown", (e) => { if (e.key === "Enter" && !e.shiftKey) send(e); });
   $("#chat-reset").addEventListener("click", () => { state.messages = []; $("#conversation").replaceChildren(); });
   $("#traces-refresh").addEventListener("click", refreshTraces);
+  $("#traces-model").addEventListener("change", refreshTraces);
+  $("#traces-status").addEventListener("change", refreshTraces);
   every(2000, refreshDeployments);
   every(2000, refreshSelected);
   every(10000, refreshCollections);
