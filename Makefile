@@ -65,7 +65,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-## typecheck: mypy with the pydantic plugin on the library and local/ (pyproject.toml's [tool.mypy])
+## typecheck: mypy with the pydantic plugin on the library, the llmhost command and local/ ([tool.mypy])
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy layers/llmhost/llmhost layers/llmhost/llmhost_cli local/llmhost_local
 

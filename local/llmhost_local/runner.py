@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -84,33 +85,28 @@ Ctrl-C stops everything; state lives in memory only.
 """
 BANNER_DEMO = """
 A deployment named "demo" is being created; it is IN_SERVICE in ~{create:g}s.
-Try:
-  AUTH=(--aws-sigv4 aws:amz:us-east-1:execute-api --user {key}:{secret})
-  curl -s "${{AUTH[@]}}" {api}/v1/deployments/demo
+Try (the llmhost command finds this stack by itself, from .llmhost/local.json):
+  {cli} status demo
   {ingest}
-  curl -s "${{AUTH[@]}}" -X POST {api}/v1/rag \\
-       -H 'Content-Type: application/json' \\
-       -d '{{"model": "demo", "collection": "docs", "query": "How do I run the tests?"}}'
+  {cli} ask demo "How do I run the tests?" --collection docs --stream
 
 Scale to zero: "zero-demo" (shared, min 0) goes to zero copies after {idle:g}s without a
-request ({speed:g}x its 5 idle minutes); the console shows each step. Then ask it:
-  curl -si "${{AUTH[@]}}" -X POST {api}/v1/chat/completions \\
-       -H 'Content-Type: application/json' \\
-       -d '{{"model": "zero-demo", "messages": [{{"role": "user", "content": "hi"}}]}}'
+request ({speed:g}x its 5 idle minutes); this log shows each step. Then ask it:
+  {cli} ask zero-demo hi
 The first answer is 503 with Retry-After and wakes it; ask again a few seconds later, or
-add -H 'Prefer: wait=30' to be held until it is up and answered then.
+add --wait 30 to be held until it is up and answered then.
 
-Work that may outlast a request (a job: 202 and a Location to poll):
+Work that may outlast a request (a job: 202 and a Location to poll), with curl:
+  AUTH=(--aws-sigv4 aws:amz:us-east-1:execute-api --user {key}:{secret})
   curl -si "${{AUTH[@]}}" -X POST {api}/v1/jobs -H 'Content-Type: application/json' \\
        -d '{{"type": "chat", "body": {{"model": "demo",
             "messages": [{{"role": "user", "content": "hi"}}]}}}}'
 Many requests at once: OpenAI's Batch API on {openai}/v1 (README, "Batch").
 """
 BANNER_NO_DEMO = """
-No deployment is being created (--no-demo): POST one to {api}/v1/deployments.
+No deployment is being created (--no-demo): create one with `{cli} up SPEC.yaml --wait`.
 Try:
-  AUTH=(--aws-sigv4 aws:amz:us-east-1:execute-api --user {key}:{secret})
-  curl -s "${{AUTH[@]}}" {api}/v1/deployments
+  {cli} ls
   {ingest}
 """
 DEFAULT_API = "http://127.0.0.1:8080"
@@ -154,20 +150,30 @@ def announced(root: Path, info: dict[str, Any]) -> Iterator[Path]:
                 path.unlink()
 
 
-def ingest_command(api: str) -> str:
-    """The ingest CLI's command line for the banner: one that works as printed from the
-    project root (``make run``'s directory), with the interpreter running this stack."""
+def cli_command() -> str:
+    """The llmhost command as typed from the project root (``make run``'s directory): plain
+    ``llmhost`` when it is the one on PATH, else the path of the one next to this stack's
+    interpreter (or that interpreter's ``-m llmhost_cli``)."""
     executable = Path(sys.executable)
+    script = executable.parent / "llmhost"
+    if script.is_file() and shutil.which("llmhost") == str(script):
+        return "llmhost"
     root = project_root()
-    python = (
-        os.path.relpath(executable, root)
-        if executable.is_absolute() and executable.is_relative_to(root)
-        else shlex.quote(sys.executable)
+    target, suffix = (script, "") if script.is_file() else (executable, " -m llmhost_cli")
+    command = (
+        os.path.relpath(target, root)
+        if target.is_absolute() and target.is_relative_to(root)
+        else shlex.quote(str(target))
     )
-    if "/" not in python:
-        python = f"./{python}"
-    command = f"{python} -m llmhost_local.ingest_folder README.md --collection docs"
-    return command if api == DEFAULT_API else f"{command} --api {api}"
+    if "/" not in command:
+        command = f"./{command}"
+    return command + suffix
+
+
+def ingest_command(api: str) -> str:
+    """The banner's ingest command line: one that works as printed from the project root."""
+    cli = cli_command() if api == DEFAULT_API else f"{cli_command()} --url {api}"
+    return f"{cli} ingest README.md --collection docs"
 
 
 def banner(
@@ -192,6 +198,7 @@ def banner(
         "api": api,
         "openai": openai,
         "ingest": ingest_command(api),
+        "cli": cli_command(),
         "key": ACCESS_KEY,
         "secret": SECRET_KEY,
         "moto": moto,

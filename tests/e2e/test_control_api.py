@@ -210,8 +210,8 @@ def test_the_banners_ingest_command_works_as_printed(api: Api) -> None:
         documents=project_root(),
         engine="-",
     )
-    command = next(line.strip() for line in text.splitlines() if "ingest_folder" in line)
-    assert f"--api {api.url}" in command
+    command = next(line.strip() for line in text.splitlines() if " ingest README.md" in line)
+    assert f"--url {api.url} ingest" in command
     # When it is run, as printed, from the project root
     done = subprocess.run(
         command, shell=True, cwd=project_root(), capture_output=True, text=True, timeout=180

@@ -1,7 +1,8 @@
 """The README's local examples, run as written against a running local stack.
 
 Only the ports differ: the stack here listens on free ports, so the examples' 8080 and 8081
-are replaced by them (the ingest command gets ``--api``, as the README says for other ports).
+are replaced by them (the ``llmhost`` command gets ``--url``, as the README says for another
+stack than the one ``make run`` announces).
 """
 
 from __future__ import annotations
@@ -58,18 +59,17 @@ def test_ingest_then_stream_with_sources_as_the_readme_shows(stack: tuple[str, s
     api, openai_url = stack
     _wait_for_demo(openai_url)
 
-    # Given the README's ingest command, run from the project root as written
+    # Given the README's ingest command, run from the project root as written (the llmhost
+    # command that `make test` installs next to this interpreter, as `make run`'s venv has it)
     [ingest] = [
         line
         for block in _blocks("bash")
         for line in block.splitlines()
-        if line.startswith(".venv/bin/python -m llmhost_local.ingest_folder")
+        if line.startswith("llmhost ingest README.md ")
     ]
     argv = shlex.split(ingest)
-    argv[0] = sys.executable  # the same interpreter as .venv/bin/python when run by make
-    done = subprocess.run(
-        [*argv, "--api", api], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+    argv[0:1] = [str(Path(sys.executable).parent / "llmhost"), "--url", api]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
 
     # When the README's openai snippet runs (only its port changed)

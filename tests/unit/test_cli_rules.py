@@ -103,3 +103,14 @@ def test_the_command_imports_nothing_a_users_install_lacks() -> None:
                 f"{path.name}: {n}" for n in names if n.split(".")[0] in {"llmhost_local", "moto"}
             ]
     assert offenders == []
+
+
+def test_the_local_key_pair_the_command_falls_back_on_is_make_runs() -> None:
+    from llmhost_cli import target
+    from llmhost_local import cloud
+
+    assert (target.LOCAL_ACCESS_KEY, target.LOCAL_SECRET_KEY, target.LOCAL_API_KEY) == (
+        cloud.ACCESS_KEY,
+        cloud.SECRET_KEY,
+        cloud.LOCAL_API_KEY,
+    )

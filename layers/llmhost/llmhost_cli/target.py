@@ -24,6 +24,11 @@ DEFAULT_REGION = "us-east-1"
 START_LOCAL = "start it with `make run` in the llmhost checkout"
 _EXECUTE_API_HOST = re.compile(r"\.execute-api\.([a-z0-9-]+)\.amazonaws\.com$")
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+# make run's published key pair (llmhost_local.cloud's, which this package cannot import: a
+# user's install has no llmhost_local): a loopback URL without an announcement is signed so.
+LOCAL_ACCESS_KEY = "llmhost-local"
+LOCAL_SECRET_KEY = "llmhost-local-secret"
+LOCAL_API_KEY = "llmhost-local-key"
 
 
 @dataclass(frozen=True)
@@ -63,12 +68,14 @@ def resolve(
         return from_url(url, openai_url=openai_url, api_key=api_key, local=local, profile=profile)
     if local is not None and found is not None:
         return from_local(local, found, openai_url=openai_url, api_key=api_key)
+    from botocore.credentials import Credentials
+
     return Target(
         api=DEFAULT_API,
         openai=openai_url or "http://127.0.0.1:8081",
         region=DEFAULT_REGION,
-        credentials=None,
-        api_key=api_key,
+        credentials=Credentials(LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY),
+        api_key=api_key or LOCAL_API_KEY,
         where=f"the default local address (no {LOCAL_FILE} found)",
         hint=f"{START_LOCAL}, or pass --url or --stack",
     )
@@ -120,8 +127,8 @@ def from_url(
     profile: str | None,
 ) -> Target:
     """An API URL given by hand. A loopback URL is a local stack: signed with the key pair
-    of the one ``make run`` announced (if any); another is signed with your AWS
-    credentials, in the region its execute-api host names."""
+    of the one ``make run`` announced (else make run's published one); another is signed
+    with your AWS credentials, in the region its execute-api host names."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise CliFailure(f"--url {url!r} is not an http(s) URL", field="--url")
@@ -129,20 +136,20 @@ def from_url(
     if parts.hostname in _LOOPBACK:
         from botocore.credentials import Credentials
 
-        creds = (
-            Credentials(str(local.get("access_key")), str(local.get("secret_key")))
-            if local
-            else None
+        local = local or {}
+        creds = Credentials(
+            str(local.get("access_key") or LOCAL_ACCESS_KEY),
+            str(local.get("secret_key") or LOCAL_SECRET_KEY),
         )
-        openai = openai_url or (local or {}).get("openai")
+        openai = openai_url or local.get("openai")
         if openai is None and parts.port:
             openai = f"{parts.scheme}://{parts.hostname}:{parts.port + 1}"
         return Target(
             api=api,
             openai=_base(openai),
-            region=str((local or {}).get("region") or DEFAULT_REGION),
+            region=str(local.get("region") or DEFAULT_REGION),
             credentials=creds,
-            api_key=api_key or (local or {}).get("api_key"),
+            api_key=api_key or local.get("api_key") or LOCAL_API_KEY,
             where=f"--url {api}",
             hint=f"check the URL, or {START_LOCAL}",
         )
