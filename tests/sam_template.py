@@ -22,6 +22,8 @@ EVENTS = ROOT / "events"
 # The functions that embed or retrieve, and so carry the embedding and retrieval layers.
 DATA_PLANE = {"ServeFunction", "StreamFunction", "IngestFunction", "JobsFunction", "BatchFunction"}
 CONTROL_PLANE = {"ApiFunction", "ReconcileFunction", "ScalingFunction"}
+# Only with OtlpEndpoint set; the OpenTelemetry SDK is in its own code (the llmhost layer only).
+TRACE_EXPORT = {"TraceExportFunction"}
 
 SCALING_DLQ_ARN = {"Fn::GetAtt": ["ScalingDeadLetterQueue", "Arn"]}
 ACCOUNT_ARN = "arn:${AWS::Partition}:sagemaker:${AWS::Region}:${AWS::AccountId}:"

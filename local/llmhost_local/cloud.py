@@ -152,6 +152,7 @@ class LocalCloud:
         self._stop = threading.Event()
         self._reconcile_lock = threading.Lock()  # one reconcile invocation at a time
         self.stream: Any = None
+        self.trace_export: Any = None  # the traces stream's poller, when exporting
         self._statuses: dict[str, str] = {}
         self.reconcile_module: ModuleType | None = None
         self.api_module: ModuleType | None = None
@@ -251,6 +252,15 @@ class LocalCloud:
             threading.Thread(target=self._sweep_batches, name="batch-sweep", daemon=True),
         ]
         self._workers += self._jobs_pollers()
+        if self.trace_export is not None:  # LLMHOST_OTLP_ENDPOINT: the traces stream's poller
+            self._workers.append(
+                threading.Thread(
+                    target=self.trace_export.run,
+                    args=(self._stop,),
+                    name="trace-export",
+                    daemon=True,
+                )
+            )
         for worker in self._workers:
             worker.start()
 
@@ -504,6 +514,30 @@ class LocalCloud:
         )
         os.environ["API_KEYS_SECRET_ARN"] = keys["ARN"]
         self._provision_jobs()
+        self._provision_traces()
+
+    def _provision_traces(self) -> None:
+        """The traces table as template.yaml makes it (``llmhost_local.traces``) with the
+        functions' TRACE_* settings and, with LLMHOST_OTLP_ENDPOINT set, the trace export
+        function on its stream (``llmhost_local.trace_export``)."""
+        from llmhost import aws
+        from llmhost_local.trace_export import start_trace_export
+        from llmhost_local.traces import provision_traces, trace_environment, traces_source
+
+        template = project_root() / "template.yaml"
+        source = traces_source(template)
+        stream_arn = provision_traces(aws.client("dynamodb"), source)
+        os.environ.update(trace_environment(source, dict(os.environ)))
+        self.trace_export = start_trace_export(
+            template=template,
+            stream_arn=stream_arn,
+            streams=aws.client("dynamodbstreams"),
+            secrets=aws.client("secretsmanager"),
+            load_handler=load_handler,
+            environ=os.environ,
+            log=lambda line: self.log(line),
+            forget=_forget_stream_iterators,
+        )
 
     def _provision_jobs(self) -> None:
         """The jobs table, bucket, queue and dead-letter queue (``llmhost_local.queues``)."""

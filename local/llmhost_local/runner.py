@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from llmhost_local import trace_export
 from llmhost_local.cloud import (
     ACCESS_KEY,
     API_CONCURRENCY,
@@ -295,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     info = announcement(url_of(server), url_of(openai_server), url_of(console_server))
     print(text, flush=True)
+    print(trace_export.banner_line(os.environ), flush=True)
     # `kill` (SIGTERM) stops it as Ctrl-C does: the servers close, the announcement goes.
     signal.signal(signal.SIGTERM, _interrupt)
     try:

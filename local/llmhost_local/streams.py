@@ -67,14 +67,17 @@ def _any_tag(loader: _CfnLoader, suffix: str, node: yaml.Node) -> Any:
 _CfnLoader.add_multi_constructor("!", _any_tag)
 
 
-def stream_source(template: Path) -> StreamSource:
-    """The registry stream's settings and the reconciler's event source, from ``template``."""
+def stream_source(
+    template: Path, table: str = TABLE_RESOURCE, function: str = FUNCTION_RESOURCE
+) -> StreamSource:
+    """A table's stream settings and the event source of the function reading it, from
+    ``template`` (by default the registry's and the reconciler's)."""
     resources = yaml.load(template.read_text(), Loader=_CfnLoader)["Resources"]
-    table = resources[TABLE_RESOURCE]["Properties"]
-    events = resources[FUNCTION_RESOURCE]["Properties"]["Events"]
+    table_properties = resources[table]["Properties"]
+    events = resources[function]["Properties"]["Events"]
     (source,) = [e["Properties"] for e in events.values() if e["Type"] == "DynamoDB"]
     return StreamSource(
-        view_type=table["StreamSpecification"]["StreamViewType"],
+        view_type=table_properties["StreamSpecification"]["StreamViewType"],
         batch_size=int(source.get("BatchSize", 100)),
         filters=tuple(f["Pattern"] for f in source.get("FilterCriteria", {}).get("Filters", [])),
         max_retries=int(source.get("MaximumRetryAttempts", -1)),

@@ -41,7 +41,7 @@ LWA_LAYER = (
 
 def test_every_function_runs_python313_arm64_with_the_layer(template: dict[str, Any]) -> None:
     functions = sam.functions(template)
-    assert set(functions) == sam.DATA_PLANE | sam.CONTROL_PLANE
+    assert set(functions) == sam.DATA_PLANE | sam.CONTROL_PLANE | sam.TRACE_EXPORT
     for name, props in functions.items():
         assert props["Runtime"] == "python3.13", name
         assert props["Architectures"] == ["arm64"], name
@@ -67,6 +67,7 @@ def test_every_function_runs_python313_arm64_with_the_layer(template: dict[str, 
         # Lambda's longest: the jobs worker runs generations API Gateway would cut at 29 s.
         "JobsFunction": (2048, 900),
         "BatchFunction": (1024, 900),
+        "TraceExportFunction": (256, 60),
     }
 
 

@@ -79,7 +79,8 @@ def test_star_allowlist_matches_the_service_authorization_reference() -> None:
 def test_functions_use_their_own_least_privilege_roles(template: dict[str, Any]) -> None:
     roles = {name: props.get("Role") for name, props in sam.functions(template).items()}
     assert roles == {
-        name: {"Fn::GetAtt": [f"{name}Role", "Arn"]} for name in sam.DATA_PLANE | sam.CONTROL_PLANE
+        name: {"Fn::GetAtt": [f"{name}Role", "Arn"]}
+        for name in sam.DATA_PLANE | sam.CONTROL_PLANE | sam.TRACE_EXPORT
     }
     api_actions = {
         a

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
-import types
 from collections.abc import Iterator
-from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -20,6 +17,7 @@ from otlp_receiver import OtlpReceiver, otlp_receiver
 from llmhost import aws, runtime
 from llmhost.traces.export import StreamTraceExporter, stream_trace_exporter
 from llmhost.traces.otlp import resource
+from llmhost.traces.store import item_from_view, view_from_item
 from llmhost_local.cloud import load_handler
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -94,19 +92,9 @@ VIEW: dict[str, Any] = {
 START_NS = 1796263800_123456000  # 2026-12-03T02:10:00.123456Z
 
 
-def _view_from_item(item: dict[str, Any]) -> dict[str, Any]:
-    """Stand-in for llmhost.traces.store.view_from_item: the item less its keys."""
-    return json.loads(json.dumps({k: v for k, v in item.items() if k != "pk"}, default=_number))
-
-
-def _number(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    raise TypeError(value)
-
-
 def _item(view: dict[str, Any]) -> dict[str, Any]:
-    return {"pk": f"trace#{view['id']}", **json.loads(json.dumps(view), parse_float=Decimal)}
+    """The item the traces table stores for ``view`` (what its stream's NEW_IMAGE carries)."""
+    return item_from_view(view, expires_at_s=1_798_855_800)
 
 
 def _record(view: dict[str, Any], sequence: str, event: str = "INSERT") -> dict[str, Any]:
@@ -120,7 +108,7 @@ def _record(view: dict[str, Any], sequence: str, event: str = "INSERT") -> dict[
         "eventSource": "aws:dynamodb",
         "awsRegion": "us-east-1",
         "dynamodb": {
-            "Keys": {"pk": image["pk"]},
+            "Keys": {"id": image["id"]},
             "NewImage": image,
             "SequenceNumber": sequence,
             "SizeBytes": 100,
@@ -144,7 +132,7 @@ def collector() -> Iterator[OtlpReceiver]:
 
 def _exporter(url: str, headers: dict[str, str] | None = None) -> StreamTraceExporter:
     return stream_trace_exporter(
-        url, headers or {}, stack="llmhost-test", timeout_s=1.0, view_from_item=_view_from_item
+        url, headers or {}, stack="llmhost-test", timeout_s=1.0, view_from_item=view_from_item
     )
 
 
@@ -269,20 +257,12 @@ def test_records_other_than_inserts_are_skipped(collector: OtlpReceiver) -> None
     assert collector.requests == []
 
 
-@pytest.fixture
-def trace_store_stand_in(monkeypatch: pytest.MonkeyPatch) -> None:
-    module = types.ModuleType("llmhost.traces.store")
-    module.view_from_item = _view_from_item  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "llmhost.traces.store", module)
-
-
 def test_the_function_sends_the_headers_secret_and_never_logs_it(
     moto_aws: None,
     collector: OtlpReceiver,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
-    trace_store_stand_in: None,
 ) -> None:
     # Given a headers secret (as for Langfuse) and the function's environment
     arn = aws.client("secretsmanager").create_secret(
@@ -319,7 +299,7 @@ def test_the_function_sends_the_headers_secret_and_never_logs_it(
 
 
 def test_a_headers_secret_that_is_not_an_object_is_refused_without_its_value(
-    moto_aws: None, monkeypatch: pytest.MonkeyPatch, trace_store_stand_in: None
+    moto_aws: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     arn = aws.client("secretsmanager").create_secret(
         Name="llmhost/otlp-headers", SecretString=json.dumps(["Authorization", SECRET_VALUE])
@@ -335,7 +315,7 @@ def test_a_headers_secret_that_is_not_an_object_is_refused_without_its_value(
 
 @pytest.mark.parametrize("endpoint", ["", "otlp.example.com/v1/traces", "ftp://host/v1/traces"])
 def test_an_endpoint_that_is_not_an_http_url_is_a_settings_error(
-    monkeypatch: pytest.MonkeyPatch, endpoint: str, trace_store_stand_in: None
+    monkeypatch: pytest.MonkeyPatch, endpoint: str
 ) -> None:
     monkeypatch.setenv("OTLP_ENDPOINT", endpoint)
     with pytest.raises(runtime.SettingsError, match="OTLP_ENDPOINT"):
