@@ -12,7 +12,8 @@ from llmhost_local.cloud import LocalCloud, project_root
 
 
 class _Server:
-    server_address = ("127.0.0.1", 8080)
+    def __init__(self, port: int = 8080) -> None:
+        self.server_address = ("127.0.0.1", port)
 
     def shutdown(self) -> None:
         return None
@@ -26,6 +27,7 @@ def _banner_of(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: Any) ->
     monkeypatch.setattr(LocalCloud, "start_openai_server", lambda self, port: _Server())
     monkeypatch.setattr(LocalCloud, "create_demo", lambda self: created.append("demo"))
     monkeypatch.setattr(runner, "serve", lambda port, cloud: _Server())
+    monkeypatch.setattr(runner, "serve_console", lambda port, upstreams, log: _Server(port))
 
     def stop(seconds: float) -> None:
         raise KeyboardInterrupt
@@ -61,3 +63,15 @@ def test_the_banner_names_the_qdrant_folder_in_use(
     monkeypatch.delenv("QDRANT_PATH")
     text = _banner_of(["--no-demo"], monkeypatch, capsys)
     assert str(project_root() / ".llmhost" / "qdrant") in text
+
+
+def test_the_banner_names_the_console_at_port_plus_3_or_console_port(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("CONSOLE_PORT", raising=False)
+    text = _banner_of(["--no-demo", "--port", "9000"], monkeypatch, capsys)
+    (line,) = [line for line in text.splitlines() if line.strip().startswith("console")]
+    assert "http://127.0.0.1:9003" in line
+    monkeypatch.setenv("CONSOLE_PORT", "7777")
+    text = _banner_of(["--no-demo"], monkeypatch, capsys)
+    assert "console       http://127.0.0.1:7777" in text
