@@ -7,6 +7,7 @@ they are (a source id such as ``[notes.md]`` is not a style tag).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -14,9 +15,15 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+# Lines for a pipe or a file are never folded to a terminal's width.
+UNFOLDED_WIDTH = 4000
+
 
 def console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, markup=False, highlight=False, soft_wrap=False)
+    shown = Console(stderr=stderr, markup=False, highlight=False, soft_wrap=False)
+    if not shown.is_terminal and "COLUMNS" not in os.environ:
+        shown.width = UNFOLDED_WIDTH
+    return shown
 
 
 def print_json(data: Any) -> None:
@@ -41,8 +48,9 @@ def status_text(status: str) -> Text:
 
 def deployments_table(items: list[dict[str, Any]]) -> Table:
     table = Table(box=None, pad_edge=False)
-    for column in ("NAME", "STATUS", "HOSTING", "MODEL", "GEN", "UPDATED", "REASON"):
-        table.add_column(column, overflow="fold")
+    for column in ("NAME", "STATUS", "HOSTING", "MODEL", "GEN", "UPDATED"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("REASON", overflow="fold")
     for item in items:
         model = item.get("model") or {}
         table.add_row(
@@ -129,11 +137,14 @@ def key_values(data: Any) -> Table:
 
 
 def sources_lines(sources: list[dict[str, Any]]) -> list[str]:
+    """``[1] guides/setup.md#3  score 0.612``: the number the answer cites, the chunk (or the
+    document), its score."""
     lines = []
-    for source in sources:
+    for number, source in enumerate(sources, start=1):
         score = source.get("score")
         shown = f"{score:.3f}" if isinstance(score, int | float) else "-"
-        lines.append(f"[{source.get('id')}] score {shown}")
+        where = source.get("chunk") or source.get("id")
+        lines.append(f"[{source.get('index', number)}] {where}  score {shown}")
     return lines
 
 
