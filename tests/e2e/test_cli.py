@@ -126,11 +126,17 @@ def test_ingest_reports_each_rejected_document_and_asks_answer_from_the_rest(cli
         + json.dumps({"id": "blank", "text": "   "})
         + "\n"
     )
+    # (and a picture, which is not read, and a hidden folder, which is not even looked at)
+    (docs / "photo.png").write_bytes(b"\x89PNG")
+    (docs / ".git").mkdir()
+    (docs / ".git" / "HEAD.txt").write_text("ref: refs/heads/main")
     # When it is ingested
     done = cli("ingest", "docs", "--collection", "kb")
     # Then the rejected document gets a line saying where and why, the others land
     assert done.returncode == 1, done.stdout + done.stderr
     assert "rejected notes.jsonl line 2 (text): is empty" in done.stderr
+    assert "ignored photo.png: not .txt, .md or .jsonl" in done.stderr
+    assert "HEAD" not in done.stderr
     assert "indexed 3 documents" in done.stdout and "1 problems above" in done.stdout
 
     # And the model answers from them, with the source it used

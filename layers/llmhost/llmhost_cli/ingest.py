@@ -73,18 +73,33 @@ class Batch:
 
 def files_under(paths: list[Path]) -> list[tuple[Path, str]]:
     """Each file to read with its name for ids: relative to the folder it was found in.
+    A file given by name is read whatever its suffix (and refused, with the reason, if it is
+    not one llmhost reads); in a folder, only .txt, .md and .jsonl files that are not hidden.
 
     Raises CliFailure for a path that does not exist."""
-    found: list[tuple[Path, str]] = []
+    return [(path, name) for path, name, given in _found(paths) if given or _readable(path)]
+
+
+def ignored_under(paths: list[Path]) -> list[str]:
+    """The files in the folders given that are not read (hidden ones aside: ``.git/``)."""
+    return [name for path, name, given in _found(paths) if not given and not _readable(path)]
+
+
+def _readable(path: Path) -> bool:
+    return path.suffix.lower() in SUFFIXES
+
+
+def _found(paths: list[Path]) -> list[tuple[Path, str, bool]]:
+    """Each file given, or in a folder given and not hidden: (path, name for ids, given)."""
+    found: list[tuple[Path, str, bool]] = []
     for path in paths:
         if path.is_dir():
-            found.extend(
-                (p, p.relative_to(path).as_posix())
-                for p in sorted(path.rglob("*"))
-                if p.is_file() and p.suffix.lower() in SUFFIXES
-            )
+            for file in sorted(path.rglob("*")):
+                relative = file.relative_to(path)
+                if file.is_file() and not any(p.startswith(".") for p in relative.parts):
+                    found.append((file, relative.as_posix(), False))
         elif path.is_file():
-            found.append((path, path.name))
+            found.append((path, path.name, True))
         else:
             raise CliFailure(f"{path}: no such file or folder", field="PATHS")
     return found
@@ -150,6 +165,8 @@ class IngestReport(Protocol):
 
     def skipped(self, problem: str) -> None: ...
 
+    def ignored(self, name: str) -> None: ...
+
     def sending_alone(self, number: int, total: int, batch: Batch, timeout_s: float) -> None: ...
 
     def timed_out(self, number: int, batch: Batch, timeout_s: float, collection: str) -> None: ...
@@ -184,6 +201,8 @@ def ingest(
     outcome = Outcome(problems=len(skipped))
     planned = list(batches(documents))
     report.planned(len(documents), len(planned))
+    for name in ignored_under(paths):
+        report.ignored(name)
     for line in skipped:
         report.skipped(line)
     for number, batch in enumerate(planned, start=1):
@@ -234,6 +253,9 @@ class LineReport:
 
     def skipped(self, problem: str) -> None:
         self.write(f"  skipped {problem}", problem=True)
+
+    def ignored(self, name: str) -> None:
+        self.write(f"  ignored {name}: not .txt, .md or .jsonl", problem=True)
 
     def sending_alone(self, number: int, total: int, batch: Batch, timeout_s: float) -> None:
         self.write(
