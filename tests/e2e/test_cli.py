@@ -162,6 +162,19 @@ def test_sleep_and_wake_follow_the_deployment(cli: Cli) -> None:
     assert "cli-demo: IN_SERVICE after " in awake.stderr
 
 
+def test_asking_a_sleeping_model_says_when_to_retry_or_waits_for_it(cli: Cli) -> None:
+    assert cli("sleep", "cli-demo", "--wait").returncode == 0
+    # A question to a model asleep is the API's 503, with its Retry-After: a failure, exit 1
+    cold = cli("ask", "cli-demo", "Where is Mount Etna?", "-c", "kb")
+    assert cold.returncode == 1
+    assert cold.stderr.startswith("error: 503 model_not_ready: ")
+    assert re.search(r"^  retry after \d+ s$", cold.stderr, re.M), cold.stderr
+    # With --wait the request is held while the model wakes, and answered
+    held = cli("ask", "cli-demo", "Where is Mount Etna?", "-c", "kb", "--wait", "60")
+    assert held.returncode == 0, held.stderr
+    assert "Sicily" in held.stdout
+
+
 def test_an_api_refusal_prints_its_message_and_field(cli: Cli) -> None:
     # Given a spec the API refuses (a JSON one this time): no such instance type
     bad = {"name": "cli-bad", "model": {"model_id": "x/y"}, "hosting": {"instance_type": "big"}}
