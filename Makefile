@@ -21,7 +21,7 @@ SAM_ENV := AWS_DEFAULT_REGION=us-east-1 SAM_CLI_TELEMETRY=0 PATH="$(PY313_DIR):$
 
 .PHONY: run test check lint typecheck unit checkov sam-validate sam-build build images embedding-model \
 	bench-coldstart bench-retrieval bench-serving bench-scaling bench-load bench-batch clean \
-	test-console
+	test-console bench-trace-export
 
 # The product (llmhost, with the test tools) and local/'s emulated AWS and trace replay.
 $(VENV)/.installed: pyproject.toml local/pyproject.toml
@@ -109,6 +109,11 @@ images:
 ## bench-coldstart: fresh-process cold start per function vs bare boto3 + sagemaker client
 bench-coldstart: $(VENV)/.installed embedding-model
 	$(PY) bench/coldstart.py
+
+## bench-trace-export: the OTLP exporter's import cost, the export function's cold start, and the
+## serve function's cold start with export off and on (RUNS=11)
+bench-trace-export: $(VENV)/.installed
+	$(PY) bench/trace_export.py $(if $(RUNS),--runs $(RUNS))
 
 ## bench-retrieval: SciFact nDCG@10 / recall@100 through the real ingest and retrieval paths
 bench-retrieval: $(VENV)/.installed embedding-model
