@@ -506,7 +506,10 @@ def traces(
     interval: float,
     as_json: bool,
 ) -> None:
-    """Recent requests (newest last), or one trace by ID: stages, prompt, sources, answer."""
+    """Recent requests (newest last), or one trace by ID: stages, prompt, sources, answer.
+
+    --follow keeps printing new ones until Ctrl-C; --json prints one JSON object a line.
+    """
     client = client_of(ctx)
     out = render.console()
     if trace_id:
@@ -525,22 +528,19 @@ def traces(
         "to": to,
         "limit": limit,
     }
-    seen: set[str] = set()
-    while True:
-        page = client.call("GET", "/v1/traces", query=query)
-        fresh = [t for t in reversed(page.get("data") or []) if t.get("id") not in seen]
-        for trace in fresh:
-            seen.add(trace.get("id"))
+    from llmhost_cli.feed import traces as feed
+
+    try:
+        for trace in feed(client, query, follow=follow, interval_s=interval):
             if as_json:
                 sys.stdout.write(json.dumps(trace, ensure_ascii=False) + "\n")
+                sys.stdout.flush()
             else:
                 out.print(render.trace_line(trace))
-        sys.stdout.flush()
+    except KeyboardInterrupt:
         if not follow:
-            return
-        if fresh:
-            query["from"] = fresh[-1].get("started_at") or query["from"]
-        time.sleep(interval)
+            raise
+        # Ctrl-C is how --follow ends: not a failure
 
 
 @cli.command()
@@ -564,8 +564,9 @@ def usage(ctx: click.Context, by: str, from_: str | None, to: str | None, as_jso
     out = render.console()
     out.print(f"{report.get('from')} .. {report.get('to')}")
     out.print(render.usage_table(report))
-    if report.get("method"):
-        out.print(report["method"], style="dim")
+    for note in ("method", "prices"):
+        if report.get(note):
+            out.print(str(report[note]), style="dim")
 
 
 # ---------------------------------------------------------------------------- entry point
