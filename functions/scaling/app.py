@@ -22,6 +22,9 @@ def handler(event: dict, context: object) -> dict:
     if parsed is None:
         return {"handled": False}
     outcomes = runtime.scaling_hook().handle_event(parsed)
+    recorder = runtime.capacity_recorder()
+    if recorder is not None:  # copies over time and the decisions, for usage and the console
+        recorder.after_scaling(outcomes, runtime.clock().now())
     if not outcomes:
         logger.info("event not acted on", extra={"event": type(parsed).__name__})
         return {"handled": False}

@@ -515,6 +515,10 @@ class LocalCloud:
         os.environ["API_KEYS_SECRET_ARN"] = keys["ARN"]
         self._provision_jobs()
         self._provision_traces()
+        from llmhost_local.usage_table import provision_usage_table
+
+        template = project_root() / "template.yaml"
+        os.environ.update(provision_usage_table(aws.client("dynamodb"), template))
 
     def _provision_traces(self) -> None:
         """The traces table as template.yaml makes it (``llmhost_local.traces``) with the

@@ -230,6 +230,8 @@ def test_environment_variables_the_code_reads(template: dict[str, Any]) -> None:
         "POWERTOOLS_LOG_LEVEL": {"Ref": "LogLevel"},
         "HISTORY_LIMIT": {"Ref": "HistoryLimit"},
         "PYDANTIC_DISABLE_PLUGINS": "__all__",
+        "USAGE_TABLE": {"Ref": "UsageTable"},
+        "USAGE_RETENTION_DAYS": {"Ref": "UsageRetentionDays"},
     }
     cap = {"GPU_CAPACITY_CAP": {"Ref": "GpuCapacityCap"}}
     assert functions["ApiFunction"]["Environment"]["Variables"] == {
@@ -369,6 +371,7 @@ def test_serving_settings_accept_what_the_template_sets(template: dict[str, Any]
         "JobsBucket": "llmhost-jobsbucket-1abc",
         "JobsQueue": "https://sqs.us-east-1.amazonaws.com/123456789012/llmhost-JobsQueue-1ABC",
         "BatchFunction": "llmhost-BatchFunction-1ABC",
+        "UsageTable": "llmhost-UsageTable-1ABC",
     }
     functions = sam.functions(template)
     for name in sam.DATA_PLANE:

@@ -209,6 +209,8 @@ def test_scaling_role_holds_only_what_the_hook_does(template: dict[str, Any]) ->
             {"Fn::GetAtt": ["RegistryTable", "Arn"]},
         ),
         "DeadLetters": ({"sqs:SendMessage"}, sam.SCALING_DLQ_ARN),
+        # The capacity history (llmhost.usage.capacity): a point per tick and decision.
+        "CapacityHistory": ({"dynamodb:PutItem"}, {"Fn::GetAtt": ["UsageTable", "Arn"]}),
         "Capacity": (
             {
                 "sagemaker:DescribeEndpoint",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from datetime import datetime
 from functools import cache
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -39,6 +40,9 @@ if TYPE_CHECKING:
     from llmhost.traces.export import StreamTraceExporter
     from llmhost.traces.recorder import TraceRecorder
     from llmhost.traces.store import TraceStore
+    from llmhost.usage.capacity import CapacityRecorder
+    from llmhost.usage.report import UsageReports
+    from llmhost.usage.store import UsageStore
 
 Settings = TypeVar("Settings", bound=BaseModel)
 
@@ -692,6 +696,84 @@ def trace_observers() -> list[RequestObserver]:
     return [recorder] if recorder is not None else []
 
 
+class UsageSettings(BaseModel):
+    """The usage table (template.yaml: UsageTable; unset: no usage is counted) and how long
+    its items live (UsageRetentionDays)."""
+
+    usage_table: str | None = Field(default=None, min_length=3, max_length=255)
+    usage_retention_days: int = Field(default=400, ge=1, le=3650)
+    llmhost_stack_name: str | None = Field(default=None, max_length=128)
+
+
+def usage_settings() -> UsageSettings:
+    overridden: UsageSettings | None = _overrides.get("usage_settings")
+    return overridden or _from_env(UsageSettings)
+
+
+def usage_store() -> UsageStore | None:
+    """The usage table's adapter, None when this function has no usage table."""
+    if "usage_store" in _overrides:
+        overridden: UsageStore | None = _overrides["usage_store"]
+        return overridden
+    from llmhost.usage.store import UsageStore
+
+    settings = usage_settings()
+    if not settings.usage_table:
+        return None
+    return UsageStore(aws.client("dynamodb"), settings.usage_table, settings.usage_retention_days)
+
+
+def usage_reports() -> UsageReports:
+    """Usage and capacity reports over the usage table and the registry."""
+    overridden: UsageReports | None = _overrides.get("usage_reports")
+    if overridden is not None:
+        return overridden
+    from llmhost.usage.capacity import MAX_HOLD_S
+    from llmhost.usage.report import UsageReports
+
+    store = usage_store()
+    if store is None:
+        raise SettingsError("the function's environment is invalid: USAGE_TABLE")
+    cloud = clock()
+    return UsageReports(store, registry().find, cloud.now, max_hold=cloud.span(MAX_HOLD_S))
+
+
+def capacity_recorder() -> CapacityRecorder | None:
+    """The scaling function's recorder of the capacity history and its metrics (None
+    without a usage table)."""
+    if "capacity_recorder" in _overrides:
+        overridden: CapacityRecorder | None = _overrides["capacity_recorder"]
+        return overridden
+    from llmhost.scaling.budget import BudgetLedger
+    from llmhost.usage.capacity import CapacityRecorder
+
+    store = usage_store()
+    if store is None:
+        return None
+    reg = registry()
+
+    def spent_today(now: datetime) -> float:
+        return BudgetLedger(reg).spent(now.date())
+
+    return CapacityRecorder(
+        store,
+        reg.deployments,
+        reg.find,
+        capacity_guard,
+        spent_today=spent_today,
+        stack=usage_settings().llmhost_stack_name,
+    )
+
+
 def usage_observers() -> list[RequestObserver]:
-    """The usage counters and request metrics (``llmhost.usage``)."""
-    return []
+    """The usage counters and request metrics (``llmhost.usage``): the counter when the
+    function has a usage table, the metrics always (Powertools' POWERTOOLS_METRICS_DISABLED
+    switches them off)."""
+    from llmhost.usage.observers import RequestMetrics, UsageCounter
+
+    settings = usage_settings()
+    observers: list[RequestObserver] = [RequestMetrics(settings.llmhost_stack_name)]
+    store = usage_store()
+    if store is not None:
+        observers.insert(0, UsageCounter(lambda: store))
+    return observers

@@ -27,6 +27,7 @@ from llmhost.specs import (
 if TYPE_CHECKING:
     from llmhost.deployments import Change, Deployments
     from llmhost.lifecycle.record import DeploymentRecord
+    from llmhost.usage.report import UsageReports
 
 API_TITLE = "llmhost"
 API_VERSION = "1.0.0"
@@ -41,9 +42,11 @@ def build_app(
     *,
     logger: Any = None,
     metrics: Any = None,
+    usage: Callable[[], UsageReports] | None = None,
 ) -> APIGatewayRestResolver:
     """Create the resolver with every route. ``deployments`` is called lazily per request
-    (``llmhost.runtime.deployments``: the operations over the function's registry)."""
+    (``llmhost.runtime.deployments``: the operations over the function's registry), and so
+    is ``usage`` (default ``llmhost.runtime.usage_reports``)."""
     app = json_api()
 
     def count(metric: str) -> None:
@@ -106,6 +109,10 @@ def build_app(
         plan = deployments().plan(spec)
         return json_response(HTTPStatus.OK, {"name": spec.name, "plan": plan.as_dict()})
 
+    from llmhost.api.usage import add_usage_routes
+
+    add_usage_routes(app, usage or _usage_reports)
+
     @app.get("/v1/openapi.json", summary="This API's OpenAPI document (every route)")
     def openapi():
         return json_response(HTTPStatus.OK, whole_openapi(app))
@@ -134,6 +141,12 @@ def whole_openapi(app: APIGatewayRestResolver) -> dict[str, Any]:
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     schemas.update(extra.get("components", {}).get("schemas", {}))
     return document_responses(doc)
+
+
+def _usage_reports() -> UsageReports:
+    from llmhost import runtime
+
+    return runtime.usage_reports()
 
 
 def _summary(record: DeploymentRecord) -> dict[str, Any]:

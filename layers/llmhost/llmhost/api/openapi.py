@@ -155,6 +155,18 @@ ROUTES: dict[tuple[str, str], tuple[int, str, tuple[int, ...]]] = {
     ("get", "/v1/jobs"): (200, "A page of jobs, and the next page's token", (422, 503)),
     ("get", "/v1/jobs/{job_id}"): (200, "The job: status, timings, result or result_url", _STORE),
     ("delete", "/v1/jobs/{job_id}"): (200, "Cancelled: the job", (409, *_STORE)),
+    # 422: a bad by, from or to, from after to, or a period over 31 days; 503: the usage
+    # table is busy.
+    ("get", "/v1/usage"): (
+        200,
+        "Requests, tokens and estimated cost per deployment or caller, and how cost was shared",
+        (422, *_STORE),
+    ),
+    ("get", "/v1/deployments/{name}/capacity"): (
+        200,
+        "Copies desired and in service over time, and the scaling decisions",
+        _STORE,
+    ),
 }
 
 
@@ -230,6 +242,55 @@ _SUCCESS: dict[tuple[str, str], dict[str, Any]] = {
     ("delete", "/v1/collections/{name}"): _object({"deleted": {"type": "string"}}),
     ("delete", "/v1/collections/{name}/documents/{doc_id}"): _object(
         {"deleted": {"type": "string"}, "chunks": {"type": "integer", "minimum": 1}}
+    ),
+    ("get", "/v1/usage"): _object(
+        {
+            "by": {"enum": ["deployment", "key"]},
+            "from": {"type": "string", "format": "date-time"},
+            "to": {"type": "string", "format": "date-time"},
+            "currency": {"const": "USD"},
+            "rows": {
+                "type": "array",
+                "items": _object(
+                    {
+                        "requests": {"type": "integer", "minimum": 0},
+                        "errors": {"type": "integer", "minimum": 0},
+                        "input_tokens": {"type": "integer", "minimum": 0},
+                        "output_tokens": {"type": "integer", "minimum": 0},
+                        "cost_usd": {"type": "number", "minimum": 0},
+                        "cost_per_request_usd": {"type": ["number", "null"], "minimum": 0},
+                    }
+                ),
+            },
+            "total": {"type": "object"},
+            "method": {"type": "string"},
+        }
+    ),
+    ("get", "/v1/deployments/{name}/capacity"): _object(
+        {
+            "deployment": {"type": "string"},
+            "points": {
+                "type": "array",
+                "items": _object(
+                    {
+                        "at": {"type": "string", "format": "date-time"},
+                        "desired": {"type": "integer", "minimum": 0},
+                        "in_service": {"type": "integer", "minimum": 0},
+                    }
+                ),
+            },
+            "decisions": {
+                "type": "array",
+                "items": _object(
+                    {
+                        "at": {"type": "string", "format": "date-time"},
+                        "from": {"type": ["integer", "null"]},
+                        "to": {"type": ["integer", "null"]},
+                        "reason": {"type": "string"},
+                    }
+                ),
+            },
+        }
     ),
 }
 # Success bodies that are records of a deployment.
