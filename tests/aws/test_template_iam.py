@@ -23,6 +23,7 @@ def template() -> dict[str, Any]:
 RESOURCE_STAR_ALLOWED = {
     "xray:PutTraceSegments",
     "xray:PutTelemetryRecords",
+    "xray:PutSpans",  # the trace export function, to CloudWatch's OTLP endpoint
     "ecr:GetAuthorizationToken",
     "cloudwatch:PutMetricData",  # only with a cloudwatch:namespace condition (checked below)
     "sagemaker:ListModels",

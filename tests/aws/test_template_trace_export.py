@@ -125,13 +125,19 @@ def test_the_role_reads_the_traces_stream_and_the_headers_secret_only(
         "dynamodb:ListStreams": [{"Fn::GetAtt": ["TracesTable", "StreamArn"]}],
         "sqs:SendMessage": [DLQ_ARN],
         "secretsmanager:GetSecretValue": [{"Ref": "OtlpHeadersSecretArn"}],
+        "xray:PutSpans": ["*"],
     }
-    # and the secret only when one is named
+    # and the secret only when one is named, X-Ray's spans only for CloudWatch's endpoint
     policy = template["Resources"]["TraceExportFunctionRole"]["Properties"]["Policies"][0]
-    (branch,) = [s for s in policy["PolicyDocument"]["Statement"] if "Fn::If" in s]
-    condition, _, otherwise = branch["Fn::If"]
-    assert condition == "ExportTracesWithHeaders"
-    assert otherwise == {"Ref": "AWS::NoValue"}
+    branches = {
+        s["Fn::If"][0]: s["Fn::If"][1:]
+        for s in policy["PolicyDocument"]["Statement"]
+        if "Fn::If" in s
+    }
+    assert {c: (when["Action"], otherwise) for c, (when, otherwise) in branches.items()} == {
+        "ExportTracesWithHeaders": ("secretsmanager:GetSecretValue", {"Ref": "AWS::NoValue"}),
+        "ExportTracesToCloudWatch": ("xray:PutSpans", {"Ref": "AWS::NoValue"}),
+    }
     assert sam.functions(template)[FUNCTION]["Role"] == {
         "Fn::GetAtt": ["TraceExportFunctionRole", "Arn"]
     }
@@ -178,3 +184,55 @@ def test_the_headers_secret_parameter_takes_a_secret_arn(template: dict[str, Any
     assert re.fullmatch(pattern, "")
     assert not re.fullmatch(pattern, "llmhost/langfuse")
     assert json.dumps(pattern)  # a plain string, no intrinsic
+
+
+def _evaluate(node: Any, parameters: dict[str, str]) -> Any:
+    """The few intrinsics the export conditions use, evaluated as CloudFormation does."""
+    if isinstance(node, list):
+        return [_evaluate(n, parameters) for n in node]
+    if not isinstance(node, dict):
+        return node
+    ((name, args),) = node.items()
+    if name == "Ref":
+        return parameters[args]
+    if name == "Fn::Sub":
+        return re.sub(r"\$\{(\w+)\}", lambda m: parameters[m.group(1)], args)
+    values = _evaluate(args, parameters)
+    if name == "Fn::Split":
+        return values[1].split(values[0])
+    if name == "Fn::Select":
+        return values[1][int(values[0])]
+    if name == "Fn::Equals":
+        return values[0] == values[1]
+    if name == "Fn::Not":
+        return not values[0]
+    if name == "Fn::And":
+        return all(values)
+    raise AssertionError(f"unexpected intrinsic {name}")
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "cloudwatch"),
+    [
+        ("https://xray.eu-west-1.amazonaws.com/v1/traces", True),
+        ("https://cloud.langfuse.com/api/public/otel/v1/traces", False),
+        ("http://collector:4318/v1/traces", False),
+        ("", False),
+    ],
+)
+def test_the_xray_grant_comes_with_cloudwatchs_endpoint_only(
+    template: dict[str, Any], endpoint: str, cloudwatch: bool
+) -> None:
+    from llmhost.traces.export import cloudwatch_region
+
+    conditions = template["Conditions"]
+    parameters = {"OtlpEndpoint": endpoint, "OtlpHeadersSecretArn": ""}
+    resolved = {
+        "Fn::And": [
+            _evaluate(conditions["ExportTraces"], parameters),
+            *conditions["ExportTracesToCloudWatch"]["Fn::And"][1:],
+        ]
+    }
+    assert _evaluate(resolved, parameters) is cloudwatch
+    # the function signs exactly where the role may put spans
+    assert (cloudwatch_region(endpoint) is not None) is cloudwatch

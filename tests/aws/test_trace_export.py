@@ -330,3 +330,45 @@ def test_spans_of_a_view_without_stages_or_ids_name_the_field() -> None:
     bad_stage = _view(spans=[{"name": "embed", "span_id": "x", "start_ms": 0, "duration_ms": 1}])
     with pytest.raises(TraceViewError, match=r"spans\[0\]\.span_id"):
         spans_from_view(bad_stage, resource(None))
+
+
+def test_cloudwatch_gets_sigv4_signed_requests_with_the_functions_credentials(
+    collector: OtlpReceiver,
+) -> None:
+    from llmhost.traces.export import SigV4OtlpExporter
+
+    # Given the exporter CloudWatch's endpoint gets (here pointed at the receiver)
+    exporter = SigV4OtlpExporter(collector.url, "eu-west-1", aws.credentials, timeout_s=1.0)
+    stream = StreamTraceExporter(exporter, resource("llmhost-test"), view_from_item)
+
+    outcome = stream.export_records([_record(VIEW, "1")])
+
+    # Then the request is signed for X-Ray in that region with the environment's credentials
+    assert outcome.failed == ()
+    (headers,) = collector.requests
+    assert headers["authorization"].startswith("AWS4-HMAC-SHA256 Credential=testing/")
+    assert "/eu-west-1/xray/aws4_request" in headers["authorization"]
+    assert headers["x-amz-security-token"] == "testing"
+    assert headers["content-type"] == "application/x-protobuf"
+    assert sorted(s.name for s in collector.spans) == ["chat demo", "embed", "generate", "retrieve"]
+    # and a refusal is a failed batch, as with any collector
+    collector.status = 403
+    refused = stream.export_records([_record(VIEW, "2")])
+    assert refused.response() == {"batchItemFailures": [{"itemIdentifier": "2"}]}
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "region"),
+    [
+        ("https://xray.eu-west-1.amazonaws.com/v1/traces", "eu-west-1"),
+        ("https://xray.cn-north-1.amazonaws.com.cn/v1/traces", "cn-north-1"),
+        ("http://xray.eu-west-1.amazonaws.com/v1/traces", None),
+        ("https://xray.example.com/v1/traces", None),
+        ("https://cloud.langfuse.com/api/public/otel/v1/traces", None),
+    ],
+)
+def test_only_cloudwatchs_own_endpoint_is_signed(endpoint: str, region: str | None) -> None:
+    from llmhost.traces.export import SigV4OtlpExporter, cloudwatch_region, otlp_exporter
+
+    assert cloudwatch_region(endpoint) == region
+    assert isinstance(otlp_exporter(endpoint, {}, 1.0), SigV4OtlpExporter) is (region is not None)

@@ -158,6 +158,19 @@ def _new_session(loader: Any = None) -> Any:
     return boto3.session.Session(botocore_session=core)
 
 
+def credentials() -> Any:
+    """The process's AWS credentials as they are now (frozen: access key, secret, token), for
+    signing a request that is no SDK call (CloudWatch's OTLP endpoint). Raises RuntimeError
+    when the credential chain finds none."""
+    global _session
+    if _session is None:
+        _session = _new_session()
+    found = _session.get_credentials()
+    if found is None:
+        raise RuntimeError("no AWS credentials: the function's role or the environment gives none")
+    return found.get_frozen_credentials()
+
+
 def service_model(service: str) -> Any:
     """botocore's model of ``service`` (its shapes and enums), from the shared session."""
     global _session

@@ -19,9 +19,11 @@ its scheme and host only.
 from __future__ import annotations
 
 import json
+import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from aws_lambda_powertools import Logger
@@ -35,6 +37,18 @@ if TYPE_CHECKING:
 logger = Logger(child=True)
 
 ViewFromItem = Callable[[dict[str, Any]], dict[str, Any]]
+# CloudWatch's OTLP traces endpoint (https://xray.<region>.amazonaws.com/v1/traces): it takes
+# SigV4-signed requests (service "xray"), not static headers.
+CLOUDWATCH_HOST = re.compile(r"^xray\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$")
+_RETRYABLE = {429, 502, 503, 504}
+
+
+class SpanSink(Protocol):
+    """What sends spans: OpenTelemetry's OTLP/HTTP exporter, or the SigV4 one below."""
+
+    def export(self, spans: Sequence[Any]) -> Any: ...
+
+    def shutdown(self) -> None: ...
 
 
 class HeadersSecretError(ValueError):
@@ -62,7 +76,7 @@ class StreamTraceExporter:
 
     def __init__(
         self,
-        exporter: SpanExporter,
+        exporter: SpanExporter | SpanSink,
         resource: Resource,
         view_from_item: ViewFromItem,
         endpoint: str = "",
@@ -151,13 +165,96 @@ def headers_from_secret(value: Any, secret_id: str) -> dict[str, str]:
     return dict(value)
 
 
-def otlp_exporter(endpoint: str, headers: Mapping[str, str], timeout_s: float) -> SpanExporter:
-    """OpenTelemetry's OTLP/HTTP (protobuf) span exporter for ``endpoint`` (the full traces
-    URL, e.g. https://host/v1/traces). Transient refusals (429, 502-504, a dropped
-    connection) are retried with backoff within ``timeout_s``."""
+def otlp_exporter(
+    endpoint: str, headers: Mapping[str, str], timeout_s: float
+) -> SpanExporter | SpanSink:
+    """The span exporter for ``endpoint`` (the full traces URL, e.g. https://host/v1/traces):
+    OpenTelemetry's OTLP/HTTP (protobuf) exporter with ``headers``, or for CloudWatch's
+    endpoint the SigV4-signing one. Transient refusals (429, 502-504, a dropped connection)
+    are retried with backoff within ``timeout_s``."""
+    region = cloudwatch_region(endpoint)
+    if region is not None:
+        from llmhost import aws
+
+        return SigV4OtlpExporter(endpoint, region, aws.credentials, timeout_s, headers=headers)
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     return OTLPSpanExporter(endpoint=endpoint, headers=dict(headers), timeout=timeout_s)
+
+
+def cloudwatch_region(endpoint: str) -> str | None:
+    """The region of CloudWatch's OTLP endpoint ``endpoint``, or None for any other URL."""
+    parts = urlsplit(endpoint)
+    found = CLOUDWATCH_HOST.match(parts.hostname or "") if parts.scheme == "https" else None
+    return found.group(1) if found else None
+
+
+class SigV4OtlpExporter:
+    """OTLP/HTTP (protobuf) to CloudWatch's traces endpoint, each request signed with SigV4
+    for service ``xray`` with the function's credentials (its role needs xray:PutSpans, and
+    the account CloudWatch Transaction Search). Sent with botocore's HTTP session; 429 and
+    502-504 and dropped connections are retried with backoff within ``timeout_s``."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        region: str,
+        credentials: Callable[[], Any],
+        timeout_s: float,
+        headers: Mapping[str, str] | None = None,
+        http: Any = None,
+    ) -> None:
+        self._endpoint = endpoint
+        self._region = region
+        self._credentials = credentials
+        self._timeout_s = timeout_s
+        self._headers = dict(headers or {})
+        self._http = http
+
+    def export(self, spans: Sequence[Any]) -> Any:
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.exceptions import HTTPClientError
+        from botocore.httpsession import URLLib3Session
+        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        if self._http is None:
+            self._http = URLLib3Session(timeout=max(1, round(self._timeout_s)))
+        body = encode_spans(spans).SerializePartialToString()
+        deadline = time.monotonic() + self._timeout_s
+        backoff = 1.0
+        while True:
+            request = AWSRequest(
+                method="POST",
+                url=self._endpoint,
+                data=body,
+                headers={**self._headers, "Content-Type": "application/x-protobuf"},
+            )
+            SigV4Auth(self._credentials(), "xray", self._region).add_auth(request)
+            status: int | None = None
+            try:
+                status = int(self._http.send(request.prepare()).status_code)
+            except HTTPClientError as error:
+                reason = type(error).__name__
+            else:
+                if 200 <= status < 300:
+                    return SpanExportResult.SUCCESS
+                reason = f"HTTP {status}"
+            if (status is not None and status not in _RETRYABLE) or (
+                time.monotonic() + backoff > deadline
+            ):
+                logger.error(
+                    "CloudWatch refused the spans or could not be reached",
+                    extra={"endpoint": where(self._endpoint), "reason": reason},
+                )
+                return SpanExportResult.FAILURE
+            time.sleep(backoff)
+            backoff *= 2
+
+    def shutdown(self) -> None:
+        if self._http is not None:
+            self._http.close()
 
 
 def stream_trace_exporter(
