@@ -148,7 +148,7 @@ async function create() {
 // ------------------------------------------------------------------ copies over time
 
 async function capacityOf(name, deployment) {
-  const from = new Date(Date.now() - 3600e3).toISOString();
+  const from = new Date(Date.now() - 1800e3).toISOString();
   let recorded = null;
   if (state.capacityRoute) {
     try {
@@ -183,7 +183,7 @@ async function drawCapacity(name, deployment) {
   drawChart($("#chart"), data.points || [], data.decisions || []);
   $("#chart-note").textContent = data.sampled
     ? "desired (dashed) and in service (solid), sampled while this page is open; marks: scaling activity and history"
-    : "desired (dashed) and in service (solid) over the last hour; marks: scaling decisions (hover for why)";
+    : "desired (dashed) and in service (solid) over the last 30 minutes; marks: scaling decisions (hover for why)";
 }
 
 function drawChart(svg, points, decisions) {
