@@ -372,3 +372,32 @@ def test_only_cloudwatchs_own_endpoint_is_signed(endpoint: str, region: str | No
 
     assert cloudwatch_region(endpoint) == region
     assert isinstance(otlp_exporter(endpoint, {}, 1.0), SigV4OtlpExporter) is (region is not None)
+
+
+def test_the_sample_event_passes_the_filter_and_the_function_exports_it(
+    collector: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given events/dynamodb-stream-trace-inserted.json (for `sam local invoke`)
+    from moto.events.models import EventPattern
+
+    import sam_template as sam
+    from llmhost_local.events import LambdaContext
+
+    (event,) = sam.sample_events("dynamodb-stream-trace-").values()
+    (source,) = sam.functions(sam.load())["TraceExportFunction"]["Events"].values()
+    patterns = source["Properties"]["FilterCriteria"]["Filters"]
+    assert all(
+        any(EventPattern.load(f["Pattern"]).matches_event(r) for f in patterns)
+        for r in event["Records"]
+    )
+    monkeypatch.setenv("OTLP_ENDPOINT", collector.url)
+    monkeypatch.delenv("OTLP_HEADERS_SECRET_ARN", raising=False)
+
+    # When the function gets it
+    module = load_handler("trace_export", "llmhost-trace-export")
+    answer = module.handler(event, LambdaContext("trace-export"))
+
+    # Then its trace reached the collector
+    assert answer == {"batchItemFailures": []}
+    (record,) = event["Records"]
+    assert collector.named("chat demo").trace_id == record["dynamodb"]["Keys"]["id"]["S"]
