@@ -6,9 +6,10 @@ whether it answers one request or a thousand; serverless inference bills memory 
 duration. So a request's cost is an estimate of its share:
 
 - ``request_cost_usd`` (at the moment a request ends, for its trace): the time it held its
-  copy, x the copy's price, / the requests that copy runs at once (its sizing plan's
-  concurrency). Idle hours and empty batch slots are in no request's estimate: the sum of
-  these estimates is at most what the copies cost.
+  copy, x the copy's price; with the deployment's spec, / the requests that copy runs at once
+  (its sizing plan's concurrency), and then the sum of these estimates is at most what the
+  copies cost. From the observation alone (its instance type) a request is charged its
+  copy's whole time. Idle hours are in no request's estimate.
 - ``llmhost.usage.report`` (``GET /v1/usage``) shares what the copies actually cost over a
   period (from the capacity history) over the requests they served, idle cost included.
 
