@@ -28,10 +28,10 @@ JSON = {"Content-Type": "application/json"}
 class EchoService:
     """Stands in for the serving service: answers with the text the request carried."""
 
-    def chat(self, request: Any) -> dict[str, Any]:
+    def chat(self, request: Any, watch: Any = None) -> dict[str, Any]:
         return {"texts": [m.text() for m in request.messages]}
 
-    def rag(self, request: Any) -> dict[str, Any]:
+    def rag(self, request: Any, watch: Any = None) -> dict[str, Any]:
         return {"query": request.query}
 
     def models(self) -> dict[str, Any]:
@@ -279,7 +279,7 @@ class Unlucky(EchoService):
     def __init__(self, error: Exception) -> None:
         self.error = error
 
-    def rag(self, request: Any) -> dict[str, Any]:
+    def rag(self, request: Any, watch: Any = None) -> dict[str, Any]:
         raise self.error
 
 

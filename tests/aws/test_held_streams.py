@@ -52,12 +52,14 @@ class ColdService:
                 raise self.refusal
             hold.pause(self.refusal)  # type: ignore[arg-type]
 
-    def chat_stream(self, request: Any, hold: Hold | None = None) -> Iterator[dict[str, Any]]:
+    def chat_stream(
+        self, request: Any, hold: Hold | None = None, watch: Any = None
+    ) -> Iterator[dict[str, Any]]:
         self._wait(hold)
         self.answered.set()
         return iter([_chunk("awake"), _chunk("", "stop")])
 
-    def chat(self, request: Any, hold: Hold | None = None) -> dict[str, Any]:
+    def chat(self, request: Any, hold: Hold | None = None, watch: Any = None) -> dict[str, Any]:
         self._wait(hold)
         return {
             "id": "chatcmpl-1",

@@ -20,11 +20,11 @@ class StandInServing:
     def __init__(self) -> None:
         self.calls = 0
 
-    def chat(self, request: Any) -> dict[str, Any]:
+    def chat(self, request: Any, watch: Any = None) -> dict[str, Any]:
         self.calls += 1
         return {"object": "chat.completion", "model": request.model, "answer": "hi"}
 
-    def rag(self, request: Any) -> dict[str, Any]:
+    def rag(self, request: Any, watch: Any = None) -> dict[str, Any]:
         self.calls += 1
         return {"answer": "because", "model": request.model}
 

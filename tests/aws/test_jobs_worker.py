@@ -40,10 +40,10 @@ class StandInServing:
             return self.behave.pop(0)()
         return {"answer": f"answer {len(self.calls)}", "model": request.model}
 
-    def chat(self, request: Any) -> dict[str, Any]:
+    def chat(self, request: Any, watch: Any = None) -> dict[str, Any]:
         return self._next("chat", request)
 
-    def rag(self, request: Any) -> dict[str, Any]:
+    def rag(self, request: Any, watch: Any = None) -> dict[str, Any]:
         return self._next("rag", request)
 
 

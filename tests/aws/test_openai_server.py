@@ -37,7 +37,7 @@ class ScriptedService:
         self.calls.append("models")
         return {"object": "list", "data": []}
 
-    def chat(self, request: Any) -> dict[str, Any]:
+    def chat(self, request: Any, watch: Any = None) -> dict[str, Any]:
         self.calls.append("chat")
         if self.unavailable:
             raise ModelUnavailable("sleeping")
@@ -57,11 +57,11 @@ class ScriptedService:
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
         }
 
-    def chat_stream(self, request: Any) -> Iterator[dict[str, Any]]:
+    def chat_stream(self, request: Any, watch: Any = None) -> Iterator[dict[str, Any]]:
         self.calls.append("chat_stream")
         return self.stream()
 
-    def rag(self, request: Any) -> dict[str, Any]:
+    def rag(self, request: Any, watch: Any = None) -> dict[str, Any]:
         self.calls.append("rag")
         return {"answer": "x"}
 

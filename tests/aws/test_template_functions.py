@@ -279,6 +279,7 @@ def test_environment_variables_the_code_reads(template: dict[str, Any]) -> None:
         "SERVING_MAX_ATTEMPTS": "2",
         "STREAM_URL": {"Fn::Sub": "${StreamFunctionUrl.FunctionUrl}v1"},
         **JOBS_ENV,
+        **TRACES_ENV,
     }
     assert functions["StreamFunction"]["Environment"]["Variables"] == {
         **common,
@@ -286,6 +287,7 @@ def test_environment_variables_the_code_reads(template: dict[str, Any]) -> None:
         **LWA_ENV,
         **wake,
         "POWERTOOLS_SERVICE_NAME": "llmhost-stream",
+        **TRACES_ENV,
         "PYTHONPATH": "/opt/python",
         "API_KEYS_SECRET_ARN": {
             "Fn::If": [
@@ -314,6 +316,7 @@ def test_environment_variables_the_code_reads(template: dict[str, Any]) -> None:
         **wake,
         **JOBS_ENV,
         "POWERTOOLS_SERVICE_NAME": "llmhost-jobs",
+        **TRACES_ENV,
         "SERVING_TIMEOUT_S": "840",
         "SERVING_MAX_ATTEMPTS": "1",
         "JOBS_MAX_RECEIVE_COUNT": "3",
@@ -333,6 +336,14 @@ JOBS_ENV = {
     "JOBS_BUCKET": {"Ref": "JobsBucket"},
     "JOBS_QUEUE_URL": {"Ref": "JobsQueue"},
     "JOB_RETENTION_DAYS": {"Ref": "JobRetentionDays"},
+}
+
+# Where each serving path records its requests' traces (llmhost.runtime.TraceSettings).
+TRACES_ENV = {
+    "TRACES_TABLE": {"Ref": "TracesTable"},
+    "TRACE_SAMPLE_RATE": {"Ref": "TraceSampleRate"},
+    "TRACE_CONTENT": {"Ref": "TraceContent"},
+    "TRACE_RETENTION_DAYS": {"Ref": "TraceRetentionDays"},
 }
 
 # Lambda Web Adapter 1.x names (the unprefixed READINESS_CHECK_PATH is deprecated); it reads
@@ -358,7 +369,7 @@ def _resolve(value: Any, parameters: dict[str, str]) -> str:
 
 def test_serving_settings_accept_what_the_template_sets(template: dict[str, Any]) -> None:
     from llmhost.rag.embeddings.settings import EmbeddingSettings
-    from llmhost.runtime import ServingSettings
+    from llmhost.runtime import ServingSettings, TraceSettings
 
     defaults = {name: str(p.get("Default", "")) for name, p in template["Parameters"].items()}
     parameters = {
@@ -372,6 +383,7 @@ def test_serving_settings_accept_what_the_template_sets(template: dict[str, Any]
         "JobsQueue": "https://sqs.us-east-1.amazonaws.com/123456789012/llmhost-JobsQueue-1ABC",
         "BatchFunction": "llmhost-BatchFunction-1ABC",
         "UsageTable": "llmhost-UsageTable-1ABC",
+        "TracesTable": "llmhost-TracesTable-1ABC",
     }
     functions = sam.functions(template)
     for name in sam.DATA_PLANE:
@@ -397,6 +409,12 @@ def test_serving_settings_accept_what_the_template_sets(template: dict[str, Any]
         )
         timeouts = {"ServeFunction": 12.0, "StreamFunction": 120.0, "JobsFunction": 840.0}
         assert settings.serving_timeout_s == timeouts[name]
+        # ... and the trace settings, with the stack's defaults.
+        traces = TraceSettings.model_validate(
+            {k.lower(): v for k, v in env.items() if k.lower() in TraceSettings.model_fields}
+        )
+        assert traces.traces_table and traces.trace_content == "redacted", name
+        assert (traces.trace_sample_rate, traces.trace_retention_days) == (1.0, 30), name
     # Two serve attempts fit in API Gateway's 29 s with room for retrieval.
     serve = functions["ServeFunction"]["Environment"]["Variables"]
     assert float(serve["SERVING_TIMEOUT_S"]) * int(serve["SERVING_MAX_ATTEMPTS"]) < 29

@@ -123,6 +123,7 @@ def test_head_sampling_keeps_about_the_rate(request_ids: list[str]) -> None:
 
 
 @given(ids, st.floats(min_value=0, max_value=1))
+@settings(deadline=None)
 def test_sampling_is_monotonic_in_the_rate_and_errors_are_always_kept(
     request_id: str, rate: float
 ) -> None:
@@ -196,13 +197,13 @@ def planted(before: str, secret: str, after: str) -> str:
 
 
 @given(words, pii, words)
-@settings(max_examples=400)
+@settings(max_examples=400, deadline=None)
 def test_redacted_text_never_holds_the_planted_value(before: str, secret: str, after: str) -> None:
     assert secret not in redact_text(planted(before, secret, after))
 
 
 @given(words, pii, words, st.sampled_from(["query", "prompt", "answer", "source"]))
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 def test_a_redacted_trace_never_holds_the_planted_value(
     before: str, secret: str, after: str, where: str
 ) -> None:
@@ -223,7 +224,7 @@ def test_a_redacted_trace_never_holds_the_planted_value(
 
 
 @given(words, words, words)
-@settings(max_examples=50)
+@settings(max_examples=50, deadline=None)
 def test_content_none_keeps_the_counts_and_no_text(query: str, answer: str, passage: str) -> None:
     obs = observation(
         query=query or "q",

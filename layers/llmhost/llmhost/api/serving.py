@@ -9,12 +9,18 @@ that says where to go instead.
 Chat and RAG take ``Prefer: wait=<seconds>`` (``llmhost.serving.hold``): a request for a cold
 model is then held while it wakes, within API Gateway's 29 s, and a wait longer than that
 becomes a job (202, ``Location: /v1/jobs/{id}``) when the function has jobs.
+
+Every chat and RAG request, answered or refused (a bad body included), ends with one
+``RequestObservation`` for the runtime's observers (``llmhost.serving.watch``), and its
+response names its trace (``x-llmhost-trace-id``).
 """
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import unquote
@@ -23,6 +29,7 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver
 from aws_lambda_powertools.event_handler.openapi.params import Path
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmhost.api.body import decode_event_body
 from llmhost.api.http import (
     OwnEventResolver,
     install_error_handlers,
@@ -34,6 +41,7 @@ from llmhost.errors import LlmhostError
 from llmhost.serving.hold import Hold, HoldOutlastsRequest, HoldPolicy, wait_preference
 from llmhost.serving.requests import ChatCompletionRequest, RagRequest
 from llmhost.serving.routing import AsyncOnlyModel
+from llmhost.serving.watch import RequestWatch, observe, start_watch, watching
 
 if TYPE_CHECKING:
     from llmhost.jobs.service import Jobs
@@ -107,7 +115,11 @@ def build_serving_app(
     called lazily per request. ``holds``: how requests with ``Prefer: wait`` are held
     (without it the preference is ignored, as RFC 7240 lets a server do); ``jobs``: the
     job operations a wait longer than API Gateway's becomes."""
-    app = json_api(DocumentIdResolver)
+    app = json_api(ServingResolver)
+    assert isinstance(app, ServingResolver)
+
+    def watch() -> RequestWatch | None:
+        return app.watch
 
     def requested_hold() -> tuple[Hold, int] | None:
         """The hold the request asks for (``Prefer: wait``) and the wait applied, if any."""
@@ -147,8 +159,8 @@ def build_serving_app(
         return answer(
             "rag",
             request,
-            lambda: service().rag(request),
-            lambda hold: service().rag(request, hold=hold),
+            lambda: service().rag(request, **watching(watch())),
+            lambda hold: service().rag(request, hold=hold, **watching(watch())),
         )
 
     @app.post("/v1/chat/completions", summary="OpenAI-compatible chat (not streamed here)")
@@ -158,8 +170,8 @@ def build_serving_app(
         return answer(
             "chat",
             request,
-            lambda: service().chat(request),
-            lambda hold: service().chat(request, hold=hold),
+            lambda: service().chat(request, **watching(watch())),
+            lambda hold: service().chat(request, hold=hold, **watching(watch())),
         )
 
     @app.get("/v1/models", summary="Deployments, as OpenAI models")
@@ -254,3 +266,82 @@ def _job_response(jobs: Any, kind: str, request: Any, headers: dict[str, str]) -
 
 def _collection(info: Any) -> dict[str, Any]:
     return {"name": info.name, "points": info.points, "dimension": info.dimension}
+
+
+class ServingResolver(DocumentIdResolver):
+    """The serving routes' resolver: a chat or RAG request is watched from the event it
+    came in to the response it got, which is then observed (``llmhost.serving.watch``)."""
+
+    WATCHED = {"/v1/rag": "rag", "/v1/chat/completions": "chat"}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._watching = threading.local()
+        super().__init__(*args, **kwargs)
+
+    @property
+    def watch(self) -> RequestWatch | None:
+        """The request being resolved on this thread, when it is watched."""
+        return getattr(self._watching, "watch", None)
+
+    def resolve(self, event: Mapping[str, Any], context: Any) -> dict[str, Any]:
+        path = str(event.get("path") or "").rstrip("/")
+        kind = self.WATCHED.get(path) if event.get("httpMethod") == "POST" else None
+        if kind is None:
+            return super().resolve(event, context)
+        watch = start_watch("rag" if kind == "rag" else "chat", caller=_principal(event))
+        if watch is None:
+            return super().resolve(event, context)
+        self._watching.watch = watch
+        try:
+            response = super().resolve(event, context)
+        except BaseException:
+            observe(watch, 500, "internal_error")
+            raise
+        finally:
+            self._watching.watch = None
+        status = int(response.get("statusCode", 500))
+        if watch.model is None:  # refused before the route read it: what the body named
+            watch.asked_raw(_json_of(event.get("body"), bool(event.get("isBase64Encoded"))))
+        observe(watch, status, _error_code(response) if status >= 400 else None)
+        _add_header(response, "x-llmhost-trace-id", _trace_id(watch.request_id))
+        return response
+
+
+def _trace_id(request_id: str) -> str:
+    from llmhost.traces.record import trace_id_for
+
+    return trace_id_for(request_id)
+
+
+def _principal(event: Mapping[str, Any]) -> str | None:
+    """Who signed the request: the IAM user or role ARN API Gateway verified."""
+    identity = (event.get("requestContext") or {}).get("identity") or {}
+    caller = (
+        identity.get("userArn") or identity.get("caller") if isinstance(identity, dict) else None
+    )
+    return str(caller) if caller else None
+
+
+def _json_of(body: Any, encoded: bool) -> Any:
+    try:
+        return json.loads(decode_event_body(body, encoded) or "")
+    except Exception:  # not JSON: nothing to read a model from
+        return None
+
+
+def _error_code(response: Mapping[str, Any]) -> str | None:
+    try:
+        code = json.loads(response.get("body") or "")["error"]["code"]
+    except Exception:  # not llmhost's error body
+        return None
+    return str(code) if code else None
+
+
+def _add_header(response: dict[str, Any], name: str, value: str) -> None:
+    multi = response.get("multiValueHeaders")
+    if isinstance(multi, dict):
+        multi[name] = [value]
+    else:
+        headers = response.setdefault("headers", {})
+        if isinstance(headers, dict):
+            headers[name] = value

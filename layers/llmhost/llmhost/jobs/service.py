@@ -42,6 +42,7 @@ from llmhost.serving.requests import ChatCompletionRequest, RagRequest
 
 if TYPE_CHECKING:
     from llmhost.serving.service import ServingService
+    from llmhost.serving.watch import RequestWatch
 
 logger = Logger(child=True)
 
@@ -342,13 +343,24 @@ class Jobs:
             # Another worker holds it (a duplicate delivery): look again later; if that
             # worker died, its lease will have run out by then.
             return "retry"
+        # Each run is one request to the model, observed as it ends (a retried job's last run
+        # is its trace).
+        from llmhost.serving.watch import observe, start_watch
+
+        watch = start_watch("job", request_id=job_id)
         try:
-            result = self._answer(claimed)
+            result = self._answer(claimed, watch)
         except LlmhostError as error:
+            if watch is not None:
+                observe(watch, error.status, error.code)
             return self._failed(claimed, error, receive_count, receipt)
         except Exception as error:
             logger.exception("job failed", extra={"job_id": job_id})
+            if watch is not None:
+                observe(watch, 500, "internal_error")
             return self._failed(claimed, error, receive_count, receipt)
+        if watch is not None:
+            observe(watch, 200)
         self.complete(job_id, result=result)
         return "done"
 
@@ -378,15 +390,18 @@ class Jobs:
         self._notify(ended)
         return True
 
-    def _answer(self, job: Job) -> dict[str, Any]:
+    def _answer(self, job: Job, watch: RequestWatch | None = None) -> dict[str, Any]:
         body = job.request
         if job.request_key is not None:
             body = json.loads(self._get_object(job.request_key))
+        if watch is not None:
+            watch.asked_raw(body)
         request = request_model(job.kind, body)
         service = self._serving()
+        watched: dict[str, Any] = {"watch": watch} if watch is not None else {}
         if isinstance(request, ChatCompletionRequest):
-            return service.chat(request)
-        return service.rag(request)
+            return service.chat(request, **watched)
+        return service.rag(request, **watched)
 
     def _failed(
         self, job: Job, error: Exception, receive_count: int, receipt: str | None

@@ -19,6 +19,12 @@ A request for a cold model may wait for it (``llmhost.serving.hold``): chat and 
 held stream answers 200 at once and sends an SSE comment (``: waiting for <model>
 (<state>)``) every few seconds until the model answers; a hold that ends without an answer
 ends the stream with an error event. The stream function holds within its own timeout.
+
+Every chat and RAG request, answered or refused, ends with one ``RequestObservation`` for
+the runtime's observers (``llmhost.serving.watch``): a plain answer's before its response
+goes out, a stream's after its last chunk and before ``data: [DONE]`` (so the Lambda Web
+Adapter does not end the invocation first); its response names its trace
+(``x-llmhost-trace-id``).
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from llmhost.serving.batch_routes import BatchRoutes
 from llmhost.serving.hold import MAX_WAIT_S, Hold, HoldPolicy, Wait, wait_preference, waitable
 from llmhost.serving.ratelimit import KeyRateLimiter
 from llmhost.serving.requests import ChatCompletionRequest, RagRequest
+from llmhost.serving.watch import RequestWatch, observe, start_watch, watching
 from llmhost.specs import issues_from_validation_error
 
 if TYPE_CHECKING:
@@ -154,7 +161,16 @@ class ServingHttpApp:
             return
         request = Request(scope, receive)
         started = time.perf_counter()
+        watch = _watch_for(request)
+        request.state.watch = watch
         response = await self._respond(request)
+        if watch is not None:
+            from llmhost.traces.record import trace_id_for
+
+            response.headers["x-llmhost-trace-id"] = trace_id_for(watch.request_id)
+            if not isinstance(response, StreamingResponse):  # a stream observes its end
+                code = _error_code(response) if response.status_code >= 400 else None
+                await run_in_threadpool(observe, watch, response.status_code, code)
         await response(scope, receive, send)
         self._log(
             f"{request.method} {request.url.path} -> {response.status_code} "
@@ -180,6 +196,8 @@ class ServingHttpApp:
                 principal = self._auth.authenticate_cached(header)
                 if principal is None:
                     principal = await run_in_threadpool(self._auth.authenticate, header)
+                if request.state.watch is not None:
+                    request.state.watch.caller = principal.key_name
                 if self._limiter is not None:
                     self._limiter.take(principal.key_name)
             if self._batch_routes is not None and (batch := BatchRoutes.allowed(path)):
@@ -211,22 +229,35 @@ class ServingHttpApp:
             # The service is fetched on the worker thread that calls it: one hop a request.
             if path == "/v1/models":
                 return _json(200, await run_in_threadpool(lambda: self._service().models()))
+            watch: RequestWatch | None = request.state.watch
             if path == "/v1/rag":
                 rag = await read_body(request, RagRequest)
                 held = self._hold(request, stream=False)
                 if held is None:
-                    return _json(200, await run_in_threadpool(lambda: self._service().rag(rag)))
+                    answer = await run_in_threadpool(
+                        lambda: self._service().rag(rag, **watching(watch))
+                    )
+                    return _json(200, answer)
                 hold, applied = held
-                answer = await run_in_threadpool(lambda: self._service().rag(rag, hold=hold))
+                answer = await run_in_threadpool(
+                    lambda: self._service().rag(rag, hold=hold, **watching(watch))
+                )
                 return _json(200, answer, applied)
             chat = await read_body(request, ChatCompletionRequest)
+            if watch is not None:
+                watch.stream = chat.stream
             held = self._hold(request, stream=chat.stream)
             if chat.stream:
-                return await self._stream(chat, held)
+                return await self._stream(chat, held, watch)
             if held is None:
-                return _json(200, await run_in_threadpool(lambda: self._service().chat(chat)))
+                answer = await run_in_threadpool(
+                    lambda: self._service().chat(chat, **watching(watch))
+                )
+                return _json(200, answer)
             hold, applied = held
-            answer = await run_in_threadpool(lambda: self._service().chat(chat, hold=hold))
+            answer = await run_in_threadpool(
+                lambda: self._service().chat(chat, hold=hold, **watching(watch))
+            )
             return _json(200, answer, applied)
         except ValidationError as error:
             return _invalid(error)
@@ -258,7 +289,10 @@ class ServingHttpApp:
         return hold, {} if wait is None else {"Preference-Applied": f"wait={wait}"}
 
     async def _stream(
-        self, request: ChatCompletionRequest, held: tuple[Hold, dict[str, str]] | None
+        self,
+        request: ChatCompletionRequest,
+        held: tuple[Hold, dict[str, str]] | None,
+        watch: RequestWatch | None = None,
     ) -> Response:
         # The service routes, retrieves, calls the model and reads its first event before
         # returning; taking the first chunk here too means any error so far keeps its status.
@@ -267,7 +301,9 @@ class ServingHttpApp:
         def start(hold: Hold | None = None) -> tuple[Iterator[Any], list[Any]]:
             service = self._service()
             chunks = (
-                service.chat_stream(request, hold=hold) if hold else service.chat_stream(request)
+                service.chat_stream(request, hold=hold, **watching(watch))
+                if hold
+                else service.chat_stream(request, **watching(watch))
             )
             first = next(chunks, None)
             if first is None:
@@ -287,9 +323,9 @@ class ServingHttpApp:
             # Raises the refusal (its status and Retry-After) when waiting cannot help.
             step = hold.next(refused)
             return _event_stream(
-                _HeldStream(hold, step, lambda: start(hold)).events(request.model), applied
+                _HeldStream(hold, step, lambda: start(hold), watch).events(request.model), applied
             )
-        relay = _StreamRelay(chunks, asyncio.get_running_loop())
+        relay = _StreamRelay(chunks, asyncio.get_running_loop(), watch)
         return _event_stream(relay.events(ready), applied)
 
 
@@ -331,11 +367,16 @@ class _HeldStream:
     """
 
     def __init__(
-        self, hold: Hold, first: Wait, start: Callable[[], tuple[Iterator[Any], list[Any]]]
+        self,
+        hold: Hold,
+        first: Wait,
+        start: Callable[[], tuple[Iterator[Any], list[Any]]],
+        watch: RequestWatch | None = None,
     ) -> None:
         self._hold = hold
         self._first = first
         self._start = start
+        self._watch = watch
 
     def _run(self, loop: asyncio.AbstractEventLoop, outcome: asyncio.Future[Any]) -> None:
         def settle(result: Any, error: BaseException | None) -> None:
@@ -372,14 +413,17 @@ class _HeldStream:
             try:
                 chunks, ready = outcome.result()
             except Exception as error:
-                yield _sse(_error_event(error))
+                event = _error_event(error)
+                await _observe_end(self._watch, error)
+                yield _sse(event)
                 yield b"data: [DONE]\n\n"
                 return
         finally:
             if not outcome.done():
                 self._hold.cancel()
                 outcome.cancel()
-        async for part in _StreamRelay(chunks, loop).events(ready):
+                _abandoned(self._watch)
+        async for part in _StreamRelay(chunks, loop, self._watch).events(ready):
             yield part
 
 
@@ -400,9 +444,15 @@ class _StreamRelay:
 
     QUEUE = 256
 
-    def __init__(self, chunks: Iterator[Any], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        chunks: Iterator[Any],
+        loop: asyncio.AbstractEventLoop,
+        watch: RequestWatch | None = None,
+    ) -> None:
         self._chunks = chunks
         self._loop = loop
+        self._watch = watch
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(self.QUEUE)
         self._ready = asyncio.Event()
         self._stop = threading.Event()
@@ -458,17 +508,62 @@ class _StreamRelay:
                     if kind == "end":
                         break
                     if kind == "error":
-                        yield _sse(self._error_event(value))
+                        event = self._error_event(value)
+                        await _observe_end(self._watch, value)
+                        yield _sse(event)
                         break
                     yield _sse(value)
+            await _observe_end(self._watch, None)
             yield b"data: [DONE]\n\n"
         finally:
             self._stop.set()
             if not reading:  # no thread took the stream over (or none was needed)
                 self._close()
+            _abandoned(self._watch)
 
     def _error_event(self, error: Exception) -> dict[str, Any]:
         return _error_event(error)
+
+
+def _watch_for(request: Request) -> RequestWatch | None:
+    """A watch for a chat or RAG request (None for every other route)."""
+    if request.method != "POST":
+        return None
+    path = request.url.path.rstrip("/")
+    if path == "/v1/chat/completions":
+        return start_watch("chat")
+    if path == "/v1/rag":
+        return start_watch("rag")
+    return None
+
+
+def _error_code(response: Response) -> str | None:
+    try:
+        code = json.loads(bytes(response.body))["error"]["code"]
+    except Exception:  # not an error body of ours
+        return None
+    return str(code) if code else None
+
+
+async def _observe_end(watch: RequestWatch | None, error: BaseException | None) -> None:
+    """Observe a stream that ended (with ``error``'s event, or whole), off the event loop."""
+    if watch is None or watch.done:
+        return
+    if isinstance(error, LlmhostError):
+        watch.ended(error.status, error.code)
+    elif error is not None:
+        watch.ended(500, "internal_error")
+    await run_in_threadpool(observe, watch, 200)
+
+
+def _abandoned(watch: RequestWatch | None) -> None:
+    """A stream whose client went away before its end: observed as 499 (nginx's "client
+    closed request"), on a thread of its own (this runs as the response is torn down)."""
+    if watch is None or watch.done:
+        return
+    threading.Thread(
+        target=observe, args=(watch, 499, "client_closed_request"), daemon=True
+    ).start()
 
 
 def _error_event(error: BaseException) -> dict[str, Any]:
@@ -496,7 +591,7 @@ async def read_body(request: Request, model: type[M]) -> M:
         raw += part
         if len(raw) > MAX_BODY_BYTES:
             raise _too_large(len(raw))
-    return parse_body(bytes(raw), model)
+    return parse_body(bytes(raw), model, getattr(request.state, "watch", None))
 
 
 def _too_large(size: int) -> BodyTooLarge:
@@ -505,7 +600,7 @@ def _too_large(size: int) -> BodyTooLarge:
     )
 
 
-def parse_body(raw: bytes, model: type[M]) -> M:
+def parse_body(raw: bytes, model: type[M], watch: RequestWatch | None = None) -> M:
     """Decode, parse and validate a request body. Raises InvalidBody or InvalidJson (400) for
     bytes that are not UTF-8 JSON of sane depth, RequestInvalid (422) for JSON that is not
     this request."""
@@ -514,6 +609,8 @@ def parse_body(raw: bytes, model: type[M]) -> M:
     # The same parser as the control API: UTF-8, strict JSON, line and column on errors, the
     # same nesting limit.
     data = parse_json_body(raw)
+    if watch is not None:
+        watch.asked_raw(data)
     _check_values(data)
     if not isinstance(data, dict):
         raise RequestInvalid(

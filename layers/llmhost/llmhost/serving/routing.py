@@ -105,6 +105,10 @@ class ModelRoute:
     # The model's tokenizer has its own chat template (unknown models: assumed, since only
     # the engine can template them); ``chat_template`` is llmhost's rendering of it.
     ships_chat_template: bool = True
+    # What a request's trace and cost say about the copy that answered.
+    generation: int | None = None
+    instance_type: str | None = None
+    model_id: str | None = None  # the model's hub or catalog id
 
 
 def route_for(record: DeploymentRecord) -> ModelRoute:
@@ -130,6 +134,9 @@ def route_for(record: DeploymentRecord) -> ModelRoute:
         defaults=spec.generation,
         hosting=spec.hosting.kind,
         ships_chat_template=model.ships_chat_template if model else True,
+        generation=record.generation,
+        instance_type=plan.instance_type,
+        model_id=spec.catalog_id,
     )
 
 

@@ -42,6 +42,7 @@ from llmhost.token_counting import token_counter_for
 if TYPE_CHECKING:
     from llmhost.rag.embeddings import Embedder
     from llmhost.rag.store import VectorStore
+    from llmhost.serving.watch import RequestWatch
 
 FALLBACK_TEMPLATE = "chatml"  # only for counting tokens when the engine applies its own
 T = TypeVar("T")
@@ -97,6 +98,10 @@ class Prepared:
     build: Callable[[int], dict[str, Any]] | None = None  # payload for a smaller input limit
     estimated_prompt_tokens: int = 0  # llmhost's count of the prompt (without RAG context)
     chat: bool = False  # sent to the engine's chat API (see ``engine_applies_template``)
+    watch: RequestWatch | None = None
+    sent: str | list[ChatMessage] | None = None  # the prompt sent, when not a RAG prompt
+    collection: str | None = None
+    generate_start_ms: float | None = None  # when the model was called (``watch``'s clock)
 
     def prompt_tokens(self) -> int:
         """llmhost's count of the prompt as sent (after any RAG rebuild)."""
@@ -141,13 +146,23 @@ class ServingService:
 
     # ------------------------------------------------------------------------------- rag
 
-    def rag(self, request: RagRequest, hold: Hold | None = None) -> dict[str, Any]:
+    def rag(
+        self, request: RagRequest, hold: Hold | None = None, watch: RequestWatch | None = None
+    ) -> dict[str, Any]:
         """Answer ``request.query`` from ``request.collection`` with its sources; with a
-        ``hold``, a cold model is waited for (see ``llmhost.serving.hold``)."""
+        ``hold``, a cold model is waited for (see ``llmhost.serving.hold``); ``watch``
+        collects what the request did (``llmhost.serving.watch``)."""
         started = time.perf_counter()
         options = RetrievalOptions(
             collection=request.collection, k=request.k, filters=request.filters
         )
+        if watch is not None:
+            watch.asked(
+                request.model,
+                query=request.query,
+                collection=request.collection,
+                **_watched_parameters(_rag_overrides(request)),
+            )
 
         def prepare() -> Prepared:
             return self._prepare(
@@ -157,10 +172,12 @@ class ServingService:
                 options,
                 system=request.system,
                 stream=False,
+                watch=watch,
             )
 
-        prepared, completion = self._held(request.model, hold, prepare, self._complete)
+        prepared, completion = self._held(request.model, hold, prepare, self._complete, watch)
         timings = {**prepared.timings_ms, "total": _ms(started)}
+        _watch_answer(prepared, completion)
         return {
             "answer": completion.text,
             "model": prepared.route.name,
@@ -172,15 +189,27 @@ class ServingService:
 
     # ------------------------------------------------------------------------------ chat
 
-    def chat(self, request: ChatCompletionRequest, hold: Hold | None = None) -> dict[str, Any]:
+    def chat(
+        self,
+        request: ChatCompletionRequest,
+        hold: Hold | None = None,
+        watch: RequestWatch | None = None,
+    ) -> dict[str, Any]:
         """An OpenAI ``chat.completion`` object; with a ``hold``, a cold model is waited
-        for (see ``llmhost.serving.hold``)."""
+        for (see ``llmhost.serving.hold``); ``watch`` collects what the request did (its
+        request id is the completion's id)."""
         started = time.perf_counter()
+        _watch_chat(watch, request)
         prepared, completion = self._held(
-            request.model, hold, lambda: self._prepare_chat(request, stream=False), self._complete
+            request.model,
+            hold,
+            lambda: self._prepare_chat(request, stream=False, watch=watch),
+            self._complete,
+            watch,
         )
+        _watch_answer(prepared, completion)
         reply: dict[str, Any] = {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "id": _completion_id(watch),
             "object": "chat.completion",
             "created": int(time.time()),
             "model": prepared.route.name,
@@ -200,7 +229,12 @@ class ServingService:
         }
         return reply
 
-    def chat_stream(self, request: ChatCompletionRequest, hold: Hold | None = None) -> ChatStream:
+    def chat_stream(
+        self,
+        request: ChatCompletionRequest,
+        hold: Hold | None = None,
+        watch: RequestWatch | None = None,
+    ) -> ChatStream:
         """OpenAI ``chat.completion.chunk`` objects, each yielded as the engine produces it.
 
         Routing, retrieval, the SageMaker call and the engine's first event all happen before
@@ -209,13 +243,16 @@ class ServingService:
         of breaking a stream that has started. A RAG prompt the engine finds too long is
         rebuilt smaller and sent once more, as for a plain answer. The role announcement, and
         the engine's first text when its first event had some, are ready at once. With a
-        ``hold``, a cold model is waited for before any of this returns.
+        ``hold``, a cold model is waited for before any of this returns. ``watch`` collects
+        what the request did, up to the stream's last chunk.
         """
+        _watch_chat(watch, request)
         prepared, (chunks, deltas, first) = self._held(
             request.model,
             hold,
-            lambda: self._prepare_chat(request, stream=True),
+            lambda: self._prepare_chat(request, stream=True, watch=watch),
             lambda p: self._call(p, self._open_stream),
+            watch,
         )
         self._directory.answered(prepared.route.name)
         ready = 2 if first is not None and first.text else 1
@@ -226,6 +263,9 @@ class ServingService:
     ) -> tuple[Iterator[bytes], Iterator[StreamDelta], StreamDelta | None]:
         route = prepared.route
         target = InvocationTarget(route.endpoint_name, route.inference_component)
+        watch = prepared.watch
+        if watch is not None:
+            prepared.generate_start_ms = watch.elapsed_ms()
         chunks = self._invoker().stream(target, prepared.payload)
         deltas = iter_deltas(prepared.codec, chunks)
         try:
@@ -233,6 +273,8 @@ class ServingService:
         except BaseException:
             _close(chunks)
             raise
+        if watch is not None and first is not None and first.text:
+            watch.ttft_ms = watch.elapsed_ms()
         return chunks, deltas, first
 
     def _chunks(
@@ -243,8 +285,9 @@ class ServingService:
         deltas: Iterator[StreamDelta],
         first_delta: StreamDelta | None,
     ) -> Iterator[dict[str, Any]]:
+        watch = prepared.watch
         ident, created, model = (
-            f"chatcmpl-{uuid.uuid4().hex}",
+            _completion_id(watch),
             int(time.time()),
             prepared.route.name,
         )
@@ -274,6 +317,8 @@ class ServingService:
                 if delta.text or delta.finish_reason:
                     events += 1
                 if delta.text:
+                    if watch is not None and watch.ttft_ms is None:
+                        watch.ttft_ms = watch.elapsed_ms()
                     text_parts.append(delta.text)
                     yield chunk({"content": delta.text})
                 if delta.finish_reason:
@@ -282,6 +327,18 @@ class ServingService:
                     usage = delta.usage
         finally:
             _close(chunks)
+            if watch is not None:
+                # Noted however the stream ends: a failure keeps what was answered so far.
+                completed = usage.completion_tokens if usage else None
+                _watch_answer(
+                    prepared,
+                    Completion(
+                        "".join(text_parts),
+                        finish or "stop",
+                        usage.prompt_tokens if usage else None,
+                        events if completed is None and prepared.chat else completed,
+                    ),
+                )
         yield chunk({}, _openai_finish(finish or "stop"))
         if request.stream_options and request.stream_options.include_usage:
             completed = usage.completion_tokens if usage else None
@@ -308,6 +365,7 @@ class ServingService:
         hold: Hold | None,
         prepare: Callable[[], Prepared],
         call: Callable[[Prepared], T],
+        watch: RequestWatch | None = None,
     ) -> tuple[Prepared, T]:
         """``call(prepare())``; with a ``hold``, a refusal a cold model's wake will end is
         waited out: after each pause the model's record is read again (a failed or refused
@@ -315,6 +373,7 @@ class ServingService:
         only if its route changed (a RAG request's retrieval is not redone per poll)."""
         prepared: Prepared | None = None
         while True:
+            attempt = watch.elapsed_ms() if watch is not None else 0.0
             try:
                 if hold is not None and hold.polls:
                     route = self._directory.route(model, fresh=True)
@@ -324,9 +383,25 @@ class ServingService:
                     prepared = prepare()
                 return prepared, call(prepared)
             except (ModelNotReady, ModelUnavailable) as refused:
-                if hold is None or not waitable(refused):
+                cold = waitable(refused)
+                if watch is not None and cold:
+                    watch.cold = True
+                    if not any(stage.name == "wake" for stage in watch.stages):
+                        # The attempt that found the model without a copy (and woke it).
+                        watch.stage(
+                            "wake",
+                            attempt,
+                            watch.elapsed_ms() - attempt,
+                            **{"llmhost.refusal": refused.code},
+                        )
+                if hold is None or not cold:
                     raise
-                hold.pause(refused)
+                paused = watch.elapsed_ms() if watch is not None else 0.0
+                try:
+                    hold.pause(refused)
+                finally:
+                    if watch is not None:
+                        watch.stage("wait", paused, watch.elapsed_ms() - paused)
 
     def prepare_offline(
         self, route: ModelRoute, request: ChatCompletionRequest | RagRequest
@@ -350,7 +425,11 @@ class ServingService:
         return self._prepare_chat(request, stream=False, route=route)
 
     def _prepare_chat(
-        self, request: ChatCompletionRequest, stream: bool, route: ModelRoute | None = None
+        self,
+        request: ChatCompletionRequest,
+        stream: bool,
+        route: ModelRoute | None = None,
+        watch: RequestWatch | None = None,
     ) -> Prepared:
         messages = [
             ChatMessage("system" if m.role == "developer" else m.role, m.text())
@@ -364,7 +443,7 @@ class ServingService:
             "seed": request.seed,
         }
         return self._prepare(
-            request.model, messages, overrides, request.rag, None, stream, route=route
+            request.model, messages, overrides, request.rag, None, stream, route=route, watch=watch
         )
 
     def _prepare(
@@ -376,8 +455,11 @@ class ServingService:
         system: str | None,
         stream: bool,
         route: ModelRoute | None = None,
+        watch: RequestWatch | None = None,
     ) -> Prepared:
         route = route or self._directory.route(model)
+        if watch is not None:
+            watch.routed(route)
         codec = codec_for(route.engine, seq2seq=route.chat_template == "flan-t5")
         params = GenerationParams.from_defaults(
             route.defaults, **{k: v for k, v in overrides.items() if v is not None}
@@ -389,11 +471,13 @@ class ServingService:
         template = route.chat_template or FALLBACK_TEMPLATE
         counter = token_counter_for(route.chat_template)
         if retrieval is None:
+            sent: str | list[ChatMessage]
             if chat:
                 payload = codec.build_chat(messages, params, stream, model=route.name)
+                sent = messages
             else:
-                prompt = render_prompt(template, messages)
-                payload = codec.build_generate(prompt, params, stream, model=route.name)
+                sent = render_prompt(template, messages)
+                payload = codec.build_generate(sent, params, stream, model=route.name)
             estimate = counter(render_prompt(template, messages, bos=True))
             return Prepared(
                 route,
@@ -404,12 +488,15 @@ class ServingService:
                 timings,
                 estimated_prompt_tokens=estimate,
                 chat=chat,
+                watch=watch,
+                sent=sent,
             )
 
         from llmhost.rag.retrieve import retrieve
 
         question = next(m.content for m in reversed(messages) if m.role == "user")
         system = system or next((m.content for m in messages if m.role == "system"), None)
+        retrieving = watch.elapsed_ms() if watch is not None else 0.0
         found = retrieve(
             question,
             retrieval.collection,
@@ -419,6 +506,8 @@ class ServingService:
             self._store(),
         )
         timings.update(found.timings_ms)
+        if watch is not None:
+            _watch_retrieval(watch, retrieving, found.timings_ms, len(found.hits))
         chunks = [
             ContextChunk(
                 id=f"{hit.doc_id}#{hit.chunk_index}",
@@ -445,7 +534,17 @@ class ServingService:
             return rag, codec.build_generate(rag.prompt, params, stream, model=route.name)
 
         rag, payload = build(route.max_input_tokens)
-        prepared = Prepared(route, codec, params, payload, rag, timings, chat=chat)
+        prepared = Prepared(
+            route,
+            codec,
+            params,
+            payload,
+            rag,
+            timings,
+            chat=chat,
+            watch=watch,
+            collection=retrieval.collection,
+        )
         prepared.build = lambda limit: _rebuild(prepared, build, limit)
         return prepared
 
@@ -453,6 +552,8 @@ class ServingService:
         route = prepared.route
         target = InvocationTarget(route.endpoint_name, route.inference_component)
         started = time.perf_counter()
+        if prepared.watch is not None:
+            prepared.generate_start_ms = prepared.watch.elapsed_ms()
         body = self._call(prepared, lambda p: self._invoker().invoke(target, p.payload))
         self._directory.answered(route.name)
         completion = prepared.codec.parse_reply(body)
@@ -577,3 +678,94 @@ def usage_of(
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+
+
+# ---------------------------------------------------------------------------- watching
+
+
+def _completion_id(watch: RequestWatch | None) -> str:
+    """A chat completion's id: its request's, for a chat request (so its trace is found by
+    it), else a new one (a job's answer)."""
+    if watch is not None and watch.kind == "chat":
+        return watch.request_id
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def _watched_parameters(overrides: dict[str, Any]) -> dict[str, Any]:
+    """A request's generation parameters under the names traces use."""
+    return {
+        "max_tokens": overrides.get("max_new_tokens"),
+        "temperature": overrides.get("temperature"),
+        "top_p": overrides.get("top_p"),
+        "seed": overrides.get("seed"),
+        "stop": list(overrides["stop"]) if overrides.get("stop") else None,
+    }
+
+
+def _watch_chat(watch: RequestWatch | None, request: ChatCompletionRequest) -> None:
+    if watch is None:
+        return
+    question = next((m.text() for m in reversed(request.messages) if m.role == "user"), None)
+    watch.asked(
+        request.model,
+        query=question,
+        collection=request.rag.collection if request.rag else None,
+        max_tokens=request.new_tokens,
+        temperature=request.temperature,
+        top_p=request.top_p,
+        seed=request.seed,
+        stop=list(request.stop) if request.stop else None,
+    )
+
+
+def _watch_retrieval(
+    watch: RequestWatch, started_ms: float, timings: dict[str, float], hits: int
+) -> None:
+    """The embed and retrieve stages, laid end to end from ``started_ms``."""
+    embed = float(timings.get("embed", 0.0))
+    watch.stage("embed", started_ms, embed)
+    search = max(0.0, watch.elapsed_ms() - started_ms - embed)
+    watch.stage("retrieve", started_ms + embed, search, **{"llmhost.retrieve.hits": hits})
+
+
+def _watch_answer(prepared: Prepared, completion: Completion) -> None:
+    """Note the prompt as sent, the sources, the answer, its tokens and the generate stage."""
+    watch = prepared.watch
+    if watch is None:
+        return
+    usage = _usage(completion, prepared)
+    watch.input_tokens = usage["prompt_tokens"]
+    watch.output_tokens = usage["completion_tokens"]
+    watch.answer = completion.text
+    watch.finish_reason = _openai_finish(completion.finish_reason)
+    watch.prompt = sent_prompt(prepared)
+    if prepared.rag is not None:
+        from llmhost.observe import RetrievedSource
+
+        watch.sources = tuple(
+            RetrievedSource(chunk.id, round(float(chunk.score), 6), prepared.collection, chunk.text)
+            for chunk in prepared.rag.packed.included
+        )
+    start = prepared.generate_start_ms
+    if start is not None:
+        if watch.ttft_ms is None and not watch.stream:
+            watch.ttft_ms = watch.elapsed_ms()  # a plain answer's first token is its last
+        watch.stage(
+            "generate",
+            start,
+            watch.elapsed_ms() - start,
+            **{"gen_ai.usage.output_tokens": watch.output_tokens},
+        )
+
+
+def sent_prompt(prepared: Prepared) -> str | list[dict[str, Any]] | None:
+    """The prompt exactly as sent to the engine: the chat messages for its chat API, the
+    rendered prompt for its generate API."""
+    sent: str | list[ChatMessage] | None
+    if prepared.rag is not None:
+        sent = list(prepared.rag.messages) if prepared.chat else prepared.rag.prompt
+    else:
+        sent = prepared.sent
+    if sent is None or isinstance(sent, str):
+        return sent
+    return [{"role": m.role, "content": m.content} for m in sent]
