@@ -27,6 +27,7 @@ from llmhost.specs import (
 if TYPE_CHECKING:
     from llmhost.deployments import Change, Deployments
     from llmhost.lifecycle.record import DeploymentRecord
+    from llmhost.traces.store import TraceStore
     from llmhost.usage.report import UsageReports
 
 API_TITLE = "llmhost"
@@ -43,10 +44,13 @@ def build_app(
     logger: Any = None,
     metrics: Any = None,
     usage: Callable[[], UsageReports] | None = None,
+    traces: Callable[[], TraceStore] | None = None,
+    trace_retention_days: Callable[[], int] | None = None,
 ) -> APIGatewayRestResolver:
     """Create the resolver with every route. ``deployments`` is called lazily per request
     (``llmhost.runtime.deployments``: the operations over the function's registry), and so
-    is ``usage`` (default ``llmhost.runtime.usage_reports``)."""
+    are ``usage`` (default ``llmhost.runtime.usage_reports``) and ``traces`` (the traces
+    table's store, default ``llmhost.runtime.trace_store``; ``llmhost.api.traces``)."""
     app = json_api()
 
     def count(metric: str) -> None:
@@ -109,9 +113,11 @@ def build_app(
         plan = deployments().plan(spec)
         return json_response(HTTPStatus.OK, {"name": spec.name, "plan": plan.as_dict()})
 
+    from llmhost.api.traces import mount_trace_routes
     from llmhost.api.usage import add_usage_routes
 
     add_usage_routes(app, usage or _usage_reports)
+    mount_trace_routes(app, traces or _trace_store, trace_retention_days or _trace_retention)
 
     @app.get("/v1/openapi.json", summary="This API's OpenAPI document (every route)")
     def openapi():
@@ -161,3 +167,15 @@ def _summary(record: DeploymentRecord) -> dict[str, Any]:
         "generation": record.generation,
         "updated_at": record.updated_at,
     }
+
+
+def _trace_store() -> TraceStore:
+    from llmhost import runtime
+
+    return runtime.trace_store()
+
+
+def _trace_retention() -> int:
+    from llmhost import runtime
+
+    return runtime.trace_settings().trace_retention_days

@@ -69,7 +69,7 @@ _STATUSES: dict[int, tuple[str, dict[str, Any], dict[str, Any]]] = {
         _GATEWAY,
         {},
     ),
-    404: ("No such deployment, model, collection, document, job or route.", _ERROR, {}),
+    404: ("No such deployment, model, collection, document, job, trace or route.", _ERROR, {}),
     409: (
         "The request conflicts with the current state (the name exists, a deletion is "
         "under way, the GPU capacity cap is reached, a pool name is taken, the endpoint "
@@ -167,6 +167,11 @@ ROUTES: dict[tuple[str, str], tuple[int, str, tuple[int, ...]]] = {
         "Copies desired and in service over time, and the scaling decisions",
         _STORE,
     ),
+    # 400: a cursor this listing did not return; 422: a bad filter (from after to...).
+    ("get", "/v1/traces"): (200, "A page of trace summaries, newest first", (422, *_STORE)),
+    ("get", "/v1/traces/{trace_id}"): (200, "The trace", _STORE),
+    # 409: the trace has the most feedback entries kept.
+    ("post", "/v1/traces/{trace_id}/feedback"): (201, "Recorded: the trace", (409, *_STORE)),
 }
 
 
