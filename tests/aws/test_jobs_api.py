@@ -325,7 +325,7 @@ def test_each_jobs_call_is_granted_to_its_functions_role(stack: dict[str, Any]) 
     _assert_granted("ServeFunctionRole", serve_calls, names)
     # When the jobs function runs them (a large request, a large result)
     calls.clear()
-    stack["serving"].chat = lambda request: {"answer": "z" * (INLINE_RESULT_BYTES + 1)}
+    stack["serving"].chat = lambda request, **_: {"answer": "z" * (INLINE_RESULT_BYTES + 1)}
     deliver(stack)
     worker_calls = list(calls)
     assert {

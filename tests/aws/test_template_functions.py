@@ -238,6 +238,9 @@ def test_environment_variables_the_code_reads(template: dict[str, Any]) -> None:
         **common,
         **cap,
         "POWERTOOLS_SERVICE_NAME": "llmhost-api",
+        # the traces routes: the table, and the default window of a listing
+        "TRACES_TABLE": {"Ref": "TracesTable"},
+        "TRACE_RETENTION_DAYS": {"Ref": "TraceRetentionDays"},
         "SECRETS_PREFIX": {"Ref": "SecretsPrefix"},
     }
     assert functions["ReconcileFunction"]["Environment"]["Variables"] == {
