@@ -21,7 +21,7 @@ SAM_ENV := AWS_DEFAULT_REGION=us-east-1 SAM_CLI_TELEMETRY=0 PATH="$(PY313_DIR):$
 
 .PHONY: run test check lint typecheck unit checkov sam-validate sam-build build images embedding-model \
 	bench-coldstart bench-retrieval bench-serving bench-scaling bench-load bench-batch clean \
-	test-console bench-trace-export
+	test-console bench-trace-export bench-tracing
 
 # The product (llmhost, with the test tools) and local/'s emulated AWS and trace replay.
 $(VENV)/.installed: pyproject.toml local/pyproject.toml
@@ -114,6 +114,11 @@ bench-coldstart: $(VENV)/.installed embedding-model
 ## serve function's cold start with export off and on (RUNS=11)
 bench-trace-export: $(VENV)/.installed
 	$(PY) bench/trace_export.py $(if $(RUNS),--runs $(RUNS))
+
+## bench-tracing: per-request latency of RAG and chat with tracing off and on, interleaved in one
+## run against the local stack's serving function (medians, p90, ratio)
+bench-tracing: $(VENV)/.installed embedding-model
+	$(PY) bench/tracing.py $(if $(ROUNDS),--rounds $(ROUNDS))
 
 ## bench-retrieval: SciFact nDCG@10 / recall@100 through the real ingest and retrieval paths
 bench-retrieval: $(VENV)/.installed embedding-model

@@ -80,6 +80,21 @@ FUNCTIONS = {
 
 CONTROL_PLANE = ("api", "reconcile", "scaling")
 
+# Tracing off and on, side by side: the same first invocation (a chat's clients and the
+# request observers), without and with the traces table in the environment (template.yaml
+# sets TRACES_TABLE for serve, stream and jobs); on, the recorder, its store and its DynamoDB
+# client are built too. The restore proxies run serve's first RAG request both ways; on, it
+# writes its trace to the local stack's traces table.
+TRACES_ON = {"TRACES_TABLE": "llmhost-traces", "TRACE_CONTENT": "redacted"}
+OBSERVED = f"{CHAT}; runtime.request_observers()"
+STREAM_APP = "layers/llmhost/llmhost/serving/lambda_http.py"
+TRACING = {
+    "serve traces off": ("functions/serve/app.py", OBSERVED, {}),
+    "serve traces on": ("functions/serve/app.py", OBSERVED, TRACES_ON),
+    "stream traces off": (STREAM_APP, OBSERVED, {}),
+    "stream traces on": (STREAM_APP, OBSERVED, TRACES_ON),
+}
+
 # The restore proxy. {init} imports the handler (Lambda's init phase), {before} and {after}
 # run the hooks as Lambda's Python runtime does (registration order reversed before the
 # snapshot), {request} is the first request; it must leave its answer in ``answer``.
@@ -328,6 +343,8 @@ def main() -> int:
         "baseline": [],
         **{name: [] for name in FUNCTIONS},
         **{f"restore:{name}": [] for name in restored},
+        **{name: [] for name in TRACING},
+        "restore:serve traces on": [],
     }
     stack = LocalStack()
     try:
@@ -340,6 +357,12 @@ def main() -> int:
                 samples[name].append(run(FUNCTION.format(path=str(ROOT / path), warm=warm)))
             for name in restored:
                 samples[f"restore:{name}"].append(run(restore_code(name), stack.env))
+            for name, (path, warm, extra) in TRACING.items():
+                code = FUNCTION.format(path=str(ROOT / path), warm=warm)
+                samples[name].append(run(code, extra))
+            samples["restore:serve traces on"].append(
+                run(restore_code("serve"), {**stack.env, **TRACES_ON})
+            )
     finally:
         stack.stop()
     base = statistics.median(samples["baseline"])
@@ -349,6 +372,8 @@ def main() -> int:
     worst = report(samples, FUNCTIONS, "", base)
     print("restore proxy (fork after the before-snapshot hook -> first answer):")
     restore = report(samples, [f"restore:{name}" for name in restored], "", base)
+    print("tracing off and on (fresh process; restore proxy of serve's first RAG request):")
+    report(samples, [*TRACING, "restore:serve", "restore:serve traces on"], "", base)
     control = max(statistics.median(samples[name]) / base for name in CONTROL_PLANE)
     print(
         f"coldstart_ratio_max={worst:.2f} control_plane_ratio_max={control:.2f} "
