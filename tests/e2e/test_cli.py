@@ -214,6 +214,22 @@ def test_an_unreachable_stack_says_where_and_how_to_start_it(cli: Cli, tmp_path:
     assert "it may have stopped: start it with `make run`" in gone.stderr
 
 
+def test_usage_counts_the_requests_asked_and_prices_them(cli: Cli) -> None:
+    # Given the deployment brought up above, and the questions asked it
+    report = cli.json("usage", "--by", "deployment")
+    rows = {row["deployment"]: row for row in report["rows"]}
+    assert rows["cli-demo"]["cost_usd"] > 0  # its instance ran: priced, even when idle
+    # And the table shows the same, with the total and how the cost was shared
+    table = cli("usage")
+    assert table.returncode == 0, table.stderr
+    [row] = [line for line in table.stdout.splitlines() if line.startswith("cli-demo ")]
+    assert str(rows["cli-demo"]["requests"]) == row.split()[1]
+    assert "total" in table.stdout and report["method"] in table.stdout
+    # And a time it cannot read is the API's refusal, naming the parameter
+    bad = cli("usage", "--from", "yesterday")
+    assert bad.returncode == 1 and "from" in bad.stderr, bad.stderr
+
+
 def test_jobs_lists_them(cli: Cli) -> None:
     listed = cli.json("jobs", "--model", "cli-demo")
     assert listed["jobs"] == [] and listed["count"] == 0
