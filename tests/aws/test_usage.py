@@ -113,6 +113,10 @@ def test_runtime_observers_count_when_the_table_is_configured(store: UsageStore)
 def test_no_usage_table_means_metrics_only(moto_aws: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("USAGE_TABLE", raising=False)
     assert [type(o).__name__ for o in runtime.usage_observers()] == ["RequestMetrics"]
+    # and a broken setting loses the counts, never the request
+    monkeypatch.setenv("USAGE_TABLE", "llmhost-usage")
+    monkeypatch.setenv("USAGE_RETENTION_DAYS", "forever")
+    assert [type(o).__name__ for o in runtime.usage_observers()] == ["RequestMetrics"]
 
 
 def _one_copy_for_two_hours(store: UsageStore) -> None:
@@ -273,3 +277,30 @@ def test_recorder_writes_a_point_per_deployment_and_each_decision(
     assert ("ScalingDecisions", ("Decision", "Deployment")) in names
     cost = [v for n, v, d in emitted if n == "CostPerHour" and "Deployment" in d]
     assert cost[0] == pytest.approx(2 * G5)  # a starting instance bills too
+
+
+def test_the_scaling_function_records_its_decisions_and_ticks(store: UsageStore) -> None:
+    from conftest import load_event
+    from llmhost.lifecycle.record import DeploymentRecord
+    from llmhost.specs import parse_spec
+
+    # Given a deployment idle long enough to sleep, and the scaling function with a usage table
+    spec = {
+        "name": "llama3-8b",
+        "model": {"model_id": "meta-llama/Meta-Llama-3-8B-Instruct"},
+        "scaling": {"min_capacity": 1, "max_capacity": 2, "scale_to_zero": True},
+    }
+    record = DeploymentRecord(name="llama3-8b", spec=parse_spec(spec))
+    runtime.registry().create(record.model_copy(update={"status": "IN_SERVICE"}))
+    hook = load_handler("scaling", "llmhost-scaling")
+    # When its idle alarm fires, and then a budget tick runs
+    result = hook.handler(load_event("cloudwatch-alarm-idle.json"), LambdaContext("scaling"))
+    assert result["decision"] == "IdleSleep"
+    tick = hook.handler({"source": "llmhost.budget", "action": "tick"}, LambdaContext("scaling"))
+    assert tick["handled"] is True
+    # Then the decision and a point per event are in the capacity history
+    now = datetime.now(UTC)
+    points, decisions = store.capacity(now - timedelta(minutes=5), now, "llama3-8b")
+    assert [d.event for d in decisions] == ["IdleSleep"]
+    assert len(points) == 2 and all(p.desired == 0 for p in points)  # no endpoint was made
+    assert points[0].unit_usd_per_hour and points[0].unit_usd_per_hour > 0

@@ -747,7 +747,14 @@ def capacity_recorder() -> CapacityRecorder | None:
     from llmhost.scaling.budget import BudgetLedger
     from llmhost.usage.capacity import CapacityRecorder
 
-    store = usage_store()
+    try:
+        store = usage_store()
+    except SettingsError:
+        # The history must never fail scaling (whose decisions are already taken).
+        from aws_lambda_powertools import Logger
+
+        Logger(child=True).exception("capacity not recorded: the function's settings are invalid")
+        return None
     if store is None:
         return None
     reg = registry()
@@ -771,9 +778,17 @@ def usage_observers() -> list[RequestObserver]:
     switches them off)."""
     from llmhost.usage.observers import RequestMetrics, UsageCounter
 
-    settings = usage_settings()
+    try:
+        settings = usage_settings()
+        store = usage_store()
+    except SettingsError:
+        # Watching requests must never fail them: a bad USAGE_* setting loses the counts
+        # (and says so in the log), not the answers.
+        from aws_lambda_powertools import Logger
+
+        Logger(child=True).exception("usage not counted: the function's settings are invalid")
+        return [RequestMetrics(None)]
     observers: list[RequestObserver] = [RequestMetrics(settings.llmhost_stack_name)]
-    store = usage_store()
     if store is not None:
         observers.insert(0, UsageCounter(lambda: store))
     return observers
