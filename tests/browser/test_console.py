@@ -204,19 +204,29 @@ def test_create_a_deployment_watch_it_reach_in_service_and_chat_with_it(
 def test_a_trace_of_the_chat_opens_with_its_prompt_sources_and_answer(
     console: str, browser: Any
 ) -> None:
-    if _proxy(console, "GET", "/v1/traces").status_code == 404:
-        pytest.skip("this stack has no GET /v1/traces")
-    # Given the chat above was traced; when the newest trace is opened
-    browser.find_element(By.ID, "traces-refresh").click()
+    # Given the chat above was traced; when the deployment's traces are listed and the
+    # newest opened
+    Select(browser.find_element(By.ID, "traces-model")).select_by_value(DEPLOYMENT)
     rows = "#traces tbody tr[data-id]"
     _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, rows), message="no trace listed")
     _click(browser, rows)
-    # Then its prompt, sources and answer are shown
+    # Then its prompt as sent, the sources and the answer are shown
     _wait(browser, lambda d: d.find_element(By.ID, "trace").is_displayed())
     trace = browser.find_element(By.ID, "trace")
-    assert trace.find_element(By.CSS_SELECTOR, ".trace-prompt").text
+    assert DEPLOYMENT in trace.find_element(By.TAG_NAME, "dl").text
+    assert (
+        "What does the console show?" in trace.find_element(By.CSS_SELECTOR, ".trace-prompt").text
+    )
     assert trace.find_element(By.CSS_SELECTOR, ".trace-answer").text
     assert "console.md" in trace.find_element(By.CSS_SELECTOR, ".trace-sources").text
+    assert "generate" in trace.find_element(By.CSS_SELECTOR, ".trace-spans").text
+    # And a thumbs-up is stored with it
+    _click(browser, "#trace .feedback button")
+    _wait(
+        browser,
+        lambda d: "user: 1" in d.find_element(By.CSS_SELECTOR, "#trace .feedback").text,
+        message="the feedback was not stored",
+    )
     assert _errors(browser) == []
 
 

@@ -370,7 +370,7 @@ async function openTrace(id) {
     el("td", { text: `${Number(s.duration_ms).toFixed(1)} ms` }),
     el("td", {}, el("div", { class: "span-bar", style: `margin-left:${(100 * s.start_ms) / total}%;width:${Math.max(0.5, (100 * s.duration_ms) / total)}%` }))));
   const sources = (trace.sources || []).map((s) => el("li", {}, el("b", { text: `[${s.id}] ${Number(s.score).toFixed(3)} ` }), s.text ?? ""));
-  const feedback = el("div", { class: "buttons" },
+  const feedback = el("div", { class: "buttons feedback" },
     el("button", { type: "button", text: "👍", onclick: () => rate(id, 1) }),
     el("button", { type: "button", text: "👎", onclick: () => rate(id, 0) }),
     el("span", { class: "note", text: (trace.feedback || []).map((f) => `${f.name}: ${f.score}`).join(", ") }));
