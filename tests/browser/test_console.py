@@ -220,6 +220,10 @@ def test_a_trace_of_the_chat_opens_with_its_prompt_sources_and_answer(
     assert trace.find_element(By.CSS_SELECTOR, ".trace-answer").text
     assert "console.md" in trace.find_element(By.CSS_SELECTOR, ".trace-sources").text
     assert "generate" in trace.find_element(By.CSS_SELECTOR, ".trace-spans").text
+    # And it is the one the answer's "trace" button names
+    listed = trace.find_element(By.CSS_SELECTOR, "h3").text.removeprefix("Trace ")
+    button = browser.find_element(By.CSS_SELECTOR, "#conversation .open-trace")
+    assert button.get_attribute("title") == f"open trace {listed}"
     # And a thumbs-up is stored with it
     _click(browser, "#trace .feedback button")
     _wait(

@@ -276,6 +276,12 @@ async function send(event) {
     await readStream(reply.body, answer);
     state.messages.push({ role: "assistant", content: answer.textContent });
     answer.dataset.state = "done";
+    // The reply names its trace (written once the stream ends; absent if not sampled).
+    const traceId = reply.headers.get("x-llmhost-trace-id");
+    if (traceId) {
+      answer.after(el("button", { type: "button", class: "open-trace", text: "trace",
+        title: `open trace ${traceId}`, onclick: () => openTrace(traceId) }));
+    }
   } catch (error) {
     answer.classList.add("error");
     answer.textContent = String(error.message || error);
