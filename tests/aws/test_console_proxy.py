@@ -185,6 +185,18 @@ def test_a_call_is_signed_so_api_gateways_iam_auth_lets_it_through(console: str)
     assert seen["headers"]["authorization"].startswith("AWS4-HMAC-SHA256 Credential=llmhost-local/")
 
 
+def test_an_encoded_query_is_signed_as_the_page_sends_it(console: str) -> None:
+    # The page encodes a time with encodeURIComponent (colons as %3A)
+    target = "/api/v1/traces?from=2026-12-03T02%3A00%3A00.000Z&model=a%20b&limit=20"
+    reply = httpx.get(f"{console}{target}", headers=CONSOLE)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["query"] == {
+        "from": "2026-12-03T02:00:00.000Z",
+        "model": "a b",
+        "limit": "20",
+    }
+
+
 def test_a_body_and_an_encoded_path_are_signed_as_sent(console: str) -> None:
     # Given a POST with a JSON body, and a document id with an encoded slash
     body = {"name": "zephyr", "model": {"model_id": "HuggingFaceH4/zephyr-7b-beta"}}
