@@ -111,13 +111,17 @@ def main() -> int:
     args = parser.parse_args()
     samples: dict[str, list[float]] = {name: [] for name in CASES}
     loaded: dict[str, bool] = {}
-    for _ in range(args.runs):
-        for name, (code, extra) in CASES.items():  # interleaved: shared-machine noise alike
+    names = list(CASES)
+    for round_ in range(args.runs):
+        # Interleaved, so shared-machine noise hits every case alike, and every other round
+        # in reverse order, so no case always runs right after another (a warm file cache).
+        for name in names if round_ % 2 == 0 else reversed(names):
+            code, extra = CASES[name]
             elapsed, otel = run(code, extra)
             samples[name].append(elapsed)
             loaded[name] = loaded.get(name, False) or otel
     base = statistics.median(samples["baseline"])
-    print(f"python {sys.version.split()[0]}, {args.runs} runs each, interleaved")
+    print(f"python {sys.version.split()[0]}, {args.runs} runs each, interleaved, order alternating")
     print(f"{'case':<20} {'median ms':>10} {'min ms':>8} {'max ms':>8} {'ratio':>6}  otel loaded")
     for name, values in samples.items():
         median = statistics.median(values)
