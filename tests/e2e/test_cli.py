@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -169,6 +170,7 @@ def test_asking_a_sleeping_model_says_when_to_retry_or_waits_for_it(cli: Cli) ->
     assert cold.returncode == 1
     assert cold.stderr.startswith("error: 503 model_not_ready: ")
     assert re.search(r"^  retry after \d+ s$", cold.stderr, re.M), cold.stderr
+    assert re.search(r"^  trace [0-9a-f]{32}: llmhost traces ", cold.stderr, re.M)
     # With --wait the request is held while the model wakes, and answered
     held = cli("ask", "cli-demo", "Where is Mount Etna?", "-c", "kb", "--wait", "60")
     assert held.returncode == 0, held.stderr
@@ -214,11 +216,64 @@ def test_an_unreachable_stack_says_where_and_how_to_start_it(cli: Cli, tmp_path:
     assert "it may have stopped: start it with `make run`" in gone.stderr
 
 
+def test_traces_list_show_and_follow_the_requests(cli: Cli) -> None:
+    # Given the questions asked above: each one's trace, newest last, one JSON object a line
+    listed = cli("traces", "--model", "cli-demo", "--json")
+    assert listed.returncode == 0, listed.stderr
+    traces = [json.loads(line) for line in listed.stdout.splitlines()]
+    etna = [
+        t
+        for t in traces
+        if (t["kind"], t["query"], t["status"]) == ("rag", "Where is Mount Etna?", "ok")
+    ]
+    assert etna and etna[-1]["collection"] == "kb"
+    assert [t["started_at"] for t in traces] == sorted(t["started_at"] for t in traces)
+    # And the refusal while the model slept, by status
+    refused = cli("traces", "--model", "cli-demo", "--status", "error")
+    assert refused.returncode == 0
+    assert re.search(r"^\S+ \S+  [0-9a-f]{32}  rag  cli-demo/kb  error 503 ", refused.stdout, re.M)
+
+    # When one is shown: its stages, prompt, sources and answer
+    shown = cli("traces", etna[-1]["id"])
+    assert shown.returncode == 0, shown.stderr
+    for part in ("retrieve", "generate", "prompt:", "answer:", "Sicily", "[1] geo/etna.md#0"):
+        assert part in shown.stdout, (part, shown.stdout)
+    # And scored
+    scored = cli("feedback", etna[-1]["id"], "1", "--comment", "right volcano")
+    assert scored.returncode == 0, scored.stderr
+    assert "  feedback user: 1  right volcano\n" in cli("traces", etna[-1]["id"]).stdout
+
+    # When traces are followed while a new question is asked
+    follow = subprocess.Popen(
+        [llmhost_command(), "traces", "-f", "--model", "cli-demo", "--interval", "0.3", "--json"],
+        cwd=cli.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert follow.stdout is not None
+        first = [json.loads(follow.stdout.readline()) for _ in range(len(traces))]
+        asked = cli("ask", "cli-demo", "What leavens sourdough?", "-c", "kb")
+        assert asked.returncode == 0, asked.stderr
+        # the answer names its trace (on stderr), and the follower prints that trace next
+        [trace_id] = re.findall(r"^trace ([0-9a-f]{32}): llmhost traces ", asked.stderr, re.M)
+        assert json.loads(follow.stdout.readline())["id"] == trace_id
+    finally:
+        follow.send_signal(signal.SIGINT)
+        _, err = follow.communicate(timeout=30)
+    # Then Ctrl-C ends it without an error, and nothing was printed twice
+    assert follow.returncode == 0, err
+    assert len({t["id"] for t in first}) == len(first)
+
+
 def test_usage_counts_the_requests_asked_and_prices_them(cli: Cli) -> None:
-    # Given the deployment brought up above, and the questions asked it
+    # Given the questions asked above (plain, streamed, refused while asleep, held)
     report = cli.json("usage", "--by", "deployment")
     rows = {row["deployment"]: row for row in report["rows"]}
-    assert rows["cli-demo"]["cost_usd"] > 0  # its instance ran: priced, even when idle
+    assert rows["cli-demo"]["requests"] >= 4
+    assert rows["cli-demo"]["errors"] >= 1  # the 503 while it slept
+    assert rows["cli-demo"]["cost_usd"] > 0
     # And the table shows the same, with the total and how the cost was shared
     table = cli("usage")
     assert table.returncode == 0, table.stderr

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
@@ -86,8 +86,15 @@ class Client:
 
     # ---------------------------------------------------------------- OpenAI-compatible
 
-    def stream_chat(self, body: dict[str, Any], *, timeout_s: float | None = None) -> Iterator[Any]:
-        """The chunks of a streamed chat completion, as they arrive (``stream`` is set here).
+    def stream_chat(
+        self,
+        body: dict[str, Any],
+        *,
+        timeout_s: float | None = None,
+        on_headers: Callable[[dict[str, str]], None] = lambda headers: None,
+    ) -> Iterator[Any]:
+        """The chunks of a streamed chat completion, as they arrive (``stream`` is set here);
+        ``on_headers`` gets the reply's headers first.
 
         Raises ApiRefused for an error status or an error event in the stream.
         """
@@ -113,6 +120,7 @@ class Client:
         with self._open("POST", url, data, headers, timeout_s) as reply:
             if reply.status >= 400:
                 raise refusal_from_body(reply.status, _json(reply.read()), dict(reply.headers))
+            on_headers(dict(reply.headers.items()))
             for raw in reply:
                 line = raw.decode("utf-8", "replace").strip()
                 if not line.startswith("data:"):

@@ -337,13 +337,15 @@ def ask(
     if collection:
         body: dict[str, Any] = {"model": model, "collection": collection, "query": question}
         body.update({k_: v for k_, v in {"k": k, "max_new_tokens": max_tokens}.items() if v})
-        answer = _call_with(client, "/v1/rag", body, headers, wait_s)
+        reply = _call_with(client, "/v1/rag", body, headers, wait_s)
+        answer = reply.body
         text, sources = answer.get("answer", ""), answer.get("sources") or []
     else:
         body = {"model": model, "messages": [{"role": "user", "content": question}]}
         if max_tokens:
             body["max_tokens"] = max_tokens
-        answer = _call_with(client, "/v1/chat/completions", body, headers, wait_s)
+        reply = _call_with(client, "/v1/chat/completions", body, headers, wait_s)
+        answer = reply.body
         choices = answer.get("choices") or [{}]
         text = (choices[0].get("message") or {}).get("content", "")
         sources = (answer.get("llmhost") or {}).get("sources") or []
@@ -353,6 +355,7 @@ def ask(
     click.echo(text)
     for line in render.sources_lines(sources):
         click.echo(line)
+    _name_trace(reply.headers)
 
 
 def _call_with(
@@ -363,8 +366,24 @@ def _call_with(
     timeout = max(client.timeout_s, (wait_s or 0) + 30)
     reply = client.request("POST", path, body, headers=headers, timeout_s=timeout)
     if reply.status >= 400:
-        raise refusal_from_body(reply.status, reply.body, reply.headers)
-    return reply.body
+        refused = refusal_from_body(reply.status, reply.body, reply.headers)
+        refused.trace = _trace_of(reply.headers)
+        raise refused
+    return reply
+
+
+TRACE_HEADER = "x-llmhost-trace-id"
+
+
+def _trace_of(headers: dict[str, str]) -> str | None:
+    return next((v for k, v in headers.items() if k.lower() == TRACE_HEADER), None)
+
+
+def _name_trace(headers: dict[str, str]) -> None:
+    """Say which trace recorded the request (on stderr: stdout stays the answer)."""
+    trace = _trace_of(headers)
+    if trace:
+        render.console(stderr=True).print(f"trace {trace}: llmhost traces {trace}", style="dim")
 
 
 def _ask_streamed(
@@ -382,7 +401,11 @@ def _ask_streamed(
         body["rag"] = {"collection": collection, **({"k": k} if k else {})}
     sources: list[dict[str, Any]] = []
     wrote = False
-    for chunk in client.stream_chat(body, timeout_s=max(client.timeout_s, 300)):
+    received: dict[str, str] = {}
+    streamed = client.stream_chat(
+        body, timeout_s=max(client.timeout_s, 300), on_headers=received.update
+    )
+    for chunk in streamed:
         extra = chunk.get("llmhost") if isinstance(chunk, dict) else None
         if isinstance(extra, dict) and extra.get("sources"):
             sources = extra["sources"]
@@ -396,6 +419,7 @@ def _ask_streamed(
         sys.stdout.write("\n")
     for line in render.sources_lines(sources):
         click.echo(line)
+    _name_trace(received)
 
 
 # ---------------------------------------------------------------------------- documents
@@ -541,6 +565,22 @@ def traces(
         if not follow:
             raise
         # Ctrl-C is how --follow ends: not a failure
+
+
+@cli.command()
+@click.argument("trace_id", metavar="ID")
+@click.argument("score", type=float)
+@click.option("--comment", metavar="TEXT", help="Why (at most 2000 characters).")
+@click.option("--name", default="user", show_default=True, help="Who or what scored it.")
+@click.pass_context
+def feedback(
+    ctx: click.Context, trace_id: str, score: float, comment: str | None, name: str
+) -> None:
+    """Score a trace (1/0, 1..5, 0.0..1.0...), as an evaluator or a user's thumbs would."""
+    body = {"score": score, "name": name, **({"comment": comment} if comment else {})}
+    trace = client_of(ctx).call("POST", f"/v1/traces/{trace_id}/feedback", body)
+    given = len(trace.get("feedback") or [])
+    render.console(stderr=True).print(f"{trace_id}: feedback recorded ({given} in all)")
 
 
 @cli.command()

@@ -48,6 +48,7 @@ class ApiRefused(CliFailure):
         self.code = code
         self.retry_after = retry_after
         self.body = body
+        self.trace: str | None = None  # the trace that recorded the refusal, if one did
 
     def lines(self) -> list[str]:
         head = f"error: {self.status}" + (f" {self.code}" if self.code else "")
@@ -57,6 +58,8 @@ class ApiRefused(CliFailure):
             lines.append(f"  field {field['field']}" + (f": {said}" if said else ""))
         if self.retry_after:
             lines.append(f"  retry after {self.retry_after} s")
+        if self.trace:
+            lines.append(f"  trace {self.trace}: llmhost traces {self.trace}")
         return lines
 
 

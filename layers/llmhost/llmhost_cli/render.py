@@ -173,7 +173,7 @@ def _ms(value: Any) -> str:
 def trace_line(trace: dict[str, Any]) -> Text:
     """One trace summary: when, what, how it went, how long, what it cost, the query."""
     started = str(trace.get("started_at", ""))
-    line = Text(f"{started[:19].replace('T', ' ')}  {trace.get('id', '')[:12]}  ")
+    line = Text(f"{started[:19].replace('T', ' ')}  {trace.get('id', '')}  ")
     line.append(f"{trace.get('kind', ''):<4} {trace.get('model', '')}")
     if trace.get("collection"):
         line.append(f"/{trace['collection']}")
@@ -199,6 +199,11 @@ def trace_details(trace: dict[str, Any]) -> list[Any]:
     tokens_out = attributes.get("gen_ai.usage.output_tokens")
     if tokens_in is not None or tokens_out is not None:
         lines.append(Text(f"  tokens in/out  {tokens_in} / {tokens_out}"))
+    for feedback in trace.get("feedback") or []:
+        comment = f"  {feedback['comment']}" if feedback.get("comment") else ""
+        score = feedback.get("score")
+        shown = f"{score:g}" if isinstance(score, int | float) else str(score)
+        lines.append(Text(f"  feedback {feedback.get('name')}: {shown}{comment}"))
     for span in trace.get("spans") or []:
         lines.append(
             Text(
