@@ -7,6 +7,8 @@ Each round sends the same request in each mode, in a shuffled order, so drift an
 fall on every mode alike:
 
 - ``off``: no request observers at all (nothing watched, nothing written);
+- ``built``: the trace recorder with a store that does everything but the network call (the
+  trace built, redacted, cut to fit and encoded as DynamoDB's JSON): llmhost's own CPU cost;
 - ``traced``: the trace recorder only (``TraceContent`` redacted, every request sampled: one
   PutItem per request, before the answer returns);
 - ``all``: the trace recorder and the usage counters, as the stack runs.
@@ -28,7 +30,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-MODES = ("off", "traced", "all")
+MODES = ("off", "built", "traced", "all")
 QUESTION = "Where is Mount Etna, and is it active?"
 DOCUMENTS = [
     "Mount Etna is an active stratovolcano on the east coast of Sicily, Italy.",
@@ -73,6 +75,25 @@ class Client:
         return reply.status, json.loads(raw), elapsed
 
 
+def built_only(recorder: Any) -> Any:
+    """The recorder with a store that encodes the item as a PutItem would, and sends nothing."""
+    from llmhost.traces.recorder import TraceRecorder
+    from llmhost.traces.store import TraceStore, fit, item_from_view
+
+    class Unsent(TraceStore):
+        def put(self, view: dict[str, Any], expires_at_s: int) -> dict[str, Any]:
+            stored = fit(view)
+            self._encode(item_from_view(stored, expires_at_s))
+            return stored
+
+    return TraceRecorder(
+        Unsent(None, "unsent"),
+        sample_rate=recorder.sample_rate,
+        content=recorder.content,
+        retention_days=recorder.retention_days,
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--rounds", type=int, default=150, help="requests per mode and kind")
@@ -105,7 +126,12 @@ def main() -> int:
         usage = runtime.usage_observers()
         if not traced:
             raise SystemExit("the local stack records no traces (TRACES_TABLE unset?)")
-        observers = {"off": [], "traced": traced, "all": [*traced, *usage]}
+        observers = {
+            "off": [],
+            "built": [built_only(traced[0])],
+            "traced": traced,
+            "all": [*traced, *usage],
+        }
         print(
             f"trace settings: {runtime.trace_settings().model_dump()} "
             f"(usage observers: {[type(o).__name__ for o in usage]})"
@@ -150,9 +176,10 @@ def main() -> int:
         off = med(samples[(kind, "off")])
         ratios[kind] = med(samples[(kind, "traced")]) / off
         added = med(samples[(kind, "traced")]) - off
+        built = med(samples[(kind, "built")]) - off
         print(
-            f"{kind}: traced/off {ratios[kind]:.3f} ({added:+.2f} ms), "
-            f"all/off {med(samples[(kind, 'all')]) / off:.3f}"
+            f"{kind}: traced/off {ratios[kind]:.3f} ({added:+.2f} ms; built but not sent "
+            f"{built:+.2f} ms), all/off {med(samples[(kind, 'all')]) / off:.3f}"
         )
     print(f"traces listed afterwards: {len(stored.traces)} (newest: {stored.traces[0]['id']})")
     print(f"rag_traced_ratio={ratios['rag']:.3f} chat_traced_ratio={ratios['chat']:.3f}")

@@ -209,3 +209,34 @@ def test_a_refusal_on_the_openai_server_is_observed(moto_aws: None, collector: C
     response = TestClient(app).post("/v1/rag", json={"model": "cold", "query": ""})
     assert response.status_code == 422
     assert [(o.kind, o.status, o.model) for o in collector.seen] == [("rag", 422, "cold")]
+
+
+# --------------------------------------------------------------------------- the jobs worker
+
+
+def test_a_job_run_is_observed_as_a_job(moto_aws: None, collector: Collector) -> None:
+    from test_jobs_worker import CHAT as JOB_CHAT
+    from test_jobs_worker import World
+
+    from llmhost.serving.errors import ModelUnavailable
+
+    world = World()
+    # Given a job whose model answers, and one whose model fails for good
+    answered = world.jobs.submit("chat", JOB_CHAT)
+    world.deliver_until(lambda: world.status(answered.id) == "SUCCEEDED")
+
+    def refuse() -> dict[str, Any]:
+        raise ModelUnavailable("not_deployed")
+
+    world.serving.behave = [refuse]
+    refused = world.jobs.submit("chat", JOB_CHAT)
+    world.deliver_until(lambda: len(collector.seen) >= 2)
+    # Then each run is one observation of kind job, under the job's id
+    first, second = collector.seen[:2]
+    assert (first.kind, first.request_id, first.status) == ("job", answered.id, 200)
+    assert first.model == "demo"
+    assert (second.request_id, second.status) == (
+        refused.id,
+        ModelUnavailable("not_deployed").status,
+    )
+    assert second.error_code == ModelUnavailable("not_deployed").code
