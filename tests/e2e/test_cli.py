@@ -88,6 +88,11 @@ def closed_port() -> int:
 def test_up_waits_showing_the_reconcilers_steps_until_in_service(cli: Cli) -> None:
     # Given a spec file in YAML
     (cli.root / "demo.yaml").write_text(SPEC)
+    # When it is planned, nothing is created, and the plan names the instance and its price
+    planned = cli("plan", "demo.yaml")
+    assert planned.returncode == 0, planned.stderr
+    assert re.search(r"^instance_type\s+ml\.g5\.2xlarge\s*$", planned.stdout, re.M)
+    assert re.search(r"^cost\.\S*hour\S*\s+\d", planned.stdout, re.M), planned.stdout
     # When it is brought up with --wait
     done = cli("up", "demo.yaml", "--wait")
     # Then the command follows the reconciler's steps and ends when the model serves
