@@ -103,6 +103,13 @@ def test_up_waits_showing_the_reconcilers_steps_until_in_service(cli: Cli) -> No
     # And bringing up the same spec again changes nothing
     again = cli("up", "demo.yaml")
     assert again.returncode == 0 and "cli-demo: unchanged" in again.stderr, again.stderr
+    # And an edited spec is an update, followed until the reconciler has taken it up
+    (cli.root / "demo.yaml").write_text(SPEC + "tags: {team: search}\n")
+    updated = cli("up", "demo.yaml", "--wait", "--timeout", "120")
+    assert updated.returncode == 0, updated.stderr
+    assert "cli-demo: updated (generation 2, IN_SERVICE)" in updated.stderr
+    assert "SpecUpdated" in updated.stderr
+    assert updated.stderr.rstrip().splitlines()[-1].startswith("cli-demo: IN_SERVICE after ")
 
 
 def test_ls_and_status_show_the_deployment(cli: Cli) -> None:
