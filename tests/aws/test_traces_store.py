@@ -179,3 +179,14 @@ def test_the_recorder_samples_and_always_keeps_errors(store: Any) -> None:
     assert store.find(trace_id_for("r-ok")) is None
     kept = store.get(trace_id_for("r-err"))
     assert kept["content"] == "redacted" and kept["status"] == "error"
+
+
+def test_numbers_dynamodb_cannot_hold_are_stored_anyway(store: Any) -> None:
+    # Given request parameters at the edges of what a client may send
+    obs = observation("r-edge", parameters={"temperature": 1e-300, "top_p": 5e-324, "seed": 2**130})
+    stored = record(store, obs)
+    # Then the trace is stored (DynamoDB refuses numbers nearer 0 than 1E-130, or over 38
+    # digits): the tiny ones as 0, the huge one as text
+    read = store.get(stored["id"])
+    assert read["attributes"]["gen_ai.request.temperature"] == 0
+    assert read["attributes"]["gen_ai.request.seed"] == str(2**130)

@@ -63,6 +63,10 @@ _VIEW_DEFAULTS: dict[str, Any] = {
     "attributes": {},
 }
 _KEYS = ("day", "started_key")
+# DynamoDB's number range and precision (a value outside it fails the whole PutItem).
+_SMALLEST = 1e-130
+_LARGEST = 9.9e125
+_LARGEST_INT = 10**38
 
 
 class TracesTableError(LlmhostError):
@@ -157,9 +161,14 @@ def _to_dynamo(value: Any) -> Any:
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return value
     if isinstance(value, float):
-        return Decimal(repr(value)) if math.isfinite(value) else None
+        if not math.isfinite(value):
+            return None
+        if abs(value) < _SMALLEST:  # DynamoDB refuses a number nearer 0 than 1E-130
+            return Decimal(0)
+        return Decimal(repr(value)) if abs(value) < _LARGEST else repr(value)
     if isinstance(value, int):
-        return Decimal(value)
+        # DynamoDB keeps 38 significant digits; a larger number (a client's seed) as text
+        return Decimal(value) if abs(value) < _LARGEST_INT else str(value)
     if isinstance(value, dict):
         return {str(k): _to_dynamo(v) for k, v in value.items() if v is not None}
     if isinstance(value, list | tuple):
