@@ -303,7 +303,11 @@ class LocalStack:
         for process in (self.stack, self.engine):
             process.terminate()
         for process in (self.stack, self.engine):
-            process.wait(10)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:  # a loaded machine: the numbers are kept
+                process.kill()
+                process.wait()
 
 
 def serve_engine_process(engine_port: int, front_port: int) -> None:

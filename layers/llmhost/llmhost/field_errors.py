@@ -23,7 +23,12 @@ PATTERN_HINTS = {
     # llmhost.jobs.record.ID_PATTERN; the Jobs API's next_token
     r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$": "must be a job id as POST /v1/jobs returned it "
     "(e.g. 'job-01jbz3kq8w5n6m7p9r0s1t2v3x')",
-    r"^[A-Za-z0-9_-]{1,4096}$": "must be the next_token of the previous page, unchanged",
+    r"^[A-Za-z0-9_-]{1,4096}$": "must be the next_token (next_cursor) of the previous page, "
+    "unchanged",
+    # llmhost.api.traces: a trace's id, and a feedback's name
+    r"(^[0-9a-f]{32}$)|(^[A-Za-z][A-Za-z0-9]{0,15}-[A-Za-z0-9_-]{1,128}$)": "must be a trace id "
+    "(32 lowercase hex digits) or the request id a reply carried (e.g. 'chatcmpl-...')",
+    r"^[A-Za-z0-9_.:-]+$": "must be letters, digits, '_', '.', ':' and '-' (e.g. 'user')",
 }
 # Tags of llmhost's discriminated unions: pydantic puts them in the path; clients never do.
 UNION_TAGS = frozenset(
