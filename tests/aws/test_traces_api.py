@@ -149,3 +149,107 @@ def test_the_api_role_is_granted_what_the_routes_call(api: Any) -> None:
     indexes = {a for a, p in calls if p.get("IndexName")}
     assert indexes == {"dynamodb:Query"}
     assert {"Fn::Sub": "${TracesTable.Arn}/index/*"} in grants["dynamodb:Query"]
+
+
+def _cursor(state: dict[str, Any]) -> str:
+    import base64
+
+    raw = json.dumps(state, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _key(**names: str) -> dict[str, Any]:
+    return {name: {"S": value} for name, value in names.items()}
+
+
+@pytest.mark.parametrize(
+    ("query", "state"),
+    [
+        # a day after the listing's to
+        ({"to": "2026-12-03T00:00:00Z"}, {"i": "by-day", "d": "2026-12-09", "k": None}),
+        # a start key of another day than the cursor's
+        (
+            {},
+            {
+                "i": "by-day",
+                "d": time.strftime("%Y-%m-%d", time.gmtime()),
+                "k": _key(id="x", day="1999-01-01", started_key="1999-01-01T00:00:00.000Z#x"),
+            },
+        ),
+        # another model's start key
+        (
+            {"model": "demo"},
+            {
+                "i": "by-model",
+                "d": "2026-12-03",
+                "k": _key(id="x", model="other", started_key="2026-12-03T00:00:00.000Z#x"),
+            },
+        ),
+        # a start key after the listing's to, or naming another item than its id
+        (
+            {"model": "demo"},
+            {
+                "i": "by-model",
+                "d": "2026-12-03",
+                "k": _key(id="x", model="demo", started_key="9999-01-01T00:00:00.000Z#x"),
+            },
+        ),
+        (
+            {"model": "demo"},
+            {
+                "i": "by-model",
+                "d": "2026-12-03",
+                "k": _key(id="x", model="demo", started_key="2026-12-03T00:00:00.000Z#y"),
+            },
+        ),
+    ],
+)
+def test_a_forged_cursor_is_a_400_naming_it(
+    api: Any, query: dict[str, str], state: dict[str, Any]
+) -> None:
+    status, answer = call(
+        api, "GET", "/v1/traces?" + urlencode({**query, "cursor": _cursor(state)})
+    )
+    assert status == 400, answer
+    assert answer["error"]["message"].startswith("cursor:")
+
+
+@pytest.mark.parametrize("day", ["2020-01-01", "0001-01-01"])
+def test_a_cursor_from_before_the_listings_from_ends_it(api: Any, day: str) -> None:
+    # (0001-01-01: the walk back would step past the calendar's first day)
+    state = {"i": "by-day", "d": day, "k": None}
+    status, page = call(api, "GET", "/v1/traces?" + urlencode({"cursor": _cursor(state)}))
+    assert status == 200 and page == {"data": [], "next_cursor": None}
+
+
+@pytest.mark.parametrize(
+    "raw", [b'{"score": 1e300}', b'{"score": -1e101}', b'{"score": "1"}', b'{"score": true}']
+)
+def test_a_score_dynamodb_cannot_store_or_not_a_number_is_a_422(api: Any, raw: bytes) -> None:
+    event = api_gateway_event("POST", "/v1/traces/chatcmpl-0/feedback", JSON, raw, "tester")
+    response = api.handler(event, LambdaContext("test"))
+    assert response["statusCode"] == 422, response["body"]
+    assert "score" in response["body"]
+
+
+def test_a_score_too_small_for_dynamodb_is_stored_as_zero(api: Any) -> None:
+    status, trace = call(api, "POST", "/v1/traces/chatcmpl-0/feedback", {"score": -1e-300})
+    assert status == 201 and trace["feedback"][-1]["score"] == 0
+
+
+@pytest.mark.parametrize(("content", "kept"), [("redacted", "mail [email]"), ("none", None)])
+def test_a_feedback_comment_is_kept_as_its_trace_keeps_text(
+    api: Any, content: str, kept: str | None
+) -> None:
+    from llmhost.traces.recorder import TraceRecorder
+
+    recorder = TraceRecorder(
+        runtime.trace_store(), sample_rate=1.0, content=content, retention_days=30
+    )  # type: ignore[arg-type]
+    recorder.observe(RequestObservation("chatcmpl-pii", "chat", time.time(), 1.0, 200))
+    body = {"score": 0, "comment": "mail zed@example.com"}
+    status, trace = call(api, "POST", "/v1/traces/chatcmpl-pii/feedback", body)
+    assert status == 201
+    assert trace["feedback"][-1].get("comment") == kept
+    _, again = call(api, "GET", "/v1/traces/chatcmpl-pii")
+    assert "zed@example.com" not in json.dumps(again)

@@ -202,7 +202,12 @@ def test_redacted_text_never_holds_the_planted_value(before: str, secret: str, a
     assert secret not in redact_text(planted(before, secret, after))
 
 
-@given(words, pii, words, st.sampled_from(["query", "prompt", "answer", "source"]))
+@given(
+    words,
+    pii,
+    words,
+    st.sampled_from(["query", "prompt", "answer", "source", "model", "collection", "stop"]),
+)
 @settings(max_examples=200, deadline=None)
 def test_a_redacted_trace_never_holds_the_planted_value(
     before: str, secret: str, after: str, where: str
@@ -214,6 +219,10 @@ def test_a_redacted_trace_never_holds_the_planted_value(
         "prompt": {"prompt": [{"role": "user", "content": text}]},
         "answer": {"answer": text},
         "source": {"sources": (RetrievedSource("d#0", 0.5, "docs", text),)},
+        # a model or collection no deployment has (a refusal's), a stop sequence
+        "model": {"model": text, "status": 404, "error_code": "model_not_found"},
+        "collection": {"collection": text, "status": 400},
+        "stop": {"parameters": {"stop": [text]}},
     }[where]
     # When its trace is recorded redacted, or without text
     redacted = build_trace(observation(**fields), content="redacted", retention_days=1)

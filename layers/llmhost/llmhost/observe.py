@@ -12,6 +12,7 @@ The values are plain data, so observers and their tests need no serving stack.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -22,6 +23,10 @@ logger = Logger(child=True)
 
 RequestKind = Literal["chat", "rag", "job"]
 SpanName = Literal["embed", "retrieve", "generate", "wake", "wait"]
+# What a deployment's and a collection's name may be (llmhost.specs.NAME_PATTERN, the
+# collection routes' pattern): anything else a client asked for names neither.
+_MODEL_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,53}")
+_COLLECTION_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_-]{0,62}")
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,15 @@ class RequestObservation:
     hosting: str | None = None  # dedicated | shared | serverless | async
     instance_type: str | None = None
     engine: str | None = None  # tgi | vllm | lmi | hf-inference
+
+    def __post_init__(self) -> None:
+        # A name a client sent that no deployment or collection can have (a 404's typo, an
+        # email address, a megabyte of text) is not kept: it would reach traces unredacted,
+        # and the usage table and the metrics' dimensions as a row of its own.
+        if self.model is not None and not _MODEL_NAME.fullmatch(self.model):
+            object.__setattr__(self, "model", None)
+        if self.collection is not None and not _COLLECTION_NAME.fullmatch(self.collection):
+            object.__setattr__(self, "collection", None)
 
     @property
     def error_class(self) -> str | None:

@@ -18,12 +18,13 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from aws_lambda_powertools.event_handler.openapi.params import Path, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat
 
 from llmhost.api.http import json_response
 from llmhost.errors import FieldIssue, SpecInvalid
 from llmhost.specs import NAME_PATTERN
 from llmhost.traces.record import REQUEST_ID_PATTERN, iso_time, trace_id_for
+from llmhost.traces.redact import keep_text
 from llmhost.traces.store import MAX_PAGE
 
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ TraceIdPath = Annotated[
 ]
 # The latest instant a time may name (year 9999): later is not a time DynamoDB's keys order.
 LATEST_S = 253402300799
+# DynamoDB stores numbers up to 1e126 in magnitude; a score is far inside.
+MAX_SCORE = 1e100
 
 
 class FeedbackBody(BaseModel):
@@ -50,8 +53,11 @@ class FeedbackBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    score: float = Field(
-        allow_inf_nan=False, description="Any finite number: 1/0, 1..5, 0.0..1.0..."
+    score: StrictFloat = Field(
+        allow_inf_nan=False,
+        ge=-MAX_SCORE,
+        le=MAX_SCORE,
+        description="A number: 1/0, 1..5, 0.0..1.0... (at most 1e100 either way).",
     )
     comment: str | None = Field(default=None, max_length=2000)
     name: str = Field(
@@ -150,15 +156,20 @@ def mount_trace_routes(
 
     @app.post("/v1/traces/<trace_id>/feedback", summary="Score a trace (201: the trace)")
     def add_feedback(trace_id: TraceIdPath, feedback: FeedbackBody):
+        key = trace_key(trace_id)
+        store = traces()
+        # A comment is kept as the trace keeps its text (its ``content``): redacted, or
+        # dropped under none, so feedback cannot put back what the trace left out.
+        content = store.get(key).get("content")
         entry = {
             "name": feedback.name,
             "score": feedback.score,
-            "comment": feedback.comment,
+            "comment": keep_text(
+                feedback.comment, content if content in ("full", "none") else "redacted"
+            ),
             "at": iso_time(now()),
         }
-        updated = traces().add_feedback(
-            trace_key(trace_id), {k: v for k, v in entry.items() if v is not None}
-        )
+        updated = store.add_feedback(key, {k: v for k, v in entry.items() if v is not None})
         return json_response(HTTPStatus.CREATED, updated)
 
 

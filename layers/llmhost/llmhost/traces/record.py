@@ -17,10 +17,11 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from dataclasses import replace
 from typing import Any
 
 from llmhost.observe import RequestObservation
-from llmhost.traces.redact import TraceContent, keep_text
+from llmhost.traces.redact import TraceContent, keep_text, redact_text
 
 PROVIDER = "aws.sagemaker"
 SUMMARY_QUERY_CHARS = 200
@@ -83,6 +84,14 @@ def build_trace(
     that answered (its Hugging Face id) is ``observation.parameters["model_id"]``, when
     the recording point knew it."""
     obs = observation
+    if content != "full":
+        # A name a client sent (a refused model or collection) is kept only when it holds
+        # nothing redaction would mask: a card number is a valid deployment name.
+        obs = replace(
+            obs,
+            model=_plain_name(obs.model),
+            collection=_plain_name(obs.collection),
+        )
     model_id = obs.parameters.get("model_id")
     trace_id = trace_id_for(obs.request_id)
     cost = _finite(cost_usd)
@@ -115,6 +124,10 @@ def build_trace(
     }
     for name, attribute in _REQUEST_ATTRIBUTES.items():
         value = obs.parameters.get(name)
+        if name == "stop" and value is not None:
+            # Stop sequences are the client's text: kept as the prompt is.
+            texts = [value] if isinstance(value, str) else list(value)
+            value = [keep_text(str(t), content) for t in texts] if content != "none" else None
         if value is not None:
             attributes[attribute] = list(value) if isinstance(value, tuple | list) else value
     return {
@@ -157,6 +170,10 @@ def summary(trace: dict[str, Any]) -> dict[str, Any]:
         {k: v for k, v in s.items() if k != "text"} for s in trace.get("sources") or []
     ]
     return shown
+
+
+def _plain_name(name: str | None) -> str | None:
+    return name if name is None or redact_text(name) == name else None
 
 
 def _finite(value: float | None) -> float | None:

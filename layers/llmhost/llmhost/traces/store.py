@@ -382,8 +382,12 @@ class TraceStore:
         low, high = iso_time(since_s), iso_time(until_s)
         index = BY_MODEL if model is not None else BY_DAY
         state: dict[str, Any] = (
-            _decode_cursor(cursor, index) if cursor else {"day": high[:10], "key": None}
+            _decode_cursor(cursor, index, model, low, high)
+            if cursor
+            else {"day": high[:10], "key": None}
         )
+        if state["day"] < low[:10] or (state["key"] and state["key"]["started_key"]["S"] < low):
+            return Page([], None)
         filters = ["#exp > :now"]
         values: dict[str, Any] = {
             ":low": {"S": low},
@@ -454,7 +458,13 @@ def _encode_cursor(index: str, day: str, key: dict[str, Any] | None) -> str:
 _KEY_NAMES = {BY_MODEL: {"id", "model", "started_key"}, BY_DAY: {"id", "day", "started_key"}}
 
 
-def _decode_cursor(cursor: str, index: str) -> dict[str, Any]:
+def _decode_cursor(
+    cursor: str, index: str, model: str | None, low: str, high: str
+) -> dict[str, Any]:
+    """The listing's state in ``cursor``, which must belong to this listing: its index, its
+    model, a day and a start key not after ``high``. Anything else (forged, or from other
+    filters) raises CursorInvalid: DynamoDB would refuse such a start key. A cursor before
+    ``low`` (``from`` moved on since) is the listing's end: ``list`` returns no more."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         state = json.loads(raw)
@@ -469,6 +479,8 @@ def _decode_cursor(cursor: str, index: str) -> dict[str, Any]:
         datetime.date.fromisoformat(day)
     except ValueError:
         raise CursorInvalid() from None
+    if day > high[:10]:
+        raise CursorInvalid()
     if key is not None:
         if not isinstance(key, dict) or set(key) != _KEY_NAMES[index]:
             raise CursorInvalid()
@@ -477,4 +489,12 @@ def _decode_cursor(cursor: str, index: str) -> dict[str, Any]:
                 raise CursorInvalid()
             if not isinstance(value["S"], str) or not 1 <= len(value["S"]) <= 1024:
                 raise CursorInvalid()
+        started = key["started_key"]["S"]
+        hash_value = key["model"]["S"] if index == BY_MODEL else key["day"]["S"]
+        if hash_value != (model if index == BY_MODEL else day):
+            raise CursorInvalid()
+        if not (started <= high + "~" and started.endswith("#" + key["id"]["S"])):
+            raise CursorInvalid()
+        if index == BY_DAY and not started.startswith(day):
+            raise CursorInvalid()
     return {"day": day, "key": key}
