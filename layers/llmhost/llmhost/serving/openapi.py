@@ -179,6 +179,47 @@ _ERRORS: dict[int, str] = {
 }
 
 
+# One server-sent event of a streamed answer (Open API 3.1 has a text/event-stream media
+# type's ``schema`` describe each event): ``data`` is a ``chat.completion.chunk`` as JSON, an
+# error object once streaming has begun, or OpenAI's closing ``[DONE]``.
+STREAM_EVENT: dict[str, Any] = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "event": {"type": "string"},
+        "id": {"type": "string"},
+        "data": {
+            "anyOf": [
+                {"const": "[DONE]"},
+                {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": {
+                        "anyOf": [
+                            {
+                                "type": "object",
+                                "required": ["id", "object", "created", "model", "choices"],
+                                "properties": {
+                                    "object": {"const": "chat.completion.chunk"},
+                                    "choices": {"type": "array"},
+                                },
+                            },
+                            {
+                                "type": "object",
+                                "required": ["error"],
+                                "properties": {
+                                    "error": {"type": "object", "required": ["message", "type"]}
+                                },
+                            },
+                        ]
+                    },
+                },
+            ]
+        },
+    },
+}
+
+
 def _error(status: int) -> dict[str, Any]:
     response: dict[str, Any] = {
         "description": _ERRORS[status],
@@ -301,7 +342,7 @@ def openai_api_document() -> dict[str, Any]:
                                 "application/json": {
                                     "schema": {"$ref": REF.format(model="ChatCompletion")}
                                 },
-                                "text/event-stream": {"schema": {"type": "string"}},
+                                "text/event-stream": {"schema": STREAM_EVENT},
                             },
                         },
                         **statuses(*served, *body),
