@@ -547,22 +547,27 @@ def _error_code(response: Response) -> str | None:
 
 async def _observe_end(watch: RequestWatch | None, error: BaseException | None) -> None:
     """Observe a stream that ended (with ``error``'s event, or whole), off the event loop."""
-    if watch is None or watch.done:
+    # Claimed here, on the event loop, before any await: a client going away while the
+    # observation is written must not observe the request a second time (as 499).
+    if watch is None or not watch.claim():
         return
     if isinstance(error, LlmhostError):
         watch.ended(error.status, error.code)
     elif error is not None:
         watch.ended(500, "internal_error")
-    await run_in_threadpool(observe, watch, 200)
+    await run_in_threadpool(observe, watch, 200, None, claimed=True)
 
 
 def _abandoned(watch: RequestWatch | None) -> None:
     """A stream whose client went away before its end: observed as 499 (nginx's "client
     closed request"), on a thread of its own (this runs as the response is torn down)."""
-    if watch is None or watch.done:
+    if watch is None or not watch.claim():
         return
     threading.Thread(
-        target=observe, args=(watch, 499, "client_closed_request"), daemon=True
+        target=observe,
+        args=(watch, 499, "client_closed_request"),
+        kwargs={"claimed": True},
+        daemon=True,
     ).start()
 
 

@@ -10,6 +10,7 @@ refused before the service saw it (a bad body, an unknown key) still gets one.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ class RequestWatch:
     stream: bool = False
     started_at: float = field(default_factory=time.time)
     _started: float = field(default_factory=time.perf_counter, repr=False)
+    _claim_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     model: str | None = None
     collection: str | None = None
     query: str | None = None
@@ -110,6 +112,16 @@ class RequestWatch:
         event after its 200)."""
         self.status, self.error_code = status, error_code
 
+    def claim(self) -> bool:
+        """True for the one caller that ends this watch (it then observes it), False for
+        every later one: a stream's end and its client going away may race on two threads,
+        and the request is observed once, by the first."""
+        with self._claim_lock:
+            if self.done:
+                return False
+            self.done = True
+            return True
+
     def finish(self, status: int, error_code: str | None = None) -> RequestObservation:
         """The observation of this request, which got ``status`` (unless ``ended`` said
         otherwise). Marks the watch done."""
@@ -165,10 +177,13 @@ def watching(watch: RequestWatch | None) -> dict[str, Any]:
     return {"watch": watch} if watch is not None else {}
 
 
-def observe(watch: RequestWatch, status: int, error_code: str | None = None) -> None:
+def observe(
+    watch: RequestWatch, status: int, error_code: str | None = None, *, claimed: bool = False
+) -> None:
     """End ``watch`` with ``status`` and hand its observation to the runtime's observers
-    (never raises: see ``llmhost.observe.notify``); a watch already ended is not sent again."""
-    if watch.done:
+    (never raises: see ``llmhost.observe.notify``); a watch already ended is not sent again.
+    ``claimed``: the caller has ended it already (``RequestWatch.claim``)."""
+    if not claimed and not watch.claim():
         return
     from llmhost import runtime
     from llmhost.observe import notify
