@@ -5,6 +5,7 @@ is ever negative or NaN."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -119,6 +120,19 @@ def test_an_hour_is_shared_by_tokens_and_a_tokenless_hour_by_requests() -> None:
     assert shares.keys["alice"].cost_usd == pytest.approx(4.5 + 1.5)
     assert shares.keys["bob"].cost_usd == pytest.approx(1.5 + 4.5)
     assert shares.deployments["a"].idle_cost_usd == pytest.approx(6.0 * 10 / 60)
+
+
+def test_an_hour_of_refused_requests_alone_is_idle_not_their_callers_cost() -> None:
+    one = [CapacityPoint("a", START + timedelta(minutes=m), 1, 1, 6.0) for m in range(0, 60, 5)]
+    refused = replace(row(0, "a", "mallory", 4, 0), errors=4)
+    answered = row(0, "a", "alice", 1, 0)
+    shares = share_costs([refused, answered], one, START, START + timedelta(hours=1))
+    # the one answered request carries the hour; the four refusals nothing
+    assert shares.keys["mallory"].cost_usd == 0
+    assert shares.keys["alice"].cost_usd == pytest.approx(6.0)
+    alone = share_costs([refused], one, START, START + timedelta(hours=1))
+    assert alone.keys["mallory"].cost_usd == 0
+    assert alone.deployments["a"].idle_cost_usd == pytest.approx(6.0)
 
 
 def test_a_point_holds_at_most_fifteen_minutes() -> None:

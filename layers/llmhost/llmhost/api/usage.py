@@ -31,7 +31,7 @@ def add_usage_routes(app: APIGatewayRestResolver, reports: Callable[[], UsageRep
         description=(
             "Each hour, a deployment's estimated cost (its instances' or copies' on-demand "
             "price x the time they ran) is shared over the requests it served that hour in "
-            "proportion to their tokens; hours without requests are idle cost. from is "
+            "proportion to their tokens; hours without answered requests are idle cost. from is "
             "rounded down and to up to whole hours. Default: the last 24 hours."
         ),
     )

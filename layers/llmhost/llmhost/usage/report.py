@@ -5,10 +5,10 @@ How cost is shared (``METHOD``): each hour, a deployment's estimated cost (its u
 on-demand price x the units it ran, from the capacity history; serverless: its requests'
 inference time x memory x the GB-second price, plus provisioned concurrency) is shared over
 the requests it served in that hour, in proportion to their tokens (input + output), or by
-request count in an hour whose requests carry no tokens. An hour with cost and no requests
-is idle cost: reported per deployment and in the total, never spread over other hours. A
-caller's cost is the sum of its requests' shares, so the callers' costs and the idle cost
-add up to the deployments' cost.
+the count of answered requests in an hour whose requests carry no tokens. An hour with cost
+and no requests answered is idle cost: reported per deployment and in the total, never
+spread over other hours. A caller's cost is the sum of its requests' shares, so the
+callers' costs and the idle cost add up to the deployments' cost.
 
 The pure part (``share_costs``) takes rows and points and returns the report; ``UsageReports``
 reads them from the usage table and the registry.
@@ -45,8 +45,8 @@ HOUR = timedelta(hours=1)
 METHOD = (
     "Each hour, a deployment's estimated cost (on-demand price x copies or instances running, "
     "from its capacity history; serverless: inference time x memory) is shared over the "
-    "requests it served that hour in proportion to their tokens (input + output; by request "
-    "count when they carry none); hours without requests are idle cost."
+    "requests it served that hour in proportion to their tokens (input + output; by answered "
+    "requests when they carry none); hours without answered requests are idle cost."
 )
 
 
@@ -201,7 +201,9 @@ def share_costs(
                 total.add(row)
             weights = [r.input_tokens + r.output_tokens for r in served]
             if not any(weights):
-                weights = [r.requests for r in served]
+                # By the requests answered: one refused (a bad body, a 429, a cold 503) used
+                # no capacity, so an hour of refusals alone is idle, not its callers' cost.
+                weights = [max(0, r.requests - r.errors) for r in served]
             whole = sum(weights)
             if not whole:
                 deployment.idle_cost_usd += cost
