@@ -107,7 +107,44 @@ def test_without_a_spec_the_observations_instance_type_is_priced_or_none() -> No
     assert priced == pytest.approx(price * 2.0 / 3600)
     assert request_cost_usd(observation()) is None
     assert request_cost_usd(observation(instance_type="ml.zz.huge")) is None
-    assert request_cost_usd(observation(hosting="serverless")) is None
+    assert request_cost_usd(observation(hosting="serverless")) is None  # memory unknown
+
+
+@pytest.mark.parametrize(
+    "hosting",
+    [
+        {"kind": "dedicated", "instance_type": "ml.g5.2xlarge"},
+        {"kind": "serverless", "memory_mb": 6144},
+    ],
+)
+def test_a_served_request_is_priced_from_its_route_as_from_its_spec(hosting: dict) -> None:
+    # Given a deployment's route, which the serving path copies into each observation
+    from llmhost.lifecycle.record import DeploymentRecord
+    from llmhost.serving.routing import route_for
+
+    engine = {"name": "hf-inference"} if hosting["kind"] == "serverless" else {"name": "tgi"}
+    spec = parse_spec(
+        {
+            "name": "demo",
+            "model": {"model_id": "Qwen/Qwen2.5-0.5B-Instruct"},
+            "hosting": hosting,
+            "engine": engine,
+        }
+    )
+    route = route_for(DeploymentRecord(name="demo", spec=spec))
+    obs = observation(
+        hosting=route.hosting,
+        instance_type=route.instance_type,
+        copy_concurrency=route.copy_concurrency,
+        memory_mb=route.memory_mb,
+        stages=(StageTiming("generate", 0.0, 1500.0),),
+    )
+    # When it is priced from the observation alone (a trace's cost_usd)
+    traced = request_cost_usd(obs)
+    # Then it is what the spec's rate gives: shared by the requests a copy runs at once,
+    # or memory x duration
+    assert traced is not None and traced > 0
+    assert traced == pytest.approx(request_cost_usd(obs, spec))
 
 
 def test_wake_and_wait_are_not_busy_time() -> None:

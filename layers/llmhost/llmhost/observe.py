@@ -87,6 +87,10 @@ class RequestObservation:
     hosting: str | None = None  # dedicated | shared | serverless | async
     instance_type: str | None = None
     engine: str | None = None  # tgi | vllm | lmi | hf-inference
+    # What prices the request (``llmhost.usage.cost``): requests one copy runs at once (its
+    # busy time is shared by them), and a serverless endpoint's memory.
+    copy_concurrency: int = 1
+    memory_mb: int | None = None
 
     def __post_init__(self) -> None:
         # A name a client sent that no deployment or collection can have (a 404's typo, an

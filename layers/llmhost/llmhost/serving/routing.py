@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from llmhost.lifecycle.record import DeploymentRecord
     from llmhost.lifecycle.registry import Registry
     from llmhost.serving.wake import WakeDispatcher
+    from llmhost.sizing.plan import Plan
+    from llmhost.specs import DeploymentSpec
 
 # A child of the function's Powertools Logger (POWERTOOLS_SERVICE_NAME): its records go out
 # through the handler and format the function's own Logger set up.
@@ -109,6 +111,8 @@ class ModelRoute:
     generation: int | None = None
     instance_type: str | None = None
     model_id: str | None = None  # the model's hub or catalog id
+    copy_concurrency: int = 1  # requests one copy runs at once (its engine's batch)
+    memory_mb: int | None = None  # a serverless endpoint's memory
 
 
 def route_for(record: DeploymentRecord) -> ModelRoute:
@@ -137,7 +141,16 @@ def route_for(record: DeploymentRecord) -> ModelRoute:
         generation=record.generation,
         instance_type=plan.instance_type,
         model_id=spec.catalog_id,
+        copy_concurrency=_copy_concurrency(spec, plan),
+        memory_mb=spec.hosting.memory_mb if spec.hosting.kind == "serverless" else None,
     )
+
+
+def _copy_concurrency(spec: DeploymentSpec, plan: Plan) -> int:
+    """Requests one copy of ``spec`` runs at once, as its engine was configured (at least 1)."""
+    from llmhost.engines import copy_capacity_of
+
+    return max(1, copy_capacity_of(spec, plan).concurrency)
 
 
 def wake_estimate_s(record: DeploymentRecord, clock: CloudClock = REAL) -> int:

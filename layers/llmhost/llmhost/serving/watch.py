@@ -58,6 +58,8 @@ class RequestWatch:
     generation: int | None = None
     hosting: str | None = None
     instance_type: str | None = None
+    copy_concurrency: int = 1
+    memory_mb: int | None = None
     engine: str | None = None
     status: int | None = None  # set when the outcome is known before the front's response
     error_code: str | None = None
@@ -104,6 +106,8 @@ class RequestWatch:
         self.hosting = route.hosting
         self.engine = route.engine
         self.instance_type = route.instance_type
+        self.copy_concurrency = route.copy_concurrency
+        self.memory_mb = route.memory_mb
         if route.model_id:
             self.parameters["model_id"] = route.model_id
 
@@ -153,6 +157,8 @@ class RequestWatch:
             parameters=dict(self.parameters),
             hosting=self.hosting,
             instance_type=self.instance_type,
+            copy_concurrency=self.copy_concurrency,
+            memory_mb=self.memory_mb,
             engine=self.engine,
         )
 

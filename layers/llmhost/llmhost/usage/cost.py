@@ -6,10 +6,10 @@ whether it answers one request or a thousand; serverless inference bills memory 
 duration. So a request's cost is an estimate of its share:
 
 - ``request_cost_usd`` (at the moment a request ends, for its trace): the time it held its
-  copy, x the copy's price; with the deployment's spec, / the requests that copy runs at once
-  (its sizing plan's concurrency), and then the sum of these estimates is at most what the
-  copies cost. From the observation alone (its instance type) a request is charged its
-  copy's whole time. Idle hours are in no request's estimate.
+  copy, x the copy's price, / the requests that copy runs at once (its sizing plan's
+  concurrency, which the serving route carries into the observation), so the sum of these
+  estimates is at most what the copies cost; serverless: memory x duration. Idle hours are
+  in no request's estimate.
 - ``llmhost.usage.report`` (``GET /v1/usage``) shares what the copies actually cost over a
   period (from the capacity history) over the requests they served, idle cost included.
 
@@ -96,17 +96,29 @@ def rate_of(spec: DeploymentSpec, plan: Plan | None = None) -> Rate | None:
 
 
 def rate_of_observation(observation: RequestObservation) -> Rate | None:
-    """A rate from what the observation alone says (its instance type): one request per
-    unit at a time, a shared copy as one GPU's share. None when that is not enough (no or
-    an unknown instance type; serverless, whose memory it does not carry)."""
+    """A rate from what the observation says of the copy that answered: its instance type
+    shared by the requests a copy runs at once (a shared copy as one GPU's share), or a
+    serverless endpoint's memory. None when that is not enough (an unknown instance type,
+    a serverless endpoint whose memory it does not carry)."""
+    from llmhost.sizing.plan import SERVERLESS_PRICE_PER_GB_SECOND
+
+    if observation.hosting == "serverless":
+        if not observation.memory_mb:
+            return None
+        return Rate(
+            unit_usd_per_hour=0.0,
+            concurrency=1,
+            memory_gb=observation.memory_mb / 1024,
+            gb_second_usd=SERVERLESS_PRICE_PER_GB_SECOND,
+        )
     name = observation.instance_type
     instance = instances.get(name) if name else None
-    if instance is None or observation.hosting == "serverless":
+    if instance is None:
         return None
     price = instance.price_per_hour
     if observation.hosting == "shared":
         price = price / max(1, instance.gpu_count)
-    return Rate(unit_usd_per_hour=price)
+    return Rate(unit_usd_per_hour=price, concurrency=max(1, observation.copy_concurrency))
 
 
 def busy_ms(observation: RequestObservation) -> float:
@@ -140,7 +152,8 @@ def request_cost_usd(
     Real-time hosting: busy time x the unit's $/h / requests a unit runs at once. Serverless:
     busy time x memory x $/GB-second (how SageMaker bills it). Pass the deployment's ``spec``
     (and its pinned ``plan`` if at hand) or a precomputed ``rate``; with neither, the
-    observation's instance type is priced as one request per unit. A request that never
+    observation's own facts are used (its instance type, the requests its copy runs at once,
+    a serverless endpoint's memory). A request that never
     reached the model (a cold 503, a refusal before the call) costs 0.
     """
     if rate is None:
