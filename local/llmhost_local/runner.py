@@ -135,9 +135,14 @@ def announcement(api: str, openai: str, console: str) -> dict[str, Any]:
 @contextlib.contextmanager
 def announced(root: Path, info: dict[str, Any]) -> Iterator[Path]:
     """Write ``info`` to ``root/.llmhost/local.json`` while the block runs, then remove it
-    (unless another stack has announced itself there since: the newest one owns it)."""
+    (unless another stack has announced itself there since: the newest one owns it). A stack
+    that was announced before and still runs (``make run`` while a test starts a stack of its
+    own) is announced again when this one leaves, so the command still finds it."""
     path = root / LOCAL_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
+    previous: dict[str, Any] | None = None
+    with contextlib.suppress(OSError, ValueError):
+        previous = json.loads(path.read_text())
     draft = path.with_name(f".local.json.{os.getpid()}")
     # The keys are the local stack's published ones, but the file is still the user's own.
     draft.write_text(json.dumps(info, indent=2) + "\n")
@@ -147,8 +152,26 @@ def announced(root: Path, info: dict[str, Any]) -> Iterator[Path]:
         yield path
     finally:
         with contextlib.suppress(OSError, ValueError):
-            if json.loads(path.read_text()).get("pid") == info.get("pid"):
-                path.unlink()
+            if json.loads(path.read_text()) == json.loads(json.dumps(info)):
+                if isinstance(previous, dict) and previous != info and _alive(previous.get("pid")):
+                    draft.write_text(json.dumps(previous, indent=2) + "\n")
+                    draft.chmod(0o600)
+                    draft.replace(path)
+                else:
+                    path.unlink()
+
+
+def _alive(pid: Any) -> bool:
+    """Whether the process ``pid`` runs (a stack that announced itself is still up)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it runs, as another user
+        return True
+    return True
 
 
 def cli_command() -> str:
