@@ -53,7 +53,13 @@ class Cli:
     api: str
 
     def __call__(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMHOST_")}
+        # A terminal's COLUMNS (which a test runner may export) would fold the tables the
+        # assertions read line by line; piped output is otherwise never folded.
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("LLMHOST_") and k not in ("COLUMNS", "LINES")
+        }
         return subprocess.run(
             [llmhost_command(), *args],
             cwd=cwd or self.root,
