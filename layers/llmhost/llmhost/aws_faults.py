@@ -8,6 +8,8 @@ a missing resource, a malformed request) classify as None: they are the caller's
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -133,3 +135,42 @@ def fault_error(error: BaseException, what: str) -> ServiceFault | None:
     if fault is None:
         return None
     return ServiceFault(what, fault, log_detail=f"{type(error).__name__}: {error}")
+
+
+class TableError(LlmhostError):
+    """DynamoDB refused a call on one of llmhost's tables: 503 with Retry-After when retrying
+    can get past it (throttled, unavailable), else 500 (the stack's configuration). Each
+    table's adapter has its own subclass, so its code names the table."""
+
+    code = "table_error"
+    status = 500
+    retry_after: int | None = None
+
+    def __init__(self, message: str, log_detail: str = "") -> None:
+        super().__init__(message)
+        self.log_detail = log_detail
+
+
+@contextlib.contextmanager
+def table_errors(error_type: type[TableError], table: str, busy_code: str) -> Iterator[None]:
+    """Turn a botocore error of a call on ``table`` (named for people, e.g. "the jobs table
+    (DynamoDB)") into ``error_type``: code ``busy_code`` and 503 when it is a fault retrying
+    gets past, else its own code and 500, the detail kept for the operator's logs."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except (ClientError, BotoCoreError) as error:
+        detail = f"{type(error).__name__}: {error}"
+        fault = classify(error)
+        if fault is None:
+            raise error_type(
+                f"{table} refused llmhost's request; the operator's logs say why", detail
+            ) from None
+        failed = error_type(
+            f"{table} is {'busy' if fault.kind == 'throttled' else 'unavailable'}; "
+            f"retry after {fault.retry_after} s",
+            detail,
+        )
+        failed.code, failed.status, failed.retry_after = busy_code, 503, fault.retry_after
+        raise failed from None

@@ -20,14 +20,14 @@ import base64
 import binascii
 import contextlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
-from llmhost.aws_faults import classify
-from llmhost.errors import LlmhostError
+from llmhost import aws_faults as faults
+from llmhost.aws_faults import TableError
 from llmhost.jobs.record import Job, JobAlreadyStarted, JobError, JobNotFound, PageTokenInvalid
 
 JOBS_TABLE = "the jobs table (DynamoDB)"
@@ -59,38 +59,16 @@ _IMMUTABLE = (
 )
 
 
-class JobsTableError(LlmhostError):
+class JobsTableError(TableError):
     """DynamoDB refused a call on the jobs table: 503 with Retry-After when retrying can get
     past it (throttled, unavailable), else 500 (the stack's configuration)."""
 
     code = "jobs_table_error"
-    status = 500
-    retry_after: int | None = None
-
-    def __init__(self, message: str, log_detail: str = "") -> None:
-        super().__init__(message)
-        self.log_detail = log_detail
 
 
-@contextlib.contextmanager
-def table_errors() -> Iterator[None]:
+def table_errors() -> contextlib.AbstractContextManager[None]:
     """Turn a botocore error of a jobs-table call into JobsTableError."""
-    try:
-        yield
-    except (ClientError, BotoCoreError) as error:
-        detail = f"{type(error).__name__}: {error}"
-        fault = classify(error)
-        if fault is None:
-            raise JobsTableError(
-                f"{JOBS_TABLE} refused llmhost's request; the operator's logs say why", detail
-            ) from None
-        failed = JobsTableError(
-            f"{JOBS_TABLE} is {'busy' if fault.kind == 'throttled' else 'unavailable'}; "
-            f"retry after {fault.retry_after} s",
-            detail,
-        )
-        failed.code, failed.status, failed.retry_after = "jobs_busy", 503, fault.retry_after
-        raise failed from None
+    return faults.table_errors(JobsTableError, JOBS_TABLE, "jobs_busy")
 
 
 def _condition_failed(error: ClientError) -> bool:

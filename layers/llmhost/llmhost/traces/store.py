@@ -26,14 +26,15 @@ import datetime
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
-from llmhost.aws_faults import classify
+from llmhost import aws_faults as faults
+from llmhost.aws_faults import TableError
 from llmhost.errors import LlmhostError
 from llmhost.traces.record import iso_time, summary
 
@@ -69,17 +70,11 @@ _LARGEST = 9.9e125
 _LARGEST_INT = 10**38
 
 
-class TracesTableError(LlmhostError):
+class TracesTableError(TableError):
     """DynamoDB refused a call on the traces table: 503 with Retry-After when retrying can
     get past it (throttled, unavailable), else 500 (the stack's configuration)."""
 
     code = "traces_table_error"
-    status = 500
-    retry_after: int | None = None
-
-    def __init__(self, message: str, log_detail: str = "") -> None:
-        super().__init__(message)
-        self.log_detail = log_detail
 
 
 class TraceNotFound(LlmhostError):
@@ -112,25 +107,9 @@ class CursorInvalid(LlmhostError):
         )
 
 
-@contextlib.contextmanager
-def table_errors() -> Iterator[None]:
+def table_errors() -> contextlib.AbstractContextManager[None]:
     """Turn a botocore error of a traces-table call into TracesTableError."""
-    try:
-        yield
-    except (ClientError, BotoCoreError) as error:
-        detail = f"{type(error).__name__}: {error}"
-        fault = classify(error)
-        if fault is None:
-            raise TracesTableError(
-                f"{TRACES_TABLE} refused llmhost's request; the operator's logs say why", detail
-            ) from None
-        failed = TracesTableError(
-            f"{TRACES_TABLE} is {'busy' if fault.kind == 'throttled' else 'unavailable'}; "
-            f"retry after {fault.retry_after} s",
-            detail,
-        )
-        failed.code, failed.status, failed.retry_after = "traces_busy", 503, fault.retry_after
-        raise failed from None
+    return faults.table_errors(TracesTableError, TRACES_TABLE, "traces_busy")
 
 
 # ------------------------------------------------------------------------------ items

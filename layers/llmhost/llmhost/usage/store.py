@@ -21,47 +21,23 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from llmhost.aws_faults import classify
-from llmhost.errors import LlmhostError
+from llmhost import aws_faults as faults
+from llmhost.aws_faults import TableError
 
 USAGE_TABLE = "the usage table (DynamoDB)"
 NO_NAME = "-"  # a request with no deployment (refused before routing) or no known caller
 
 
-class UsageTableError(LlmhostError):
+class UsageTableError(TableError):
     """DynamoDB refused a call on the usage table: 503 with Retry-After when retrying can get
     past it (throttled, unavailable), else 500 (the stack's configuration)."""
 
     code = "usage_table_error"
-    status = 500
-    retry_after: int | None = None
-
-    def __init__(self, message: str, log_detail: str = "") -> None:
-        super().__init__(message)
-        self.log_detail = log_detail
 
 
-@contextlib.contextmanager
-def table_errors() -> Iterator[None]:
+def table_errors() -> contextlib.AbstractContextManager[None]:
     """Turn a botocore error of a usage-table call into UsageTableError."""
-    try:
-        yield
-    except (ClientError, BotoCoreError) as error:
-        detail = f"{type(error).__name__}: {error}"
-        fault = classify(error)
-        if fault is None:
-            raise UsageTableError(
-                f"{USAGE_TABLE} refused llmhost's request; the operator's logs say why", detail
-            ) from None
-        failed = UsageTableError(
-            f"{USAGE_TABLE} is {'busy' if fault.kind == 'throttled' else 'unavailable'}; "
-            f"retry after {fault.retry_after} s",
-            detail,
-        )
-        failed.code, failed.status, failed.retry_after = "usage_busy", 503, fault.retry_after
-        raise failed from None
+    return faults.table_errors(UsageTableError, USAGE_TABLE, "usage_busy")
 
 
 @dataclass(frozen=True)
