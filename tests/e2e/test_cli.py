@@ -268,6 +268,10 @@ def test_traces_list_show_and_follow_the_requests(cli: Cli) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as a terminal delivers it: a runner started in the background (CI, `make test
+        # &`) ignores SIGINT, its children inherit that, and Python then never raises
+        # KeyboardInterrupt for it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert follow.stdout is not None
