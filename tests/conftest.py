@@ -22,6 +22,11 @@ STACK = "llmhost-test"
 
 _real_connect = socket.socket.connect
 
+# Every local stack a test starts answers with the extractive engine, whatever the machine has
+# installed (`make run` defaults to the real model when it is there): `make test` must not
+# depend on it. tests/llm (`make test-llm`) asks for the real model by name.
+os.environ["LLMHOST_ENGINE"] = "extractive"
+
 
 def _import_fuzzing_libraries() -> None:
     """Import hypothesis and schemathesis, with what they load lazily, before any test runs.

@@ -83,6 +83,9 @@ BATCH_SWEEP_MIN_S = 5.0
 # the compressed clock here, so a file dropped under scheduled/ runs within seconds.
 BATCH_SCHEDULE_S = 900
 SCALING_FUNCTION_ARN = f"arn:aws:lambda:{REGION}:123456789012:function:llmhost-scaling"
+# What answers the runtime front's invocations: the extractive stand-in (not an LLM) or a real
+# model run by llama.cpp (``llmhost_local.llama``).
+ENGINE_KINDS = ("extractive", "llama")
 DEMO_DEPLOYMENT = {
     "name": "demo",
     "model": {"kind": "hub", "model_id": "HuggingFaceH4/zephyr-7b-beta"},
@@ -130,7 +133,11 @@ class LocalCloud:
         engine_latency_ms: float = 0,
         token_interval_ms: float = 0,
         runtime_url: str | None = None,
+        engine_kind: str = "extractive",
     ) -> None:
+        if engine_kind not in ENGINE_KINDS:
+            raise ValueError(f"engine_kind must be one of {', '.join(ENGINE_KINDS)}")
+        self.engine_kind = engine_kind
         self.external_runtime_url = runtime_url
         self.moto_port = moto_port
         self.data_dir = project_root() / ".llmhost"
@@ -353,9 +360,16 @@ class LocalCloud:
         from llmhost_local.engine import LocalEngine
         from llmhost_local.runtime_front import RuntimeFront, serve_front
 
-        self.engine = LocalEngine(
-            latency_ms=self.engine_latency_ms, token_interval_ms=self.token_interval_ms
-        )
+        if self.engine_kind == "llama":
+            from llmhost_local.llama import llama_engine
+
+            self.engine = llama_engine(
+                latency_ms=self.engine_latency_ms, token_interval_ms=self.token_interval_ms
+            )
+        else:
+            self.engine = LocalEngine(
+                latency_ms=self.engine_latency_ms, token_interval_ms=self.token_interval_ms
+            )
         if self.external_runtime_url:
             # Someone else plays SageMaker's runtime (a benchmark's separate process).
             self._front_server, self.runtime_url = None, self.external_runtime_url
@@ -578,11 +592,70 @@ class LocalCloud:
 
     def create_demo(self, scale_to_zero: bool = True) -> None:
         """A deployment to talk to right away (served by the local engine) and, unless told
-        otherwise, one that scales to zero when idle and wakes on a request."""
-        for body in (
-            (DEMO_DEPLOYMENT, SCALE_TO_ZERO_DEPLOYMENT) if scale_to_zero else (DEMO_DEPLOYMENT,)
-        ):
-            self.create_deployment(body)
+        otherwise, one that scales to zero when idle and wakes on a request. With a real
+        model (the llama engine, or a TGI server), both name it, with its token limits from
+        the engine's ``/info``, as a TGI container's would be configured."""
+        from llmhost.errors import LlmhostError
+
+        bodies = [DEMO_DEPLOYMENT, SCALE_TO_ZERO_DEPLOYMENT][: 2 if scale_to_zero else 1]
+        for body in bodies:
+            spec = self.demo_spec(body)
+            try:
+                self.create_deployment(spec)
+            except LlmhostError as error:
+                if spec is body:
+                    raise
+                # A server's model id a spec cannot name (a local path): the usual demo.
+                self.log(f"demo deployment {body['name']}: {error}; using {body['model']}")
+                self.create_deployment(body)
+
+    def demo_spec(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``body`` for the engine that answers: unchanged for the extractive stand-in (it
+        plays any model); for a real model (the llama engine, or a TGI server at
+        ``engine_url``), the model id and token limits its ``/info`` reports."""
+        info = self.engine_info()
+        if info is None:
+            return body
+        spec = {
+            **body,
+            "model": {"kind": "hub", "model_id": info["model_id"]},
+            "engine": {
+                "name": "tgi",
+                "options": {
+                    "max_input_tokens": info["max_input_tokens"],
+                    "max_total_tokens": info["max_total_tokens"],
+                },
+            },
+        }
+        if self.engine_kind == "llama" and not self.engine_url:
+            # SmolLM2's model card samples at temperature 0.2, top_p 0.9; its answers are
+            # short, and 256 new tokens leave the rest of its budget to the RAG context.
+            spec["generation"] = {"max_new_tokens": 256, "temperature": 0.2, "top_p": 0.9}
+        return spec
+
+    def engine_info(self) -> dict[str, Any] | None:
+        """TGI's ``/info`` of the real model that answers (``model_id``, ``max_input_tokens``,
+        ``max_total_tokens``), or None for the extractive stand-in and for a server that
+        does not report them (vLLM has no ``/info``)."""
+        if self.engine_url:
+            import urllib.error
+            import urllib.request
+
+            try:
+                with urllib.request.urlopen(self.engine_url.rstrip("/") + "/info", timeout=5) as r:
+                    info = json.loads(r.read())
+            except (OSError, ValueError, urllib.error.URLError):
+                return None
+        elif self.engine_kind == "llama":
+            info = self.engine.info()
+        else:
+            return None
+        fields = ("model_id", "max_input_tokens", "max_total_tokens")
+        if not isinstance(info, dict) or not all(info.get(f) for f in fields):
+            return None
+        if not all(isinstance(info[f], int) for f in fields[1:]):
+            return None
+        return {f: info[f] for f in fields}
 
     def create_deployment(self, body: dict[str, Any]) -> None:
         """Create a deployment with the API's own operation, and let the reconciler bring

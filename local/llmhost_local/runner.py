@@ -26,6 +26,7 @@ from llmhost_local import trace_export
 from llmhost_local.cloud import (
     ACCESS_KEY,
     API_CONCURRENCY,
+    ENGINE_KINDS,
     LOCAL_API_KEY,
     REGION,
     SECRET_KEY,
@@ -35,6 +36,7 @@ from llmhost_local.cloud import (
 )
 from llmhost_local.console import Upstreams, serve_console
 from llmhost_local.http_server import BackgroundServer
+from llmhost_local.llama import EngineUnavailable, LlamaBackend
 
 # load_handler sets the process's POWERTOOLS_SERVICE_NAME: one load at a time.
 _LOADING = threading.Lock()
@@ -237,15 +239,63 @@ def banner(
     return BANNER.format(**values, try_=try_)
 
 
+def choose_engine(requested: str, engine_url: str | None) -> tuple[str, str]:
+    """The engine kind to run and a line saying why, when it is not what was asked for.
+
+    ``auto`` runs the real model when llama-cpp-python and the model file are installed (``make
+    run`` installs them, ``make llm-engine`` alone), else the extractive stand-in, with the
+    reason; ``llama`` asked for explicitly and not installed is an error (exit 1).
+    """
+    from llmhost_local.llama import unavailable
+
+    if engine_url:
+        return "extractive", ""  # the server at engine_url answers; nothing to load here
+    if requested == "extractive":
+        return "extractive", ""
+    reason = unavailable()
+    if reason is None:
+        return "llama", ""
+    if requested == "llama":
+        raise SystemExit(f"llmhost: LLMHOST_ENGINE=llama, but {reason}")
+    build_log = project_root() / ".venv" / "llm-engine.log"
+    hint = f" (the build's log: {build_log})" if build_log.exists() else ""
+    return "extractive", (
+        f"llmhost: answering with the extractive engine (not an LLM) because {reason}{hint}. "
+        "LLMHOST_ENGINE=extractive make run skips the model and this message."
+    )
+
+
+def engine_line(cloud: LocalCloud) -> str:
+    """The banner's "model engine" line: what answers, and for a real model its limits."""
+    if cloud.engine_url:
+        return cloud.engine_url
+    if cloud.engine_kind == "llama":
+        backend = cloud.engine.backend
+        assert isinstance(backend, LlamaBackend)
+        return (
+            f"{backend.model_id} (llama.cpp on the CPU, {cloud.engine.max_input_tokens} input "
+            f"tokens; a tiny model for development, loaded in {backend.load_seconds:.1f} s)"
+        )
+    return "local extractive engine (not an LLM; cites passages)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make run", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8080)))
     parser.add_argument("--moto-port", type=int, default=int(os.environ.get("MOTO_PORT", 5055)))
     parser.add_argument("--openai-port", type=int, default=int(os.environ.get("OPENAI_PORT", 8081)))
     parser.add_argument(
+        "--engine",
+        choices=("auto", *ENGINE_KINDS),
+        default=os.environ.get("LLMHOST_ENGINE") or "auto",
+        help="what answers: a real small model run by llama.cpp ('llama'), the extractive "
+        "stand-in ('extractive'), or 'auto' (llama when it is installed; the default, "
+        "or $LLMHOST_ENGINE)",
+    )
+    parser.add_argument(
         "--engine-url",
         default=os.environ.get("LLMHOST_ENGINE_URL") or None,
-        help="a real TGI or vLLM server to answer instead of the local extractive engine",
+        help="a real TGI or vLLM server to answer instead of the local engine",
     )
     parser.add_argument(
         "--console-port",
@@ -275,6 +325,11 @@ def main(argv: list[str] | None = None) -> int:
         help="how much faster than real SageMaker the stand-in runs (default 60)",
     )
     args = parser.parse_args(argv)
+    if args.engine not in ("auto", *ENGINE_KINDS):  # $LLMHOST_ENGINE is not checked by argparse
+        parser.error(f"LLMHOST_ENGINE={args.engine!r}: use one of auto, {', '.join(ENGINE_KINDS)}")
+    kind, engine_note = choose_engine(args.engine, args.engine_url)
+    if engine_note:
+        print(engine_note, file=sys.stderr, flush=True)
     cloud = LocalCloud(
         moto_port=args.moto_port,
         speed=args.speed,
@@ -283,8 +338,13 @@ def main(argv: list[str] | None = None) -> int:
         token_interval_ms=args.token_interval_ms,
         runtime_url=args.runtime_url,
         drift_seconds=args.drift_seconds,
+        engine_kind=kind,
     )
-    cloud.start()
+    try:
+        cloud.start()
+    except EngineUnavailable as error:
+        print(f"llmhost: the llama engine cannot start: {error}", file=sys.stderr)
+        return 1
     if args.engine_port is not None:
         from llmhost_local.engine_server import serve_engine
 
@@ -306,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.no_demo:
         cloud.create_demo()
-    engine = args.engine_url or "local extractive engine (not an LLM; cites passages)"
+    engine = engine_line(cloud)
     text = banner(
         url_of(server),
         url_of(openai_server),

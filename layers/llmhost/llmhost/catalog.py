@@ -12,10 +12,10 @@ Chat templates. Every model here whose tokenizer (``tokenizer_config.json`` on t
 ships a ``chat_template`` is called through its engine's chat API, which renders the
 conversation with that template: Llama 2 chat, Code Llama instruct (the 70B's "Source:"
 format included), Llama 3, 3.1 and 3.2 instruct, Mistral 7B instruct v0.2 and v0.3,
-Mixtral 8x7B instruct, Zephyr 7B beta and SOLAR 10.7B instruct. Two families ship none
-(``ships_chat_template=False``), so llmhost renders their prompt itself and calls the
-engine's generate API: Flan-T5 (a seq2seq instruction follower without chat tokens) and
-Falcon 7B/40B instruct (TII published only a "User:/Assistant:" convention in the model
+Mixtral 8x7B instruct, Zephyr 7B beta, SOLAR 10.7B instruct and SmolLM2 135M instruct. Two
+families ship none (``ships_chat_template=False``), so llmhost renders their prompt itself
+and calls the engine's generate API: Flan-T5 (a seq2seq instruction follower without chat
+tokens) and Falcon 7B/40B instruct (TII published only a "User:/Assistant:" convention in the model
 page's discussion; a template was proposed on the Hub, refs/pr/91 of falcon-40b-instruct,
 not in the released tokenizer). ``chat_template`` names llmhost's own rendering of each
 format (``llmhost.engines.chat_templates``): the prompt itself for those two, and for every
@@ -341,6 +341,26 @@ _MODELS: tuple[CatalogModel, ...] = (
     _llama3("3.1", "70b", 70.6, 131072, layers=80, heads=64, hidden=8192),
     _llama3("3.2", "1b", 1.24, 131072, layers=16, heads=32, hidden=2048, head_dim=64),
     _llama3("3.2", "3b", 3.21, 131072, layers=28, heads=24, hidden=3072),
+    # ------------------------------------------------------------------------- SmolLM2
+    # The model `make run` answers with on the CPU (llama.cpp, a 4-bit GGUF file). The
+    # numbers are its GGUF metadata's, which llama.cpp converted from config.json.
+    CatalogModel(
+        id="smollm2-135m-instruct",
+        hf_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        family="smollm2",
+        params_b=0.135,
+        context_length=8192,
+        license="apache-2.0",
+        gated=False,
+        architecture="LlamaForCausalLM; grouped-query attention (3 KV heads); a tiny model "
+        "for development, not for judging answer quality",
+        num_layers=30,
+        num_attention_heads=9,
+        num_kv_heads=3,
+        head_dim=64,
+        hidden_size=576,
+        chat_template="chatml",
+    ),
 )
 
 
