@@ -328,6 +328,41 @@ def test_a_rag_prompt_the_engine_finds_too_long_is_rebuilt_and_sent_to_chat_agai
         assert "wild yeast" in text
 
 
+def test_a_rag_prompt_of_few_passages_over_the_engines_real_limit_is_answered_on_retry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given 5 passages that fill far less than the deployment's planned input budget, but more
+    # than the engine really takes (a deployment named for a bigger model than answers it)
+    sentence = "Sourdough is leavened by wild yeast and lactic acid bacteria in a starter. "
+    hits = [
+        SimpleNamespace(
+            doc_id=f"doc{i}", chunk_index=0, text=sentence * 10, score=1 - i / 100,
+            metadata={}, start=0, end=len(sentence) * 10,
+        )
+        for i in range(5)
+    ]  # fmt: skip
+    import llmhost.rag.retrieve
+
+    monkeypatch.setattr(
+        llmhost.rag.retrieve, "retrieve", lambda *a, **k: SimpleNamespace(hits=hits, timings_ms={})
+    )
+    engine = Engine(LocalEngine(max_input_tokens=600, max_total_tokens=2048))
+    route = _zephyr("tgi")
+    assert route.max_input_tokens > 2000
+
+    def unused() -> Any:
+        return None
+
+    service = ServingService(Directory(route), lambda: engine, unused, unused)  # type: ignore[arg-type]
+    request = _request(stream=False, max_tokens=100, rag={"collection": "kb", "k": 5})
+    text = service.chat(request)["choices"][0]["message"]["content"]
+    # Then the refused prompt was rebuilt smaller, and that one was answered
+    assert len(engine.payloads) == 2
+    first, second = (json.dumps(p["messages"]) for p in engine.payloads)
+    assert len(second) < len(first)
+    assert "wild yeast" in text
+
+
 def test_a_stream_says_which_chunks_are_ready_before_the_next_model_event() -> None:
     # Given a stream whose first engine event carried text
     stream = _service(_zephyr("tgi"), Engine(LocalEngine())).chat_stream(_request(stream=True))

@@ -392,3 +392,21 @@ def test_budget_after_an_engine_rejection_removes_at_least_the_excess() -> None:
     # An estimator that over-counted scales the cut to its own units
     assert budget_after_rejection(3000, limits, estimated_prompt_tokens=8000) == 3000 - 208 - 200
     assert budget_after_rejection(10, limits, estimated_prompt_tokens=4000) == 0
+
+
+def test_budget_after_a_rejection_shrinks_what_was_sent_not_an_unused_budget() -> None:
+    # Given a deployment whose spec allows 3584 input tokens, a RAG prompt of 5 passages that
+    # used only 1400 of them (estimated), and an engine whose real limit is 1024: it counted
+    # 1253 (found with the real SmolLM2 engine behind a deployment named for a bigger model)
+    limits = TokenLimits(input_tokens=1253, max_input_tokens=1024)
+    new = budget_after_rejection(3584, limits, estimated_prompt_tokens=1400)
+    # Then the retry's budget is below what was sent, by the excess in estimate units
+    excess = 1253 - limits.allowed_input_tokens
+    assert new <= 1400 - excess
+    # and, in the engine's units, it fits what the engine allows
+    assert new * 1253 / 1400 <= limits.allowed_input_tokens
+    # An engine that states no limit: half of what was sent, not half of the budget
+    assert (
+        budget_after_rejection(3584, TokenLimits(input_tokens=1253), estimated_prompt_tokens=1400)
+        == 700
+    )

@@ -307,12 +307,16 @@ def budget_after_rejection(
     ``limits`` comes from the engine's ``PromptTooLong``; ``estimated_prompt_tokens`` is
     what the counter said for the refused prompt. The budget shrinks by the real excess
     scaled to estimate units (never by less than the excess itself), plus 5% of the
-    engine's count, so one retry fits unless the counter is wildly off. Returns 0 or more.
+    engine's count, so one retry fits unless the counter is wildly off. The cut is taken
+    from what was sent when that was less than the budget (fewer passages than the budget
+    had room for, an engine whose limit is below the one llmhost was told): cutting an
+    unused budget would send the same prompt again. Returns 0 or more.
     """
+    base = min(context_budget, estimated_prompt_tokens)
     allowed = limits.allowed_input_tokens
     if allowed is None:
-        return max(0, context_budget // 2)
+        return max(0, base // 2)
     excess = limits.input_tokens - allowed
     ratio = max(1.0, estimated_prompt_tokens / max(1, limits.input_tokens))
     cut = math.ceil(max(0, excess) * ratio) + math.ceil(0.05 * limits.input_tokens)
-    return max(0, context_budget - cut)
+    return max(0, base - cut)
