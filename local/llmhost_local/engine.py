@@ -467,12 +467,22 @@ class LocalEngine:
         best_of = params.get("best_of")
         if best_of not in (None, 1):
             raise EngineRequestInvalid("`best_of` != 1 is not allowed for this endpoint")
+        # TGI (router/src/validation.rs) refuses temperature <= 0 and top_p, typical_p outside
+        # (0, 1), open at both ends; its chat route first turns temperature 0 into greedy.
         temperature = params.get("temperature")
-        if temperature is not None and (not _number(temperature) or temperature < 0):
+        if temperature is not None and (
+            not _number(temperature) or temperature < 0 or (temperature == 0 and not chat)
+        ):
             raise EngineRequestInvalid("`temperature` must be strictly positive")
-        top_p = params.get("top_p")
-        if top_p is not None and (not _number(top_p) or not 0 < top_p <= 1):
-            raise EngineRequestInvalid("`top_p` must be > 0.0 and < 1.0")
+        for name in ("top_p", "typical_p"):
+            value = params.get(name)
+            if value is not None and (not _number(value) or not 0 < value < 1):
+                raise EngineRequestInvalid(f"`{name}` must be > 0.0 and < 1.0")
+        frequency_penalty = params.get("frequency_penalty")
+        if frequency_penalty is not None and (
+            not _number(frequency_penalty) or not -2 <= frequency_penalty <= 2
+        ):
+            raise EngineRequestInvalid("`frequency_penalty` must be >= -2.0 and <= 2.0")
         top_k = params.get("top_k")
         if top_k is not None and (
             not isinstance(top_k, int) or isinstance(top_k, bool) or top_k <= 0

@@ -86,8 +86,8 @@ def unavailable() -> str | None:
 
 class LlamaBackend:
     """Generates with llama.cpp: one sequence at a time (a lock guards the model, as the
-    llama.cpp context is not thread-safe), reusing the KV cache of the longest prompt prefix
-    the previous request shared (llama-cpp-python's ``generate``)."""
+    llama.cpp context is not thread-safe), each prompt read afresh so that a greedy request
+    always gives the same answer."""
 
     compute_type = "local-llama-cpp"
     tokenizer_note = ""
@@ -170,6 +170,10 @@ class LlamaBackend:
         with self._lock:
             llm = self._llm
             llm.set_seed(sampling.seed if sampling.seed is not None else random.getrandbits(31))
+            # Every prompt is read afresh. llama-cpp-python would keep the KV cache of a shared
+            # prefix, but then re-reads part of the prompt in a different batch, whose logits
+            # differ slightly: the same greedy request could answer differently the second time.
+            llm.reset()
             tokens = llm.generate(
                 list(prompt.token_ids),
                 temp=sampling.temperature,

@@ -222,6 +222,11 @@ def test_limits_use_the_backends_counts_without_the_stand_ins_note() -> None:
         ({"top_k": 1.5}, "`top_k` must be strictly positive"),
         ({"repetition_penalty": 0}, "`repetition_penalty` must be strictly positive"),
         ({"repetition_penalty": "1"}, "`repetition_penalty` must be strictly positive"),
+        # TGI's ranges are open: temperature 0 and top_p 1.0 are refused on /generate
+        ({"temperature": 0}, "`temperature` must be strictly positive"),
+        ({"top_p": 1.0}, "`top_p` must be > 0.0 and < 1.0"),
+        ({"typical_p": 1}, "`typical_p` must be > 0.0 and < 1.0"),
+        ({"frequency_penalty": 2.5}, "`frequency_penalty` must be >= -2.0 and <= 2.0"),
     ],
 )
 def test_bad_sampling_parameters_are_tgis_validation_errors(
@@ -234,6 +239,15 @@ def test_bad_sampling_parameters_are_tgis_validation_errors(
     assert status == 422
     assert reply == {"error": f"Input validation error: {message}", "error_type": "validation"}
     assert backend.started == 0
+
+
+def test_the_chat_route_takes_temperature_0_as_greedy_but_refuses_top_p_1() -> None:
+    engine = LocalEngine(backend=Scripted(["x"]))
+    chat = {"messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+    assert _post(engine, "/v1/chat/completions", chat)[0] == 200
+    status, reply = _post(engine, "/v1/chat/completions", {**chat, "top_p": 1.0})
+    assert status == 422
+    assert reply["error"] == "Input validation error: `top_p` must be > 0.0 and < 1.0"
 
 
 @pytest.mark.parametrize("seed", [-1, True, 1.5, "7"])
