@@ -165,3 +165,33 @@ def test_the_banner_names_the_real_model_and_says_it_is_tiny(
     assert "tiny model for development" in line
     assert "0.2 s" in line or "0.3 s" in line
     assert "not an LLM" in runner.engine_line(_cloud("extractive"))
+
+
+def test_the_requantized_model_is_used_once_it_exists(tmp_path: Any) -> None:
+    source = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    source.write_bytes(b"GGUF")
+    folder = tmp_path / "models"
+    folder.mkdir()
+    ready = folder / "SmolLM2-135M-Instruct.Q8_0.gguf"
+    ready.write_bytes(b"GGUF")
+    assert llama.fast_model_path(source, folder) == ready
+
+
+def test_a_requantization_that_fails_keeps_the_shipped_file_and_leaves_nothing(
+    tmp_path: Any,
+) -> None:
+    # Given a file llama.cpp cannot read (or no llama.cpp at all, as under `make test`)
+    source = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    source.write_bytes(b"not a model")
+    folder = tmp_path / "models"
+    # Then the shipped file is used, and no partial file is left behind
+    assert llama.fast_model_path(source, folder) == source
+    assert list(folder.iterdir()) == []
+
+
+def test_a_folder_that_cannot_be_written_keeps_the_shipped_file(tmp_path: Any) -> None:
+    source = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    source.write_bytes(b"GGUF")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert llama.fast_model_path(source, blocker / "models") == source
