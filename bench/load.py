@@ -201,6 +201,9 @@ def start_stack(speed: float, data_dir: str, log: Path) -> tuple[subprocess.Pope
         "--no-demo",
         "--speed",
         str(speed),
+        # The API under concurrent clients, not a CPU model's speed: the instant stand-in.
+        "--engine",
+        "extractive",
     ]
     with log.open("wb") as out:
         stack = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)

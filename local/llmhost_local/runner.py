@@ -327,7 +327,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.engine not in ("auto", *ENGINE_KINDS):  # $LLMHOST_ENGINE is not checked by argparse
         parser.error(f"LLMHOST_ENGINE={args.engine!r}: use one of auto, {', '.join(ENGINE_KINDS)}")
-    kind, engine_note = choose_engine(args.engine, args.engine_url)
+    # With an external runtime something else answers: the model loads only when asked for
+    # by name (its /info then names the demo deployments).
+    requested = "extractive" if args.runtime_url and args.engine == "auto" else args.engine
+    kind, engine_note = choose_engine(requested, args.engine_url)
     if engine_note:
         print(engine_note, file=sys.stderr, flush=True)
     cloud = LocalCloud(
