@@ -20,7 +20,7 @@ PY313_DIR := $(if $(PY313),$(patsubst %/,%,$(dir $(PY313))),)
 SAM_ENV := AWS_DEFAULT_REGION=us-east-1 SAM_CLI_TELEMETRY=0 PATH="$(PY313_DIR):$$PATH"
 
 .PHONY: run test check lint typecheck unit checkov sam-validate sam-build build images embedding-model \
-	bench-coldstart bench-retrieval bench-serving bench-scaling bench-load bench-batch clean \
+	bench-coldstart bench-retrieval bench-serving bench-llm bench-scaling bench-load bench-batch clean \
 	test-console bench-trace-export bench-tracing llm-engine llm-engine-for-run test-llm
 
 # The product (llmhost, with the test tools) and local/'s emulated AWS and trace replay.
@@ -172,9 +172,15 @@ bench-retrieval: $(VENV)/.installed embedding-model
 bench-scaling: $(VENV)/.installed
 	$(PY) bench/scaling.py $(TRACE)
 
-## bench-serving: llmhost overhead and time to first token vs the bare engine, function sizes
-bench-serving: $(VENV)/.installed $(SAM_VENV)/.installed embedding-model
-	$(SAM_ENV) $(PY) bench/serving.py
+## bench-serving: llmhost overhead and time to first token vs the bare engine, function sizes;
+## a row for the extractive engine, and one for the real model (skipped, saying why, without it)
+bench-serving: $(VENV)/.installed $(SAM_VENV)/.installed embedding-model llm-engine-for-run
+	$(SAM_ENV) $(PY) bench/serving.py $(if $(RUNS),--runs $(RUNS)) $(if $(LLM_RUNS),--llm-runs $(LLM_RUNS))
+
+## bench-llm: 20 RAG questions over the README through llmhost with the real model (streamed):
+## median time to first token, tokens/s, answers citing a retrieved source, model load time
+bench-llm: $(VENV)/.installed embedding-model llm-engine
+	$(PY) bench/llm_rag.py $(if $(QUESTIONS),--questions $(QUESTIONS))
 
 ## bench-batch: 1,000 OpenAI batch lines through the local stack with one worker crash injected:
 ## lines done, lost, duplicated, throughput, overhead over the engine called directly

@@ -1,8 +1,18 @@
 """Serving benchmark: what llmhost adds on top of the model, and how big its functions are.
 
-Three processes, as in production: an engine (the local TGI-protocol engine: 50 ms per
-reply, a token every 20 ms when streaming), llmhost (``make run`` pointed at that engine
-with ``--engine-url``), and this client. Measured side by side, interleaved, medians:
+Three processes, as in production: an engine behind a SageMaker runtime front, llmhost
+(``make run`` calling that runtime as it would call SageMaker, ``--runtime-url``), and this
+client. Two rows, each with its own engine and stack, one after the other:
+
+- the extractive engine (the local TGI-protocol engine: 50 ms per reply, a token every 20 ms
+  when streaming): what llmhost adds to a model of fixed, known timing;
+- the real engine (``llmhost_local.llama``: SmolLM2-135M-Instruct run by llama.cpp on the
+  CPU, no added delays), asked greedily (temperature 0) for a fixed ``max_tokens``, so both
+  paths generate the same tokens (checked); the engine reads every prompt afresh (no
+  prefix cache), so each request pays for its whole prompt. Skipped, with the reason, when
+  the engine is not installed (``make llm-engine``).
+
+In each row, measured side by side, interleaved, medians:
 
 (a) a chat request through llmhost's OpenAI-compatible endpoint vs a bare boto3
     ``invoke_endpoint`` of the same engine (through a SageMaker runtime front, as boto3 needs);
@@ -11,7 +21,9 @@ with ``--engine-url``), and this client. Measured side by side, interleaved, med
     from the engine is printed for reference);
 (c) the unzipped size of the largest function with its layers after ``sam build``.
 
-Last line: ``overhead_ratio=<a> ttft_ratio=<b> max_unzipped_mb=<c>``.
+Last line: ``overhead_ratio=<a> ttft_ratio=<b> max_unzipped_mb=<c>`` (the extractive row)
+followed by ``llm_overhead_ratio=<a> llm_ttft_ratio=<b>`` (the real engine's row; left out
+when it was skipped).
 """
 
 from __future__ import annotations
@@ -88,29 +100,34 @@ def _has_text(data: bytes) -> bool:
     return bool(choices and (choices[0].get("delta") or {}).get("content"))
 
 
-def measure(args: argparse.Namespace) -> tuple[float, float]:
+def measure(args: argparse.Namespace, kind: str = "extractive") -> tuple[float, float]:
+    """One row: an engine process of ``kind`` and a stack calling it; returns the overhead
+    and time-to-first-token ratios (llmhost over bare boto3)."""
     import boto3
 
     from llmhost_local.cloud import LOCAL_API_KEY
 
+    llm = kind == "llama"
     engine_port, front_port, api_port, openai_port, moto_port = (free_port() for _ in range(5))
     env = {**os.environ, "PYDANTIC_DISABLE_PLUGINS": "__all__"}
     # "AWS": the engine behind a SageMaker runtime front, in a process of its own, as the
     # endpoint runs on other machines in production; the engine's own API is published
     # too, for the direct measurements.
     engine = subprocess.Popen(
-        [sys.executable, __file__, "--serve-engine", str(engine_port), str(front_port)],
+        [sys.executable, __file__, "--serve-engine", str(engine_port), str(front_port), kind],
         env=env,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
-    # llmhost: the local stack, calling that runtime as it would call SageMaker.
+    # llmhost: the local stack, calling that runtime as it would call SageMaker (with the
+    # real engine, its demo deployment names that model, with the engine's token limits).
     stack = subprocess.Popen(
         [
             sys.executable, "-m", "llmhost_local",
             "--port", str(api_port), "--openai-port", str(openai_port),
             "--moto-port", str(moto_port), "--speed", "600", "--drift-seconds", "3600",
             "--runtime-url", f"http://127.0.0.1:{front_port}",
+            "--engine", kind,
         ],
         # At 600x a route cache of 10 cloud seconds lasts 17 ms, and every request would read
         # the registry; a warm Lambda environment reads it once per 10 s (real) at most.
@@ -123,14 +140,22 @@ def measure(args: argparse.Namespace) -> tuple[float, float]:
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
+        assert engine.stdout is not None
+        ready = engine.stdout.readline().decode().split(maxsplit=2)
+        if not ready or ready[0] != "ready":  # "ready <model id> <load seconds>"
+            raise SystemExit(f"the {kind} engine did not start: {' '.join(ready[1:])}")
+        model_id, load_s = ready[1], float(ready[2])
         wait_http(engine_port, "/health")
         wait_http(openai_port, "/health")
         auth = {"Authorization": f"Bearer {LOCAL_API_KEY}"}
-        llm = http.client.HTTPConnection("127.0.0.1", openai_port, timeout=30)
-        chat = {"model": "demo", "messages": [{"role": "user", "content": PROMPT}]}
+        llmhost = http.client.HTTPConnection("127.0.0.1", openai_port, timeout=60)
+        chat: dict[str, Any] = {"model": "demo", "messages": [{"role": "user", "content": PROMPT}]}
+        if llm:
+            # Greedy, a fixed length: both paths generate the same tokens.
+            chat.update(max_tokens=args.llm_tokens, temperature=0)
         deadline = time.monotonic() + 60
         while True:  # the demo deployment comes up in about a second
-            reply = post(llm, "/v1/chat/completions", chat, auth)
+            reply = post(llmhost, "/v1/chat/completions", chat, auth)
             body = reply.read()
             if reply.status == 200:
                 break
@@ -147,11 +172,17 @@ def measure(args: argparse.Namespace) -> tuple[float, float]:
             aws_access_key_id="bench",
             aws_secret_access_key="bench",
         )
-        tgi_body = json.dumps({"model": "tgi", **chat, "max_tokens": 512})
-        runtime.invoke_endpoint(EndpointName="demo", Body=tgi_body, ContentType="application/json")
-        direct = http.client.HTTPConnection("127.0.0.1", engine_port, timeout=30)
+        tgi_body = json.dumps(
+            {**chat, "model": "tgi"} if llm else {"model": "tgi", **chat, "max_tokens": 512}
+        )
+        bare = json.loads(
+            runtime.invoke_endpoint(
+                EndpointName="demo", Body=tgi_body, ContentType="application/json"
+            )["Body"].read()
+        )
+        direct = http.client.HTTPConnection("127.0.0.1", engine_port, timeout=60)
         bare_s, through_s, direct_ttft, llm_ttft, boto_ttft = [], [], [], [], []
-        for _ in range(args.runs):
+        for _ in range(args.llm_runs if llm else args.runs):
             started = time.perf_counter()
             runtime.invoke_endpoint(
                 EndpointName="demo", Body=tgi_body, ContentType="application/json"
@@ -159,7 +190,7 @@ def measure(args: argparse.Namespace) -> tuple[float, float]:
             bare_s.append(time.perf_counter() - started)
 
             started = time.perf_counter()
-            reply = post(llm, "/v1/chat/completions", chat, auth)
+            reply = post(llmhost, "/v1/chat/completions", chat, auth)
             reply.read()
             through_s.append(time.perf_counter() - started)
 
@@ -170,7 +201,7 @@ def measure(args: argparse.Namespace) -> tuple[float, float]:
             direct_ttft.append(first_stream_token(reply, started))
 
             started = time.perf_counter()
-            reply = post(llm, "/v1/chat/completions", {**chat, "stream": True}, auth)
+            reply = post(llmhost, "/v1/chat/completions", {**chat, "stream": True}, auth)
             llm_ttft.append(first_stream_token(reply, started))
 
             # The yardstick: a bare boto3 streaming call through the same runtime.
@@ -193,8 +224,25 @@ def measure(args: argparse.Namespace) -> tuple[float, float]:
         engine.terminate()
         stack.wait(10)
         engine.wait(10)
-    assert payload["choices"][0]["message"]["content"], "llmhost returned no text"
+    answer = payload["choices"][0]["message"]["content"]
+    assert answer, "llmhost returned no text"
     med = statistics.median
+    if llm:
+        usage = payload["usage"]
+        same = answer == bare["choices"][0]["message"]["content"]
+        print(
+            f"real engine: {model_id} (llama.cpp, loaded in {load_s:.2f} s), greedy, "
+            f"max_tokens {args.llm_tokens}: {usage['prompt_tokens']} prompt tokens, "
+            f"{usage['completion_tokens']} generated, the same text through llmhost and bare: "
+            f"{'yes' if same else 'NO'}"
+        )
+        if not same:
+            raise SystemExit(
+                f"the two paths generated different text:\n  llmhost: {answer!r}\n"
+                f"  bare:    {bare['choices'][0]['message']['content']!r}"
+            )
+    else:
+        print(f"extractive engine: {model_id} (50 ms per reply, a token every 20 ms streamed)")
     print(
         f"chat request      bare boto3 {med(bare_s) * 1000:7.1f} ms   "
         f"through llmhost {med(through_s) * 1000:7.1f} ms"
@@ -269,32 +317,67 @@ def function_sizes(skip_build: bool) -> float:
     return worst
 
 
-def serve_engine_process(engine_port: int, front_port: int) -> None:
-    """The "SageMaker" side: the engine, and a runtime front routing every endpoint to it."""
+def serve_engine_process(engine_port: int, front_port: int, kind: str) -> None:
+    """The "SageMaker" side: the engine, and a runtime front routing every endpoint to it.
+    Prints ``ready <model id> <load seconds>`` once it serves (``failed <why>`` if the model
+    cannot load)."""
     from llmhost_local.engine import LocalEngine
     from llmhost_local.engine_server import serve_engine
     from llmhost_local.runtime_front import RuntimeFront, serve_front
     from llmhost_local.runtime_state import RouteTarget
 
-    engine = LocalEngine(latency_ms=50, token_interval_ms=20)
+    if kind == "llama":
+        from llmhost_local.llama import EngineUnavailable, LlamaBackend, llama_engine
+
+        try:
+            backend = LlamaBackend()
+        except EngineUnavailable as error:
+            print(f"failed {error}", flush=True)
+            raise SystemExit(1) from error
+        engine = llama_engine(backend)
+        load_s = backend.load_seconds
+    else:
+        engine = LocalEngine(latency_ms=50, token_interval_ms=20)
+        load_s = 0.0
     serve_engine(engine, port=engine_port)
     serve_front(
         RuntimeFront(lambda endpoint, component: RouteTarget.local(engine)), port=front_port
     )
+    print(f"ready {engine.model_id} {load_s:.4f}", flush=True)
     while True:
         time.sleep(3600)
 
 
 def main() -> int:
-    if len(sys.argv) == 4 and sys.argv[1] == "--serve-engine":
-        serve_engine_process(int(sys.argv[2]), int(sys.argv[3]))
+    if len(sys.argv) == 5 and sys.argv[1] == "--serve-engine":
+        serve_engine_process(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=41)
+    parser.add_argument(
+        "--llm-runs", type=int, default=21, help="rounds of the real engine's row (0: skip it)"
+    )
+    parser.add_argument(
+        "--llm-tokens", type=int, default=32, help="max_tokens of the real engine's answers"
+    )
     parser.add_argument("--skip-build", action="store_true", help="size the existing .aws-sam")
     args = parser.parse_args()
     overhead, ttft = measure(args)
+    llm_keys = ""
+    from llmhost_local.llama import unavailable
+
+    why = unavailable() if args.llm_runs > 0 else "--llm-runs 0"
+    if os.environ.get("LLMHOST_ENGINE") == "extractive":
+        why = "LLMHOST_ENGINE=extractive"
+    if why:
+        print(f"real engine: skipped ({why})")
+    else:
+        llm_overhead, llm_ttft = measure(args, "llama")
+        llm_keys = f" llm_overhead_ratio={llm_overhead:.3f} llm_ttft_ratio={llm_ttft:.3f}"
     largest = function_sizes(args.skip_build)
-    print(f"overhead_ratio={overhead:.3f} ttft_ratio={ttft:.3f} max_unzipped_mb={largest:.1f}")
+    print(
+        f"overhead_ratio={overhead:.3f} ttft_ratio={ttft:.3f} max_unzipped_mb={largest:.1f}"
+        f"{llm_keys}"
+    )
     return 0
 
 
