@@ -822,6 +822,9 @@ class LocalCloud:
         if self._front_server is not None:
             self._front_server.shutdown()
         self._moto.stop()
+        from llmhost import runtime
+
+        runtime.close_store()  # embedded Qdrant: before the interpreter's exit, quietly
 
 
 def _forget_stream_iterators(iterators: list[str]) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+ROOT = Path(__file__).resolve().parents[2]
 _SCALARS = {
     0: "<B",
     1: "<b",
@@ -139,6 +140,22 @@ def reference() -> Reference:
         ]
     )
     return Reference(metadata, tokenizer)
+
+
+def readme_text(ref: Reference, tokens: int) -> str:
+    """The README's first ``tokens`` tokens, as text."""
+    ids = ref.ids((ROOT / "README.md").read_text())
+    assert len(ids) > tokens, "the README is shorter than asked"
+    return ref.decode(ids[:tokens])
+
+
+def over_the_input_limit(ref: Reference, max_input: int, max_total: int) -> tuple[str, int]:
+    """README text over ``max_input`` tokens but with a few new tokens still within
+    ``max_total`` (so TGI's input check is the one that fires), and its token count."""
+    text = readme_text(ref, (max_input + max_total) // 2)
+    count = ref.count(text)
+    assert max_input < count <= max_total - 8, count
+    return text, count
 
 
 def sse_events(lines: Iterator[bytes]) -> Iterator[dict[str, Any] | str]:

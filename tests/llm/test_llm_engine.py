@@ -19,9 +19,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from llm_reference import MODEL_ID, Reference, reference, sse_events
-
-from conftest import ROOT
+from llm_reference import (
+    MODEL_ID,
+    Reference,
+    over_the_input_limit,
+    readme_text,
+    reference,
+    sse_events,
+)
 
 CHAT_SAY_HI = [{"role": "user", "content": "Say hello in one short sentence."}]
 
@@ -80,6 +85,8 @@ def stream(url: str, path: str, body: Any) -> tuple[int, str, list[Any]]:
 
 
 def test_info_names_the_model_and_limits_inside_its_context(url: str, ref: Reference) -> None:
+    from llmhost_local import llama
+
     with urllib.request.urlopen(url + "/health", timeout=30) as health:
         assert health.status == 200
     with urllib.request.urlopen(url + "/info", timeout=30) as reply:
@@ -87,8 +94,8 @@ def test_info_names_the_model_and_limits_inside_its_context(url: str, ref: Refer
     # The fields llmhost reads from a TGI router's /info
     assert info["model_id"] == MODEL_ID
     assert info["model_pipeline_tag"] == "text-generation"
-    assert info["max_input_tokens"] == 3072
-    assert info["max_total_tokens"] == 4096
+    assert info["max_input_tokens"] == llama.MAX_INPUT_TOKENS
+    assert info["max_total_tokens"] == llama.MAX_TOTAL_TOKENS
     assert info["max_stop_sequences"] == 4
     assert info["max_best_of"] == 1
     assert isinstance(info["version"], str) and info["version"]
@@ -240,15 +247,16 @@ def test_generate_stream_sends_tgi_token_events(url: str, ref: Reference) -> Non
     assert whole["details"]["finish_reason"] == last["details"]["finish_reason"]
 
 
-def test_a_client_leaving_a_stream_frees_the_model(url: str) -> None:
-    body = {"inputs": "Once upon a time", "parameters": {"max_new_tokens": 2000}}
+def test_a_client_leaving_a_stream_frees_the_model(url: str, engine: Any) -> None:
+    many = engine.max_total_tokens - 64
+    body = {"inputs": "Once upon a time", "parameters": {"max_new_tokens": many}}
     request = urllib.request.Request(
         url + "/generate_stream", json.dumps(body).encode(), {"Content-Type": "application/json"}
     )
     reply = urllib.request.urlopen(request, timeout=60)
     assert reply.readline().startswith(b"data:")
     reply.close()  # hang up after the first token
-    # The next request is served, not queued behind 2000 unread tokens
+    # The next request is served, not queued behind hundreds of unread tokens
     code, answer, _ = post(url, "/generate", {"inputs": "Hi", "parameters": {"max_new_tokens": 2}})
     assert code == 200, answer
 
@@ -315,23 +323,13 @@ def test_chat_stream_through_the_openai_package(openai_client: Any, ref: Referen
 # ------------------------------------------------------------------ TGI's error replies
 
 
-def _over_the_input_limit(ref: Reference) -> tuple[str, int]:
-    """README text of between 3073 and ~3500 tokens: over max_input_tokens, but with a few
-    new tokens still within max_total_tokens (so the input check is the one that fires)."""
-    ids = ref.ids((ROOT / "README.md").read_text())
-    assert len(ids) > 3500, "the README is shorter than the engine's input limit"
-    text = ref.decode(ids[:3400])
-    count = ref.count(text)
-    assert 3072 < count <= 4096 - 8, count
-    return text, count
-
-
-def test_input_over_max_input_tokens_is_tgis_422(url: str, ref: Reference) -> None:
-    text, count = _over_the_input_limit(ref)
+def test_input_over_max_input_tokens_is_tgis_422(url: str, engine: Any, ref: Reference) -> None:
+    limit = engine.max_input_tokens
+    text, count = over_the_input_limit(ref, limit, engine.max_total_tokens)
     code, body, _ = post(url, "/generate", {"inputs": text, "parameters": {"max_new_tokens": 8}})
     assert code == 422
     assert body == {
-        "error": "Input validation error: `inputs` must have less than 3072 tokens. "
+        "error": f"Input validation error: `inputs` must have less than {limit} tokens. "
         f"Given: {count}",
         "error_type": "validation",
     }
@@ -342,28 +340,36 @@ def test_input_over_max_input_tokens_is_tgis_422(url: str, ref: Reference) -> No
     assert events == [body]
 
 
-def test_input_plus_new_tokens_over_max_total_tokens_is_tgis_422(url: str, ref: Reference) -> None:
-    text, count = _over_the_input_limit(ref)
-    text = ref.decode(ref.ids(text)[:3000])
+def test_input_plus_new_tokens_over_max_total_tokens_is_tgis_422(
+    url: str, engine: Any, ref: Reference
+) -> None:
+    total = engine.max_total_tokens
+    text = readme_text(ref, engine.max_input_tokens - 24)
     count = ref.count(text)
-    code, body, _ = post(url, "/generate", {"inputs": text, "parameters": {"max_new_tokens": 2000}})
+    assert count <= engine.max_input_tokens
+    new = total - count + 1
+    code, body, _ = post(url, "/generate", {"inputs": text, "parameters": {"max_new_tokens": new}})
     assert code == 422
     assert body == {
-        "error": "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. "
-        f"Given: {count} `inputs` tokens and 2000 `max_new_tokens`",
+        "error": f"Input validation error: `inputs` tokens + `max_new_tokens` must be <= {total}. "
+        f"Given: {count} `inputs` tokens and {new} `max_new_tokens`",
         "error_type": "validation",
     }
 
 
 def test_a_chat_over_the_input_limit_is_refused_through_the_openai_package(
-    openai_client: Any, ref: Reference
+    openai_client: Any, engine: Any, ref: Reference
 ) -> None:
     from openai import APIError, UnprocessableEntityError
 
-    text, _ = _over_the_input_limit(ref)
+    limit = engine.max_input_tokens
+    text, _ = over_the_input_limit(ref, limit - 40, engine.max_total_tokens - 40)
     messages = [{"role": "user", "content": text}]
     count = ref.count(ref.chat(messages))
-    expected = f"Input validation error: `inputs` must have less than 3072 tokens. Given: {count}"
+    assert limit < count <= engine.max_total_tokens - 8
+    expected = (
+        f"Input validation error: `inputs` must have less than {limit} tokens. Given: {count}"
+    )
     with pytest.raises(UnprocessableEntityError) as refused:
         openai_client.chat.completions.create(model=MODEL_ID, messages=messages, max_tokens=8)
     assert refused.value.response.json() == {"error": expected, "error_type": "validation"}
@@ -377,9 +383,6 @@ def test_a_chat_over_the_input_limit_is_refused_through_the_openai_package(
     assert failed.value.body == expected
 
 
-# (parameters, TGI's message, refused by the Messages API too). TGI's router refuses
-# temperature <= 0 and top_p >= 1 on /generate (validation.rs); its chat route turns
-# temperature 0 into greedy decoding but passes top_p through, so top_p 1 is refused there too.
 BAD_PARAMETERS = [
     ({"temperature": -1}, "`temperature` must be strictly positive", True),
     ({"temperature": 0}, "`temperature` must be strictly positive", False),

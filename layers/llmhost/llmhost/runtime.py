@@ -401,6 +401,15 @@ def store() -> VectorStore:
     return overridden or _store()
 
 
+def close_store() -> None:
+    """Close the vector store if this process opened one. Embedded Qdrant holds its folder's
+    lock until then, and a client left for the interpreter's exit to close prints an
+    ImportError traceback ("sys.meta_path is None") as Python shuts down."""
+    if _store.cache_info().currsize:
+        _store().close()
+        _store.cache_clear()
+
+
 def collections() -> Collections:
     """The collection and document operations over the function's store and embedder (each
     built when an operation first needs it)."""
