@@ -279,6 +279,30 @@ def test_a_chat_through_the_signed_api_is_the_engines_answer(stack: Stack) -> No
         "total_tokens": prompt_tokens + generated,
     }
     assert prompt_tokens == stack.ref.count(call.prompt(stack.ref))
+    # And its trace records the engine's counts under the GenAI conventions' names
+    trace = _eventually(
+        lambda: (found := stack.call("GET", f"/v1/traces/{reply['id']}"))[0] == 200 and found[1],
+        "the chat's trace",
+    )
+    assert _attribute(trace, "gen_ai.usage.input_tokens") == prompt_tokens, trace
+    assert _attribute(trace, "gen_ai.usage.output_tokens") == generated, trace
+    assert _attribute(trace, "gen_ai.response.model") == MODEL_ID, trace
+
+
+def _attribute(found: Any, name: str) -> Any:
+    """The value of attribute ``name`` anywhere in a trace (None when it has none)."""
+    if isinstance(found, dict):
+        if name in found:
+            return found[name]
+        values = list(found.values())
+    elif isinstance(found, list):
+        values = found
+    else:
+        return None
+    for value in values:
+        if (inner := _attribute(value, name)) is not None:
+            return inner
+    return None
 
 
 # -------------------------------------------------------------------------- streaming
@@ -430,3 +454,70 @@ def test_usage_counts_the_engines_tokens(stack: Stack) -> None:
     counted = _eventually(row, "usage-llm's two requests counted")
     assert counted["requests"] == 2
     assert (counted["input_tokens"], counted["output_tokens"]) == (prompt, generated)
+
+
+def _big_plan(stack: Stack, name: str, max_input: int, max_total: int) -> None:
+    """A deployment of the model planned for more input tokens than the engine takes (a
+    spec written for a bigger model), so llmhost packs more than the engine accepts."""
+    spec = {
+        "name": name,
+        "model": {"kind": "hub", "model_id": MODEL_ID},
+        "engine": {
+            "name": "tgi",
+            "options": {"max_input_tokens": max_input, "max_total_tokens": max_total},
+        },
+        "hosting": {"kind": "dedicated", "instance_type": "ml.g5.2xlarge"},
+    }
+    code, created = stack.call("POST", "/v1/deployments", spec)
+    assert code == 201, created
+    _eventually(
+        lambda: stack.call("GET", f"/v1/deployments/{name}")[1].get("status") == "IN_SERVICE",
+        f"{name} in service",
+    )
+
+
+def _rag_over_the_budget(stack: Stack, model: str) -> tuple[int, Any, list[EngineCall]]:
+    since = len(stack.spy.calls)
+    code, answer = stack.call(
+        "POST",
+        "/v1/rag",
+        {
+            "model": model,
+            "collection": COLLECTION,
+            "query": "Describe every way to run inference, jobs and batches.",
+            "k": 50,
+            "max_new_tokens": 16,
+            "temperature": 0,
+        },
+    )
+    return code, answer, stack.new_calls(since)
+
+
+def _counts(stack: Stack, calls: list[EngineCall]) -> list[tuple[int, int]]:
+    return [(c.status, stack.ref.count(c.prompt(stack.ref))) for c in calls]
+
+
+@pytest.mark.parametrize(
+    ("max_input", "max_total"),
+    [(1900, 2048), (6144, 8192)],
+    ids=["planned-input-over-the-engines", "planned-for-a-bigger-model"],
+)
+def test_a_rag_prompt_the_engine_refuses_is_cut_and_sent_once_more(
+    stack: Stack, max_input: int, max_total: int
+) -> None:
+    engine = stack.running.cloud.engine
+    name = f"plan-{max_input}"
+    _big_plan(stack, name, max_input, max_total)
+    # When a RAG question retrieves more than the engine takes
+    code, answer, calls = _rag_over_the_budget(stack, name)
+    # Then the engine's refusal (with its count) had llmhost cut the prompt and send it once
+    # more, and the answer comes from what fitted
+    assert code == 200, (answer, _counts(stack, calls))
+    refused, served = calls
+    assert refused.refused and not served.refused
+    assert stack.ref.count(refused.prompt(stack.ref)) > engine.max_input_tokens
+    fitted = stack.ref.count(served.prompt(stack.ref))
+    assert fitted <= engine.max_input_tokens
+    assert fitted + 16 <= engine.max_total_tokens
+    assert answer["usage"]["prompt_tokens"] == served.usage()[0] == fitted
+    assert 0 < len(answer["sources"]) < 50
