@@ -1,7 +1,12 @@
 """``make run`` with the real model, as a user runs it: ``python -m llmhost_local --engine
 llama`` in its own process, the README ingested and asked about with the ``llmhost``
-command (streamed through the OpenAI-compatible endpoint), and ``--engine-port`` serving the
-same engine's own TGI API for direct comparisons.
+command (which finds the stack by itself, and streams through the OpenAI-compatible
+endpoint), and ``--engine-port`` serving the same engine's own TGI API for direct
+comparisons.
+
+The runner runs from a folder of its own that links the checkout's functions/ and
+template.yaml, so its ``.llmhost/local.json`` announcement (and its state) stay there and a
+``make run`` of the developer's own keeps its announcement.
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ import pytest
 from llm_reference import MODEL_ID
 
 from conftest import ROOT
-from llmhost_local.cloud import ACCESS_KEY, LOCAL_API_KEY, SECRET_KEY
 
 pytestmark = pytest.mark.e2e
 
@@ -55,14 +59,11 @@ class Run:
         )
         if found is None:
             pytest.fail("the llmhost command is not installed: `pip install -e .`")
+        # As a user runs it: no settings, the stack found from the working directory
         env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("LLMHOST_")},
-            "LLMHOST_URL": self.api,
-            "LLMHOST_OPENAI_URL": self.openai,
-            "LLMHOST_API_KEY": LOCAL_API_KEY,
-            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-            "COLUMNS": "200",
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("LLMHOST_", "AWS_")) and k not in ("COLUMNS", "LINES")
         }
         return subprocess.run(
             [found, "--request-timeout", "300", *args],
@@ -90,6 +91,8 @@ def _up(url: str) -> bool:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     home = tmp_path_factory.mktemp("run")
+    for name in ("functions", "template.yaml"):
+        (home / name).symlink_to(ROOT / name)
     api, openai, moto, console, engine = (free_port() for _ in range(5))
     out, err = home / "stdout.log", home / "stderr.log"
     env = {
@@ -107,7 +110,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
                 "--console-port", str(console), "--engine-port", str(engine),
                 "--speed", "600", "--drift-seconds", "0.5",
             ],
-            cwd=ROOT,
+            cwd=home,
             env=env,
             stdout=stdout,
             stderr=stderr,
@@ -123,6 +126,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             assert time.monotonic() < deadline, f"no banner: {err.read_text()[-2000:]}"
             time.sleep(0.3)
         assert _up(running.openai + "/health") and _up(running.engine + "/health")
+        assert (home / ".llmhost" / "local.json").is_file()
         yield running
     finally:
         process.send_signal(signal.SIGTERM)  # stops as Ctrl-C does
