@@ -247,18 +247,35 @@ def test_generate_stream_sends_tgi_token_events(url: str, ref: Reference) -> Non
     assert whole["details"]["finish_reason"] == last["details"]["finish_reason"]
 
 
-def test_a_client_leaving_a_stream_frees_the_model(url: str, engine: Any) -> None:
-    many = engine.max_total_tokens - 64
-    body = {"inputs": "Once upon a time", "parameters": {"max_new_tokens": many}}
+def test_a_client_leaving_a_stream_stops_its_generation(
+    url: str, engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Count the tokens the model generates for each request
+    produced: list[int] = []
+    complete = engine.backend.complete
+
+    def counted(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        index = len(produced)
+        produced.append(0)
+        for step in complete(*args, **kwargs):
+            produced[index] += 1
+            yield step
+
+    monkeypatch.setattr(engine.backend, "complete", counted)
+    # Given a stream that would run for 400 tokens (the model counts on and on, greedily)
+    body = {"inputs": "1, 2, 3, 4, 5,", "parameters": {"max_new_tokens": 400}}
     request = urllib.request.Request(
         url + "/generate_stream", json.dumps(body).encode(), {"Content-Type": "application/json"}
     )
     reply = urllib.request.urlopen(request, timeout=60)
     assert reply.readline().startswith(b"data:")
-    reply.close()  # hang up after the first token
-    # The next request is served, not queued behind hundreds of unread tokens
+    reply.close()  # When the client hangs up after the first token
+    # Then the next request is served, and the abandoned one stopped generating (its
+    # unsent events fail to write once the connection is gone)
     code, answer, _ = post(url, "/generate", {"inputs": "Hi", "parameters": {"max_new_tokens": 2}})
     assert code == 200, answer
+    assert len(produced) == 2 and produced[1] == 2
+    assert produced[0] < 200, f"the abandoned stream generated {produced[0]} of 400 tokens"
 
 
 # ------------------------------------------------------------------------ Messages API
