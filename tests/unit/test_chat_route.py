@@ -363,6 +363,86 @@ def test_a_rag_prompt_of_few_passages_over_the_engines_real_limit_is_answered_on
     assert "wild yeast" in text
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_prompt_refused_by_the_total_check_then_the_input_check_is_cut_twice(
+    monkeypatch: pytest.MonkeyPatch, stream: bool
+) -> None:
+    # Given many long passages, and an engine whose input limit (500) is far below what its
+    # total limit leaves (2048 - 100): TGI checks the total first, so its first refusal names
+    # only the looser limit, and the prompt cut to it is refused by the input check
+    sentence = "Sourdough is leavened by wild yeast and lactic acid bacteria in a starter. "
+    hits = [
+        SimpleNamespace(
+            doc_id=f"doc{i}", chunk_index=0, text=sentence * 30, score=1 - i / 100,
+            metadata={}, start=0, end=len(sentence) * 30,
+        )
+        for i in range(40)
+    ]  # fmt: skip
+    import llmhost.rag.retrieve
+
+    monkeypatch.setattr(
+        llmhost.rag.retrieve, "retrieve", lambda *a, **k: SimpleNamespace(hits=hits, timings_ms={})
+    )
+    engine = Engine(LocalEngine(max_input_tokens=500, max_total_tokens=2048))
+
+    def unused() -> Any:
+        return None
+
+    service = ServingService(Directory(_zephyr("tgi")), lambda: engine, unused, unused)  # type: ignore[arg-type]
+    request = _request(stream=stream, max_tokens=100, rag={"collection": "kb", "k": 40})
+    if stream:
+        text, _ = _streamed(service, request)
+    else:
+        text = service.chat(request)["choices"][0]["message"]["content"]
+    # Then each refusal's limit was used in turn, and the third prompt was answered
+    assert len(engine.payloads) == 3
+    sizes = [len(json.dumps(p["messages"])) for p in engine.payloads]
+    assert sizes[0] > sizes[1] > sizes[2]
+    assert "wild yeast" in text
+
+
+def test_a_refusal_that_teaches_no_tighter_limit_is_not_retried_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given an engine that refuses every prompt naming the same limit (a counter wildly off)
+    from llmhost.serving.errors import PromptTooLong
+
+    sentence = "Sourdough is leavened by wild yeast and lactic acid bacteria in a starter. "
+    hits = [
+        SimpleNamespace(
+            doc_id=f"doc{i}", chunk_index=0, text=sentence * 5, score=1 - i / 100,
+            metadata={}, start=0, end=len(sentence) * 5,
+        )
+        for i in range(5)
+    ]  # fmt: skip
+    import llmhost.rag.retrieve
+
+    monkeypatch.setattr(
+        llmhost.rag.retrieve, "retrieve", lambda *a, **k: SimpleNamespace(hits=hits, timings_ms={})
+    )
+
+    class Refuses(Engine):
+        def invoke(self, target: Any, payload: dict[str, Any]) -> bytes:
+            self.payloads.append(payload)
+            raise engine_error(
+                422,
+                b'{"error": "Input validation error: `inputs` must have less than 300 tokens. '
+                b'Given: 400", "error_type": "validation"}',
+            )
+
+    engine = Refuses(LocalEngine())
+
+    def unused() -> Any:
+        return None
+
+    service = ServingService(Directory(_zephyr("tgi")), lambda: engine, unused, unused)  # type: ignore[arg-type]
+    request = _request(stream=False, max_tokens=100, rag={"collection": "kb", "k": 5})
+    with pytest.raises(PromptTooLong):
+        service.chat(request)
+    # Then it was sent twice (once, and once cut); the same limit again ends it
+    assert len(engine.payloads) == 2
+
+
 def test_a_stream_says_which_chunks_are_ready_before_the_next_model_event() -> None:
     # Given a stream whose first engine event carried text
     stream = _service(_zephyr("tgi"), Engine(LocalEngine())).chat_stream(_request(stream=True))

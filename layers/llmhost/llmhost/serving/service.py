@@ -241,7 +241,7 @@ class ServingService:
         this returns, so a request that cannot be served (a sleeping model, a prompt the
         engine refuses in its first event, as TGI does) raises with its HTTP status instead
         of breaking a stream that has started. A RAG prompt the engine finds too long is
-        rebuilt smaller and sent once more, as for a plain answer. The role announcement, and
+        rebuilt smaller and sent again, as for a plain answer. The role announcement, and
         the engine's first text when its first event had some, are ready at once. With a
         ``hold``, a cold model is waited for before any of this returns. ``watch`` collects
         what the request did, up to the stream's last chunk.
@@ -562,23 +562,35 @@ class ServingService:
 
     def _call(self, prepared: Prepared, call: Callable[[Prepared], T]) -> T:
         """``call(prepared)``, the one way plain and streamed requests reach the model: a RAG
-        prompt the engine finds too long is rebuilt smaller and tried once more, and a
-        refused invocation becomes the client's error (waking a sleeping model)."""
+        prompt the engine finds too long is rebuilt smaller and tried once more (twice when
+        the second refusal names a tighter limit than the first), and a refused invocation
+        becomes the client's error (waking a sleeping model)."""
+        allowed: list[int | None] = []  # the input each refusal allowed, in order
         try:
-            try:
-                return call(prepared)
-            except PromptTooLong as rejected:
-                # Our token estimate was too optimistic for this text: shrink by what the
-                # engine counted and retry once (plain chat has no context to drop).
-                if prepared.rag is None or prepared.build is None:
-                    raise
-                budget = budget_after_rejection(
-                    prepared.rag.input_limit,
-                    rejected.limits,
-                    estimated_prompt_tokens=prepared.rag.estimated_tokens,
-                )
-                prepared.payload = prepared.build(budget)
-                return call(prepared)
+            while True:
+                try:
+                    return call(prepared)
+                except PromptTooLong as rejected:
+                    # Our token estimate was too optimistic for this text, or the engine's
+                    # limits are below the deployment's: shrink by what the engine counted
+                    # (plain chat has no context to drop). TGI checks the total before the
+                    # input limit, so a first refusal may name only the looser of the two; a
+                    # retry is worth it only when the refusal taught a tighter limit.
+                    if prepared.rag is None or prepared.build is None:
+                        raise
+                    now = rejected.limits.allowed_input_tokens
+                    if allowed:
+                        before = allowed[-1]
+                        tighter = now is not None and (before is None or now < before)
+                        if len(allowed) >= 2 or not tighter:
+                            raise
+                    allowed.append(now)
+                    budget = budget_after_rejection(
+                        prepared.rag.input_limit,
+                        rejected.limits,
+                        estimated_prompt_tokens=prepared.rag.estimated_tokens,
+                    )
+                    prepared.payload = prepared.build(budget)
         except ModelUnavailable as refused:
             raise self._cold(prepared.route, refused) from refused
 
