@@ -297,13 +297,17 @@ def main() -> int:
     print(f"model: {MODEL_ID} (llama.cpp), loaded in {load_s:.2f} s")
     print(
         f"{len(answers)} RAG questions over README.md (k={K}, {json.dumps(SAMPLING)}), "
-        "one at a time through the OpenAI-compatible streaming endpoint"
+        "one at a time through the OpenAI-compatible streaming endpoint; srcs: the passages "
+        "packed into the prompt"
     )
-    print(f"{'#':>2} {'ttft ms':>8} {'tok/s':>6} {'tokens':>6} {'[n]':>4} {'span':>4}  question")
+    print(
+        f"{'#':>2} {'ttft ms':>8} {'tok/s':>6} {'tokens':>6} {'srcs':>4} {'[n]':>4} {'span':>4}"
+        "  question"
+    )
     for i, a in enumerate(answers, start=1):
         rate = f"{a.tokens_per_s:6.1f}" if a.tokens_per_s is not None else f"{'-':>6}"
         print(
-            f"{i:>2} {a.ttft_s * 1000:8.0f} {rate} {a.completion_tokens:>6} "
+            f"{i:>2} {a.ttft_s * 1000:8.0f} {rate} {a.completion_tokens:>6} {len(a.sources):>4} "
             f"{'yes' if a.marker else 'no':>4} {'yes' if a.verbatim else 'no':>4}  {a.question}"
         )
         if args.show:

@@ -53,9 +53,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(port: int, path: str, timeout: float = 120) -> None:
+def wait_http(
+    port: int, path: str, timeout: float = 120, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Until something answers ``path`` on ``port`` (``process``, when given, must live)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise SystemExit(f"the process serving port {port} ended ({process.returncode})")
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             conn.request("GET", path)
@@ -108,7 +113,11 @@ def measure(args: argparse.Namespace, kind: str = "extractive") -> tuple[float, 
     from llmhost_local.cloud import LOCAL_API_KEY
 
     llm = kind == "llama"
-    engine_port, front_port, api_port, openai_port, moto_port = (free_port() for _ in range(5))
+    ports = engine_port, front_port, api_port, openai_port, moto_port, console_port = [
+        free_port() for _ in range(6)
+    ]
+    if len(set(ports)) < len(ports):  # the system handed a port out twice: pick again
+        return measure(args, kind)
     env = {**os.environ, "PYDANTIC_DISABLE_PLUGINS": "__all__"}
     # "AWS": the engine behind a SageMaker runtime front, in a process of its own, as the
     # endpoint runs on other machines in production; the engine's own API is published
@@ -121,32 +130,39 @@ def measure(args: argparse.Namespace, kind: str = "extractive") -> tuple[float, 
     )
     # llmhost: the local stack, calling that runtime as it would call SageMaker (with the
     # real engine, its demo deployment names that model, with the engine's token limits).
-    stack = subprocess.Popen(
-        [
-            sys.executable, "-m", "llmhost_local",
-            "--port", str(api_port), "--openai-port", str(openai_port),
-            "--moto-port", str(moto_port), "--speed", "600", "--drift-seconds", "3600",
-            "--runtime-url", f"http://127.0.0.1:{front_port}",
-            "--engine", kind,
-        ],
-        # At 600x a route cache of 10 cloud seconds lasts 17 ms, and every request would read
-        # the registry; a warm Lambda environment reads it once per 10 s (real) at most.
-        env={
-            **env,
-            "QDRANT_PATH": tempfile.mkdtemp(prefix="llmhost-bench-"),
-            "ROUTE_CACHE_S": str(10 * 600),
-        },
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    stack_log = Path(tempfile.mkdtemp(prefix="llmhost-bench-log-")) / "stack.log"
+    with stack_log.open("wb") as log:
+        stack = subprocess.Popen(
+            [
+                sys.executable, "-m", "llmhost_local",
+                "--port", str(api_port), "--openai-port", str(openai_port),
+                "--moto-port", str(moto_port), "--console-port", str(console_port),
+                "--speed", "600", "--drift-seconds", "3600",
+                "--runtime-url", f"http://127.0.0.1:{front_port}",
+                "--engine", kind,
+            ],
+            # At 600x a route cache of 10 cloud seconds lasts 17 ms, and every request would read
+            # the registry; a warm Lambda environment reads it once per 10 s (real) at most.
+            env={
+                **env,
+                "QDRANT_PATH": tempfile.mkdtemp(prefix="llmhost-bench-"),
+                "ROUTE_CACHE_S": str(10 * 600),
+            },
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
     try:
         assert engine.stdout is not None
         ready = engine.stdout.readline().decode().split(maxsplit=2)
         if not ready or ready[0] != "ready":  # "ready <model id> <load seconds>"
             raise SystemExit(f"the {kind} engine did not start: {' '.join(ready[1:])}")
         model_id, load_s = ready[1], float(ready[2])
-        wait_http(engine_port, "/health")
-        wait_http(openai_port, "/health")
+        wait_http(engine_port, "/health", process=engine)
+        try:
+            wait_http(openai_port, "/health", process=stack)
+        except SystemExit as failed:
+            tail = stack_log.read_text(errors="replace")[-3000:]
+            raise SystemExit(f"{failed}; the stack's log ends:\n{tail}") from None
         auth = {"Authorization": f"Bearer {LOCAL_API_KEY}"}
         llmhost = http.client.HTTPConnection("127.0.0.1", openai_port, timeout=60)
         chat: dict[str, Any] = {"model": "demo", "messages": [{"role": "user", "content": PROMPT}]}
