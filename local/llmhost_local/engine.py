@@ -612,7 +612,11 @@ class LocalEngine:
         messages = payload.get("messages")
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             raise EngineBodyInvalid('`messages` must be a list of {"role", "content"} objects')
-        turns = [Turn(str(m.get("role", "user")), message_text(m.get("content"))) for m in messages]
+        for index, message in enumerate(messages):
+            if not isinstance(message.get("role"), str):
+                # TGI's Message has a required string `role` (a serde error, as TGI words it).
+                raise EngineBodyInvalid(f"messages[{index}]: missing field `role`")
+        turns = [Turn(m["role"], message_text(m.get("content"))) for m in messages]
         stream = payload.get("stream") is True
         options = payload.get("stream_options") or {}
         include_usage = isinstance(options, dict) and options.get("include_usage") is True

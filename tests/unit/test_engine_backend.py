@@ -310,3 +310,15 @@ def test_info_and_models_name_the_backends_model() -> None:
     assert reply.headers["x-compute-type"] == "scripted"
     assert reply.headers["x-prompt-tokens"] == "2"
     assert reply.headers["x-generated-tokens"] == "2"
+
+
+@pytest.mark.parametrize("message", [{"content": "hi"}, {"role": None, "content": "hi"}])
+def test_a_chat_message_without_a_role_is_refused_as_tgi_refuses_it(message: Any) -> None:
+    backend = Scripted(["x"])
+    status, reply = _post(
+        LocalEngine(backend=backend), "/v1/chat/completions", {"messages": [message]}
+    )
+    assert status == 422
+    assert reply["error_type"] == "validation"
+    assert "messages[0]: missing field `role`" in reply["error"]
+    assert backend.started == 0
