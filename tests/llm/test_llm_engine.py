@@ -483,3 +483,16 @@ def test_a_chat_template_error_is_tgis_422_template_error(
         {"model": MODEL_ID, "messages": messages[:1], "max_tokens": 2, "temperature": 0},
     )
     assert code == 200, body
+
+
+def test_a_chat_message_without_a_role_is_tgis_422(url: str) -> None:
+    # TGI's Message has a required `role`: serde refuses the body before any template runs
+    code, body, _ = post(
+        url,
+        "/v1/chat/completions",
+        {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hi"}, {"content": "x"}]},
+    )
+    assert code == 422
+    assert body["error_type"] == "validation"
+    assert body["error"].startswith("Failed to deserialize the JSON body into the target type")
+    assert "messages[1]: missing field `role`" in body["error"]

@@ -498,24 +498,28 @@ def _counts(stack: Stack, calls: list[EngineCall]) -> list[tuple[int, int]]:
 
 
 @pytest.mark.parametrize(
-    ("max_input", "max_total"),
-    [(1900, 2048), (6144, 8192)],
+    ("max_input", "max_total", "expected_refusals"),
+    # The engine's input check refuses first: one cut. Its total check first (the total
+    # planned is over the engine's too), then its input check: two cuts.
+    [(1900, 2048, 1), (6144, 8192, 2)],
     ids=["planned-input-over-the-engines", "planned-for-a-bigger-model"],
 )
-def test_a_rag_prompt_the_engine_refuses_is_cut_and_sent_once_more(
-    stack: Stack, max_input: int, max_total: int
+def test_a_rag_prompt_the_engine_refuses_is_cut_and_sent_again(
+    stack: Stack, max_input: int, max_total: int, expected_refusals: int
 ) -> None:
     engine = stack.running.cloud.engine
     name = f"plan-{max_input}"
     _big_plan(stack, name, max_input, max_total)
     # When a RAG question retrieves more than the engine takes
     code, answer, calls = _rag_over_the_budget(stack, name)
-    # Then the engine's refusal (with its count) had llmhost cut the prompt and send it once
-    # more, and the answer comes from what fitted
+    # Then each refusal naming a tighter limit than the last (TGI checks the total before the
+    # input, so a first refusal may name only the total) had llmhost cut the prompt and send
+    # it again, at most twice, and the answer comes from what fitted
     assert code == 200, (answer, _counts(stack, calls))
-    refused, served = calls
-    assert refused.refused and not served.refused
-    assert stack.ref.count(refused.prompt(stack.ref)) > engine.max_input_tokens
+    *refusals, served = calls
+    assert 1 <= len(refusals) <= expected_refusals, _counts(stack, calls)
+    assert all(r.refused for r in refusals) and not served.refused
+    assert stack.ref.count(refusals[0].prompt(stack.ref)) > engine.max_input_tokens
     fitted = stack.ref.count(served.prompt(stack.ref))
     assert fitted <= engine.max_input_tokens
     assert fitted + 16 <= engine.max_total_tokens
