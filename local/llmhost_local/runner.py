@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -279,6 +279,20 @@ def engine_line(cloud: LocalCloud) -> str:
     return "local extractive engine (not an LLM; cites passages)"
 
 
+def start_console(
+    requested: int | None, api_port: int, upstreams: Upstreams, log: Callable[[str], None]
+) -> BackgroundServer:
+    """The console on the port asked for (``--console-port``; taken is an error), else on the
+    API's port + 3, else, when that one is taken (by another program, or a stack started on
+    free ports that did not reserve it), on a free port: the banner prints where."""
+    if requested is not None:
+        return serve_console(requested, upstreams, log=log)
+    try:
+        return serve_console(api_port + 3, upstreams, log=log)
+    except OSError:
+        return serve_console(0, upstreams, log=log)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make run", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8080)))
@@ -354,9 +368,9 @@ def main(argv: list[str] | None = None) -> int:
         serve_engine(cloud.engine, port=args.engine_port)
     server = serve(args.port, cloud)
     openai_server = cloud.start_openai_server(args.openai_port)
-    console_port = args.console_port if args.console_port is not None else args.port + 3
-    console_server = serve_console(
-        console_port,
+    console_server = start_console(
+        args.console_port,
+        args.port,
         Upstreams(
             api=url_of(server),
             openai=url_of(openai_server),

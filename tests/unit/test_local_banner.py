@@ -75,3 +75,23 @@ def test_the_banner_names_the_console_at_port_plus_3_or_console_port(
     monkeypatch.setenv("CONSOLE_PORT", "7777")
     text = _banner_of(["--no-demo"], monkeypatch, capsys)
     assert "console       http://127.0.0.1:7777" in text
+
+
+def test_the_console_moves_to_a_free_port_when_port_plus_3_is_taken() -> None:
+    import socket
+
+    from llmhost_local.console import Upstreams
+
+    upstreams = Upstreams(api="http://127.0.0.1:1", openai="http://127.0.0.1:2", access_key="a",
+                          secret_key="s", api_key="k")  # fmt: skip
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        busy = taken.getsockname()[1]
+        # Given the API on busy - 3, whose console port is taken
+        server = runner.start_console(None, busy - 3, upstreams, log=print)
+        try:
+            assert server.server_address[1] not in (busy, 0)
+        finally:
+            server.shutdown()
+        # A console port asked for by name and taken is an error, not a silent move
+        with pytest.raises(OSError):
+            runner.start_console(busy, 8080, upstreams, log=print)
