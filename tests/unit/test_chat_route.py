@@ -288,38 +288,51 @@ def test_lmi_chat_usage_is_the_same_streamed_or_not_though_its_stream_counts_not
 
 # ------------------------------------------------------------------ too long, rebuilt
 
+SOURDOUGH = "Sourdough is leavened by wild yeast and lactic acid bacteria in a starter. "
 
-def test_a_rag_prompt_the_engine_finds_too_long_is_rebuilt_and_sent_to_chat_again(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    sentence = "Sourdough is leavened by wild yeast and lactic acid bacteria in a starter. "
+
+def _rag_service(
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, *, passages: int, repeat: int
+) -> ServingService:
+    """A zephyr deployment (planned for more than 2,000 input tokens) answered by ``engine``,
+    whose retrieval returns ``passages`` passages of ``repeat`` sentences each."""
     hits = [
         SimpleNamespace(
-            doc_id=f"doc{i}", chunk_index=0, text=sentence * 30, score=1 - i / 100,
-            metadata={}, start=0, end=len(sentence) * 30,
+            doc_id=f"doc{i}", chunk_index=0, text=SOURDOUGH * repeat, score=1 - i / 100,
+            metadata={}, start=0, end=len(SOURDOUGH) * repeat,
         )
-        for i in range(40)
+        for i in range(passages)
     ]  # fmt: skip
     import llmhost.rag.retrieve
 
     monkeypatch.setattr(
         llmhost.rag.retrieve, "retrieve", lambda *a, **k: SimpleNamespace(hits=hits, timings_ms={})
     )
-    # An engine that takes fewer tokens than the deployment's plan says
-    engine = Engine(LocalEngine(max_input_tokens=2000, max_total_tokens=2048))
-    route = _zephyr("tgi")
 
     def unused() -> Any:
         return None
 
-    service = ServingService(Directory(route), lambda: engine, unused, unused)  # type: ignore[arg-type]
+    route = _zephyr("tgi")
+    assert route.max_input_tokens > 2000
+    return ServingService(Directory(route), lambda: engine, unused, unused)  # type: ignore[arg-type]
+
+
+def _answer(service: ServingService, request: ChatCompletionRequest) -> str:
+    if request.stream:
+        return _streamed(service, request)[0]
+    return str(service.chat(request)["choices"][0]["message"]["content"])
+
+
+def test_a_rag_prompt_the_engine_finds_too_long_is_rebuilt_and_sent_to_chat_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An engine that takes fewer tokens than the deployment's plan says
+    engine = Engine(LocalEngine(max_input_tokens=2000, max_total_tokens=2048))
+    service = _rag_service(monkeypatch, engine, passages=40, repeat=30)
     for stream in (False, True):
         engine.payloads.clear()
         request = _request(stream=stream, max_tokens=100, rag={"collection": "kb", "k": 40})
-        if stream:
-            text, _ = _streamed(service, request)
-        else:
-            text = service.chat(request)["choices"][0]["message"]["content"]
+        text = _answer(service, request)
         # Then the first chat payload was refused and a smaller one answered
         assert len(engine.payloads) == 2, stream
         first, second = (json.dumps(p["messages"]) for p in engine.payloads)
@@ -333,29 +346,10 @@ def test_a_rag_prompt_of_few_passages_over_the_engines_real_limit_is_answered_on
 ) -> None:
     # Given 5 passages that fill far less than the deployment's planned input budget, but more
     # than the engine really takes (a deployment named for a bigger model than answers it)
-    sentence = "Sourdough is leavened by wild yeast and lactic acid bacteria in a starter. "
-    hits = [
-        SimpleNamespace(
-            doc_id=f"doc{i}", chunk_index=0, text=sentence * 10, score=1 - i / 100,
-            metadata={}, start=0, end=len(sentence) * 10,
-        )
-        for i in range(5)
-    ]  # fmt: skip
-    import llmhost.rag.retrieve
-
-    monkeypatch.setattr(
-        llmhost.rag.retrieve, "retrieve", lambda *a, **k: SimpleNamespace(hits=hits, timings_ms={})
-    )
     engine = Engine(LocalEngine(max_input_tokens=600, max_total_tokens=2048))
-    route = _zephyr("tgi")
-    assert route.max_input_tokens > 2000
-
-    def unused() -> Any:
-        return None
-
-    service = ServingService(Directory(route), lambda: engine, unused, unused)  # type: ignore[arg-type]
+    service = _rag_service(monkeypatch, engine, passages=5, repeat=10)
     request = _request(stream=False, max_tokens=100, rag={"collection": "kb", "k": 5})
-    text = service.chat(request)["choices"][0]["message"]["content"]
+    text = _answer(service, request)
     # Then the refused prompt was rebuilt smaller, and that one was answered
     assert len(engine.payloads) == 2
     first, second = (json.dumps(p["messages"]) for p in engine.payloads)
@@ -370,30 +364,10 @@ def test_a_prompt_refused_by_the_total_check_then_the_input_check_is_cut_twice(
     # Given many long passages, and an engine whose input limit (500) is far below what its
     # total limit leaves (2048 - 100): TGI checks the total first, so its first refusal names
     # only the looser limit, and the prompt cut to it is refused by the input check
-    sentence = "Sourdough is leavened by wild yeast and lactic acid bacteria in a starter. "
-    hits = [
-        SimpleNamespace(
-            doc_id=f"doc{i}", chunk_index=0, text=sentence * 30, score=1 - i / 100,
-            metadata={}, start=0, end=len(sentence) * 30,
-        )
-        for i in range(40)
-    ]  # fmt: skip
-    import llmhost.rag.retrieve
-
-    monkeypatch.setattr(
-        llmhost.rag.retrieve, "retrieve", lambda *a, **k: SimpleNamespace(hits=hits, timings_ms={})
-    )
     engine = Engine(LocalEngine(max_input_tokens=500, max_total_tokens=2048))
-
-    def unused() -> Any:
-        return None
-
-    service = ServingService(Directory(_zephyr("tgi")), lambda: engine, unused, unused)  # type: ignore[arg-type]
+    service = _rag_service(monkeypatch, engine, passages=40, repeat=30)
     request = _request(stream=stream, max_tokens=100, rag={"collection": "kb", "k": 40})
-    if stream:
-        text, _ = _streamed(service, request)
-    else:
-        text = service.chat(request)["choices"][0]["message"]["content"]
+    text = _answer(service, request)
     # Then each refusal's limit was used in turn, and the third prompt was answered
     assert len(engine.payloads) == 3
     sizes = [len(json.dumps(p["messages"])) for p in engine.payloads]
@@ -407,20 +381,6 @@ def test_a_refusal_that_teaches_no_tighter_limit_is_not_retried_again(
     # Given an engine that refuses every prompt naming the same limit (a counter wildly off)
     from llmhost.serving.errors import PromptTooLong
 
-    sentence = "Sourdough is leavened by wild yeast and lactic acid bacteria in a starter. "
-    hits = [
-        SimpleNamespace(
-            doc_id=f"doc{i}", chunk_index=0, text=sentence * 5, score=1 - i / 100,
-            metadata={}, start=0, end=len(sentence) * 5,
-        )
-        for i in range(5)
-    ]  # fmt: skip
-    import llmhost.rag.retrieve
-
-    monkeypatch.setattr(
-        llmhost.rag.retrieve, "retrieve", lambda *a, **k: SimpleNamespace(hits=hits, timings_ms={})
-    )
-
     class Refuses(Engine):
         def invoke(self, target: Any, payload: dict[str, Any]) -> bytes:
             self.payloads.append(payload)
@@ -431,11 +391,7 @@ def test_a_refusal_that_teaches_no_tighter_limit_is_not_retried_again(
             )
 
     engine = Refuses(LocalEngine())
-
-    def unused() -> Any:
-        return None
-
-    service = ServingService(Directory(_zephyr("tgi")), lambda: engine, unused, unused)  # type: ignore[arg-type]
+    service = _rag_service(monkeypatch, engine, passages=5, repeat=5)
     request = _request(stream=False, max_tokens=100, rag={"collection": "kb", "k": 5})
     with pytest.raises(PromptTooLong):
         service.chat(request)
