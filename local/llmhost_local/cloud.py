@@ -636,7 +636,13 @@ class LocalCloud:
     def engine_info(self) -> dict[str, Any] | None:
         """TGI's ``/info`` of the real model that answers (``model_id``, ``max_input_tokens``,
         ``max_total_tokens``), or None for the extractive stand-in and for a server that
-        does not report them (vLLM has no ``/info``)."""
+        does not report them (vLLM has no ``/info``). Asked once per stack: a server's
+        ``/info`` is read once for both demo deployments."""
+        if not hasattr(self, "_engine_info"):
+            self._engine_info = self._read_engine_info()
+        return self._engine_info
+
+    def _read_engine_info(self) -> dict[str, Any] | None:
         if self.engine_url:
             import urllib.error
             import urllib.request

@@ -196,6 +196,7 @@ class LlamaBackend:
         self.path = path
         self.n_ctx = self._llm.n_ctx()
         self._vocab = self._llm._model.vocab
+        self._n_vocab = self._llm.n_vocab()
         self._lock = threading.Lock()
         metadata = self._llm.metadata
         self._template = _chat_template(metadata.get("tokenizer.chat_template"), self._llm)
@@ -215,8 +216,6 @@ class LlamaBackend:
         messages = [{"role": t.role, "content": t.text} for t in turns]
         try:
             text = self._template(messages)
-        except EngineTemplateError:
-            raise
         except Exception as error:  # jinja2's TemplateError and what a template raises
             raise EngineTemplateError(str(error)) from error
         ids = self._tokens(text)
@@ -278,10 +277,10 @@ class LlamaBackend:
     def _logprob(self, token: int) -> float:
         """The model's log-probability of ``token`` at the position just sampled (the
         context's last logits, before temperature or top-p), as TGI reports it."""
-        import numpy as np
+        import numpy as np  # llama-cpp-python's own dependency; imported once, then cached
 
         pointer = self._lib.llama_get_logits_ith(self._llm.ctx, -1)
-        logits = np.ctypeslib.as_array(pointer, shape=(self._llm.n_vocab(),))
+        logits = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
         top = float(logits.max())
         total = top + math.log(float(np.exp(logits - top).sum()))
         return round(float(logits[token]) - total, 4)
